@@ -1,0 +1,189 @@
+//! Durable per-source checkpoints under `state_dir/checkpoints/`.
+//!
+//! Each file is a header line with a CRC-32 and the length of the body, then
+//! the source's JSON state. Writes go to a temp file that is fsynced, renamed
+//! over the old file, and the directory is fsynced, so a crash at any instant
+//! leaves either the old or the new checkpoint, never a mix. A file that fails
+//! its checksum is an error that stops the daemon: restarting from zero would
+//! silently re-send or skip days of events.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const MAGIC: &str = "auditrelay-checkpoint v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("cannot read checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "checkpoint {path} is corrupt ({why}); nothing was changed. Inspect it, then either \
+         restore it from a backup or remove it to restart source \"{source_name}\" from its \
+         start_at (`auditrelay checkpoint reset --source {source_name}`, or delete the file)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        why: String,
+        source_name: String,
+    },
+}
+
+/// The checkpoint files of one state directory.
+#[derive(Clone, Debug)]
+pub struct CheckpointStore {
+    dir: PathBuf,
+}
+
+impl CheckpointStore {
+    /// Opens (and creates) `state_dir/checkpoints`.
+    pub fn open(state_dir: &Path) -> io::Result<Self> {
+        let dir = state_dir.join("checkpoints");
+        fs::create_dir_all(&dir)?;
+        Ok(CheckpointStore { dir })
+    }
+
+    pub fn path(&self, source: &str) -> PathBuf {
+        self.dir.join(format!("{source}.checkpoint"))
+    }
+
+    /// The stored state of `source`, or `None` when it has never committed.
+    pub fn load(&self, source: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        let path = self.path(source);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CheckpointError::Io { path, source: e }),
+        };
+        decode(&data)
+            .map(Some)
+            .map_err(|why| CheckpointError::Corrupt {
+                path,
+                why,
+                source_name: source.to_string(),
+            })
+    }
+
+    /// Replaces the state of `source` atomically and durably.
+    pub fn save(&self, source: &str, state: &[u8]) -> io::Result<()> {
+        let path = self.path(source);
+        let tmp = self.dir.join(format!(".{source}.checkpoint.tmp"));
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&encode(state))?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &path)?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Removes the checkpoint of `source`; the source restarts from `start_at`.
+    pub fn reset(&self, source: &str) -> io::Result<bool> {
+        match fs::remove_file(self.path(source)) {
+            Ok(()) => {
+                File::open(&self.dir)?.sync_all()?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn encode(state: &[u8]) -> Vec<u8> {
+    let header = format!(
+        "{MAGIC} crc32={:08x} len={}\n",
+        crc32fast::hash(state),
+        state.len()
+    );
+    let mut out = Vec::with_capacity(header.len() + state.len());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(state);
+    out
+}
+
+fn decode(data: &[u8]) -> Result<Vec<u8>, String> {
+    let nl = data
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or("no header line")?;
+    let header = std::str::from_utf8(&data[..nl]).map_err(|_| "header is not text")?;
+    let rest = header
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| format!("header does not start with \"{MAGIC}\""))?;
+    let mut crc = None;
+    let mut len = None;
+    for field in rest.split_whitespace() {
+        if let Some(v) = field.strip_prefix("crc32=") {
+            crc = u32::from_str_radix(v, 16).ok();
+        } else if let Some(v) = field.strip_prefix("len=") {
+            len = v.parse::<usize>().ok();
+        }
+    }
+    let (crc, len) = match (crc, len) {
+        (Some(c), Some(l)) => (c, l),
+        _ => return Err("header lacks crc32= or len=".to_string()),
+    };
+    let body = &data[nl + 1..];
+    if body.len() != len {
+        return Err(format!(
+            "body is {} bytes, header says {len} (truncated write?)",
+            body.len()
+        ));
+    }
+    let actual = crc32fast::hash(body);
+    if actual != crc {
+        return Err(format!(
+            "checksum mismatch: header {crc:08x}, body {actual:08x}"
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        assert!(store.load("veza").unwrap().is_none());
+        store.save("veza", br#"{"token":"a"}"#).unwrap();
+        store.save("veza", br#"{"token":"b"}"#).unwrap();
+        assert_eq!(store.load("veza").unwrap().unwrap(), br#"{"token":"b"}"#);
+        assert!(store.reset("veza").unwrap());
+        assert!(store.load("veza").unwrap().is_none());
+    }
+
+    #[test]
+    fn corruption_is_an_error_naming_file_and_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        store.save("veza", br#"{"token":"abc"}"#).unwrap();
+        let path = store.path("veza");
+        let mut data = fs::read(&path).unwrap();
+        let last = data.len() - 3;
+        data[last] ^= 0x20;
+        fs::write(&path, &data).unwrap();
+        let err = store.load("veza").unwrap_err().to_string();
+        assert!(err.contains("checksum mismatch"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("checkpoint reset --source veza"), "{err}");
+
+        fs::write(&path, &data[..data.len() - 4]).unwrap();
+        let err = store.load("veza").unwrap_err().to_string();
+        assert!(err.contains("truncated"), "{err}");
+
+        fs::write(&path, b"garbage").unwrap();
+        assert!(store.load("veza").is_err());
+    }
+}

@@ -1,0 +1,517 @@
+//! Configuration: figment layers (defaults ← TOML file ← `AUDITRELAY_…`
+//! environment, nested with `__`), in the shape of SPEC §6.
+//!
+//! Loading never stops at the first mistake: every source and sink section is
+//! read on its own and every problem is reported with its key path, because an
+//! operator fixing a config wants the whole list at once.
+
+mod introspect;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+
+pub use introspect::struct_fields;
+
+use crate::sink::SinkConfig;
+use crate::source::SourceConfig;
+
+/// Default config path when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/auditrelay/auditrelay.toml";
+
+/// One problem found in a config, with the key path it is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects problems under a key-path prefix while a section is validated.
+#[derive(Debug, Default)]
+pub struct Problems {
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.list.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn extend(&mut self, problems: impl IntoIterator<Item = Problem>) {
+        self.list.extend(problems);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.list
+    }
+}
+
+/// Every problem of a config that cannot be used.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "config {} has {n} problem{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    #[default]
+    Pretty,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".to_string()
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Pages of one source that may be on their way to the sinks at once;
+    /// bounds memory (≈ max_in_flight × page size).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+fn default_max_in_flight() -> usize {
+    4
+}
+
+/// TLS settings shared by every HTTP client and listener.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl TlsConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        for (key, file) in [
+            ("ca_file", &self.ca_file),
+            ("cert_file", &self.cert_file),
+            ("key_file", &self.key_file),
+        ] {
+            if let Some(file) = file {
+                if let Err(e) = std::fs::metadata(file) {
+                    problems.push(
+                        format!("{path}.tls.{key}"),
+                        format!("cannot read {}: {e}", file.display()),
+                    );
+                }
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            problems.push(
+                format!("{path}.tls"),
+                "cert_file and key_file go together (client certificate and its key)",
+            );
+        }
+    }
+}
+
+/// Exponential backoff bounds for transient failures.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    pub initial: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub max: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            initial: default_retry_initial(),
+            max: default_retry_max(),
+        }
+    }
+}
+
+impl RetryConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.initial.is_zero() {
+            problems.push(format!("{path}.retry.initial"), "must be greater than 0");
+        }
+        if self.max < self.initial {
+            problems.push(
+                format!("{path}.retry.max"),
+                "must be at least retry.initial",
+            );
+        }
+    }
+}
+
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// The whole daemon configuration, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub file: PathBuf,
+    pub state_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub pipeline: PipelineConfig,
+    pub sources: BTreeMap<String, SourceConfig>,
+    pub sinks: BTreeMap<String, SinkConfig>,
+}
+
+/// Top-level keys; sources and sinks are read one by one afterwards.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    server: ServerConfig,
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    shutdown_timeout: Duration,
+    #[serde(default)]
+    pipeline: PipelineConfig,
+    #[serde(default)]
+    sources: BTreeMap<String, IgnoredAny>,
+    #[serde(default)]
+    sinks: BTreeMap<String, IgnoredAny>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/auditrelay")
+}
+
+fn default_log_level() -> String {
+    "info".to_string()
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// The figment layers for a config file.
+pub fn figment(path: &Path) -> Figment {
+    Figment::new()
+        .merge(Toml::file_exact(path))
+        .merge(Env::prefixed("AUDITRELAY_").split("__"))
+}
+
+/// Loads, parses and validates a config file with its environment overrides.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
+    if let Err(e) = std::fs::metadata(path) {
+        return Err(fail(vec![Problem {
+            path: String::new(),
+            message: format!("cannot read config file {}: {e}", path.display()),
+        }]));
+    }
+    let fig = figment(path);
+    let top: TopLevel = fig.extract().map_err(|e| fail(figment_problems(e, "")))?;
+
+    let mut problems = Problems::default();
+    let listen = match top.server.listen.parse::<SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(e) => {
+            problems.push("server.listen", format!("not an address:port: {e}"));
+            None
+        }
+    };
+    if top.pipeline.max_in_flight == 0 {
+        problems.push("pipeline.max_in_flight", "must be at least 1");
+    }
+    if top.shutdown_timeout.is_zero() {
+        problems.push("shutdown_timeout", "must be greater than 0");
+    }
+    if top.sources.is_empty() {
+        problems.push(
+            "sources",
+            "no source configured (add a [sources.NAME] section)",
+        );
+    }
+    if top.sinks.is_empty() {
+        problems.push("sinks", "no sink configured (add a [sinks.NAME] section)");
+    }
+
+    let mut sources = BTreeMap::new();
+    for name in top.sources.keys() {
+        let path = format!("sources.{name}");
+        check_name(name, &path, &mut problems);
+        match SourceConfig::from_figment(&fig, &path) {
+            Ok(cfg) => {
+                cfg.validate(&path, &mut problems);
+                sources.insert(name.clone(), cfg);
+            }
+            Err(list) => problems.extend(list),
+        }
+    }
+
+    let mut sinks = BTreeMap::new();
+    for name in top.sinks.keys() {
+        let path = format!("sinks.{name}");
+        check_name(name, &path, &mut problems);
+        match SinkConfig::from_figment(&fig, &path) {
+            Ok(cfg) => {
+                cfg.validate(&path, &mut problems);
+                for (i, input) in cfg.common.inputs.iter().enumerate() {
+                    if !top.sources.contains_key(input) {
+                        let known: Vec<&str> = top.sources.keys().map(String::as_str).collect();
+                        problems.push(
+                            format!("{path}.inputs[{i}]"),
+                            format!(
+                                "\"{input}\" names no source (sources: {})",
+                                if known.is_empty() {
+                                    "none".to_string()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        );
+                    }
+                }
+                sinks.insert(name.clone(), cfg);
+            }
+            Err(list) => problems.extend(list),
+        }
+    }
+    for name in top.sources.keys() {
+        if !sinks.values().any(|s| s.common.inputs.contains(name)) && !sinks.is_empty() {
+            problems.push(
+                format!("sources.{name}"),
+                "no sink takes this source as input; its events would go nowhere",
+            );
+        }
+    }
+
+    if !problems.is_empty() {
+        return Err(fail(problems.into_vec()));
+    }
+    Ok(Config {
+        file: path.to_path_buf(),
+        state_dir: top.state_dir,
+        listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+        log_format: top.log_format,
+        log_level: top.log_level,
+        shutdown_timeout: top.shutdown_timeout,
+        pipeline: top.pipeline,
+        sources,
+        sinks,
+    })
+}
+
+impl Config {
+    /// One line for `validate` and the startup log.
+    pub fn summary(&self) -> String {
+        let sources: Vec<String> = self
+            .sources
+            .iter()
+            .map(|(n, s)| format!("{n} ({})", s.kind()))
+            .collect();
+        let sinks: Vec<String> = self
+            .sinks
+            .iter()
+            .map(|(n, s)| format!("{n} ({})", s.kind.kind()))
+            .collect();
+        format!(
+            "{} source{} [{}] -> {} sink{} [{}], state_dir {}",
+            sources.len(),
+            if sources.len() == 1 { "" } else { "s" },
+            sources.join(", "),
+            sinks.len(),
+            if sinks.len() == 1 { "" } else { "s" },
+            sinks.join(", "),
+            self.state_dir.display()
+        )
+    }
+}
+
+/// Component names become file names and metric labels: keep them plain.
+fn check_name(name: &str, path: &str, problems: &mut Problems) {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        problems.push(
+            path,
+            "name must be 1-64 characters of letters, digits, '_' or '-'",
+        );
+    }
+}
+
+/// Reads the section at `path` as `T`, reporting type errors with their full
+/// key path and any key that neither `T` nor `shared` accepts.
+pub fn extract_section<T: DeserializeOwned>(
+    fig: &Figment,
+    path: &str,
+    shared: &[&[&str]],
+) -> Result<T, Vec<Problem>> {
+    let mut problems = Vec::new();
+    if let Ok(keys) = fig.extract_inner::<BTreeMap<String, IgnoredAny>>(path) {
+        let own = struct_fields::<T>();
+        for key in keys.keys() {
+            let known = own.contains(&key.as_str())
+                || shared.iter().any(|list| list.contains(&key.as_str()));
+            if !known {
+                let mut accepted: Vec<&str> = own
+                    .iter()
+                    .chain(shared.iter().flat_map(|l| l.iter()))
+                    .copied()
+                    .collect();
+                accepted.sort_unstable();
+                accepted.dedup();
+                problems.push(Problem {
+                    path: format!("{path}.{key}"),
+                    message: format!("unknown key (accepted: {})", accepted.join(", ")),
+                });
+            }
+        }
+    }
+    match fig.extract_inner::<T>(path) {
+        Ok(v) if problems.is_empty() => Ok(v),
+        Ok(_) => Err(problems),
+        Err(e) => {
+            problems.extend(figment_problems(e, path));
+            Err(problems)
+        }
+    }
+}
+
+/// Flattens figment's (possibly chained) errors into problems with key paths.
+fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
+    err.into_iter()
+        .map(|e| {
+            let mut segments: Vec<String> = Vec::new();
+            let joined = e.path.join(".");
+            if !prefix.is_empty() && !joined.starts_with(prefix) {
+                segments.push(prefix.to_string());
+            }
+            if !joined.is_empty() {
+                segments.push(joined);
+            }
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    segments.push(field.clone());
+                    format!("unknown key (accepted: {})", expected.join(", "))
+                }
+                figment::error::Kind::MissingField(field) => {
+                    segments.push(field.to_string());
+                    "required key is missing".to_string()
+                }
+                kind => kind.to_string(),
+            };
+            Problem {
+                path: segments.join("."),
+                message,
+            }
+        })
+        .collect()
+}
+
+/// Parses a URL and reports a problem at `path` when it is unusable.
+pub fn parse_url(raw: &str, path: &str, problems: &mut Problems) -> Option<url::Url> {
+    match url::Url::parse(raw) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => Some(u),
+        Ok(u) => {
+            problems.push(
+                path,
+                format!("scheme {} is not supported (use http or https)", u.scheme()),
+            );
+            None
+        }
+        Err(e) => {
+            problems.push(path, e.to_string());
+            None
+        }
+    }
+}
+
+/// Reports a zero duration at `path`.
+pub fn require_positive(d: Duration, path: &str, problems: &mut Problems) {
+    if d.is_zero() {
+        problems.push(path, "must be greater than 0");
+    }
+}

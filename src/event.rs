@@ -1,0 +1,361 @@
+//! Events as they travel through the pipeline: the raw JSON bytes the source
+//! returned, plus the few fields the pipeline and the sinks need.
+//!
+//! Sinks wrap `raw`; nobody re-serialises an event, so what the SIEM receives
+//! is byte for byte what the API sent.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// One audit event.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// The event's JSON object, exactly as received.
+    pub raw: Bytes,
+    /// The event's unique id, when the event carries one.
+    pub id: Option<Box<str>>,
+    /// When the event happened or was persisted, per the source's time path.
+    pub time: Option<DateTime<Utc>>,
+    /// Event type (endpoint, action, intent…), for filters, routing and headers.
+    pub kind: Option<Box<str>>,
+}
+
+/// One page of a source, the unit of delivery and of checkpointing.
+#[derive(Debug)]
+pub struct Batch {
+    pub source: Arc<str>,
+    pub events: Vec<Event>,
+    /// Serialized source state to persist once every sink confirmed this
+    /// batch and all batches before it.
+    pub checkpoint: Bytes,
+    /// Newest event time in the batch, for the checkpoint-lag metric.
+    pub newest_time: Option<DateTime<Utc>>,
+    pub fetched_at: Instant,
+}
+
+/// A dotted path into an event (`identity.user_id`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPath(Vec<String>);
+
+impl FieldPath {
+    pub fn parse(path: &str) -> Result<Self, String> {
+        let segs: Vec<String> = path.split('.').map(str::to_string).collect();
+        if segs.iter().any(String::is_empty) {
+            return Err(format!(
+                "\"{path}\" is not a field path (e.g. request_id or identity.user_id)"
+            ));
+        }
+        Ok(FieldPath(segs))
+    }
+
+    pub fn first(&self) -> &str {
+        &self.0[0]
+    }
+
+    /// Looks the path up in a JSON object without parsing more than needed.
+    pub fn lookup<'a>(&self, object: &'a RawValue) -> Option<&'a RawValue> {
+        let mut cur = object;
+        for seg in &self.0 {
+            cur = get_field(cur, seg)?;
+        }
+        Some(cur)
+    }
+
+    /// Looks the path up in an object's top-level values already found.
+    fn lookup_from<'a>(&self, top: &'a RawValue) -> Option<&'a RawValue> {
+        let mut cur = top;
+        for seg in &self.0[1..] {
+            cur = get_field(cur, seg)?;
+        }
+        Some(cur)
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+/// Which fields to extract from each event of a source. Each list is tried
+/// in order; the first path present wins (Veza has two event shapes).
+#[derive(Clone, Debug)]
+pub struct FieldExtractor {
+    pub id: Vec<FieldPath>,
+    pub time: Vec<FieldPath>,
+    pub kind: Vec<FieldPath>,
+    wanted: Vec<String>,
+}
+
+impl FieldExtractor {
+    pub fn new(id: Vec<FieldPath>, time: Vec<FieldPath>, kind: Vec<FieldPath>) -> Self {
+        let mut wanted: Vec<String> = id
+            .iter()
+            .chain(&time)
+            .chain(&kind)
+            .map(|p| p.first().to_string())
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        FieldExtractor {
+            id,
+            time,
+            kind,
+            wanted,
+        }
+    }
+
+    /// Builds an event from one item of a page. `page` is the buffer the item
+    /// borrows from, so the event's bytes are a zero-copy slice of it. An item
+    /// that is not an object, or lacks the fields, is still an event (with
+    /// no id, time or type): the pipeline delivers what the API returned.
+    pub fn event(&self, page: &Bytes, item: &RawValue) -> Event {
+        let text = item.get();
+        let raw = slice_of(page, text.as_bytes());
+        let top = match TopFields::scan(item, &self.wanted) {
+            Some(top) if text.starts_with('{') => top,
+            _ => {
+                return Event {
+                    raw,
+                    id: None,
+                    time: None,
+                    kind: None,
+                }
+            }
+        };
+        let find = |paths: &[FieldPath]| {
+            paths.iter().find_map(|p| {
+                top.get(p.first())
+                    .and_then(|v| p.lookup_from(v))
+                    .filter(|v| v.get() != "null")
+            })
+        };
+        let id = find(&self.id).and_then(scalar_text).map(Cow::into_owned);
+        let time = find(&self.time).and_then(parse_time);
+        let kind = find(&self.kind).and_then(scalar_text).map(Cow::into_owned);
+        Event {
+            raw,
+            id: id.map(String::into_boxed_str),
+            time,
+            kind: kind.map(String::into_boxed_str),
+        }
+    }
+}
+
+/// A slice of `buf` when `part` points into it; a copy otherwise.
+fn slice_of(buf: &Bytes, part: &[u8]) -> Bytes {
+    let start = buf.as_ptr() as usize;
+    let p = part.as_ptr() as usize;
+    if p >= start && p + part.len() <= start + buf.len() {
+        buf.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
+    }
+}
+
+/// Text of a JSON string or number, for ids and types.
+pub fn scalar_text(v: &RawValue) -> Option<Cow<'_, str>> {
+    let s = v.get();
+    if s.starts_with('"') {
+        let text: Cow<'_, str> = serde_json::from_str(s).ok()?;
+        Some(text)
+    } else if s.starts_with(|c: char| c == '-' || c.is_ascii_digit()) || s == "true" || s == "false"
+    {
+        Some(Cow::Borrowed(s))
+    } else {
+        None
+    }
+}
+
+/// RFC 3339 strings, or numbers of epoch seconds (milliseconds when large).
+pub fn parse_time(v: &RawValue) -> Option<DateTime<Utc>> {
+    let s = v.get();
+    if s.starts_with('"') {
+        let text: Cow<'_, str> = serde_json::from_str(s).ok()?;
+        DateTime::parse_from_rfc3339(&text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    } else {
+        let n: f64 = s.parse().ok()?;
+        let secs = if n.abs() >= 1e11 { n / 1000.0 } else { n };
+        let whole = secs.floor();
+        let nanos = ((secs - whole) * 1e9) as u32;
+        Utc.timestamp_opt(whole as i64, nanos).single()
+    }
+}
+
+/// The top-level values of an object whose keys are wanted, found in one pass.
+struct TopFields<'a> {
+    found: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> TopFields<'a> {
+    fn scan(object: &'a RawValue, wanted: &[String]) -> Option<Self> {
+        let mut de = serde_json::Deserializer::from_str(object.get());
+        let found = de.deserialize_map(CollectVisitor { wanted }).ok()?;
+        Some(TopFields { found })
+    }
+
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        self.found.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+}
+
+struct CollectVisitor<'w> {
+    wanted: &'w [String],
+}
+
+impl<'de> Visitor<'de> for CollectVisitor<'_> {
+    type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = Vec::new();
+        while let Some(key) = map.next_key::<CowKey<'de>>()? {
+            if self.wanted.iter().any(|w| *w == key.0) {
+                let v: &'de RawValue = map.next_value()?;
+                found.push((key.0, v));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A map key borrowed when it has no escapes, owned otherwise.
+struct CowKey<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for CowKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = CowKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(CowKey(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(CowKey(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// One member of a JSON object, found without building the whole map.
+pub fn get_field<'a>(object: &'a RawValue, key: &str) -> Option<&'a RawValue> {
+    if !object.get().starts_with('{') {
+        return None;
+    }
+    struct Seed<'k>(&'k str);
+    impl<'de> DeserializeSeed<'de> for Seed<'_> {
+        type Value = Option<&'de RawValue>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed<'_> {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut hit = None;
+            while let Some(k) = map.next_key::<CowKey<'de>>()? {
+                if hit.is_none() && k.0 == self.0 {
+                    hit = Some(map.next_value::<&'de RawValue>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(hit)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(object.get());
+    Seed(key).deserialize(&mut de).ok().flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(list: &[&str]) -> Vec<FieldPath> {
+        list.iter().map(|p| FieldPath::parse(p).unwrap()).collect()
+    }
+
+    fn extractor() -> FieldExtractor {
+        FieldExtractor::new(
+            paths(&["request_id", "id"]),
+            paths(&["persisted_at", "ended_at", "timestamp"]),
+            paths(&["endpoint", "intent", "meta.type"]),
+        )
+    }
+
+    #[test]
+    fn extracts_from_both_veza_shapes_and_slices_the_page() {
+        let page = Bytes::from_static(
+            br#"[{"request_id":"r1","ended_at":"2023-07-26T08:23:17.151080751Z","endpoint":"/x"},
+                 {"id":42,"timestamp":1690359797.5,"intent":"login"}]"#,
+        );
+        let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
+        let ex = extractor();
+        let a = ex.event(&page, items[0]);
+        assert_eq!(a.id.as_deref(), Some("r1"));
+        assert_eq!(a.kind.as_deref(), Some("/x"));
+        assert_eq!(
+            a.time
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "2023-07-26T08:23:17.151080751Z"
+        );
+        // Zero-copy: the event's bytes live inside the page buffer.
+        let base = page.as_ptr() as usize;
+        assert!(a.raw.as_ptr() as usize >= base && (a.raw.as_ptr() as usize) < base + page.len());
+        let b = ex.event(&page, items[1]);
+        assert_eq!(b.id.as_deref(), Some("42"));
+        assert_eq!(b.kind.as_deref(), Some("login"));
+        assert_eq!(b.time.unwrap().timestamp_millis(), 1_690_359_797_500);
+    }
+
+    #[test]
+    fn nested_paths_and_escaped_keys() {
+        let page = Bytes::from_static(br#"{"me\u0074a":{"type":"auth.login"},"id":"a\"b"}"#);
+        let item: &RawValue = serde_json::from_slice(&page).unwrap();
+        let e = extractor().event(&page, item);
+        assert_eq!(e.kind.as_deref(), Some("auth.login"));
+        assert_eq!(e.id.as_deref(), Some("a\"b"));
+    }
+
+    #[test]
+    fn non_objects_pass_through_and_missing_fields_are_none() {
+        let page = Bytes::from_static(br#"[1, {"x":null}, {"request_id":null,"id":"fallback"}]"#);
+        let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
+        let ex = extractor();
+        let n = ex.event(&page, items[0]);
+        assert_eq!(&n.raw[..], b"1");
+        assert!(n.id.is_none());
+        let e = ex.event(&page, items[1]);
+        assert!(e.id.is_none() && e.time.is_none() && e.kind.is_none());
+        assert_eq!(ex.event(&page, items[2]).id.as_deref(), Some("fallback"));
+    }
+
+    #[test]
+    fn bad_paths_are_rejected() {
+        assert!(FieldPath::parse("a..b").is_err());
+        assert!(FieldPath::parse("").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! Readiness of each component, for `/readyz` and the `auditrelay_ready` gauge.
+//!
+//! A component starts ready and turns unready while it is stuck in a failure
+//! an operator must act on (a rejected token, a sink that keeps failing).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct ComponentState {
+    pub ready: bool,
+    pub reason: String,
+    pub since: Instant,
+}
+
+/// Shared readiness registry.
+#[derive(Clone, Default)]
+pub struct Health {
+    inner: Arc<Mutex<BTreeMap<String, ComponentState>>>,
+}
+
+impl Health {
+    pub fn register(&self, component: &str) {
+        self.set(component, true, "starting");
+    }
+
+    pub fn set_ready(&self, component: &str) {
+        self.set(component, true, "ok");
+    }
+
+    pub fn set_unready(&self, component: &str, reason: impl Into<String>) {
+        self.set(component, false, reason);
+    }
+
+    fn set(&self, component: &str, ready: bool, reason: impl Into<String>) {
+        let reason = reason.into();
+        if let Ok(mut map) = self.inner.lock() {
+            let changed = map
+                .get(component)
+                .is_none_or(|s| s.ready != ready || s.reason != reason);
+            if changed {
+                map.insert(
+                    component.to_string(),
+                    ComponentState {
+                        ready,
+                        reason,
+                        since: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Every component and whether all are ready.
+    pub fn snapshot(&self) -> (bool, BTreeMap<String, ComponentState>) {
+        let map = self.inner.lock().map(|m| m.clone()).unwrap_or_default();
+        let all = map.values().all(|s| s.ready);
+        (all, map)
+    }
+}

@@ -1,0 +1,23 @@
+//! auditrelay: tails the audit-log APIs of SaaS security platforms and
+//! delivers every event, at least once, to SIEM sinks.
+//!
+//! Layout: [`source`] (one file per API), [`sink`] (one file per
+//! destination), [`pipeline`] (delivery and in-order commit), [`checkpoint`]
+//! (durable cursors), [`config`], [`server`] (metrics and health),
+//! [`format`] (encoders that frame raw events).
+
+pub mod checkpoint;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod format;
+pub mod health;
+pub mod http;
+pub mod logging;
+pub mod metrics;
+pub mod pipeline;
+pub mod retry;
+pub mod secret;
+pub mod server;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,166 @@
+//! Prometheus metrics (SPEC §5), one registry for the whole process.
+//!
+//! Labels carry component names and outcomes only, never URLs with query
+//! strings, tokens or event content.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use chrono::{DateTime, Utc};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_fetched: IntCounterVec,
+    pub source_duplicates: IntCounterVec,
+    pub events_deduplicated: IntCounterVec,
+    pub source_requests: IntCounterVec,
+    pub source_retries: IntCounterVec,
+    pub rate_limit_waits: IntCounterVec,
+    pub token_restarts: IntCounterVec,
+    pub source_request_seconds: HistogramVec,
+    pub events_delivered: IntCounterVec,
+    pub events_failed: IntCounterVec,
+    pub events_dead_lettered: IntCounterVec,
+    pub sink_requests: IntCounterVec,
+    pub sink_retries: IntCounterVec,
+    pub sink_batch_seconds: HistogramVec,
+    pub commit_latency_seconds: HistogramVec,
+    pub checkpoint_writes: IntCounterVec,
+    pub checkpoint_lag_seconds: prometheus::GaugeVec,
+    pub in_flight_batches: IntGaugeVec,
+    pub build_info: IntGaugeVec,
+    pub ready: IntGauge,
+    committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
+}
+
+fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("auditrelay_{name}"), help), labels)
+        .expect("metric definition is valid");
+    reg.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn histogram(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    ];
+    let h = HistogramVec::new(
+        HistogramOpts::new(format!("auditrelay_{name}"), help).buckets(buckets),
+        labels,
+    )
+    .expect("metric definition is valid");
+    reg.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(format!("auditrelay_{name}"), help), labels)
+        .expect("metric definition is valid");
+    reg.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let lag = prometheus::GaugeVec::new(
+            Opts::new(
+                "auditrelay_checkpoint_lag_seconds",
+                "Now minus the newest event time in the committed checkpoint.",
+            ),
+            &["source"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(lag.clone()))
+            .expect("metric registered once");
+        let ready = IntGauge::new("auditrelay_ready", "1 when /readyz answers ready, else 0.")
+            .expect("metric definition is valid");
+        r.register(Box::new(ready.clone()))
+            .expect("metric registered once");
+        let m = Metrics {
+            events_fetched: counter(&r, "events_fetched_total", "Events read from a source.", &["source"]),
+            source_duplicates: counter(
+                &r,
+                "source_duplicate_events_total",
+                "Events whose id the source had already returned recently (passed through: at least once).",
+                &["source"],
+            ),
+            events_deduplicated: counter(
+                &r,
+                "events_deduplicated_total",
+                "Events dropped after a cursor restart because they were delivered before.",
+                &["source"],
+            ),
+            source_requests: counter(&r, "source_requests_total", "Requests to a source API by outcome.", &["source", "outcome"]),
+            source_retries: counter(&r, "source_retries_total", "Source requests retried after a transient failure.", &["source"]),
+            rate_limit_waits: counter(&r, "rate_limit_waits_total", "ResourceExhausted / 429 answers that paused a source.", &["source"]),
+            token_restarts: counter(&r, "source_cursor_restarts_total", "Page tokens rejected by the source, followed by a restart from the newest event time minus the overlap.", &["source"]),
+            source_request_seconds: histogram(&r, "source_request_duration_seconds", "Duration of source API requests.", &["source"]),
+            events_delivered: counter(&r, "events_delivered_total", "Events confirmed by a sink.", &["sink", "source"]),
+            events_failed: counter(&r, "events_failed_total", "Events in a delivery attempt that failed and will be retried.", &["sink", "source"]),
+            events_dead_lettered: counter(&r, "events_dead_lettered_total", "Events a sink rejected permanently, written to its dead-letter file.", &["sink", "source"]),
+            sink_requests: counter(&r, "sink_requests_total", "Requests or writes of a sink by outcome.", &["sink", "outcome"]),
+            sink_retries: counter(&r, "sink_retries_total", "Sink deliveries retried after a transient failure.", &["sink"]),
+            sink_batch_seconds: histogram(&r, "sink_batch_latency_seconds", "Time from fetching a batch to its confirmation by a sink.", &["sink"]),
+            commit_latency_seconds: histogram(&r, "batch_commit_latency_seconds", "Time from fetching a batch to committing its checkpoint.", &["source"]),
+            checkpoint_writes: counter(&r, "checkpoint_writes_total", "Checkpoint writes by outcome.", &["source", "outcome"]),
+            checkpoint_lag_seconds: lag,
+            in_flight_batches: gauge(&r, "in_flight_batches", "Batches fetched but not yet committed.", &["source"]),
+            build_info: gauge(&r, "build_info", "Build information; the value is always 1.", &["version"]),
+            ready,
+            registry: r,
+            committed_times: Mutex::new(HashMap::new()),
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    /// Records the newest committed event time of a source; the lag gauge is
+    /// computed from it at each scrape, so it grows while a source is stuck.
+    pub fn set_committed_time(&self, source: &str, time: DateTime<Utc>) {
+        if let Ok(mut map) = self.committed_times.lock() {
+            map.insert(source.to_string(), time);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let now = Utc::now();
+        if let Ok(map) = self.committed_times.lock() {
+            for (source, t) in map.iter() {
+                let lag = (now - *t).num_milliseconds() as f64 / 1000.0;
+                self.checkpoint_lag_seconds
+                    .with_label_values(&[source])
+                    .set(lag.max(0.0));
+            }
+        }
+        let mut out = Vec::new();
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The process-wide metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Shorthand for the process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// A timer for one observation of a histogram.
+pub fn observe_since(h: &Histogram, since: std::time::Instant) {
+    h.observe(since.elapsed().as_secs_f64());
+}

@@ -1,0 +1,228 @@
+//! The at-least-once pipeline of one source.
+//!
+//! ```text
+//!  source ──page──▶ batch n ──▶ every routed sink, concurrently ──▶ confirmed
+//!                   batch n+1 ─▶ …                                      │
+//!                   (≤ max_in_flight batches)                           ▼
+//!                                           commit in order: checkpoint of the
+//!                                           newest batch whose predecessors and
+//!                                           itself every sink confirmed
+//! ```
+//!
+//! A permit per batch bounds memory: the source is not asked for another page
+//! while `max_in_flight` batches wait for their sinks, so a slow or dead sink
+//! pauses the source instead of growing a queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::checkpoint::CheckpointStore;
+use crate::config::RetryConfig;
+use crate::event::{Batch, Event};
+use crate::metrics::metrics;
+use crate::retry::Backoff;
+use crate::sink::{FilterConfig, Sink};
+use crate::source::Source;
+
+/// One sink a source's events go to.
+#[derive(Clone)]
+pub struct Route {
+    pub sink_name: Arc<str>,
+    pub sink: Arc<dyn Sink>,
+    pub filter: FilterConfig,
+}
+
+/// Everything the pipeline of one source needs.
+pub struct SourcePipeline {
+    pub name: Arc<str>,
+    pub source: Box<dyn Source>,
+    pub routes: Vec<Route>,
+    pub store: CheckpointStore,
+    pub max_in_flight: usize,
+    /// Backoff for local failures (checkpoint writes, sink errors).
+    pub retry: RetryConfig,
+}
+
+struct InFlight {
+    batch: Arc<Batch>,
+    delivery: JoinHandle<()>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl SourcePipeline {
+    /// Runs until `stop` is cancelled or the source is finished, then lets the
+    /// batches in flight finish and commits them. The caller bounds that
+    /// drain with the shutdown timeout.
+    pub async fn run(self, stop: CancellationToken) {
+        let SourcePipeline {
+            name,
+            mut source,
+            routes,
+            store,
+            max_in_flight,
+            retry,
+        } = self;
+        let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
+        let routes: Arc<[Route]> = routes.into();
+        let committer = tokio::spawn(commit_in_order(
+            name.clone(),
+            rx,
+            store,
+            routes.clone(),
+            retry,
+        ));
+        let in_flight = metrics().in_flight_batches.with_label_values(&[&name]);
+        let mut backoff = Backoff::new(retry);
+        loop {
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break,
+                p = permits.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let next = tokio::select! {
+                _ = stop.cancelled() => break,
+                b = source.next_batch() => b,
+            };
+            let batch = match next {
+                Ok(Some(b)) => Arc::new(b),
+                Ok(None) => {
+                    info!(source = %name, "source finished");
+                    break;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    error!(source = %name, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "source failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            in_flight.inc();
+            let delivery = tokio::spawn(deliver_everywhere(batch.clone(), routes.clone(), retry));
+            if tx
+                .send(InFlight {
+                    batch,
+                    delivery,
+                    _permit: permit,
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(tx);
+        if let Err(e) = committer.await {
+            error!(source = %name, error = %e, "commit task failed");
+        }
+    }
+}
+
+/// Delivers a batch to every routed sink at once; returns when all confirmed.
+async fn deliver_everywhere(batch: Arc<Batch>, routes: Arc<[Route]>, retry: RetryConfig) {
+    let mut set = tokio::task::JoinSet::new();
+    for route in routes.iter() {
+        let (batch, route) = (batch.clone(), route.clone());
+        set.spawn(async move { deliver_to(&batch, &route, retry).await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
+    let filtered: Vec<Event>;
+    let events: &[Event] = if route.filter.is_empty() {
+        &batch.events
+    } else {
+        filtered = batch
+            .events
+            .iter()
+            .filter(|e| route.filter.accepts(e.kind.as_deref()))
+            .cloned()
+            .collect();
+        &filtered
+    };
+    if events.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(retry);
+    loop {
+        match route.sink.deliver(&batch.source, events).await {
+            Ok(()) => {
+                metrics()
+                    .sink_batch_seconds
+                    .with_label_values(&[&route.sink_name])
+                    .observe(batch.fetched_at.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) => {
+                let delay = backoff.next_delay();
+                error!(sink = %route.sink_name, source = %batch.source, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "sink cannot make progress; retrying the batch");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// Waits for batches in fetch order and persists each one's checkpoint once
+/// it is confirmed: the checkpoint never passes an unconfirmed batch.
+async fn commit_in_order(
+    name: Arc<str>,
+    mut rx: mpsc::UnboundedReceiver<InFlight>,
+    store: CheckpointStore,
+    routes: Arc<[Route]>,
+    retry: RetryConfig,
+) {
+    let m = metrics();
+    let in_flight = m.in_flight_batches.with_label_values(&[&name]);
+    while let Some(mut item) = rx.recv().await {
+        // A panicking sink is a bug; never commit past it, deliver again.
+        while let Err(e) = (&mut item.delivery).await {
+            error!(source = %name, error = %e, "delivery task failed; delivering the batch again");
+            item.delivery = tokio::spawn(deliver_everywhere(
+                item.batch.clone(),
+                routes.clone(),
+                retry,
+            ));
+        }
+        let mut backoff = Backoff::new(retry);
+        loop {
+            let (writer, source) = (store.clone(), name.clone());
+            let state = item.batch.checkpoint.clone();
+            let saved = tokio::task::spawn_blocking(move || writer.save(&source, &state)).await;
+            match saved {
+                Ok(Ok(())) => {
+                    m.checkpoint_writes.with_label_values(&[&name, "ok"]).inc();
+                    break;
+                }
+                Ok(Err(e)) => {
+                    m.checkpoint_writes
+                        .with_label_values(&[&name, "error"])
+                        .inc();
+                    let delay = backoff.next_delay();
+                    error!(source = %name, file = %store.path(&name).display(), error = %e, retry_in_s = delay.as_secs_f64(), "cannot write checkpoint; the previous one stays; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => {
+                    warn!(source = %name, error = %e, "checkpoint task failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        if let Some(t) = item.batch.newest_time {
+            m.set_committed_time(&name, t);
+        }
+        m.commit_latency_seconds
+            .with_label_values(&[&name])
+            .observe(item.batch.fetched_at.elapsed().as_secs_f64());
+        in_flight.dec();
+    }
+}

@@ -1,0 +1,163 @@
+//! Secrets (API tokens, HMAC keys) and where they come from.
+//!
+//! A [`Secret`] never prints its value: `Debug` and `Display` show `***`, so a
+//! secret that ends up in a log line or an error message by accident leaks nothing.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// A secret value. Compare with [`Secret::expose`] only where it is sent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that puts it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a secret is read from: exactly one of a file, an environment
+/// variable, or a systemd credential (`$CREDENTIALS_DIRECTORY/NAME`).
+///
+/// Files are re-read on demand so a rotated Kubernetes secret or a renewed
+/// credential is picked up without a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    Env(String),
+    Credential(String),
+}
+
+/// The three optional keys a config section uses to name a secret, e.g.
+/// `token_file`, `token_env`, `token_credential`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+pub struct SecretKeys {
+    pub file: Option<PathBuf>,
+    pub env: Option<String>,
+    pub credential: Option<String>,
+}
+
+impl SecretKeys {
+    /// Resolves the keys to one source. `prefix` is the key stem (`token`,
+    /// `hmac_secret`) used in error messages.
+    pub fn source(&self, prefix: &str) -> Result<Option<SecretSource>, String> {
+        let mut found = Vec::new();
+        if let Some(path) = &self.file {
+            found.push(SecretSource::File(path.clone()));
+        }
+        if let Some(var) = &self.env {
+            found.push(SecretSource::Env(var.clone()));
+        }
+        if let Some(name) = &self.credential {
+            found.push(SecretSource::Credential(name.clone()));
+        }
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(format!(
+                "set only one of {prefix}_file, {prefix}_env and {prefix}_credential"
+            )),
+        }
+    }
+}
+
+impl SecretSource {
+    /// Reads the secret now. Surrounding whitespace (a trailing newline in a
+    /// mounted file) is trimmed. Errors name the place, never the value.
+    pub fn load(&self) -> Result<Secret, String> {
+        let (raw, place) = match self {
+            SecretSource::File(path) => (
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
+                format!("secret file {}", path.display()),
+            ),
+            SecretSource::Env(var) => (
+                std::env::var(var)
+                    .map_err(|_| format!("environment variable {var} is not set or not UTF-8"))?,
+                format!("environment variable {var}"),
+            ),
+            SecretSource::Credential(name) => {
+                let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or_else(|| {
+                    format!(
+                        "systemd credential {name} requested but CREDENTIALS_DIRECTORY is not set \
+                         (add LoadCredential={name}:... to the unit)"
+                    )
+                })?;
+                let path = PathBuf::from(dir).join(name);
+                (
+                    std::fs::read_to_string(&path).map_err(|e| {
+                        format!("cannot read systemd credential {}: {e}", path.display())
+                    })?,
+                    format!("systemd credential {name}"),
+                )
+            }
+        };
+        let value = raw.trim();
+        if value.is_empty() {
+            return Err(format!("{place} is empty"));
+        }
+        Ok(Secret::new(value))
+    }
+
+    /// Describes the place (for logs), never the value.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::File(p) => format!("file {}", p.display()),
+            SecretSource::Env(v) => format!("env {v}"),
+            SecretSource::Credential(n) => format!("credential {n}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_never_formats_its_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s}"), "***");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn file_secret_is_trimmed_and_empty_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tok");
+        std::fs::write(&path, "abc\n").unwrap();
+        let src = SecretSource::File(path.clone());
+        assert_eq!(src.load().unwrap().expose(), "abc");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(src.load().unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn two_sources_are_ambiguous() {
+        let keys = SecretKeys {
+            file: Some("/x".into()),
+            env: Some("X".into()),
+            credential: None,
+        };
+        assert!(keys.source("token").unwrap_err().contains("only one"));
+    }
+}

@@ -1,0 +1,419 @@
+//! HTTP webhook: POSTs events as a JSON array, NDJSON, or one event per
+//! request, with optional bearer/basic auth, an HMAC-SHA256 signature of the
+//! body as sent, and gzip.
+//!
+//! Answers: 2xx confirms. 429 waits for Retry-After; 408, 5xx and network
+//! errors retry with backoff; 401/403/404/405/407 mean the endpoint or the
+//! credentials are wrong, so the sink keeps retrying slowly and reports not
+//! ready (dropping events because of a typo would be worse). 413 and other
+//! 4xx split the request in halves until the rejected events are isolated;
+//! those go to the dead-letter file and the rest is delivered.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use flate2::write::GzEncoder;
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+use tracing::{error, warn};
+
+use super::{DeadLetters, Sink, SinkCommon, SinkContext};
+use crate::config::{parse_url, require_positive, Problems};
+use crate::event::Event;
+use crate::format::ndjson;
+use crate::health::Health;
+use crate::metrics::metrics;
+use crate::retry::Backoff;
+use crate::secret::{Secret, SecretKeys, SecretSource};
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    #[default]
+    JsonArray,
+    Ndjson,
+    /// One event per request, the body being the event itself.
+    Single,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct WebhookConfig {
+    pub url: String,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default)]
+    pub encoding: Encoding,
+    #[serde(default)]
+    pub compression: Compression,
+    /// Extra request headers (not for secrets: use the *_file keys).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Bearer token.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    /// Basic auth user; the password comes from `password_file`/`_env`.
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    pub password_credential: Option<String>,
+    /// Key of the HMAC-SHA256 body signature.
+    pub hmac_secret_file: Option<PathBuf>,
+    pub hmac_secret_env: Option<String>,
+    pub hmac_secret_credential: Option<String>,
+    #[serde(default = "default_hmac_header")]
+    pub hmac_header: String,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Least wait between attempts while the endpoint refuses the credentials.
+    #[serde(default = "default_auth_retry", with = "humantime_serde")]
+    pub auth_retry: Duration,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+fn default_hmac_header() -> String {
+    "X-Auditrelay-Signature".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_auth_retry() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl WebhookConfig {
+    fn secret_keys(&self) -> [(&'static str, SecretKeys); 3] {
+        [
+            (
+                "token",
+                SecretKeys {
+                    file: self.token_file.clone(),
+                    env: self.token_env.clone(),
+                    credential: self.token_credential.clone(),
+                },
+            ),
+            (
+                "password",
+                SecretKeys {
+                    file: self.password_file.clone(),
+                    env: self.password_env.clone(),
+                    credential: self.password_credential.clone(),
+                },
+            ),
+            (
+                "hmac_secret",
+                SecretKeys {
+                    file: self.hmac_secret_file.clone(),
+                    env: self.hmac_secret_env.clone(),
+                    credential: self.hmac_secret_credential.clone(),
+                },
+            ),
+        ]
+    }
+
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        parse_url(&self.url, &format!("{path}.url"), problems);
+        if reqwest::Method::from_bytes(self.method.as_bytes()).is_err() {
+            problems.push(
+                format!("{path}.method"),
+                format!("\"{}\" is not an HTTP method", self.method),
+            );
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                problems.push(format!("{path}.headers.{name}"), "not a valid header name");
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                problems.push(format!("{path}.headers.{name}"), "not a valid header value");
+            }
+        }
+        if reqwest::header::HeaderName::from_bytes(self.hmac_header.as_bytes()).is_err() {
+            problems.push(format!("{path}.hmac_header"), "not a valid header name");
+        }
+        let mut have = BTreeMap::new();
+        for (stem, keys) in self.secret_keys() {
+            match keys.source(stem) {
+                Ok(Some(src)) => {
+                    if let Err(e) = src.load() {
+                        problems.push(format!("{path}.{stem}_file"), e);
+                    }
+                    have.insert(stem, true);
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(path, e),
+            }
+        }
+        if have.contains_key("password") != self.username.is_some() {
+            problems.push(
+                format!("{path}.username"),
+                "basic auth needs both username and password_file (or password_env)",
+            );
+        }
+        if have.contains_key("token") && self.username.is_some() {
+            problems.push(
+                format!("{path}.token_file"),
+                "choose bearer (token_*) or basic (username/password_*), not both",
+            );
+        }
+        require_positive(self.timeout, &format!("{path}.timeout"), problems);
+    }
+}
+
+enum Auth {
+    None,
+    Bearer(SecretSource, Secret),
+    Basic(String, Secret),
+}
+
+pub struct WebhookSink {
+    name: Arc<str>,
+    cfg: WebhookConfig,
+    common: SinkCommon,
+    client: reqwest::Client,
+    url: url::Url,
+    method: reqwest::Method,
+    auth: tokio::sync::RwLock<Auth>,
+    hmac_key: Option<Secret>,
+    health: Health,
+    dead_letters: DeadLetters,
+}
+
+/// How one request ended.
+enum Answer {
+    Ok,
+    /// Retry later; the server may say when.
+    Retry(String, Option<Duration>),
+    /// Wrong endpoint or credentials: retry slowly, report not ready.
+    Refused(String),
+    /// Some events of the request are unacceptable: split, then dead-letter.
+    Reject(String),
+}
+
+impl WebhookSink {
+    pub fn new(cfg: WebhookConfig, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Self> {
+        let path = format!("sinks.{}", ctx.name);
+        let load =
+            |stem: &str, keys: &SecretKeys| -> anyhow::Result<Option<(SecretSource, Secret)>> {
+                match keys
+                    .source(stem)
+                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
+                {
+                    Some(src) => {
+                        let s = src
+                            .load()
+                            .map_err(|e| anyhow::anyhow!("{path}.{stem}_file: {e}"))?;
+                        Ok(Some((src, s)))
+                    }
+                    None => Ok(None),
+                }
+            };
+        let [(_, token_keys), (_, password_keys), (_, hmac_keys)] = cfg.secret_keys();
+        let auth = if let Some((src, s)) = load("token", &token_keys)? {
+            Auth::Bearer(src, s)
+        } else if let (Some(user), Some((_, pw))) =
+            (&cfg.username, load("password", &password_keys)?)
+        {
+            Auth::Basic(user.clone(), pw)
+        } else {
+            Auth::None
+        };
+        let hmac_key = load("hmac_secret", &hmac_keys)?.map(|(_, s)| s);
+        let url = url::Url::parse(&cfg.url).map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
+        let method = reqwest::Method::from_bytes(cfg.method.as_bytes())
+            .map_err(|_| anyhow::anyhow!("{path}.method: not an HTTP method"))?;
+        let client = crate::http::client(&common.tls, cfg.timeout, &path)?;
+        ctx.health.register(&format!("sink.{}", ctx.name));
+        Ok(WebhookSink {
+            name: ctx.name.into(),
+            client,
+            url,
+            method,
+            auth: tokio::sync::RwLock::new(auth),
+            hmac_key,
+            health: ctx.health,
+            dead_letters: ctx.dead_letters,
+            common: common.clone(),
+            cfg,
+        })
+    }
+
+    fn health_key(&self) -> String {
+        format!("sink.{}", self.name)
+    }
+
+    fn encode(&self, events: &[Event]) -> anyhow::Result<(Vec<u8>, &'static str)> {
+        let (body, content_type) = match self.cfg.encoding {
+            Encoding::JsonArray => (ndjson::array(events), "application/json"),
+            Encoding::Ndjson => (ndjson::lines(events), "application/x-ndjson"),
+            Encoding::Single => (
+                events.first().map(|e| e.raw.to_vec()).unwrap_or_default(),
+                "application/json",
+            ),
+        };
+        if self.cfg.compression == Compression::Gzip {
+            let mut gz = GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::new(6),
+            );
+            gz.write_all(&body)?;
+            return Ok((gz.finish()?, content_type));
+        }
+        Ok((body, content_type))
+    }
+
+    async fn post(&self, events: &[Event]) -> anyhow::Result<Answer> {
+        let (body, content_type) = self.encode(events)?;
+        let mut req = self
+            .client
+            .request(self.method.clone(), self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type);
+        if self.cfg.compression == Compression::Gzip {
+            req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        match &*self.auth.read().await {
+            Auth::None => {}
+            Auth::Bearer(_, t) => req = req.bearer_auth(t.expose()),
+            Auth::Basic(u, p) => req = req.basic_auth(u, Some(p.expose())),
+        }
+        if let Some(key) = &self.hmac_key {
+            let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
+                .map_err(|e| anyhow::anyhow!("HMAC key: {e}"))?;
+            mac.update(&body);
+            let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+            req = req.header(self.cfg.hmac_header.as_str(), sig);
+        }
+        let resp = match req.body(body).send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                return Ok(Answer::Retry(format!("{what}: {e}"), None));
+            }
+        };
+        let status = resp.status().as_u16();
+        let retry_after = crate::http::retry_after(resp.headers());
+        let text = resp.text().await.unwrap_or_default();
+        let text: String = text
+            .chars()
+            .take(300)
+            .collect::<String>()
+            .replace(['\n', '\r'], " ");
+        let why = format!("HTTP {status}: {text}");
+        Ok(match status {
+            200..=299 => Answer::Ok,
+            429 | 503 => Answer::Retry(why, retry_after),
+            408 | 500..=599 => Answer::Retry(why, None),
+            401 | 403 | 404 | 405 | 407 => Answer::Refused(why),
+            _ => Answer::Reject(why),
+        })
+    }
+
+    /// Re-reads a bearer token from its file, in case it was rotated.
+    async fn reload_token(&self) {
+        let mut auth = self.auth.write().await;
+        if let Auth::Bearer(src, current) = &mut *auth {
+            match src.load() {
+                Ok(t) => *current = t,
+                Err(e) => error!(sink = %self.name, error = %e, "cannot re-read the token"),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for WebhookSink {
+    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        let m = metrics();
+        let (default_events, default_bytes) = match self.cfg.encoding {
+            Encoding::Single => (1, usize::MAX),
+            _ => (500, 4 * 1024 * 1024),
+        };
+        let mut backoff = Backoff::new(self.common.retry);
+        // A stack of runs still to send, so splitting keeps the order.
+        let mut todo: Vec<&[Event]> =
+            self.common
+                .batch
+                .chunks(events, default_events, default_bytes);
+        todo.reverse();
+        while let Some(run) = todo.pop() {
+            let started = Instant::now();
+            match self.post(run).await? {
+                Answer::Ok => {
+                    backoff.reset();
+                    self.health.set_ready(&self.health_key());
+                    m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
+                    m.events_delivered
+                        .with_label_values(&[&self.name, source])
+                        .inc_by(run.len() as u64);
+                    tracing::trace!(sink = %self.name, events = run.len(), ms = started.elapsed().as_millis() as u64, "delivered");
+                }
+                Answer::Retry(why, after) => {
+                    m.sink_requests
+                        .with_label_values(&[&self.name, "retry"])
+                        .inc();
+                    m.sink_retries.with_label_values(&[&self.name]).inc();
+                    m.events_failed
+                        .with_label_values(&[&self.name, source])
+                        .inc_by(run.len() as u64);
+                    let delay = after.unwrap_or_else(|| backoff.next_delay());
+                    warn!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "delivery failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    todo.push(run);
+                }
+                Answer::Refused(why) => {
+                    m.sink_requests
+                        .with_label_values(&[&self.name, "refused"])
+                        .inc();
+                    m.sink_retries.with_label_values(&[&self.name]).inc();
+                    m.events_failed
+                        .with_label_values(&[&self.name, source])
+                        .inc_by(run.len() as u64);
+                    let delay = backoff.next_delay().max(self.cfg.auth_retry);
+                    let reason =
+                        format!("endpoint refuses the requests ({why}); check url and credentials");
+                    error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "endpoint refuses the requests; check url and credentials");
+                    self.health.set_unready(&self.health_key(), reason);
+                    tokio::time::sleep(delay).await;
+                    self.reload_token().await;
+                    todo.push(run);
+                }
+                Answer::Reject(why) => {
+                    m.sink_requests
+                        .with_label_values(&[&self.name, "rejected"])
+                        .inc();
+                    if run.len() > 1 {
+                        let (a, b) = run.split_at(run.len() / 2);
+                        todo.push(b);
+                        todo.push(a);
+                    } else {
+                        self.dead_letters.write(source, run, &why)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
