@@ -118,6 +118,15 @@ impl SecretSource {
         Ok(Secret::new(value))
     }
 
+    /// The config key that names this source, e.g. `token_env` for stem `token`.
+    pub fn key(&self, stem: &str) -> String {
+        match self {
+            SecretSource::File(_) => format!("{stem}_file"),
+            SecretSource::Env(_) => format!("{stem}_env"),
+            SecretSource::Credential(_) => format!("{stem}_credential"),
+        }
+    }
+
     /// Describes the place (for logs), never the value.
     pub fn describe(&self) -> String {
         match self {

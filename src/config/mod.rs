@@ -237,7 +237,6 @@ pub struct Config {
 
 /// Top-level keys; sources and sinks are read one by one afterwards.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct TopLevel {
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
@@ -289,9 +288,29 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }]));
     }
     let fig = figment(path);
-    let top: TopLevel = fig.extract().map_err(|e| fail(figment_problems(e, "")))?;
-
     let mut problems = Problems::default();
+    let top: TopLevel = match extract_section(&fig, "", &[]) {
+        Ok(t) => t,
+        Err(list) => {
+            problems.extend(list);
+            // Keep going with whatever sections can be read, so one bad
+            // top-level key does not hide the problems of every sink.
+            let names = |key: &str| {
+                fig.extract_inner::<BTreeMap<String, IgnoredAny>>(key)
+                    .unwrap_or_default()
+            };
+            TopLevel {
+                state_dir: default_state_dir(),
+                server: ServerConfig::default(),
+                log_format: LogFormat::default(),
+                log_level: default_log_level(),
+                shutdown_timeout: default_shutdown_timeout(),
+                pipeline: PipelineConfig::default(),
+                sources: names("sources"),
+                sinks: names("sinks"),
+            }
+        }
+    };
     let listen = match top.server.listen.parse::<SocketAddr>() {
         Ok(addr) => Some(addr),
         Err(e) => {
@@ -430,7 +449,12 @@ pub fn extract_section<T: DeserializeOwned>(
     shared: &[&[&str]],
 ) -> Result<T, Vec<Problem>> {
     let mut problems = Vec::new();
-    if let Ok(keys) = fig.extract_inner::<BTreeMap<String, IgnoredAny>>(path) {
+    let keys = if path.is_empty() {
+        fig.extract::<BTreeMap<String, IgnoredAny>>()
+    } else {
+        fig.extract_inner::<BTreeMap<String, IgnoredAny>>(path)
+    };
+    if let Ok(keys) = keys {
         let own = struct_fields::<T>();
         for key in keys.keys() {
             let known = own.contains(&key.as_str())
@@ -444,13 +468,18 @@ pub fn extract_section<T: DeserializeOwned>(
                 accepted.sort_unstable();
                 accepted.dedup();
                 problems.push(Problem {
-                    path: format!("{path}.{key}"),
+                    path: join_path(path, key),
                     message: format!("unknown key (accepted: {})", accepted.join(", ")),
                 });
             }
         }
     }
-    match fig.extract_inner::<T>(path) {
+    let value = if path.is_empty() {
+        fig.extract::<T>()
+    } else {
+        fig.extract_inner::<T>(path)
+    };
+    match value {
         Ok(v) if problems.is_empty() => Ok(v),
         Ok(_) => Err(problems),
         Err(e) => {
@@ -460,21 +489,35 @@ pub fn extract_section<T: DeserializeOwned>(
     }
 }
 
+fn join_path(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_string()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
 /// Flattens figment's (possibly chained) errors into problems with key paths.
-fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
+pub fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
     err.into_iter()
         .map(|e| {
-            let mut segments: Vec<String> = Vec::new();
-            let joined = e.path.join(".");
-            if !prefix.is_empty() && !joined.starts_with(prefix) {
-                segments.push(prefix.to_string());
+            // figment reports the path inside the focused section followed by
+            // the focus itself (`[field, "sinks", "hook"]`); put it in order.
+            let focus: Vec<&str> = prefix.split('.').filter(|s| !s.is_empty()).collect();
+            let mut rel: Vec<String> = e.path.clone();
+            if rel.len() >= focus.len() && rel[rel.len() - focus.len()..].iter().map(String::as_str).eq(focus.iter().copied()) {
+                rel.truncate(rel.len() - focus.len());
+            } else if rel.len() >= focus.len() && rel[..focus.len()].iter().map(String::as_str).eq(focus.iter().copied()) {
+                rel.drain(..focus.len());
             }
-            if !joined.is_empty() {
-                segments.push(joined);
-            }
+            let mut segments: Vec<String> = focus.iter().map(|s| s.to_string()).collect();
+            let joined = rel.join(".");
+            segments.extend(rel);
             let message = match &e.kind {
                 figment::error::Kind::UnknownField(field, expected) => {
-                    segments.push(field.clone());
+                    if !joined.ends_with(field.as_str()) {
+                        segments.push(field.clone());
+                    }
                     format!("unknown key (accepted: {})", expected.join(", "))
                 }
                 figment::error::Kind::MissingField(field) => {

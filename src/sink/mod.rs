@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::config::{extract_section, struct_fields, Problem, Problems, RetryConfig, TlsConfig};
+use crate::config::{extract_section, figment_problems, struct_fields, Problem, Problems, RetryConfig, TlsConfig};
 use crate::event::Event;
 use crate::health::Health;
 pub use dead_letter::DeadLetters;
@@ -197,26 +197,13 @@ impl SinkConfig {
         // Shared keys are read without the unknown-key check: the kind's
         // section read above already reported every unknown key once.
         let common = fig.extract_inner::<SinkCommon>(path).map_err(|e| {
-            e.into_iter()
-                .map(|e| {
-                    let mut p = vec![path.to_string()];
-                    if !e.path.is_empty() {
-                        p = e.path.clone();
-                    }
-                    let msg = match &e.kind {
-                        figment::error::Kind::MissingField(f) => {
-                            p.push(f.to_string());
-                            "required key is missing (the names of the sources this sink takes)"
-                                .to_string()
-                        }
-                        k => k.to_string(),
-                    };
-                    Problem {
-                        path: p.join("."),
-                        message: msg,
-                    }
-                })
-                .collect::<Vec<_>>()
+            let mut list = figment_problems(e, path);
+            for p in &mut list {
+                if p.path.ends_with(".inputs") && p.message.starts_with("required key") {
+                    p.message = "required key is missing (the names of the sources this sink takes)".into();
+                }
+            }
+            list
         });
         match (common, kind_result) {
             (Ok(common), Ok(kind)) => Ok(SinkConfig { common, kind }),

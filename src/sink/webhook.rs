@@ -150,7 +150,7 @@ impl WebhookConfig {
             match keys.source(stem) {
                 Ok(Some(src)) => {
                     if let Err(e) = src.load() {
-                        problems.push(format!("{path}.{stem}_file"), e);
+                        problems.push(format!("{path}.{}", src.key(stem)), e);
                     }
                     have.insert(stem, true);
                 }

@@ -145,7 +145,7 @@ impl VezaConfig {
         match self.token_keys().source("token") {
             Ok(Some(src)) => {
                 if let Err(e) = src.load() {
-                    problems.push(format!("{path}.token_file"), e);
+                    problems.push(format!("{path}.{}", src.key("token")), e);
                 }
             }
             Ok(None) => problems.push(
