@@ -505,9 +505,19 @@ pub fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
             // the focus itself (`[field, "sinks", "hook"]`); put it in order.
             let focus: Vec<&str> = prefix.split('.').filter(|s| !s.is_empty()).collect();
             let mut rel: Vec<String> = e.path.clone();
-            if rel.len() >= focus.len() && rel[rel.len() - focus.len()..].iter().map(String::as_str).eq(focus.iter().copied()) {
+            if rel.len() >= focus.len()
+                && rel[rel.len() - focus.len()..]
+                    .iter()
+                    .map(String::as_str)
+                    .eq(focus.iter().copied())
+            {
                 rel.truncate(rel.len() - focus.len());
-            } else if rel.len() >= focus.len() && rel[..focus.len()].iter().map(String::as_str).eq(focus.iter().copied()) {
+            } else if rel.len() >= focus.len()
+                && rel[..focus.len()]
+                    .iter()
+                    .map(String::as_str)
+                    .eq(focus.iter().copied())
+            {
                 rel.drain(..focus.len());
             }
             let mut segments: Vec<String> = focus.iter().map(|s| s.to_string()).collect();

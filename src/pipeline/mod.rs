@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -79,6 +79,10 @@ impl SourcePipeline {
         ));
         let in_flight = metrics().in_flight_batches.with_label_values(&[&name]);
         let mut backoff = Backoff::new(retry);
+        // Per route, the completion of the previous batch's delivery, so
+        // ordered sinks receive a source's batches one after another.
+        let mut previous: Vec<Option<oneshot::Receiver<()>>> =
+            routes.iter().map(|_| None).collect();
         loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -108,7 +112,17 @@ impl SourcePipeline {
             };
             backoff.reset();
             in_flight.inc();
-            let delivery = tokio::spawn(deliver_everywhere(batch.clone(), routes.clone(), retry));
+            let mut chain = Vec::with_capacity(routes.len());
+            for prev in previous.iter_mut() {
+                let (done_tx, done_rx) = oneshot::channel();
+                chain.push((prev.replace(done_rx), done_tx));
+            }
+            let delivery = tokio::spawn(deliver_everywhere(
+                batch.clone(),
+                routes.clone(),
+                chain,
+                retry,
+            ));
             if tx
                 .send(InFlight {
                     batch,
@@ -127,12 +141,30 @@ impl SourcePipeline {
     }
 }
 
+/// For each route: the previous batch's completion to wait for (ordered
+/// sinks only) and the signal of this batch's completion.
+type Chain = Vec<(Option<oneshot::Receiver<()>>, oneshot::Sender<()>)>;
+
 /// Delivers a batch to every routed sink at once; returns when all confirmed.
-async fn deliver_everywhere(batch: Arc<Batch>, routes: Arc<[Route]>, retry: RetryConfig) {
+async fn deliver_everywhere(
+    batch: Arc<Batch>,
+    routes: Arc<[Route]>,
+    chain: Chain,
+    retry: RetryConfig,
+) {
     let mut set = tokio::task::JoinSet::new();
+    let mut chain = chain.into_iter();
     for route in routes.iter() {
         let (batch, route) = (batch.clone(), route.clone());
-        set.spawn(async move { deliver_to(&batch, &route, retry).await });
+        let (prev, done) = chain.next().unwrap_or_else(|| (None, oneshot::channel().0));
+        set.spawn(async move {
+            if let Some(prev) = prev.filter(|_| route.sink.ordered()) {
+                // An error only means the previous delivery task is gone.
+                let _ = prev.await;
+            }
+            deliver_to(&batch, &route, retry).await;
+            let _ = done.send(());
+        });
     }
     while set.join_next().await.is_some() {}
 }
@@ -190,6 +222,7 @@ async fn commit_in_order(
             item.delivery = tokio::spawn(deliver_everywhere(
                 item.batch.clone(),
                 routes.clone(),
+                Vec::new(),
                 retry,
             ));
         }

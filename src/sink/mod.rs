@@ -17,7 +17,9 @@ use async_trait::async_trait;
 use figment::Figment;
 use serde::Deserialize;
 
-use crate::config::{extract_section, figment_problems, struct_fields, Problem, Problems, RetryConfig, TlsConfig};
+use crate::config::{
+    extract_section, figment_problems, struct_fields, Problem, Problems, RetryConfig, TlsConfig,
+};
 use crate::event::Event;
 use crate::health::Health;
 pub use dead_letter::DeadLetters;
@@ -32,6 +34,13 @@ pub trait Sink: Send + Sync {
     /// dead-letter file cannot be written); the pipeline retries the call.
     /// Called concurrently for several batches.
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()>;
+
+    /// Whether batches of a source must reach this sink in fetch order. Then
+    /// the pipeline hands it one batch of a source at a time; otherwise up
+    /// to `max_in_flight` batches at once (throughput over order).
+    fn ordered(&self) -> bool {
+        true
+    }
 }
 
 /// What a sink is given when it is built.
@@ -200,7 +209,8 @@ impl SinkConfig {
             let mut list = figment_problems(e, path);
             for p in &mut list {
                 if p.path.ends_with(".inputs") && p.message.starts_with("required key") {
-                    p.message = "required key is missing (the names of the sources this sink takes)".into();
+                    p.message =
+                        "required key is missing (the names of the sources this sink takes)".into();
                 }
             }
             list

@@ -416,4 +416,9 @@ impl Sink for WebhookSink {
         }
         Ok(())
     }
+
+    /// Receivers index by event time; parallel requests give throughput.
+    fn ordered(&self) -> bool {
+        false
+    }
 }

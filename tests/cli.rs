@@ -1,0 +1,264 @@
+//! The command line as an operator uses it: `validate`, startup errors, and a
+//! bounded demo run end to end.
+
+use std::path::Path;
+use std::process::Command;
+
+fn auditrelay() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_auditrelay"))
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write test file");
+}
+
+#[test]
+fn validate_reports_every_problem_with_its_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bad.toml");
+    write(
+        &cfg,
+        r#"
+state_dir = "/tmp/unused"
+bogus = 1
+[sources.veza_prod]
+type = "veza"
+url = "example.com/x"
+token_env = "AUDITRELAY_TEST_UNSET_TOKEN"
+page_size = 20000
+start_at = "yesterday"
+poll_interval = "5 parsecs"
+[sinks.hook]
+type = "webhook"
+inputs = ["veza_prd"]
+url = "/relative"
+[sinks.hook.tls]
+ca = "x"
+[sinks.f]
+type = "file"
+inputs = ["veza_prod"]
+path = "x"
+rotate_bytes = "big"
+[sinks.k]
+type = "carrier_pigeon"
+inputs = ["veza_prod"]
+"#,
+    );
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "bogus: unknown key",
+        "sources.veza_prod.poll_interval: invalid value string \"5 parsecs\"",
+        "sinks.hook.tls.ca: unknown key (accepted: ca_file, cert_file, key_file, insecure_skip_verify)",
+        "sinks.f.rotate_bytes: invalid type",
+        "sinks.k.type: unknown sink type \"carrier_pigeon\"",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+
+    // With the type errors fixed, the semantic checks speak.
+    write(
+        &cfg,
+        r#"
+[sources.veza_prod]
+type = "veza"
+url = "example.com/x"
+token_env = "AUDITRELAY_TEST_UNSET_TOKEN"
+page_size = 20000
+start_at = "yesterday"
+[sinks.hook]
+type = "webhook"
+inputs = ["veza_prd"]
+url = "/relative"
+"#,
+    );
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "sources.veza_prod.url: relative URL without a base",
+        "sources.veza_prod.token_env: environment variable AUDITRELAY_TEST_UNSET_TOKEN is not set",
+        "sources.veza_prod.page_size: 20000 is out of range",
+        "sources.veza_prod.start_at: \"yesterday\" is neither",
+        "sinks.hook.url: relative URL without a base",
+        "sinks.hook.inputs[0]: \"veza_prd\" names no source (sources: veza_prod)",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let out = auditrelay()
+        .args(["validate", "--config", "/nonexistent/auditrelay.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read config file /nonexistent/auditrelay.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn shipped_configs_validate() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(Path::new(root).join("config/demo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is valid: 1 source [demo (demo)]"));
+
+    // The real example, with its secret paths pointed at files that exist.
+    let dir = tempfile::tempdir().unwrap();
+    let (veza, hook) = (dir.path().join("veza"), dir.path().join("hook"));
+    write(&veza, "veza-token\n");
+    write(&hook, "hook-key\n");
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(Path::new(root).join("config/veza-to-webhook.toml"))
+        .env("AUDITRELAY_SOURCES__VEZA_PROD__TOKEN_FILE", &veza)
+        .env("AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE", &hook)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn demo_config(dir: &Path, limit: u64) -> std::path::PathBuf {
+    let cfg = dir.join("demo.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"
+state_dir = "{state}"
+[server]
+listen = "127.0.0.1:0"
+[sources.demo]
+type = "demo"
+rate = 0
+batch_size = 250
+limit = {limit}
+[sinks.out]
+type = "file"
+inputs = ["demo"]
+path = "{state}/events.ndjson"
+"#,
+            state = dir.join("state").display()
+        ),
+    );
+    cfg
+}
+
+#[test]
+fn bounded_demo_run_delivers_everything_then_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), 1000);
+    let out = auditrelay()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = std::fs::read_to_string(dir.path().join("state/events.ndjson")).unwrap();
+    let ids: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["request_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    assert_eq!(ids[999], "demo-000000000999");
+
+    // Raising the limit continues after the committed checkpoint: no repeats.
+    let cfg = demo_config(dir.path(), 1500);
+    let out = auditrelay()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events = std::fs::read_to_string(dir.path().join("state/events.ndjson")).unwrap();
+    assert_eq!(events.lines().count(), 1500);
+
+    let show = auditrelay()
+        .args(["checkpoint", "show", "--source", "demo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&show.stdout).trim(),
+        r#"{"next":1500}"#
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_stops_startup_with_the_file_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), 10);
+    let out = auditrelay()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let path = dir.path().join("state/checkpoints/demo.checkpoint");
+    let mut data = std::fs::read(&path).unwrap();
+    let last = data.len() - 2;
+    data[last] = b'7';
+    std::fs::write(&path, &data).unwrap();
+
+    let out = auditrelay()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&path.display().to_string()), "{err}");
+    assert!(err.contains("checksum mismatch"), "{err}");
+    assert!(
+        err.contains("auditrelay checkpoint reset --source demo"),
+        "{err}"
+    );
+    // Nothing was overwritten.
+    assert_eq!(std::fs::read(&path).unwrap(), data);
+
+    let reset = auditrelay()
+        .args(["checkpoint", "reset", "--source", "demo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(reset.status.success());
+    assert!(!path.exists());
+}
