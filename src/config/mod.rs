@@ -288,6 +288,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }]));
     }
     let fig = figment(path);
+    // A file that does not parse has no sections to check further.
+    if let Err(e) = fig.extract::<figment::value::Dict>() {
+        return Err(fail(figment_problems(e, "")));
+    }
     let mut problems = Problems::default();
     let top: TopLevel = match extract_section(&fig, "", &[]) {
         Ok(t) => t,

@@ -39,6 +39,9 @@ pub struct WebhookFaults {
     pub reject_ids: HashSet<String>,
     /// Answer 503 to everything.
     pub down: bool,
+    /// Hold every answer this long after recording it: widens the window in
+    /// which the events have arrived but the sender has no confirmation yet.
+    pub answer_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +341,10 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
             Err(ReadError::Closed | ReadError::Io(_)) => return,
         };
         let resp = shared.handle(&req);
+        let delay = shared.lock().faults.answer_delay;
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let close = !req.keep_alive;
         if resp.write(&mut conn.stream, close).await.is_err() || close {
             return;
