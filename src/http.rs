@@ -51,6 +51,20 @@ pub fn client(tls: &TlsConfig, timeout: Duration, path: &str) -> anyhow::Result<
         .map_err(|e| anyhow::anyhow!("{path}: cannot build HTTP client: {e}"))
 }
 
+/// A reqwest error with its causes, without the URL: URLs can carry
+/// secrets (webhook paths, query tokens) and must not reach a log line.
+pub fn describe_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 /// Parses `Retry-After` (delay seconds or an HTTP date) into a wait from now.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers

@@ -124,6 +124,17 @@ impl Metrics {
         m
     }
 
+    /// Registers a component's own metric (a sink's ack latency, say), so the
+    /// metric lives next to the code that updates it. Registering the same
+    /// name twice returns the first registration's error, which callers treat
+    /// as a bug.
+    pub fn register<C: prometheus::core::Collector + Clone + 'static>(&self, collector: C) -> C {
+        if let Err(e) = self.registry.register(Box::new(collector.clone())) {
+            tracing::error!(error = %e, "metric registration failed");
+        }
+        collector
+    }
+
     /// Records the newest committed event time of a source; the lag gauge is
     /// computed from it at each scrape, so it grows while a source is stuck.
     pub fn set_committed_time(&self, source: &str, time: DateTime<Utc>) {

@@ -310,7 +310,10 @@ impl WebhookSink {
                 } else {
                     "request failed"
                 };
-                return Ok(Answer::Retry(format!("{what}: {e}"), None));
+                return Ok(Answer::Retry(
+                    format!("{what}: {}", crate::http::describe_error(e)),
+                    None,
+                ));
             }
         };
         let status = resp.status().as_u16();

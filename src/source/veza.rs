@@ -374,7 +374,7 @@ impl VezaSource {
                 } else {
                     "request failed"
                 };
-                return Outcome::Transient(format!("{what}: {}", error_chain(&e)));
+                return Outcome::Transient(format!("{what}: {}", crate::http::describe_error(e)));
             }
         };
         let status = resp.status().as_u16();
@@ -384,7 +384,7 @@ impl VezaSource {
             Err(e) => {
                 return Outcome::Transient(format!(
                     "HTTP {status}: reading the body failed (connection reset?): {}",
-                    error_chain(&e)
+                    crate::http::describe_error(e)
                 ))
             }
         };
@@ -691,17 +691,6 @@ impl GrpcError {
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
     text.replace(['\n', '\r'], " ")
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }
 
 #[cfg(test)]
