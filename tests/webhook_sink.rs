@@ -8,46 +8,19 @@ use std::time::Duration;
 
 use auditrelay::event::Event;
 use auditrelay::health::Health;
-use auditrelay::sink::{DeadLetters, Sink, SinkContext};
-use bytes::Bytes;
+use auditrelay::sink::{DeadLetters, Sink};
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 fn events(n: usize) -> Vec<Event> {
-    (0..n)
-        .map(|i| Event {
-            raw: Bytes::from(format!(
-                "{{\"request_id\":\"ev-{i:04}\",\"note\":\"line\\nbreak\"}}"
-            )),
-            id: Some(format!("ev-{i:04}").into()),
-            time: None,
-            kind: None,
-        })
-        .collect()
+    support::sink::events(0, n)
 }
 
-/// Builds the sink `hook` from a config file, as the daemon does.
 fn build(dir: &Path, sink_toml: &str) -> (Box<dyn Sink>, DeadLetters, Health) {
-    let cfg_path = dir.join("c.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "state_dir = \"{}\"\n[sources.s]\ntype = \"demo\"\n[sinks.hook]\ntype = \"webhook\"\ninputs = [\"s\"]\nretry = {{ initial = \"10ms\", max = \"50ms\" }}\nauth_retry = \"50ms\"\n{sink_toml}\n",
-            dir.display()
-        ),
+    support::sink::build(
+        dir,
+        "hook",
+        &format!("type = \"webhook\"\nretry = {{ initial = \"10ms\", max = \"50ms\" }}\nauth_retry = \"50ms\"\n{sink_toml}"),
     )
-    .unwrap();
-    let cfg = auditrelay::config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
-    let health = Health::default();
-    let dl = DeadLetters::new(dir, "hook");
-    let sink = cfg.sinks["hook"]
-        .build(SinkContext {
-            name: "hook".into(),
-            state_dir: dir.to_path_buf(),
-            health: health.clone(),
-            dead_letters: dl.clone(),
-        })
-        .unwrap();
-    (sink, dl, health)
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod kafka;
 pub mod stdout;
 pub mod webhook;
 
@@ -173,12 +174,13 @@ pub struct SinkConfig {
 pub enum SinkKind {
     Stdout(stdout::StdoutConfig),
     File(file::FileConfig),
+    Kafka(kafka::KafkaConfig),
     Webhook(webhook::WebhookConfig),
 }
 
 /// Sink types of SPEC §3 that this build does not provide yet.
-const PLANNED: &[&str] = &["splunk_hec", "kafka", "syslog"];
-const AVAILABLE: &str = "stdout, file, webhook";
+const PLANNED: &[&str] = &["splunk_hec", "syslog"];
+const AVAILABLE: &str = "stdout, file, webhook, kafka";
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -193,6 +195,7 @@ impl SinkConfig {
         let kind_result = match kind.as_str() {
             "stdout" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Stdout),
             "file" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::File),
+            "kafka" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Kafka),
             "webhook" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Webhook),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
@@ -247,6 +250,7 @@ impl SinkConfig {
         match &self.kind {
             SinkKind::Stdout(_) => {}
             SinkKind::File(c) => c.validate(path, problems),
+            SinkKind::Kafka(c) => c.validate(path, problems),
             SinkKind::Webhook(c) => c.validate(path, problems),
         }
     }
@@ -255,6 +259,7 @@ impl SinkConfig {
         Ok(match &self.kind {
             SinkKind::Stdout(c) => Box::new(stdout::StdoutSink::new(c.clone(), &self.common, ctx)),
             SinkKind::File(c) => Box::new(file::FileSink::new(c.clone(), &self.common, ctx)?),
+            SinkKind::Kafka(c) => Box::new(kafka::KafkaSink::new(c.clone(), &self.common, ctx)?),
             SinkKind::Webhook(c) => {
                 Box::new(webhook::WebhookSink::new(c.clone(), &self.common, ctx)?)
             }
@@ -267,6 +272,7 @@ impl SinkKind {
         match self {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::File(_) => "file",
+            SinkKind::Kafka(_) => "kafka",
             SinkKind::Webhook(_) => "webhook",
         }
     }

@@ -6,5 +6,7 @@
 
 pub mod daemon;
 pub mod http1;
+pub mod kafka;
+pub mod sink;
 pub mod veza_fake;
 pub mod webhook_receiver;

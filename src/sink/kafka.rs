@@ -1,0 +1,697 @@
+//! Kafka through librdkafka's idempotent producer.
+//!
+//! Each event becomes one message whose payload is the raw event bytes. A
+//! batch is confirmed only when every message of it has a successful delivery
+//! report. Messages the broker refuses for good (too large, invalid record,
+//! invalid topic name) go to the dead-letter file; any other failure is sent
+//! again after a backoff. A fatal producer error (the idempotent producer's
+//! sequence is broken) rebuilds the producer and resends what is unconfirmed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, LazyLock, RwLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tracing::{error, info, warn};
+
+use super::{Sink, SinkCommon, SinkContext};
+use crate::config::{Problems, RetryConfig};
+use crate::event::{scalar_text, Event, FieldPath};
+use crate::health::Health;
+use crate::metrics::metrics;
+use crate::retry::Backoff;
+use crate::secret::SecretSource;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// A librdkafka property value as TOML may spell it.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl PropertyValue {
+    fn render(&self) -> String {
+        match self {
+            PropertyValue::Text(s) => s.clone(),
+            PropertyValue::Integer(i) => i.to_string(),
+            PropertyValue::Float(f) => f.to_string(),
+            PropertyValue::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct KafkaConfig {
+    pub brokers: Vec<String>,
+    /// Topic name; `{type}`, `{source}` and `{path.to.field}` are replaced
+    /// per event (e.g. `audit.{type}`). A missing value renders as `unknown`.
+    pub topic: String,
+    /// Event path of the message key; the event id when unset.
+    pub key_field: Option<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    /// librdkafka's `enable.idempotence`; on by default (implies acks=all).
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    /// How long librdkafka keeps trying one message before reporting it
+    /// failed (it is then sent again: nothing is dropped).
+    #[serde(default = "default_message_timeout", with = "humantime_serde")]
+    pub message_timeout: Duration,
+    /// How often broker connectivity is checked for `/readyz`.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Properties passed to librdkafka verbatim (SASL, SSL, linger, batch
+    /// sizes…); they override the settings above.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, PropertyValue>,
+    /// librdkafka properties whose values are secrets, read from files
+    /// (`"sasl.password" = "/run/secrets/kafka_password"`).
+    #[serde(default)]
+    pub librdkafka_secret_files: BTreeMap<String, std::path::PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_message_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl KafkaConfig {
+    /// The producer settings, ours first so `librdkafka` can override them.
+    /// Secret values are read from their files now (so a rotated password is
+    /// used by a rebuilt producer); errors name the property, not the value.
+    fn client_config(&self, sink: &str) -> Result<ClientConfig, String> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", self.brokers.join(","))
+            .set("client.id", format!("auditrelay-{sink}"))
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("compression.type", self.compression.as_str())
+            .set(
+                "message.timeout.ms",
+                self.message_timeout.as_millis().to_string(),
+            )
+            .set("linger.ms", "5");
+        for (k, v) in &self.librdkafka {
+            c.set(k, v.render());
+        }
+        for (k, file) in &self.librdkafka_secret_files {
+            let value = SecretSource::File(file.clone())
+                .load()
+                .map_err(|e| format!("{k}: {e}"))?;
+            c.set(k, value.expose());
+        }
+        Ok(c)
+    }
+
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
+            problems.push(
+                format!("{path}.brokers"),
+                "list at least one broker as host:port",
+            );
+        }
+        if let Err(e) = TopicTemplate::parse(&self.topic) {
+            problems.push(format!("{path}.topic"), e);
+        }
+        if let Some(k) = &self.key_field {
+            if let Err(e) = FieldPath::parse(k) {
+                problems.push(format!("{path}.key_field"), e);
+            }
+        }
+        if self.message_timeout.is_zero() {
+            problems.push(format!("{path}.message_timeout"), "must be greater than 0");
+        }
+        // librdkafka itself checks every property name and value.
+        let sink = path.rsplit('.').next().unwrap_or("kafka");
+        match self.client_config(sink) {
+            Err(e) => problems.push(format!("{path}.librdkafka_secret_files"), e),
+            Ok(c) => {
+                if let Err(e) = c.create_native_config() {
+                    problems.push(
+                        format!("{path}.librdkafka"),
+                        format!("librdkafka rejects the settings: {e}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A topic name with per-event placeholders.
+#[derive(Clone, Debug)]
+enum Piece {
+    Text(String),
+    Type,
+    Source,
+    Field(FieldPath),
+}
+
+#[derive(Clone, Debug)]
+struct TopicTemplate(Vec<Piece>);
+
+impl TopicTemplate {
+    fn parse(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("must not be empty".into());
+        }
+        let mut pieces = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                pieces.push(Piece::Text(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("\"{text}\": '{{' without a closing '}}'"))?;
+            let name = &rest[open + 1..open + close];
+            pieces.push(match name {
+                "type" => Piece::Type,
+                "source" => Piece::Source,
+                _ => Piece::Field(FieldPath::parse(name).map_err(|e| format!("\"{text}\": {e}"))?),
+            });
+            rest = &rest[open + close + 1..];
+        }
+        if !rest.is_empty() {
+            pieces.push(Piece::Text(rest.to_string()));
+        }
+        Ok(TopicTemplate(pieces))
+    }
+
+    fn is_fixed(&self) -> bool {
+        self.0.iter().all(|p| matches!(p, Piece::Text(_)))
+    }
+
+    fn render(&self, source: &str, event: &Event, parsed: Option<&RawValue>) -> String {
+        let mut out = String::new();
+        for p in &self.0 {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Type => out.push_str(
+                    event
+                        .kind
+                        .as_deref()
+                        .map(topic_safe)
+                        .as_deref()
+                        .unwrap_or("unknown"),
+                ),
+                Piece::Source => out.push_str(source),
+                Piece::Field(path) => {
+                    let v = parsed.and_then(|r| path.lookup(r)).and_then(scalar_text);
+                    out.push_str(v.as_deref().map(topic_safe).as_deref().unwrap_or("unknown"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Kafka topic names allow `[a-zA-Z0-9._-]`; anything else becomes `_`.
+fn topic_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+struct KafkaMetrics {
+    produced: IntCounterVec,
+    in_flight: IntGaugeVec,
+    delivery_seconds: HistogramVec,
+    rebuilds: IntCounterVec,
+}
+
+static KAFKA_METRICS: LazyLock<KafkaMetrics> = LazyLock::new(|| {
+    let m = metrics();
+    KafkaMetrics {
+        produced: m.register(
+            IntCounterVec::new(
+                Opts::new(
+                    "auditrelay_kafka_messages_produced_total",
+                    "Messages handed to the Kafka producer (resends included).",
+                ),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
+        ),
+        in_flight: m.register(
+            IntGaugeVec::new(
+                Opts::new(
+                    "auditrelay_kafka_messages_in_flight",
+                    "Messages awaiting a delivery report.",
+                ),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
+        ),
+        delivery_seconds: m.register(
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "auditrelay_kafka_delivery_latency_seconds",
+                    "Time from producing a message to its delivery report.",
+                )
+                .buckets(vec![
+                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                    120.0,
+                ]),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
+        ),
+        rebuilds: m.register(
+            IntCounterVec::new(
+                Opts::new(
+                    "auditrelay_kafka_producer_rebuilds_total",
+                    "Producers rebuilt after a fatal error.",
+                ),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
+        ),
+    }
+});
+
+/// A producer and its generation, so concurrent batches rebuild it once.
+struct Current {
+    producer: FutureProducer,
+    generation: u64,
+}
+
+pub struct KafkaSink {
+    name: Arc<str>,
+    cfg: KafkaConfig,
+    retry: RetryConfig,
+    topic: TopicTemplate,
+    key: Option<FieldPath>,
+    current: Arc<RwLock<Current>>,
+    health: Health,
+    dead_letters: super::DeadLetters,
+    health_task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KafkaSink {
+    fn drop(&mut self) {
+        self.health_task.abort();
+    }
+}
+
+/// How a message ended.
+enum Fate {
+    Delivered,
+    /// Refused for good: dead-letter it.
+    Rejected(String),
+    /// Try again later.
+    Retry(String),
+    /// The producer is unusable: rebuild it, then try again.
+    Fatal(String),
+}
+
+impl KafkaSink {
+    pub fn new(cfg: KafkaConfig, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Self> {
+        let path = format!("sinks.{}", ctx.name);
+        let topic =
+            TopicTemplate::parse(&cfg.topic).map_err(|e| anyhow::anyhow!("{path}.topic: {e}"))?;
+        let key = cfg
+            .key_field
+            .as_deref()
+            .map(FieldPath::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{path}.key_field: {e}"))?;
+        let producer: FutureProducer = cfg
+            .client_config(&ctx.name)
+            .map_err(|e| anyhow::anyhow!("{path}.librdkafka_secret_files: {e}"))?
+            .create()
+            .map_err(|e| anyhow::anyhow!("{path}: cannot create the Kafka producer: {e}"))?;
+        let current = Arc::new(RwLock::new(Current {
+            producer,
+            generation: 0,
+        }));
+        ctx.health.register(&format!("sink.{}", ctx.name));
+        let health_task = tokio::spawn(watch_brokers(
+            ctx.name.clone(),
+            current.clone(),
+            ctx.health.clone(),
+            cfg.health_interval,
+            if topic.is_fixed() {
+                Some(cfg.topic.clone())
+            } else {
+                None
+            },
+        ));
+        LazyLock::force(&KAFKA_METRICS);
+        Ok(KafkaSink {
+            name: ctx.name.into(),
+            retry: common.retry,
+            topic,
+            key,
+            current,
+            health: ctx.health,
+            dead_letters: ctx.dead_letters,
+            health_task,
+            cfg,
+        })
+    }
+
+    fn producer(&self) -> (FutureProducer, u64) {
+        match self.current.read() {
+            Ok(c) => (c.producer.clone(), c.generation),
+            Err(poisoned) => {
+                let c = poisoned.into_inner();
+                (c.producer.clone(), c.generation)
+            }
+        }
+    }
+
+    /// Replaces the producer unless another batch already did.
+    fn rebuild(&self, seen_generation: u64, why: &str) {
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if guard.generation != seen_generation {
+            return;
+        }
+        let created = self
+            .cfg
+            .client_config(&self.name)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.create::<FutureProducer>().map_err(|e| e.to_string()));
+        match created {
+            Ok(p) => {
+                guard.producer = p;
+                guard.generation += 1;
+                KAFKA_METRICS
+                    .rebuilds
+                    .with_label_values(&[&self.name])
+                    .inc();
+                warn!(sink = %self.name, error = why, "Kafka producer rebuilt after a fatal error; resending unconfirmed messages");
+            }
+            Err(e) => {
+                error!(sink = %self.name, error = %e, "cannot rebuild the Kafka producer; will try again")
+            }
+        }
+    }
+
+    /// Produces the given events once and reports each one's fate.
+    async fn produce_once(&self, source: &str, events: &[&Event]) -> Vec<Fate> {
+        let (producer, _) = self.producer();
+        let km = &*KAFKA_METRICS;
+        let mut pending = Vec::with_capacity(events.len());
+        for event in events {
+            let parsed: Option<&RawValue> = if self.key.is_some() || !self.topic.is_fixed() {
+                serde_json::from_slice(&event.raw).ok()
+            } else {
+                None
+            };
+            let topic = self.topic.render(source, event, parsed);
+            let key: Option<String> = match &self.key {
+                Some(path) => parsed
+                    .and_then(|r| path.lookup(r))
+                    .and_then(scalar_text)
+                    .map(|c| c.into_owned()),
+                None => event.id.as_deref().map(str::to_string),
+            };
+            let mut headers = OwnedHeaders::new().insert(Header {
+                key: "auditrelay-source",
+                value: Some(source),
+            });
+            if let Some(kind) = event.kind.as_deref() {
+                headers = headers.insert(Header {
+                    key: "auditrelay-type",
+                    value: Some(kind),
+                });
+            }
+            let mut record = FutureRecord::to(&topic)
+                .payload(&event.raw[..])
+                .headers(headers);
+            if let Some(k) = &key {
+                record = record.key(k.as_str());
+            }
+            let started = Instant::now();
+            // Enqueue; a full local queue drains as reports arrive.
+            let mut attempt = record;
+            let outcome = loop {
+                match producer.send_result(attempt) {
+                    Ok(fut) => break Ok(fut),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        attempt = back;
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => break Err(e),
+                }
+            };
+            km.produced.with_label_values(&[&self.name]).inc();
+            km.in_flight.with_label_values(&[&self.name]).inc();
+            pending.push((started, outcome));
+        }
+        let mut fates = Vec::with_capacity(pending.len());
+        for (started, outcome) in pending {
+            let result = match outcome {
+                Ok(fut) => match fut.await {
+                    Ok(Ok(_delivery)) => Ok(()),
+                    Ok(Err((e, _msg))) => Err(e),
+                    Err(_canceled) => Err(KafkaError::Canceled),
+                },
+                Err(e) => Err(e),
+            };
+            km.in_flight.with_label_values(&[&self.name]).dec();
+            fates.push(match result {
+                Ok(()) => {
+                    km.delivery_seconds
+                        .with_label_values(&[&self.name])
+                        .observe(started.elapsed().as_secs_f64());
+                    Fate::Delivered
+                }
+                Err(e) => self.classify(&producer, e),
+            });
+        }
+        fates
+    }
+
+    fn classify(&self, producer: &FutureProducer, e: KafkaError) -> Fate {
+        if let Some((code, reason)) = producer.client().fatal_error() {
+            return Fate::Fatal(format!("{code:?}: {reason}"));
+        }
+        match e.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal) => Fate::Fatal(e.to_string()),
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidTopic,
+            ) => Fate::Rejected(e.to_string()),
+            _ => Fate::Retry(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        let m = metrics();
+        let mut backoff = Backoff::new(self.retry);
+        let mut todo: Vec<&Event> = events.iter().collect();
+        while !todo.is_empty() {
+            let (_, generation) = self.producer();
+            let fates = self.produce_once(source, &todo).await;
+            let mut again = Vec::new();
+            let (mut delivered, mut fatal, mut retry_reason) = (0u64, None, None);
+            for (event, fate) in todo.iter().zip(fates) {
+                match fate {
+                    Fate::Delivered => delivered += 1,
+                    Fate::Rejected(why) => {
+                        self.dead_letters.write(
+                            source,
+                            std::slice::from_ref(*event),
+                            &format!("Kafka refused the message: {why}"),
+                        )?;
+                        m.sink_requests
+                            .with_label_values(&[&self.name, "rejected"])
+                            .inc();
+                    }
+                    Fate::Retry(why) => {
+                        again.push(*event);
+                        retry_reason.get_or_insert(why);
+                    }
+                    Fate::Fatal(why) => {
+                        again.push(*event);
+                        fatal.get_or_insert(why);
+                    }
+                }
+            }
+            if delivered > 0 {
+                m.events_delivered
+                    .with_label_values(&[&self.name, source])
+                    .inc_by(delivered);
+                m.sink_requests
+                    .with_label_values(&[&self.name, "ok"])
+                    .inc_by(delivered);
+            }
+            if again.is_empty() {
+                self.health.set_ready(&format!("sink.{}", self.name));
+                break;
+            }
+            m.events_failed
+                .with_label_values(&[&self.name, source])
+                .inc_by(again.len() as u64);
+            m.sink_retries.with_label_values(&[&self.name]).inc();
+            self.health.set_unready(
+                &format!("sink.{}", self.name),
+                format!(
+                    "messages not confirmed by Kafka: {}",
+                    retry_reason
+                        .as_deref()
+                        .or(fatal.as_deref())
+                        .unwrap_or("unknown error")
+                ),
+            );
+            if let Some(why) = fatal {
+                self.rebuild(generation, &why);
+            }
+            let delay = backoff.next_delay();
+            warn!(sink = %self.name, failed = again.len(), error = %retry_reason.as_deref().unwrap_or("fatal producer error"), retry_in_s = delay.as_secs_f64(), "messages not confirmed; sending them again");
+            tokio::time::sleep(delay).await;
+            todo = again;
+        }
+        Ok(())
+    }
+
+    /// The idempotent producer keeps order per partition; batches of a
+    /// source may be produced concurrently for throughput.
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
+/// Periodically fetches cluster metadata: `/readyz` says whether the brokers
+/// answer, before any event needs them.
+async fn watch_brokers(
+    name: String,
+    current: Arc<RwLock<Current>>,
+    health: Health,
+    every: Duration,
+    topic: Option<String>,
+) {
+    let key = format!("sink.{name}");
+    let mut was_ok = None;
+    loop {
+        let producer = match current.read() {
+            Ok(c) => c.producer.clone(),
+            Err(p) => p.into_inner().producer.clone(),
+        };
+        let topic_for_call = topic.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(topic_for_call.as_deref(), Duration::from_secs(10))
+                .map(|md| md.brokers().len())
+        })
+        .await;
+        match result {
+            Ok(Ok(brokers)) => {
+                if was_ok != Some(true) {
+                    info!(sink = %name, brokers, "Kafka brokers reachable");
+                }
+                health.set_ready(&key);
+                was_ok = Some(true);
+            }
+            Ok(Err(e)) => {
+                if was_ok != Some(false) {
+                    warn!(sink = %name, error = %e, "Kafka brokers unreachable");
+                }
+                health.set_unready(&key, format!("cannot fetch Kafka metadata: {e}"));
+                was_ok = Some(false);
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn topic_templates() {
+        let ev = Event {
+            raw: Bytes::from_static(br#"{"tenant":{"id":"t/1"}}"#),
+            id: None,
+            time: None,
+            kind: Some("auth login".into()),
+        };
+        let raw: &RawValue = serde_json::from_slice(&ev.raw).unwrap();
+        let t = TopicTemplate::parse("audit.{type}.{source}.{tenant.id}.{missing}").unwrap();
+        assert_eq!(
+            t.render("veza", &ev, Some(raw)),
+            "audit.auth_login.veza.t_1.unknown"
+        );
+        assert!(TopicTemplate::parse("audit.{type").is_err());
+        assert!(TopicTemplate::parse("fixed").unwrap().is_fixed());
+    }
+
+    #[test]
+    fn librdkafka_rejects_unknown_properties_at_validate() {
+        let mut cfg: KafkaConfig =
+            serde_json::from_str(r#"{"brokers":["127.0.0.1:9092"],"topic":"t"}"#).unwrap();
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        cfg.librdkafka
+            .insert("no.such.property".into(), PropertyValue::Text("1".into()));
+        cfg.librdkafka
+            .insert("linger.ms".into(), PropertyValue::Integer(10));
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &mut p);
+        let list = p.into_vec();
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].path, "sinks.bus.librdkafka");
+        assert!(
+            list[0].message.contains("no.such.property"),
+            "{}",
+            list[0].message
+        );
+    }
+}
