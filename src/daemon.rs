@@ -1,31 +1,37 @@
 //! Wiring: builds sources, sinks and routes from a config, runs a pipeline
-//! per source, and shuts down cleanly on SIGTERM/SIGINT.
+//! per source, talks to systemd, and shuts down cleanly on SIGTERM/SIGINT.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::CheckpointStore;
+use crate::checkpoint::{CheckpointStore, StateLock};
 use crate::config::{Config, RetryConfig};
 use crate::health::Health;
+use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
 use crate::sink::{DeadLetters, Sink, SinkContext};
 use crate::source::SourceContext;
 
-/// Builds everything; any error here is a startup error (exit non-zero).
-pub fn build(config: &Config, health: &Health) -> anyhow::Result<Vec<SourcePipeline>> {
-    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-        anyhow::anyhow!(
-            "state_dir: cannot create {}: {e}",
-            config.state_dir.display()
-        )
-    })?;
-    let store = CheckpointStore::open(&config.state_dir).map_err(|e| {
-        anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display())
-    })?;
-    let mut sinks: BTreeMap<&str, Arc<dyn Sink>> = BTreeMap::new();
+/// Everything a running daemon is made of.
+pub struct Daemon {
+    pub pipelines: Vec<SourcePipeline>,
+    pub sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// Held for the daemon's lifetime.
+    pub lock: StateLock,
+}
+
+/// Builds every sink of the config.
+pub fn build_sinks(
+    config: &Config,
+    health: &Health,
+) -> anyhow::Result<BTreeMap<String, Arc<dyn Sink>>> {
+    let mut sinks = BTreeMap::new();
     for (name, cfg) in &config.sinks {
         let ctx = SinkContext {
             name: name.clone(),
@@ -33,8 +39,18 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Vec<SourcePipel
             health: health.clone(),
             dead_letters: DeadLetters::new(&config.state_dir, name),
         };
-        sinks.insert(name, Arc::from(cfg.build(ctx)?));
+        sinks.insert(name.clone(), Arc::from(cfg.build(ctx)?));
     }
+    Ok(sinks)
+}
+
+/// Builds everything; any error here is a startup error (exit non-zero).
+pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
+    let lock = StateLock::acquire(&config.state_dir)?;
+    let store = CheckpointStore::open(&config.state_dir).map_err(|e| {
+        anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display())
+    })?;
+    let sinks = build_sinks(config, health)?;
     let mut pipelines = Vec::new();
     for (name, cfg) in &config.sources {
         let checkpoint = store.load(name)?;
@@ -49,7 +65,7 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Vec<SourcePipel
             .filter(|(_, s)| s.common.inputs.iter().any(|i| i == name))
             .map(|(sink_name, s)| Route {
                 sink_name: sink_name.as_str().into(),
-                sink: sinks[sink_name.as_str()].clone(),
+                sink: sinks[sink_name].clone(),
                 filter: s.common.filter.clone(),
             })
             .collect();
@@ -62,41 +78,96 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Vec<SourcePipel
             retry: RetryConfig::default(),
         });
     }
-    Ok(pipelines)
+    Ok(Daemon {
+        pipelines,
+        sinks,
+        lock,
+    })
 }
 
 /// Runs the daemon until a signal, or until every source is finished.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let health = Health::default();
-    let pipelines = build(&config, &health)?;
+    let daemon = build(&config, &health)?;
     let stop_server = CancellationToken::new();
     let (addr, server) =
         crate::server::start(config.listen, health.clone(), stop_server.clone()).await?;
-    info!(listen = %addr, summary = %config.summary(), "auditrelay started");
+    if let Some((path, every)) = &config.metrics_textfile {
+        tokio::spawn(write_textfile(
+            path.clone(),
+            *every,
+            health.clone(),
+            stop_server.clone(),
+        ));
+    }
+    info!(listen = %addr, summary = %config.summary(), lock = %daemon.lock.path.display(), "auditrelay started");
 
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
-    for p in pipelines {
+    for p in daemon.pipelines {
         tasks.spawn(p.run(stop.clone()));
     }
+    notify(&[NotifyState::Ready, NotifyState::Status("delivering")]);
+    // WatchdogSec: ping from this loop, so a wedged runtime stops the pings
+    // and systemd restarts the service.
+    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let all_done = async { while tasks.join_next().await.is_some() {} };
     tokio::pin!(all_done);
-    tokio::select! {
-        _ = &mut all_done => info!("every source finished"),
-        signal = shutdown_signal() => {
-            info!(signal, timeout_s = config.shutdown_timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
-            stop.cancel();
-            if tokio::time::timeout(config.shutdown_timeout, &mut all_done).await.is_err() {
-                warn!("shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            _ = &mut all_done => {
+                info!("every source finished");
+                break;
             }
+            signal = &mut signal => {
+                info!(signal, timeout_s = config.shutdown_timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
+                notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+                stop.cancel();
+                if tokio::time::timeout(config.shutdown_timeout, &mut all_done).await.is_err() {
+                    warn!("shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+                }
+                break;
+            }
+            _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
         }
     }
     stop_server.cancel();
     if let Err(e) = server.await {
         error!(error = %e, "server task failed");
     }
+    drop(daemon.sinks);
     info!("auditrelay stopped");
     Ok(())
+}
+
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Writes the metrics for node_exporter's textfile collector: temp file,
+/// then rename, so the collector never reads half a file.
+async fn write_textfile(path: PathBuf, every: Duration, health: Health, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        metrics().ready.set(i64::from(health.snapshot().0));
+        let text = metrics().render();
+        let tmp = path.with_extension("prom.tmp");
+        let written = tokio::fs::write(&tmp, text.as_bytes())
+            .await
+            .and(tokio::fs::rename(&tmp, &path).await);
+        if let Err(e) = written {
+            warn!(file = %path.display(), error = %e, "cannot write metrics textfile");
+        }
+    }
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -1,12 +1,13 @@
 //! The `auditrelay` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 
-use auditrelay::checkpoint::CheckpointStore;
-use auditrelay::config::{self, DEFAULT_CONFIG_PATH};
+use auditrelay::checkpoint::{CheckpointStore, StateLock};
+use auditrelay::config::{self, Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -30,11 +31,25 @@ enum Command {
     Validate {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Also check that every sink is reachable now.
+        #[arg(long)]
+        online: bool,
     },
-    /// Inspect or reset a source's checkpoint (stop the daemon first).
+    /// Inspect, reset or set a source's checkpoint (refused while a daemon runs).
     Checkpoint {
         #[command(subcommand)]
         action: CheckpointAction,
+    },
+    /// Send one synthetic event to each sink and report what each answered.
+    SendTest {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Only this sink.
+        #[arg(long)]
+        sink: Option<String>,
+        /// How long a sink may take to confirm.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -54,6 +69,19 @@ enum CheckpointAction {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Make the source resume from a page token or from a time.
+    Set {
+        #[arg(long)]
+        source: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// A page token (Veza) or sequence number (demo).
+        #[arg(long, conflicts_with = "time")]
+        token: Option<String>,
+        /// An RFC 3339 time to resume from.
+        #[arg(long)]
+        time: Option<String>,
+    },
 }
 
 /// Exit code for an unusable config, distinct from runtime failures.
@@ -62,68 +90,178 @@ const EXIT_CONFIG: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate { config } => match config::load(&config) {
-            Ok(cfg) => {
-                println!("config {} is valid: {}", config.display(), cfg.summary());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprint!("{e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::Validate { config, online } => validate(&config, online),
         Command::Run { config } => {
-            let cfg = match config::load(&config) {
+            let cfg = match load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(code) => return code,
             };
             auditrelay::logging::init(cfg.log_format, &cfg.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
+            with_runtime(|| async move {
+                match auditrelay::daemon::run(cfg).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "fatal");
+                        eprintln!("error: {e:#}");
+                        ExitCode::FAILURE
+                    }
                 }
-            };
-            match runtime.block_on(auditrelay::daemon::run(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "fatal");
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
+            })
+        }
+        Command::Checkpoint { action } => checkpoint(action),
+        Command::SendTest {
+            config,
+            sink,
+            timeout,
+        } => send_test(&config, sink, timeout),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn with_runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(path: &Path, online: bool) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    println!("config {} is valid: {}", path.display(), cfg.summary());
+    if !online {
+        return ExitCode::SUCCESS;
+    }
+    with_runtime(|| async move {
+        let health = auditrelay::health::Health::default();
+        let sinks = match auditrelay::daemon::build_sinks(&cfg, &health) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut ok = true;
+        for (name, sink) in &sinks {
+            match tokio::time::timeout(Duration::from_secs(15), sink.healthcheck()).await {
+                Ok(Ok(())) => println!("sinks.{name}: reachable"),
+                Ok(Err(e)) => {
+                    ok = false;
+                    println!("sinks.{name}: UNREACHABLE: {e:#}");
+                }
+                Err(_) => {
+                    ok = false;
+                    println!("sinks.{name}: UNREACHABLE: no answer within 15s");
                 }
             }
         }
-        Command::Checkpoint { action } => checkpoint(action),
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
+fn send_test(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(name) = &only {
+        if !cfg.sinks.contains_key(name) {
+            eprintln!("error: no sink named \"{name}\" in {}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
+    auditrelay::logging::init(cfg.log_format, "warn");
+    with_runtime(|| async move {
+        let health = auditrelay::health::Health::default();
+        let sinks = match auditrelay::daemon::build_sinks(&cfg, &health) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let event = auditrelay::source::demo::send_test_event();
+        let mut ok = true;
+        for (name, sink) in sinks
+            .iter()
+            .filter(|(n, _)| only.as_ref().is_none_or(|o| o == *n))
+        {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                timeout,
+                sink.deliver("send-test", std::slice::from_ref(&event)),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => println!("{name}: ok ({} ms)", started.elapsed().as_millis()),
+                Ok(Err(e)) => {
+                    ok = false;
+                    println!("{name}: FAILED: {e:#}");
+                }
+                Err(_) => {
+                    ok = false;
+                    let (_, states) = health.snapshot();
+                    let reason = states
+                        .get(&format!("sink.{name}"))
+                        .filter(|s| !s.ready)
+                        .map(|s| s.reason.clone())
+                        .unwrap_or_else(|| {
+                            "the destination kept failing (see the log above)".into()
+                        });
+                    println!(
+                        "{name}: FAILED: not confirmed within {}: {reason}",
+                        humantime::format_duration(timeout)
+                    );
+                }
+            }
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn checkpoint(action: CheckpointAction) -> ExitCode {
     let (source, config_path) = match &action {
-        CheckpointAction::Show { source, config } | CheckpointAction::Reset { source, config } => {
-            (source, config)
-        }
+        CheckpointAction::Show { source, config }
+        | CheckpointAction::Reset { source, config }
+        | CheckpointAction::Set { source, config, .. } => (source.clone(), config.clone()),
     };
-    let cfg = match config::load(config_path) {
+    let cfg = match load(&config_path) {
         Ok(c) => c,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(code) => return code,
     };
-    if !cfg.sources.contains_key(source) {
+    let Some(source_cfg) = cfg.sources.get(&source) else {
         eprintln!(
             "error: no source named \"{source}\" in {}",
             config_path.display()
         );
         return ExitCode::from(EXIT_CONFIG);
-    }
+    };
     let store = match CheckpointStore::open(&cfg.state_dir) {
         Ok(s) => s,
         Err(e) => {
@@ -131,8 +269,8 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match action {
-        CheckpointAction::Show { .. } => match store.load(source) {
+    if let CheckpointAction::Show { .. } = action {
+        return match store.load(&source) {
             Ok(Some(state)) => {
                 println!("{}", String::from_utf8_lossy(&state));
                 ExitCode::SUCCESS
@@ -145,12 +283,23 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }
-        },
-        CheckpointAction::Reset { .. } => match store.reset(source) {
+        };
+    }
+    // Changing a checkpoint under a running daemon would be overwritten by
+    // its next commit: refuse while the state directory is locked.
+    let _lock = match StateLock::acquire(&cfg.state_dir) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match action {
+        CheckpointAction::Reset { .. } => match store.reset(&source) {
             Ok(true) => {
                 println!(
                     "checkpoint of {source} removed ({}); it restarts from start_at",
-                    store.path(source).display()
+                    store.path(&source).display()
                 );
                 ExitCode::SUCCESS
             }
@@ -159,9 +308,46 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: cannot remove {}: {e}", store.path(source).display());
+                eprintln!(
+                    "error: cannot remove {}: {e}",
+                    store.path(&source).display()
+                );
                 ExitCode::FAILURE
             }
         },
+        CheckpointAction::Set { token, time, .. } => {
+            let time = match time
+                .as_deref()
+                .map(chrono::DateTime::parse_from_rfc3339)
+                .transpose()
+            {
+                Ok(t) => t.map(|t| t.with_timezone(&chrono::Utc)),
+                Err(e) => {
+                    eprintln!("error: --time is not an RFC 3339 time: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            let state = match source_cfg.manual_checkpoint(token, time) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            match store.save(&source, &state) {
+                Ok(()) => {
+                    println!(
+                        "checkpoint of {source} set: {}",
+                        String::from_utf8_lossy(&state)
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: cannot write {}: {e}", store.path(&source).display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        CheckpointAction::Show { .. } => ExitCode::SUCCESS,
     }
 }

@@ -7,6 +7,10 @@
 //! its checksum is an error that stops the daemon: restarting from zero would
 //! silently re-send or skip days of events.
 
+mod lock;
+
+pub use lock::StateLock;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -109,14 +109,25 @@ pub struct ServerConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Also write the metrics to this file (node_exporter's textfile
+    /// collector), for hosts where no scrape port may be opened.
+    pub metrics_textfile: Option<PathBuf>,
+    #[serde(default = "default_textfile_interval", with = "humantime_serde")]
+    pub metrics_textfile_interval: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            metrics_textfile: None,
+            metrics_textfile_interval: default_textfile_interval(),
         }
     }
+}
+
+fn default_textfile_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 fn default_listen() -> String {
@@ -227,6 +238,7 @@ pub struct Config {
     pub file: PathBuf,
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
+    pub metrics_textfile: Option<(PathBuf, Duration)>,
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
@@ -322,6 +334,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             None
         }
     };
+    if top.server.metrics_textfile_interval.is_zero() {
+        problems.push("server.metrics_textfile_interval", "must be greater than 0");
+    }
     if top.pipeline.max_in_flight == 0 {
         problems.push("pipeline.max_in_flight", "must be at least 1");
     }
@@ -395,6 +410,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         file: path.to_path_buf(),
         state_dir: top.state_dir,
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),
+        metrics_textfile: top
+            .server
+            .metrics_textfile
+            .map(|p| (p, top.server.metrics_textfile_interval)),
         log_format: top.log_format,
         log_level: top.log_level,
         shutdown_timeout: top.shutdown_timeout,

@@ -200,6 +200,17 @@ impl Sink for FileSink {
             }
         }
     }
+
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.cfg.path)
+            .map(|_| ())
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open {} for writing: {e}", self.cfg.path.display())
+            })
+    }
 }
 
 #[cfg(test)]

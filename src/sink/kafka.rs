@@ -602,6 +602,18 @@ impl Sink for KafkaSink {
     fn ordered(&self) -> bool {
         false
     }
+
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        let (producer, _) = self.producer();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|_| ())
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!("cannot fetch Kafka metadata: {e}"))
+    }
 }
 
 /// Periodically fetches cluster metadata: `/readyz` says whether the brokers

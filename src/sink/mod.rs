@@ -42,6 +42,12 @@ pub trait Sink: Send + Sync {
     fn ordered(&self) -> bool {
         true
     }
+
+    /// Whether the destination is reachable now, without sending an event
+    /// (`validate --online`). Sinks without a cheap probe say yes.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// What a sink is given when it is built.

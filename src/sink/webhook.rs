@@ -424,4 +424,15 @@ impl Sink for WebhookSink {
     fn ordered(&self) -> bool {
         false
     }
+
+    /// Any HTTP answer to a HEAD proves the endpoint reachable (many
+    /// webhooks answer 405 to anything but POST); only a network error fails.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        self.client
+            .head(self.url.clone())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| anyhow::anyhow!("{}", crate::http::describe_error(e)))
+    }
 }

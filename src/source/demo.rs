@@ -86,6 +86,21 @@ impl DemoSource {
     }
 }
 
+/// `auditrelay checkpoint set --token N`: the sequence number to continue at.
+pub fn manual_checkpoint(
+    token: Option<String>,
+    time: Option<DateTime<Utc>>,
+) -> Result<Vec<u8>, String> {
+    if time.is_some() {
+        return Err("the demo source has no time cursor; use --token <sequence number>".into());
+    }
+    let next = token
+        .ok_or("give --token <sequence number>")?
+        .parse::<u64>()
+        .map_err(|e| format!("--token must be a sequence number: {e}"))?;
+    serde_json::to_vec(&State { next }).map_err(|e| e.to_string())
+}
+
 #[async_trait]
 impl Source for DemoSource {
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
@@ -143,6 +158,32 @@ impl Source for DemoSource {
             newest_time,
             fetched_at: Instant::now(),
         }))
+    }
+}
+
+/// The one event `auditrelay send-test` sends: demo-shaped, with an id and
+/// type that say what it is.
+pub fn send_test_event() -> Event {
+    let now = Utc::now();
+    let id = format!(
+        "auditrelay-send-test-{}",
+        now.timestamp_nanos_opt().unwrap_or_default()
+    );
+    let raw = serde_json::json!({
+        "request_id": id,
+        "endpoint": "auditrelay.send_test",
+        "method": "POST",
+        "identity": {"email": "auditrelay@localhost"},
+        "status": {"grpc_code": "OK", "http_status": 200, "error_reason": "OK"},
+        "client": {"ip": "127.0.0.1", "user_agent": concat!("auditrelay/", env!("CARGO_PKG_VERSION"))},
+        "persisted_at": now.to_rfc3339_opts(SecondsFormat::Nanos, true),
+        "message": "synthetic event sent by `auditrelay send-test`",
+    });
+    Event {
+        raw: serde_json::to_vec(&raw).unwrap_or_default().into(),
+        id: Some(id.into()),
+        time: Some(now),
+        kind: Some("auditrelay.send_test".into()),
     }
 }
 
@@ -211,7 +252,7 @@ fn write_event(buf: &mut Vec<u8>, seq: u64, time: DateTime<Utc>) -> anyhow::Resu
     let (user_id, email) = USERS[(h % USERS.len() as u64) as usize];
     let (method, endpoint, url) = ACTIONS[(h % ACTIONS.len() as u64) as usize];
     let agent = AGENTS[((h >> 8) % AGENTS.len() as u64) as usize];
-    let failed = (h >> 16) % 10 == 0;
+    let failed = (h >> 16).is_multiple_of(10);
     let (grpc, http, reason) = if failed {
         (
             "PERMISSION_DENIED",
@@ -238,7 +279,7 @@ fn write_event(buf: &mut Vec<u8>, seq: u64, time: DateTime<Utc>) -> anyhow::Resu
         "method": method,
         "url": url,
         "request_id": format!("demo-{seq:012}"),
-        "request": {"name": format!("Key \"{}\" \\ {}", seq % 97, if seq % 7 == 0 { "naïve ☃" } else { "plain" })},
+        "request": {"name": format!("Key \"{}\" \\ {}", seq % 97, if seq.is_multiple_of(7) { "naïve ☃" } else { "plain" })},
         "started_at": started,
         "ended_at": ended,
         "persisted_at": ended,

@@ -94,6 +94,21 @@ impl SourceConfig {
         }
     }
 
+    /// The state `auditrelay checkpoint set` writes for this source type.
+    pub fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        if token.is_some() == time.is_some() {
+            return Err("give exactly one of --token and --time".into());
+        }
+        match self {
+            SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
+            SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
+        }
+    }
+
     pub fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),

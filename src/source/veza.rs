@@ -214,11 +214,16 @@ struct StoredState {
     dedup_until: Option<DateTime<Utc>>,
     #[serde(default)]
     recent_ids: Vec<String>,
+    /// Set by `auditrelay checkpoint set --time`: the next token-less request
+    /// filters from exactly here.
+    resume_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Serialize)]
 struct StateView<'a> {
     token: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    resume_at: &'a Option<DateTime<Utc>>,
     newest_time: &'a Option<DateTime<Utc>>,
     dedup_until: &'a Option<DateTime<Utc>>,
     recent_ids: &'a RecentIds,
@@ -254,6 +259,7 @@ pub struct VezaSource {
     cooldown_until: Option<Instant>,
     // Cursor state, as of the last page handed to the pipeline.
     token: Option<String>,
+    resume_at: Option<DateTime<Utc>>,
     newest_time: Option<DateTime<Utc>>,
     dedup_until: Option<DateTime<Utc>>,
     recent: RecentIds,
@@ -323,6 +329,7 @@ impl VezaSource {
             health: ctx.health,
             cooldown_until: None,
             token: stored.token,
+            resume_at: stored.resume_at,
             newest_time: stored.newest_time,
             dedup_until: stored.dedup_until,
             cfg,
@@ -335,6 +342,9 @@ impl VezaSource {
 
     /// Where the filter of a token-less request starts.
     fn filter_start(&self) -> DateTime<Utc> {
+        if let Some(t) = self.resume_at {
+            return t;
+        }
         match self.newest_time {
             Some(t) => t - chrono::Duration::from_std(self.cfg.overlap).unwrap_or_default(),
             None => self.start,
@@ -523,8 +533,12 @@ impl VezaSource {
                 self.dedup_until = self.newest_time;
             }
         }
+        if self.token.is_some() {
+            self.resume_at = None;
+        }
         let checkpoint = serde_json::to_vec(&StateView {
             token: &self.token,
+            resume_at: &self.resume_at,
             newest_time: &self.newest_time,
             dedup_until: &self.dedup_until,
             recent_ids: &self.recent,
@@ -621,6 +635,7 @@ impl Source for VezaSource {
                     let from = self.filter_start();
                     warn!(source = %self.name, error = %why, restart_from = %from.to_rfc3339(), "page token rejected (expired or invalid); restarting from the newest delivered event time minus overlap");
                     self.token = None;
+                    self.resume_at = None;
                     self.dedup_until = self.newest_time;
                 }
                 Outcome::ClientError(status, text) => {
@@ -632,6 +647,22 @@ impl Source for VezaSource {
             }
         }
     }
+}
+
+/// The checkpoint `auditrelay checkpoint set` writes: resume from a page
+/// token, or from a time (exactly, without overlap).
+pub fn manual_checkpoint(
+    token: Option<String>,
+    time: Option<DateTime<Utc>>,
+) -> Result<Vec<u8>, String> {
+    let state = StateView {
+        token: &token,
+        resume_at: &time,
+        newest_time: &None,
+        dedup_until: &None,
+        recent_ids: &RecentIds::new(1),
+    };
+    serde_json::to_vec(&state).map_err(|e| e.to_string())
 }
 
 /// A gRPC-style error body: `{"code":8,"message":...}` and variants.
