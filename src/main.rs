@@ -40,6 +40,12 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Exit 0 when URL answers 2xx within 5 s (container HEALTHCHECK; the
+    /// image has no shell or curl).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:9464/healthz")]
+        url: String,
+    },
     /// Send one synthetic event to each sink and report what each answered.
     SendTest {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -109,6 +115,26 @@ fn main() -> ExitCode {
             })
         }
         Command::Checkpoint { action } => checkpoint(action),
+        Command::Probe { url } => with_runtime(|| async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build();
+            let answered = match client {
+                Ok(c) => c.get(&url).send().await.map(|r| r.status().is_success()),
+                Err(e) => Err(e),
+            };
+            match answered {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!("{url}: not healthy");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("{url}: {}", auditrelay::http::describe_error(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::SendTest {
             config,
             sink,

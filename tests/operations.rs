@@ -61,6 +61,19 @@ async fn state_lock_guards_the_checkpoints_of_a_running_daemon() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(up, "daemon never served /healthz");
+    let probe = auditrelay()
+        .args(["probe", &format!("http://127.0.0.1:{port}/healthz")])
+        .output()
+        .unwrap();
+    assert!(probe.status.success());
+    let probe = auditrelay()
+        .args([
+            "probe",
+            &format!("http://127.0.0.1:{}/healthz", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(probe.status.code(), Some(1));
 
     let second = auditrelay()
         .args(["run", "--config"])
