@@ -53,22 +53,24 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
     let sinks = build_sinks(config, health)?;
     let mut pipelines = Vec::new();
     for (name, cfg) in &config.sources {
+        metrics().init_source(name);
         let checkpoint = store.load(name)?;
         let source = cfg.build(SourceContext {
             name: name.clone(),
             checkpoint,
             health: health.clone(),
         })?;
-        let routes = config
-            .sinks
-            .iter()
-            .filter(|(_, s)| s.common.inputs.iter().any(|i| i == name))
-            .map(|(sink_name, s)| Route {
-                sink_name: sink_name.as_str().into(),
-                sink: sinks[sink_name].clone(),
-                filter: s.common.filter.clone(),
-            })
-            .collect();
+        let mut routes = Vec::new();
+        for (sink_name, s) in &config.sinks {
+            if s.common.inputs.iter().any(|i| i == name) {
+                metrics().init_route(sink_name, name);
+                routes.push(Route {
+                    sink_name: sink_name.as_str().into(),
+                    sink: sinks[sink_name].clone(),
+                    filter: s.common.filter.clone(),
+                });
+            }
+        }
         pipelines.push(SourcePipeline {
             name: name.as_str().into(),
             source,

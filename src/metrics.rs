@@ -121,6 +121,12 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // process_resident_memory_bytes, process_cpu_seconds_total, open fds…
+        if let Err(e) = m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
         m
     }
 
@@ -133,6 +139,42 @@ impl Metrics {
             tracing::error!(error = %e, "metric registration failed");
         }
         collector
+    }
+
+    /// Creates a source's series at zero, so dashboards and `increase()`
+    /// alerts see them before the first event of their kind.
+    pub fn init_source(&self, source: &str) {
+        for c in [
+            &self.events_fetched,
+            &self.source_duplicates,
+            &self.events_deduplicated,
+            &self.source_retries,
+            &self.rate_limit_waits,
+            &self.token_restarts,
+        ] {
+            c.with_label_values(&[source]);
+        }
+        for outcome in ["ok", "error"] {
+            self.checkpoint_writes.with_label_values(&[source, outcome]);
+        }
+        self.in_flight_batches.with_label_values(&[source]);
+        self.source_requests.with_label_values(&[source, "ok"]);
+        self.source_request_seconds.with_label_values(&[source]);
+        self.commit_latency_seconds.with_label_values(&[source]);
+    }
+
+    /// Creates the series of one sink fed by one source at zero.
+    pub fn init_route(&self, sink: &str, source: &str) {
+        for c in [
+            &self.events_delivered,
+            &self.events_failed,
+            &self.events_dead_lettered,
+        ] {
+            c.with_label_values(&[sink, source]);
+        }
+        self.sink_retries.with_label_values(&[sink]);
+        self.sink_requests.with_label_values(&[sink, "ok"]);
+        self.sink_batch_seconds.with_label_values(&[sink]);
     }
 
     /// Records the newest committed event time of a source; the lag gauge is

@@ -219,3 +219,97 @@ async fn send_test_reports_each_sink_and_validate_online_checks_reachability() {
     assert!(stdout.contains("sinks.down: UNREACHABLE"), "{stdout}");
     assert!(!stdout.contains("abc123"), "{stdout}");
 }
+
+/// The dashboard and alert rules must only use metrics the daemon exports,
+/// and the exposition must pass `promtool check metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_match_dashboard_and_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let hook = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    // A webhook sink too, so sink metrics exist; one rejected id makes a dead letter.
+    hook.set_reject_ids(["demo-000000000003"]);
+    let cfg = config(
+        dir.path(),
+        port,
+        &format!(
+            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\n",
+            hook.url()
+        ),
+    );
+    let mut daemon = Daemon::spawn(&cfg, &dir.path().join("d.log"));
+    assert!(hook.wait_for_unique(100, Duration::from_secs(30)).await);
+    let (_, text) = http_get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("metrics");
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = promtool
+        .expect("promtool not found: install Debian's `prometheus` package (what .ci/run does)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let exported: std::collections::HashSet<String> = text
+        .lines()
+        .filter(|l| l.starts_with("# TYPE "))
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for asset in [
+        "deploy/grafana/auditrelay-dashboard.json",
+        "deploy/prometheus/alerts.yml",
+        "README.md",
+    ] {
+        let body = std::fs::read_to_string(root.join(asset)).unwrap();
+        let mut rest = body.as_str();
+        while let Some(i) = rest.find("auditrelay_") {
+            let name: String = rest[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[i + name.len()..];
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            if asset == "README.md" && !name.ends_with(|c: char| c.is_ascii_alphabetic()) {
+                continue;
+            }
+            // Metrics of sinks not configured here are registered lazily.
+            if base.starts_with("auditrelay_kafka_")
+                || base.starts_with("auditrelay_hec_")
+                || base.starts_with("auditrelay_syslog_")
+            {
+                continue;
+            }
+            assert!(
+                exported.contains(base),
+                "{asset} uses {name}, which the daemon does not export"
+            );
+        }
+    }
+}
