@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{CheckpointStore, StateLock};
-use crate::config::{Config, RetryConfig};
+use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
@@ -32,16 +32,26 @@ pub fn build_sinks(
     health: &Health,
 ) -> anyhow::Result<BTreeMap<String, Arc<dyn Sink>>> {
     let mut sinks = BTreeMap::new();
-    for (name, cfg) in &config.sinks {
-        let ctx = SinkContext {
-            name: name.clone(),
-            state_dir: config.state_dir.clone(),
-            health: health.clone(),
-            dead_letters: DeadLetters::new(&config.state_dir, name),
-        };
-        sinks.insert(name.clone(), Arc::from(cfg.build(ctx)?));
+    for name in config.sinks.keys() {
+        sinks.insert(name.clone(), build_sink(config, name, health)?);
     }
     Ok(sinks)
+}
+
+/// Builds one sink of the config.
+pub fn build_sink(config: &Config, name: &str, health: &Health) -> anyhow::Result<Arc<dyn Sink>> {
+    let cfg = config
+        .sinks
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("no sink named \"{name}\""))?;
+    let ctx = SinkContext {
+        name: name.to_string(),
+        state_dir: config.state_dir.clone(),
+        health: health.clone(),
+        dead_letters: DeadLetters::new(&config.state_dir, name)
+            .with_max_bytes(cfg.common.dead_letter_max_bytes),
+    };
+    Ok(Arc::from(cfg.build(ctx)?))
 }
 
 /// Builds everything; any error here is a startup error (exit non-zero).
@@ -77,7 +87,7 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
             routes,
             store: store.clone(),
             max_in_flight: config.pipeline.max_in_flight,
-            retry: RetryConfig::default(),
+            retry: config.pipeline.retry,
         });
     }
     Ok(Daemon {

@@ -40,6 +40,11 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Inspect or re-send a sink's dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Exit 0 when URL answers 2xx within 5 s (container HEALTHCHECK; the
     /// image has no shell or curl).
     Probe {
@@ -90,6 +95,31 @@ enum CheckpointAction {
     },
 }
 
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Count a sink's dead letters by reason.
+    List {
+        #[arg(long)]
+        sink: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print every record too.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Send a sink's dead letters again (stop the daemon first); events the
+    /// destination still refuses go back to a fresh dead-letter file.
+    Replay {
+        #[arg(long)]
+        sink: String,
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// How long the sink may take to confirm each group of events.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
 /// Exit code for an unusable config, distinct from runtime failures.
 const EXIT_CONFIG: u8 = 2;
 
@@ -115,6 +145,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Checkpoint { action } => checkpoint(action),
+        Command::Dlq { action } => dlq(action),
         Command::Probe { url } => with_runtime(|| async move {
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -375,5 +406,221 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
             }
         }
         CheckpointAction::Show { .. } => ExitCode::SUCCESS,
+    }
+}
+
+fn dlq(action: DlqAction) -> ExitCode {
+    let (sink, config_path) = match &action {
+        DlqAction::List { sink, config, .. } | DlqAction::Replay { sink, config, .. } => {
+            (sink.clone(), config.clone())
+        }
+    };
+    let cfg = match load(&config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if !cfg.sinks.contains_key(&sink) {
+        eprintln!(
+            "error: no sink named \"{sink}\" in {}",
+            config_path.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let path = auditrelay::sink::DeadLetters::path_for(&cfg.state_dir, &sink);
+    match action {
+        DlqAction::List { verbose, .. } => {
+            let files = dead_letter_files(&path);
+            if files.is_empty() {
+                println!(
+                    "sink {sink} has no dead letters ({} does not exist)",
+                    path.display()
+                );
+                return ExitCode::SUCCESS;
+            }
+            for file in files {
+                let read = match auditrelay::sink::DeadLetters::read(&file) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                println!("{}: {} dead letters", file.display(), read.records.len());
+                let mut by_error: std::collections::BTreeMap<&str, usize> =
+                    std::collections::BTreeMap::new();
+                for r in &read.records {
+                    *by_error.entry(r.error.as_str()).or_default() += 1;
+                }
+                for (error, n) in by_error {
+                    println!("  {n:>8}  {error}");
+                }
+                if let (Some(first), Some(last)) = (read.records.first(), read.records.last()) {
+                    println!("  from {} to {}", first.time, last.time);
+                }
+                for (line, _) in &read.unreadable {
+                    println!("  line {line}: unreadable (torn write?); kept as is");
+                }
+                if verbose {
+                    for r in &read.records {
+                        println!(
+                            "  {} {} {} {}",
+                            r.time,
+                            r.source,
+                            r.id.as_deref().unwrap_or("-"),
+                            r.error
+                        );
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        DlqAction::Replay { timeout, .. } => {
+            let _lock = match StateLock::acquire(&cfg.state_dir) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            auditrelay::logging::init(cfg.log_format, "warn");
+            with_runtime(|| async move { replay(&cfg, &sink, &path, timeout).await })
+        }
+    }
+}
+
+/// The sink's dead-letter file and any replay left unfinished by a crash.
+fn dead_letter_files(path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            let mut pending: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{name}.replaying-")))
+                })
+                .collect();
+            pending.sort();
+            out.extend(pending);
+        }
+    }
+    if path.exists() {
+        out.push(path.to_path_buf());
+    }
+    out
+}
+
+async fn replay(cfg: &Config, sink_name: &str, path: &Path, timeout: Duration) -> ExitCode {
+    let mut files = dead_letter_files(path);
+    if files.is_empty() {
+        println!("sink {sink_name} has no dead letters");
+        return ExitCode::SUCCESS;
+    }
+    // Move the live file aside first: events refused again are appended
+    // to a fresh file, and a crash mid-replay leaves the aside file for the
+    // next replay.
+    if files.last().is_some_and(|p| p == path) {
+        let aside = path.with_file_name(format!(
+            "{}.replaying-{}",
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("dead_letter.ndjson"),
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ")
+        ));
+        if let Err(e) = std::fs::rename(path, &aside) {
+            eprintln!("error: cannot move {} aside: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        files.pop();
+        files.push(aside);
+    }
+    let health = auditrelay::health::Health::default();
+    let sink = match auditrelay::daemon::build_sink(cfg, sink_name, &health) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (mut sent, mut failed) = (0usize, false);
+    for file in files {
+        let read = match auditrelay::sink::DeadLetters::read(&file) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        // Deliver per source, in file order, in groups of 500.
+        let mut groups: Vec<(String, Vec<auditrelay::event::Event>)> = Vec::new();
+        for r in &read.records {
+            match groups.last_mut() {
+                Some((source, events)) if *source == r.source && events.len() < 500 => {
+                    events.push(r.to_event())
+                }
+                _ => groups.push((r.source.clone(), vec![r.to_event()])),
+            }
+        }
+        let mut file_ok = true;
+        for (source, events) in &groups {
+            match tokio::time::timeout(timeout, sink.deliver(source, events)).await {
+                Ok(Ok(())) => sent += events.len(),
+                Ok(Err(e)) => {
+                    file_ok = false;
+                    eprintln!("error: {e:#}");
+                    break;
+                }
+                Err(_) => {
+                    file_ok = false;
+                    eprintln!(
+                        "error: sink {sink_name} did not confirm within {}; {} kept for the next replay",
+                        humantime::format_duration(timeout),
+                        file.display()
+                    );
+                    break;
+                }
+            }
+        }
+        if !file_ok {
+            failed = true;
+            break;
+        }
+        if !read.unreadable.is_empty() {
+            let keep = file.with_extension("unreadable");
+            let text: String = read
+                .unreadable
+                .iter()
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            if let Err(e) = std::fs::write(&keep, text) {
+                eprintln!(
+                    "error: cannot keep unreadable lines in {}: {e}",
+                    keep.display()
+                );
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "{} unreadable lines kept in {}",
+                read.unreadable.len(),
+                keep.display()
+            );
+        }
+        if let Err(e) = std::fs::remove_file(&file) {
+            eprintln!("error: cannot remove {}: {e}", file.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    let again = auditrelay::sink::DeadLetters::read(path)
+        .map(|r| r.records.len())
+        .unwrap_or(0);
+    println!(
+        "replayed {sent} dead letters to {sink_name}; {again} refused again (in {})",
+        path.display()
+    );
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

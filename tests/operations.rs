@@ -313,3 +313,167 @@ async fn metrics_pass_promtool_and_match_dashboard_and_alerts() {
         }
     }
 }
+
+/// Runs the CLI with `--config cfg`; exit code and all output.
+fn cli(cfg: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = auditrelay()
+        .args(args)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+fn bounded_demo(dir: &Path, limit: u64, extra: &str) -> PathBuf {
+    let path = dir.join("bounded.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+state_dir = "{state}"
+[server]
+listen = "127.0.0.1:0"
+[pipeline]
+retry = {{ initial = "50ms", max = "200ms" }}
+[sources.demo]
+type = "demo"
+rate = 0
+batch_size = 10
+limit = {limit}
+{extra}
+"#,
+            state = dir.join("state").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_replayed() {
+    let hook = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    hook.set_reject_ids(["demo-000000000003", "demo-000000000042"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = bounded_demo(
+        dir.path(),
+        100,
+        &format!(
+            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\n",
+            hook.url()
+        ),
+    );
+    let cfg_run = cfg.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        auditrelay()
+            .args(["run", "--config"])
+            .arg(&cfg_run)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hook.unique_count(), 98);
+
+    let (code, text) = cli(&cfg, &["dlq", "list", "--sink", "hook"]);
+    assert_eq!(code, Some(0));
+    assert!(text.contains("2 dead letters"), "{text}");
+    assert!(text.contains("HTTP 400"), "{text}");
+
+    hook.set_reject_ids(Vec::<String>::new());
+    let cfg_replay = cfg.clone();
+    let (code, text) =
+        tokio::task::spawn_blocking(move || cli(&cfg_replay, &["dlq", "replay", "--sink", "hook"]))
+            .await
+            .unwrap();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("replayed 2 dead letters to hook; 0 refused again"),
+        "{text}"
+    );
+    assert_eq!(hook.unique_count(), 100);
+    assert_eq!(hook.count_of("demo-000000000042"), 1);
+    let out = auditrelay()
+        .args(["dlq", "list", "--sink", "hook", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no dead letters"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_checkpoint_write_is_retried_and_the_old_checkpoint_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "[sinks.out]\ntype = \"file\"\ninputs = [\"demo\"]\npath = \"{}/events.ndjson\"\n",
+        dir.path().display()
+    );
+    let cfg = bounded_demo(dir.path(), 100, &sink);
+    assert!(auditrelay()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .status()
+        .unwrap()
+        .success());
+    let checkpoint = dir.path().join("state/checkpoints/demo.checkpoint");
+    let before = std::fs::read(&checkpoint).unwrap();
+
+    // A directory where the temp file must go: every write fails (even as root).
+    let blocker = dir.path().join("state/checkpoints/.demo.checkpoint.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let cfg = bounded_demo(dir.path(), 300, &sink);
+    let log = dir.path().join("d.log");
+    let mut daemon = Daemon::spawn(&cfg, &log);
+    let mut failing = false;
+    for _ in 0..200 {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("cannot write checkpoint")
+        {
+            failing = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(failing, "the write failure was not logged");
+    assert!(
+        daemon.wait(Duration::from_millis(500)).await.is_none(),
+        "it must not finish while commits fail"
+    );
+    assert_eq!(
+        std::fs::read(&checkpoint).unwrap(),
+        before,
+        "the old checkpoint must stay intact"
+    );
+
+    std::fs::remove_dir(&blocker).unwrap();
+    let status = daemon
+        .wait(Duration::from_secs(30))
+        .await
+        .expect("finishes once writes succeed");
+    assert!(status.success());
+    let show = auditrelay()
+        .args(["checkpoint", "show", "--source", "demo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&show.stdout).trim(),
+        r#"{"next":300}"#
+    );
+    let lines = std::fs::read_to_string(dir.path().join("events.ndjson"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(lines >= 300, "{lines}");
+}

@@ -141,12 +141,17 @@ pub struct PipelineConfig {
     /// bounds memory (≈ max_in_flight × page size).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Backoff for local failures: checkpoint writes, a sink that cannot
+    /// make progress.
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_in_flight: default_max_in_flight(),
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -340,6 +345,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     if top.pipeline.max_in_flight == 0 {
         problems.push("pipeline.max_in_flight", "must be at least 1");
     }
+    top.pipeline.retry.validate("pipeline", &mut problems);
     if top.shutdown_timeout.is_zero() {
         problems.push("shutdown_timeout", "must be greater than 0");
     }

@@ -71,6 +71,14 @@ pub struct SinkCommon {
     pub retry: RetryConfig,
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Cap of this sink's dead-letter file; when full the sink stops
+    /// confirming (nothing is dropped) until it is replayed or moved.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+}
+
+fn default_dead_letter_max_bytes() -> u64 {
+    dead_letter::DEFAULT_MAX_BYTES
 }
 
 /// Include/exclude on the event type, with `*` wildcards (`auth.*`).
