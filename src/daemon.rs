@@ -99,6 +99,7 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
 
 /// Runs the daemon until a signal, or until every source is finished.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    crate::secret::warn_if_exposed(&config.file);
     let health = Health::default();
     let daemon = build(&config, &health)?;
     let stop_server = CancellationToken::new();

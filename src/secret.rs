@@ -86,8 +86,11 @@ impl SecretSource {
     pub fn load(&self) -> Result<Secret, String> {
         let (raw, place) = match self {
             SecretSource::File(path) => (
-                std::fs::read_to_string(path)
-                    .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?,
+                {
+                    warn_if_exposed(path);
+                    std::fs::read_to_string(path)
+                        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?
+                },
                 format!("secret file {}", path.display()),
             ),
             SecretSource::Env(var) => (
@@ -133,6 +136,22 @@ impl SecretSource {
             SecretSource::File(p) => format!("file {}", p.display()),
             SecretSource::Env(v) => format!("env {v}"),
             SecretSource::Credential(n) => format!("credential {n}"),
+        }
+    }
+}
+
+/// Warns when a file holding secrets (or a config) can be read by users
+/// other than its owner and group: the secret is only as safe as the file.
+pub fn warn_if_exposed(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            tracing::warn!(
+                file = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "file is readable by every user on this host; restrict it (chmod o-r) or move the secret to a credential"
+            );
         }
     }
 }
