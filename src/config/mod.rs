@@ -304,7 +304,23 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             message: format!("cannot read config file {}: {e}", path.display()),
         }]));
     }
-    let fig = figment(path);
+    from_figment(figment(path), path)
+}
+
+/// Parses and validates config text (no environment layer): for tests and
+/// fuzzing of the loader.
+pub fn load_str(text: &str) -> Result<Config, ConfigError> {
+    from_figment(
+        Figment::new().merge(Toml::string(text)),
+        Path::new("<string>"),
+    )
+}
+
+fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
+    let fail = |problems: Vec<Problem>| ConfigError {
+        file: path.to_path_buf(),
+        problems,
+    };
     // A file that does not parse has no sections to check further.
     if let Err(e) = fig.extract::<figment::value::Dict>() {
         return Err(fail(figment_problems(e, "")));
