@@ -7,6 +7,7 @@
 
 pub mod dead_letter;
 pub mod file;
+pub mod splunk_hec;
 pub mod stdout;
 pub mod webhook;
 
@@ -174,11 +175,12 @@ pub enum SinkKind {
     Stdout(stdout::StdoutConfig),
     File(file::FileConfig),
     Webhook(webhook::WebhookConfig),
+    SplunkHec(splunk_hec::SplunkHecConfig),
 }
 
 /// Sink types of SPEC §3 that this build does not provide yet.
-const PLANNED: &[&str] = &["splunk_hec", "kafka", "syslog"];
-const AVAILABLE: &str = "stdout, file, webhook";
+const PLANNED: &[&str] = &["kafka", "syslog"];
+const AVAILABLE: &str = "stdout, file, webhook, splunk_hec";
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -194,6 +196,9 @@ impl SinkConfig {
             "stdout" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Stdout),
             "file" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::File),
             "webhook" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Webhook),
+            "splunk_hec" => {
+                extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::SplunkHec)
+            }
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("sink type \"{other}\" is not available in this version (available: {AVAILABLE})"),
@@ -248,6 +253,7 @@ impl SinkConfig {
             SinkKind::Stdout(_) => {}
             SinkKind::File(c) => c.validate(path, problems),
             SinkKind::Webhook(c) => c.validate(path, problems),
+            SinkKind::SplunkHec(c) => c.validate(path, problems),
         }
     }
 
@@ -258,6 +264,11 @@ impl SinkConfig {
             SinkKind::Webhook(c) => {
                 Box::new(webhook::WebhookSink::new(c.clone(), &self.common, ctx)?)
             }
+            SinkKind::SplunkHec(c) => Box::new(splunk_hec::SplunkHecSink::new(
+                c.clone(),
+                &self.common,
+                ctx,
+            )?),
         })
     }
 }
@@ -268,6 +279,7 @@ impl SinkKind {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::File(_) => "file",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::SplunkHec(_) => "splunk_hec",
         }
     }
 }
