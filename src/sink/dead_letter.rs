@@ -69,7 +69,15 @@ impl DeadLetters {
                     None
                 },
             };
+            let start = buf.len();
             serde_json::to_writer(&mut buf, &rec)?;
+            // serde escapes newlines in strings, so any left came from the
+            // raw event, where they can only be whitespace: keep one line.
+            for b in &mut buf[start..] {
+                if *b == b'\n' || *b == b'\r' {
+                    *b = b' ';
+                }
+            }
             buf.push(b'\n');
         }
         let mut guard = self
@@ -124,6 +132,12 @@ mod tests {
                 kind: None,
             },
             Event {
+                raw: Bytes::from_static(b"{\"request_id\":\"r2\",\r\n \"note\":\"a\\nb\"}"),
+                id: Some("r2".into()),
+                time: None,
+                kind: None,
+            },
+            Event {
                 raw: Bytes::from_static(b"not json"),
                 id: None,
                 time: None,
@@ -136,9 +150,11 @@ mod tests {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(rows.len(), 2);
+        assert_eq!(rows.len(), 3);
         assert_eq!(rows[0]["event"]["request_id"], "r1");
         assert_eq!(rows[0]["error"], "HTTP 400: bad field");
-        assert_eq!(rows[1]["event_text"], "not json");
+        // A raw newline between tokens does not break the line.
+        assert_eq!(rows[1]["event"]["note"], "a\nb");
+        assert_eq!(rows[2]["event_text"], "not json");
     }
 }

@@ -541,6 +541,9 @@ struct Inner {
     acks: Mutex<AckTable>,
     ack_wake: Notify,
     permits: Semaphore,
+    /// No event request before this instant: a Retry-After pauses the
+    /// whole sink, not only the request that got it.
+    paused_until: Mutex<Option<Instant>>,
     /// Whether an event request went out on the channel (the ack probe
     /// asks about id 0, which is only safe before).
     sent_any: AtomicBool,
@@ -670,6 +673,7 @@ impl SplunkHecSink {
             acks: Mutex::new(AckTable::default()),
             ack_wake: Notify::new(),
             permits: Semaphore::new(cfg.concurrency.max(1)),
+            paused_until: Mutex::new(None),
             sent_any: AtomicBool::new(false),
             dead_letters: ctx.dead_letters,
             cfg,
@@ -740,6 +744,15 @@ impl Inner {
         let Ok(_permit) = self.permits.acquire().await else {
             return Answer::Retry("sink is shutting down".into(), None);
         };
+        // Each round sleeps until the latest pause; bounded by pauses set
+        // while sleeping.
+        loop {
+            let until = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            match until {
+                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
+                _ => break,
+            }
+        }
         self.sent_any.store(true, Ordering::Relaxed);
         let mut req = self
             .client
@@ -784,7 +797,18 @@ impl Inner {
         };
         let (label, answer) = classify(status, retry_after, &answer);
         self.count("event", &label);
+        // Set while the permit is held, so no other request slips in.
+        self.pause_for(&answer);
         answer
+    }
+
+    /// Honours a Retry-After for every request of the sink.
+    fn pause_for(&self, answer: &Answer) {
+        if let Answer::Retry(_, Some(after)) = answer {
+            let until = Instant::now() + *after;
+            let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+            *paused = Some(paused.map_or(until, |p| p.max(until)));
+        }
     }
 
     /// Sends the events of `run` until each is confirmed or dead-lettered.
@@ -851,7 +875,10 @@ impl Inner {
                     failed("retry");
                     let delay = after.unwrap_or_else(|| backoff.next_delay());
                     warn!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "HEC request failed; retrying");
-                    tokio::time::sleep(delay).await;
+                    // A Retry-After pauses the whole sink (in post_events).
+                    if after.is_none() {
+                        tokio::time::sleep(delay).await;
+                    }
                     todo.push(r);
                 }
                 Answer::Token(why) => {
@@ -1087,6 +1114,15 @@ impl Inner {
     /// event: an empty request is answered with code 5 ("No data") once
     /// both are right. True when the answer was conclusive.
     async fn probe(&self) -> bool {
+        // An event-endpoint request like any other: one permit, no request
+        // while HEC asked for a pause.
+        let Ok(_permit) = self.permits.acquire().await else {
+            return false;
+        };
+        let paused = *self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.is_some_and(|t| t > Instant::now()) {
+            return false;
+        }
         let Some(auth) = self.auth() else {
             self.readiness.set(
                 Trouble::Token,
@@ -1102,16 +1138,22 @@ impl Inner {
         if self.cfg.indexer_ack {
             req = req.header(CHANNEL_HEADER, self.channel.clone());
         }
-        let (status, body) = match req.body(Vec::new()).send().await {
-            Ok(r) => (r.status().as_u16(), r.bytes().await.unwrap_or_default()),
+        let (status, headers, body) = match req.body(Vec::new()).send().await {
+            Ok(r) => (
+                r.status().as_u16(),
+                r.headers().clone(),
+                r.bytes().await.unwrap_or_default(),
+            ),
             Err(e) => {
                 self.count("event", "network");
                 debug!(sink = %self.name, error = %crate::http::describe_error(e), "HEC probe got no answer");
                 return false;
             }
         };
-        let (label, answer) = classify(status, None, &body);
+        let retry_after = crate::http::retry_after(&headers);
+        let (label, answer) = classify(status, retry_after, &body);
         self.count("event", &label);
+        self.pause_for(&answer);
         match answer {
             Answer::Reject(..) | Answer::Accepted { .. } => {
                 self.readiness
