@@ -282,7 +282,11 @@ static HEC_METRICS: LazyLock<HecMetrics> = LazyLock::new(|| {
 enum Trouble {
     Health,
     Token,
+    /// Codes 10, 11, 14.
     AckSetting,
+    /// Accepted without an ackId while `indexer_ack` is on; only an ackId
+    /// or a working ack query clears it.
+    AckMissing,
     Endpoint,
 }
 
@@ -846,8 +850,10 @@ impl Inner {
                                        acknowledgment is off for this token; set \
                                        indexer_ack = false (or turn acknowledgment on for \
                                        the token); events are confirmed on acceptance only";
-                            error!(sink = %self.name, "{why}");
-                            self.readiness.set(Trouble::AckSetting, why.into());
+                            if !self.readiness.has_any(&[Trouble::AckMissing]) {
+                                error!(sink = %self.name, "{why}");
+                            }
+                            self.readiness.set(Trouble::AckMissing, why.into());
                             true
                         }
                         (false, _) => true,
@@ -856,7 +862,7 @@ impl Inner {
                         backoff.reset();
                         let mut fixed = vec![Trouble::Token, Trouble::Endpoint];
                         if !self.cfg.indexer_ack || ack_id.is_some() {
-                            fixed.push(Trouble::AckSetting);
+                            fixed.extend([Trouble::AckSetting, Trouble::AckMissing]);
                         }
                         if self.readiness.has_any(&fixed) {
                             self.readiness.clear(&fixed);
@@ -1027,8 +1033,12 @@ impl Inner {
         match (status, reply.acks) {
             (200, Some(acks)) => {
                 self.count("ack", "0");
-                self.readiness
-                    .clear(&[Trouble::Token, Trouble::AckSetting, Trouble::Endpoint]);
+                self.readiness.clear(&[
+                    Trouble::Token,
+                    Trouble::AckSetting,
+                    Trouble::AckMissing,
+                    Trouble::Endpoint,
+                ]);
                 let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
                 for (id, generation) in ids {
                     if acks.get(&id.to_string()) == Some(&true)
@@ -1156,8 +1166,12 @@ impl Inner {
         self.pause_for(&answer);
         match answer {
             Answer::Reject(..) | Answer::Accepted { .. } => {
-                self.readiness
-                    .clear(&[Trouble::Token, Trouble::Endpoint, Trouble::AckSetting]);
+                // The token is fine; without acks, so is sending no channel.
+                // With acks, only the ack endpoint can tell (below).
+                self.readiness.clear(&[Trouble::Token, Trouble::Endpoint]);
+                if !self.cfg.indexer_ack {
+                    self.readiness.clear(&[Trouble::AckSetting]);
+                }
             }
             Answer::Token(why) => {
                 let reason = format!(
@@ -1199,6 +1213,8 @@ impl Inner {
             };
             if status == 200 {
                 self.count("ack", "0");
+                self.readiness
+                    .clear(&[Trouble::AckSetting, Trouble::AckMissing]);
             } else {
                 let (label, answer) = classify(status, None, &body);
                 self.count("ack", &label);
