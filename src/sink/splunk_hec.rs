@@ -895,7 +895,7 @@ impl Inner {
                          (re-read before every retry)",
                         self.token_source.describe()
                     );
-                    error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "HEC refuses the token; check the token");
+                    error!(sink = %self.name, error = %why, token = %self.token_source.describe(), retry_in_s = delay.as_secs_f64(), "HEC refuses the token; check the token");
                     self.readiness.set(Trouble::Token, reason);
                     tokio::time::sleep(delay).await;
                     self.reload_token();
@@ -1178,7 +1178,7 @@ impl Inner {
                     "HEC refuses the token ({why}); put a valid, enabled token in {}",
                     self.token_source.describe()
                 );
-                error!(sink = %self.name, error = %why, "HEC refuses the token; check the token");
+                error!(sink = %self.name, error = %why, token = %self.token_source.describe(), "HEC refuses the token; check the token");
                 self.readiness.set(Trouble::Token, reason);
                 return true;
             }
