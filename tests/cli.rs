@@ -142,6 +142,22 @@ fn shipped_configs_validate() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    let hec = dir.path().join("hec");
+    write(&hec, "0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b\n");
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(Path::new(root).join("config/veza-to-splunk.toml"))
+        .env("AUDITRELAY_SOURCES__VEZA_PROD__TOKEN_FILE", &veza)
+        .env("AUDITRELAY_SINKS__SPLUNK__TOKEN_FILE", &hec)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("splunk (splunk_hec)"));
 }
 
 fn demo_config(dir: &Path, limit: u64) -> std::path::PathBuf {

@@ -1601,3 +1601,306 @@ async fn webhook_malformed_requests_get_4xx_and_chunked_bodies_work() {
     assert_eq!(rx.stats().by_status.get(&200), Some(&1));
     assert_eq!(rx.stats().bad_requests, 9);
 }
+
+// ---- Splunk HEC fake ----
+
+use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
+
+const HEC_TOKEN: &str = "11111111-2222-3333-4444-555555555555";
+const CHANNEL: &str = "0aa1b2c3-d4e5-4f60-8a7b-9c0d1e2f3a4b";
+
+/// POSTs `body` to `path` of the HEC fake with extra headers; (status, JSON).
+async fn hec_post(
+    fake: &HecFake,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut req = client()
+        .post(format!("{}{path}", fake.url()))
+        .body(body.to_vec());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("HEC fake answers");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn splunk_auth() -> String {
+    format!("Splunk {HEC_TOKEN}")
+}
+
+#[tokio::test]
+async fn hec_checks_tokens_like_splunk() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: HEC_TOKEN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let body = br#"{"event":{"request_id":"a"}}"#;
+    let ev = "/services/collector/event";
+    assert_eq!(hec_post(&fake, ev, body, &[]).await.1["code"], 2);
+    let (status, v) = hec_post(&fake, ev, body, &[("Authorization", "Bearer x")]).await;
+    assert_eq!((status, v["code"].as_i64()), (401, Some(3)));
+    let (status, v) = hec_post(&fake, ev, body, &[("Authorization", "Splunk nope")]).await;
+    assert_eq!((status, v["text"].as_str()), (403, Some("Invalid token")));
+    let (status, v) = hec_post(&fake, &format!("{ev}?token={HEC_TOKEN}"), body, &[]).await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(16)));
+    fake.set_token_disabled(true);
+    let (status, v) = hec_post(&fake, ev, body, &[("Authorization", &splunk_auth())]).await;
+    assert_eq!((status, v["code"].as_i64()), (403, Some(1)));
+    fake.set_token_disabled(false);
+    let (status, v) = hec_post(&fake, ev, body, &[("Authorization", &splunk_auth())]).await;
+    assert_eq!(
+        (status, v),
+        (200, serde_json::json!({"text":"Success","code":0}))
+    );
+    assert_eq!(fake.unique_ids(), vec!["a"]);
+    assert_eq!(fake.stats().auth_failures, 5);
+}
+
+#[tokio::test]
+async fn hec_parses_concatenated_json_and_gzip_and_rejects_like_splunk() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: HEC_TOKEN.into(),
+        allowed_indexes: Some(vec!["main".into()]),
+        max_content_length: 2000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let auth = splunk_auth();
+    let a = [("Authorization", auth.as_str())];
+    let ev = "/services/collector/event";
+    // No separator, whitespace separators, gzip.
+    let body = br#"{"time":1.5,"index":"main","event":{"request_id":"a"}}{"event":{"request_id":"b"},"fields":{"u":"x","l":["y"]}}
+  {"time":"2.25","event":"text c"}"#;
+    let gz = gzip(body);
+    let (status, v) = hec_post(&fake, ev, &gz, &[a[0], ("Content-Encoding", "gzip")]).await;
+    assert_eq!((status, v["code"].as_i64()), (200, Some(0)), "{v}");
+    assert_eq!(fake.unique_ids(), vec!["a", "b"]);
+    let indexed = fake.indexed();
+    assert_eq!(indexed.len(), 3);
+    assert_eq!(indexed[0].envelope["time"], 1.5);
+    assert_eq!(indexed[0].event_raw, r#"{"request_id":"a"}"#);
+    assert_eq!(indexed[1].envelope["fields"]["l"][0], "y");
+    assert_eq!(indexed[2].event_raw, r#""text c""#);
+    assert_eq!(fake.stats().gzip_requests, 1);
+
+    // The first bad object stops the request; those before it are indexed.
+    let cases: [(&[u8], i64, &str, usize); 7] = [
+        (
+            br#"{"event":{"request_id":"c"}}{"event":{"x":}}{"event":1}"#,
+            6,
+            "Invalid data format",
+            1,
+        ),
+        (
+            br#"{"event":{"request_id":"d"}}{"time":1}"#,
+            12,
+            "Event field is required",
+            1,
+        ),
+        (br#"{"event":""}"#, 13, "Event field cannot be blank", 0),
+        (br#"{"time":"soon","event":1}"#, 6, "Invalid data format", 0),
+        (br#"{"index":"other","event":1}"#, 7, "Incorrect index", 0),
+        (
+            br#"{"fields":{"u":{"nested":1}},"event":1}"#,
+            15,
+            "Error in handling indexed fields",
+            0,
+        ),
+        (br#"[{"event":1}]"#, 6, "Invalid data format", 0),
+    ];
+    for (body, code, text, n) in cases {
+        let (status, v) = hec_post(&fake, ev, body, &a).await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["code"], code, "{v}");
+        assert_eq!(v["text"], text, "{v}");
+        assert_eq!(v["invalid-event-number"], n, "{v}");
+    }
+    assert_eq!(fake.unique_ids(), vec!["a", "b", "c", "d"]);
+    let (status, v) = hec_post(&fake, ev, b"  ", &a).await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(5)));
+    let (status, _) = hec_post(&fake, ev, &vec![b' '; 2001], &a).await;
+    assert_eq!(status, 413);
+    fake.set_reject_ids(["e"]);
+    let (_, v) = hec_post(&fake, ev, br#"{"event":{"request_id":"e"}}"#, &a).await;
+    assert_eq!(v["code"], 6);
+    let (status, v) = hec_post(&fake, "/services/collector/raw", b"x", &a).await;
+    assert_eq!((status, v["code"].as_i64()), (404, Some(404)));
+}
+
+#[tokio::test]
+async fn hec_channels_and_acks_read_true_once_and_lost_batches_never() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: HEC_TOKEN.into(),
+        ack: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let auth = splunk_auth();
+    let ev = "/services/collector/event";
+    let body = br#"{"event":{"request_id":"a"}}"#;
+    let (status, v) = hec_post(&fake, ev, body, &[("Authorization", &auth)]).await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(10)));
+    let bad = [
+        ("Authorization", auth.as_str()),
+        ("X-Splunk-Request-Channel", "nope"),
+    ];
+    assert_eq!(hec_post(&fake, ev, body, &bad).await.1["code"], 11);
+    let h = [
+        ("Authorization", auth.as_str()),
+        ("X-Splunk-Request-Channel", CHANNEL),
+    ];
+    let (_, v) = hec_post(&fake, ev, body, &h).await;
+    assert_eq!(v, serde_json::json!({"text":"Success","code":0,"ackId":0}));
+    // The channel may come as a query parameter too.
+    let (_, v) = hec_post(
+        &fake,
+        &format!("{ev}?channel={CHANNEL}"),
+        br#"{"event":{"request_id":"b"}}"#,
+        &[("Authorization", &auth)],
+    )
+    .await;
+    assert_eq!(v["ackId"], 1);
+    let ack = "/services/collector/ack";
+    let (_, v) = hec_post(&fake, ack, br#"{"acks":[0,1,7]}"#, &h).await;
+    assert_eq!(v, serde_json::json!({"acks":{"0":true,"1":true,"7":false}}));
+    let (_, v) = hec_post(&fake, ack, br#"{"acks":[0,1]}"#, &h).await;
+    assert_eq!(
+        v,
+        serde_json::json!({"acks":{"0":false,"1":false}}),
+        "true only once"
+    );
+    assert_eq!(hec_post(&fake, ack, b"{}", &h).await.1["code"], 6);
+
+    // Late acks: false until the delay passed; held acks: false until released.
+    fake.set_faults(HecFaults {
+        ack_delay: Duration::from_millis(300),
+        hold_acks: true,
+        ..Default::default()
+    });
+    let (_, v) = hec_post(&fake, ev, br#"{"event":{"request_id":"c"}}"#, &h).await;
+    assert_eq!(v["ackId"], 2);
+    let (_, v) = hec_post(&fake, ack, br#"{"acks":[2]}"#, &h).await;
+    assert_eq!(v["acks"]["2"], false);
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        hec_post(&fake, ack, br#"{"acks":[2]}"#, &h).await.1["acks"]["2"],
+        false
+    );
+    fake.set_hold_acks(false);
+    assert_eq!(
+        hec_post(&fake, ack, br#"{"acks":[2]}"#, &h).await.1["acks"]["2"],
+        true
+    );
+
+    // A lost batch: accepted with an ackId, never indexed, never acked.
+    fake.set_faults(HecFaults {
+        lose: 1.0,
+        ..Default::default()
+    });
+    let (_, v) = hec_post(&fake, ev, br#"{"event":{"request_id":"lost"}}"#, &h).await;
+    assert_eq!(v["ackId"], 3);
+    assert_eq!(
+        hec_post(&fake, ack, br#"{"acks":[3]}"#, &h).await.1["acks"]["3"],
+        false
+    );
+    assert_eq!(fake.unique_ids(), vec!["a", "b", "c"]);
+    let stats = fake.stats();
+    assert_eq!((stats.lost_requests, stats.lost_events), (1, 1));
+    assert_eq!(fake.pending_acks(), 1);
+
+    // Acks per channel; acknowledgment off on the token: code 14.
+    let other = [
+        ("Authorization", auth.as_str()),
+        (
+            "X-Splunk-Request-Channel",
+            "ffffffff-0000-4000-8000-000000000000",
+        ),
+    ];
+    fake.set_faults(HecFaults::default());
+    assert_eq!(hec_post(&fake, ev, body, &other).await.1["ackId"], 0);
+    fake.set_ack(false);
+    let (status, v) = hec_post(&fake, ack, br#"{"acks":[0]}"#, &h).await;
+    assert_eq!((status, v["code"].as_i64()), (400, Some(14)));
+    assert_eq!(
+        hec_post(&fake, ev, body, &[("Authorization", &auth)])
+            .await
+            .1,
+        serde_json::json!({"text":"Success","code":0})
+    );
+}
+
+#[tokio::test]
+async fn hec_health_busy_and_rate_limits() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: HEC_TOKEN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let health = client()
+        .get(format!("{}/services/collector/health", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&health.text().await.unwrap()).unwrap()["code"],
+        17
+    );
+    fake.set_unhealthy(true);
+    let health = client()
+        .get(format!("{}/services/collector/health/1.0", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 503);
+    assert_eq!(
+        serde_json::from_str::<Value>(&health.text().await.unwrap()).unwrap()["code"],
+        18
+    );
+
+    let auth = splunk_auth();
+    let a = [("Authorization", auth.as_str())];
+    let ev = "/services/collector/event";
+    fake.set_faults(HecFaults {
+        busy: 1.0,
+        ..Default::default()
+    });
+    let (status, v) = hec_post(&fake, ev, br#"{"event":1}"#, &a).await;
+    assert_eq!((status, v["code"].as_i64()), (503, Some(9)));
+    fake.set_faults(HecFaults {
+        rate_limit: 1.0,
+        retry_after_secs: 2,
+        ..Default::default()
+    });
+    let resp = client()
+        .post(format!("{}{ev}", fake.url()))
+        .header("Authorization", &auth)
+        .body(r#"{"event":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    fake.set_faults(HecFaults::default());
+    let (status, _) = hec_post(&fake, ev, br#"{"event":1}"#, &a).await;
+    assert_eq!(status, 200);
+    let stats = fake.stats();
+    assert_eq!(
+        (stats.busy, stats.rate_limited, stats.early_retries),
+        (1, 1, 1)
+    );
+    assert_eq!(stats.by_code.get(&9), Some(&1));
+    assert_eq!(stats.health_checks, 2);
+}

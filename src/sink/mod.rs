@@ -8,6 +8,7 @@
 pub mod dead_letter;
 pub mod file;
 pub mod kafka;
+pub mod splunk_hec;
 pub mod stdout;
 pub mod webhook;
 
@@ -190,11 +191,12 @@ pub enum SinkKind {
     File(file::FileConfig),
     Kafka(kafka::KafkaConfig),
     Webhook(webhook::WebhookConfig),
+    SplunkHec(splunk_hec::SplunkHecConfig),
 }
 
 /// Sink types of SPEC §3 that this build does not provide yet.
-const PLANNED: &[&str] = &["splunk_hec", "syslog"];
-const AVAILABLE: &str = "stdout, file, webhook, kafka";
+const PLANNED: &[&str] = &["syslog"];
+const AVAILABLE: &str = "stdout, file, webhook, kafka, splunk_hec";
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -211,6 +213,9 @@ impl SinkConfig {
             "file" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::File),
             "kafka" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Kafka),
             "webhook" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Webhook),
+            "splunk_hec" => {
+                extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::SplunkHec)
+            }
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("sink type \"{other}\" is not available in this version (available: {AVAILABLE})"),
@@ -266,6 +271,7 @@ impl SinkConfig {
             SinkKind::File(c) => c.validate(path, problems),
             SinkKind::Kafka(c) => c.validate(path, problems),
             SinkKind::Webhook(c) => c.validate(path, problems),
+            SinkKind::SplunkHec(c) => c.validate(path, problems),
         }
     }
 
@@ -277,6 +283,11 @@ impl SinkConfig {
             SinkKind::Webhook(c) => {
                 Box::new(webhook::WebhookSink::new(c.clone(), &self.common, ctx)?)
             }
+            SinkKind::SplunkHec(c) => Box::new(splunk_hec::SplunkHecSink::new(
+                c.clone(),
+                &self.common,
+                ctx,
+            )?),
         })
     }
 }
@@ -288,6 +299,7 @@ impl SinkKind {
             SinkKind::File(_) => "file",
             SinkKind::Kafka(_) => "kafka",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::SplunkHec(_) => "splunk_hec",
         }
     }
 }

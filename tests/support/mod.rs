@@ -2,11 +2,14 @@
 //! Shared integration-test support. `veza_fake` (a fake Veza export API) and
 //! `webhook_receiver` run inside the test process on 127.0.0.1:0 and stop when
 //! dropped; `http1` is their small hand-written HTTP/1.1 server layer.
-//! `daemon` runs the real binary.
+//! `hec_fake` is a fake Splunk HTTP Event Collector; `tls` generates a CA
+//! and puts a TLS front before any fake. `daemon` runs the real binary.
 
 pub mod daemon;
+pub mod hec_fake;
 pub mod http1;
 pub mod kafka;
 pub mod sink;
+pub mod tls;
 pub mod veza_fake;
 pub mod webhook_receiver;
