@@ -453,6 +453,15 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo test --all-targets` runs this binary without `--bench`: then a
+    // smoke run (one page, file sink) proves the harness works, quickly.
+    if !std::env::args().any(|a| a == "--bench") {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = run_scenario("file", dir.path(), 1).await;
+        assert!(s.events_per_s > 0.0 && s.peak_rss_mib > 0.0, "{s:?}");
+        println!("bench smoke: {s:?} (run `cargo bench --bench pipeline` for the table)");
+        return;
+    }
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

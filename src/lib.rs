@@ -11,6 +11,8 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod http;
 pub mod logging;

@@ -552,6 +552,19 @@ impl VezaSource {
         }))
     }
 
+    /// Runs one response body through the same classification and page
+    /// parsing as a live request (fuzzing and corpus tests).
+    #[doc(hidden)]
+    pub fn parse_response(&mut self, status: u16, body: Bytes) -> Option<Vec<crate::event::Event>> {
+        match self.classify(status, None, body) {
+            Outcome::Page { body, next_token } => match self.accept_page(body, next_token) {
+                Ok(Some(batch)) => Some(batch.events),
+                _ => Some(Vec::new()),
+            },
+            _ => None,
+        }
+    }
+
     fn count(&self, outcome: &str) {
         metrics()
             .source_requests
