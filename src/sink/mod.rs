@@ -8,6 +8,7 @@
 pub mod dead_letter;
 pub mod file;
 pub mod stdout;
+pub mod syslog;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -174,11 +175,12 @@ pub enum SinkKind {
     Stdout(stdout::StdoutConfig),
     File(file::FileConfig),
     Webhook(webhook::WebhookConfig),
+    Syslog(syslog::SyslogConfig),
 }
 
 /// Sink types of SPEC §3 that this build does not provide yet.
-const PLANNED: &[&str] = &["splunk_hec", "kafka", "syslog"];
-const AVAILABLE: &str = "stdout, file, webhook";
+const PLANNED: &[&str] = &["splunk_hec", "kafka"];
+const AVAILABLE: &str = "stdout, file, webhook, syslog";
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -194,6 +196,7 @@ impl SinkConfig {
             "stdout" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Stdout),
             "file" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::File),
             "webhook" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Webhook),
+            "syslog" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Syslog),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("sink type \"{other}\" is not available in this version (available: {AVAILABLE})"),
@@ -248,6 +251,7 @@ impl SinkConfig {
             SinkKind::Stdout(_) => {}
             SinkKind::File(c) => c.validate(path, problems),
             SinkKind::Webhook(c) => c.validate(path, problems),
+            SinkKind::Syslog(c) => c.validate(path, &self.common, problems),
         }
     }
 
@@ -258,6 +262,7 @@ impl SinkConfig {
             SinkKind::Webhook(c) => {
                 Box::new(webhook::WebhookSink::new(c.clone(), &self.common, ctx)?)
             }
+            SinkKind::Syslog(c) => Box::new(syslog::SyslogSink::new(c.clone(), &self.common, ctx)?),
         })
     }
 }
@@ -268,6 +273,7 @@ impl SinkKind {
             SinkKind::Stdout(_) => "stdout",
             SinkKind::File(_) => "file",
             SinkKind::Webhook(_) => "webhook",
+            SinkKind::Syslog(_) => "syslog",
         }
     }
 }
