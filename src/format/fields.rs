@@ -41,7 +41,14 @@ fn v(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 fn d_actor() -> Vec<String> {
-    v(&["identity.email", "identity.name", "actor.name", "actor.email", "actor", "user_id"])
+    v(&[
+        "identity.email",
+        "identity.name",
+        "actor.name",
+        "actor.email",
+        "actor",
+        "user_id",
+    ])
 }
 fn d_actor_id() -> Vec<String> {
     v(&["identity.user_id", "actor.id", "user_id"])
@@ -50,7 +57,12 @@ fn d_source_ip() -> Vec<String> {
     v(&["client.ip", "source_ip", "ip_address", "client_ip"])
 }
 fn d_outcome() -> Vec<String> {
-    v(&["status.grpc_code", "status.http_status", "result", "outcome"])
+    v(&[
+        "status.grpc_code",
+        "status.http_status",
+        "result",
+        "outcome",
+    ])
 }
 fn d_reason() -> Vec<String> {
     v(&["status.error_reason", "status.message", "reason"])
@@ -277,8 +289,7 @@ mod tests {
 
     #[test]
     fn config_takes_one_or_many() {
-        let m: FieldMap =
-            serde_json::from_str(r#"{"actor":"who","outcome":["a.b","c"]}"#).unwrap();
+        let m: FieldMap = serde_json::from_str(r#"{"actor":"who","outcome":["a.b","c"]}"#).unwrap();
         assert_eq!(m.actor, ["who"]);
         assert_eq!(m.outcome, ["a.b", "c"]);
         assert_eq!(m.method, ["method"]);

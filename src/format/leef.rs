@@ -58,7 +58,9 @@ pub fn parse_delimiter(text: &str) -> Result<char, String> {
             }
         }
     };
-    if !c.is_ascii() || matches!(c, '=' | '|' | '\\' | '\n' | '\r' | '\0') || c.is_ascii_alphanumeric()
+    if !c.is_ascii()
+        || matches!(c, '=' | '|' | '\\' | '\n' | '\r' | '\0')
+        || c.is_ascii_alphanumeric()
     {
         return Err(format!(
             "{c:?} cannot separate LEEF attributes (use ^, tab or another ASCII symbol)"

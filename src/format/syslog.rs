@@ -179,7 +179,11 @@ pub fn cut_escaped(bytes: &[u8], max: usize) -> usize {
     while end > 0 && (bytes[end] & 0xC0) == 0x80 {
         end -= 1;
     }
-    let run = bytes[..end].iter().rev().take_while(|b| **b == b'\\').count();
+    let run = bytes[..end]
+        .iter()
+        .rev()
+        .take_while(|b| **b == b'\\')
+        .count();
     if run % 2 == 1 {
         end -= 1;
     }
@@ -191,13 +195,7 @@ pub fn cut_escaped(bytes: &[u8], max: usize) -> usize {
 pub fn header_token(text: &str, max: usize) -> String {
     let mut out: String = text
         .chars()
-        .map(|c| {
-            if c.is_ascii_graphic() {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_graphic() { c } else { '_' })
         .take(max)
         .collect();
     if out.is_empty() {

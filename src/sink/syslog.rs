@@ -137,6 +137,10 @@ pub struct SyslogConfig {
     /// RELP messages in flight before waiting for acknowledgements.
     #[serde(default = "d_relp_window")]
     pub relp_window: usize,
+    /// TCP/TLS: bytes of recently confirmed frames kept to resend when the
+    /// receiver resets the connection (see the module docs); 0 disables.
+    #[serde(default = "d_replay_window")]
+    pub replay_window: usize,
     /// After this many `rsp` refusals of the same message, RELP gives up on
     /// it and writes it to the dead-letter file.
     #[serde(default = "d_relp_max_refusals")]
@@ -179,6 +183,9 @@ fn d_timeout() -> Duration {
 fn d_relp_window() -> usize {
     128
 }
+fn d_replay_window() -> usize {
+    8 * 1024 * 1024
+}
 fn d_relp_max_refusals() -> u32 {
     3
 }
@@ -208,7 +215,9 @@ impl std::fmt::Display for Target {
 impl Target {
     pub fn parse(address: &str) -> Result<Target, String> {
         let (scheme, _) = address.split_once("://").ok_or_else(|| {
-            format!("\"{address}\" has no scheme (write udp://, tcp://, tls:// or relp://HOST:PORT)")
+            format!(
+                "\"{address}\" has no scheme (write udp://, tcp://, tls:// or relp://HOST:PORT)"
+            )
         })?;
         let (transport, default_port) = match scheme {
             "udp" => (Transport::Udp, Some(514)),
@@ -233,9 +242,10 @@ impl Target {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| format!("\"{address}\" names no host"))?
             .to_string();
-        let port = url.port().or(default_port).ok_or_else(|| {
-            format!("\"{address}\" needs a port ({scheme} has no standard one)")
-        })?;
+        let port = url
+            .port()
+            .or(default_port)
+            .ok_or_else(|| format!("\"{address}\" needs a port ({scheme} has no standard one)"))?;
         Ok(Target {
             transport,
             host,
@@ -273,10 +283,7 @@ impl SyslogConfig {
                 );
             }
             if t.transport != Transport::Tls && common.tls != TlsConfig::default() {
-                problems.push(
-                    format!("{path}.tls"),
-                    "applies to tls:// addresses only",
-                );
+                problems.push(format!("{path}.tls"), "applies to tls:// addresses only");
             }
             if let Some(max) = self.max_message_size {
                 let upper = if t.transport == Transport::Udp {
@@ -377,16 +384,34 @@ struct SyslogMetrics {
 static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
     let c = |name: &str, help: &str| {
         metrics().register(
-            IntCounterVec::new(Opts::new(format!("auditrelay_syslog_{name}"), help), &["sink"])
-                .expect("metric definition is valid"),
+            IntCounterVec::new(
+                Opts::new(format!("auditrelay_syslog_{name}"), help),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
         )
     };
     SyslogMetrics {
-        frames: c("frames_sent_total", "Syslog messages confirmed (written and acknowledged as the transport allows)."),
-        bytes: c("bytes_sent_total", "Bytes of confirmed syslog frames, framing included."),
-        reconnects: c("reconnects_total", "Syslog connections opened again after a failure or a close by the receiver."),
-        truncated: c("truncated_total", "Syslog messages whose body was cut to max_message_size."),
-        refused: c("relp_refused_total", "RELP messages the receiver answered with a non-200 rsp."),
+        frames: c(
+            "frames_sent_total",
+            "Syslog messages confirmed (written and acknowledged as the transport allows).",
+        ),
+        bytes: c(
+            "bytes_sent_total",
+            "Bytes of confirmed syslog frames, framing included.",
+        ),
+        reconnects: c(
+            "reconnects_total",
+            "Syslog connections opened again after a failure or a close by the receiver.",
+        ),
+        truncated: c(
+            "truncated_total",
+            "Syslog messages whose body was cut to max_message_size.",
+        ),
+        refused: c(
+            "relp_refused_total",
+            "RELP messages the receiver answered with a non-200 rsp.",
+        ),
     }
 });
 
@@ -406,14 +431,49 @@ enum Conn {
     Relp(relp::RelpConn),
 }
 
+/// The connection and, for TCP/TLS, the frames most recently confirmed on
+/// it. A receiver that closes a connection while bytes we sent are still
+/// unread in its socket makes its kernel answer with a reset, not a FIN;
+/// those bytes were acknowledged by TCP, so their batches were confirmed,
+/// yet the receiver never saw them. On a reset (or any failure other than a
+/// clean close) the window is written again on the next connection, before
+/// anything new: at least once across receiver restarts and crashes.
+#[derive(Default)]
+struct State {
+    conn: Option<Conn>,
+    window: std::collections::VecDeque<bytes::Bytes>,
+    window_bytes: usize,
+    /// The window must be resent before the next batch.
+    replay: bool,
+}
+
+impl State {
+    fn remember(&mut self, frames: bytes::Bytes, cap: usize) {
+        self.window_bytes += frames.len();
+        self.window.push_back(frames);
+        while self.window_bytes > cap && self.window.len() > 1 {
+            if let Some(old) = self.window.pop_front() {
+                self.window_bytes -= old.len();
+            }
+        }
+        if self.window_bytes > cap {
+            self.window.clear();
+            self.window_bytes = 0;
+        }
+    }
+}
+
 pub struct SyslogSink {
     name: Arc<str>,
     target: Target,
     cfg: SyslogConfig,
     common: SinkCommon,
     encoder: Encoder,
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
-    conn: tokio::sync::Mutex<Option<Conn>>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    state: tokio::sync::Mutex<State>,
     connected_before: AtomicBool,
     health: Health,
     dead_letters: DeadLetters,
@@ -422,7 +482,8 @@ pub struct SyslogSink {
 impl SyslogSink {
     pub fn new(cfg: SyslogConfig, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Self> {
         let path = format!("sinks.{}", ctx.name);
-        let target = Target::parse(&cfg.address).map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
+        let target =
+            Target::parse(&cfg.address).map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
         let framing = match target.transport {
             Transport::Tcp | Transport::Tls => Some(cfg.framing.unwrap_or(Framing::OctetCounting)),
             Transport::Udp | Transport::Relp => None,
@@ -430,9 +491,11 @@ impl SyslogSink {
         let max = cfg
             .max_message_size
             .unwrap_or_else(|| target.default_max_message());
-        let encoder = Encoder::new(&cfg, framing, max).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
+        let encoder =
+            Encoder::new(&cfg, framing, max).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
         let tls = if target.transport == Transport::Tls {
-            let name = tls::server_name(&target.host).map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
+            let name = tls::server_name(&target.host)
+                .map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
             Some((tls::connector(&common.tls, &path)?, name))
         } else {
             None
@@ -449,7 +512,7 @@ impl SyslogSink {
             common: common.clone(),
             encoder,
             tls,
-            conn: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(State::default()),
             connected_before: AtomicBool::new(false),
             health: ctx.health,
             dead_letters: ctx.dead_letters,
@@ -465,7 +528,11 @@ impl SyslogSink {
         let conn = match self.target.transport {
             Transport::Udp => {
                 let addr = self.resolve().await?;
-                let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                let local = if addr.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
                 let sock = UdpSocket::bind(local)
                     .await
                     .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
@@ -505,9 +572,7 @@ impl SyslogSink {
                             self.target
                         ));
                     }
-                    Err(_) => {
-                        return Err(format!("TLS handshake with {} timed out", self.target))
-                    }
+                    Err(_) => return Err(format!("TLS handshake with {} timed out", self.target)),
                 };
                 Conn::Stream(StreamConn {
                     io: Box::new(stream),
@@ -533,7 +598,11 @@ impl SyslogSink {
     }
 
     async fn resolve(&self) -> Result<std::net::SocketAddr, String> {
-        let host = self.target.host.trim_start_matches('[').trim_end_matches(']');
+        let host = self
+            .target
+            .host
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         let lookup = tokio::net::lookup_host((host, self.target.port));
         match tokio::time::timeout(self.cfg.connect_timeout, lookup).await {
             Ok(Ok(mut addrs)) => addrs
@@ -546,12 +615,12 @@ impl SyslogSink {
 
     async fn connect_tcp(&self) -> Result<TcpStream, String> {
         let addr = self.resolve().await?;
-        let tcp = match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
-            Err(_) => return Err(format!("connecting to {} timed out", self.target)),
-        };
+        let tcp =
+            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
+                Err(_) => return Err(format!("connecting to {} timed out", self.target)),
+            };
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
@@ -594,7 +663,7 @@ impl SyslogSink {
 
     /// Delivers one run of events, retrying until it is confirmed.
     async fn deliver_run(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        let frames = self.encoder.encode_all(source, events);
+        let mut frames = self.encoder.encode_all(source, events);
         if frames.truncated > 0 {
             SYSLOG_METRICS
                 .truncated
@@ -603,26 +672,52 @@ impl SyslogSink {
             warn!(sink = %self.name, messages = frames.truncated, max_message_size = self.max_message(), "syslog message bodies cut to fit max_message_size");
         }
         let mut backoff = Backoff::new(self.common.retry);
-        let mut guard = self.conn.lock().await;
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
         // RELP: which messages are acknowledged, and how often each was refused.
         let mut acked = vec![false; events.len()];
         let mut refusals = vec![0u32; events.len()];
         loop {
-            if guard.is_none() {
+            if state.conn.is_none() {
                 match self.connect().await {
-                    Ok(c) => *guard = Some(c),
+                    Ok(c) => state.conn = Some(c),
                     Err(why) => {
                         self.failed(source, events.len(), &why, &mut backoff).await;
                         continue;
                     }
                 }
             }
-            let Some(conn) = guard.as_mut() else {
+            let Some(conn) = state.conn.as_mut() else {
                 continue;
             };
             let result = match conn {
                 Conn::Udp(sock) => send_udp(sock, &frames).await,
-                Conn::Stream(s) => send_stream(s, &frames.buf, self.cfg.timeout).await,
+                Conn::Stream(s) => {
+                    let replay: Vec<bytes::Bytes> = if state.replay {
+                        state.window.iter().cloned().collect()
+                    } else {
+                        Vec::new()
+                    };
+                    match send_stream(s, &replay, &frames.buf, self.cfg.timeout).await {
+                        Ok(()) => {
+                            if state.replay {
+                                info!(sink = %self.name, bytes = state.window_bytes, "resent the frames written before the receiver reset the connection");
+                                state.replay = false;
+                            }
+                            Ok(())
+                        }
+                        Err(StreamError { why, clean }) => {
+                            if clean && !state.replay {
+                                // Closed with everything read: nothing to resend.
+                                state.window.clear();
+                                state.window_bytes = 0;
+                            } else if !clean {
+                                state.replay = !state.window.is_empty();
+                            }
+                            Err(why)
+                        }
+                    }
+                }
                 Conn::Relp(session) => {
                     let todo: Vec<usize> = (0..events.len()).filter(|i| !acked[*i]).collect();
                     match session
@@ -640,7 +735,10 @@ impl SyslogSink {
                                 self.dead_letters.write(
                                     source,
                                     &events[index..=index],
-                                    &format!("RELP receiver refused the message {} times: {answer}", refusals[index]),
+                                    &format!(
+                                        "RELP receiver refused the message {} times: {answer}",
+                                        refusals[index]
+                                    ),
                                 )?;
                                 acked[index] = true;
                             }
@@ -652,12 +750,21 @@ impl SyslogSink {
             };
             match result {
                 Ok(()) => {
-                    self.confirmed(source, events.len(), frames.spans.len(), frames.buf.len());
+                    let (count, bytes) = (frames.spans.len(), frames.buf.len());
+                    if self.cfg.replay_window > 0
+                        && matches!(self.target.transport, Transport::Tcp | Transport::Tls)
+                    {
+                        state.remember(
+                            std::mem::take(&mut frames.buf).into(),
+                            self.cfg.replay_window,
+                        );
+                    }
+                    self.confirmed(source, events.len(), count, bytes);
                     return Ok(());
                 }
                 Err(why) => {
                     // Anything may have happened to the connection: start afresh.
-                    *guard = None;
+                    state.conn = None;
                     if acked.iter().all(|a| *a) && self.target.transport == Transport::Relp {
                         self.confirmed(source, events.len(), frames.spans.len(), frames.buf.len());
                         return Ok(());
@@ -685,26 +792,51 @@ async fn send_udp(sock: &UdpSocket, frames: &Frames) -> Result<(), String> {
     Ok(())
 }
 
-/// Writes `buf`, flushes it, and waits until the receiver's TCP stack has
-/// acknowledged every byte, checking that the connection stays open.
-async fn send_stream(conn: &mut StreamConn, buf: &[u8], timeout: Duration) -> Result<(), String> {
+/// Why a write to a stream failed; `clean` when the receiver had closed
+/// the connection in an orderly way (FIN) before anything was written, so
+/// it read everything sent before.
+struct StreamError {
+    why: String,
+    clean: bool,
+}
+
+impl StreamError {
+    fn dirty(why: String) -> Self {
+        StreamError { why, clean: false }
+    }
+}
+
+/// Writes `replay` then `buf`, flushes, and waits until the receiver's TCP
+/// stack has acknowledged every byte, checking that the connection stays
+/// open.
+async fn send_stream(
+    conn: &mut StreamConn,
+    replay: &[bytes::Bytes],
+    buf: &[u8],
+    timeout: Duration,
+) -> Result<(), StreamError> {
     check_open(conn).await?;
     let deadline = tokio::time::Instant::now() + timeout;
     let write = async {
+        for old in replay {
+            conn.io.write_all(old).await?;
+        }
         conn.io.write_all(buf).await?;
         conn.io.flush().await
     };
     match tokio::time::timeout_at(deadline, write).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("write failed: {e}")),
+        Ok(Err(e)) => return Err(StreamError::dirty(format!("write failed: {e}"))),
         Err(_) => {
-            return Err(format!(
+            return Err(StreamError::dirty(format!(
                 "write did not finish within {}",
                 humantime::format_duration(timeout)
-            ))
+            )))
         }
     }
-    wait_acknowledged(conn.fd, deadline.into_std()).await
+    wait_acknowledged(conn.fd, deadline.into_std())
+        .await
+        .map_err(StreamError::dirty)
 }
 
 /// What a non-blocking peek says about a TCP socket.
@@ -712,7 +844,10 @@ enum Peer {
     Open,
     /// The receiver sent something (TLS records, usually).
     Data,
-    Gone(String),
+    /// Orderly close (FIN): the receiver read everything before closing.
+    Closed,
+    /// Reset or another error: unread data may have been thrown away.
+    Failed(String),
 }
 
 fn peek(fd: RawFd) -> Peer {
@@ -728,40 +863,60 @@ fn peek(fd: RawFd) -> Peer {
         )
     };
     match n {
-        0 => Peer::Gone("the receiver closed the connection".into()),
+        0 => Peer::Closed,
         n if n > 0 => Peer::Data,
         _ => {
             let e = std::io::Error::last_os_error();
             match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Peer::Open,
-                _ => Peer::Gone(format!("connection failed: {e}")),
+                _ => Peer::Failed(format!("connection failed: {e}")),
             }
         }
     }
 }
 
+const CLOSED: &str = "the receiver closed the connection";
+
 /// Fails when the receiver closed or reset the connection, so a batch is
 /// never written into a socket that is already dead.
-async fn check_open(conn: &mut StreamConn) -> Result<(), String> {
+async fn check_open(conn: &mut StreamConn) -> Result<(), StreamError> {
     for _ in 0..8 {
         match peek(conn.fd) {
             Peer::Open => return Ok(()),
-            Peer::Gone(why) => return Err(why),
+            Peer::Closed => {
+                return Err(StreamError {
+                    why: CLOSED.into(),
+                    clean: true,
+                })
+            }
+            Peer::Failed(why) => return Err(StreamError::dirty(why)),
             Peer::Data => {
                 // Let TLS process what arrived (session tickets, close_notify);
                 // plain syslog receivers send nothing, so data is discarded.
                 let mut buf = [0u8; 4096];
-                match tokio::time::timeout(Duration::from_millis(5), conn.io.read(&mut buf)).await
-                {
+                match tokio::time::timeout(Duration::from_millis(5), conn.io.read(&mut buf)).await {
                     Err(_) => return Ok(()),
-                    Ok(Ok(0)) => return Err("the receiver closed the connection".into()),
+                    Ok(Ok(0)) => {
+                        return Err(StreamError {
+                            why: CLOSED.into(),
+                            clean: peek(conn.fd).is_closed(),
+                        })
+                    }
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => return Err(format!("connection failed: {e}")),
+                    Ok(Err(e)) => {
+                        return Err(StreamError::dirty(format!("connection failed: {e}")))
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+impl Peer {
+    fn is_closed(&self) -> bool {
+        matches!(self, Peer::Closed)
+    }
 }
 
 /// Waits until the socket's send queue is empty: every byte written was
@@ -773,8 +928,10 @@ async fn wait_acknowledged(fd: RawFd, deadline: Instant) -> Result<(), String> {
         if queued == 0 {
             return Ok(());
         }
-        if let Peer::Gone(why) = peek(fd) {
-            return Err(format!("{why} with {queued} bytes unacknowledged"));
+        match peek(fd) {
+            Peer::Closed => return Err(format!("{CLOSED} with {queued} bytes unacknowledged")),
+            Peer::Failed(why) => return Err(format!("{why} with {queued} bytes unacknowledged")),
+            Peer::Open | Peer::Data => {}
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -831,8 +988,12 @@ mod tests {
         assert_eq!(Target::parse("udp://10.0.0.1").unwrap().port, 514);
         assert_eq!(Target::parse("tls://h").unwrap().port, 6514);
         assert_eq!(Target::parse("relp://[::1]:2514").unwrap().host, "[::1]");
-        assert!(Target::parse("tcp://h").unwrap_err().contains("needs a port"));
-        assert!(Target::parse("http://h:1").unwrap_err().contains("not supported"));
+        assert!(Target::parse("tcp://h")
+            .unwrap_err()
+            .contains("needs a port"));
+        assert!(Target::parse("http://h:1")
+            .unwrap_err()
+            .contains("not supported"));
         assert!(Target::parse("h:514").unwrap_err().contains("no scheme"));
         assert!(Target::parse("tcp://u:p@h:1").is_err());
         assert!(Target::parse("tcp://h:1/x").is_err());

@@ -89,10 +89,7 @@ impl Encoder {
                 rfc5424::token(&hostname, rfc5424::HOSTNAME_MAX),
                 rfc5424::token(&cfg.app_name, rfc5424::APP_NAME_MAX),
             ),
-            Format::Rfc3164 => (
-                rfc3164::hostname(&hostname),
-                rfc3164::tag(&cfg.app_name),
-            ),
+            Format::Rfc3164 => (rfc3164::hostname(&hostname), rfc3164::tag(&cfg.app_name)),
         };
         let extra = cfg
             .extra_fields
@@ -251,7 +248,10 @@ impl Encoder {
     ) {
         out.clear();
         let pri = pri(self.facility, severity);
-        let kind_name = event.kind.as_deref().map(|k| short_name(k, rfc5424::MSGID_MAX));
+        let kind_name = event
+            .kind
+            .as_deref()
+            .map(|k| short_name(k, rfc5424::MSGID_MAX));
         match self.format {
             Format::Rfc5424 => {
                 let msgid = match (&self.msgid, kind_name) {
@@ -375,9 +375,15 @@ mod tests {
     fn severity_mapping_from_a_field() {
         let c = cfg("\"severity_field\":\"level\",\"severity_values\":{\"high\":\"crit\"},\"facility\":\"auth\"");
         let enc = Encoder::new(&c, None, 8192).unwrap();
-        assert!(one(&enc, &event("{\"level\":\"high\"}")).0.starts_with("<34>1 "));
-        assert!(one(&enc, &event("{\"level\":\"notice\"}")).0.starts_with("<37>1 "));
-        assert!(one(&enc, &event("{\"level\":\"??\"}")).0.starts_with("<38>1 "));
+        assert!(one(&enc, &event("{\"level\":\"high\"}"))
+            .0
+            .starts_with("<34>1 "));
+        assert!(one(&enc, &event("{\"level\":\"notice\"}"))
+            .0
+            .starts_with("<37>1 "));
+        assert!(one(&enc, &event("{\"level\":\"??\"}"))
+            .0
+            .starts_with("<38>1 "));
     }
 
     #[test]

@@ -46,7 +46,9 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Broken(why) => f.write_str(why),
-            Failure::Rejected { answer, .. } => write!(f, "RELP receiver refused a message: {answer}"),
+            Failure::Rejected { answer, .. } => {
+                write!(f, "RELP receiver refused a message: {answer}")
+            }
         }
     }
 }
@@ -256,7 +258,10 @@ impl RelpConn {
 }
 
 fn protocol(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("RELP protocol error: {msg}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("RELP protocol error: {msg}"),
+    )
 }
 
 fn broken(e: io::Error) -> Failure {
@@ -315,7 +320,9 @@ mod tests {
             seen
         });
         let stream = TcpStream::connect(addr).await.unwrap();
-        let mut conn = RelpConn::open(stream, Duration::from_secs(5)).await.unwrap();
+        let mut conn = RelpConn::open(stream, Duration::from_secs(5))
+            .await
+            .unwrap();
         let msgs: Vec<&[u8]> = vec![b"m0", b"m1", b"bad", b"m3", b"m4"];
         let mut acked = vec![false; msgs.len()];
         let err = conn
@@ -324,7 +331,9 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Failure::Rejected { index: 2, .. }), "{err}");
         assert_eq!(acked, [true, true, false, false, false]);
-        conn.send(|i| msgs[i], &[3, 4], &mut acked, 8).await.unwrap();
+        conn.send(|i| msgs[i], &[3, 4], &mut acked, 8)
+            .await
+            .unwrap();
         assert!(acked[3] && acked[4]);
         let mut again = vec![false; msgs.len()];
         let err = conn
