@@ -557,3 +557,51 @@ async fn a_receiver_restart_mid_stream_loses_nothing_over_tcp_tls_and_relp() {
         "no reconnect counted"
     );
 }
+
+#[test]
+fn config_problems_name_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[sources.s]
+type = "demo"
+[sinks.x]
+type = "syslog"
+inputs = ["s"]
+address = "udp://h"
+framing = "lf"
+sd_id = "a b"
+leef_delimiter = "="
+extra_fields = { "a b" = "x..y" }
+max_message_size = 100
+fields = { actor = "a..b" }
+tls = { insecure_skip_verify = true }
+[sinks.y]
+type = "syslog"
+inputs = ["s"]
+address = "tcp://h"
+body = "cef"
+extra_fields = { suser = "x" }
+"#,
+    )
+    .unwrap();
+    let err = auditrelay::config::load(&path).unwrap_err();
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    for want in [
+        "sinks.x.framing",
+        "sinks.x.sd_id",
+        "sinks.x.leef_delimiter",
+        "sinks.x.extra_fields.a b",
+        "sinks.x.max_message_size",
+        "sinks.x.fields.actor[0]",
+        "sinks.x.tls",
+        "sinks.y.address",
+        "sinks.y.extra_fields.suser",
+    ] {
+        assert!(paths.contains(&want), "{want} not reported: {err}");
+    }
+    let text = err.to_string();
+    assert!(text.contains("needs a port"), "{text}");
+}
