@@ -605,3 +605,135 @@ extra_fields = { suser = "x" }
     let text = err.to_string();
     assert!(text.contains("needs a port"), "{text}");
 }
+
+/// Runs the real binary: the demo source (`limit` events, as fast as the
+/// sinks take them) into `sinks`; returns how long it took to deliver all and
+/// exit.
+async fn run_demo(dir: &Path, sinks: &str, limit: u64, batch_size: usize) -> Duration {
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+log_format = "json"
+[server]
+listen = "127.0.0.1:{port}"
+[sources.demo]
+type = "demo"
+rate = 0
+batch_size = {batch_size}
+limit = {limit}
+{sinks}
+"#,
+            state = dir.join("state").display(),
+            port = support::daemon::free_port(),
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut d = support::daemon::Daemon::spawn(&config, &dir.join("daemon.log"));
+    let status = d
+        .wait(Duration::from_secs(300))
+        .await
+        .unwrap_or_else(|| panic!("daemon did not finish: {}", d.log_text()));
+    assert!(status.success(), "{status}: {}", d.log_text());
+    started.elapsed()
+}
+
+fn demo_ids(limit: u64) -> HashSet<String> {
+    (0..limit).map(|i| format!("demo-{i:012}")).collect()
+}
+
+#[tokio::test]
+async fn the_daemon_delivers_demo_events_over_relp_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let rs = Rsyslog::start(dir.path()).await;
+    let sinks = format!(
+        r#"[sinks.relp]
+type = "syslog"
+inputs = ["demo"]
+address = "relp://127.0.0.1:{relp}"
+[sinks.tls]
+type = "syslog"
+inputs = ["demo"]
+address = "tls://localhost:{tls}"
+body = "cef"
+tls = {{ ca_file = "{ca}" }}
+"#,
+        relp = rs.relp_port,
+        tls = rs.tls_port,
+        ca = rs.pki.ca.display()
+    );
+    run_demo(dir.path(), &sinks, 1000, 100).await;
+    let want = demo_ids(1000);
+    for input in ["relp", "tls"] {
+        let records = rs.wait_for_ids(input, &want, Duration::from_secs(20)).await;
+        let got: HashSet<String> = records.iter().filter_map(|r| r.sd_param("id")).collect();
+        assert_eq!(got, want, "{input}");
+        assert_eq!(records.len(), 1000, "{input}");
+        assert!(records.iter().all(|r| r.protocol == "1"));
+    }
+    let cef = rs.records("tls");
+    assert!(cef
+        .iter()
+        .all(|r| r.msg.starts_with("CEF:0|auditrelay|auditrelay|")));
+}
+
+/// Throughput of the release binary into rsyslog over TCP and TLS. Run with
+/// `cargo test --release --test syslog_sink -- --ignored --nocapture throughput`.
+#[tokio::test]
+#[ignore = "benchmark; run explicitly in a release build"]
+async fn throughput_to_rsyslog_over_tcp_and_tls() {
+    let limit: u64 = std::env::var("BENCH_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let batch: usize = std::env::var("BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    for (input, body) in [
+        ("tcp", "json"),
+        ("tls", "json"),
+        ("tcp", "leef"),
+        ("relp", "json"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let rs = Rsyslog::start(dir.path()).await;
+        let address = match input {
+            "tcp" => format!("tcp://127.0.0.1:{}", rs.tcp_port),
+            "tls" => format!("tls://localhost:{}", rs.tls_port),
+            _ => format!("relp://127.0.0.1:{}", rs.relp_port),
+        };
+        let tls = if input == "tls" {
+            format!("tls = {{ ca_file = \"{}\" }}\n", rs.pki.ca.display())
+        } else {
+            String::new()
+        };
+        let sinks = format!(
+            "[sinks.out]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"{address}\"\nbody = \"{body}\"\n{tls}"
+        );
+        let started = std::time::Instant::now();
+        let took = run_demo(dir.path(), &sinks, limit, batch).await;
+        // Until rsyslog has written everything, too.
+        let want = demo_ids(limit);
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let received = loop {
+            let n = rs.count(input);
+            if n >= want.len() || std::time::Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let written = started.elapsed();
+        assert_eq!(received, want.len(), "{input}");
+        eprintln!(
+            "{input} {body}: {limit} events; daemon start to exit {:.2}s = {:.0} events/s; \
+             until rsyslog wrote all {:.2}s = {:.0} events/s (batch {batch})",
+            took.as_secs_f64(),
+            limit as f64 / took.as_secs_f64(),
+            written.as_secs_f64(),
+            limit as f64 / written.as_secs_f64()
+        );
+    }
+}

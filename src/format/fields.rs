@@ -202,6 +202,19 @@ impl Fields {
     }
 }
 
+impl Fields {
+    /// The outcome status straight from the raw event, without parsing all
+    /// of it (severity mapping for JSON bodies needs nothing else).
+    pub fn outcome_raw(&self, event: &serde_json::value::RawValue) -> Option<String> {
+        self.outcome.iter().find_map(|p| {
+            p.lookup(event)
+                .and_then(crate::event::scalar_text)
+                .filter(|t| !t.is_empty())
+                .map(|t| t.into_owned())
+        })
+    }
+}
+
 /// The value at a dotted path of a parsed event.
 pub fn lookup<'a>(event: &'a Value, path: &FieldPath) -> Option<&'a Value> {
     let mut cur = event;

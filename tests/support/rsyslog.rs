@@ -393,6 +393,13 @@ input(type="imrelp" port="{relp}" ruleset="relp" maxDataSize="256k")
             .collect()
     }
 
+    /// How many lines an input's log has (cheap; probes included).
+    pub fn count(&self, input: &str) -> usize {
+        std::fs::read(self.log(input))
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .unwrap_or(0)
+    }
+
     /// Waits until the SD `id`s of an input's messages include all of `ids`
     /// (or the timeout passes), then returns every record.
     pub async fn wait_for_ids(

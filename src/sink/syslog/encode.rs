@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{Body, Format, Framing, SyslogConfig};
-use crate::event::{Event, FieldPath};
-use crate::format::fields::{lookup, text_of, AuditFacts, Fields};
+use crate::event::{scalar_text, Event, FieldPath};
+use crate::format::fields::{is_success, lookup, text_of, AuditFacts, Fields};
 use crate::format::siem::SiemEvent;
 use crate::format::syslog::{cut_escaped, pri, short_name, Facility, Severity};
 use crate::format::{cef, leef, ndjson, rfc3164, rfc5424};
@@ -152,7 +153,9 @@ impl Encoder {
 
     /// Appends one framed message to `out`; returns whether it was truncated.
     pub fn encode(&self, source: &str, event: &Event, out: &mut Vec<u8>, s: &mut Scratch) -> bool {
-        let parsed: Option<Value> = if self.parse {
+        // SIEM bodies need many fields: parse once. The JSON body needs at
+        // most the severity inputs, read from the raw bytes (much cheaper).
+        let parsed: Option<Value> = if self.parse && self.body != Body::Json {
             serde_json::from_slice(&event.raw).ok()
         } else {
             None
@@ -161,7 +164,14 @@ impl Encoder {
             Some(v) => self.fields.facts(v),
             None => AuditFacts::default(),
         };
-        let severity = self.severity_of(parsed.as_ref(), &facts);
+        let severity = if self.parse && self.body == Body::Json {
+            match serde_json::from_slice::<&RawValue>(&event.raw) {
+                Ok(raw) => self.severity_raw(raw),
+                Err(_) => self.severity,
+            }
+        } else {
+            self.severity_of(parsed.as_ref(), &facts)
+        };
         s.body.clear();
         match self.body {
             Body::Json => ndjson::push_compact(&mut s.body, &event.raw),
@@ -218,14 +228,33 @@ impl Encoder {
         truncated
     }
 
+    /// [`Encoder::severity_of`] on the raw event.
+    fn severity_raw(&self, raw: &RawValue) -> Severity {
+        if let Some(path) = &self.severity_field {
+            if let Some(text) = path.lookup(raw).and_then(scalar_text) {
+                if let Some(s) = self.mapped(&text) {
+                    return s;
+                }
+            }
+        }
+        if self.fields.outcome_raw(raw).as_deref().and_then(is_success) == Some(false) {
+            return self.failure_severity;
+        }
+        self.severity
+    }
+
+    fn mapped(&self, text: &str) -> Option<Severity> {
+        self.severity_values
+            .get(text)
+            .copied()
+            .or_else(|| Severity::parse(text))
+    }
+
     /// Severity: a mapped event field first, then failure, then the default.
     fn severity_of(&self, parsed: Option<&Value>, facts: &AuditFacts) -> Severity {
         if let (Some(path), Some(v)) = (&self.severity_field, parsed) {
             if let Some(text) = lookup(v, path).and_then(text_of) {
-                if let Some(s) = self.severity_values.get(&text) {
-                    return *s;
-                }
-                if let Some(s) = Severity::parse(&text) {
+                if let Some(s) = self.mapped(&text) {
                     return s;
                 }
             }
