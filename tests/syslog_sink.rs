@@ -470,6 +470,23 @@ async fn tls_with_the_wrong_ca_fails_with_a_clear_error() {
     assert!(reason.contains("UnknownIssuer"), "{reason}");
     assert!(reason.contains("tls.ca_file"), "{reason}");
     assert!(rs.records("tls").is_empty());
+    // The same server with verification switched off (loudly) is reachable.
+    let (sink, _, _) = build(
+        dir.path(),
+        &format!(
+            "address = \"tls://127.0.0.1:{}\"\ntls = {{ insecure_skip_verify = true }}",
+            rs.tls_port
+        ),
+    );
+    let events: Vec<Event> = (0..3).map(|i| veza_event("insecure", i)).collect();
+    tokio::time::timeout(Duration::from_secs(20), sink.deliver("veza", &events))
+        .await
+        .unwrap()
+        .unwrap();
+    let records = rs
+        .wait_for_ids("tls", &ids(&events), Duration::from_secs(20))
+        .await;
+    assert_delivered("insecure", &records, &events);
 }
 
 #[tokio::test]
@@ -692,12 +709,17 @@ async fn throughput_to_rsyslog_over_tcp_and_tls() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let window = std::env::var("BENCH_RELP_WINDOW").unwrap_or_else(|_| "128".into());
     for (input, body) in [
         ("tcp", "json"),
         ("tls", "json"),
         ("tcp", "leef"),
         ("relp", "json"),
     ] {
+        if !only.is_empty() && !only.split(',').any(|o| o == input) {
+            continue;
+        }
         let dir = tempfile::tempdir().unwrap();
         let rs = Rsyslog::start(dir.path()).await;
         let address = match input {
@@ -711,7 +733,7 @@ async fn throughput_to_rsyslog_over_tcp_and_tls() {
             String::new()
         };
         let sinks = format!(
-            "[sinks.out]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"{address}\"\nbody = \"{body}\"\n{tls}"
+            "[sinks.out]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"{address}\"\nbody = \"{body}\"\nrelp_window = {window}\n{tls}"
         );
         let started = std::time::Instant::now();
         let took = run_demo(dir.path(), &sinks, limit, batch).await;

@@ -11,9 +11,13 @@
 //!   connection was not closed meanwhile. Before each write the connection is
 //!   checked for a close by the receiver, so a receiver that restarted
 //!   between batches is noticed before anything is written into the dead
-//!   socket. What TCP cannot tell: bytes the receiver's kernel acknowledged
-//!   but its process never read because it died right then. Those few
-//!   frames can be lost; RELP closes that gap.
+//!   socket. TCP cannot tell whether the receiver's *process* read the bytes
+//!   its kernel acknowledged; but a receiver that closes (restart, crash)
+//!   with our bytes unread in its socket resets the connection instead of
+//!   closing it cleanly, so on a reset the last `replay_window` bytes of
+//!   confirmed frames are written again on the next connection (duplicates,
+//!   never loss). Left uncovered: a receiver that read frames and lost them
+//!   itself, or a host that vanished without a reset. RELP has no such gap.
 //! - `udp://`: best effort. Each message is one datagram; a datagram that
 //!   the network or the receiver drops is not noticed by anyone.
 //!

@@ -113,6 +113,11 @@ impl RelpConn {
             if pending.len() >= window.max(1) {
                 self.writer.flush().await.map_err(broken)?;
                 self.take_answer(&mut pending, acked).await?;
+                // Take every answer already received, so the window refills
+                // in bulk instead of one write per answer.
+                while !pending.is_empty() && !self.reader.buffer().is_empty() {
+                    self.take_answer(&mut pending, acked).await?;
+                }
             }
             let txnr = self
                 .write_command("syslog", frame(i))
