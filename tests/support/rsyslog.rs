@@ -7,10 +7,11 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tokio::process::{Child, Command};
 
 use super::daemon::free_port;
 
@@ -297,6 +298,7 @@ input(type="imrelp" port="{relp}" ruleset="relp" maxDataSize="256k")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
+            .kill_on_drop(true)
             .spawn()
             .expect("start rsyslogd");
         self.child = Some(child);
@@ -353,18 +355,17 @@ input(type="imrelp" port="{relp}" ruleset="relp" maxDataSize="256k")
     /// SIGTERM, as a service manager stops it; waits for the exit.
     pub async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe {
-                libc::kill(c.id() as i32, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
+            if let Some(pid) = c.id() {
+                // SAFETY: kill(2) on our own child, which has not been reaped.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if tokio::time::timeout(Duration::from_secs(20), c.wait())
+                .await
+                .is_err()
+            {
+                let _ = c.kill().await;
             }
         }
     }
@@ -423,8 +424,8 @@ input(type="imrelp" port="{relp}" ruleset="relp" maxDataSize="256k")
 impl Drop for Rsyslog {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            // SIGKILL now; tokio reaps the process in the background.
+            let _ = c.start_kill();
         }
     }
 }
