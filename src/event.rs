@@ -60,6 +60,10 @@ impl FieldPath {
         &self.0[0]
     }
 
+    pub fn segments(&self) -> &[String] {
+        &self.0
+    }
+
     /// Looks the path up in a JSON object without parsing more than needed.
     pub fn lookup<'a>(&self, object: &'a RawValue) -> Option<&'a RawValue> {
         let mut cur = object;

@@ -6,6 +6,13 @@ use crate::event::Event;
 /// between JSON tokens (inside strings it must be escaped), so replacing it
 /// with a space keeps the event intact and the line unbroken.
 pub fn push_line(buf: &mut Vec<u8>, raw: &[u8]) {
+    push_compact(buf, raw);
+    buf.push(b'\n');
+}
+
+/// Appends `raw` with its raw CR/LF (whitespace between tokens) turned into
+/// spaces: the event on one line, otherwise byte for byte.
+pub fn push_compact(buf: &mut Vec<u8>, raw: &[u8]) {
     let start = buf.len();
     buf.extend_from_slice(raw);
     if raw.iter().any(|b| *b == b'\n' || *b == b'\r') {
@@ -15,7 +22,6 @@ pub fn push_line(buf: &mut Vec<u8>, raw: &[u8]) {
             }
         }
     }
-    buf.push(b'\n');
 }
 
 /// All events as NDJSON.

@@ -10,6 +10,7 @@ pub mod file;
 pub mod kafka;
 pub mod splunk_hec;
 pub mod stdout;
+pub mod syslog;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -192,11 +193,12 @@ pub enum SinkKind {
     Kafka(kafka::KafkaConfig),
     Webhook(webhook::WebhookConfig),
     SplunkHec(splunk_hec::SplunkHecConfig),
+    Syslog(syslog::SyslogConfig),
 }
 
 /// Sink types of SPEC §3 that this build does not provide yet.
-const PLANNED: &[&str] = &["syslog"];
-const AVAILABLE: &str = "stdout, file, webhook, kafka, splunk_hec";
+const PLANNED: &[&str] = &[];
+const AVAILABLE: &str = "stdout, file, webhook, kafka, splunk_hec, syslog";
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -216,6 +218,7 @@ impl SinkConfig {
             "splunk_hec" => {
                 extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::SplunkHec)
             }
+            "syslog" => extract_section(fig, path, &[common_keys, type_key]).map(SinkKind::Syslog),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("sink type \"{other}\" is not available in this version (available: {AVAILABLE})"),
@@ -272,6 +275,7 @@ impl SinkConfig {
             SinkKind::Kafka(c) => c.validate(path, problems),
             SinkKind::Webhook(c) => c.validate(path, problems),
             SinkKind::SplunkHec(c) => c.validate(path, problems),
+            SinkKind::Syslog(c) => c.validate(path, &self.common, problems),
         }
     }
 
@@ -288,6 +292,7 @@ impl SinkConfig {
                 &self.common,
                 ctx,
             )?),
+            SinkKind::Syslog(c) => Box::new(syslog::SyslogSink::new(c.clone(), &self.common, ctx)?),
         })
     }
 }
@@ -300,6 +305,7 @@ impl SinkKind {
             SinkKind::Kafka(_) => "kafka",
             SinkKind::Webhook(_) => "webhook",
             SinkKind::SplunkHec(_) => "splunk_hec",
+            SinkKind::Syslog(_) => "syslog",
         }
     }
 }

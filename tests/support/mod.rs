@@ -3,12 +3,14 @@
 //! `webhook_receiver` run inside the test process on 127.0.0.1:0 and stop when
 //! dropped; `http1` is their small hand-written HTTP/1.1 server layer.
 //! `hec_fake` is a fake Splunk HTTP Event Collector; `tls` generates a CA
-//! and puts a TLS front before any fake. `daemon` runs the real binary.
+//! and puts a TLS front before any fake; `rsyslog` runs a real rsyslogd with
+//! a generated config. `daemon` runs the real binary.
 
 pub mod daemon;
 pub mod hec_fake;
 pub mod http1;
 pub mod kafka;
+pub mod rsyslog;
 pub mod sink;
 pub mod tls;
 pub mod veza_fake;

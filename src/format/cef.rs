@@ -1,0 +1,168 @@
+//! ArcSight Common Event Format, version 0:
+//! `CEF:0|Vendor|Product|Version|SignatureID|Name|Severity|Extension`.
+//!
+//! Header fields escape `\` and `|`; extension values escape `\` and `=` and
+//! write CR/LF as `\r`/`\n`, as the CEF specification requires, so a value
+//! can never start a new key or a new line.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use super::siem::SiemEvent;
+
+/// Keys this encoder writes itself; extra fields may not reuse them.
+pub const RESERVED_KEYS: &[&str] = &[
+    "rt",
+    "externalId",
+    "suser",
+    "suid",
+    "src",
+    "shost",
+    "outcome",
+    "act",
+    "requestMethod",
+    "request",
+    "requestClientApplication",
+    "reason",
+    "cs1",
+    "cs1Label",
+    "cs2",
+    "cs2Label",
+];
+
+/// Whether `key` can be an extension key (CEF keys are alphanumeric).
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Writes one CEF record (no trailing newline).
+pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>) {
+    let kind = e.event_type.unwrap_or("audit");
+    out.extend_from_slice(b"CEF:0|");
+    // Name: the last path segment of RPC/URL-style types (`DeleteUser`).
+    let name = kind.rsplit('/').find(|s| !s.is_empty()).unwrap_or(kind);
+    for field in [e.vendor, e.product, e.version, kind, name] {
+        header(out, field);
+        out.push(b'|');
+    }
+    let _ = write!(out, "{}|", e.severity.siem_scale());
+    let mut ext = Extensions { out, first: true };
+    if let Some(t) = e.time {
+        ext.put("rt", &t.timestamp_millis().to_string());
+    }
+    ext.opt("externalId", e.id);
+    let f = e.facts;
+    ext.opt("suser", f.actor.as_deref());
+    ext.opt("suid", f.actor_id.as_deref());
+    if let Some(ip) = f.source_ip.as_deref() {
+        // `src` must be an IP address for ArcSight; anything else is a host.
+        let key = if ip.parse::<IpAddr>().is_ok() {
+            "src"
+        } else {
+            "shost"
+        };
+        ext.put(key, ip);
+    }
+    match f.success {
+        Some(true) => ext.put("outcome", "success"),
+        Some(false) => ext.put("outcome", "failure"),
+        None => {}
+    }
+    ext.opt("act", f.action.as_deref());
+    ext.opt("requestMethod", f.method.as_deref());
+    ext.opt("request", f.url.as_deref());
+    ext.opt("requestClientApplication", f.user_agent.as_deref());
+    ext.opt("reason", f.reason.as_deref());
+    if let Some(status) = f.outcome_raw.as_deref() {
+        ext.put("cs1Label", "status");
+        ext.put("cs1", status);
+    }
+    ext.put("cs2Label", "source");
+    ext.put("cs2", e.source);
+    for (k, v) in e.extra {
+        ext.put(k, v);
+    }
+}
+
+struct Extensions<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Extensions<'_> {
+    fn opt(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.put(key, v);
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &str) {
+        if !self.first {
+            self.out.push(b' ');
+        }
+        self.first = false;
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'=');
+        for b in value.bytes() {
+            match b {
+                b'\\' => self.out.extend_from_slice(b"\\\\"),
+                b'=' => self.out.extend_from_slice(b"\\="),
+                b'\n' => self.out.extend_from_slice(b"\\n"),
+                b'\r' => self.out.extend_from_slice(b"\\r"),
+                _ => self.out.push(b),
+            }
+        }
+    }
+}
+
+/// Header escaping; newlines are not allowed in the header at all.
+fn header(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'|' => out.extend_from_slice(b"\\|"),
+            b'\n' | b'\r' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::fields::AuditFacts;
+    use crate::format::syslog::Severity;
+
+    #[test]
+    fn escapes_header_and_extensions() {
+        let facts = AuditFacts {
+            actor: Some("a=b\\c\nd".into()),
+            source_ip: Some("not-an-ip".into()),
+            success: Some(false),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            &SiemEvent {
+                vendor: "Ve|za",
+                product: "Audit",
+                version: "1",
+                event_type: Some("/svc/Do\\It"),
+                id: Some("r1"),
+                time: None,
+                source: "veza",
+                severity: Severity::WARNING,
+                facts: &facts,
+                extra: &[],
+            },
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "CEF:0|Ve\\|za|Audit|1|/svc/Do\\\\It|Do\\\\It|6|externalId=r1 \
+             suser=a\\=b\\\\c\\nd shost=not-an-ip outcome=failure cs2Label=source cs2=veza"
+        );
+        assert!(valid_key("cs3"));
+        assert!(!valid_key("a b"));
+    }
+}

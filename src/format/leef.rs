@@ -1,0 +1,232 @@
+//! IBM QRadar Log Event Extended Format, version 2.0:
+//! `LEEF:2.0|Vendor|Product|Version|EventID|Delimiter|key=value<delim>key=value`.
+//!
+//! LEEF 2.0 declares its attribute delimiter in the header (a character, or
+//! `xHH` for one that is not printable, such as tab). LEEF defines no escape
+//! for values, so this encoder uses the CEF convention: `\` before a
+//! backslash or the delimiter, and `\n`/`\r` for line breaks; a value
+//! therefore never contains a bare delimiter or newline that could end an
+//! attribute or the line.
+
+use std::net::IpAddr;
+
+use super::siem::SiemEvent;
+
+/// `devTime` is written as RFC 3339 UTC with milliseconds; this is the Java
+/// date pattern QRadar is told to parse it with.
+pub const DEV_TIME_FORMAT: &str = "yyyy-MM-dd'T'HH:mm:ss.SSSX";
+
+/// Keys this encoder writes itself; extra fields may not reuse them.
+pub const RESERVED_KEYS: &[&str] = &[
+    "devTime",
+    "devTimeFormat",
+    "sev",
+    "usrName",
+    "userId",
+    "src",
+    "identHostName",
+    "outcome",
+    "status",
+    "reason",
+    "method",
+    "url",
+    "userAgent",
+    "requestId",
+    "source",
+];
+
+/// Parses the `leef_delimiter` setting: one character, or `\t`, `tab`,
+/// `xHH`/`0xHH`. Characters that would break the record are refused.
+pub fn parse_delimiter(text: &str) -> Result<char, String> {
+    let hex = text
+        .strip_prefix("0x")
+        .or_else(|| text.strip_prefix('x'))
+        .filter(|h| h.len() == 2);
+    let c = if text == "\\t" || text.eq_ignore_ascii_case("tab") {
+        '\t'
+    } else if let Some(h) = hex {
+        let n = u8::from_str_radix(h, 16).map_err(|_| format!("\"{text}\" is not a hex byte"))?;
+        char::from(n)
+    } else {
+        let mut chars = text.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => c,
+            _ => {
+                return Err(format!(
+                    "\"{text}\" is not one character (or \\t, tab, xHH)"
+                ))
+            }
+        }
+    };
+    if !c.is_ascii()
+        || matches!(c, '=' | '|' | '\\' | '\n' | '\r' | '\0')
+        || c.is_ascii_alphanumeric()
+    {
+        return Err(format!(
+            "{c:?} cannot separate LEEF attributes (use ^, tab or another ASCII symbol)"
+        ));
+    }
+    Ok(c)
+}
+
+/// The header's declaration of `delim`.
+fn declare(delim: char) -> String {
+    if delim.is_ascii_graphic() {
+        delim.to_string()
+    } else {
+        format!("x{:02X}", delim as u32)
+    }
+}
+
+/// Writes one LEEF 2.0 record (no trailing newline).
+pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char) {
+    out.extend_from_slice(b"LEEF:2.0|");
+    for field in [
+        e.vendor,
+        e.product,
+        e.version,
+        e.event_type.unwrap_or("audit"),
+    ] {
+        header(out, field);
+        out.push(b'|');
+    }
+    out.extend_from_slice(declare(delim).as_bytes());
+    out.push(b'|');
+    let mut attrs = Attrs {
+        out,
+        delim,
+        first: true,
+    };
+    if let Some(t) = e.time {
+        attrs.put(
+            "devTime",
+            &t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        );
+        attrs.put("devTimeFormat", DEV_TIME_FORMAT);
+    }
+    attrs.put("sev", &e.severity.siem_scale().to_string());
+    let f = e.facts;
+    attrs.opt("usrName", f.actor.as_deref());
+    attrs.opt("userId", f.actor_id.as_deref());
+    if let Some(ip) = f.source_ip.as_deref() {
+        let key = if ip.parse::<IpAddr>().is_ok() {
+            "src"
+        } else {
+            "identHostName"
+        };
+        attrs.put(key, ip);
+    }
+    match f.success {
+        Some(true) => attrs.put("outcome", "success"),
+        Some(false) => attrs.put("outcome", "failure"),
+        None => {}
+    }
+    attrs.opt("status", f.outcome_raw.as_deref());
+    attrs.opt("reason", f.reason.as_deref());
+    attrs.opt("method", f.method.as_deref());
+    attrs.opt("url", f.url.as_deref());
+    attrs.opt("userAgent", f.user_agent.as_deref());
+    attrs.opt("requestId", e.id);
+    attrs.put("source", e.source);
+    for (k, v) in e.extra {
+        attrs.put(k, v);
+    }
+}
+
+struct Attrs<'a> {
+    out: &'a mut Vec<u8>,
+    delim: char,
+    first: bool,
+}
+
+impl Attrs<'_> {
+    fn opt(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.put(key, v);
+        }
+    }
+
+    fn put(&mut self, key: &str, value: &str) {
+        let d = self.delim as u8; // ASCII, checked by parse_delimiter
+        if !self.first {
+            self.out.push(d);
+        }
+        self.first = false;
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'=');
+        for b in value.bytes() {
+            match b {
+                b'\\' => self.out.extend_from_slice(b"\\\\"),
+                b'\n' => self.out.extend_from_slice(b"\\n"),
+                b'\r' => self.out.extend_from_slice(b"\\r"),
+                b'\t' if d == b'\t' => self.out.extend_from_slice(b"\\t"),
+                _ if b == d => {
+                    self.out.push(b'\\');
+                    self.out.push(b);
+                }
+                _ => self.out.push(b),
+            }
+        }
+    }
+}
+
+fn header(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'|' => out.extend_from_slice(b"\\|"),
+            b'\n' | b'\r' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::fields::AuditFacts;
+    use crate::format::syslog::Severity;
+
+    #[test]
+    fn delimiters() {
+        assert_eq!(parse_delimiter("^"), Ok('^'));
+        assert_eq!(parse_delimiter("tab"), Ok('\t'));
+        assert_eq!(parse_delimiter("x09"), Ok('\t'));
+        assert_eq!(parse_delimiter("0x5E"), Ok('^'));
+        assert!(parse_delimiter("=").is_err());
+        assert!(parse_delimiter("ab").is_err());
+        assert!(parse_delimiter("a").is_err());
+        assert_eq!(declare('\t'), "x09");
+    }
+
+    #[test]
+    fn values_cannot_break_attributes() {
+        let facts = AuditFacts {
+            actor: Some("x^y\\z\nw".into()),
+            source_ip: Some("10.1.2.3".into()),
+            success: Some(true),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        write(
+            &mut out,
+            &SiemEvent {
+                vendor: "Veza",
+                product: "Audit",
+                version: "1|2",
+                event_type: None,
+                id: None,
+                time: None,
+                source: "s",
+                severity: Severity::INFO,
+                facts: &facts,
+                extra: &[("cs1".into(), "v".into())],
+            },
+            '^',
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "LEEF:2.0|Veza|Audit|1\\|2|audit|^|sev=3^usrName=x\\^y\\\\z\\nw^src=10.1.2.3^outcome=success^source=s^cs1=v"
+        );
+    }
+}
