@@ -28,7 +28,7 @@ fn time(i: usize) -> DateTime<Utc> {
 /// A Veza-shaped event; every fifth one failed. Odd ones are pretty-printed
 /// so their raw JSON holds newlines between tokens.
 fn veza_event(prefix: &str, i: usize) -> Event {
-    let failed = i % 5 == 0;
+    let failed = i.is_multiple_of(5);
     let id = format!("{prefix}-{i:05}");
     let v = json!({
         "identity": {"user_id": "5f2d7e91", "email": format!("user{i}@example.com")},
