@@ -278,3 +278,98 @@ fn corrupt_checkpoint_stops_startup_with_the_file_and_the_fix() {
     assert!(reset.status.success());
     assert!(!path.exists());
 }
+
+/// The config of SPEC §6, key for key, must stay valid: it is the product's
+/// user interface.
+#[test]
+fn spec_section_6_config_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["veza_token", "hec_token", "hook_key"] {
+        write(&dir.path().join(f), "s3cret\n");
+    }
+    let cfg = dir.path().join("spec.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"
+state_dir = "{d}/state"
+log_format = "json"
+shutdown_timeout = "30s"
+
+[server]
+listen = "127.0.0.1:9464"
+
+[sources.veza_prod]
+type = "veza"
+url = "https://example.vezacloud.com"
+token_file = "{d}/veza_token"
+page_size = 1000
+start_at = "-24h"
+poll_interval = "5s"
+rate_limit_wait = "60s"
+overlap = "5m"
+tls = {{ insecure_skip_verify = false }}
+retry = {{ initial = "1s", max = "5m" }}
+
+[sinks.splunk]
+type = "splunk_hec"
+inputs = ["veza_prod"]
+endpoint = "https://splunk.example:8088"
+token_file = "{d}/hec_token"
+index = "security"
+sourcetype = "veza:audit"
+indexer_ack = true
+ack_timeout = "5m"
+ack_poll_interval = "10s"
+compression = "gzip"
+batch = {{ max_events = 500, max_bytes = 800000, timeout = "1s" }}
+
+[sinks.bus]
+type = "kafka"
+inputs = ["veza_prod"]
+brokers = ["kafka-1:9092"]
+topic = "audit.veza"
+key_field = "request_id"
+[sinks.bus.librdkafka]
+"security.protocol" = "sasl_ssl"
+
+[sinks.qradar]
+type = "syslog"
+inputs = ["veza_prod"]
+address = "tls://siem.example:6514"
+format = "rfc5424"
+body = "json"
+framing = "octet_counting"
+filter = {{ include = ["auth.*"], exclude = ["auth.debug"] }}
+
+[sinks.hook]
+type = "webhook"
+inputs = ["veza_prod"]
+url = "https://hooks.example/audit"
+hmac_secret_file = "{d}/hook_key"
+retry = {{ initial = "1s", max = "5m" }}
+
+[sinks.debug]
+type = "file"
+inputs = ["veza_prod"]
+path = "/var/log/auditrelay/events.ndjson"
+"#,
+            d = dir.path().display()
+        ),
+    );
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("1 source [veza_prod (veza)] -> 5 sinks"),
+        "{text}"
+    );
+}
