@@ -28,6 +28,7 @@ fn veza_source() -> VezaSource {
             name: "fuzz".into(),
             checkpoint: None,
             health: Health::default(),
+            state_dir: std::env::temp_dir(),
         },
     )
     .expect("fuzz source")

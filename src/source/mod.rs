@@ -36,6 +36,9 @@ pub struct SourceContext {
     /// The state of the last committed batch, if any.
     pub checkpoint: Option<Vec<u8>>,
     pub health: Health,
+    /// The daemon's state directory, for state that is not a cursor (a
+    /// rate-limit pause that must survive a restart).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// `[sources.NAME]`, by `type`.

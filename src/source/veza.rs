@@ -257,6 +257,8 @@ pub struct VezaSource {
     backoff: Backoff,
     /// No request may be sent before this instant (ResourceExhausted).
     cooldown_until: Option<Instant>,
+    /// Where the pause is also written, so a restarted daemon keeps it.
+    cooldown_file: PathBuf,
     // Cursor state, as of the last page handed to the pipeline.
     token: Option<String>,
     resume_at: Option<DateTime<Utc>>,
@@ -314,8 +316,14 @@ impl VezaSource {
             resume = if stored.token.is_some() { "page token" } else if stored.newest_time.is_some() { "newest event time minus overlap" } else { "start_at" },
             "veza source ready"
         );
+        let cooldown_file = ctx.state_dir.join("cooldown").join(&ctx.name);
+        let cooldown_until = read_cooldown(&cooldown_file);
+        if let Some(until) = cooldown_until {
+            warn!(source = %ctx.name, wait_s = until.saturating_duration_since(Instant::now()).as_secs_f64(), "still inside a ResourceExhausted pause from before the restart; waiting");
+        }
         Ok(VezaSource {
             name: ctx.name.as_str().into(),
+            cooldown_file,
             backoff: Backoff::new(cfg.retry),
             recent: RecentIds::from_list(cfg.recent_ids, stored.recent_ids),
             client,
@@ -327,7 +335,7 @@ impl VezaSource {
             next_token_path,
             start,
             health: ctx.health,
-            cooldown_until: None,
+            cooldown_until,
             token: stored.token,
             resume_at: stored.resume_at,
             newest_time: stored.newest_time,
@@ -605,6 +613,7 @@ impl Source for VezaSource {
                     let pause = with_jitter(wait, self.cfg.rate_limit_jitter);
                     warn!(source = %self.name, wait_s = pause.as_secs_f64(), "ResourceExhausted: pausing all requests to this source");
                     self.cooldown_until = Some(Instant::now() + pause);
+                    write_cooldown(&self.cooldown_file, pause);
                 }
                 Outcome::Transient(why) => {
                     self.count("transient_error");
@@ -660,6 +669,32 @@ impl Source for VezaSource {
             }
         }
     }
+}
+
+/// Persists the end of a rate-limit pause (wall clock), so a daemon
+/// restarted inside the pause does not ask again early. Best effort: a
+/// failure is logged and the in-memory pause still holds.
+fn write_cooldown(path: &std::path::Path, pause: Duration) {
+    let until = Utc::now() + chrono::Duration::from_std(pause).unwrap_or_default();
+    let tmp = path.with_extension("tmp");
+    let written = path
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|_| std::fs::write(&tmp, until.to_rfc3339()))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        warn!(file = %path.display(), error = %e, "cannot persist the rate-limit pause");
+    }
+}
+
+/// The rest of a persisted pause, if it has not ended yet.
+fn read_cooldown(path: &std::path::Path) -> Option<Instant> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let until = DateTime::parse_from_rfc3339(text.trim())
+        .ok()?
+        .with_timezone(&Utc);
+    let left = (until - Utc::now()).to_std().ok()?;
+    Some(Instant::now() + left)
 }
 
 /// The checkpoint `auditrelay checkpoint set` writes: resume from a page

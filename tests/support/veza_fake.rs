@@ -845,6 +845,10 @@ impl Shared {
             draw(f.duplicates),
             draw(f.not_json),
         );
+        // A rate-limit answer is never slow: the gateway answers at once, and
+        // a cool-down announced in an answer the client timed out on (or
+        // never read) could not be obeyed.
+        let slow = slow && !rate_limit;
         let delay = slow.then_some(st.tuning.slow_delay);
         rec.slow = slow;
         let decision = |reply: Reply| Decision { reply, delay };
