@@ -305,6 +305,12 @@ fn free_port() -> u16 {
         .expect("port")
 }
 
+/// Owner-only, like real secret and config files (and no warnings).
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
 /// Runs the daemon once for a scenario and measures it.
 async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
     let served = Arc::new(AtomicUsize::new(0));
@@ -312,6 +318,7 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
     let veza = veza_fake(pages, served.clone()).await;
     let token = dir.join("token");
     std::fs::write(&token, "bench").expect("token");
+    restrict(&token);
     let mut sinks = String::new();
     let mut kafka = None;
     let want: Vec<&str> = match name {
@@ -364,6 +371,7 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
         ),
     )
     .expect("config");
+    restrict(&cfg);
     let started = Instant::now();
     // Reaped with wait4 in `reap`, which also reads its rusage.
     #[allow(clippy::zombie_processes)]

@@ -30,7 +30,6 @@
 //! the first event is sent.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,7 +39,6 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use flate2::write::GzEncoder;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Deserialize;
@@ -1229,12 +1227,7 @@ impl Inner {
 }
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
-    let mut gz = GzEncoder::new(
-        Vec::with_capacity(body.len() / 4 + 64),
-        flate2::Compression::new(6),
-    );
-    gz.write_all(body)?;
-    gz.finish()
+    crate::format::gzip(body)
 }
 
 /// One poller per sink: every `ack_poll_interval` while requests wait, one

@@ -10,13 +10,11 @@
 //! those go to the dead-letter file and the rest is delivered.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use flate2::write::GzEncoder;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
@@ -266,12 +264,7 @@ impl WebhookSink {
             ),
         };
         if self.cfg.compression == Compression::Gzip {
-            let mut gz = GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::new(6),
-            );
-            gz.write_all(&body)?;
-            return Ok((gz.finish()?, content_type));
+            return Ok((crate::format::gzip(&body)?, content_type));
         }
         Ok((body, content_type))
     }
