@@ -128,3 +128,44 @@ async fn transient_failures_and_wrong_credentials_are_retried_never_dropped() {
     assert!(hook.stats().server_errors > 0);
     assert!(!dl.path().exists());
 }
+
+#[tokio::test]
+async fn an_outage_shows_in_readiness_and_nothing_is_lost_when_it_ends() {
+    let mut hook = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    hook.stop().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, health) = build(dir.path(), &format!("url = \"{}\"", hook.url()));
+    let sink: std::sync::Arc<dyn Sink> = sink.into();
+    let evs = events(50);
+    let mut task = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.deliver("s", &evs).await })
+    };
+    // Bounded wait for the outage to show.
+    let mut shown = false;
+    for _ in 0..200 {
+        let (ready, states) = health.snapshot();
+        if !ready && states["sink.hook"].reason.contains("keep failing") {
+            shown = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(shown, "the outage never showed in readiness");
+    assert!(
+        !task.is_finished(),
+        "nothing may be confirmed while the receiver is down"
+    );
+    hook.restart()
+        .await
+        .expect("restart the receiver on its port");
+    tokio::time::timeout(Duration::from_secs(30), &mut task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(hook.unique_count(), 50);
+    assert!(health.snapshot().0, "ready again after the outage");
+}

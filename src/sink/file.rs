@@ -63,6 +63,7 @@ pub struct FileSink {
     cfg: FileConfig,
     common: SinkCommon,
     writer: Arc<Mutex<Writer>>,
+    health: crate::health::Health,
 }
 
 impl FileSink {
@@ -85,6 +86,7 @@ impl FileSink {
                 size: 0,
             })),
             common: common.clone(),
+            health: ctx.health,
             cfg,
         })
     }
@@ -179,6 +181,7 @@ impl Sink for FileSink {
             .await?;
             match result {
                 Ok(()) => {
+                    self.health.set_ready(&format!("sink.{}", self.name));
                     m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
                     m.events_delivered
                         .with_label_values(&[&self.name, source])
@@ -186,6 +189,10 @@ impl Sink for FileSink {
                     return Ok(());
                 }
                 Err(e) => {
+                    self.health.set_unready(
+                        &format!("sink.{}", self.name),
+                        format!("cannot write {}: {e}", self.cfg.path.display()),
+                    );
                     m.sink_requests
                         .with_label_values(&[&self.name, "io_error"])
                         .inc();

@@ -348,6 +348,7 @@ impl Sink for WebhookSink {
             _ => (500, 4 * 1024 * 1024),
         };
         let mut backoff = Backoff::new(self.common.retry);
+        let mut failures_in_a_row = 0u32;
         // A stack of runs still to send, so splitting keeps the order.
         let mut todo: Vec<&[Event]> =
             self.common
@@ -359,6 +360,7 @@ impl Sink for WebhookSink {
             match self.post(run).await? {
                 Answer::Ok => {
                     backoff.reset();
+                    failures_in_a_row = 0;
                     self.health.set_ready(&self.health_key());
                     m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
                     m.events_delivered
@@ -376,6 +378,17 @@ impl Sink for WebhookSink {
                         .inc_by(run.len() as u64);
                     let delay = after.unwrap_or_else(|| backoff.next_delay());
                     warn!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "delivery failed; retrying");
+                    // One 503 is weather; three in a row is an outage that
+                    // /readyz should show (it is cleared by the next success).
+                    failures_in_a_row += 1;
+                    if failures_in_a_row >= 3 {
+                        self.health.set_unready(
+                            &self.health_key(),
+                            format!(
+                                "deliveries keep failing ({failures_in_a_row} in a row): {why}"
+                            ),
+                        );
+                    }
                     tokio::time::sleep(delay).await;
                     todo.push(run);
                 }
