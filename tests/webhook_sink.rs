@@ -131,7 +131,7 @@ async fn transient_failures_and_wrong_credentials_are_retried_never_dropped() {
 
 #[tokio::test]
 async fn an_outage_shows_in_readiness_and_nothing_is_lost_when_it_ends() {
-    let mut hook = WebhookReceiver::start(WebhookConfig::default())
+    let hook = WebhookReceiver::start(WebhookConfig::default())
         .await
         .unwrap();
     hook.stop().await;
