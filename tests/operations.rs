@@ -477,3 +477,34 @@ async fn a_failing_checkpoint_write_is_retried_and_the_old_checkpoint_stays() {
         .count();
     assert!(lines >= 300, "{lines}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_probes_splunk_hec_token_and_health() {
+    use support::hec_fake::{HecFake, HecFakeConfig};
+    let hec = HecFake::start(HecFakeConfig::default()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("hec_token");
+    std::fs::write(&token, "wrong-token").unwrap();
+    let cfg = config(
+        dir.path(),
+        free_port(),
+        &format!(
+            "[sinks.splunk]\ntype = \"splunk_hec\"\ninputs = [\"demo\"]\nendpoint = \"{}\"\ntoken_file = \"{}\"\n",
+            hec.url(),
+            token.display()
+        ),
+    );
+    let check = |cfg: PathBuf| async move {
+        tokio::task::spawn_blocking(move || cli(&cfg, &["validate", "--online"]))
+            .await
+            .unwrap()
+    };
+    let (code, text) = check(cfg.clone()).await;
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("sinks.splunk: UNREACHABLE"), "{text}");
+    assert!(!text.contains("wrong-token"), "the token leaked: {text}");
+    std::fs::write(&token, "00000000-0000-0000-0000-000000000000").unwrap();
+    let (code, text) = check(cfg).await;
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("sinks.splunk: reachable"), "{text}");
+}

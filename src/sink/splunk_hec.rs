@@ -1319,6 +1319,24 @@ impl Sink for SplunkHecSink {
     fn ordered(&self) -> bool {
         false
     }
+
+    /// The health endpoint and the token/`indexer_ack` probe, as at startup.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        self.inner.check_health().await;
+        self.inner.probe().await;
+        let troubles = self
+            .inner
+            .readiness
+            .troubles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if troubles.is_empty() {
+            Ok(())
+        } else {
+            let reasons: Vec<&str> = troubles.values().map(String::as_str).collect();
+            anyhow::bail!("{}", reasons.join("; "))
+        }
+    }
 }
 
 #[cfg(test)]
