@@ -508,3 +508,25 @@ async fn validate_online_probes_splunk_hec_token_and_health() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("sinks.splunk: reachable"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_online_connects_to_syslog_receivers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        free_port(),
+        &format!(
+            "[sinks.up]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"tcp://{up}\"\n[sinks.down]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"tcp://127.0.0.1:{}\"\n",
+            free_port()
+        ),
+    );
+    let (code, text) = tokio::task::spawn_blocking(move || cli(&cfg, &["validate", "--online"]))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("sinks.up: reachable"), "{text}");
+    assert!(text.contains("sinks.down: UNREACHABLE"), "{text}");
+    drop(listener);
+}

@@ -976,6 +976,16 @@ impl Sink for SyslogSink {
         }
         Ok(())
     }
+
+    /// Opens (and drops) a connection of the configured transport: TCP
+    /// connect, TLS handshake with certificate checks, RELP `open`. UDP
+    /// only proves the address resolves.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        self.connect()
+            .await
+            .map(drop)
+            .map_err(|e| anyhow::anyhow!(e))
+    }
 }
 
 #[cfg(test)]
