@@ -6,6 +6,8 @@
 //! it is built from the last persisted state.
 
 pub mod demo;
+pub mod poll;
+pub mod quickztna;
 pub mod recent_ids;
 pub mod veza;
 
@@ -43,39 +45,36 @@ pub struct SourceContext {
 #[allow(clippy::large_enum_variant)] // built once at startup
 pub enum SourceConfig {
     Veza(veza::VezaConfig),
+    Quickztna(quickztna::QuickztnaConfig),
     Demo(demo::DemoConfig),
 }
 
 /// Source types of SPEC §2 that this build does not provide yet.
-const PLANNED: &[&str] = &[
-    "veza_list",
-    "quickztna",
-    "certifyclouds",
-    "http_pull",
-    "webhook_in",
-];
+const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
 
 impl SourceConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
         let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
             vec![Problem {
                 path: format!("{path}.type"),
-                message: "required key is missing or not a string (one of: veza, demo)".into(),
+                message: "required key is missing or not a string (one of: veza, quickztna, demo)"
+                    .into(),
             }]
         })?;
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
+            "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!(
-                    "source type \"{other}\" is not available in this version (available: veza, demo)"
+                    "source type \"{other}\" is not available in this version (available: veza, quickztna, demo)"
                 ),
             }]),
             other => Err(vec![Problem {
                 path: format!("{path}.type"),
-                message: format!("unknown source type \"{other}\" (available: veza, demo)"),
+                message: format!("unknown source type \"{other}\" (available: veza, quickztna, demo)"),
             }]),
         }
     }
@@ -83,6 +82,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Veza(_) => "veza",
+            SourceConfig::Quickztna(_) => "quickztna",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -90,6 +90,7 @@ impl SourceConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         match self {
             SourceConfig::Veza(c) => c.validate(path, problems),
+            SourceConfig::Quickztna(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -105,6 +106,7 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
+            SourceConfig::Quickztna(_) => quickztna::manual_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -112,6 +114,9 @@ impl SourceConfig {
     pub fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),
+            SourceConfig::Quickztna(c) => {
+                Box::new(quickztna::QuickztnaSource::new(c.clone(), ctx)?)
+            }
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })
     }

@@ -5,8 +5,10 @@
 //! `daemon` runs the real binary.
 
 pub mod daemon;
+pub mod harness;
 pub mod http1;
 pub mod kafka;
+pub mod quickztna_fake;
 pub mod sink;
 pub mod veza_fake;
 pub mod webhook_receiver;

@@ -1,0 +1,206 @@
+//! Exercises the fakes of the QuickZTNA, CertifyClouds and generic pull APIs
+//! directly over loopback, so the end-to-end tests can trust them.
+
+mod support;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+use support::quickztna_fake::{js_parse_int, QuickztnaFake, QuickztnaFakeConfig, CSV_HEADER};
+
+async fn post_json(url: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn get_json(url: &str, token: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap_or_default();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+// ---------------------------------------------------------------- QuickZTNA
+
+#[test]
+fn quickztna_days_are_read_like_javascript_parse_int() {
+    let p = |v: Value| js_parse_int(Some(&v));
+    assert_eq!(p(json!(7)), Some(7));
+    assert_eq!(p(json!("7")), Some(7));
+    assert_eq!(p(json!(7.9)), Some(7));
+    assert_eq!(p(json!("  12days")), Some(12));
+    assert_eq!(p(json!("0x10")), Some(16));
+    assert_eq!(p(json!("-3")), Some(-3));
+    assert_eq!(p(json!("1e3")), Some(1));
+    assert_eq!(p(json!([5])), Some(5));
+    assert_eq!(p(json!("abc")), None);
+    assert_eq!(p(json!("")), None);
+    assert_eq!(p(json!(null)), None);
+    assert_eq!(p(json!(true)), None);
+    assert_eq!(p(json!({"d": 1})), None);
+    assert_eq!(js_parse_int(None), None);
+}
+
+#[tokio::test]
+async fn quickztna_export_window_follows_days_and_defaults_to_30() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let day = chrono::Duration::days(1);
+    fake.add_spread(1, now - chrono::Duration::hours(2), now);
+    fake.add_spread(1, now - day * 5, now);
+    fake.add_spread(1, now - day * 20, now);
+    fake.add_spread(1, now - day * 40, now);
+    let url = format!("{}/api/export", fake.url());
+    let org = fake.org_id();
+    let count = |v: &Value| v["data"]["count"].as_u64().unwrap();
+    let cases = [
+        (json!(1), 1, 1),
+        (json!("7"), 7, 2),
+        (json!("abc"), 30, 3),
+        (Value::Null, 30, 3),
+        (json!(90), 90, 4),
+        (json!(7.9), 7, 2),
+    ];
+    for (days, understood, n) in cases {
+        let mut body = json!({"action": "audit_logs", "org_id": org});
+        if !days.is_null() {
+            body["days"] = days.clone();
+        }
+        let (status, v) = post_json(&url, "qz-admin-token", body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["success"], true);
+        assert_eq!(count(&v), n, "days = {days}");
+        assert_eq!(v["data"]["logs"].as_array().unwrap().len() as u64, n);
+        assert_eq!(*fake.stats().days.last().unwrap(), understood);
+    }
+    // Newest first, every field present.
+    let (_, v) = post_json(
+        &url,
+        "qz-admin-token",
+        json!({"action": "audit_logs", "org_id": org, "days": 90}),
+    )
+    .await;
+    let logs = v["data"]["logs"].as_array().unwrap();
+    let times: Vec<&str> = logs
+        .iter()
+        .map(|l| l["created_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted);
+    for key in [
+        "id",
+        "action",
+        "resource_type",
+        "resource_id",
+        "user_id",
+        "created_at",
+        "details",
+    ] {
+        assert!(logs[0].get(key).is_some(), "{key} missing");
+    }
+}
+
+#[tokio::test]
+async fn quickztna_export_needs_an_admin_and_caps_at_10000() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now();
+    let ids = fake.add_spread(10_050, now - chrono::Duration::hours(3), now);
+    let url = format!("{}/api/export", fake.url());
+    let body = json!({"action": "audit_logs", "org_id": fake.org_id(), "days": 1});
+    let (status, v) = post_json(&url, "qz-member-token", body.clone()).await;
+    assert_eq!(status, 403);
+    assert_eq!(v["error"]["code"], "FORBIDDEN");
+    assert_eq!(v["error"]["message"], "Admin required");
+    let (status, _) = post_json(&url, "nope", body.clone()).await;
+    assert_eq!(status, 401);
+    let (status, v) = post_json(&url, "qz-admin-token", body).await;
+    assert_eq!(status, 200);
+    let logs = v["data"]["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 10_000);
+    assert_eq!(v["data"]["count"], 10_000);
+    // The newest 10000: the 50 oldest are cut.
+    assert_eq!(logs[0]["id"], ids[10_049].as_str());
+    assert_eq!(logs[9_999]["id"], ids[50].as_str());
+    assert_eq!(fake.stats().capped, 1);
+    // Members may read the audit query; it clamps limit to 5000.
+    let (status, v) = get_json(
+        &format!(
+            "{}/api/audit?org_id={}&mode=recent&limit=9000",
+            fake.url(),
+            fake.org_id()
+        ),
+        "qz-member-token",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["data"]["logs"].as_array().unwrap().len(), 5000);
+    assert!(fake.wait_for_requests(4, Duration::from_secs(1)).await);
+    assert_eq!(fake.stats().forbidden, 1);
+    assert_eq!(fake.stats().unauthorized, 1);
+}
+
+#[tokio::test]
+async fn quickztna_csv_with_hostile_cells_parses_with_the_csv_crate() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig::default())
+        .await
+        .unwrap();
+    let entries = fake.add_hostile(Utc::now() - chrono::Duration::minutes(5));
+    let (status, v) = post_json(
+        &format!("{}/api/export", fake.url()),
+        "qz-admin-token",
+        json!({"action": "audit_logs", "org_id": fake.org_id(), "days": 1, "format": "csv"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let csv_text = v["data"]["csv"].as_str().unwrap();
+    assert!(csv_text.starts_with(&format!("{CSV_HEADER}\n")));
+    assert!(csv_text.contains("\"\"\"\"\"\"\""), "quotes are doubled");
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    assert_eq!(
+        reader
+            .headers()
+            .unwrap()
+            .iter()
+            .collect::<Vec<_>>()
+            .join(","),
+        CSV_HEADER
+    );
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), entries.len());
+    assert_eq!(v["data"]["count"], entries.len());
+    for row in rows {
+        let e = entries.iter().find(|e| e.id == row[0]).unwrap();
+        // csvSafe guards formula prefixes with a quote; nothing else changes.
+        let guarded = |s: &str| {
+            if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+                format!("'{s}")
+            } else {
+                s.to_string()
+            }
+        };
+        assert_eq!(&row[1], guarded(&e.action));
+        assert_eq!(&row[3], e.resource_id);
+        assert_eq!(&row[4], e.user_id.as_deref().unwrap_or(""));
+        assert_eq!(&row[6], guarded(&e.details));
+    }
+}
