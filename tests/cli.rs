@@ -151,13 +151,22 @@ fn shipped_source_examples_validate() {
     let secret = dir.path().join("secret");
     write(&secret, "s3cret\n");
     // (example, env overrides pointing its secret files at one that exists)
-    let cases: &[(&str, &[&str])] = &[(
-        "config/quickztna.toml",
-        &[
-            "AUDITRELAY_SOURCES__QUICKZTNA__TOKEN_FILE",
-            "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
-        ],
-    )];
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "config/quickztna.toml",
+            &[
+                "AUDITRELAY_SOURCES__QUICKZTNA__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
+        (
+            "config/certifyclouds.toml",
+            &[
+                "AUDITRELAY_SOURCES__CERTIFYCLOUDS__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
+    ];
     for (file, vars) in cases {
         let mut cmd = auditrelay();
         cmd.args(["validate", "--config"]).arg(root.join(file));

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
+use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig};
 use support::quickztna_fake::{js_parse_int, QuickztnaFake, QuickztnaFakeConfig, CSV_HEADER};
 
 async fn post_json(url: &str, token: &str, body: Value) -> (u16, Value) {
@@ -203,4 +204,104 @@ async fn quickztna_csv_with_hostile_cells_parses_with_the_csv_crate() {
         assert_eq!(&row[4], e.user_id.as_deref().unwrap_or(""));
         assert_eq!(&row[6], guarded(&e.details));
     }
+}
+
+// ------------------------------------------------------------ CertifyClouds
+
+#[tokio::test]
+async fn certifyclouds_pages_by_offset_filters_and_shifts_under_inserts() {
+    let fake = CertifycloudsFake::start(CertifycloudsFakeConfig {
+        insert_per_page: 2,
+        insert_age: Duration::from_secs(600),
+        insert_budget: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let now = Utc::now();
+    let ids = fake.add_spread(
+        10,
+        now - chrono::Duration::minutes(100),
+        now - chrono::Duration::minutes(1),
+    );
+    let page = |query: String| {
+        let url = format!("{}/audit/entries?{query}", fake.url());
+        async move { get_json(&url, "cc-token").await }
+    };
+    let (status, v) = page("limit=4&offset=0".into()).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["total"], 10);
+    let first: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    // Newest first.
+    assert_eq!(first, vec![ids[9].as_str(), &ids[8], &ids[7], &ids[6]]);
+    for key in [
+        "id",
+        "timestamp",
+        "event_type",
+        "actor",
+        "resource",
+        "description",
+        "details",
+        "severity",
+        "ip_address",
+        "user_agent",
+    ] {
+        assert!(v["entries"][0].get(key).is_some(), "{key} missing");
+    }
+    // Two entries 10 minutes old were inserted after that page: the next
+    // page starts with the two entries the first page ended with.
+    let (_, v) = page("limit=4&offset=4".into()).await;
+    let second: Vec<&str> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(&second[..2], &[ids[7].as_str(), &ids[6]]);
+    assert_eq!(v["total"], 12);
+    // Date filters: an RFC 3339 time or a day; a bad one is a 400.
+    let from = (now - chrono::Duration::minutes(30)).to_rfc3339();
+    let (_, v) = page(format!(
+        "start_date={}&end_date={}",
+        urlenc(&from),
+        urlenc(&now.to_rfc3339())
+    ))
+    .await;
+    assert!(v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["timestamp"].as_str().unwrap() >= from.as_str().get(..19).unwrap()));
+    let (_, v) = page(format!("start_date={}", now.format("%Y-%m-%d"))).await;
+    assert!(v["total"].as_u64().unwrap() >= 2);
+    let (status, _) = page("start_date=yesterday".into()).await;
+    assert_eq!(status, 400);
+    let (status, _) = page("limit=ten".into()).await;
+    assert_eq!(status, 400);
+    // event_type and actor filters.
+    let kind = fake.entries()[0].event_type.clone();
+    let (_, v) = page(format!("event_type={}&limit=1000", urlenc(&kind))).await;
+    assert!(v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["event_type"] == kind.as_str()));
+    let actor = fake.entries()[0].actor_id.clone();
+    let (_, v) = page(format!("actor={actor}&limit=1000")).await;
+    assert!(v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|e| e["actor"]["id"] == actor.as_str()));
+    let (status, _) = get_json(&format!("{}/audit/entries", fake.url()), "wrong").await;
+    assert_eq!(status, 401);
+}
+
+fn urlenc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

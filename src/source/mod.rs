@@ -5,6 +5,7 @@
 //! carries the serialized state to persist once that batch is delivered, and
 //! it is built from the last persisted state.
 
+pub mod certifyclouds;
 pub mod demo;
 pub mod poll;
 pub mod quickztna;
@@ -46,8 +47,12 @@ pub struct SourceContext {
 pub enum SourceConfig {
     Veza(veza::VezaConfig),
     Quickztna(quickztna::QuickztnaConfig),
+    Certifyclouds(certifyclouds::CertifycloudsConfig),
     Demo(demo::DemoConfig),
 }
+
+/// Source types this build provides, for error messages.
+const AVAILABLE: &str = "veza, quickztna, certifyclouds, demo";
 
 /// Source types of SPEC §2 that this build does not provide yet.
 const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
@@ -57,24 +62,24 @@ impl SourceConfig {
         let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
             vec![Problem {
                 path: format!("{path}.type"),
-                message: "required key is missing or not a string (one of: veza, quickztna, demo)"
-                    .into(),
+                message: format!("required key is missing or not a string (one of: {AVAILABLE})"),
             }]
         })?;
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
             "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
+            "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!(
-                    "source type \"{other}\" is not available in this version (available: veza, quickztna, demo)"
+                    "source type \"{other}\" is not available in this version (available: {AVAILABLE})"
                 ),
             }]),
             other => Err(vec![Problem {
                 path: format!("{path}.type"),
-                message: format!("unknown source type \"{other}\" (available: veza, quickztna, demo)"),
+                message: format!("unknown source type \"{other}\" (available: {AVAILABLE})"),
             }]),
         }
     }
@@ -83,6 +88,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Veza(_) => "veza",
             SourceConfig::Quickztna(_) => "quickztna",
+            SourceConfig::Certifyclouds(_) => "certifyclouds",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -91,6 +97,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Veza(c) => c.validate(path, problems),
             SourceConfig::Quickztna(c) => c.validate(path, problems),
+            SourceConfig::Certifyclouds(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -106,7 +113,9 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
-            SourceConfig::Quickztna(_) => quickztna::manual_checkpoint(token, time),
+            SourceConfig::Quickztna(_) | SourceConfig::Certifyclouds(_) => {
+                poll::manual_window_checkpoint(token, time)
+            }
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -116,6 +125,9 @@ impl SourceConfig {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),
             SourceConfig::Quickztna(c) => {
                 Box::new(quickztna::QuickztnaSource::new(c.clone(), ctx)?)
+            }
+            SourceConfig::Certifyclouds(c) => {
+                Box::new(certifyclouds::CertifycloudsSource::new(c.clone(), ctx)?)
             }
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })

@@ -45,11 +45,21 @@ pub fn dedup_key(ev: &Event) -> String {
 /// The ids delivered inside the current overlap window, with their event
 /// times, bounded in count. Entries older than the window are pruned, so the
 /// set (and the checkpoint) stays as small as the window.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SeenSet {
     order: VecDeque<(Box<str>, Option<DateTime<Utc>>)>,
     set: HashSet<Box<str>>,
     cap: usize,
+}
+
+/// A set built without a configured bound (a fresh checkpoint) holds this
+/// many; sources set theirs with [`SeenSet::with_cap`].
+const DEFAULT_SEEN_CAP: usize = 100_000;
+
+impl Default for SeenSet {
+    fn default() -> Self {
+        SeenSet::new(DEFAULT_SEEN_CAP)
+    }
 }
 
 impl SeenSet {
@@ -587,6 +597,202 @@ impl Fetcher {
     }
 }
 
+/// One walk through the pages of a time window. Kept in the checkpoint so a
+/// restart continues the walk instead of skipping what it had not reached.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct Pass {
+    /// The window: from the watermark minus the overlap…
+    pub start: DateTime<Utc>,
+    /// …to when the walk began (later events wait for the next pass).
+    pub end: DateTime<Utc>,
+    /// Where the next page starts (an offset, page number, token or link);
+    /// `None` before the first page.
+    pub cursor: Option<String>,
+    /// Newest event time delivered in this pass.
+    pub newest: Option<DateTime<Utc>>,
+    /// Ids of the last two pages: entries inserted while paging shift the
+    /// offsets, so a page may repeat the end of the previous one.
+    #[serde(default)]
+    pub recent: Vec<String>,
+    /// Where the keys of the current page start in `recent`.
+    #[serde(default)]
+    pub recent_split: usize,
+    /// Pages in a row identical to the one before (an API ignoring the cursor).
+    #[serde(default)]
+    pub same_pages: u32,
+}
+
+/// Identical pages in a row after which a pass is ended: the API ignores the
+/// cursor, and asking again would loop forever.
+pub const SAME_PAGE_LIMIT: u32 = 3;
+
+/// The checkpoint of a source that walks time windows page by page.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct WindowState {
+    /// Newest event time of the completed passes (never later than the
+    /// pass's end).
+    pub watermark: Option<DateTime<Utc>>,
+    /// Set by `auditrelay checkpoint set --time`: where the first window
+    /// starts, exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<Pass>,
+    #[serde(default)]
+    pub seen: SeenSet,
+}
+
+/// How a page ends its pass.
+pub enum Next {
+    /// More pages: continue at this cursor.
+    Cursor(String),
+    /// The window is exhausted.
+    Done,
+}
+
+impl WindowState {
+    /// Reads a checkpoint; `kind` names the source type in the error.
+    pub fn load(
+        ctx_name: &str,
+        bytes: Option<&[u8]>,
+        kind: &str,
+        cap: usize,
+    ) -> anyhow::Result<Self> {
+        let mut state: WindowState = match bytes {
+            Some(b) => serde_json::from_slice(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint of source {ctx_name} is not a {kind} window state ({e}); reset it \
+                     with `auditrelay checkpoint reset --source {ctx_name}`"
+                )
+            })?,
+            None => WindowState::default(),
+        };
+        state.seen = std::mem::take(&mut state.seen).with_cap(cap);
+        if let Some(p) = &mut state.pass {
+            p.recent_split = p.recent_split.min(p.recent.len());
+        }
+        Ok(state)
+    }
+
+    /// The pass in progress, or a new one over `[watermark - overlap, now]`.
+    pub fn pass(&mut self, overlap: Duration, start_at: DateTime<Utc>) -> &mut Pass {
+        let start = match (self.watermark, self.resume_at) {
+            (Some(w), _) => w - chrono_of(overlap),
+            (None, Some(r)) => r,
+            (None, None) => start_at,
+        };
+        self.pass.get_or_insert_with(|| Pass {
+            start,
+            end: Utc::now(),
+            cursor: None,
+            newest: None,
+            recent: Vec::new(),
+            recent_split: 0,
+            same_pages: 0,
+        })
+    }
+
+    /// The new events of a page of the current pass.
+    pub fn fresh(&self, events: Vec<Event>) -> Fresh {
+        let Some(pass) = &self.pass else {
+            return fresh(&self.seen, events, None);
+        };
+        let mut f = fresh(&self.seen, events, Some(pass.start));
+        if !pass.recent.is_empty() {
+            let before = f.events.len();
+            f.events
+                .retain(|e| !pass.recent.iter().any(|r| *r == dedup_key(e)));
+            f.repeated += (before - f.events.len()) as u64;
+        }
+        f
+    }
+
+    /// Records a page's new events as delivered and moves the cursor; the
+    /// returned checkpoint describes everything up to this page.
+    /// `returned_keys` are the keys of every item the page held.
+    pub fn record_page(
+        &mut self,
+        source: &str,
+        delivered: &[Event],
+        returned_keys: Vec<String>,
+        next: Next,
+        overlap: Duration,
+    ) -> Bytes {
+        let overlap = chrono_of(overlap);
+        let mut finished = matches!(next, Next::Done);
+        if let Some(pass) = &mut self.pass {
+            for ev in delivered {
+                if let Some(t) = ev.time {
+                    pass.newest = Some(pass.newest.map_or(t, |n| n.max(t)));
+                }
+            }
+            let same =
+                !returned_keys.is_empty() && pass.recent[pass.recent_split..] == returned_keys[..];
+            pass.same_pages = if same { pass.same_pages + 1 } else { 0 };
+            // Keep the keys of the last two pages.
+            pass.recent
+                .drain(..pass.recent_split.min(pass.recent.len()));
+            pass.recent_split = pass.recent.len();
+            pass.recent.extend(returned_keys);
+            if let Next::Cursor(c) = next {
+                pass.cursor = Some(c);
+            }
+            if pass.same_pages >= SAME_PAGE_LIMIT && !finished {
+                error!(source, pages = pass.same_pages + 1, "the API returned the same page again and again: it ignores the pagination parameter (check the pagination settings); ending this pass");
+                finished = true;
+            }
+        }
+        for ev in delivered {
+            self.seen.insert(&dedup_key(ev), ev.time);
+        }
+        if let Some(pass) = &self.pass {
+            // Until the pass ends, any entry of its window may come back (the
+            // order of the pages is unknown): keep every id from its start.
+            let mut cutoff = pass.start;
+            if finished {
+                if let Some(r) = pass.newest.map(|n| n.min(pass.end)) {
+                    let w = self.watermark.map_or(r, |w| w.max(r));
+                    self.watermark = Some(w);
+                    self.resume_at = None;
+                    cutoff = cutoff.max(w - overlap);
+                }
+                self.pass = None;
+            }
+            self.seen.prune_before(cutoff);
+        }
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    /// Whether the current pass is over (after `record_page`).
+    pub fn between_passes(&self) -> bool {
+        self.pass.is_none()
+    }
+
+    /// Newest event time delivered so far, for the checkpoint-lag metric.
+    pub fn newest(&self) -> Option<DateTime<Utc>> {
+        let in_pass = self.pass.as_ref().and_then(|p| p.newest);
+        match (self.watermark, in_pass) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// `auditrelay checkpoint set --time T` for a window-polled source.
+pub fn manual_window_checkpoint(
+    token: Option<String>,
+    time: Option<DateTime<Utc>>,
+) -> Result<Vec<u8>, String> {
+    if token.is_some() {
+        return Err("this source has no durable page token; use --time <RFC 3339>".into());
+    }
+    let state = WindowState {
+        resume_at: time,
+        ..Default::default()
+    };
+    serde_json::to_vec(&state).map_err(|e| e.to_string())
+}
+
 /// The start of a response body for a log line, on one line.
 pub fn snippet(body: &[u8]) -> String {
     let end = body.len().min(300);
@@ -650,6 +856,81 @@ mod tests {
         assert_eq!(f.repeated, 3);
         assert_eq!(f.before_window, 1);
         assert!(dedup_key(&f.events[1]).starts_with("sha256:"));
+    }
+
+    #[test]
+    fn window_state_moves_the_watermark_only_when_a_pass_ends() {
+        let overlap = Duration::from_secs(600);
+        let start_at = t("2026-01-01T00:00:00Z");
+        let mut st = WindowState::default();
+        // Pass 1, newest first, two pages.
+        st.pass(overlap, start_at);
+        let p1 = vec![ev(Some("c"), "2026-01-01T00:30:00Z", "{}")];
+        let f = st.fresh(p1.clone());
+        let cp = st.record_page(
+            "s",
+            &f.events,
+            vec!["c".into()],
+            Next::Cursor("1".into()),
+            overlap,
+        );
+        let mid: WindowState = serde_json::from_slice(&cp).unwrap();
+        assert_eq!(
+            mid.watermark, None,
+            "mid-pass checkpoints keep the old watermark"
+        );
+        assert_eq!(mid.pass.as_ref().unwrap().cursor.as_deref(), Some("1"));
+        assert!(mid.seen.contains("c"));
+        // The next page repeats "c" (an insert shifted the offsets) and adds "b".
+        let p2 = vec![
+            ev(Some("c"), "2026-01-01T00:30:00Z", "{}"),
+            ev(Some("b"), "2026-01-01T00:10:00Z", "{}"),
+        ];
+        let f = st.fresh(p2);
+        assert_eq!(f.events.len(), 1);
+        assert_eq!(f.repeated, 1);
+        st.record_page(
+            "s",
+            &f.events,
+            vec!["c".into(), "b".into()],
+            Next::Done,
+            overlap,
+        );
+        assert!(st.between_passes());
+        assert_eq!(st.watermark, Some(t("2026-01-01T00:30:00Z")));
+        assert!(!st.seen.contains("b"), "older than watermark minus overlap");
+        // Pass 2 starts at watermark - overlap; a new event far newer does not
+        // drop "c" from the seen-set while the pass may still return it.
+        assert_eq!(st.pass(overlap, start_at).start, t("2026-01-01T00:20:00Z"));
+        let f = st.fresh(vec![ev(Some("z"), "2026-01-01T05:00:00Z", "{}")]);
+        st.record_page(
+            "s",
+            &f.events,
+            vec!["z".into()],
+            Next::Cursor("1".into()),
+            overlap,
+        );
+        assert!(st.seen.contains("c"));
+        let f = st.fresh(vec![ev(Some("c"), "2026-01-01T00:30:00Z", "{}")]);
+        assert!(f.events.is_empty(), "c was delivered in pass 1");
+    }
+
+    #[test]
+    fn a_pass_ends_when_the_api_ignores_the_cursor() {
+        let overlap = Duration::from_secs(60);
+        let mut st = WindowState::default();
+        st.pass(overlap, t("2026-01-01T00:00:00Z"));
+        for i in 0..SAME_PAGE_LIMIT + 1 {
+            assert!(!st.between_passes(), "ended early at page {i}");
+            st.record_page(
+                "s",
+                &[],
+                vec!["a".into(), "b".into()],
+                Next::Cursor(i.to_string()),
+                overlap,
+            );
+        }
+        assert!(st.between_passes());
     }
 
     #[test]

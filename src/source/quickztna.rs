@@ -23,13 +23,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, Opts};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serializer};
 use serde_json::value::RawValue;
 use tracing::{debug, info, warn};
 
 use super::poll::{
     chrono_of, count_fresh, dedup_key, fresh, snippet, Fetcher, FetcherConfig, RateLimitConfig,
-    SeenSet,
+    WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
@@ -256,19 +256,6 @@ impl QuickztnaConfig {
     }
 }
 
-/// The checkpoint of a window-polled source.
-#[derive(Debug, Default, Deserialize, Serialize)]
-struct State {
-    /// Newest `created_at` delivered (never later than the poll that read it).
-    watermark: Option<DateTime<Utc>>,
-    /// Set by `auditrelay checkpoint set --time`: the window starts exactly
-    /// here until a watermark exists.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    resume_at: Option<DateTime<Utc>>,
-    #[serde(default)]
-    seen: SeenSet,
-}
-
 /// What a response held.
 struct Page {
     events: Vec<Event>,
@@ -291,7 +278,7 @@ pub struct QuickztnaSource {
     url: url::Url,
     extractor: FieldExtractor,
     start: DateTime<Utc>,
-    state: State,
+    state: WindowState,
     pending: VecDeque<Batch>,
     next_poll: Option<Instant>,
 }
@@ -321,18 +308,12 @@ impl QuickztnaSource {
         let start = StartAt::parse(&cfg.start_at)
             .map_err(|e| anyhow::anyhow!("{path}.start_at: {e}"))?
             .resolve(Utc::now());
-        let mut state: State = match &ctx.checkpoint {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {} is not a QuickZTNA watermark ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {}`",
-                    ctx.name,
-                    ctx.name
-                )
-            })?,
-            None => State::default(),
-        };
-        state.seen = std::mem::take(&mut state.seen).with_cap(cfg.recent_ids);
+        let state = WindowState::load(
+            &ctx.name,
+            ctx.checkpoint.as_deref(),
+            "QuickZTNA",
+            cfg.recent_ids,
+        )?;
         if let Some(t) = state.watermark {
             metrics().set_committed_time(&ctx.name, t);
         }
@@ -638,22 +619,6 @@ fn unguard(cell: &str) -> Option<&str> {
         return Some(&cell[1..]);
     }
     Some(cell)
-}
-
-/// `auditrelay checkpoint set --time T`: the next poll's window starts at T.
-pub fn manual_checkpoint(
-    token: Option<String>,
-    time: Option<DateTime<Utc>>,
-) -> Result<Vec<u8>, String> {
-    if token.is_some() {
-        return Err("this source has no page token; use --time <RFC 3339>".into());
-    }
-    let state = State {
-        watermark: None,
-        resume_at: time,
-        seen: SeenSet::new(1),
-    };
-    serde_json::to_vec(&state).map_err(|e| e.to_string())
 }
 
 #[async_trait]
