@@ -166,6 +166,13 @@ fn shipped_source_examples_validate() {
                 "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
             ],
         ),
+        (
+            "config/zaita.toml",
+            &[
+                "AUDITRELAY_SOURCES__ZAITA__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
     ];
     for (file, vars) in cases {
         let mut cmd = auditrelay();

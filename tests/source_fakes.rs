@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{json, Value};
 use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig};
+use support::pull_fake::{PullFake, PullFakeConfig, PullMode};
 use support::quickztna_fake::{js_parse_int, QuickztnaFake, QuickztnaFakeConfig, CSV_HEADER};
 
 async fn post_json(url: &str, token: &str, body: Value) -> (u16, Value) {
@@ -304,4 +305,143 @@ async fn certifyclouds_pages_by_offset_filters_and_shifts_under_inserts() {
 
 fn urlenc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+// ------------------------------------------------------- generic pull (Zaita)
+
+async fn get_raw(url: &str, token: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let body = resp.bytes().await.unwrap_or_default();
+    (
+        status,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn pull_fake_serves_each_pagination_style() {
+    let now = Utc::now();
+    let from = (now - chrono::Duration::hours(1)).to_rfc3339();
+    let window = format!(
+        "start_time={}&end_time={}",
+        urlenc(&from),
+        urlenc(&now.to_rfc3339())
+    );
+    let start = |mode| {
+        PullFake::start(PullFakeConfig {
+            mode,
+            ..Default::default()
+        })
+    };
+
+    // Token in the body; tokens expire.
+    let fake = start(PullMode::TokenBody).await.unwrap();
+    let ids = fake.add_spread(
+        5,
+        now - chrono::Duration::minutes(30),
+        now - chrono::Duration::minutes(1),
+    );
+    fake.add_spread(1, now - chrono::Duration::hours(3), now);
+    let base = format!("{}/api/v1/audit/events", fake.url());
+    let (status, _, v) = get_raw(&format!("{base}?{window}&page_size=3"), "zaita-token").await;
+    assert_eq!(status, 200);
+    let page: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        page,
+        vec![ids[0].as_str(), &ids[1], &ids[2]],
+        "oldest first, window only"
+    );
+    for key in [
+        "event_id",
+        "timestamp",
+        "tenant_id",
+        "actor",
+        "action",
+        "resource",
+        "outcome",
+        "metadata",
+        "source_ip",
+    ] {
+        assert!(v["data"][0].get(key).is_some(), "{key} missing");
+    }
+    let token = v["next_page_token"].as_str().unwrap().to_string();
+    let (_, _, v) = get_raw(
+        &format!("{base}?page_size=3&page_token={token}"),
+        "zaita-token",
+    )
+    .await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert!(v["next_page_token"].is_null());
+    fake.expire_tokens();
+    let (status, _, _) = get_raw(
+        &format!("{base}?page_size=3&page_token={token}"),
+        "zaita-token",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = get_raw(&base, "wrong").await;
+    assert_eq!(status, 401);
+
+    // Link header: follow rel="next" until there is none.
+    let fake = start(PullMode::Link).await.unwrap();
+    fake.add_spread(
+        7,
+        now - chrono::Duration::minutes(30),
+        now - chrono::Duration::minutes(1),
+    );
+    let mut url = format!("{}/api/v1/audit/events?{window}&limit=3", fake.url());
+    let mut seen = 0;
+    for _ in 0..10 {
+        let (status, headers, v) = get_raw(&url, "zaita-token").await;
+        assert_eq!(status, 200);
+        seen += v.as_array().unwrap().len();
+        let link = headers.get("link").unwrap().to_str().unwrap().to_string();
+        assert!(link.contains("rel=\"first\""));
+        match link.split(", ").find(|l| l.ends_with("rel=\"next\"")) {
+            Some(next) => url = next[1..next.find('>').unwrap()].to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, 7);
+
+    // Rate limits announce X-RateLimit-Reset (epoch seconds), no Retry-After.
+    let fake = PullFake::start(PullFakeConfig {
+        mode: PullMode::Offset,
+        rate_limit: 1.0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (status, headers, _) = get_raw(
+        &format!("{}/api/v1/audit/events", fake.url()),
+        "zaita-token",
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(headers.get("retry-after").is_none());
+    let reset: u64 = headers["x-ratelimit-reset"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reset > Utc::now().timestamp() as u64 - 1);
+    get_raw(
+        &format!("{}/api/v1/audit/events", fake.url()),
+        "zaita-token",
+    )
+    .await;
+    assert_eq!(fake.stats().cooldown_violations, 1);
+    assert!(fake.wait_for_requests(2, Duration::from_secs(1)).await);
 }

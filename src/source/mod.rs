@@ -7,6 +7,7 @@
 
 pub mod certifyclouds;
 pub mod demo;
+pub mod http_pull;
 pub mod poll;
 pub mod quickztna;
 pub mod recent_ids;
@@ -48,11 +49,12 @@ pub enum SourceConfig {
     Veza(veza::VezaConfig),
     Quickztna(quickztna::QuickztnaConfig),
     Certifyclouds(certifyclouds::CertifycloudsConfig),
+    HttpPull(http_pull::HttpPullConfig),
     Demo(demo::DemoConfig),
 }
 
 /// Source types this build provides, for error messages.
-const AVAILABLE: &str = "veza, quickztna, certifyclouds, demo";
+const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, demo";
 
 /// Source types of SPEC §2 that this build does not provide yet.
 const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
@@ -70,6 +72,7 @@ impl SourceConfig {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
             "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
             "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
+            "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
@@ -89,6 +92,7 @@ impl SourceConfig {
             SourceConfig::Veza(_) => "veza",
             SourceConfig::Quickztna(_) => "quickztna",
             SourceConfig::Certifyclouds(_) => "certifyclouds",
+            SourceConfig::HttpPull(_) => "http_pull",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -98,6 +102,7 @@ impl SourceConfig {
             SourceConfig::Veza(c) => c.validate(path, problems),
             SourceConfig::Quickztna(c) => c.validate(path, problems),
             SourceConfig::Certifyclouds(c) => c.validate(path, problems),
+            SourceConfig::HttpPull(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -113,9 +118,9 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
-            SourceConfig::Quickztna(_) | SourceConfig::Certifyclouds(_) => {
-                poll::manual_window_checkpoint(token, time)
-            }
+            SourceConfig::Quickztna(_)
+            | SourceConfig::Certifyclouds(_)
+            | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -129,6 +134,7 @@ impl SourceConfig {
             SourceConfig::Certifyclouds(c) => {
                 Box::new(certifyclouds::CertifycloudsSource::new(c.clone(), ctx)?)
             }
+            SourceConfig::HttpPull(c) => Box::new(http_pull::HttpPullSource::new(c.clone(), ctx)?),
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })
     }

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod harness;
 pub mod http1;
 pub mod kafka;
+pub mod pull_fake;
 pub mod quickztna_fake;
 pub mod sink;
 pub mod veza_fake;
