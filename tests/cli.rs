@@ -160,6 +160,51 @@ fn shipped_configs_validate() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("splunk (splunk_hec)"));
 }
 
+#[test]
+fn shipped_source_examples_validate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write(&secret, "s3cret\n");
+    // (example, env overrides pointing its secret files at one that exists)
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "config/quickztna.toml",
+            &[
+                "AUDITRELAY_SOURCES__QUICKZTNA__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
+        (
+            "config/certifyclouds.toml",
+            &[
+                "AUDITRELAY_SOURCES__CERTIFYCLOUDS__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
+        (
+            "config/zaita.toml",
+            &[
+                "AUDITRELAY_SOURCES__ZAITA__TOKEN_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
+    ];
+    for (file, vars) in cases {
+        let mut cmd = auditrelay();
+        cmd.args(["validate", "--config"]).arg(root.join(file));
+        for v in *vars {
+            cmd.env(v, &secret);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 fn demo_config(dir: &Path, limit: u64) -> std::path::PathBuf {
     let cfg = dir.join("demo.toml");
     write(

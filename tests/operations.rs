@@ -300,7 +300,10 @@ async fn metrics_pass_promtool_and_match_dashboard_and_alerts() {
                 continue;
             }
             // Metrics of sinks not configured here are registered lazily.
-            if base.starts_with("auditrelay_kafka_")
+            // So are those of sources not configured here.
+            if base.starts_with("auditrelay_quickztna_")
+                || base.starts_with("auditrelay_webhook_in_")
+                || base.starts_with("auditrelay_kafka_")
                 || base.starts_with("auditrelay_hec_")
                 || base.starts_with("auditrelay_syslog_")
             {

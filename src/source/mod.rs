@@ -5,7 +5,11 @@
 //! carries the serialized state to persist once that batch is delivered, and
 //! it is built from the last persisted state.
 
+pub mod certifyclouds;
 pub mod demo;
+pub mod http_pull;
+pub mod poll;
+pub mod quickztna;
 pub mod recent_ids;
 pub mod veza;
 
@@ -46,39 +50,42 @@ pub struct SourceContext {
 #[allow(clippy::large_enum_variant)] // built once at startup
 pub enum SourceConfig {
     Veza(veza::VezaConfig),
+    Quickztna(quickztna::QuickztnaConfig),
+    Certifyclouds(certifyclouds::CertifycloudsConfig),
+    HttpPull(http_pull::HttpPullConfig),
     Demo(demo::DemoConfig),
 }
 
+/// Source types this build provides, for error messages.
+const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, demo";
+
 /// Source types of SPEC §2 that this build does not provide yet.
-const PLANNED: &[&str] = &[
-    "veza_list",
-    "quickztna",
-    "certifyclouds",
-    "http_pull",
-    "webhook_in",
-];
+const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
 
 impl SourceConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
         let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
             vec![Problem {
                 path: format!("{path}.type"),
-                message: "required key is missing or not a string (one of: veza, demo)".into(),
+                message: format!("required key is missing or not a string (one of: {AVAILABLE})"),
             }]
         })?;
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
+            "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
+            "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
+            "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!(
-                    "source type \"{other}\" is not available in this version (available: veza, demo)"
+                    "source type \"{other}\" is not available in this version (available: {AVAILABLE})"
                 ),
             }]),
             other => Err(vec![Problem {
                 path: format!("{path}.type"),
-                message: format!("unknown source type \"{other}\" (available: veza, demo)"),
+                message: format!("unknown source type \"{other}\" (available: {AVAILABLE})"),
             }]),
         }
     }
@@ -86,6 +93,9 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Veza(_) => "veza",
+            SourceConfig::Quickztna(_) => "quickztna",
+            SourceConfig::Certifyclouds(_) => "certifyclouds",
+            SourceConfig::HttpPull(_) => "http_pull",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -93,6 +103,9 @@ impl SourceConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         match self {
             SourceConfig::Veza(c) => c.validate(path, problems),
+            SourceConfig::Quickztna(c) => c.validate(path, problems),
+            SourceConfig::Certifyclouds(c) => c.validate(path, problems),
+            SourceConfig::HttpPull(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -108,6 +121,9 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
+            SourceConfig::Quickztna(_)
+            | SourceConfig::Certifyclouds(_)
+            | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -115,6 +131,13 @@ impl SourceConfig {
     pub fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),
+            SourceConfig::Quickztna(c) => {
+                Box::new(quickztna::QuickztnaSource::new(c.clone(), ctx)?)
+            }
+            SourceConfig::Certifyclouds(c) => {
+                Box::new(certifyclouds::CertifycloudsSource::new(c.clone(), ctx)?)
+            }
+            SourceConfig::HttpPull(c) => Box::new(http_pull::HttpPullSource::new(c.clone(), ctx)?),
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })
     }

@@ -6,10 +6,14 @@
 //! and puts a TLS front before any fake; `rsyslog` runs a real rsyslogd with
 //! a generated config. `daemon` runs the real binary.
 
+pub mod certifyclouds_fake;
 pub mod daemon;
+pub mod harness;
 pub mod hec_fake;
 pub mod http1;
 pub mod kafka;
+pub mod pull_fake;
+pub mod quickztna_fake;
 pub mod rsyslog;
 pub mod sink;
 pub mod tls;

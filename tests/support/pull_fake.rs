@@ -1,0 +1,544 @@
+//! A fake paginated JSON audit API in the shape of Zaita's REST API (events
+//! `{event_id,timestamp,tenant_id,actor,action,resource,outcome,metadata,source_ip}`,
+//! time-range filter, bearer auth), serving one pagination style at a time:
+//!
+//! | mode | request | answer |
+//! |---|---|---|
+//! | `TokenBody` | `GET ?start_time&end_time&page_size&page_token` | `{"data":[...],"next_page_token":"…"\|null}` |
+//! | `TokenHeader` | `POST` `{"start_time","end_time","page_size","page_token"?}` | `{"events":[...]}` + `X-Next-Page-Token` |
+//! | `Offset` | `GET ?start_time&end_time&limit&offset` | `{"items":[...],"total":N}` |
+//! | `Page` | `GET ?start_time&end_time&per_page&page` (from 1) | `{"results":[...],"page":P}` |
+//! | `Link` | `GET ?start_time&end_time&limit`, then the `Link: <…>; rel="next"` URL | a bare array |
+//! | `Unpaged` | `GET ?start_time&end_time` | `{"data":[...]}` with everything |
+//!
+//! Events are sorted by time (oldest first); `start_time` and `end_time`
+//! are inclusive RFC 3339 bounds. Page tokens and link cursors are opaque,
+//! and `expire_tokens()` makes every one issued so far a 400. Rate limiting
+//! answers 429 with `X-RateLimit-Reset: <epoch seconds>` and no
+//! Retry-After; `exhaust_every` marks every Nth successful answer with
+//! `X-RateLimit-Remaining: 0`. A request before the announced reset is a
+//! cool-down violation.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::http1::{self, Conn, ReadError, Request, Response, Server};
+
+pub const EVENTS_PATH: &str = "/api/v1/audit/events";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullMode {
+    TokenBody,
+    TokenHeader,
+    Offset,
+    Page,
+    Link,
+    Unpaged,
+}
+
+#[derive(Clone, Debug)]
+pub struct PullFakeConfig {
+    pub token: String,
+    pub mode: PullMode,
+    /// Largest page served; larger requests are cut to it.
+    pub max_page_size: usize,
+    pub seed: u64,
+    pub rate_limit: f64,
+    /// Seconds until the reset announced with a 429 or an exhausted answer.
+    pub reset_secs: u64,
+    /// Every Nth successful answer says no requests are left.
+    pub exhaust_every: Option<u64>,
+    pub server_error: f64,
+}
+
+impl Default for PullFakeConfig {
+    fn default() -> Self {
+        PullFakeConfig {
+            token: "zaita-token".into(),
+            mode: PullMode::TokenBody,
+            max_page_size: 200,
+            seed: 1,
+            rate_limit: 0.0,
+            reset_secs: 1,
+            exhaust_every: None,
+            server_error: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PullStats {
+    pub requests: u64,
+    pub pages: u64,
+    /// Pages after the first of a walk (a token, offset > 0, page > 1, a link).
+    pub later_pages: u64,
+    pub rate_limited: u64,
+    pub exhausted_answers: u64,
+    pub cooldown_violations: u64,
+    pub bad_token: u64,
+    pub bad_request: u64,
+    pub unauthorized: u64,
+    pub server_error: u64,
+    /// Requests carrying an `X-Tenant` header.
+    pub with_tenant_header: u64,
+    /// Methods and targets as received.
+    pub targets: Vec<(String, String)>,
+    pub bodies: Vec<Value>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PullEvent {
+    pub id: String,
+    pub at: DateTime<Utc>,
+    pub json: Value,
+}
+
+struct State {
+    events: Vec<PullEvent>,
+    next_id: u64,
+    epoch: u64,
+    rng: StdRng,
+    rate_limit: f64,
+    /// Epoch seconds before which requests violate an announced reset.
+    reset_at: Option<u64>,
+    successes: u64,
+    stats: PullStats,
+}
+
+struct Shared {
+    cfg: PullFakeConfig,
+    state: Mutex<State>,
+    requests_tx: watch::Sender<u64>,
+}
+
+pub struct PullFake {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+const ACTIONS: &[&str] = &[
+    "certificate.issue",
+    "certificate.renew",
+    "certificate.revoke",
+    "user.login",
+    "user.login_failed",
+    "pki.ca_created",
+    "bridge.job_completed",
+];
+
+impl PullFake {
+    pub async fn start(cfg: PullFakeConfig) -> io::Result<PullFake> {
+        let listener = http1::bind_loopback(0)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                events: Vec::new(),
+                next_id: 1,
+                epoch: 1,
+                rng: StdRng::seed_from_u64(cfg.seed),
+                rate_limit: cfg.rate_limit,
+                reset_at: None,
+                successes: 0,
+                stats: PullStats::default(),
+            }),
+            cfg,
+            requests_tx: watch::Sender::new(0),
+        });
+        let conn_shared = shared.clone();
+        let server = Server::spawn(listener, move |stream| {
+            serve_connection(conn_shared.clone(), stream)
+        })?;
+        Ok(PullFake { shared, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+        let mut st = self.shared.lock();
+        let span = (to - from).num_milliseconds().max(0);
+        (0..n)
+            .map(|i| {
+                let off = if n > 1 {
+                    span * i as i64 / (n as i64 - 1)
+                } else {
+                    0
+                };
+                st.push(from + chrono::Duration::milliseconds(off))
+            })
+            .collect()
+    }
+
+    pub fn add_aged(&self, n: usize, age: Duration) -> Vec<String> {
+        let at = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        self.add_spread(n, at, at)
+    }
+
+    pub fn events(&self) -> Vec<PullEvent> {
+        self.shared.lock().events.clone()
+    }
+
+    /// Every page token and link cursor issued so far becomes invalid.
+    pub fn expire_tokens(&self) {
+        self.shared.lock().epoch += 1;
+    }
+
+    pub fn set_rate_limit(&self, p: f64) {
+        self.shared.lock().rate_limit = p;
+    }
+
+    pub fn stats(&self) -> PullStats {
+        self.shared.lock().stats.clone()
+    }
+
+    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.shared.requests_tx.subscribe();
+        let done = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
+            Ok(Ok(_))
+        );
+        done
+    }
+}
+
+impl State {
+    fn push(&mut self, at: DateTime<Utc>) -> String {
+        let n = self.next_id;
+        self.next_id += 1;
+        let id = format!("evt_{n:08x}");
+        let action = ACTIONS[self.rng.random_range(0..ACTIONS.len())];
+        let outcome = ["success", "failure", "denied"][self.rng.random_range(0..3usize)];
+        let json = json!({
+            "event_id": id,
+            "timestamp": at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "tenant_id": "tnt_7g8h9i0j",
+            "actor": {"type": "user", "id": format!("usr_{}", self.rng.random_range(100..999u32)), "email": "ops@example.com"},
+            "action": action,
+            "resource": {"type": "certificate", "id": format!("crt_{n}"), "name": "api.example.com"},
+            "outcome": outcome,
+            "metadata": {"ca_id": "ca_s9t0u1v2", "algorithm": "ECDSA-P384", "validity_days": 365},
+            "source_ip": "203.0.113.42",
+        });
+        self.events.push(PullEvent {
+            id: id.clone(),
+            at,
+            json,
+        });
+        id
+    }
+}
+
+fn error(status: u16, message: &str) -> Response {
+    Response::json(status, json!({"error": message}).to_string())
+}
+
+fn epoch_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let mut conn = Conn::new(stream);
+    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
+        let req = match conn.read_request(64 * 1024).await {
+            Ok(r) => r,
+            Err(ReadError::Bad(status, why)) => {
+                conn.reject(&error(status, &why)).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let resp = shared.handle(&req);
+        let close = !req.keep_alive;
+        if resp.write(&mut conn.stream, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// The parameters of one request, whatever the mode carries them in.
+struct Params {
+    start: Option<DateTime<Utc>>,
+    end: Option<DateTime<Utc>>,
+    size: Option<usize>,
+    offset: usize,
+    later: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, req: &Request) -> Response {
+        let mut st = self.lock();
+        st.stats.requests += 1;
+        if req.header("x-tenant").is_some() {
+            st.stats.with_tenant_header += 1;
+        }
+        st.stats
+            .targets
+            .push((req.method.clone(), req.target.clone()));
+        let resp = self.decide(&mut st, req);
+        let n = st.stats.requests;
+        drop(st);
+        self.requests_tx.send_replace(n);
+        resp
+    }
+
+    fn token(&self, epoch: u64, offset: usize, start: &str, end: &str) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{epoch}|{offset}|{start}|{end}"))
+    }
+
+    /// (offset, start, end) of a valid token.
+    fn untoken(&self, st: &State, token: &str) -> Option<(usize, String, String)> {
+        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let mut parts = text.splitn(4, '|');
+        let epoch: u64 = parts.next()?.parse().ok()?;
+        let offset: usize = parts.next()?.parse().ok()?;
+        let (start, end) = (parts.next()?.to_string(), parts.next()?.to_string());
+        (epoch == st.epoch).then_some((offset, start, end))
+    }
+
+    fn decide(&self, st: &mut State, req: &Request) -> Response {
+        if req.header("authorization") != Some(format!("Bearer {}", self.cfg.token).as_str()) {
+            st.stats.unauthorized += 1;
+            return error(401, "machine account authentication failed");
+        }
+        if st.reset_at.is_some_and(|r| epoch_now() < r) {
+            st.stats.cooldown_violations += 1;
+        }
+        let p_rl = st.rate_limit;
+        if p_rl > 0.0 && st.rng.random::<f64>() < p_rl {
+            st.stats.rate_limited += 1;
+            let reset = epoch_now() + self.cfg.reset_secs.max(1);
+            st.reset_at = Some(reset);
+            return error(429, "rate limit exceeded")
+                .with_header("X-RateLimit-Limit", "100")
+                .with_header("X-RateLimit-Remaining", "0")
+                .with_header("X-RateLimit-Reset", reset.to_string());
+        }
+        if self.cfg.server_error > 0.0 && st.rng.random::<f64>() < self.cfg.server_error {
+            st.stats.server_error += 1;
+            return error(502, "upstream unavailable");
+        }
+        let mode = self.cfg.mode;
+        let post = mode == PullMode::TokenHeader;
+        if req.path() != EVENTS_PATH || req.method != if post { "POST" } else { "GET" } {
+            return error(404, "not found");
+        }
+        let mut kv: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
+            .into_owned()
+            .collect();
+        if post {
+            let body: Value = match serde_json::from_slice(&req.body) {
+                Ok(v) => v,
+                Err(_) => {
+                    st.stats.bad_request += 1;
+                    return error(400, "body must be JSON");
+                }
+            };
+            st.stats.bodies.push(body.clone());
+            if let Some(obj) = body.as_object() {
+                for (k, v) in obj {
+                    let text = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    kv.push((k.clone(), text));
+                }
+            }
+        }
+        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        // A token or link cursor carries the walk's filter and offset.
+        let cursor = match mode {
+            PullMode::TokenBody | PullMode::TokenHeader => get("page_token"),
+            PullMode::Link => get("cursor"),
+            _ => None,
+        };
+        let (mut start_s, mut end_s) = (get("start_time"), get("end_time"));
+        let mut offset = 0;
+        if let Some(c) = &cursor {
+            match self.untoken(st, c) {
+                Some((o, s, e)) => {
+                    offset = o;
+                    start_s = Some(s).filter(|s| !s.is_empty());
+                    end_s = Some(e).filter(|e| !e.is_empty());
+                }
+                None => {
+                    st.stats.bad_token += 1;
+                    return error(400, "invalid or expired page token");
+                }
+            }
+        }
+        let time = |s: &Option<String>| -> Result<Option<DateTime<Utc>>, ()> {
+            match s {
+                None => Ok(None),
+                Some(t) => DateTime::parse_from_rfc3339(t)
+                    .map(|t| Some(t.with_timezone(&Utc)))
+                    .map_err(|_| ()),
+            }
+        };
+        let (Ok(start), Ok(end)) = (time(&start_s), time(&end_s)) else {
+            st.stats.bad_request += 1;
+            return error(400, "start_time and end_time must be RFC 3339");
+        };
+        let num = |k: &str| get(k).map(|v| v.parse::<usize>());
+        let size_key = match mode {
+            PullMode::Offset | PullMode::Link => "limit",
+            PullMode::Page => "per_page",
+            _ => "page_size",
+        };
+        let size = match num(size_key) {
+            Some(Ok(n)) => Some(n.clamp(1, self.cfg.max_page_size)),
+            Some(Err(_)) => {
+                st.stats.bad_request += 1;
+                return error(400, "page size must be a number");
+            }
+            None => None,
+        };
+        match mode {
+            PullMode::Offset => match num("offset") {
+                Some(Ok(o)) => offset = o,
+                Some(Err(_)) => {
+                    st.stats.bad_request += 1;
+                    return error(400, "offset must be a number");
+                }
+                None => {}
+            },
+            PullMode::Page => match num("page") {
+                Some(Ok(p)) if p >= 1 => offset = (p - 1) * size.unwrap_or(50),
+                Some(_) => {
+                    st.stats.bad_request += 1;
+                    return error(400, "page starts at 1");
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        let params = Params {
+            start,
+            end,
+            size,
+            offset,
+            later: offset > 0 || cursor.is_some(),
+        };
+        self.page(
+            st,
+            req,
+            params,
+            start_s.unwrap_or_default(),
+            end_s.unwrap_or_default(),
+        )
+    }
+
+    fn page(
+        &self,
+        st: &mut State,
+        req: &Request,
+        p: Params,
+        start_s: String,
+        end_s: String,
+    ) -> Response {
+        let mut hits: Vec<&PullEvent> = st
+            .events
+            .iter()
+            .filter(|e| p.start.is_none_or(|s| e.at >= s) && p.end.is_none_or(|x| e.at <= x))
+            .collect();
+        hits.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        let total = hits.len();
+        let mode = self.cfg.mode;
+        let size = if mode == PullMode::Unpaged {
+            total
+        } else {
+            p.size.unwrap_or(50)
+        };
+        let page: Vec<Value> = hits
+            .iter()
+            .skip(p.offset)
+            .take(size)
+            .map(|e| e.json.clone())
+            .collect();
+        let next_offset = p.offset + page.len();
+        let more = next_offset < total;
+        st.stats.pages += 1;
+        if p.later {
+            st.stats.later_pages += 1;
+        }
+        st.successes += 1;
+        let next_token = more.then(|| self.token(st.epoch, next_offset, &start_s, &end_s));
+        let mut resp = match mode {
+            PullMode::TokenBody => Response::json(
+                200,
+                json!({"data": page, "next_page_token": next_token}).to_string(),
+            ),
+            PullMode::TokenHeader => {
+                let r = Response::json(200, json!({"events": page}).to_string());
+                match next_token {
+                    Some(t) => r.with_header("X-Next-Page-Token", t),
+                    None => r,
+                }
+            }
+            PullMode::Offset => {
+                Response::json(200, json!({"items": page, "total": total}).to_string())
+            }
+            PullMode::Page => Response::json(
+                200,
+                json!({"results": page, "page": p.offset / size.max(1) + 1}).to_string(),
+            ),
+            PullMode::Link => {
+                let r = Response::json(200, Value::Array(page).to_string());
+                match next_token {
+                    Some(t) => {
+                        let host = req.header("host").unwrap_or("127.0.0.1");
+                        let next = format!(
+                            "<http://{host}{EVENTS_PATH}?limit={size}&cursor={t}>; rel=\"next\""
+                        );
+                        r.with_header(
+                            "Link",
+                            format!(
+                                "<http://{host}{EVENTS_PATH}?limit={size}>; rel=\"first\", {next}"
+                            ),
+                        )
+                    }
+                    None => r.with_header(
+                        "Link",
+                        format!(
+                            "<http://{host}{EVENTS_PATH}?limit={size}>; rel=\"first\"",
+                            host = req.header("host").unwrap_or("127.0.0.1")
+                        ),
+                    ),
+                }
+            }
+            PullMode::Unpaged => Response::json(200, json!({"data": page}).to_string()),
+        };
+        if self
+            .cfg
+            .exhaust_every
+            .is_some_and(|n| n > 0 && st.successes.is_multiple_of(n))
+        {
+            st.stats.exhausted_answers += 1;
+            let reset = epoch_now() + self.cfg.reset_secs.max(1);
+            st.reset_at = Some(reset);
+            resp = resp
+                .with_header("X-RateLimit-Remaining", "0")
+                .with_header("X-RateLimit-Reset", reset.to_string());
+        } else {
+            resp = resp.with_header("X-RateLimit-Remaining", "42");
+        }
+        resp
+    }
+}

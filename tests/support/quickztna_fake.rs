@@ -1,0 +1,527 @@
+//! A fake of QuickZTNA's audit-log reads, after the seed documents:
+//!
+//! - `POST /api/export` with `{"action":"audit_logs","org_id","days","format"?}`:
+//!   org admins only (a member's token gets `403 FORBIDDEN "Admin required"`);
+//!   `days` is read like JavaScript's `parseInt(String(days))`, and anything
+//!   that is not a number (absent, null, "abc") means 30; the Loki query is
+//!   `created_at >= now - days * 86400000 ms`, newest first, at most 10000
+//!   entries. JSON: `{"success":true,"data":{"logs":[...],"count":N}}`; CSV:
+//!   `data.csv` with header `id,action,resource_type,resource_id,user_id,created_at,details`,
+//!   every cell passed through csvSafe (a `'` before a leading `= + - @ tab CR`)
+//!   and csvEscapeField (quoted when it holds a comma, quote, CR or LF).
+//! - `GET /api/audit?org_id&mode=recent&limit`: members may read; the last
+//!   14 days, newest first, `limit` clamped to 1..=5000 (default 100).
+//!
+//! `details` is a string holding JSON, `user_id` may be null. Faults (429 with
+//! Retry-After, 500) are drawn from a seeded RNG.
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::http1::{self, Conn, ReadError, Request, Response, Server};
+
+pub const EXPORT_PATH: &str = "/api/export";
+pub const AUDIT_PATH: &str = "/api/audit";
+pub const CSV_HEADER: &str = "id,action,resource_type,resource_id,user_id,created_at,details";
+
+#[derive(Clone, Debug)]
+pub struct QuickztnaFakeConfig {
+    pub admin_token: String,
+    pub member_token: String,
+    pub org_id: String,
+    /// Most entries an export returns.
+    pub cap: usize,
+    pub seed: u64,
+    /// Probability of a 429 (with `Retry-After: retry_after_secs`) and of a 500.
+    pub rate_limit: f64,
+    pub server_error: f64,
+    pub retry_after_secs: u64,
+}
+
+impl Default for QuickztnaFakeConfig {
+    fn default() -> Self {
+        QuickztnaFakeConfig {
+            admin_token: "qz-admin-token".into(),
+            member_token: "qz-member-token".into(),
+            org_id: "3f1c9a52-0000-4000-8000-00000000c0de".into(),
+            cap: 10_000,
+            seed: 1,
+            rate_limit: 0.0,
+            server_error: 0.0,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// One audit entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    pub id: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub user_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    /// JSON text.
+    pub details: String,
+}
+
+impl Entry {
+    pub fn created_at_text(&self) -> String {
+        self.created_at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    /// The entry as the JSON export serves it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "user_id": self.user_id,
+            "created_at": self.created_at_text(),
+            "details": self.details,
+        })
+    }
+
+    fn csv_row(&self) -> String {
+        let cells = [
+            self.id.as_str(),
+            &self.action,
+            &self.resource_type,
+            &self.resource_id,
+            self.user_id.as_deref().unwrap_or(""),
+            &self.created_at_text(),
+            &self.details,
+        ];
+        cells
+            .iter()
+            .map(|c| csv_escape_field(&csv_safe(c)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// CSV-injection protection: a cell a spreadsheet would run as a formula
+/// gets a leading quote.
+pub fn csv_safe(cell: &str) -> String {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{cell}")
+    } else {
+        cell.to_string()
+    }
+}
+
+pub fn csv_escape_field(cell: &str) -> String {
+    if cell.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", cell.replace('"', "\"\""))
+    } else {
+        cell.to_string()
+    }
+}
+
+/// JavaScript's `parseInt(String(v))` for the JSON values a client may send;
+/// `None` is NaN.
+pub fn js_parse_int(v: Option<&Value>) -> Option<i64> {
+    let text = match v? {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::Null | Value::Bool(_) | Value::Object(_) => return None,
+    };
+    let s = text.trim_start();
+    let (neg, s) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (radix, digits) = match s.get(..2) {
+        Some("0x") | Some("0X") => (16, &s[2..]),
+        _ => (10, s),
+    };
+    let end = digits
+        .find(|c: char| !c.is_digit(radix))
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    let n = i64::from_str_radix(&digits[..end.min(15)], radix).ok()?;
+    Some(if neg { -n } else { n })
+}
+
+/// A snapshot of the fake's counters.
+#[derive(Clone, Debug, Default)]
+pub struct QuickztnaStats {
+    pub requests: u64,
+    pub exports: u64,
+    pub csv_exports: u64,
+    pub audits: u64,
+    /// `days` as the handler understood it, per export.
+    pub days: Vec<i64>,
+    /// Answers that held exactly the cap.
+    pub capped: u64,
+    pub unauthorized: u64,
+    pub forbidden: u64,
+    pub bad_request: u64,
+    pub rate_limited: u64,
+    pub server_error: u64,
+}
+
+struct State {
+    entries: Vec<Entry>,
+    next_id: u64,
+    rng: StdRng,
+    rate_limit: f64,
+    server_error: f64,
+    stats: QuickztnaStats,
+}
+
+struct Shared {
+    cfg: QuickztnaFakeConfig,
+    state: Mutex<State>,
+    requests_tx: watch::Sender<u64>,
+}
+
+/// The running fake. Dropping it stops the server.
+pub struct QuickztnaFake {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+const ACTIONS: &[(&str, &str)] = &[
+    ("machine.registered", "machine"),
+    ("machine.renamed", "machine"),
+    ("acl.rule_created", "acl_rule"),
+    ("auth.login", "user"),
+    ("auth.login_failed", "user"),
+    ("casb.policy_set", "casb_policy"),
+    ("auth_key.revoked", "auth_key"),
+];
+
+impl QuickztnaFake {
+    pub async fn start(cfg: QuickztnaFakeConfig) -> io::Result<QuickztnaFake> {
+        let listener = http1::bind_loopback(0)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                entries: Vec::new(),
+                next_id: 1,
+                rng: StdRng::seed_from_u64(cfg.seed),
+                rate_limit: cfg.rate_limit,
+                server_error: cfg.server_error,
+                stats: QuickztnaStats::default(),
+            }),
+            cfg,
+            requests_tx: watch::Sender::new(0),
+        });
+        let conn_shared = shared.clone();
+        let server = Server::spawn(listener, move |stream| {
+            serve_connection(conn_shared.clone(), stream)
+        })?;
+        Ok(QuickztnaFake { shared, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    pub fn org_id(&self) -> String {
+        self.shared.cfg.org_id.clone()
+    }
+
+    /// Adds `n` ordinary entries with `created_at` spread evenly over
+    /// `[from, to]`; returns their ids.
+    pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+        let mut st = self.shared.lock();
+        let span = (to - from).num_milliseconds().max(0);
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let offset = if n > 1 {
+                span * i as i64 / (n as i64 - 1)
+            } else {
+                0
+            };
+            let at = from + chrono::Duration::milliseconds(offset);
+            ids.push(st.push_plain(at));
+        }
+        ids
+    }
+
+    /// Adds `n` entries created `age` ago (a late, or a fresh, arrival).
+    pub fn add_aged(&self, n: usize, age: Duration) -> Vec<String> {
+        let at = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        self.add_spread(n, at, at)
+    }
+
+    /// Adds entries whose cells hold everything that breaks naive CSV:
+    /// commas, quotes, CR/LF, formula prefixes, unicode, a null user.
+    pub fn add_hostile(&self, at: DateTime<Utc>) -> Vec<Entry> {
+        let details = [
+            r#"{"old":"a,b","new":"say \"hi\""}"#.to_string(),
+            "{\"note\":\"line1\nline2\r\nline3\"}".to_string(),
+            r#"{"formula":"=HYPERLINK(\"http://x\",\"y\")"}"#.to_string(),
+            "=cmd|' /C calc'!A0".to_string(),
+            "{\"emoji\":\"🛡️ ünïcödé\",\"tab\":\"a\tb\"}".to_string(),
+            String::new(),
+            "\"\"\"".to_string(),
+            "-1+2".to_string(),
+            "@SUM(A1)".to_string(),
+            ",,,\n,,,".to_string(),
+        ];
+        let mut st = self.shared.lock();
+        let mut out = Vec::new();
+        for (i, d) in details.into_iter().enumerate() {
+            let id = st.take_id();
+            let entry = Entry {
+                id,
+                action: [
+                    "+machine.renamed",
+                    "acl,rule",
+                    "quote\"action",
+                    "auth.login",
+                ][i % 4]
+                    .into(),
+                resource_type: "machine".into(),
+                resource_id: format!("res-{i}, \"x\"\n"),
+                user_id: if i % 3 == 0 {
+                    None
+                } else {
+                    Some(format!("usr-{i}"))
+                },
+                created_at: at + chrono::Duration::milliseconds(i as i64),
+                details: d,
+            };
+            st.entries.push(entry.clone());
+            out.push(entry);
+        }
+        out
+    }
+
+    pub fn all_ids(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .entries
+            .iter()
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    pub fn entries(&self) -> Vec<Entry> {
+        self.shared.lock().entries.clone()
+    }
+
+    pub fn stats(&self) -> QuickztnaStats {
+        self.shared.lock().stats.clone()
+    }
+
+    pub fn set_faults(&self, rate_limit: f64, server_error: f64) {
+        let mut st = self.shared.lock();
+        st.rate_limit = rate_limit;
+        st.server_error = server_error;
+    }
+
+    /// Waits until at least `n` requests have been answered.
+    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.shared.requests_tx.subscribe();
+        let done = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
+            Ok(Ok(_))
+        );
+        done
+    }
+}
+
+impl State {
+    fn take_id(&mut self) -> String {
+        let n = self.next_id;
+        self.next_id += 1;
+        format!("qz-{n:07}")
+    }
+
+    fn push_plain(&mut self, at: DateTime<Utc>) -> String {
+        let id = self.take_id();
+        let (action, rtype) = ACTIONS[self.rng.random_range(0..ACTIONS.len())];
+        let user = self.rng.random_range(0..20u32);
+        self.entries.push(Entry {
+            id: id.clone(),
+            action: action.into(),
+            resource_type: rtype.into(),
+            resource_id: format!("{rtype}-{}", self.rng.random_range(0..500u32)),
+            user_id: (user > 0).then(|| format!("usr-{user:03}")),
+            created_at: at,
+            details: json!({"seq": id, "ip": "192.0.2.7"}).to_string(),
+        });
+        id
+    }
+
+    /// Entries created at or after `from`, newest first, at most `limit`.
+    fn query(&self, from: DateTime<Utc>, limit: usize) -> Vec<Entry> {
+        let now = Utc::now();
+        let mut hits: Vec<&Entry> = self
+            .entries
+            .iter()
+            .filter(|e| e.created_at >= from && e.created_at <= now)
+            .collect();
+        hits.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        hits.into_iter().take(limit).cloned().collect()
+    }
+}
+
+fn fail(status: u16, code: &str, message: &str) -> Response {
+    Response::json(
+        status,
+        json!({"success": false, "error": {"code": code, "message": message}}).to_string(),
+    )
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let mut conn = Conn::new(stream);
+    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
+        let req = match conn.read_request(1024 * 1024).await {
+            Ok(r) => r,
+            Err(ReadError::Bad(status, why)) => {
+                conn.reject(&fail(status, "BAD_REQUEST", &why)).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let resp = shared.handle(&req);
+        let close = !req.keep_alive;
+        if resp.write(&mut conn.stream, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, req: &Request) -> Response {
+        let mut st = self.lock();
+        st.stats.requests += 1;
+        let resp = self.decide(&mut st, req);
+        let n = st.stats.requests;
+        drop(st);
+        self.requests_tx.send_replace(n);
+        resp
+    }
+
+    fn decide(&self, st: &mut State, req: &Request) -> Response {
+        let bearer = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "));
+        let admin = bearer == Some(self.cfg.admin_token.as_str());
+        let member = admin || bearer == Some(self.cfg.member_token.as_str());
+        if !member {
+            st.stats.unauthorized += 1;
+            return fail(401, "UNAUTHORIZED", "Invalid or expired token");
+        }
+        let (p_rl, p_se) = (st.rate_limit, st.server_error);
+        if p_rl > 0.0 && st.rng.random::<f64>() < p_rl {
+            st.stats.rate_limited += 1;
+            return fail(429, "RATE_LIMITED", "Too many requests")
+                .with_header("Retry-After", self.cfg.retry_after_secs.to_string());
+        }
+        if p_se > 0.0 && st.rng.random::<f64>() < p_se {
+            st.stats.server_error += 1;
+            return fail(500, "INTERNAL", "Loki query failed");
+        }
+        match (req.method.as_str(), req.path()) {
+            ("POST", EXPORT_PATH) => self.export(st, req, admin),
+            ("GET", AUDIT_PATH) => self.audit(st, req),
+            _ => fail(404, "NOT_FOUND", "Not found"),
+        }
+    }
+
+    fn export(&self, st: &mut State, req: &Request, admin: bool) -> Response {
+        let body: Value = match serde_json::from_slice(&req.body) {
+            Ok(v) => v,
+            Err(_) => {
+                st.stats.bad_request += 1;
+                return fail(400, "BAD_REQUEST", "Invalid JSON body");
+            }
+        };
+        if body.get("org_id").and_then(Value::as_str) != Some(self.cfg.org_id.as_str()) {
+            st.stats.bad_request += 1;
+            return fail(400, "BAD_REQUEST", "org_id required");
+        }
+        if !admin {
+            st.stats.forbidden += 1;
+            return fail(403, "FORBIDDEN", "Admin required");
+        }
+        if body.get("action").and_then(Value::as_str) != Some("audit_logs") {
+            st.stats.bad_request += 1;
+            return fail(400, "BAD_REQUEST", "Unknown action");
+        }
+        let days = js_parse_int(body.get("days")).unwrap_or(30);
+        st.stats.exports += 1;
+        st.stats.days.push(days);
+        let from = Utc::now() - chrono::Duration::milliseconds(days.saturating_mul(86_400_000));
+        let logs = st.query(from, self.cfg.cap);
+        if logs.len() == self.cfg.cap {
+            st.stats.capped += 1;
+        }
+        let count = logs.len();
+        if body.get("format").and_then(Value::as_str) == Some("csv") {
+            st.stats.csv_exports += 1;
+            let mut csv = String::from(CSV_HEADER);
+            for e in &logs {
+                csv.push('\n');
+                csv.push_str(&e.csv_row());
+            }
+            return Response::json(
+                200,
+                json!({"success": true, "data": {"csv": csv, "count": count}}).to_string(),
+            );
+        }
+        let logs: Vec<Value> = logs.iter().map(Entry::to_json).collect();
+        Response::json(
+            200,
+            json!({"success": true, "data": {"logs": logs, "count": count}}).to_string(),
+        )
+    }
+
+    fn audit(&self, st: &mut State, req: &Request) -> Response {
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
+            .into_owned()
+            .collect();
+        let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        if get("org_id") != Some(self.cfg.org_id.as_str()) {
+            st.stats.bad_request += 1;
+            return fail(400, "BAD_REQUEST", "org_id required");
+        }
+        if get("mode") != Some("recent") {
+            st.stats.bad_request += 1;
+            return fail(400, "BAD_REQUEST", "Unsupported mode");
+        }
+        let limit = get("limit")
+            .and_then(|l| js_parse_int(Some(&Value::String(l.into()))))
+            .unwrap_or(100)
+            .clamp(1, 5000) as usize;
+        st.stats.audits += 1;
+        let logs = st.query(Utc::now() - chrono::Duration::days(14), limit);
+        let count = logs.len();
+        let logs: Vec<Value> = logs.iter().map(Entry::to_json).collect();
+        Response::json(
+            200,
+            json!({"success": true, "data": {"logs": logs, "count": count}}).to_string(),
+        )
+    }
+}
