@@ -59,6 +59,7 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
             name: name.clone(),
             checkpoint,
             health: health.clone(),
+            state_dir: config.state_dir.clone(),
         })?;
         let mut routes = Vec::new();
         for (sink_name, s) in &config.sinks {

@@ -304,6 +304,7 @@ mod tests {
                 name: "demo".into(),
                 checkpoint,
                 health: Health::default(),
+                state_dir: std::env::temp_dir(),
             },
         )
         .unwrap()

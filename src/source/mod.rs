@@ -11,7 +11,9 @@ pub mod http_pull;
 pub mod poll;
 pub mod quickztna;
 pub mod recent_ids;
+pub mod spool;
 pub mod veza;
+pub mod webhook_in;
 
 use std::time::Duration;
 
@@ -40,6 +42,8 @@ pub struct SourceContext {
     /// The state of the last committed batch, if any.
     pub checkpoint: Option<Vec<u8>>,
     pub health: Health,
+    /// The daemon's state directory (for sources that keep local data).
+    pub state_dir: std::path::PathBuf,
 }
 
 /// `[sources.NAME]`, by `type`.
@@ -50,14 +54,15 @@ pub enum SourceConfig {
     Quickztna(quickztna::QuickztnaConfig),
     Certifyclouds(certifyclouds::CertifycloudsConfig),
     HttpPull(http_pull::HttpPullConfig),
+    WebhookIn(webhook_in::WebhookInConfig),
     Demo(demo::DemoConfig),
 }
 
 /// Source types this build provides, for error messages.
-const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, demo";
+const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, webhook_in, demo";
 
 /// Source types of SPEC §2 that this build does not provide yet.
-const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
+const PLANNED: &[&str] = &["veza_list"];
 
 impl SourceConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -73,6 +78,7 @@ impl SourceConfig {
             "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
             "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
             "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
+            "webhook_in" => extract_section(fig, path, shared).map(SourceConfig::WebhookIn),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other if PLANNED.contains(&other) => Err(vec![Problem {
                 path: format!("{path}.type"),
@@ -93,6 +99,7 @@ impl SourceConfig {
             SourceConfig::Quickztna(_) => "quickztna",
             SourceConfig::Certifyclouds(_) => "certifyclouds",
             SourceConfig::HttpPull(_) => "http_pull",
+            SourceConfig::WebhookIn(_) => "webhook_in",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -103,6 +110,7 @@ impl SourceConfig {
             SourceConfig::Quickztna(c) => c.validate(path, problems),
             SourceConfig::Certifyclouds(c) => c.validate(path, problems),
             SourceConfig::HttpPull(c) => c.validate(path, problems),
+            SourceConfig::WebhookIn(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -121,6 +129,7 @@ impl SourceConfig {
             SourceConfig::Quickztna(_)
             | SourceConfig::Certifyclouds(_)
             | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
+            SourceConfig::WebhookIn(_) => webhook_in::manual_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -135,6 +144,9 @@ impl SourceConfig {
                 Box::new(certifyclouds::CertifycloudsSource::new(c.clone(), ctx)?)
             }
             SourceConfig::HttpPull(c) => Box::new(http_pull::HttpPullSource::new(c.clone(), ctx)?),
+            SourceConfig::WebhookIn(c) => {
+                Box::new(webhook_in::WebhookInSource::new(c.clone(), ctx)?)
+            }
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })
     }
