@@ -13,6 +13,7 @@ pub mod quickztna;
 pub mod recent_ids;
 pub mod spool;
 pub mod veza;
+pub mod veza_list;
 pub mod webhook_in;
 
 use std::time::Duration;
@@ -51,6 +52,7 @@ pub struct SourceContext {
 #[allow(clippy::large_enum_variant)] // built once at startup
 pub enum SourceConfig {
     Veza(veza::VezaConfig),
+    VezaList(veza_list::VezaListConfig),
     Quickztna(quickztna::QuickztnaConfig),
     Certifyclouds(certifyclouds::CertifycloudsConfig),
     HttpPull(http_pull::HttpPullConfig),
@@ -59,10 +61,7 @@ pub enum SourceConfig {
 }
 
 /// Source types this build provides, for error messages.
-const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, webhook_in, demo";
-
-/// Source types of SPEC §2 that this build does not provide yet.
-const PLANNED: &[&str] = &["veza_list"];
+const AVAILABLE: &str = "veza, veza_list, quickztna, certifyclouds, http_pull, webhook_in, demo";
 
 impl SourceConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -75,17 +74,12 @@ impl SourceConfig {
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
+            "veza_list" => extract_section(fig, path, shared).map(SourceConfig::VezaList),
             "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
             "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
             "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
             "webhook_in" => extract_section(fig, path, shared).map(SourceConfig::WebhookIn),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
-            other if PLANNED.contains(&other) => Err(vec![Problem {
-                path: format!("{path}.type"),
-                message: format!(
-                    "source type \"{other}\" is not available in this version (available: {AVAILABLE})"
-                ),
-            }]),
             other => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("unknown source type \"{other}\" (available: {AVAILABLE})"),
@@ -96,6 +90,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Veza(_) => "veza",
+            SourceConfig::VezaList(_) => "veza_list",
             SourceConfig::Quickztna(_) => "quickztna",
             SourceConfig::Certifyclouds(_) => "certifyclouds",
             SourceConfig::HttpPull(_) => "http_pull",
@@ -107,6 +102,7 @@ impl SourceConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         match self {
             SourceConfig::Veza(c) => c.validate(path, problems),
+            SourceConfig::VezaList(c) => c.validate(path, problems),
             SourceConfig::Quickztna(c) => c.validate(path, problems),
             SourceConfig::Certifyclouds(c) => c.validate(path, problems),
             SourceConfig::HttpPull(c) => c.validate(path, problems),
@@ -126,6 +122,10 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
+            SourceConfig::VezaList(_) => Err(
+                "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
+                    .into(),
+            ),
             SourceConfig::Quickztna(_)
             | SourceConfig::Certifyclouds(_)
             | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
@@ -137,6 +137,15 @@ impl SourceConfig {
     pub fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),
+            SourceConfig::VezaList(c) => {
+                let label = ctx.name.clone();
+                Box::new(veza_list::VezaListSource::new(
+                    c.clone(),
+                    ctx,
+                    &label,
+                    None,
+                )?)
+            }
             SourceConfig::Quickztna(c) => {
                 Box::new(quickztna::QuickztnaSource::new(c.clone(), ctx)?)
             }

@@ -13,4 +13,5 @@ pub mod pull_fake;
 pub mod quickztna_fake;
 pub mod sink;
 pub mod veza_fake;
+pub mod veza_list_fake;
 pub mod webhook_receiver;
