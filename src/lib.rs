@@ -6,6 +6,7 @@
 //! (durable cursors), [`config`], [`server`] (metrics and health),
 //! [`format`] (encoders that frame raw events).
 
+pub mod backfill;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;

@@ -51,6 +51,22 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:9464/healthz")]
         url: String,
     },
+    /// Deliver a past time range of a Veza source (its audit list, at most
+    /// 90 days back) through that source's sinks, then exit; an interrupted
+    /// backfill resumes when run again with the same range.
+    Backfill {
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// A veza or veza_list source of the config.
+        #[arg(long)]
+        source: String,
+        /// Start: RFC 3339, or a negative duration such as -7d.
+        #[arg(long, allow_hyphen_values = true)]
+        from: String,
+        /// End (exclusive): RFC 3339, "now" or a negative duration; default now.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+    },
     /// Send one synthetic event to each sink and report what each answered.
     SendTest {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
@@ -171,6 +187,12 @@ fn main() -> ExitCode {
             sink,
             timeout,
         } => send_test(&config, sink, timeout),
+        Command::Backfill {
+            config,
+            source,
+            from,
+            to,
+        } => backfill(&config, &source, &from, to.as_deref()),
     }
 }
 
@@ -234,6 +256,61 @@ fn validate(path: &Path, online: bool) -> ExitCode {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
+        }
+    })
+}
+
+fn backfill(path: &Path, source: &str, from: &str, to: Option<&str>) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    // Everything that can be checked without the network, before any request.
+    if let Err(e) = auditrelay::backfill::list_config(&cfg, source) {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let range = match auditrelay::backfill::range(from, to, chrono::Utc::now()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    auditrelay::logging::init(cfg.log_format, &cfg.log_level);
+    with_runtime(|| async move {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            if let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                on_signal.cancel();
+            }
+        });
+        match auditrelay::backfill::run(&cfg, source, range, stop).await {
+            Ok(auditrelay::backfill::Outcome::Complete { events }) => {
+                println!(
+                    "backfill of {source} from {} to {} complete: {events} events delivered",
+                    range.from.to_rfc3339(),
+                    range.to.to_rfc3339()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(auditrelay::backfill::Outcome::Interrupted) => {
+                eprintln!("backfill interrupted; run the same command again to resume");
+                ExitCode::from(130)
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
         }
     })
 }

@@ -189,6 +189,16 @@ fn shipped_source_examples_validate() {
                 "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
             ],
         ),
+        (
+            "config/webhook-in.toml",
+            &[
+                "AUDITRELAY_SOURCES__PUSH__TOKEN_FILE",
+                "AUDITRELAY_SOURCES__PUSH__HMAC_SECRET_FILE",
+                "AUDITRELAY_SOURCES__PUSH__TLS__CERT_FILE",
+                "AUDITRELAY_SOURCES__PUSH__TLS__KEY_FILE",
+                "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
+            ],
+        ),
     ];
     for (file, vars) in cases {
         let mut cmd = auditrelay();

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig};
 use support::pull_fake::{PullFake, PullFakeConfig, PullMode};
 use support::quickztna_fake::{js_parse_int, QuickztnaFake, QuickztnaFakeConfig, CSV_HEADER};
+use support::veza_list_fake::VezaListFake;
 
 async fn post_json(url: &str, token: &str, body: Value) -> (u16, Value) {
     let resp = reqwest::Client::new()
@@ -444,4 +445,71 @@ async fn pull_fake_serves_each_pagination_style() {
     .await;
     assert_eq!(fake.stats().cooldown_violations, 1);
     assert!(fake.wait_for_requests(2, Duration::from_secs(1)).await);
+}
+
+// ---------------------------------------------------------------- Veza list
+
+#[tokio::test]
+async fn veza_list_fake_requires_a_recent_filter_and_page_size_and_pages_by_token() {
+    let fake = VezaListFake::start("t", false).await.unwrap();
+    let now = Utc::now();
+    let ids = fake.add_spread(
+        5,
+        now - chrono::Duration::days(2),
+        now - chrono::Duration::days(1),
+    );
+    let base = format!("{}/api/preview/system/audit", fake.url());
+    let filter =
+        |from: chrono::DateTime<Utc>| urlenc(&format!("ended_at GE \"{}\"", from.to_rfc3339()));
+    let (status, v) = get_json(&format!("{base}?page_size=2"), "t").await;
+    assert_eq!(
+        (status, v["code"].as_i64()),
+        (400, Some(3)),
+        "filter is required"
+    );
+    let (status, _) = get_json(
+        &format!("{base}?filter={}", filter(now - chrono::Duration::days(3))),
+        "t",
+    )
+    .await;
+    assert_eq!(status, 400, "page_size is required");
+    let (status, v) = get_json(
+        &format!(
+            "{base}?page_size=2&filter={}",
+            filter(now - chrono::Duration::days(91))
+        ),
+        "t",
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(v["message"].as_str().unwrap().contains("90 days"));
+    let f = filter(now - chrono::Duration::days(3));
+    let (status, v) = get_json(&format!("{base}?page_size=2&filter={f}"), "t").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["values"][0]["request_id"], ids[0].as_str());
+    assert!(v["values"][0]["ended_at"].is_string() && v["values"][0]["identity"].is_object());
+    let token = v["next_page_token"].as_str().unwrap().to_string();
+    let (_, v) = get_json(
+        &format!("{base}?page_size=2&filter={f}&page_token={token}"),
+        "t",
+    )
+    .await;
+    assert_eq!(v["values"][0]["request_id"], ids[2].as_str());
+    // A token is only valid with the filter it was issued for.
+    let other = filter(now - chrono::Duration::days(2));
+    let (status, _) = get_json(
+        &format!("{base}?page_size=2&filter={other}&page_token={token}"),
+        "t",
+    )
+    .await;
+    assert_eq!(status, 400);
+    // The upper bound is honoured.
+    let bounded = urlenc(&format!(
+        "ended_at GE \"{}\" and ended_at LT \"{}\"",
+        (now - chrono::Duration::days(3)).to_rfc3339(),
+        (now - chrono::Duration::hours(36)).to_rfc3339()
+    ));
+    let (_, v) = get_json(&format!("{base}?page_size=100&filter={bounded}"), "t").await;
+    assert_eq!(v["values"].as_array().unwrap().len(), 2, "LT is exclusive");
+    assert_eq!(v["next_page_token"], "");
 }

@@ -11,7 +11,10 @@ pub mod http_pull;
 pub mod poll;
 pub mod quickztna;
 pub mod recent_ids;
+pub mod spool;
 pub mod veza;
+pub mod veza_list;
+pub mod webhook_in;
 
 use std::time::Duration;
 
@@ -50,17 +53,16 @@ pub struct SourceContext {
 #[allow(clippy::large_enum_variant)] // built once at startup
 pub enum SourceConfig {
     Veza(veza::VezaConfig),
+    VezaList(veza_list::VezaListConfig),
     Quickztna(quickztna::QuickztnaConfig),
     Certifyclouds(certifyclouds::CertifycloudsConfig),
     HttpPull(http_pull::HttpPullConfig),
+    WebhookIn(webhook_in::WebhookInConfig),
     Demo(demo::DemoConfig),
 }
 
 /// Source types this build provides, for error messages.
-const AVAILABLE: &str = "veza, quickztna, certifyclouds, http_pull, demo";
-
-/// Source types of SPEC §2 that this build does not provide yet.
-const PLANNED: &[&str] = &["veza_list", "certifyclouds", "http_pull", "webhook_in"];
+const AVAILABLE: &str = "veza, veza_list, quickztna, certifyclouds, http_pull, webhook_in, demo";
 
 impl SourceConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
@@ -73,16 +75,12 @@ impl SourceConfig {
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
+            "veza_list" => extract_section(fig, path, shared).map(SourceConfig::VezaList),
             "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
             "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
             "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
+            "webhook_in" => extract_section(fig, path, shared).map(SourceConfig::WebhookIn),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
-            other if PLANNED.contains(&other) => Err(vec![Problem {
-                path: format!("{path}.type"),
-                message: format!(
-                    "source type \"{other}\" is not available in this version (available: {AVAILABLE})"
-                ),
-            }]),
             other => Err(vec![Problem {
                 path: format!("{path}.type"),
                 message: format!("unknown source type \"{other}\" (available: {AVAILABLE})"),
@@ -93,9 +91,11 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Veza(_) => "veza",
+            SourceConfig::VezaList(_) => "veza_list",
             SourceConfig::Quickztna(_) => "quickztna",
             SourceConfig::Certifyclouds(_) => "certifyclouds",
             SourceConfig::HttpPull(_) => "http_pull",
+            SourceConfig::WebhookIn(_) => "webhook_in",
             SourceConfig::Demo(_) => "demo",
         }
     }
@@ -103,9 +103,11 @@ impl SourceConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         match self {
             SourceConfig::Veza(c) => c.validate(path, problems),
+            SourceConfig::VezaList(c) => c.validate(path, problems),
             SourceConfig::Quickztna(c) => c.validate(path, problems),
             SourceConfig::Certifyclouds(c) => c.validate(path, problems),
             SourceConfig::HttpPull(c) => c.validate(path, problems),
+            SourceConfig::WebhookIn(c) => c.validate(path, problems),
             SourceConfig::Demo(c) => c.validate(path, problems),
         }
     }
@@ -121,9 +123,14 @@ impl SourceConfig {
         }
         match self {
             SourceConfig::Veza(_) => veza::manual_checkpoint(token, time),
+            SourceConfig::VezaList(_) => Err(
+                "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
+                    .into(),
+            ),
             SourceConfig::Quickztna(_)
             | SourceConfig::Certifyclouds(_)
             | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
+            SourceConfig::WebhookIn(_) => webhook_in::manual_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
     }
@@ -131,6 +138,15 @@ impl SourceConfig {
     pub fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         Ok(match self {
             SourceConfig::Veza(c) => Box::new(veza::VezaSource::new(c.clone(), ctx)?),
+            SourceConfig::VezaList(c) => {
+                let label = ctx.name.clone();
+                Box::new(veza_list::VezaListSource::new(
+                    c.clone(),
+                    ctx,
+                    &label,
+                    None,
+                )?)
+            }
             SourceConfig::Quickztna(c) => {
                 Box::new(quickztna::QuickztnaSource::new(c.clone(), ctx)?)
             }
@@ -138,6 +154,9 @@ impl SourceConfig {
                 Box::new(certifyclouds::CertifycloudsSource::new(c.clone(), ctx)?)
             }
             SourceConfig::HttpPull(c) => Box::new(http_pull::HttpPullSource::new(c.clone(), ctx)?),
+            SourceConfig::WebhookIn(c) => {
+                Box::new(webhook_in::WebhookInSource::new(c.clone(), ctx)?)
+            }
             SourceConfig::Demo(c) => Box::new(demo::DemoSource::new(c.clone(), ctx)?),
         })
     }

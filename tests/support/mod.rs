@@ -18,4 +18,5 @@ pub mod rsyslog;
 pub mod sink;
 pub mod tls;
 pub mod veza_fake;
+pub mod veza_list_fake;
 pub mod webhook_receiver;

@@ -1,0 +1,496 @@
+//! Veza's audit-log list (`GET /api/preview/system/audit`), for one-shot
+//! backfills of a time range: `filter=ended_at GE "<from>" and ended_at LT
+//! "<to>"` with `page_size`, then each `next_page_token` (the filter is sent
+//! every time: this endpoint always requires one). Results come in order of
+//! completion time; the API serves at most 90 days back, which is checked
+//! before anything is sent.
+//!
+//! The checkpoint holds the range and the token of the next page, so an
+//! interrupted backfill resumes where it stopped; the source is finished
+//! when a page has no next token or reaches the end of the range.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tracing::{info, warn};
+
+use super::poll::{count_fresh, fresh, snippet, Fetcher, FetcherConfig, RateLimitConfig, SeenSet};
+use super::{Paths, Source, SourceContext, StartAt};
+use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
+use crate::event::{scalar_text, Batch, FieldExtractor, FieldPath};
+use crate::secret::SecretKeys;
+
+/// How far back the list endpoint serves.
+pub const MAX_AGE_DAYS: i64 = 90;
+
+/// `[sources.NAME]` with `type = "veza_list"`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct VezaListConfig {
+    pub url: String,
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+    pub token_credential: Option<String>,
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    /// Start of the range (`auditrelay backfill --from` overrides it): RFC
+    /// 3339, `now` or a negative duration.
+    #[serde(default = "default_from")]
+    pub from: String,
+    /// End of the range, exclusive (`--to` overrides it); default: when the
+    /// backfill starts.
+    pub to: Option<String>,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_token_param")]
+    pub token_param: String,
+    #[serde(default = "default_items_path")]
+    pub items_path: String,
+    #[serde(default = "default_next_token_path")]
+    pub next_token_path: String,
+    #[serde(default = "default_id_path")]
+    pub id_path: Paths,
+    #[serde(default = "default_time_path")]
+    pub time_path: Paths,
+    #[serde(default = "default_type_path")]
+    pub type_path: Paths,
+    #[serde(default = "default_rate_limit_wait", with = "humantime_serde")]
+    pub rate_limit_wait: Duration,
+    #[serde(default = "default_rate_limit_jitter", with = "humantime_serde")]
+    pub rate_limit_jitter: Duration,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(default = "default_auth_retry", with = "humantime_serde")]
+    pub auth_retry: Duration,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+fn default_page_size() -> u32 {
+    1000
+}
+fn default_from() -> String {
+    "-24h".into()
+}
+fn default_path() -> String {
+    "/api/preview/system/audit".into()
+}
+fn default_token_param() -> String {
+    "page_token".into()
+}
+fn default_items_path() -> String {
+    "values".into()
+}
+fn default_next_token_path() -> String {
+    "next_page_token".into()
+}
+fn default_id_path() -> Paths {
+    Paths::of(&["request_id", "id"])
+}
+fn default_time_path() -> Paths {
+    Paths::of(&["ended_at", "timestamp"])
+}
+fn default_type_path() -> Paths {
+    Paths::of(&["type", "event_type", "intent", "endpoint", "action"])
+}
+fn default_rate_limit_wait() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_rate_limit_jitter() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_auth_retry() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// A backfill range, checked against the API's 90-day limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Range {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+impl Range {
+    /// Checks a range before any request: `from < to`, `from` within the
+    /// last 90 days.
+    pub fn check(
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Range, String> {
+        let oldest = now - chrono::Duration::days(MAX_AGE_DAYS);
+        if from < oldest {
+            return Err(format!(
+                "--from {} is {} days ago; the Veza audit list API serves only the last {MAX_AGE_DAYS} days (from {} on)",
+                from.to_rfc3339_opts(SecondsFormat::Secs, true),
+                (now - from).num_days(),
+                oldest.to_rfc3339_opts(SecondsFormat::Secs, true)
+            ));
+        }
+        if from >= to {
+            return Err(format!(
+                "--from {} is not before --to {}",
+                from.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+                to.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            ));
+        }
+        Ok(Range { from, to })
+    }
+}
+
+/// Reads `from`/`to` as RFC 3339, `now` or a negative duration.
+pub fn parse_bound(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    StartAt::parse(text).map(|s| s.resolve(now))
+}
+
+impl VezaListConfig {
+    fn token_keys(&self) -> SecretKeys {
+        SecretKeys {
+            file: self.token_file.clone(),
+            env: self.token_env.clone(),
+            credential: self.token_credential.clone(),
+        }
+    }
+
+    /// The range of this config, at `now`.
+    pub fn range(&self, now: DateTime<Utc>) -> Result<Range, String> {
+        let from = parse_bound(&self.from, now).map_err(|e| format!("from: {e}"))?;
+        let to = match &self.to {
+            Some(t) => parse_bound(t, now).map_err(|e| format!("to: {e}"))?,
+            None => now,
+        };
+        Range::check(from, to, now)
+    }
+
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        parse_url(&self.url, &format!("{path}.url"), problems);
+        match self.token_keys().source("token") {
+            Ok(Some(src)) => {
+                if let Err(e) = src.load() {
+                    problems.push(format!("{path}.{}", src.key("token")), e);
+                }
+            }
+            Ok(None) => problems.push(
+                format!("{path}.token_file"),
+                "the Veza API needs a token: set token_file, token_env or token_credential",
+            ),
+            Err(e) => problems.push(path, e),
+        }
+        if !(1..=10_000).contains(&self.page_size) {
+            problems.push(
+                format!("{path}.page_size"),
+                format!(
+                    "{} is out of range 1..=10000 (Veza's maximum)",
+                    self.page_size
+                ),
+            );
+        }
+        if let Err(e) = self.range(Utc::now()) {
+            problems.push(format!("{path}.from"), e);
+        }
+        if !self.path.starts_with('/') {
+            problems.push(format!("{path}.path"), "must start with /");
+        }
+        for (key, v) in [
+            ("items_path", &self.items_path),
+            ("next_token_path", &self.next_token_path),
+        ] {
+            if let Err(e) = FieldPath::parse(v) {
+                problems.push(format!("{path}.{key}"), e);
+            }
+        }
+        if self.token_param.is_empty() {
+            problems.push(format!("{path}.token_param"), "must not be empty");
+        }
+        require_positive(self.timeout, &format!("{path}.timeout"), problems);
+        self.id_path.validate(&format!("{path}.id_path"), problems);
+        self.time_path
+            .validate(&format!("{path}.time_path"), problems);
+        self.type_path
+            .validate(&format!("{path}.type_path"), problems);
+        self.retry.validate(path, problems);
+        self.tls.validate(path, problems);
+    }
+}
+
+/// The checkpoint of a backfill.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct State {
+    range: Range,
+    /// Token of the next page; none before the first.
+    token: Option<String>,
+    /// The last page was read.
+    done: bool,
+    /// Ids of the last page, dropped if a retried page repeats them.
+    #[serde(default)]
+    seen: SeenSet,
+}
+
+impl State {
+    fn new(range: Range) -> State {
+        State {
+            range,
+            token: None,
+            done: false,
+            seen: SeenSet::new(20_000),
+        }
+    }
+}
+
+pub struct VezaListSource {
+    /// Name the events are labelled with (the configured source).
+    label: Arc<str>,
+    cfg: VezaListConfig,
+    fetcher: Fetcher,
+    url: url::Url,
+    extractor: FieldExtractor,
+    items_path: FieldPath,
+    next_token_path: FieldPath,
+    state: State,
+}
+
+impl VezaListSource {
+    /// A backfill of `range` for the source `label`; `ctx.name` keys its
+    /// checkpoint, which is resumed when it is for the same range. Without
+    /// `range` (the daemon), the stored range or else the config's.
+    pub fn new(
+        cfg: VezaListConfig,
+        ctx: SourceContext,
+        label: &str,
+        range: Option<Range>,
+    ) -> anyhow::Result<Self> {
+        let path = format!("sources.{label}");
+        let url = url::Url::parse(&cfg.url)
+            .and_then(|base| base.join(&cfg.path))
+            .map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
+        let token_source = cfg
+            .token_keys()
+            .source("token")
+            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
+            .ok_or_else(|| anyhow::anyhow!("{path}.token_file: no token configured"))?;
+        let parse =
+            |p: &Paths, key: &str| p.parse().map_err(|e| anyhow::anyhow!("{path}.{key}: {e}"));
+        let extractor = FieldExtractor::new(
+            parse(&cfg.id_path, "id_path")?,
+            parse(&cfg.time_path, "time_path")?,
+            parse(&cfg.type_path, "type_path")?,
+        );
+        let items_path = FieldPath::parse(&cfg.items_path)
+            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
+        let next_token_path = FieldPath::parse(&cfg.next_token_path)
+            .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
+        let stored: Option<State> = match &ctx.checkpoint {
+            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint {} is not a Veza backfill state ({e}); reset it with \
+                     `auditrelay checkpoint reset --source {}`",
+                    ctx.name,
+                    ctx.name
+                )
+            })?),
+            None => None,
+        };
+        let state = match (stored, range) {
+            // A backfill command names its range: resume only that one.
+            (Some(s), Some(r)) if s.range == r => {
+                info!(source = %label, done = s.done, "resuming the backfill of this range from its checkpoint");
+                s
+            }
+            (Some(s), Some(r)) => {
+                warn!(source = %label, stored_from = %s.range.from.to_rfc3339(), stored_to = %s.range.to.to_rfc3339(), "the stored backfill checkpoint is for another range; starting this one from the beginning");
+                State::new(r)
+            }
+            (None, Some(r)) => State::new(r),
+            // In the daemon the range is fixed at the first start.
+            (Some(s), None) => {
+                info!(source = %label, from = %s.range.from.to_rfc3339(), to = %s.range.to.to_rfc3339(), done = s.done, "continuing the range fixed at the first start (from/to in the config apply to a fresh checkpoint only)");
+                s
+            }
+            (None, None) => State::new(
+                cfg.range(Utc::now())
+                    .map_err(|e| anyhow::anyhow!("{path}: {e}"))?,
+            ),
+        };
+        let fetcher = Fetcher::new(FetcherConfig {
+            name: ctx.name.as_str().into(),
+            client: crate::http::client(&cfg.tls, cfg.timeout, &path)?,
+            token_source: Some(token_source),
+            health: ctx.health,
+            retry: cfg.retry,
+            auth_retry: cfg.auth_retry,
+            rate_limit: RateLimitConfig::default(),
+            rate_limit_wait: cfg.rate_limit_wait,
+            rate_limit_jitter: cfg.rate_limit_jitter,
+            advice: Box::new(|status, body| {
+                format!(
+                    "the Veza API rejected the token with HTTP {status} ({body}); put a valid API key with audit-log read access in place"
+                )
+            }),
+        })?;
+        Ok(VezaListSource {
+            label: label.into(),
+            cfg,
+            fetcher,
+            url,
+            extractor,
+            items_path,
+            next_token_path,
+            state,
+        })
+    }
+
+    pub fn range(&self) -> Range {
+        self.state.range
+    }
+
+    fn filter(&self) -> String {
+        let f = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+        format!(
+            "ended_at GE \"{}\" and ended_at LT \"{}\"",
+            f(self.state.range.from),
+            f(self.state.range.to)
+        )
+    }
+}
+
+#[async_trait]
+impl Source for VezaListSource {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        loop {
+            if self.state.done {
+                return Ok(None);
+            }
+            let mut query = vec![
+                ("filter", self.filter()),
+                ("page_size", self.cfg.page_size.to_string()),
+            ];
+            if let Some(t) = &self.state.token {
+                query.push((self.cfg.token_param.as_str(), t.clone()));
+            }
+            let query: Vec<(String, String)> =
+                query.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let url = self.url.clone();
+            let reply = self
+                .fetcher
+                .send(move |c, t| {
+                    let req = c
+                        .get(url.clone())
+                        .query(&query)
+                        .header(reqwest::header::ACCEPT, "application/json");
+                    match t {
+                        Some(t) => req.bearer_auth(t.expose()),
+                        None => req,
+                    }
+                })
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(refused) => {
+                    self.fetcher
+                        .give_up_for_now(&refused, "check url, the range and page_size")
+                        .await;
+                    continue;
+                }
+            };
+            let body: Bytes = reply.body;
+            let parsed = serde_json::from_slice::<&RawValue>(&body)
+                .map_err(|e| format!("body is not JSON ({e}): {}", snippet(&body)))
+                .and_then(|root| {
+                    let items: Vec<&RawValue> = match self.items_path.lookup(root) {
+                        Some(v) if v.get() != "null" => serde_json::from_str(v.get())
+                            .map_err(|e| format!("\"{}\" is not a list: {e}", self.items_path))?,
+                        Some(_) => Vec::new(),
+                        None => {
+                            return Err(format!(
+                                "no \"{}\" member: {}",
+                                self.items_path,
+                                snippet(&body)
+                            ))
+                        }
+                    };
+                    let next = self
+                        .next_token_path
+                        .lookup(root)
+                        .and_then(|v| scalar_text(v).map(|t| t.into_owned()))
+                        .filter(|t| !t.is_empty());
+                    Ok((items, next))
+                });
+            let (items, next) = match parsed {
+                Ok(x) => x,
+                Err(why) => {
+                    self.fetcher.retry_later(&why).await;
+                    continue;
+                }
+            };
+            let returned = items.len();
+            let mut events: Vec<_> = items
+                .into_iter()
+                .map(|i| self.extractor.event(&body, i))
+                .collect();
+            // Ordered by completion time: an event at or past the end means
+            // the range is done (should the API ignore the upper bound).
+            let to = self.state.range.to;
+            let past_end = events.iter().any(|e| e.time.is_some_and(|t| t >= to));
+            events.retain(|e| e.time.is_none_or(|t| t < to));
+            let in_range = events.len();
+            let found = fresh(&self.state.seen, events, Some(self.state.range.from));
+            count_fresh(&self.label, in_range, &found);
+            self.fetcher.count_answer(!found.events.is_empty());
+            let mut seen = SeenSet::new(20_000);
+            for ev in &found.events {
+                seen.insert(&super::poll::dedup_key(ev), ev.time);
+            }
+            self.state.seen = seen;
+            self.state.done = past_end || next.is_none() || returned == 0;
+            if next.is_some() {
+                self.state.token = next;
+            }
+            let checkpoint = serde_json::to_vec(&self.state)?;
+            if found.events.is_empty() {
+                if self.state.done {
+                    // Nothing left to deliver: the last batch already
+                    // carried the state that matters.
+                    return Ok(None);
+                }
+                continue;
+            }
+            let newest_time = found.events.iter().filter_map(|e| e.time).max();
+            return Ok(Some(Batch {
+                source: self.label.clone(),
+                events: found.events,
+                checkpoint: checkpoint.into(),
+                newest_time,
+                fetched_at: Instant::now(),
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_90_day_limit_is_checked_up_front() {
+        let now = Utc::now();
+        let days = |d: i64| now - chrono::Duration::days(d);
+        assert!(Range::check(days(89), now, now).is_ok());
+        let e = Range::check(days(91), days(80), now).unwrap_err();
+        assert!(
+            e.contains("91 days ago") && e.contains("last 90 days"),
+            "{e}"
+        );
+        let e = Range::check(days(2), days(3), now).unwrap_err();
+        assert!(e.contains("is not before"), "{e}");
+    }
+}

@@ -1,0 +1,275 @@
+//! A fake of Veza's audit-log list (`GET /api/preview/system/audit`), after
+//! the seed document: bearer auth; `filter` is required and is
+//! `ended_at GE "<RFC 3339>"`, optionally `and ended_at LT "<RFC 3339>"`,
+//! at most 90 days back (older is a 400 with gRPC code 3); `page_size` is
+//! required (1..=10000); `page_token` continues a listing and must come with
+//! the same filter. Answers `{"values":[...],"next_page_token":"…"}` (empty
+//! at the end) in order of completion time (`ended_at`).
+
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::http1::{self, Conn, ReadError, Request, Response, Server};
+
+pub const LIST_PATH: &str = "/api/preview/system/audit";
+
+#[derive(Clone, Debug)]
+pub struct ListEvent {
+    pub request_id: String,
+    pub ended_at: DateTime<Utc>,
+    pub json: Value,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListStats {
+    pub requests: u64,
+    pub pages: u64,
+    pub with_token: u64,
+    pub too_old: u64,
+    pub bad_request: u64,
+    pub unauthorized: u64,
+    pub filters: Vec<String>,
+}
+
+struct State {
+    events: Vec<ListEvent>,
+    stats: ListStats,
+}
+
+struct Shared {
+    token: String,
+    /// Serve events past the upper bound too (an API ignoring it).
+    ignore_upper_bound: bool,
+    state: Mutex<State>,
+    requests_tx: watch::Sender<u64>,
+}
+
+pub struct VezaListFake {
+    shared: Arc<Shared>,
+    server: Server,
+}
+
+impl VezaListFake {
+    pub async fn start(token: &str, ignore_upper_bound: bool) -> io::Result<VezaListFake> {
+        let listener = http1::bind_loopback(0)?;
+        let shared = Arc::new(Shared {
+            token: token.into(),
+            ignore_upper_bound,
+            state: Mutex::new(State {
+                events: Vec::new(),
+                stats: ListStats::default(),
+            }),
+            requests_tx: watch::Sender::new(0),
+        });
+        let conn_shared = shared.clone();
+        let server = Server::spawn(listener, move |stream| {
+            serve_connection(conn_shared.clone(), stream)
+        })?;
+        Ok(VezaListFake { shared, server })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    /// `n` events ending evenly over `[from, to]`, Veza-shaped; their ids.
+    pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+        let mut st = self.shared.lock();
+        let span = (to - from).num_milliseconds().max(0);
+        let first = st.events.len();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            let off = if n > 1 {
+                span * i as i64 / (n as i64 - 1)
+            } else {
+                0
+            };
+            let ended = from + chrono::Duration::milliseconds(off);
+            let id = format!("{:032x}", first + i + 1);
+            let started = ended - chrono::Duration::milliseconds(16);
+            st.events.push(ListEvent {
+                request_id: id.clone(),
+                ended_at: ended,
+                json: json!({
+                    "identity": {"user_id": "aeaa34cf-e97f-4315-b185-249018cf191c", "session_id": "b0ba024d", "api_key_id": "", "email": "cookie@cookie.ai"},
+                    "status": {"grpc_code": "OK", "http_status": 200, "error_reason": "OK"},
+                    "client": {"ip": "10.42.1.1", "user_agent": "Mozilla/5.0"},
+                    "endpoint": "/api_protos.v1.APIKeyService/CreateAPIKey",
+                    "method": "POST",
+                    "url": "/api/preview/keys",
+                    "request_id": id,
+                    "request": {"name": format!("Key{i}")},
+                    "response": {"value": {"id": format!("k{i}")}},
+                    "started_at": started.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                    "ended_at": ended.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                }),
+            });
+            ids.push(id);
+        }
+        st.events.sort_by_key(|e| e.ended_at);
+        ids
+    }
+
+    pub fn events(&self) -> Vec<ListEvent> {
+        self.shared.lock().events.clone()
+    }
+
+    pub fn stats(&self) -> ListStats {
+        self.shared.lock().stats.clone()
+    }
+
+    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
+        let mut rx = self.shared.requests_tx.subscribe();
+        let done = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
+            Ok(Ok(_))
+        );
+        done
+    }
+}
+
+fn grpc_error(status: u16, code: i64, message: &str) -> Response {
+    Response::json(
+        status,
+        json!({"code": code, "message": message}).to_string(),
+    )
+}
+
+/// `ended_at GE "a"` with an optional `and ended_at LT "b"`.
+fn parse_filter(f: &str) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
+    let quoted = |s: &str| -> Option<DateTime<Utc>> {
+        let s = s.trim().strip_prefix('"')?.strip_suffix('"')?;
+        DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    let lower = f.to_ascii_lowercase();
+    let (ge, lt) = match lower.find(" and ") {
+        Some(i) => (&f[..i], Some(&f[i + 5..])),
+        None => (f, None),
+    };
+    let from = quoted(ge.trim().strip_prefix("ended_at GE ")?)?;
+    let to = match lt {
+        Some(l) => Some(quoted(l.trim().strip_prefix("ended_at LT ")?)?),
+        None => None,
+    };
+    Some((from, to))
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let mut conn = Conn::new(stream);
+    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
+        let req = match conn.read_request(64 * 1024).await {
+            Ok(r) => r,
+            Err(ReadError::Bad(status, why)) => {
+                conn.reject(&grpc_error(status, 3, &why)).await;
+                return;
+            }
+            Err(_) => return,
+        };
+        let resp = shared.handle(&req);
+        let close = !req.keep_alive;
+        if resp.write(&mut conn.stream, close).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handle(&self, req: &Request) -> Response {
+        let mut st = self.lock();
+        st.stats.requests += 1;
+        let resp = self.decide(&mut st, req);
+        let n = st.stats.requests;
+        drop(st);
+        self.requests_tx.send_replace(n);
+        resp
+    }
+
+    fn decide(&self, st: &mut State, req: &Request) -> Response {
+        if req.header("authorization") != Some(format!("Bearer {}", self.token).as_str()) {
+            st.stats.unauthorized += 1;
+            return grpc_error(401, 16, "unauthenticated");
+        }
+        if req.method != "GET" || req.path() != LIST_PATH {
+            return grpc_error(404, 5, "not found");
+        }
+        let q: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
+            .into_owned()
+            .collect();
+        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let Some(filter) = get("filter") else {
+            st.stats.bad_request += 1;
+            return grpc_error(400, 3, "a timestamp filter is required");
+        };
+        st.stats.filters.push(filter.clone());
+        let Some((from, to)) = parse_filter(&filter) else {
+            st.stats.bad_request += 1;
+            return grpc_error(400, 3, "invalid filter");
+        };
+        if from < Utc::now() - chrono::Duration::days(90) {
+            st.stats.too_old += 1;
+            return grpc_error(400, 3, "ended_at must be within the last 90 days");
+        }
+        let size = match get("page_size").map(|s| s.parse::<usize>()) {
+            Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+            _ => {
+                st.stats.bad_request += 1;
+                return grpc_error(400, 3, "page_size must be between 1 and 10000");
+            }
+        };
+        let mut offset = 0;
+        if let Some(t) = get("page_token").filter(|t| !t.is_empty()) {
+            st.stats.with_token += 1;
+            let decoded = URL_SAFE_NO_PAD
+                .decode(&t)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            match decoded.and_then(|d| {
+                let (o, f) = d.split_once('|')?;
+                Some((o.parse::<usize>().ok()?, f.to_string()))
+            }) {
+                Some((o, f)) if f == filter => offset = o,
+                _ => {
+                    st.stats.bad_request += 1;
+                    return grpc_error(400, 3, "invalid page token for this filter");
+                }
+            }
+        }
+        let to = if self.ignore_upper_bound { None } else { to };
+        let hits: Vec<&ListEvent> = st
+            .events
+            .iter()
+            .filter(|e| e.ended_at >= from && to.is_none_or(|t| e.ended_at < t))
+            .collect();
+        let page: Vec<Value> = hits
+            .iter()
+            .skip(offset)
+            .take(size)
+            .map(|e| e.json.clone())
+            .collect();
+        let next = offset + page.len();
+        let token = if next < hits.len() {
+            URL_SAFE_NO_PAD.encode(format!("{next}|{filter}"))
+        } else {
+            String::new()
+        };
+        st.stats.pages += 1;
+        Response::json(
+            200,
+            json!({"values": page, "next_page_token": token}).to_string(),
+        )
+    }
+}
