@@ -100,6 +100,9 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
 
 /// Runs the daemon until a signal, or until every source is finished.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Listen for SIGTERM/SIGINT before anything else, so a stop during
+    // startup is a clean stop (exit 0), not death by the default handler.
+    let mut signals = Signals::install()?;
     crate::secret::warn_if_exposed(&config.file);
     let health = Health::default();
     let daemon = build(&config, &health)?;
@@ -128,7 +131,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     let all_done = async { while tasks.join_next().await.is_some() {} };
     tokio::pin!(all_done);
-    let signal = shutdown_signal();
+    let signal = signals.recv();
     tokio::pin!(signal);
     loop {
         tokio::select! {
@@ -184,18 +187,27 @@ async fn write_textfile(path: PathBuf, every: Duration, health: Health, stop: Ca
     }
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        },
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-            "SIGINT"
+/// SIGTERM and SIGINT, registered once at startup.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())
+                .map_err(|e| anyhow::anyhow!("cannot handle SIGTERM: {e}"))?,
+            int: signal(SignalKind::interrupt())
+                .map_err(|e| anyhow::anyhow!("cannot handle SIGINT: {e}"))?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
         }
     }
 }
