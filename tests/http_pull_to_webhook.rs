@@ -340,9 +340,11 @@ async fn http_pull_sigkill_mid_walk_loses_nothing() {
     setup.write("token", TOKEN);
     for round in 0..5 {
         let mut daemon = setup.spawn();
+        // Each round has at least the 5 events added at the end of the
+        // previous one to deliver: one request is progress.
         let before = hook.stats().requests;
         assert!(
-            hook.wait_for_requests(before + 2, Duration::from_secs(30))
+            hook.wait_for_requests(before + 1, Duration::from_secs(30))
                 .await,
             "no progress in round {round}:\n{}",
             setup.tail(30)
