@@ -155,6 +155,12 @@ pub async fn run(
     let dropped = metrics().events_deduplicated.with_label_values(&[name]);
     let before = fetched.get() - dropped.get();
     let stopped = stop.clone();
+    let progress = tokio::spawn(show_progress(
+        key.clone(),
+        range.from,
+        range.to,
+        fetched.clone(),
+    ));
     let task = tokio::spawn(pipeline.run(stop.clone()));
     tokio::pin!(task);
     let interrupted = tokio::select! {
@@ -169,6 +175,7 @@ pub async fn run(
             true
         }
     };
+    progress.abort();
     if interrupted {
         info!(source = name, checkpoint = %store.path(&key).display(), "backfill interrupted; run the same command again to resume");
         return Ok(Outcome::Interrupted);
@@ -182,6 +189,58 @@ pub async fn run(
     let events = fetched.get() - dropped.get() - before;
     info!(source = name, events, "backfill complete");
     Ok(Outcome::Complete { events })
+}
+
+/// Progress of a backfill, measured by how far the committed event time has
+/// moved through the range: a bar with events/s and ETA on a terminal,
+/// a log line every 10 s otherwise (systemd, CI, pipes).
+async fn show_progress(
+    key: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    fetched: prometheus::IntCounter,
+) {
+    use std::io::IsTerminal;
+    let span = (to - from).num_seconds().max(1) as u64;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new(span);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{bar:40.cyan/blue} {percent:>3}%  {msg}  ETA {eta}",
+        ) {
+            pb.set_style(style);
+        }
+        pb
+    });
+    let started = std::time::Instant::now();
+    let first = fetched.get();
+    let mut tick = tokio::time::interval(if bar.is_some() {
+        std::time::Duration::from_millis(500)
+    } else {
+        std::time::Duration::from_secs(10)
+    });
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let done = metrics()
+            .committed_time(&key)
+            .map(|t| (t - from).num_seconds().clamp(0, span as i64) as u64)
+            .unwrap_or(0);
+        let events = fetched.get() - first;
+        let rate = events as f64 / started.elapsed().as_secs_f64().max(0.001);
+        match &bar {
+            Some(pb) => {
+                pb.set_position(done);
+                pb.set_message(format!("{events} events, {rate:.0}/s"));
+            }
+            None => info!(
+                source = %key,
+                percent = done * 100 / span,
+                events,
+                events_per_s = rate.round(),
+                "backfill progress"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -185,6 +185,11 @@ impl Metrics {
         }
     }
 
+    /// The newest committed event time of a source, if any.
+    pub fn committed_time(&self, source: &str) -> Option<DateTime<Utc>> {
+        self.committed_times.lock().ok()?.get(source).copied()
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let now = Utc::now();
