@@ -325,20 +325,7 @@ impl Source for CertifycloudsSource {
                 }
             }
             let query = self.query();
-            let url = self.url.clone();
-            let reply = self
-                .fetcher
-                .send(move |c, t| {
-                    let req = c
-                        .get(url.clone())
-                        .query(&query)
-                        .header(reqwest::header::ACCEPT, "application/json");
-                    match t {
-                        Some(t) => req.bearer_auth(t.expose()),
-                        None => req,
-                    }
-                })
-                .await;
+            let reply = self.fetcher.get_json(&self.url, &query).await;
             let reply = match reply {
                 Ok(r) => r,
                 Err(refused) => {

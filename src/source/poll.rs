@@ -443,6 +443,30 @@ impl Fetcher {
         self.count(if had_events { "ok" } else { "empty" });
     }
 
+    /// [`Fetcher::send`] for the common request: `GET url?query`, JSON
+    /// accepted, the token as a bearer.
+    pub async fn get_json<K: AsRef<str>>(
+        &mut self,
+        url: &url::Url,
+        query: &[(K, String)],
+    ) -> Result<Reply, Reply> {
+        let pairs: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_ref(), v.as_str()))
+            .collect();
+        self.send(|c, t| {
+            let req = c
+                .get(url.clone())
+                .query(&pairs)
+                .header(reqwest::header::ACCEPT, "application/json");
+            match t {
+                Some(t) => req.bearer_auth(t.expose()),
+                None => req,
+            }
+        })
+        .await
+    }
+
     /// Sends the request `build` makes until the API answers 2xx, or refuses
     /// it in a way waiting cannot fix (returned as `Err`). Rate limits pause
     /// every request of this source; 5xx, timeouts and broken connections

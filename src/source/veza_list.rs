@@ -379,20 +379,7 @@ impl Source for VezaListSource {
             }
             let query: Vec<(String, String)> =
                 query.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-            let url = self.url.clone();
-            let reply = self
-                .fetcher
-                .send(move |c, t| {
-                    let req = c
-                        .get(url.clone())
-                        .query(&query)
-                        .header(reqwest::header::ACCEPT, "application/json");
-                    match t {
-                        Some(t) => req.bearer_auth(t.expose()),
-                        None => req,
-                    }
-                })
-                .await;
+            let reply = self.fetcher.get_json(&self.url, &query).await;
             let reply = match reply {
                 Ok(r) => r,
                 Err(refused) => {
