@@ -80,6 +80,40 @@ impl SecretKeys {
     }
 }
 
+impl SecretKeys {
+    /// Config validation of the keys `{stem}_file|_env|_credential` of the
+    /// section at `path`: exactly one set (an error saying `missing` when
+    /// none is and the secret is required), and readable now. Returns the
+    /// secret for checks of its own.
+    pub fn validate(
+        &self,
+        stem: &str,
+        path: &str,
+        missing: Option<&str>,
+        problems: &mut crate::config::Problems,
+    ) -> Option<Secret> {
+        match self.source(stem) {
+            Ok(Some(src)) => match src.load() {
+                Ok(secret) => Some(secret),
+                Err(e) => {
+                    problems.push(format!("{path}.{}", src.key(stem)), e);
+                    None
+                }
+            },
+            Ok(None) => {
+                if let Some(why) = missing {
+                    problems.push(format!("{path}.{stem}_file"), why);
+                }
+                None
+            }
+            Err(e) => {
+                problems.push(path, e);
+                None
+            }
+        }
+    }
+}
+
 impl SecretSource {
     /// Reads the secret now. Surrounding whitespace (a trailing newline in a
     /// mounted file) is trimmed. Errors name the place, never the value.

@@ -151,23 +151,20 @@ impl SplunkHecConfig {
                 problems.push(&key, "must not have a query or fragment");
             }
         }
-        match self.token_keys().source("token") {
-            Ok(Some(src)) => match src.load() {
-                Ok(token) => {
-                    if auth_value(&token).is_none() {
-                        problems.push(
-                            format!("{path}.{}", src.key("token")),
-                            "the token holds characters an HTTP header cannot carry",
-                        );
-                    }
-                }
-                Err(e) => problems.push(format!("{path}.{}", src.key("token")), e),
-            },
-            Ok(None) => problems.push(
-                format!("{path}.token_file"),
-                "required: the HEC token (token_file, token_env or token_credential)",
-            ),
-            Err(e) => problems.push(path, e),
+        let keys = self.token_keys();
+        let required = "required: the HEC token (token_file, token_env or token_credential)";
+        if let Some(token) = keys.validate("token", path, Some(required), problems) {
+            if auth_value(&token).is_none() {
+                let key = keys
+                    .source("token")
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "token_file".to_string(), |s| s.key("token"));
+                problems.push(
+                    format!("{path}.{key}"),
+                    "the token holds characters an HTTP header cannot carry",
+                );
+            }
         }
         for (k, v) in [
             ("host", &self.host),

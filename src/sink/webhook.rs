@@ -145,15 +145,9 @@ impl WebhookConfig {
         }
         let mut have = BTreeMap::new();
         for (stem, keys) in self.secret_keys() {
-            match keys.source(stem) {
-                Ok(Some(src)) => {
-                    if let Err(e) = src.load() {
-                        problems.push(format!("{path}.{}", src.key(stem)), e);
-                    }
-                    have.insert(stem, true);
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(path, e),
+            keys.validate(stem, path, None, problems);
+            if matches!(keys.source(stem), Ok(Some(_))) {
+                have.insert(stem, true);
             }
         }
         if have.contains_key("password") != self.username.is_some() {

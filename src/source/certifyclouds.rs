@@ -144,18 +144,8 @@ impl CertifycloudsConfig {
 
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         parse_url(&self.url, &format!("{path}.url"), problems);
-        match self.token_keys().source("token") {
-            Ok(Some(src)) => {
-                if let Err(e) = src.load() {
-                    problems.push(format!("{path}.{}", src.key("token")), e);
-                }
-            }
-            Ok(None) => problems.push(
-                format!("{path}.token_file"),
-                "the CertifyClouds API needs a bearer token: set token_file, token_env or token_credential",
-            ),
-            Err(e) => problems.push(path, e),
-        }
+        self.token_keys()
+            .validate("token", path, Some("the CertifyClouds API needs a bearer token: set token_file, token_env or token_credential"), problems);
         if !self.path.starts_with('/') {
             problems.push(format!("{path}.path"), "must start with /");
         }

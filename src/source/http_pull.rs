@@ -388,15 +388,7 @@ impl HttpPullConfig {
         if method != "GET" && method != "POST" {
             problems.push(format!("{path}.method"), "must be GET or POST");
         }
-        match self.token_keys().source("token") {
-            Ok(Some(src)) => {
-                if let Err(e) = src.load() {
-                    problems.push(format!("{path}.{}", src.key("token")), e);
-                }
-            }
-            Ok(None) => {}
-            Err(e) => problems.push(path, e),
-        }
+        self.token_keys().validate("token", path, None, problems);
         for (key, h) in std::iter::once(("auth_header".to_string(), &self.auth_header))
             .chain(self.headers.keys().map(|k| (format!("headers.{k}"), k)))
         {

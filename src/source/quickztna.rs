@@ -191,18 +191,8 @@ impl QuickztnaConfig {
         if self.org_id.trim().is_empty() {
             problems.push(format!("{path}.org_id"), "must not be empty");
         }
-        match self.token_keys().source("token") {
-            Ok(Some(src)) => {
-                if let Err(e) = src.load() {
-                    problems.push(format!("{path}.{}", src.key("token")), e);
-                }
-            }
-            Ok(None) => problems.push(
-                format!("{path}.token_file"),
-                "QuickZTNA needs a token (an org admin's for endpoint = \"export\"): set token_file, token_env or token_credential",
-            ),
-            Err(e) => problems.push(path, e),
-        }
+        self.token_keys()
+            .validate("token", path, Some("QuickZTNA needs a token (an org admin's for endpoint = \"export\"): set token_file, token_env or token_credential"), problems);
         if self.endpoint == Endpoint::Audit {
             if self.format == Format::Csv {
                 problems.push(

@@ -174,18 +174,12 @@ impl VezaListConfig {
 
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         parse_url(&self.url, &format!("{path}.url"), problems);
-        match self.token_keys().source("token") {
-            Ok(Some(src)) => {
-                if let Err(e) = src.load() {
-                    problems.push(format!("{path}.{}", src.key("token")), e);
-                }
-            }
-            Ok(None) => problems.push(
-                format!("{path}.token_file"),
-                "the Veza API needs a token: set token_file, token_env or token_credential",
-            ),
-            Err(e) => problems.push(path, e),
-        }
+        self.token_keys().validate(
+            "token",
+            path,
+            Some("the Veza API needs a token: set token_file, token_env or token_credential"),
+            problems,
+        );
         if !(1..=10_000).contains(&self.page_size) {
             problems.push(
                 format!("{path}.page_size"),
