@@ -5,14 +5,16 @@
 //! overlap window can be recognised and dropped instead of sent twice.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 #[derive(Clone, Debug, Default)]
 pub struct RecentIds {
-    order: VecDeque<Box<str>>,
-    set: HashSet<Box<str>>,
+    // One allocation per id, shared by the order and the set.
+    order: VecDeque<Arc<str>>,
+    set: HashSet<Arc<str>>,
     cap: usize,
 }
 
@@ -42,7 +44,7 @@ impl RecentIds {
         if self.set.contains(id) {
             return false;
         }
-        let id: Box<str> = id.into();
+        let id: Arc<str> = id.into();
         self.set.insert(id.clone());
         self.order.push_back(id);
         while self.order.len() > self.cap {
@@ -67,7 +69,7 @@ impl Serialize for RecentIds {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut seq = s.serialize_seq(Some(self.order.len()))?;
         for id in &self.order {
-            seq.serialize_element(id)?;
+            seq.serialize_element(&**id)?;
         }
         seq.end()
     }
