@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
-use crate::sink::{DeadLetters, Sink, SinkContext};
+use crate::sink::spool::SpoolingSink;
+use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
 
 /// Everything a running daemon is made of.
@@ -55,12 +56,27 @@ pub fn build_sink(config: &Config, name: &str, health: &Health) -> anyhow::Resul
 }
 
 /// Builds everything; any error here is a startup error (exit non-zero).
+/// Must run inside the runtime: spooled sinks start their drainers.
 pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
     let lock = StateLock::acquire(&config.state_dir)?;
     let store = CheckpointStore::open(&config.state_dir).map_err(|e| {
         anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display())
     })?;
-    let sinks = build_sinks(config, health)?;
+    let mut sinks = build_sinks(config, health)?;
+    for (name, cfg) in &config.sinks {
+        if cfg.common.on_unavailable == OnUnavailable::Spool {
+            let spooled = SpoolingSink::open(
+                name,
+                &config.state_dir,
+                sinks[name].clone(),
+                cfg.common.spool_after,
+                cfg.common.spool_max_bytes,
+                cfg.common.retry,
+                health.clone(),
+            )?;
+            sinks.insert(name.clone(), Arc::new(spooled));
+        }
+    }
     let mut pipelines = Vec::new();
     for (name, cfg) in &config.sources {
         metrics().init_source(name);

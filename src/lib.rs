@@ -24,3 +24,4 @@ pub mod secret;
 pub mod server;
 pub mod sink;
 pub mod source;
+pub mod spool;

@@ -51,6 +51,15 @@ impl CheckpointStore {
         Ok(CheckpointStore { dir })
     }
 
+    /// A store in `dir` itself, for state that is not a source's (the
+    /// delivered position of a sink spool).
+    pub fn in_dir(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        Ok(CheckpointStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
     pub fn path(&self, source: &str) -> PathBuf {
         self.dir.join(format!("{source}.checkpoint"))
     }

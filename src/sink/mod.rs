@@ -9,6 +9,7 @@ pub mod dead_letter;
 pub mod file;
 pub mod kafka;
 pub mod splunk_hec;
+pub mod spool;
 pub mod stdout;
 pub mod syslog;
 pub mod webhook;
@@ -77,10 +78,41 @@ pub struct SinkCommon {
     /// confirming (nothing is dropped) until it is replayed or moved.
     #[serde(default = "default_dead_letter_max_bytes")]
     pub dead_letter_max_bytes: u64,
+    /// What the sources feeding this sink do while it does not confirm:
+    /// wait for it (`block`), or park its batches on disk (`spool`).
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// How long a delivery may go unconfirmed before its batch is spooled.
+    #[serde(default = "default_spool_after", with = "humantime_serde")]
+    pub spool_after: Duration,
+    /// Cap of the on-disk spool; when full the sources wait, as with `block`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
 }
 
 fn default_dead_letter_max_bytes() -> u64 {
     dead_letter::DEFAULT_MAX_BYTES
+}
+
+fn default_spool_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+/// `sinks.NAME.on_unavailable`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// The source pauses and its checkpoint waits for this sink: nothing
+    /// leaves the source's API until every sink has it.
+    #[default]
+    Block,
+    /// The sink's batches go to `state_dir/sink_spool/NAME/` and are
+    /// delivered from there when it is back; the other sinks keep flowing.
+    Spool,
 }
 
 /// Include/exclude on the event type, with `*` wildcards (`auth.*`).
@@ -269,6 +301,24 @@ impl SinkConfig {
         self.common.batch.validate(path, problems);
         self.common.retry.validate(path, problems);
         self.common.tls.validate(path, problems);
+        if self.common.on_unavailable == OnUnavailable::Spool {
+            if self.common.spool_max_bytes < spool::MIN_MAX_BYTES {
+                problems.push(
+                    format!("{path}.spool_max_bytes"),
+                    format!(
+                        "{} bytes is too small for a spool; use at least {} (16 MiB)",
+                        self.common.spool_max_bytes,
+                        spool::MIN_MAX_BYTES
+                    ),
+                );
+            }
+            if self.common.spool_after.is_zero() {
+                problems.push(
+                    format!("{path}.spool_after"),
+                    "must be longer than 0s (a delivery needs some time to confirm)",
+                );
+            }
+        }
         match &self.kind {
             SinkKind::Stdout(_) => {}
             SinkKind::File(c) => c.validate(path, problems),

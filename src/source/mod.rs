@@ -11,7 +11,6 @@ pub mod http_pull;
 pub mod poll;
 pub mod quickztna;
 pub mod recent_ids;
-pub mod spool;
 pub mod veza;
 pub mod veza_list;
 pub mod webhook_in;

@@ -33,7 +33,6 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{debug, error, info, warn};
 
-use super::spool::{AppendError, Pos, Spool, Tail};
 use super::{Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Problems, TlsConfig};
@@ -41,6 +40,7 @@ use crate::event::{Batch, Event, FieldExtractor};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::secret::{Secret, SecretKeys, SecretSource};
+use crate::spool::{AppendError, Pos, Spool, Tail};
 
 /// Most connections served at once.
 const MAX_CONNECTIONS: usize = 1024;

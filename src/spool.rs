@@ -1,9 +1,11 @@
-//! A durable local queue of pushed events (`state_dir/spool/<source>/`).
+//! A durable local queue of records, shared by the `webhook_in` source
+//! (`state_dir/spool/<source>/`: pushed events) and by sinks with
+//! `on_unavailable = "spool"` (`state_dir/sink_spool/<sink>/`: batches the
+//! sink could not take yet).
 //!
 //! Segment files `<seq>.spool` hold a header line, then records
-//! `[u32 LE length][u32 LE CRC-32][event bytes]`. An append writes all the
-//! records of one request and fsyncs before it returns, so a request
-//! answered 2xx survives a crash; a crash in the middle of an append leaves
+//! `[u32 LE length][u32 LE CRC-32][bytes]`. An append writes its records and
+//! fsyncs before it returns, so what was acknowledged survives a crash; a crash in the middle of an append leaves
 //! a torn record at the end of the newest segment, which is cut off at the
 //! next start (it was never acknowledged). The reader only reads what is
 //! synced, and positions are `(segment, offset)` pairs that a checkpoint can
