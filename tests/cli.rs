@@ -39,6 +39,7 @@ type = "file"
 inputs = ["veza_prod"]
 path = "x"
 rotate_bytes = "big"
+on_unavailable = "drop"
 [sinks.k]
 type = "carrier_pigeon"
 inputs = ["veza_prod"]
@@ -56,6 +57,7 @@ inputs = ["veza_prod"]
         "sources.veza_prod.poll_interval: invalid value string \"5 parsecs\"",
         "sinks.hook.tls.ca: unknown key (accepted: ca_file, cert_file, key_file, insecure_skip_verify)",
         "sinks.f.rotate_bytes: invalid type",
+        "sinks.f.on_unavailable: unknown value \"drop\" (one of: block, spool)",
         "sinks.k.type: unknown sink type \"carrier_pigeon\"",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
@@ -75,6 +77,8 @@ start_at = "yesterday"
 type = "webhook"
 inputs = ["veza_prd"]
 url = "/relative"
+on_unavailable = "spool"
+spool_max_bytes = 1000
 "#,
     );
     let out = auditrelay()
@@ -91,6 +95,7 @@ url = "/relative"
         "sources.veza_prod.start_at: \"yesterday\" is neither",
         "sinks.hook.url: relative URL without a base",
         "sinks.hook.inputs[0]: \"veza_prd\" names no source (sources: veza_prod)",
+        "sinks.hook.spool_max_bytes: 1000 bytes is too small for a spool",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }

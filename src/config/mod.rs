@@ -579,6 +579,9 @@ pub fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
                     segments.push(field.to_string());
                     "required key is missing".to_string()
                 }
+                figment::error::Kind::UnknownVariant(found, expected) => {
+                    format!("unknown value \"{found}\" (one of: {})", expected.join(", "))
+                }
                 kind => kind.to_string(),
             };
             Problem {
