@@ -580,7 +580,10 @@ pub fn figment_problems(err: figment::Error, prefix: &str) -> Vec<Problem> {
                     "required key is missing".to_string()
                 }
                 figment::error::Kind::UnknownVariant(found, expected) => {
-                    format!("unknown value \"{found}\" (one of: {})", expected.join(", "))
+                    format!(
+                        "unknown value \"{found}\" (one of: {})",
+                        expected.join(", ")
+                    )
                 }
                 kind => kind.to_string(),
             };
