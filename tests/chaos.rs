@@ -1,7 +1,8 @@
 //! Chaos, bounded for CI: the real binary tails the Veza fake with every
 //! fault on and fans out to every sink kind, each with its own faults
 //! (HEC busy + lost acks, webhook 5xx/429, Kafka produce errors, an rsyslog
-//! restart over RELP), while it is SIGKILLed at random instants 20 times.
+//! restart over RELP, a webhook with `on_unavailable = "spool"` that is down
+//! for half of the kills), while it is SIGKILLed at random instants 20 times.
 //! Every id must reach every sink; duplicates are reported per sink.
 
 mod support;
@@ -71,6 +72,16 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
     })
     .await
     .unwrap();
+    // Down for half of the kills: its batches wait in its spool through them.
+    let spooled = WebhookReceiver::start(WebhookConfig {
+        faults: WebhookFaults {
+            server_error: 0.05,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let mock = MockCluster::new(3).unwrap();
     mock.create_topic("audit.veza", 3, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -121,6 +132,14 @@ type = "webhook"
 inputs = ["veza"]
 url = "{hook}"
 retry = {{ initial = "20ms", max = "200ms" }}
+[sinks.spooled]
+type = "webhook"
+inputs = ["veza"]
+url = "{spooled}"
+retry = {{ initial = "20ms", max = "200ms" }}
+on_unavailable = "spool"
+spool_after = "200ms"
+spool_max_bytes = 67108864
 [sinks.bus]
 type = "kafka"
 inputs = ["veza"]
@@ -138,6 +157,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
             veza = fake.url(),
             hec = hec.url(),
             hook = hook.url_for("/audit"),
+            spooled = spooled.url_for("/audit"),
             kafka = mock.bootstrap_servers(),
             relp = rsyslog.relp_port,
         ),
@@ -162,6 +182,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
         if kill == 10 {
             rsyslog.restart().await;
         }
+        spooled.set_down((3..13).contains(&kill));
         tokio::time::sleep(Duration::from_millis(rand::rng().random_range(20..500))).await;
         daemon.kill().await;
     }
@@ -173,6 +194,13 @@ retry = {{ initial = "50ms", max = "300ms" }}
         hook.wait_for_unique(TOTAL, Duration::from_secs(120)).await,
         "webhook: {} of {TOTAL}",
         hook.unique_count()
+    );
+    assert!(
+        spooled
+            .wait_for_unique(TOTAL, Duration::from_secs(120))
+            .await,
+        "spooled webhook: {} of {TOTAL}",
+        spooled.unique_count()
     );
     let mut hec_counts = HashMap::new();
     for _ in 0..600 {
@@ -210,6 +238,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
     let report: Vec<(&str, HashMap<String, u64>)> = vec![
         ("splunk_hec", hec_counts),
         ("webhook", hook.counts()),
+        ("webhook, spooled", spooled.counts()),
         ("kafka", kafka_counts),
         ("syslog", syslog_counts),
     ];
