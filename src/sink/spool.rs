@@ -82,7 +82,7 @@ static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
     SpoolMetrics {
         bytes: gauge(
             "bytes",
-            "Bytes of a sink's spool on disk (batches not yet confirmed by the sink).",
+            "Bytes of a sink's spool segments on disk: batches not yet confirmed, plus delivered ones until their segment (at most 16 MiB) is removed.",
         ),
         full: gauge(
             "full",
@@ -174,7 +174,9 @@ impl SpoolingSink {
                 dir.display()
             )
         };
-        let segment_bytes = (max_bytes / 8).clamp(1 << 20, 64 << 20);
+        // Delivered batches leave the disk a whole segment at a time: small
+        // segments keep what lingers after a drain small.
+        let segment_bytes = (max_bytes / 64).clamp(1 << 20, 16 << 20);
         let spool = Spool::open(&dir, segment_bytes, max_bytes).map_err(|e| context("open", &e))?;
         let positions = CheckpointStore::in_dir(&dir).map_err(|e| context("open", &e))?;
         let start = match positions.load(POSITION).map_err(|e| context("read", &e))? {
