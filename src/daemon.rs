@@ -126,9 +126,8 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
 }
 
 fn open_store(config: &Config) -> anyhow::Result<CheckpointStore> {
-    CheckpointStore::open(&config.state_dir).map_err(|e| {
-        anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display())
-    })
+    CheckpointStore::open(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display()))
 }
 
 /// Runs the daemon until a signal, or until every source is finished.
@@ -309,7 +308,10 @@ impl Plan {
 
 /// The sinks a source feeds, with their sections: a pipeline is kept only
 /// when this is unchanged.
-fn routes<'a>(config: &'a Config, source: &str) -> Vec<(&'a str, Option<&'a figment::value::Value>)> {
+fn routes<'a>(
+    config: &'a Config,
+    source: &str,
+) -> Vec<(&'a str, Option<&'a figment::value::Value>)> {
     config
         .sinks
         .iter()
@@ -447,12 +449,20 @@ impl Running {
             new.state_dir = old.state_dir.clone();
         }
         if new.listen != old.listen {
-            kept("server.listen", old.listen.to_string(), new.listen.to_string());
+            kept(
+                "server.listen",
+                old.listen.to_string(),
+                new.listen.to_string(),
+            );
             new.listen = old.listen;
         }
         if new.metrics_textfile != old.metrics_textfile {
             let show = |t: &Option<(PathBuf, Duration)>| match t {
-                Some((p, every)) => format!("{} every {}", p.display(), humantime::format_duration(*every)),
+                Some((p, every)) => format!(
+                    "{} every {}",
+                    p.display(),
+                    humantime::format_duration(*every)
+                ),
                 None => "none".to_string(),
             };
             kept(
@@ -570,7 +580,14 @@ impl Running {
                     self.not_running.extend(stopping);
                     self.health.set_unready(
                         "config",
-                        format!("a reload failed and sources {} could not be restarted: {e:#}", self.not_running.iter().cloned().collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "a reload failed and sources {} could not be restarted: {e:#}",
+                            self.not_running
+                                .iter()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     );
                 }
                 false

@@ -265,10 +265,15 @@ pub struct Sections {
 }
 
 impl Sections {
-    fn read(fig: &Figment, sources: &BTreeMap<String, SourceConfig>, sinks: &BTreeMap<String, SinkConfig>) -> Self {
+    fn read(
+        fig: &Figment,
+        sources: &BTreeMap<String, SourceConfig>,
+        sinks: &BTreeMap<String, SinkConfig>,
+    ) -> Self {
         let raw = |path: String, drop_key: Option<&str>| {
             let mut value = fig.find_value(&path).ok();
-            if let (Some(figment::value::Value::Dict(_, dict)), Some(key)) = (&mut value, drop_key) {
+            if let (Some(figment::value::Value::Dict(_, dict)), Some(key)) = (&mut value, drop_key)
+            {
                 dict.remove(key);
             }
             value.unwrap_or_else(|| figment::value::Value::from(path))
