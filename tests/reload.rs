@@ -407,3 +407,82 @@ async fn a_removed_source_keeps_its_checkpoint_and_resumes_from_it_when_it_comes
     assert_eq!(duplicates(&to_a), 0);
     assert!(contiguous(&seqs(&to_a), 0, committed(&cfg, "a")));
 }
+
+/// A `webhook_in` source changed by a reload gives up its port before the
+/// new one listens on it; what was pushed before and after arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_webhook_in_source_listens_again_on_the_same_port() {
+    let to = WebhookReceiver::start(WebhookConfig {
+        id_field: "id".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = free_port();
+    std::fs::write(dir.path().join("bearer"), "push-SECRET").unwrap();
+    let cfg = dir.path().join("auditrelay.toml");
+    let with_batch = |n: usize| {
+        head(dir.path(), port)
+            + &format!(
+                "[sources.push]\ntype = \"webhook_in\"\nlisten = \"127.0.0.1:{listen}\"\ntoken_file = \"{}\"\nbatch_size = {n}\n",
+                dir.path().join("bearer").display()
+            )
+            + &hook("out", "push", &to)
+    };
+    write(&cfg, &with_batch(10));
+    let mut daemon = Daemon::spawn(&cfg, &dir.path().join("d.log"));
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{listen}/");
+    let push = |from: usize| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let body: String = (from..from + 50)
+                .map(|i| format!("{{\"id\":\"e-{i}\"}}\n"))
+                .collect();
+            // The listener may not be up yet right after a start: bounded retries.
+            for _ in 0..100 {
+                match client
+                    .post(&url)
+                    .bearer_auth("push-SECRET")
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.clone())
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => return,
+                    Ok(r) => panic!("push answered {}", r.status()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            panic!("nobody listens on {url}");
+        }
+    };
+    for i in 0..4 {
+        push(i * 50).await;
+    }
+    wait_unique(&to, 200, &daemon).await;
+
+    write(&cfg, &with_batch(7));
+    daemon.signal(libc::SIGHUP);
+    wait_metric(port, &reloads("ok"), 1.0, &daemon).await;
+    for i in 4..8 {
+        push(i * 50).await;
+    }
+    wait_unique(&to, 400, &daemon).await;
+    let status = daemon
+        .terminate(Duration::from_secs(30))
+        .await
+        .expect("exit");
+    assert!(status.success(), "{}", daemon.log_text());
+    let log = daemon.log_text();
+    assert_eq!(duplicates(&to), 0);
+    assert_eq!(to.unique_count(), 400);
+    assert_eq!(
+        lines_with(&log, "pipeline started", r#""source":"push""#).len(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("cannot listen"), "{log}");
+}
