@@ -1,17 +1,27 @@
 //! Wiring: builds sources, sinks and routes from a config, runs a pipeline
-//! per source, talks to systemd, and shuts down cleanly on SIGTERM/SIGINT.
+//! per source, talks to systemd, reloads the config on SIGHUP and shuts down
+//! cleanly on SIGTERM/SIGINT.
+//!
+//! A reload changes only what changed: a pipeline whose source section,
+//! routed sinks (their sections) and `[pipeline]` settings are the same keeps
+//! running untouched. Every other pipeline is drained exactly like at
+//! SIGTERM (no new fetches, batches in flight confirmed and committed, within
+//! `shutdown_timeout`) and started again from its checkpoint, so a reload
+//! neither loses nor repeats events while the sinks are healthy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use sd_notify::NotifyState;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{CheckpointStore, StateLock};
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
@@ -55,57 +65,89 @@ pub fn build_sink(config: &Config, name: &str, health: &Health) -> anyhow::Resul
     Ok(Arc::from(cfg.build(ctx)?))
 }
 
+/// Builds one sink for the daemon: as [`build_sink`], behind its spool when
+/// `on_unavailable = "spool"` (one-shot commands talk to the sink itself).
+/// Must run inside the runtime: the spool starts its drainer.
+pub fn build_running_sink(
+    config: &Config,
+    name: &str,
+    health: &Health,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let sink = build_sink(config, name, health)?;
+    let Some(cfg) = config.sinks.get(name) else {
+        return Ok(sink);
+    };
+    if cfg.common.on_unavailable != OnUnavailable::Spool {
+        return Ok(sink);
+    }
+    Ok(Arc::new(SpoolingSink::open(
+        name,
+        &config.state_dir,
+        sink,
+        cfg.common.spool_after,
+        cfg.common.spool_max_bytes,
+        cfg.common.retry,
+        health.clone(),
+    )?))
+}
+
+/// Builds the pipeline of one source of the config, routed to the sinks
+/// that take it as input (`sinks` must hold every one of them).
+pub fn build_pipeline(
+    config: &Config,
+    name: &str,
+    sinks: &BTreeMap<String, Arc<dyn Sink>>,
+    store: &CheckpointStore,
+    health: &Health,
+) -> anyhow::Result<SourcePipeline> {
+    let cfg = config
+        .sources
+        .get(name)
+        .ok_or_else(|| anyhow::anyhow!("no source named \"{name}\""))?;
+    metrics().init_source(name);
+    let checkpoint = store.load(name)?;
+    let source = cfg.build(SourceContext {
+        name: name.to_string(),
+        checkpoint,
+        health: health.clone(),
+        state_dir: config.state_dir.clone(),
+    })?;
+    let mut routes = Vec::new();
+    for (sink_name, s) in &config.sinks {
+        if s.common.inputs.iter().any(|i| i == name) {
+            let sink = sinks
+                .get(sink_name)
+                .ok_or_else(|| anyhow::anyhow!("sink \"{sink_name}\" was not built"))?;
+            metrics().init_route(sink_name, name);
+            routes.push(Route {
+                sink_name: sink_name.as_str().into(),
+                sink: sink.clone(),
+                filter: s.common.filter.clone(),
+            });
+        }
+    }
+    Ok(SourcePipeline {
+        name: name.into(),
+        source,
+        routes,
+        store: store.clone(),
+        max_in_flight: config.pipeline.max_in_flight,
+        retry: config.pipeline.retry,
+    })
+}
+
 /// Builds everything; any error here is a startup error (exit non-zero).
 /// Must run inside the runtime: spooled sinks start their drainers.
 pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
     let lock = StateLock::acquire(&config.state_dir)?;
-    let store = CheckpointStore::open(&config.state_dir).map_err(|e| {
-        anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display())
-    })?;
-    let mut sinks = build_sinks(config, health)?;
-    for (name, cfg) in &config.sinks {
-        if cfg.common.on_unavailable == OnUnavailable::Spool {
-            let spooled = SpoolingSink::open(
-                name,
-                &config.state_dir,
-                sinks[name].clone(),
-                cfg.common.spool_after,
-                cfg.common.spool_max_bytes,
-                cfg.common.retry,
-                health.clone(),
-            )?;
-            sinks.insert(name.clone(), Arc::new(spooled));
-        }
+    let store = open_store(config)?;
+    let mut sinks = BTreeMap::new();
+    for name in config.sinks.keys() {
+        sinks.insert(name.clone(), build_running_sink(config, name, health)?);
     }
     let mut pipelines = Vec::new();
-    for (name, cfg) in &config.sources {
-        metrics().init_source(name);
-        let checkpoint = store.load(name)?;
-        let source = cfg.build(SourceContext {
-            name: name.clone(),
-            checkpoint,
-            health: health.clone(),
-            state_dir: config.state_dir.clone(),
-        })?;
-        let mut routes = Vec::new();
-        for (sink_name, s) in &config.sinks {
-            if s.common.inputs.iter().any(|i| i == name) {
-                metrics().init_route(sink_name, name);
-                routes.push(Route {
-                    sink_name: sink_name.as_str().into(),
-                    sink: sinks[sink_name].clone(),
-                    filter: s.common.filter.clone(),
-                });
-            }
-        }
-        pipelines.push(SourcePipeline {
-            name: name.as_str().into(),
-            source,
-            routes,
-            store: store.clone(),
-            max_in_flight: config.pipeline.max_in_flight,
-            retry: config.pipeline.retry,
-        });
+    for name in config.sources.keys() {
+        pipelines.push(build_pipeline(config, name, &sinks, &store, health)?);
     }
     Ok(Daemon {
         pipelines,
@@ -114,14 +156,21 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
     })
 }
 
+fn open_store(config: &Config) -> anyhow::Result<CheckpointStore> {
+    CheckpointStore::open(&config.state_dir)
+        .map_err(|e| anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display()))
+}
+
 /// Runs the daemon until a signal, or until every source is finished.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    // Listen for SIGTERM/SIGINT before anything else, so a stop during
-    // startup is a clean stop (exit 0), not death by the default handler.
+    // Listen for SIGTERM/SIGINT/SIGHUP before anything else, so a stop
+    // during startup is a clean stop (exit 0), not death by the default
+    // handler, and a reload asked for during startup waits for its end.
     let mut signals = Signals::install()?;
     crate::secret::warn_if_exposed(&config.file);
     let health = Health::default();
     let daemon = build(&config, &health)?;
+    let store = open_store(&config)?;
     let stop_server = CancellationToken::new();
     let (addr, server) =
         crate::server::start(config.listen, health.clone(), stop_server.clone()).await?;
@@ -134,51 +183,535 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     info!(listen = %addr, summary = %config.summary(), lock = %daemon.lock.path.display(), "auditrelay started");
+    metrics().config_last_reload_success_time.set(unix_now());
 
-    let stop = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for p in daemon.pipelines {
-        tasks.spawn(p.run(stop.clone()));
+    let Daemon {
+        pipelines,
+        sinks,
+        lock,
+    } = daemon;
+    let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+    let mut running = Running {
+        config,
+        health,
+        store,
+        sinks,
+        pipelines: BTreeMap::new(),
+        not_running: BTreeSet::new(),
+        generation: 0,
+        finished_tx,
+    };
+    for p in pipelines {
+        running.spawn(p);
     }
     notify(&[NotifyState::Ready, NotifyState::Status("delivering")]);
-    // WatchdogSec: ping from this loop, so a wedged runtime stops the pings
-    // and systemd restarts the service.
-    let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-    let mut ping = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    let all_done = async { while tasks.join_next().await.is_some() {} };
-    tokio::pin!(all_done);
-    let signal = signals.recv();
-    tokio::pin!(signal);
+    // WatchdogSec: ping from this loop (and while a reload waits), so a
+    // wedged runtime stops the pings and systemd restarts the service.
+    let mut watchdog = Watchdog::new();
     loop {
         tokio::select! {
-            _ = &mut all_done => {
-                info!("every source finished");
-                break;
-            }
-            signal = &mut signal => {
-                info!(signal, timeout_s = config.shutdown_timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
-                notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-                stop.cancel();
-                if tokio::time::timeout(config.shutdown_timeout, &mut all_done).await.is_err() {
-                    warn!("shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+            Some((name, generation)) = finished_rx.recv() => {
+                if running.finished(&name, generation) && running.idle() {
+                    info!("every source finished");
+                    break;
                 }
-                break;
             }
-            _ = ping.tick(), if watchdog.is_some() => notify(&[NotifyState::Watchdog]),
+            signal = signals.recv() => match signal {
+                Signal::Stop(signal) => {
+                    let timeout = running.config.shutdown_timeout;
+                    info!(signal, timeout_s = timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
+                    notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
+                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
+                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
+                    if !aborted.is_empty() {
+                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+                    }
+                    break;
+                }
+                Signal::Reload => {
+                    info!(file = %running.config.file.display(), "SIGHUP: reloading the config");
+                    watchdog.keep_pinging(running.reload()).await;
+                }
+            },
+            _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
         }
     }
     stop_server.cancel();
     if let Err(e) = server.await {
         error!(error = %e, "server task failed");
     }
-    drop(daemon.sinks);
+    drop(running);
+    drop(lock);
     info!("auditrelay stopped");
     Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The pipeline task of one source.
+struct Task {
+    stop: CancellationToken,
+    handle: JoinHandle<()>,
+    generation: u64,
+}
+
+/// What runs now, and the config it was built from.
+struct Running {
+    config: Config,
+    health: Health,
+    store: CheckpointStore,
+    sinks: BTreeMap<String, Arc<dyn Sink>>,
+    pipelines: BTreeMap<String, Task>,
+    /// Sources of `config` that should run but could not be started (a
+    /// reload failed and so did going back); the next reload retries them.
+    not_running: BTreeSet<String>,
+    generation: u64,
+    /// Each pipeline task reports its end here (name, generation).
+    finished_tx: mpsc::UnboundedSender<(String, u64)>,
+}
+
+/// What a reload changes.
+#[derive(Debug, Default)]
+struct Plan {
+    sinks_added: Vec<String>,
+    sinks_changed: Vec<String>,
+    sinks_removed: Vec<String>,
+    sources_added: Vec<String>,
+    sources_restarted: Vec<String>,
+    sources_removed: Vec<String>,
+    sources_kept: Vec<String>,
+}
+
+impl Plan {
+    fn new(old: &Config, new: &Config, not_running: &BTreeSet<String>) -> Plan {
+        let mut plan = Plan::default();
+        for name in new.sinks.keys() {
+            match old.sections.sinks.get(name) {
+                None => plan.sinks_added.push(name.clone()),
+                Some(section) if new.sections.sinks.get(name) != Some(section) => {
+                    plan.sinks_changed.push(name.clone())
+                }
+                Some(_) => {}
+            }
+        }
+        plan.sinks_removed = old
+            .sinks
+            .keys()
+            .filter(|n| !new.sinks.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in new.sources.keys() {
+            if !old.sources.contains_key(name) {
+                plan.sources_added.push(name.clone());
+            } else if old.sections.sources.get(name) != new.sections.sources.get(name)
+                || routes(old, name) != routes(new, name)
+                || old.pipeline != new.pipeline
+                || not_running.contains(name)
+            {
+                plan.sources_restarted.push(name.clone());
+            } else {
+                plan.sources_kept.push(name.clone());
+            }
+        }
+        plan.sources_removed = old
+            .sources
+            .keys()
+            .filter(|n| !new.sources.contains_key(*n))
+            .cloned()
+            .collect();
+        plan
+    }
+
+    fn is_empty(&self) -> bool {
+        self.sinks_added.is_empty()
+            && self.sinks_changed.is_empty()
+            && self.sinks_removed.is_empty()
+            && self.sources_added.is_empty()
+            && self.sources_restarted.is_empty()
+            && self.sources_removed.is_empty()
+    }
+}
+
+/// The sinks a source feeds, with their sections: a pipeline is kept only
+/// when this is unchanged.
+fn routes<'a>(
+    config: &'a Config,
+    source: &str,
+) -> Vec<(&'a str, Option<&'a figment::value::Value>)> {
+    config
+        .sinks
+        .iter()
+        .filter(|(_, s)| s.common.inputs.iter().any(|i| i == source))
+        .map(|(name, _)| (name.as_str(), config.sections.sinks.get(name)))
+        .collect()
+}
+
+impl Running {
+    fn spawn(&mut self, pipeline: SourcePipeline) {
+        self.generation += 1;
+        let generation = self.generation;
+        let name = pipeline.name.to_string();
+        let stop = CancellationToken::new();
+        let (token, tx, reported) = (stop.clone(), self.finished_tx.clone(), name.clone());
+        let handle = tokio::spawn(async move {
+            pipeline.run(token).await;
+            let _ = tx.send((reported, generation));
+        });
+        info!(source = %name, "pipeline started");
+        self.not_running.remove(&name);
+        self.pipelines.insert(
+            name,
+            Task {
+                stop,
+                handle,
+                generation,
+            },
+        );
+    }
+
+    /// A pipeline ended by itself; true when it was a current one.
+    fn finished(&mut self, name: &str, generation: u64) -> bool {
+        if self
+            .pipelines
+            .get(name)
+            .is_some_and(|t| t.generation == generation)
+        {
+            self.pipelines.remove(name);
+            return true;
+        }
+        false
+    }
+
+    fn idle(&self) -> bool {
+        self.pipelines.is_empty() && self.not_running.is_empty()
+    }
+
+    /// Stops the named pipelines like SIGTERM does: no new fetches, batches
+    /// in flight delivered and committed, all within `timeout`; what is still
+    /// running then is aborted (its unconfirmed batches are fetched again by
+    /// whatever starts from the checkpoint). Returns the aborted ones.
+    async fn drain(&mut self, names: &[String], timeout: Duration) -> Vec<String> {
+        let tasks: Vec<(String, Task)> = names
+            .iter()
+            .filter_map(|n| self.pipelines.remove(n).map(|t| (n.clone(), t)))
+            .collect();
+        for (_, task) in &tasks {
+            task.stop.cancel();
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut aborted = Vec::new();
+        for (name, mut task) in tasks {
+            if tokio::time::timeout_at(deadline, &mut task.handle)
+                .await
+                .is_err()
+            {
+                task.handle.abort();
+                let _ = task.handle.await;
+                metrics()
+                    .in_flight_batches
+                    .with_label_values(&[&name])
+                    .set(0);
+                aborted.push(name);
+            } else {
+                info!(source = %name, "pipeline stopped; its checkpoint is committed");
+            }
+        }
+        aborted
+    }
+
+    /// SIGHUP: re-reads and validates the config file (and the environment)
+    /// like `validate`; a config with problems is logged and changes nothing.
+    async fn reload(&mut self) {
+        let reloading = NotifyState::monotonic_usec_now().ok();
+        if let Some(usec) = &reloading {
+            notify(&[
+                NotifyState::Reloading,
+                usec.clone(),
+                NotifyState::Status("reloading the config"),
+            ]);
+        }
+        let started = Instant::now();
+        let file = self.config.file.clone();
+        let loaded = tokio::task::spawn_blocking(move || config::load(&file)).await;
+        let applied = match loaded {
+            Ok(Ok(new)) => self.apply(new).await,
+            Ok(Err(e)) => {
+                for p in &e.problems {
+                    error!(file = %e.file.display(), key = %p.path, "config reload rejected: {p}");
+                }
+                error!(file = %e.file.display(), problems = e.problems.len(), "config reload rejected; the running config stays as it was");
+                false
+            }
+            Err(e) => {
+                error!(error = %e, "config reload failed; the running config stays as it was");
+                false
+            }
+        };
+        let m = metrics();
+        if applied {
+            m.config_reloads.with_label_values(&["ok"]).inc();
+            m.config_last_reload_successful.set(1);
+            m.config_last_reload_success_time.set(unix_now());
+            info!(took_ms = started.elapsed().as_millis() as u64, summary = %self.config.summary(), "config reloaded");
+        } else {
+            m.config_reloads.with_label_values(&["error"]).inc();
+            m.config_last_reload_successful.set(0);
+        }
+        notify(&[NotifyState::Ready, NotifyState::Status("delivering")]);
+    }
+
+    /// Keys read once at startup keep their running value.
+    fn keep_restart_only(&self, new: &mut Config) {
+        let old = &self.config;
+        let kept = |key: &str, running: String, configured: String| {
+            warn!(key, running = %running, configured = %configured, "this key only changes at a restart; keeping the running value");
+        };
+        if new.state_dir != old.state_dir {
+            kept(
+                "state_dir",
+                old.state_dir.display().to_string(),
+                new.state_dir.display().to_string(),
+            );
+            new.state_dir = old.state_dir.clone();
+        }
+        if new.listen != old.listen {
+            kept(
+                "server.listen",
+                old.listen.to_string(),
+                new.listen.to_string(),
+            );
+            new.listen = old.listen;
+        }
+        if new.metrics_textfile != old.metrics_textfile {
+            let show = |t: &Option<(PathBuf, Duration)>| match t {
+                Some((p, every)) => format!(
+                    "{} every {}",
+                    p.display(),
+                    humantime::format_duration(*every)
+                ),
+                None => "none".to_string(),
+            };
+            kept(
+                "server.metrics_textfile",
+                show(&old.metrics_textfile),
+                show(&new.metrics_textfile),
+            );
+            new.metrics_textfile = old.metrics_textfile.clone();
+        }
+        if new.log_format != old.log_format {
+            kept(
+                "log_format",
+                format!("{:?}", old.log_format).to_lowercase(),
+                format!("{:?}", new.log_format).to_lowercase(),
+            );
+            new.log_format = old.log_format;
+        }
+        if new.log_level != old.log_level {
+            kept("log_level", old.log_level.clone(), new.log_level.clone());
+            new.log_level = old.log_level.clone();
+        }
+    }
+
+    /// Applies a valid config; false when it could not be applied (then the
+    /// previous one runs again).
+    async fn apply(&mut self, mut new: Config) -> bool {
+        self.keep_restart_only(&mut new);
+        let plan = Plan::new(&self.config, &new, &self.not_running);
+        if plan.is_empty() {
+            info!("config reload: no source or sink changed");
+            self.config = new;
+            return true;
+        }
+        info!(
+            sources_added = ?plan.sources_added,
+            sources_restarted = ?plan.sources_restarted,
+            sources_removed = ?plan.sources_removed,
+            sources_kept = ?plan.sources_kept,
+            sinks_added = ?plan.sinks_added,
+            sinks_changed = ?plan.sinks_changed,
+            sinks_removed = ?plan.sinks_removed,
+            "config reload: applying"
+        );
+        // New sinks first: if one cannot be built, nothing has stopped yet.
+        let mut fresh = BTreeMap::new();
+        for name in &plan.sinks_added {
+            match build_running_sink(&new, name, &self.health) {
+                Ok(sink) => {
+                    fresh.insert(name.clone(), sink);
+                }
+                Err(e) => {
+                    error!(sink = %name, error = %format!("{e:#}"), "config reload failed: cannot build the new sink; the running config stays as it was");
+                    drop(fresh);
+                    for name in &plan.sinks_added {
+                        self.health.remove(&format!("sink.{name}"));
+                    }
+                    return false;
+                }
+            }
+        }
+        let stopping: Vec<String> = plan
+            .sources_restarted
+            .iter()
+            .chain(&plan.sources_removed)
+            .cloned()
+            .collect();
+        if !stopping.is_empty() {
+            info!(sources = ?stopping, timeout_s = new.shutdown_timeout.as_secs_f64(), "config reload: draining the pipelines that change");
+        }
+        let aborted = self.drain(&stopping, new.shutdown_timeout).await;
+        if !aborted.is_empty() {
+            warn!(sources = ?aborted, "shutdown_timeout reached while draining for the reload; their unconfirmed batches will be sent again");
+        }
+        // Old sinks go once the pipelines that used them have drained.
+        for name in plan.sinks_changed.iter().chain(&plan.sinks_removed) {
+            if let Some(sink) = self.sinks.remove(name) {
+                let gone = Arc::downgrade(&sink);
+                drop(sink);
+                wait_dropped(name, gone).await;
+            }
+            self.health.remove(&format!("sink.{name}"));
+        }
+        for name in &plan.sources_removed {
+            self.health.remove(&format!("source.{name}"));
+            metrics().forget_source(name);
+            self.not_running.remove(name);
+            info!(source = %name, checkpoint = %self.store.path(name).display(), "source removed; its checkpoint stays for when it comes back");
+        }
+        let starting: Vec<String> = plan
+            .sources_restarted
+            .iter()
+            .chain(&plan.sources_added)
+            .cloned()
+            .collect();
+        match self.start(&new, fresh, &starting).await {
+            Ok(()) => {
+                self.health.remove("config");
+                self.config = new;
+                true
+            }
+            Err(e) => {
+                error!(error = %format!("{e:#}"), "config reload failed while starting the new pipelines; going back to the previous config");
+                for name in &plan.sinks_added {
+                    self.health.remove(&format!("sink.{name}"));
+                }
+                for name in &plan.sources_added {
+                    self.health.remove(&format!("source.{name}"));
+                }
+                // `stopping` are sources of the previous config.
+                let old = std::mem::replace(&mut self.config, new);
+                let restored = self.start(&old, BTreeMap::new(), &stopping).await;
+                self.config = old;
+                if let Err(e) = restored {
+                    error!(error = %format!("{e:#}"), sources = ?stopping, "cannot restart the previous pipelines either; they stay stopped until the next reload");
+                    self.not_running.extend(stopping);
+                    self.health.set_unready(
+                        "config",
+                        format!(
+                            "a reload failed and sources {} could not be restarted: {e:#}",
+                            self.not_running
+                                .iter()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Builds the sinks of `cfg` that are not running yet and the pipelines
+    /// of `sources`, then starts them; all or nothing.
+    async fn start(
+        &mut self,
+        cfg: &Config,
+        mut fresh: BTreeMap<String, Arc<dyn Sink>>,
+        sources: &[String],
+    ) -> anyhow::Result<()> {
+        for name in cfg.sinks.keys() {
+            if !self.sinks.contains_key(name) && !fresh.contains_key(name) {
+                fresh.insert(name.clone(), build_running_sink(cfg, name, &self.health)?);
+            }
+        }
+        let mut all = self.sinks.clone();
+        all.extend(fresh.iter().map(|(n, s)| (n.clone(), s.clone())));
+        let mut built = Vec::new();
+        for name in sources {
+            match build_pipeline(cfg, name, &all, &self.store, &self.health) {
+                Ok(p) => built.push(p),
+                Err(e) => {
+                    // Let go of listening sockets before anything else binds.
+                    for mut p in built {
+                        p.source.close().await;
+                    }
+                    return Err(e.context(format!("sources.{name}")));
+                }
+            }
+        }
+        self.sinks.extend(fresh);
+        for p in built {
+            self.spawn(p);
+        }
+        Ok(())
+    }
+}
+
+/// Waits (a little) until nothing holds the old instance of a sink any more,
+/// so its replacement never works next to it.
+async fn wait_dropped(name: &str, sink: Weak<dyn Sink>) {
+    let until = Instant::now() + Duration::from_secs(5);
+    while sink.strong_count() > 0 {
+        if Instant::now() >= until {
+            warn!(sink = %name, "the previous instance of the sink is still in use; building the new one anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn notify(state: &[NotifyState]) {
     if let Err(e) = sd_notify::notify(state) {
         warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// WATCHDOG=1 every `WatchdogSec/2` when systemd asks for it.
+struct Watchdog {
+    interval: Option<tokio::time::Interval>,
+}
+
+impl Watchdog {
+    fn new() -> Self {
+        Watchdog {
+            interval: sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2)),
+        }
+    }
+
+    /// The next ping is due; never when the watchdog is off.
+    async fn tick(&mut self) {
+        match &mut self.interval {
+            Some(i) => {
+                i.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Runs `work` (a drain, a reload) and keeps pinging meanwhile.
+    async fn keep_pinging<F: std::future::Future>(&mut self, work: F) -> F::Output {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return out,
+                _ = self.tick() => notify(&[NotifyState::Watchdog]),
+            }
+        }
     }
 }
 
@@ -203,10 +736,16 @@ async fn write_textfile(path: PathBuf, every: Duration, health: Health, stop: Ca
     }
 }
 
-/// SIGTERM and SIGINT, registered once at startup.
+enum Signal {
+    Stop(&'static str),
+    Reload,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, registered once at startup.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -217,13 +756,17 @@ impl Signals {
                 .map_err(|e| anyhow::anyhow!("cannot handle SIGTERM: {e}"))?,
             int: signal(SignalKind::interrupt())
                 .map_err(|e| anyhow::anyhow!("cannot handle SIGINT: {e}"))?,
+            hup: signal(SignalKind::hangup())
+                .map_err(|e| anyhow::anyhow!("cannot handle SIGHUP: {e}"))?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    /// Cancel-safe: a signal that arrives while nobody waits is kept.
+    async fn recv(&mut self) -> Signal {
         tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => Signal::Stop("SIGTERM"),
+            _ = self.int.recv() => Signal::Stop("SIGINT"),
+            _ = self.hup.recv() => Signal::Reload,
         }
     }
 }

@@ -33,6 +33,14 @@ impl Health {
         self.set(component, false, reason);
     }
 
+    /// Forgets a component that no longer exists (a source or sink removed
+    /// by a reload), so it cannot hold `/readyz` down.
+    pub fn remove(&self, component: &str) {
+        if let Ok(mut map) = self.inner.lock() {
+            map.remove(component);
+        }
+    }
+
     fn set(&self, component: &str, ready: bool, reason: impl Into<String>) {
         let reason = reason.into();
         if let Ok(mut map) = self.inner.lock() {

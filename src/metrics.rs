@@ -34,6 +34,9 @@ pub struct Metrics {
     pub in_flight_batches: IntGaugeVec,
     pub build_info: IntGaugeVec,
     pub ready: IntGauge,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_time: prometheus::Gauge,
     committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -84,6 +87,20 @@ impl Metrics {
             .expect("metric definition is valid");
         r.register(Box::new(ready.clone()))
             .expect("metric registered once");
+        let reload_ok = IntGauge::new(
+            "auditrelay_config_last_reload_successful",
+            "1 when the last config reload (SIGHUP) was applied, 0 when it was rejected or failed.",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(reload_ok.clone()))
+            .expect("metric registered once");
+        let reload_time = prometheus::Gauge::new(
+            "auditrelay_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that was applied (startup or SIGHUP).",
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(reload_time.clone()))
+            .expect("metric registered once");
         let m = Metrics {
             events_fetched: counter(&r, "events_fetched_total", "Events read from a source.", &["source"]),
             source_duplicates: counter(
@@ -115,9 +132,16 @@ impl Metrics {
             in_flight_batches: gauge(&r, "in_flight_batches", "Batches fetched but not yet committed.", &["source"]),
             build_info: gauge(&r, "build_info", "Build information; the value is always 1.", &["version"]),
             ready,
+            config_reloads: counter(&r, "config_reloads_total", "Config reloads (SIGHUP) by outcome: ok (applied), error (rejected or failed; the running config stays).", &["outcome"]),
+            config_last_reload_successful: reload_ok,
+            config_last_reload_success_time: reload_time,
             registry: r,
             committed_times: Mutex::new(HashMap::new()),
         };
+        for outcome in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[outcome]);
+        }
+        m.config_last_reload_successful.set(1);
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -175,6 +199,16 @@ impl Metrics {
         self.sink_retries.with_label_values(&[sink]);
         self.sink_requests.with_label_values(&[sink, "ok"]);
         self.sink_batch_seconds.with_label_values(&[sink]);
+    }
+
+    /// A source left the config: its lag must not keep growing (and firing
+    /// alerts) for a source that no longer runs. Its counters stay.
+    pub fn forget_source(&self, source: &str) {
+        if let Ok(mut map) = self.committed_times.lock() {
+            map.remove(source);
+        }
+        let _ = self.checkpoint_lag_seconds.remove_label_values(&[source]);
+        let _ = self.in_flight_batches.remove_label_values(&[source]);
     }
 
     /// Records the newest committed event time of a source; the lag gauge is

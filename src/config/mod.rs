@@ -134,7 +134,7 @@ fn default_listen() -> String {
     "127.0.0.1:9464".to_string()
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Pages of one source that may be on their way to the sinks at once;
@@ -250,6 +250,45 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// Each section as written (file and environment merged), to tell on a
+    /// reload which sources and sinks changed.
+    pub sections: Sections,
+}
+
+/// The raw value of every `[sources.NAME]` and `[sinks.NAME]` section. Sink
+/// sections leave out `inputs`: which sources feed a sink is a property of
+/// the routes, and changing it needs no new sink.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sections {
+    pub sources: BTreeMap<String, figment::value::Value>,
+    pub sinks: BTreeMap<String, figment::value::Value>,
+}
+
+impl Sections {
+    fn read(
+        fig: &Figment,
+        sources: &BTreeMap<String, SourceConfig>,
+        sinks: &BTreeMap<String, SinkConfig>,
+    ) -> Self {
+        let raw = |path: String, drop_key: Option<&str>| {
+            let mut value = fig.find_value(&path).ok();
+            if let (Some(figment::value::Value::Dict(_, dict)), Some(key)) = (&mut value, drop_key)
+            {
+                dict.remove(key);
+            }
+            value.unwrap_or_else(|| figment::value::Value::from(path))
+        };
+        Sections {
+            sources: sources
+                .keys()
+                .map(|n| (n.clone(), raw(format!("sources.{n}"), None)))
+                .collect(),
+            sinks: sinks
+                .keys()
+                .map(|n| (n.clone(), raw(format!("sinks.{n}"), Some("inputs"))))
+                .collect(),
+        }
+    }
 }
 
 /// Top-level keys; sources and sinks are read one by one afterwards.
@@ -428,7 +467,9 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
     if !problems.is_empty() {
         return Err(fail(problems.into_vec()));
     }
+    let sections = Sections::read(&fig, &sources, &sinks);
     Ok(Config {
+        sections,
         file: path.to_path_buf(),
         state_dir: top.state_dir,
         listen: listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9464))),

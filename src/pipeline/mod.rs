@@ -54,6 +54,24 @@ struct InFlight {
     _permit: OwnedSemaphorePermit,
 }
 
+/// A pipeline aborted after its drain timed out (a reload) takes its
+/// deliveries with it, so no late commit of the old pipeline can land after
+/// its replacement started from the checkpoint.
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.delivery.abort();
+    }
+}
+
+/// Aborts a task when dropped (the committer, when the pipeline is aborted).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl SourcePipeline {
     /// Runs until `stop` is cancelled or the source is finished, then lets the
     /// batches in flight finish and commits them. The caller bounds that
@@ -70,13 +88,13 @@ impl SourcePipeline {
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
         let routes: Arc<[Route]> = routes.into();
-        let committer = tokio::spawn(commit_in_order(
+        let mut committer = AbortOnDrop(tokio::spawn(commit_in_order(
             name.clone(),
             rx,
             store,
             routes.clone(),
             retry,
-        ));
+        )));
         let in_flight = metrics().in_flight_batches.with_label_values(&[&name]);
         let mut backoff = Backoff::new(retry);
         // Per route, the completion of the previous batch's delivery, so
@@ -135,7 +153,9 @@ impl SourcePipeline {
             }
         }
         drop(tx);
-        if let Err(e) = committer.await {
+        // No new fetches from here on; a listening source stops listening.
+        source.close().await;
+        if let Err(e) = (&mut committer.0).await {
             error!(source = %name, error = %e, "commit task failed");
         }
     }

@@ -449,6 +449,10 @@ struct State {
     window_bytes: usize,
     /// The window must be resent before the next batch.
     replay: bool,
+    /// A send was under way; still set when it was cancelled midway (a
+    /// reload aborting a pipeline whose drain timed out), and then the
+    /// connection may end inside a frame: never write after that.
+    sending: bool,
 }
 
 impl State {
@@ -678,6 +682,10 @@ impl SyslogSink {
         let mut backoff = Backoff::new(self.common.retry);
         let mut state = self.state.lock().await;
         let state = &mut *state;
+        if std::mem::take(&mut state.sending) {
+            warn!(sink = %self.name, "a send was cancelled midway; reconnecting");
+            state.conn = None;
+        }
         // RELP: which messages are acknowledged, and how often each was refused.
         let mut acked = vec![false; events.len()];
         let mut refusals = vec![0u32; events.len()];
@@ -694,6 +702,7 @@ impl SyslogSink {
             let Some(conn) = state.conn.as_mut() else {
                 continue;
             };
+            state.sending = true;
             let result = match conn {
                 Conn::Udp(sock) => send_udp(sock, &frames).await,
                 Conn::Stream(s) => {
@@ -752,6 +761,7 @@ impl SyslogSink {
                     }
                 }
             };
+            state.sending = false;
             match result {
                 Ok(()) => {
                     let (count, bytes) = (frames.spans.len(), frames.buf.len());

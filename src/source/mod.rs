@@ -34,6 +34,11 @@ pub trait Source: Send {
     /// source is finished (a bounded run). Must be cancel-safe: dropping the
     /// future before it completes loses no state.
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>>;
+
+    /// Releases what the source holds outside its cursor (a listening
+    /// socket) before a replacement is built by a reload. Dropping does the
+    /// same, but not necessarily before this returns.
+    async fn close(&mut self) {}
 }
 
 /// What a source is given when it is built.

@@ -910,6 +910,13 @@ impl WebhookInSource {
 
 #[async_trait]
 impl Source for WebhookInSource {
+    /// Stops accepting and waits until the listening socket is closed, so a
+    /// replacement built by a reload can bind the same address.
+    async fn close(&mut self) {
+        self.server.abort();
+        let _ = (&mut self.server).await;
+    }
+
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
         loop {
             self.tail.borrow_and_update();

@@ -16,6 +16,11 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `auditrelay run --config CONFIG`, appending stderr to `log`.
     pub fn spawn(config: &Path, log: &Path) -> Daemon {
+        Self::spawn_with_env(config, log, &[])
+    }
+
+    /// Like `spawn`, with extra environment variables (`NOTIFY_SOCKET`, …).
+    pub fn spawn_with_env(config: &Path, log: &Path, env: &[(&str, &Path)]) -> Daemon {
         let err = OpenOptions::new()
             .create(true)
             .append(true)
@@ -26,6 +31,7 @@ impl Daemon {
             .arg("--config")
             .arg(config)
             .env("RUST_LOG", "info,auditrelay=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -46,6 +52,17 @@ impl Daemon {
     pub async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+
+    /// Sends a signal (SIGHUP: reload the config).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid();
+        if pid > 0 {
+            // SAFETY: plain kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
     }
 
     /// SIGTERM, then the exit status (or None if it did not exit in time).
