@@ -229,13 +229,14 @@ async fn metrics_pass_promtool_and_match_dashboard_and_alerts() {
     let hook = WebhookReceiver::start(WebhookConfig::default())
         .await
         .unwrap();
-    // A webhook sink too, so sink metrics exist; one rejected id makes a dead letter.
+    // A webhook sink too, so sink metrics exist; one rejected id makes a
+    // dead letter. Spooled, so the spool's metrics exist too.
     hook.set_reject_ids(["demo-000000000003"]);
     let cfg = config(
         dir.path(),
         port,
         &format!(
-            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\n",
+            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\non_unavailable = \"spool\"\n",
             hook.url()
         ),
     );
@@ -367,7 +368,7 @@ async fn dead_letters_are_listed_and_replayed() {
         dir.path(),
         100,
         &format!(
-            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\n",
+            "[sinks.hook]\ntype = \"webhook\"\ninputs = [\"demo\"]\nurl = \"{}\"\non_unavailable = \"spool\"\n",
             hook.url()
         ),
     );
