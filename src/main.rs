@@ -144,6 +144,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config, online } => validate(&config, online),
         Command::Run { config } => {
+            auditrelay::daemon::hold_signals();
             let cfg = match load(&config) {
                 Ok(c) => c,
                 Err(code) => return code,
