@@ -513,6 +513,11 @@ fn read_rfc3164(msg: &[u8]) -> (u8, &[u8]) {
             }),
         "time in {t:?}"
     );
+    let n = |a: usize| t[a..a + 2].parse::<u32>().expect("digits");
+    assert!(
+        n(7) <= 23 && n(10) <= 59 && n(13) <= 59,
+        "time in {t:?} (00-23:00-59:00-59, no leap second)"
+    );
     r.i += 15;
     r.expect(b" ", "SP");
     r.token(255, "HOSTNAME");
