@@ -51,6 +51,19 @@ const INTERESTING: &[&[u8]] = &[
     b"[sinks.x]",
     b"type = \"webhook\"",
     b"\"\"\"",
+    b"|",
+    b"^",
+    b"\t",
+    b"\\n",
+    b"\xff",
+    b"\xe2\x98\x83",
+    b"\"logs\"",
+    b"\"entries\"",
+    b"\"data\"",
+    b"\"csv\"",
+    b"\n\n",
+    b"253402300800000",
+    b"\"0000-01-01T00:00:00+23:59\"",
 ];
 
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
@@ -121,4 +134,39 @@ fn config_loader_survives_hostile_text() {
 #[test]
 fn encoders_keep_one_line_per_event() {
     replay("ndjson_encoder", fuzzing::encoders, 20_000);
+}
+
+#[test]
+fn quickztna_parsers_survive_hostile_answers() {
+    replay("quickztna_page", fuzzing::quickztna_page, 10_000);
+}
+
+#[test]
+fn quickztna_csv_rows_become_objects_alone_and_in_an_answer() {
+    replay("quickztna_csv", fuzzing::quickztna_csv, 10_000);
+}
+
+#[test]
+fn certifyclouds_parser_survives_hostile_pages() {
+    replay("certifyclouds_page", fuzzing::certifyclouds_page, 10_000);
+}
+
+#[test]
+fn http_pull_parser_follows_only_valid_cursors() {
+    replay("http_pull_page", fuzzing::http_pull_page, 10_000);
+}
+
+#[test]
+fn veza_list_parser_survives_hostile_pages() {
+    replay("veza_list_page", fuzzing::veza_list_page, 10_000);
+}
+
+#[test]
+fn webhook_in_bodies_keep_each_event_byte_for_byte() {
+    replay("webhook_in_body", fuzzing::webhook_in_body, 10_000);
+}
+
+#[test]
+fn syslog_frames_read_back_valid_whatever_the_event() {
+    replay("syslog_encoder", fuzzing::syslog_encoder, 10_000);
 }

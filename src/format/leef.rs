@@ -11,6 +11,7 @@
 use std::net::IpAddr;
 
 use super::siem::SiemEvent;
+use super::syslog::writable_time;
 
 /// `devTime` is written as RFC 3339 UTC with milliseconds; this is the Java
 /// date pattern QRadar is told to parse it with.
@@ -97,7 +98,9 @@ pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char) {
         delim,
         first: true,
     };
-    if let Some(t) = e.time {
+    // A time devTimeFormat cannot read is left out: QRadar then uses the
+    // time it received the event.
+    if let Some(t) = e.time.and_then(writable_time) {
         attrs.put(
             "devTime",
             &t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
@@ -197,6 +200,36 @@ mod tests {
         assert!(parse_delimiter("ab").is_err());
         assert!(parse_delimiter("a").is_err());
         assert_eq!(declare('\t'), "x09");
+    }
+
+    #[test]
+    fn dev_time_only_when_dev_time_format_can_read_it() {
+        use chrono::TimeZone;
+        let facts = AuditFacts::default();
+        let leef = |t| {
+            let mut out = Vec::new();
+            write(
+                &mut out,
+                &SiemEvent {
+                    vendor: "V",
+                    product: "P",
+                    version: "1",
+                    event_type: None,
+                    id: None,
+                    time: Some(t),
+                    source: "s",
+                    severity: Severity::INFO,
+                    facts: &facts,
+                    extra: &[],
+                },
+                '^',
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let year_10000 = chrono::Utc.timestamp_opt(253_402_300_800, 0).unwrap();
+        assert_eq!(leef(year_10000), "LEEF:2.0|V|P|1|audit|^|sev=3^source=s");
+        let t = chrono::Utc.timestamp_opt(1_700_000_000, 5_000_000).unwrap();
+        assert!(leef(t).contains("devTime=2023-11-14T22:13:20.005Z^devTimeFormat="));
     }
 
     #[test]

@@ -21,7 +21,9 @@ pub fn write_header(
     tag: &str,
     pid: u32,
 ) {
-    // `%e` pads the day with a space, as the RFC wants ("Jan  5").
+    // `%e` pads the day with a space, as the RFC wants ("Jan  5"); seconds
+    // are 00-59.
+    let time = super::syslog::without_leap_second(time);
     let _ = write!(
         out,
         "<{pri}>{} {hostname} {tag}[{pid}]: ",
@@ -60,5 +62,11 @@ mod tests {
         write_header(&mut out, 38, t, "relay-1", &tag("audit relay!"), 7);
         assert_eq!(out, b"<38>Jan  5 08:03:09 relay-1 auditrelay[7]: ");
         assert_eq!(hostname("my host"), "my_host");
+        let mut out = Vec::new();
+        let leap = DateTime::parse_from_rfc3339("2026-12-31T23:59:60Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        write_header(&mut out, 38, leap, "h", "t", 7);
+        assert_eq!(out, b"<38>Dec 31 23:59:59 h t[7]: ");
     }
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::syslog::{cut, header_token};
+use super::syslog::{cut, header_token, writable_time};
 
 pub const APP_NAME_MAX: usize = 48;
 pub const HOSTNAME_MAX: usize = 255;
@@ -32,8 +32,9 @@ pub struct Header<'a> {
 /// trailing space before STRUCTURED-DATA).
 pub fn write_header(out: &mut Vec<u8>, h: &Header<'_>) {
     let _ = write!(out, "<{}>1 ", h.pri);
-    match h.time {
-        // TIME-SECFRAC allows at most 6 digits.
+    // DATE-FULLYEAR has 4 digits and TIME-SECOND is 00-59: other times are
+    // NILVALUE. TIME-SECFRAC allows at most 6 digits.
+    match h.time.and_then(writable_time) {
         Some(t) => out.extend_from_slice(t.to_rfc3339_opts(SecondsFormat::Micros, true).as_bytes()),
         None => out.push(b'-'),
     }
@@ -127,6 +128,34 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "<134>1 2023-07-26T08:23:17.151080Z relay-1 auditrelay 42 DeleteUser \
              [auditrelay@32473 id=\"a\\\"b\\\\c\\]d\\ne\" source=\"veza\"]"
+        );
+    }
+
+    #[test]
+    fn times_a_timestamp_cannot_hold_are_nil_or_folded() {
+        let header = |time| {
+            let mut out = Vec::new();
+            write_header(
+                &mut out,
+                &Header {
+                    pri: 134,
+                    time,
+                    hostname: "h",
+                    app_name: "a",
+                    procid: "1",
+                    msgid: "-",
+                },
+            );
+            String::from_utf8(out).unwrap()
+        };
+        let year_10000 = Utc.timestamp_opt(253_402_300_800, 0).unwrap();
+        assert_eq!(header(Some(year_10000)), "<134>1 - h a 1 - ");
+        let leap = DateTime::parse_from_rfc3339("2026-12-31T23:59:60Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            header(Some(leap)),
+            "<134>1 2026-12-31T23:59:59.999999Z h a 1 - "
         );
     }
 

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
@@ -190,6 +191,27 @@ pub fn cut_escaped(bytes: &[u8], max: usize) -> usize {
     end
 }
 
+/// `t` as the RFC 3339 profiles of RFC 5424 and LEEF can carry it: a
+/// 4-digit year, else `None` (an event time from a hostile or broken field,
+/// `253402300800000` ms, would print as `+10000-…` and break the header; the
+/// receiver's clock is better), and no leap second (`:60`, which chrono
+/// reads from RFC 3339 text, becomes `:59.999999999`).
+pub fn writable_time(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    (0..=9999)
+        .contains(&t.year())
+        .then(|| without_leap_second(t))
+}
+
+/// A leap second (`:60`) as `:59.999999999`: syslog timestamps count
+/// seconds 00-59.
+pub fn without_leap_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    if t.nanosecond() >= 1_000_000_000 {
+        t.with_nanosecond(999_999_999).unwrap_or(t)
+    } else {
+        t
+    }
+}
+
 /// A header token of RFC 5424 (PRINTUSASCII, `%d33-126`, at most `max`
 /// bytes): other characters become `_`; an empty result is `-` (NILVALUE).
 pub fn header_token(text: &str, max: usize) -> String {
@@ -258,6 +280,28 @@ mod tests {
         assert_eq!(cut_escaped(s, 3), 2); // "ab\" would end in a lone backslash
         assert_eq!(cut_escaped(s, 4), 4);
         assert_eq!(cut_escaped("☃☃".as_bytes(), 4), 3);
+    }
+
+    #[test]
+    fn times_outside_rfc3339_profiles_are_dropped_or_folded() {
+        // The syslog_encoder fuzz target's TIMESTAMP checks fail on these
+        // times without it.
+        let t = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let far = crate::event::parse_time(
+            serde_json::from_str::<&serde_json::value::RawValue>("253402300800000").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(far.year(), 10000);
+        assert_eq!(writable_time(far), None);
+        assert_eq!(writable_time(t("0000-01-01T00:00:00+00:01")), None);
+        let leap = writable_time(t("2026-03-15T08:42:60.5Z")).unwrap();
+        assert_eq!(leap, t("2026-03-15T08:42:59.999999999Z"));
+        let plain = t("9999-12-31T23:59:59.25Z");
+        assert_eq!(writable_time(plain), Some(plain));
     }
 
     #[test]

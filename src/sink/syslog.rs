@@ -51,7 +51,7 @@ use crate::format::{cef, leef, rfc5424};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
-pub use encode::{Encoder, Frames};
+pub use encode::{Encoder, Frames, SD_VALUE_MAX};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -27,7 +27,7 @@ use super::poll::{
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
-use crate::event::{Batch, FieldExtractor, FieldPath};
+use crate::event::{Batch, Event, FieldExtractor, FieldPath};
 use crate::metrics::metrics;
 use crate::secret::SecretKeys;
 
@@ -303,6 +303,18 @@ impl CertifycloudsSource {
         };
         serde_json::from_str(list.get()).map_err(|e| format!("entries are not a list: {e}"))
     }
+
+    /// The events of one page, or why it is not one (also the entry point
+    /// of fuzzing and the corpus test).
+    pub(crate) fn parse_page(&self, body: &Bytes) -> Result<Vec<Event>, String> {
+        let root = serde_json::from_slice::<&RawValue>(body)
+            .map_err(|e| format!("body is not JSON ({e}): {}", snippet(body)))?;
+        Ok(self
+            .items(root)?
+            .into_iter()
+            .map(|i| self.extractor.event(body, i))
+            .collect())
+    }
 }
 
 #[async_trait]
@@ -325,22 +337,14 @@ impl Source for CertifycloudsSource {
                     continue;
                 }
             };
-            let body: Bytes = reply.body;
-            let parsed = serde_json::from_slice::<&RawValue>(&body)
-                .map_err(|e| format!("body is not JSON ({e}): {}", snippet(&body)))
-                .and_then(|root| self.items(root));
-            let items = match parsed {
-                Ok(items) => items,
+            let events = match self.parse_page(&reply.body) {
+                Ok(events) => events,
                 Err(why) => {
                     self.fetcher.retry_later(&why).await;
                     continue;
                 }
             };
-            let returned = items.len();
-            let events: Vec<_> = items
-                .into_iter()
-                .map(|i| self.extractor.event(&body, i))
-                .collect();
+            let returned = events.len();
             let keys: Vec<String> = events.iter().map(dedup_key).collect();
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);

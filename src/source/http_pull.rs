@@ -32,7 +32,7 @@ use super::poll::{
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
-use crate::event::{scalar_text, Batch, FieldExtractor, FieldPath};
+use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
 use crate::metrics::metrics;
 use crate::secret::{Secret, SecretKeys};
 
@@ -727,6 +727,26 @@ impl HttpPullSource {
         serde_json::from_str(list.get()).map_err(|e| format!("items are not a list: {e}"))
     }
 
+    /// The events of one page and where the walk goes next, or why the
+    /// page is not understood (also the entry point of fuzzing and the
+    /// corpus test). `asked` is the URL the page was requested with.
+    pub(crate) fn parse_page(
+        &self,
+        body: &Bytes,
+        headers: &HeaderMap,
+        asked: &url::Url,
+    ) -> Result<(Vec<Event>, Next), String> {
+        let root = serde_json::from_slice::<&RawValue>(body)
+            .map_err(|e| format!("body is not JSON ({e}): {}", snippet(body)))?;
+        let items = self.items(root)?;
+        let next = self.next(root, headers, asked, items.len())?;
+        let events = items
+            .into_iter()
+            .map(|i| self.extractor.event(body, i))
+            .collect();
+        Ok((events, next))
+    }
+
     /// Where the walk goes after this page.
     fn next(
         &self,
@@ -833,26 +853,14 @@ impl Source for HttpPullSource {
                     continue;
                 }
             };
-            let body: Bytes = reply.body;
-            let parsed = serde_json::from_slice::<&RawValue>(&body)
-                .map_err(|e| format!("body is not JSON ({e}): {}", snippet(&body)))
-                .and_then(|root| {
-                    let items = self.items(root)?;
-                    let next = self.next(root, &reply.headers, &prepared.url, items.len())?;
-                    Ok((items, next))
-                });
-            let (items, next) = match parsed {
+            let (events, next) = match self.parse_page(&reply.body, &reply.headers, &prepared.url) {
                 Ok(x) => x,
                 Err(why) => {
                     self.fetcher.retry_later(&why).await;
                     continue;
                 }
             };
-            let returned = items.len();
-            let events: Vec<_> = items
-                .into_iter()
-                .map(|i| self.extractor.event(&body, i))
-                .collect();
+            let returned = events.len();
             let keys: Vec<String> = events.iter().map(dedup_key).collect();
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);

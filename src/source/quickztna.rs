@@ -426,6 +426,15 @@ impl QuickztnaSource {
         Parsed::Page(Page { events, count })
     }
 
+    /// One response body through the same parsing as a poll (fuzzing and
+    /// the corpus test): its entries, or why it was refused or not understood.
+    pub(crate) fn parse_body(&self, body: &Bytes) -> Result<Vec<Event>, String> {
+        match self.parse(body) {
+            Parsed::Page(page) => Ok(page.events),
+            Parsed::Refused(why) | Parsed::Broken(why) => Err(why),
+        }
+    }
+
     /// Turns a response into batches, each with the state as of itself.
     fn accept(&mut self, page: Page, window_start: DateTime<Utc>, asked_at: DateTime<Utc>) {
         let returned = page.events.len();

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::poll::{count_fresh, fresh, snippet, Fetcher, FetcherConfig, RateLimitConfig, SeenSet};
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
-use crate::event::{scalar_text, Batch, FieldExtractor, FieldPath};
+use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
 use crate::secret::SecretKeys;
 
 /// How far back the list endpoint serves.
@@ -347,6 +347,35 @@ impl VezaListSource {
         self.state.range
     }
 
+    /// The events of one page and its next-page token, or why the page is
+    /// not understood (also the entry point of fuzzing and the corpus test).
+    pub(crate) fn parse_page(&self, body: &Bytes) -> Result<(Vec<Event>, Option<String>), String> {
+        let root = serde_json::from_slice::<&RawValue>(body)
+            .map_err(|e| format!("body is not JSON ({e}): {}", snippet(body)))?;
+        let items: Vec<&RawValue> = match self.items_path.lookup(root) {
+            Some(v) if v.get() != "null" => serde_json::from_str(v.get())
+                .map_err(|e| format!("\"{}\" is not a list: {e}", self.items_path))?,
+            Some(_) => Vec::new(),
+            None => {
+                return Err(format!(
+                    "no \"{}\" member: {}",
+                    self.items_path,
+                    snippet(body)
+                ))
+            }
+        };
+        let next = self
+            .next_token_path
+            .lookup(root)
+            .and_then(|v| scalar_text(v).map(|t| t.into_owned()))
+            .filter(|t| !t.is_empty());
+        let events = items
+            .into_iter()
+            .map(|i| self.extractor.event(body, i))
+            .collect();
+        Ok((events, next))
+    }
+
     fn filter(&self) -> String {
         let f = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::AutoSi, true);
         format!(
@@ -383,41 +412,14 @@ impl Source for VezaListSource {
                     continue;
                 }
             };
-            let body: Bytes = reply.body;
-            let parsed = serde_json::from_slice::<&RawValue>(&body)
-                .map_err(|e| format!("body is not JSON ({e}): {}", snippet(&body)))
-                .and_then(|root| {
-                    let items: Vec<&RawValue> = match self.items_path.lookup(root) {
-                        Some(v) if v.get() != "null" => serde_json::from_str(v.get())
-                            .map_err(|e| format!("\"{}\" is not a list: {e}", self.items_path))?,
-                        Some(_) => Vec::new(),
-                        None => {
-                            return Err(format!(
-                                "no \"{}\" member: {}",
-                                self.items_path,
-                                snippet(&body)
-                            ))
-                        }
-                    };
-                    let next = self
-                        .next_token_path
-                        .lookup(root)
-                        .and_then(|v| scalar_text(v).map(|t| t.into_owned()))
-                        .filter(|t| !t.is_empty());
-                    Ok((items, next))
-                });
-            let (items, next) = match parsed {
+            let (mut events, next) = match self.parse_page(&reply.body) {
                 Ok(x) => x,
                 Err(why) => {
                     self.fetcher.retry_later(&why).await;
                     continue;
                 }
             };
-            let returned = items.len();
-            let mut events: Vec<_> = items
-                .into_iter()
-                .map(|i| self.extractor.event(&body, i))
-                .collect();
+            let returned = events.len();
             // Ordered by completion time: an event at or past the end means
             // the range is done (should the API ignore the upper bound).
             let to = self.state.range.to;

@@ -447,7 +447,20 @@ pub fn parse_events(body: &[u8]) -> Result<Vec<Range<usize>>, String> {
     Ok(out)
 }
 
-fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, (StatusCode, String)> {
+/// The event of one spooled record (the bytes of one item of a body).
+pub(crate) fn record_event(extractor: &FieldExtractor, raw: Bytes) -> Event {
+    match serde_json::from_slice::<&RawValue>(&raw) {
+        Ok(item) => extractor.event(&raw, item),
+        Err(_) => Event {
+            raw: raw.clone(),
+            id: None,
+            time: None,
+            kind: None,
+        },
+    }
+}
+
+pub(crate) fn gunzip(data: &[u8], max: usize) -> Result<Vec<u8>, (StatusCode, String)> {
     use std::io::Read;
     let mut out = Vec::new();
     flate2::read::MultiGzDecoder::new(data)
@@ -945,15 +958,7 @@ impl Source for WebhookInSource {
             let events: Vec<Event> = chunk
                 .records
                 .into_iter()
-                .map(|raw| match serde_json::from_slice::<&RawValue>(&raw) {
-                    Ok(item) => self.extractor.event(&raw, item),
-                    Err(_) => Event {
-                        raw: raw.clone(),
-                        id: None,
-                        time: None,
-                        kind: None,
-                    },
-                })
+                .map(|raw| record_event(&self.extractor, raw))
                 .collect();
             let newest_time = events.iter().filter_map(|e| e.time).max();
             let checkpoint = serde_json::to_vec(&self.pos)?;

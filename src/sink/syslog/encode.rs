@@ -1,10 +1,13 @@
 //! Turns events into syslog frames: severity, header, structured data, body,
 //! the size limit, and the framing of the transport.
 //!
-//! Size limit: the header and structured data are never cut; the body is cut
-//! at a character boundary (never inside an escape) so the message fits, and
-//! RFC 5424 messages then carry `truncated="<original body bytes>"` in their
-//! SD element. The frame therefore stays valid and the cut is visible.
+//! Size limit: the header is never cut; the body is cut at a character
+//! boundary (never inside an escape) so the message fits, and RFC 5424
+//! messages then carry `truncated="<original body bytes>"` in their SD
+//! element. The frame therefore stays valid and the cut is visible. Should
+//! the header and SD element alone not fit (a 255-byte hostname beside ids
+//! and types that escape to twice their size), the SD values of that
+//! message are cut shorter until they do.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -203,13 +206,29 @@ impl Encoder {
                 }
             }
         }
-        self.head(&mut s.head, source, event, severity, None);
+        self.head(&mut s.head, source, event, severity, None, SD_VALUE_MAX);
         let mut truncated = false;
         let mut body_len = s.body.len();
         if s.head.len() + body_len > self.max_message {
             truncated = true;
             let original = s.body.len();
-            self.head(&mut s.head, source, event, severity, Some(original));
+            // With empty values the head is under 500 bytes, below the
+            // smallest max_message_size (1024): halving ends within 8 rounds.
+            let mut value_max = SD_VALUE_MAX;
+            loop {
+                self.head(
+                    &mut s.head,
+                    source,
+                    event,
+                    severity,
+                    Some(original),
+                    value_max,
+                );
+                if s.head.len() <= self.max_message || value_max == 0 {
+                    break;
+                }
+                value_max /= 2;
+            }
             let room = self.max_message.saturating_sub(s.head.len());
             body_len = cut_escaped(&s.body, room);
         }
@@ -266,7 +285,7 @@ impl Encoder {
     }
 
     /// Everything before the body. `truncated` holds the original body size
-    /// when the body will be cut.
+    /// when the body will be cut; SD values are cut to `value_max` bytes.
     fn head(
         &self,
         out: &mut Vec<u8>,
@@ -274,6 +293,7 @@ impl Encoder {
         event: &Event,
         severity: Severity,
         truncated: Option<usize>,
+        value_max: usize,
     ) {
         out.clear();
         let pri = pri(self.facility, severity);
@@ -314,7 +334,7 @@ impl Encoder {
                             params.push(("truncated", n));
                         }
                         let lf = self.framing == Some(Framing::Lf);
-                        rfc5424::write_sd_element(out, sd_id, &params, SD_VALUE_MAX, lf);
+                        rfc5424::write_sd_element(out, sd_id, &params, value_max, lf);
                     }
                     None => out.push(b'-'),
                 }
@@ -398,6 +418,37 @@ mod tests {
         let body = out.trim_end_matches('\n');
         let run = body.chars().rev().take_while(|c| *c == '\\').count();
         assert_eq!(run % 2, 0);
+    }
+
+    #[test]
+    fn a_long_hostname_and_hostile_ids_still_fit_the_limit() {
+        // Found by the syslog_encoder fuzz target: the longest hostname,
+        // APP-NAME and SD-ID the config allows, a 64-byte source and SD
+        // values that escape to twice their length outgrew 1024 bytes.
+        let host = "h".repeat(255);
+        let mut c = cfg("\"max_message_size\":1024");
+        c.hostname = Some(host.clone());
+        c.app_name = "a".repeat(48);
+        c.sd_id = format!("{}@32473", "s".repeat(26));
+        let enc = Encoder::new(&c, Some(Framing::Lf), 1024).unwrap();
+        let hostile = "\"]\\".repeat(60);
+        let e = Event {
+            raw: Bytes::from(format!("{{\"s\":\"{}\"}}", "x".repeat(4000))),
+            id: Some(hostile.clone().into()),
+            time: Some(chrono::Utc.timestamp_opt(1_700_000_000, 0).unwrap()),
+            kind: Some(hostile.into()),
+        };
+        let mut out = Vec::new();
+        let truncated = enc.encode(&"s".repeat(64), &e, &mut out, &mut Scratch::default());
+        assert!(truncated);
+        assert!(out.len() <= 1024 + 1, "{} bytes", out.len());
+        let msg = String::from_utf8(out).unwrap();
+        assert!(
+            msg.contains(&format!(" {host} ")),
+            "the hostname stays whole"
+        );
+        assert!(msg.contains("truncated=\"4008\""), "{msg}");
+        assert!(msg.contains("{\"s\":\"xxx"), "some of the body is left");
     }
 
     #[test]
