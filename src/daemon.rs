@@ -25,7 +25,7 @@ use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
-use crate::sink::spool::SpoolingSink;
+use crate::sink::spool::{spool_dir, SpoolingSink};
 use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
 
@@ -77,14 +77,18 @@ pub fn build_running_sink(
     let Some(cfg) = config.sinks.get(name) else {
         return Ok(sink);
     };
-    if cfg.common.on_unavailable != OnUnavailable::Spool {
-        return Ok(sink);
-    }
+    let spool_after = match cfg.common.on_unavailable {
+        OnUnavailable::Spool => Some(cfg.common.spool_after),
+        // Switched back to `block` with batches still spooled: they go out
+        // first, so nothing the checkpoint already passed is stranded.
+        OnUnavailable::Block if spool_dir(&config.state_dir, name).exists() => None,
+        OnUnavailable::Block => return Ok(sink),
+    };
     Ok(Arc::new(SpoolingSink::open(
         name,
         &config.state_dir,
         sink,
-        cfg.common.spool_after,
+        spool_after,
         cfg.common.spool_max_bytes,
         cfg.common.retry,
         health.clone(),

@@ -88,19 +88,30 @@ impl Spool {
         for &seq in &segments {
             total += fs::metadata(dir.join(segment_name(seq)))?.len();
         }
-        let (segment, file, len) = match segments.last() {
+        let (mut segment, mut file, mut len) = match segments.last() {
             Some(&seq) => {
                 let path = dir.join(segment_name(seq));
-                let valid = valid_length(&path)?;
+                let scan = scan_segment(&path)?;
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
                 let actual = file.metadata()?.len();
-                if valid < actual {
-                    tracing::warn!(file = %path.display(), cut_bytes = actual - valid, "spool segment ends with a torn record (a crash during a write that was never acknowledged); cutting it off");
-                    file.set_len(valid)?;
+                if scan.header_missing {
+                    // Created but never given its header (a crash right after
+                    // the create): it holds nothing acknowledged.
+                    tracing::warn!(file = %path.display(), "spool segment has no header (a crash while it was created); writing it");
+                    file.set_len(0)?;
+                    (&file).write_all(MAGIC)?;
                     file.sync_all()?;
-                    total -= actual - valid;
+                    total = total - actual + MAGIC.len() as u64;
+                    (seq, file, MAGIC.len() as u64)
+                } else {
+                    if scan.valid < actual {
+                        tracing::warn!(file = %path.display(), cut_bytes = actual - scan.valid, "spool segment ends with a torn record (a crash during a write that was never acknowledged); cutting it off");
+                        file.set_len(scan.valid)?;
+                        file.sync_all()?;
+                        total -= actual - scan.valid;
+                    }
+                    (seq, file, scan.valid)
                 }
-                (seq, file, valid)
             }
             None => {
                 let (file, len) = create_segment(dir, 1)?;
@@ -108,6 +119,16 @@ impl Spool {
                 (1, file, len)
             }
         };
+        if segments.last().is_some_and(|&seq| seq == segment) && scan_damaged(dir, segment)? {
+            // A damaged record with whole records after it: never cut
+            // acknowledged data; the reader skips the damaged record, and
+            // new records go to a fresh segment.
+            tracing::error!(file = %dir.join(segment_name(segment)).display(), "spool segment holds a damaged record; it will be skipped when read, new records go to a new segment");
+            let next = segment + 1;
+            let (f, l) = create_segment(dir, next)?;
+            total += l;
+            (segment, file, len) = (next, f, l);
+        }
         Ok(Spool {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(MAGIC.len() as u64 + 1),
@@ -141,12 +162,8 @@ impl Spool {
         }
         let size: u64 = records.iter().map(|r| RECORD_HEAD + r.len() as u64).sum();
         let mut w = self.lock();
-        if w.total + size > self.max_bytes {
-            return Err(AppendError::Full {
-                used: w.total,
-                max: self.max_bytes,
-            });
-        }
+        // Rotate first: a full segment becomes removable once delivered,
+        // even while the spool has no room for this append.
         if w.len >= self.segment_bytes {
             let next = w.segment + 1;
             let (file, len) = create_segment(&self.dir, next)?;
@@ -157,6 +174,12 @@ impl Spool {
             self.tail.send_replace(Tail {
                 segment: next,
                 synced: len,
+            });
+        }
+        if w.total + size > self.max_bytes {
+            return Err(AppendError::Full {
+                used: w.total,
+                max: self.max_bytes,
             });
         }
         let mut buf = Vec::with_capacity(size as usize);
@@ -277,7 +300,15 @@ impl Spool {
                             bytes += r.len();
                             out.records.push(Bytes::from(r));
                         }
-                        Err(why) => {
+                        Err(RecordError::Checksum { len }) => {
+                            out.skipped.push(format!(
+                                "{} at offset {at}: a record of {len} bytes fails its checksum; that record is skipped",
+                                path.display()
+                            ));
+                            at += RECORD_HEAD + len;
+                            file.seek(SeekFrom::Start(at))?;
+                        }
+                        Err(RecordError::Cut(why)) => {
                             out.skipped.push(format!(
                                 "{} at offset {at}: {why}; the rest of the segment ({} bytes) is skipped",
                                 path.display(),
@@ -344,39 +375,81 @@ fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
 
 fn create_segment(dir: &Path, seq: u64) -> io::Result<(File, u64)> {
     let path = dir.join(segment_name(seq));
-    let mut file = OpenOptions::new()
+    let mut file = match OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
+        .open(&path)
+    {
+        Ok(f) => f,
+        // Left by a failed earlier attempt before its header was written:
+        // it holds nothing, so it may be reused.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && holds_no_record(&path)? => {
+            let f = OpenOptions::new().read(true).write(true).open(&path)?;
+            f.set_len(0)?;
+            f
+        }
+        Err(e) => return Err(e),
+    };
     file.write_all(MAGIC)?;
     file.sync_all()?;
     sync_dir(dir)?;
     Ok((file, MAGIC.len() as u64))
 }
 
+/// Whether a segment file is empty or holds part of the header at most.
+fn holds_no_record(path: &Path) -> io::Result<bool> {
+    let data = fs::read(path)?;
+    Ok(data.len() <= MAGIC.len() && MAGIC.starts_with(&data))
+}
+
+enum RecordError {
+    /// The record runs past the end: a torn write, or a corrupt length.
+    Cut(String),
+    /// The record is whole but its bytes are not what was written.
+    Checksum { len: u64 },
+}
+
 /// One record at `at`, which must end by `limit`.
-fn read_record(file: &mut impl Read, at: u64, limit: u64) -> Result<Vec<u8>, String> {
+fn read_record(file: &mut impl Read, at: u64, limit: u64) -> Result<Vec<u8>, RecordError> {
     let mut head = [0u8; RECORD_HEAD as usize];
     if at + RECORD_HEAD > limit {
-        return Err("a record header is cut short".into());
+        return Err(RecordError::Cut("a record header is cut short".into()));
     }
-    file.read_exact(&mut head).map_err(|e| e.to_string())?;
+    file.read_exact(&mut head)
+        .map_err(|e| RecordError::Cut(e.to_string()))?;
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as u64;
     let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
     if at + RECORD_HEAD + len > limit {
-        return Err(format!("a record of {len} bytes runs past the end"));
+        return Err(RecordError::Cut(format!(
+            "a record of {len} bytes runs past the end"
+        )));
     }
     let mut data = vec![0u8; len as usize];
-    file.read_exact(&mut data).map_err(|e| e.to_string())?;
+    file.read_exact(&mut data)
+        .map_err(|e| RecordError::Cut(e.to_string()))?;
     if crc32fast::hash(&data) != crc {
-        return Err("a record fails its checksum".into());
+        return Err(RecordError::Checksum { len });
     }
     Ok(data)
 }
 
-/// The length of the valid prefix of a segment (header plus whole records).
-fn valid_length(path: &Path) -> io::Result<u64> {
+/// What a scan of a segment found.
+struct Scan {
+    /// End of the last record before a torn end (where to cut).
+    valid: u64,
+    /// The file is shorter than the header and a prefix of it.
+    header_missing: bool,
+}
+
+/// Scans a segment: whole records, skipping damaged ones, up to a torn end.
+fn scan_segment(path: &Path) -> io::Result<Scan> {
+    if holds_no_record(path)? {
+        return Ok(Scan {
+            valid: 0,
+            header_missing: true,
+        });
+    }
     let len = fs::metadata(path)?.len();
     let mut file = BufReader::new(File::open(path)?);
     let mut magic = vec![0u8; MAGIC.len()];
@@ -393,10 +466,31 @@ fn valid_length(path: &Path) -> io::Result<u64> {
     while at < len {
         match read_record(&mut file, at, len) {
             Ok(r) => at += RECORD_HEAD + r.len() as u64,
-            Err(_) => break,
+            Err(RecordError::Checksum { len: n }) => at += RECORD_HEAD + n,
+            Err(RecordError::Cut(_)) => break,
         }
     }
-    Ok(at)
+    Ok(Scan {
+        valid: at,
+        header_missing: false,
+    })
+}
+
+/// Whether segment `seq` holds a whole record that fails its checksum.
+fn scan_damaged(dir: &Path, seq: u64) -> io::Result<bool> {
+    let path = dir.join(segment_name(seq));
+    let len = fs::metadata(&path)?.len();
+    let mut file = BufReader::new(File::open(&path)?);
+    file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+    let mut at = MAGIC.len() as u64;
+    while at < len {
+        match read_record(&mut file, at, len) {
+            Ok(r) => at += RECORD_HEAD + r.len() as u64,
+            Err(RecordError::Checksum { .. }) => return Ok(true),
+            Err(RecordError::Cut(_)) => break,
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -475,5 +569,43 @@ mod tests {
         assert_eq!(texts(&r), vec!["{\"first\":1}", "{\"third\":3}"]);
         assert_eq!(r.skipped.len(), 1);
         assert!(r.skipped[0].contains("checksum"), "{:?}", r.skipped);
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_newest_segment_is_skipped_not_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let delivered;
+        {
+            let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+            for r in [b"{\"r\":1}", b"{\"r\":2}", b"{\"r\":3}"] {
+                spool.append(&[r]).unwrap();
+            }
+            let r = spool.read(spool.start().unwrap(), 10, 1 << 20).unwrap();
+            assert_eq!(r.records.len(), 3);
+            delivered = r.next;
+        }
+        // Bit rot in record 1, already delivered.
+        let path = dir.path().join(segment_name(1));
+        let mut data = fs::read(&path).unwrap();
+        let whole = data.len();
+        data[MAGIC.len() + 8 + 2] ^= 0xff;
+        fs::write(&path, &data).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().len() as usize,
+            whole,
+            "nothing cut"
+        );
+        spool.append(&[b"{\"r\":4}"]).unwrap();
+        spool.append(&[b"{\"r\":5}"]).unwrap();
+        let r = spool.read(delivered, 10, 1 << 20).unwrap();
+        assert_eq!(texts(&r), vec!["{\"r\":4}", "{\"r\":5}"], "{:?}", r.skipped);
+        // Read from the start: only the damaged record is skipped.
+        let all = spool.read(spool.start().unwrap(), 10, 1 << 20).unwrap();
+        assert_eq!(
+            texts(&all),
+            vec!["{\"r\":2}", "{\"r\":3}", "{\"r\":4}", "{\"r\":5}"]
+        );
+        assert_eq!(all.skipped.len(), 1, "{:?}", all.skipped);
     }
 }

@@ -7,11 +7,14 @@
 //! has not confirmed within `spool_after`, or failed locally, has its batch
 //! written to the spool (fsynced) and is reported as confirmed. The direct
 //! attempt is not cancelled: cancelling a sink half way through a write
-//! could leave half a frame on a connection. It runs on, and the drainer
-//! waits for it before starting, so a batch that got through after all is
-//! not sent a second time. From then on every batch goes to the spool until
-//! the drainer has emptied it, which keeps an ordered sink's batches in
-//! order. A full spool blocks, exactly like `block`: nothing is dropped.
+//! could leave half a frame on a connection. It runs on, and the drainer,
+//! on reaching that batch, waits for the attempt's outcome, so a batch that
+//! got through after all is not sent a second time. From then on every
+//! batch goes to the spool until the drainer has emptied it, which keeps an
+//! ordered sink's batches in order. A full spool blocks, exactly like
+//! `block`: nothing is dropped. A batch is written as records of at most a
+//! quarter of the spool, so any batch fits; a single event larger than half
+//! of it waits for the spool to empty and is sent directly.
 //!
 //! Each spool record is one batch (`encode_batch`); the delivered position
 //! is a checkpoint file next to the segments, written after each batch the
@@ -19,7 +22,7 @@
 //! once); a torn record at the end is cut off at the next start, and a
 //! damaged record further in is reported and skipped, never a crash loop.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
@@ -30,7 +33,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -41,7 +44,7 @@ use crate::event::Event;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
-use crate::spool::{AppendError, Pos, Spool};
+use crate::spool::{AppendError, Pos, Spool, Tail};
 
 /// The smallest `spool_max_bytes` accepted: room for a few large pages.
 pub const MIN_MAX_BYTES: u64 = 16 << 20;
@@ -107,7 +110,10 @@ static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
 pub struct SpoolingSink {
     inner: Arc<dyn Sink>,
     shared: Arc<Shared>,
-    spool_after: Duration,
+    /// `None`: drain only (the sink is `block` now, but its spool still
+    /// holds batches from when it was not): batches wait for the spool to
+    /// empty, then go directly.
+    spool_after: Option<Duration>,
     stop: CancellationToken,
 }
 
@@ -120,6 +126,8 @@ struct Shared {
     changed: Notify,
     /// Wakes appenders waiting for room.
     space: Notify,
+    /// Wakes those waiting for the spool to be empty.
+    emptied: Notify,
     health: Health,
     max_bytes: u64,
     next_id: AtomicU64,
@@ -132,10 +140,10 @@ struct State {
     backlog: bool,
     /// Appends under way (they hold `backlog` up).
     appending: usize,
-    /// Direct deliveries that outlived `spool_after` and still run.
-    late: usize,
-    /// Spooled batches whose late direct delivery got through after all.
-    delivered: HashSet<u64>,
+    /// Spooled batches whose direct delivery outlived `spool_after` and may
+    /// still get through: the drainer waits for the outcome (true = it did)
+    /// before sending such a batch itself.
+    late: HashMap<u64, watch::Receiver<Option<bool>>>,
 }
 
 impl Shared {
@@ -162,7 +170,7 @@ impl SpoolingSink {
         name: &str,
         state_dir: &Path,
         inner: Arc<dyn Sink>,
-        spool_after: Duration,
+        spool_after: Option<Duration>,
         max_bytes: u64,
         retry: RetryConfig,
         health: Health,
@@ -179,14 +187,26 @@ impl SpoolingSink {
         let segment_bytes = (max_bytes / 64).clamp(1 << 20, 16 << 20);
         let spool = Spool::open(&dir, segment_bytes, max_bytes).map_err(|e| context("open", &e))?;
         let positions = CheckpointStore::in_dir(&dir).map_err(|e| context("open", &e))?;
-        let start = match positions.load(POSITION).map_err(|e| context("read", &e))? {
-            Some(bytes) => serde_json::from_slice::<Pos>(&bytes).map_err(|e| {
-                context(
-                    "use",
-                    &format!("its delivered position is not a spool position ({e})"),
-                )
-            })?,
-            None => spool.start().map_err(|e| context("read", &e))?,
+        let first = spool.start().map_err(|e| context("read", &e))?;
+        // A position that cannot be used costs duplicates (the spool is sent
+        // from its start), never a refusal to start.
+        let start = match positions.load(POSITION) {
+            Ok(Some(bytes)) => match serde_json::from_slice::<Pos>(&bytes) {
+                Ok(pos) if pos_within(pos, spool.tail()) => pos,
+                Ok(pos) => {
+                    warn!(sink = name, spool = %dir.display(), position = ?pos, "the delivered position lies past the end of the spool; sending the spool from its start");
+                    first
+                }
+                Err(e) => {
+                    warn!(sink = name, spool = %dir.display(), error = %e, "the delivered position is unreadable; sending the spool from its start");
+                    first
+                }
+            },
+            Ok(None) => first,
+            Err(e) => {
+                warn!(sink = name, spool = %dir.display(), error = %e, "the delivered position is unreadable; sending the spool from its start");
+                first
+            }
         };
         let shared = Arc::new(Shared {
             name: name.to_string(),
@@ -197,6 +217,7 @@ impl SpoolingSink {
             }),
             changed: Notify::new(),
             space: Notify::new(),
+            emptied: Notify::new(),
             health,
             max_bytes,
             next_id: AtomicU64::new(
@@ -233,31 +254,74 @@ impl SpoolingSink {
         })
     }
 
-    /// Writes a batch to the spool, waiting while it is full. Returns the
-    /// batch's id, or `None` when the batch alone is larger than the spool.
-    async fn append(&self, source: &str, events: &[Event]) -> anyhow::Result<Option<u64>> {
+    /// Writes a batch to the spool, waiting while it is full, as records
+    /// of at most a quarter of the spool each (in order), so any batch fits.
+    /// `id` names the batch's first record.
+    async fn append(&self, id: u64, source: &str, events: &[Event]) -> anyhow::Result<()> {
         let shared = &self.shared;
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let record = encode_batch(id, source, events);
-        if record.len() as u64 > shared.max_bytes / 2 {
-            return Ok(None);
-        }
         {
             let mut s = shared.state();
             s.backlog = true;
             s.appending += 1;
         }
-        let result = self.append_record(record).await;
-        shared.state().appending -= 1;
-        shared.changed.notify_one();
-        shared.update_bytes();
-        result.map(|()| {
+        let mut result = Ok(());
+        let mut first = Some(id);
+        for part in split_for_spool(events, shared.max_bytes / 4) {
+            let id = first
+                .take()
+                .unwrap_or_else(|| shared.next_id.fetch_add(1, Ordering::Relaxed));
+            let record = encode_batch(id, source, part);
+            if record.len() as u64 > shared.max_bytes / 2 {
+                // One event too large for the spool: let the spool empty
+                // (so order holds), send it directly, then go on spooling.
+                warn!(sink = %shared.name, source, bytes = record.len(), spool_max_bytes = shared.max_bytes, "an event larger than half the spool waits for the spool to empty and is sent directly");
+                shared.state().appending -= 1;
+                shared.changed.notify_one();
+                self.wait_until_empty().await;
+                let sent = deliver_until_confirmed(
+                    &*self.inner,
+                    &shared.name,
+                    &SpooledBatch {
+                        id,
+                        source: source.to_string(),
+                        events: part.to_vec(),
+                    },
+                    RetryConfig::default(),
+                )
+                .await;
+                let mut s = shared.state();
+                s.backlog = true;
+                s.appending += 1;
+                drop(s);
+                result = Ok(sent);
+                continue;
+            }
+            result = self.append_record(record).await;
+            if result.is_err() {
+                break;
+            }
             SPOOL_METRICS
                 .spooled
                 .with_label_values(&[&shared.name])
                 .inc();
-            Some(id)
-        })
+        }
+        shared.state().appending -= 1;
+        shared.changed.notify_one();
+        shared.update_bytes();
+        result
+    }
+
+    /// Waits until the drainer has emptied the spool.
+    async fn wait_until_empty(&self) {
+        loop {
+            let emptied = self.shared.emptied.notified();
+            tokio::pin!(emptied);
+            emptied.as_mut().enable();
+            if !self.shared.state().backlog {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     async fn append_record(&self, record: Bytes) -> anyhow::Result<()> {
@@ -290,6 +354,9 @@ impl SpoolingSink {
                         );
                         full_since = Some(());
                     }
+                    // Delivered records in a sealed segment are freed by
+                    // the drainer: make sure it looks.
+                    shared.changed.notify_one();
                     room.await;
                 }
                 Err(AppendError::Io(e)) => {
@@ -309,6 +376,11 @@ impl Drop for SpoolingSink {
     }
 }
 
+/// Whether `pos` is at or before the end of what was written.
+fn pos_within(pos: Pos, tail: Tail) -> bool {
+    (pos.segment, pos.offset) <= (tail.segment, tail.synced)
+}
+
 /// Where the spool of sink `name` lives.
 pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("sink_spool").join(name)
@@ -317,58 +389,40 @@ pub fn spool_dir(state_dir: &Path, name: &str) -> PathBuf {
 #[async_trait]
 impl Sink for SpoolingSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        let direct = {
-            let s = self.shared.state();
-            !s.backlog && s.late == 0
+        let Some(spool_after) = self.spool_after else {
+            self.wait_until_empty().await;
+            return self.inner.deliver(source, events).await;
         };
-        if !direct {
-            return match self.append(source, events).await? {
-                Some(_) => Ok(()),
-                // Too large to park: wait for the sink, as `block` would.
-                None => self.inner.deliver(source, events).await,
-            };
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        if shared.state().backlog {
+            return self.append(id, source, events).await;
         }
         let (inner, owned, src) = (self.inner.clone(), events.to_vec(), source.to_string());
         let mut attempt = tokio::spawn(async move { inner.deliver(&src, &owned).await });
-        let why = match tokio::time::timeout(self.spool_after, &mut attempt).await {
+        let why = match tokio::time::timeout(spool_after, &mut attempt).await {
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(e))) => format!("the sink failed: {e:#}"),
             Ok(Err(e)) => format!("the delivery task failed: {e}"),
             Err(_) => {
-                self.shared.state().late += 1;
-                let spooled = self.append(source, events).await;
-                let shared = self.shared.clone();
-                let id = spooled.as_ref().ok().copied().flatten();
+                // Registered before the record exists, so the drainer always
+                // finds it and waits for the attempt's outcome.
+                let (outcome_tx, outcome_rx) = watch::channel(None);
+                shared.state().late.insert(id, outcome_rx);
                 tokio::spawn(async move {
                     let ok = matches!(attempt.await, Ok(Ok(())));
-                    let mut s = shared.state();
-                    s.late -= 1;
-                    if let (true, Some(id)) = (ok, id) {
-                        s.delivered.insert(id);
-                    }
-                    drop(s);
-                    shared.changed.notify_one();
+                    let _ = outcome_tx.send(Some(ok));
                 });
-                return match spooled? {
-                    Some(_) => {
-                        warn!(sink = %self.shared.name, source, events = events.len(), spool_after_s = self.spool_after.as_secs_f64(), "sink did not confirm in time; its batches go to the spool until it catches up");
-                        Ok(())
-                    }
-                    None => Err(anyhow::anyhow!(
-                        "sink {} did not confirm in time and the batch is larger than half of spool_max_bytes; it is delivered again",
-                        self.shared.name
-                    )),
-                };
+                if let Err(e) = self.append(id, source, events).await {
+                    shared.state().late.remove(&id);
+                    return Err(e);
+                }
+                warn!(sink = %shared.name, source, events = events.len(), spool_after_s = spool_after.as_secs_f64(), "sink did not confirm in time; its batches go to the spool until it catches up");
+                return Ok(());
             }
         };
-        warn!(sink = %self.shared.name, source, events = events.len(), reason = %why, "delivery failed; the batch goes to the spool");
-        match self.append(source, events).await? {
-            Some(_) => Ok(()),
-            None => Err(anyhow::anyhow!(
-                "sink {}: {why}; the batch is larger than half of spool_max_bytes",
-                self.shared.name
-            )),
-        }
+        warn!(sink = %shared.name, source, events = events.len(), reason = %why, "delivery failed; the batch goes to the spool");
+        self.append(id, source, events).await
     }
 
     fn ordered(&self) -> bool {
@@ -400,8 +454,8 @@ impl Drainer {
         let mut sending = FuturesOrdered::new();
         let mut read_backoff = Backoff::new(self.retry);
         loop {
-            // Read while there is room and no late direct delivery runs.
-            while sending.len() < self.in_flight && shared.state().late == 0 {
+            // Read while there is room.
+            while sending.len() < self.in_flight {
                 let tail = shared.spool.tail();
                 let reader = shared.clone();
                 let chunk =
@@ -418,8 +472,12 @@ impl Drainer {
                         }
                     }
                     Err(e) => {
-                        error!(sink = %shared.name, error = %e, "spool read task failed");
-                        break;
+                        let delay = read_backoff.next_delay();
+                        error!(sink = %shared.name, error = %e, retry_in_s = delay.as_secs_f64(), "spool read task failed; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => continue,
+                        }
                     }
                 };
                 read_backoff.reset();
@@ -436,16 +494,14 @@ impl Drainer {
                         if next != self.delivered {
                             self.delivered = next;
                             self.save_position().await;
+                            self.remove_delivered().await;
                         }
                         let mut s = shared.state();
-                        if s.backlog
-                            && s.appending == 0
-                            && s.late == 0
-                            && shared.spool.tail() == tail
-                        {
+                        if s.backlog && s.appending == 0 && shared.spool.tail() == tail {
                             s.backlog = false;
-                            s.delivered.clear();
+                            s.late.clear();
                             drop(s);
+                            shared.emptied.notify_waiters();
                             info!(sink = %shared.name, "spool is empty; delivering directly again");
                         }
                     }
@@ -454,17 +510,25 @@ impl Drainer {
                 };
                 read_at = next;
                 match decode_batch(record) {
-                    Ok(batch) if shared.state().delivered.remove(&batch.id) => {
-                        sending.push_back(Box::pin(async move { next })
-                            as std::pin::Pin<Box<dyn std::future::Future<Output = Pos> + Send>>);
-                    }
                     Ok(batch) => {
+                        let late = shared.state().late.remove(&batch.id);
                         let (inner, retry, name) =
                             (self.inner.clone(), self.retry, shared.name.clone());
                         sending.push_back(Box::pin(async move {
+                            if let Some(mut outcome) = late {
+                                let got_through = outcome
+                                    .wait_for(Option::is_some)
+                                    .await
+                                    .map(|o| *o == Some(true))
+                                    .unwrap_or(false);
+                                if got_through {
+                                    return next;
+                                }
+                            }
                             deliver_until_confirmed(&*inner, &name, &batch, retry).await;
                             next
-                        }));
+                        })
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = Pos> + Send>>);
                     }
                     Err(why) => {
                         error!(sink = %shared.name, spool = %self.dir.display(), before = ?next, "a spooled batch cannot be decoded ({why}); it is skipped");
@@ -482,17 +546,23 @@ impl Drainer {
                     self.delivered = pos;
                     self.save_position().await;
                     SPOOL_METRICS.drained.with_label_values(&[&shared.name]).inc();
-                    let remover = shared.clone();
-                    let removed = tokio::task::spawn_blocking(move || remover.spool.remove_before(pos.segment)).await;
-                    if let Ok(Err(e)) = removed {
-                        warn!(sink = %shared.name, error = %e, "cannot remove delivered spool segments; retrying after the next batch");
-                    }
-                    shared.update_bytes();
-                    shared.space.notify_waiters();
+                    self.remove_delivered().await;
                 }
                 _ = shared.changed.notified() => {}
             }
         }
+    }
+
+    /// Deletes the segments wholly delivered and wakes appenders.
+    async fn remove_delivered(&self) {
+        let (shared, segment) = (self.shared.clone(), self.delivered.segment);
+        let removed =
+            tokio::task::spawn_blocking(move || shared.spool.remove_before(segment)).await;
+        if let Ok(Err(e)) = removed {
+            warn!(sink = %self.shared.name, error = %e, "cannot remove delivered spool segments; retrying after the next batch");
+        }
+        self.shared.update_bytes();
+        self.shared.space.notify_waiters();
     }
 
     /// Persists the delivered position; on failure the batches after the
@@ -531,6 +601,28 @@ async fn deliver_until_confirmed(
             }
         }
     }
+}
+
+/// Cuts a batch into runs whose records stay under `max_record` bytes (a
+/// single larger event is a run of its own).
+fn split_for_spool(events: &[Event], max_record: u64) -> Vec<&[Event]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0u64);
+    for (i, e) in events.iter().enumerate() {
+        let this = 40
+            + e.raw.len() as u64
+            + e.id.as_ref().map_or(0, |s| s.len() as u64)
+            + e.kind.as_ref().map_or(0, |s| s.len() as u64);
+        if i > start && size + this > max_record {
+            out.push(&events[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += this;
+    }
+    if start < events.len() || events.is_empty() {
+        out.push(&events[start..]);
+    }
+    out
 }
 
 /// A batch as stored in the spool.
@@ -750,7 +842,7 @@ mod tests {
             "spooled",
             dir,
             inner,
-            Duration::from_millis(50),
+            Some(Duration::from_millis(50)),
             max_bytes,
             retry(),
             health.clone(),
@@ -809,10 +901,22 @@ mod tests {
         let got = inner.wait_for(4).await;
         assert_eq!(got, vec!["s:a1", "s:a2", "s:b1", "t:c1"]);
         // Empty again: the next batch is delivered directly.
+        for _ in 0..500 {
+            if !sink.shared.state().backlog {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!sink.shared.state().backlog, "the spool never emptied");
         let direct =
             tokio::time::timeout(Duration::from_secs(5), sink.deliver("s", &events(&["d1"]))).await;
         assert!(matches!(direct, Ok(Ok(()))));
         assert_eq!(inner.wait_for(5).await.len(), 5, "{:?}", inner.got());
+        assert!(
+            !sink.shared.state().backlog,
+            "the last batch must have gone directly"
+        );
+
         assert_eq!(inner.got().iter().filter(|g| *g == "s:a1").count(), 1);
     }
 
@@ -868,12 +972,21 @@ mod tests {
         for (n, chunk) in refs.chunks(250).enumerate() {
             let (sink, batch) = (sink.clone(), padded(chunk, 1000));
             let mut task = tokio::spawn(async move { sink.deliver("s", &batch).await });
-            if tokio::time::timeout(Duration::from_secs(2), &mut task)
-                .await
-                .is_err()
-            {
-                blocked = Some((n, task));
-                break;
+            // Blocked = the spool reports itself full while this one waits.
+            let full = async {
+                for _ in 0..1000 {
+                    if !health.snapshot().0 {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            };
+            tokio::select! {
+                done = &mut task => assert!(matches!(done, Ok(Ok(()))), "{done:?}"),
+                _ = full => {
+                    blocked = Some((n, task));
+                    break;
+                }
             }
         }
         let (n, task) = blocked.expect("a 2 MiB spool cannot take 5 MB");
@@ -892,5 +1005,216 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(health.snapshot().0);
+    }
+
+    /// Fails fast for the sources in `fail_fast` while closed; otherwise
+    /// waits for the gate.
+    struct ScriptSink {
+        open: watch::Receiver<bool>,
+        fail_fast: Vec<&'static str>,
+        got: Mutex<Vec<String>>,
+    }
+
+    #[async_trait]
+    impl Sink for ScriptSink {
+        async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+            if !*self.open.borrow() && self.fail_fast.contains(&source) {
+                anyhow::bail!("down");
+            }
+            let mut open = self.open.clone();
+            open.wait_for(|o| *o).await?;
+            self.got.lock().unwrap().extend(
+                events
+                    .iter()
+                    .map(|e| format!("{source}:{}", e.id.as_deref().unwrap_or("-"))),
+            );
+            Ok(())
+        }
+    }
+
+    fn script(fail_fast: Vec<&'static str>) -> (Arc<ScriptSink>, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let sink = Arc::new(ScriptSink {
+            open: rx,
+            fail_fast,
+            got: Mutex::new(Vec::new()),
+        });
+        (sink, tx)
+    }
+
+    /// Bounded wait until the spool is empty and batches go directly.
+    async fn wait_direct(sink: &SpoolingSink) {
+        for _ in 0..500 {
+            if !sink.shared.state().backlog {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the spool never emptied");
+    }
+
+    async fn got_at_least(inner: &ScriptSink, n: usize) -> usize {
+        for _ in 0..1000 {
+            if inner.got.lock().unwrap().len() >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let got = inner.got.lock().unwrap().len();
+        got
+    }
+
+    #[tokio::test]
+    async fn a_late_attempt_meeting_a_full_spool_does_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, gate) = script(vec!["b"]);
+        let sink = Arc::new(
+            SpoolingSink::open(
+                "spooled",
+                dir.path(),
+                inner.clone(),
+                Some(Duration::from_secs(2)),
+                16 << 20,
+                retry(),
+                Health::default(),
+            )
+            .unwrap(),
+        );
+        wait_direct(&sink).await;
+        let a = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.deliver("a", &padded(&["a1"], 1 << 20)).await })
+        };
+        // Source b fails fast and fills the spool while a's attempt waits.
+        let mut blocked = None;
+        for i in 0..40 {
+            let (sink, batch) = (sink.clone(), padded(&[&format!("b{i}")], 1 << 20));
+            let mut t = tokio::spawn(async move { sink.deliver("b", &batch).await });
+            if tokio::time::timeout(Duration::from_millis(300), &mut t)
+                .await
+                .is_err()
+            {
+                blocked = Some(t);
+                break;
+            }
+        }
+        let blocked = blocked.expect("the spool never filled");
+        // a reaches spool_after on a full spool, then the sink comes back.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        gate.send(true).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(20), a).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "source a never confirmed");
+        let done = tokio::time::timeout(Duration::from_secs(20), blocked).await;
+        assert!(matches!(done, Ok(Ok(Ok(())))), "source b never confirmed");
+        let got = inner.got.lock().unwrap().clone();
+        assert_eq!(got.iter().filter(|g| *g == "a:a1").count(), 1, "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn delivered_batches_in_the_newest_segment_do_not_keep_the_spool_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, gate) = script(vec!["s"]);
+        let sink = open(dir.path(), inner.clone(), 16 << 20, &Health::default());
+        wait_direct(&sink).await;
+        sink.deliver("s", &padded(&["x1"], 900 << 10))
+            .await
+            .unwrap();
+        sink.deliver("s", &padded(&["x2"], 3900 << 10))
+            .await
+            .unwrap();
+        gate.send(true).unwrap();
+        assert_eq!(got_at_least(&inner, 2).await, 2);
+        wait_direct(&sink).await;
+        gate.send(false).unwrap();
+        let sink = Arc::new(sink);
+        let mut parts = Vec::new();
+        for i in 0..3 {
+            let sink = sink.clone();
+            parts.push(tokio::spawn(async move {
+                sink.deliver("s", &padded(&[&format!("y{i}")], 3900 << 10))
+                    .await
+            }));
+        }
+        gate.send(true).unwrap();
+        for t in parts {
+            let done = tokio::time::timeout(Duration::from_secs(20), t).await;
+            assert!(
+                matches!(done, Ok(Ok(Ok(())))),
+                "blocked on a spool holding delivered batches ({} bytes on disk)",
+                sink.shared.spool.bytes()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_larger_than_the_spool_keeps_its_place_in_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, gate) = script(vec!["s"]);
+        let sink = open(dir.path(), inner.clone(), 16 << 20, &Health::default());
+        wait_direct(&sink).await;
+        sink.deliver("s", &events(&["first"])).await.unwrap(); // fails fast: spooled
+        gate.send(true).unwrap();
+        // 20 events of 1 MiB: cut into records that fit, in order.
+        let ids: Vec<String> = (0..20).map(|i| format!("big{i}")).collect();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        sink.deliver("s", &padded(&refs, 1 << 20)).await.unwrap();
+        // One event larger than half the spool: waits for it, then direct.
+        sink.deliver("s", &padded(&["huge"], 9 << 20))
+            .await
+            .unwrap();
+        got_at_least(&inner, 22).await;
+        let mut want = vec!["s:first".to_string()];
+        want.extend(refs.iter().map(|r| format!("s:{r}")));
+        want.push("s:huge".into());
+        assert_eq!(*inner.got.lock().unwrap(), want);
+    }
+
+    #[tokio::test]
+    async fn an_empty_newest_segment_or_a_bad_position_does_not_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health::default();
+        {
+            let (dead, _gate) = GatedSink::new(false);
+            let sink = open(dir.path(), dead, 64 << 20, &health);
+            sink.deliver("s", &events(&["a"])).await.unwrap();
+            sink.deliver("s", &events(&["b"])).await.unwrap();
+        }
+        let spool = spool_dir(dir.path(), "spooled");
+        // A crash between creating a segment and writing its header.
+        std::fs::write(spool.join("00000000000000000002.spool"), b"audit").unwrap();
+        // A position far past the end.
+        CheckpointStore::in_dir(&spool)
+            .unwrap()
+            .save(POSITION, br#"{"segment":99,"offset":12}"#)
+            .unwrap();
+        let (inner, _gate) = GatedSink::new(true);
+        let sink = open(dir.path(), inner.clone(), 64 << 20, &health);
+        assert_eq!(inner.wait_for(2).await, vec!["s:a", "s:b"]);
+        sink.deliver("s", &events(&["c"])).await.unwrap();
+        assert_eq!(inner.wait_for(3).await, vec!["s:a", "s:b", "s:c"]);
+    }
+
+    #[tokio::test]
+    async fn a_sink_switched_back_to_block_still_delivers_its_spool_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Health::default();
+        {
+            let (dead, _gate) = GatedSink::new(false);
+            let sink = open(dir.path(), dead, 64 << 20, &health);
+            sink.deliver("s", &events(&["a"])).await.unwrap();
+        }
+        let (inner, _gate) = GatedSink::new(true);
+        let sink = SpoolingSink::open(
+            "spooled",
+            dir.path(),
+            inner.clone(),
+            None,
+            64 << 20,
+            retry(),
+            health,
+        )
+        .unwrap();
+        sink.deliver("s", &events(&["b"])).await.unwrap();
+        assert_eq!(inner.wait_for(2).await, vec!["s:a", "s:b"]);
     }
 }
