@@ -217,6 +217,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Some((name, generation)) = finished_rx.recv() => {
                 if running.finished(&name, generation) && running.idle() {
                     info!("every source finished");
+                    // Spooled batches are confirmed but not yet delivered.
+                    let timeout = running.config.shutdown_timeout;
+                    let flush = futures_util::future::join_all(running.sinks.values().map(|s| s.flush()));
+                    if watchdog.keep_pinging(tokio::time::timeout(timeout, flush)).await.is_err() {
+                        warn!(timeout_s = timeout.as_secs_f64(), "shutdown_timeout reached with spooled batches undelivered; they are sent at the next start");
+                    }
                     break;
                 }
             }

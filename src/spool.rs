@@ -119,11 +119,13 @@ impl Spool {
                 (1, file, len)
             }
         };
-        if segments.last().is_some_and(|&seq| seq == segment) && scan_damaged(dir, segment)? {
-            // A damaged record with whole records after it: never cut
-            // acknowledged data; the reader skips the damaged record, and
-            // new records go to a fresh segment.
-            tracing::error!(file = %dir.join(segment_name(segment)).display(), "spool segment holds a damaged record; it will be skipped when read, new records go to a new segment");
+        if len > MAGIC.len() as u64 {
+            if scan_damaged(dir, segment)? {
+                tracing::error!(file = %dir.join(segment_name(segment)).display(), "spool segment holds a damaged record; it is skipped when read (logged with its offset)");
+            }
+            // New records go to a fresh segment: a damaged record is never
+            // followed by new ones, and a writer of an earlier instance that
+            // is still finishing (a reload) cannot write over them.
             let next = segment + 1;
             let (f, l) = create_segment(dir, next)?;
             total += l;

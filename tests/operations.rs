@@ -364,6 +364,8 @@ async fn dead_letters_are_listed_and_replayed() {
         .unwrap();
     hook.set_reject_ids(["demo-000000000003", "demo-000000000042"]);
     let dir = tempfile::tempdir().unwrap();
+    // Spooled: a bounded run must also deliver what went through the spool
+    // before it exits, and dead letters work behind a spool.
     let cfg = bounded_demo(
         dir.path(),
         100,

@@ -51,6 +51,11 @@ pub trait Sink: Send + Sync {
     async fn healthcheck(&self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// Waits until what the sink confirmed but still holds locally (a
+    /// spool) has reached the destination. Called when every source has
+    /// finished, before the daemon exits.
+    async fn flush(&self) {}
 }
 
 /// What a sink is given when it is built.

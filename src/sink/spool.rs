@@ -208,11 +208,15 @@ impl SpoolingSink {
                 first
             }
         };
+        // Direct delivery from the first batch when nothing waits on disk.
+        let backlog = spool
+            .read(start, 1, 1)
+            .map_or(true, |c| !c.records.is_empty());
         let shared = Arc::new(Shared {
             name: name.to_string(),
             spool,
             state: Mutex::new(State {
-                backlog: true,
+                backlog,
                 ..State::default()
             }),
             changed: Notify::new(),
@@ -431,6 +435,11 @@ impl Sink for SpoolingSink {
 
     async fn healthcheck(&self) -> anyhow::Result<()> {
         self.inner.healthcheck().await
+    }
+
+    async fn flush(&self) {
+        self.wait_until_empty().await;
+        self.inner.flush().await;
     }
 }
 
