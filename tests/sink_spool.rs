@@ -192,3 +192,76 @@ async fn a_dead_sink_is_spooled_while_the_other_flows_and_catches_up_after_a_kil
     let status = daemon.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// Polls `/metrics` until `series` reaches `at_least` (bounded).
+async fn wait_metric(port: u16, series: &str, at_least: f64) -> bool {
+    for _ in 0..600 {
+        if metric_value(&metrics(port).await, series) >= at_least {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spooled_sink_changed_by_a_reload_keeps_its_spool() {
+    let total = 1000;
+    let fake = VezaFake::start(VezaFakeConfig {
+        initial_events: total,
+        total_events: total,
+        ..VezaFakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let good = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    let late = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    late.set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = write_config(
+        dir.path(),
+        port,
+        &fake,
+        &good.url_for("/audit"),
+        &late.url_for("/audit"),
+    );
+    let mut daemon = Daemon::spawn(&config, &dir.path().join("daemon.log"));
+    assert!(good.wait_for_unique(total, Duration::from_secs(60)).await);
+    assert!(
+        wait_metric(
+            port,
+            "auditrelay_sink_spool_batches_written_total{sink=\"late\"}",
+            5.0
+        )
+        .await
+    );
+
+    // Change the spooled sink (its URL path) and reload while its batches
+    // wait on disk: the rebuilt sink must take the spool over.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let changed = text.replace(&late.url_for("/audit"), &late.url_for("/audit2"));
+    assert_ne!(text, changed);
+    std::fs::write(&config, changed).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        wait_metric(port, "auditrelay_config_reloads_total{outcome=\"ok\"}", 1.0).await,
+        "reload never succeeded: {}",
+        daemon.log_text()
+    );
+    late.set_down(false);
+    assert!(
+        late.wait_for_unique(total, Duration::from_secs(60)).await,
+        "the spooled sink got {} of {total} after the reload; missing e.g. {:?}; log:\n{}",
+        late.unique_count(),
+        missing(&fake, &late).iter().take(5).collect::<Vec<_>>(),
+        daemon.log_text()
+    );
+    assert_eq!(late.last_path().as_deref(), Some("/audit2"));
+    let status = daemon.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
