@@ -74,9 +74,9 @@ pub fn syslog_encoder(data: &[u8]) {
     let raw = Bytes::copy_from_slice(parts.next().unwrap_or_default());
     let event = Event {
         raw: raw.clone(),
-        id: id.map(String::into_boxed_str),
+        id: id.map(std::sync::Arc::from),
         time,
-        kind: kind.map(String::into_boxed_str),
+        kind: kind.map(std::sync::Arc::from),
     };
 
     let mut cfg = serde_json::json!({

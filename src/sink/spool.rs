@@ -730,7 +730,7 @@ pub fn decode_batch(mut data: Bytes) -> Result<SpooledBatch, String> {
         need(&data, 1, "an event")?;
         let flags = data.get_u8();
         let id = if flags & HAS_ID != 0 {
-            Some(text(&mut data, "an event id")?.into_boxed_str())
+            Some(Arc::from(text(&mut data, "an event id")?))
         } else {
             None
         };
@@ -745,7 +745,7 @@ pub fn decode_batch(mut data: Bytes) -> Result<SpooledBatch, String> {
             None
         };
         let kind = if flags & HAS_KIND != 0 {
-            Some(text(&mut data, "an event type")?.into_boxed_str())
+            Some(Arc::from(text(&mut data, "an event type")?))
         } else {
             None
         };

@@ -137,7 +137,7 @@ impl Source for DemoSource {
                 let seq = self.next + i as u64;
                 Event {
                     raw: page.slice(span),
-                    id: Some(format!("demo-{seq:012}").into_boxed_str()),
+                    id: Some(format!("demo-{seq:012}").into()),
                     time: Some(time),
                     kind: Some(ACTIONS[(mix(seq) % ACTIONS.len() as u64) as usize].1.into()),
                 }
