@@ -167,16 +167,7 @@ impl Spool {
         // Rotate first: a full segment becomes removable once delivered,
         // even while the spool has no room for this append.
         if w.len >= self.segment_bytes {
-            let next = w.segment + 1;
-            let (file, len) = create_segment(&self.dir, next)?;
-            w.segment = next;
-            w.file = file;
-            w.len = len;
-            w.total += len;
-            self.tail.send_replace(Tail {
-                segment: next,
-                synced: len,
-            });
+            self.rotate(&mut w)?;
         }
         if w.total + size > self.max_bytes {
             return Err(AppendError::Full {
@@ -208,17 +199,7 @@ impl Spool {
             {
                 // The tail stays torn: continue in a fresh segment; the
                 // reader skips the torn end of this one.
-                let next = w.segment + 1;
-                if let Ok((file, len)) = create_segment(&self.dir, next) {
-                    w.segment = next;
-                    w.file = file;
-                    w.len = len;
-                    w.total += len;
-                    self.tail.send_replace(Tail {
-                        segment: next,
-                        synced: len,
-                    });
-                }
+                let _ = self.rotate(&mut w);
             }
             return Err(e.into());
         }
@@ -227,6 +208,21 @@ impl Spool {
         self.tail.send_replace(Tail {
             segment: w.segment,
             synced: w.len,
+        });
+        Ok(())
+    }
+
+    /// Continues in a new segment; the current one is sealed.
+    fn rotate(&self, w: &mut Writer) -> io::Result<()> {
+        let next = w.segment + 1;
+        let (file, len) = create_segment(&self.dir, next)?;
+        w.segment = next;
+        w.file = file;
+        w.len = len;
+        w.total += len;
+        self.tail.send_replace(Tail {
+            segment: next,
+            synced: len,
         });
         Ok(())
     }

@@ -114,6 +114,7 @@ pub struct SpoolingSink {
     /// holds batches from when it was not): batches wait for the spool to
     /// empty, then go directly.
     spool_after: Option<Duration>,
+    retry: RetryConfig,
     stop: CancellationToken,
 }
 
@@ -190,18 +191,19 @@ impl SpoolingSink {
         let first = spool.start().map_err(|e| context("read", &e))?;
         // A position that cannot be used costs duplicates (the spool is sent
         // from its start), never a refusal to start.
-        let start = match positions.load(POSITION) {
-            Ok(Some(bytes)) => match serde_json::from_slice::<Pos>(&bytes) {
-                Ok(pos) if pos_within(pos, spool.tail()) => pos,
-                Ok(pos) => {
-                    warn!(sink = name, spool = %dir.display(), position = ?pos, "the delivered position lies past the end of the spool; sending the spool from its start");
-                    first
-                }
-                Err(e) => {
-                    warn!(sink = name, spool = %dir.display(), error = %e, "the delivered position is unreadable; sending the spool from its start");
-                    first
-                }
-            },
+        let saved = positions
+            .load(POSITION)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                b.map(|b| serde_json::from_slice::<Pos>(&b).map_err(|e| e.to_string()))
+                    .transpose()
+            });
+        let start = match saved {
+            Ok(Some(pos)) if pos_within(pos, spool.tail()) => pos,
+            Ok(Some(pos)) => {
+                warn!(sink = name, spool = %dir.display(), position = ?pos, "the delivered position lies past the end of the spool; sending the spool from its start");
+                first
+            }
             Ok(None) => first,
             Err(e) => {
                 warn!(sink = name, spool = %dir.display(), error = %e, "the delivered position is unreadable; sending the spool from its start");
@@ -254,6 +256,7 @@ impl SpoolingSink {
             inner,
             shared,
             spool_after,
+            retry,
             stop,
         })
     }
@@ -282,22 +285,10 @@ impl SpoolingSink {
                 shared.state().appending -= 1;
                 shared.changed.notify_one();
                 self.wait_until_empty().await;
-                let sent = deliver_until_confirmed(
-                    &*self.inner,
-                    &shared.name,
-                    &SpooledBatch {
-                        id,
-                        source: source.to_string(),
-                        events: part.to_vec(),
-                    },
-                    RetryConfig::default(),
-                )
-                .await;
+                deliver_until_confirmed(&*self.inner, &shared.name, source, part, self.retry).await;
                 let mut s = shared.state();
                 s.backlog = true;
                 s.appending += 1;
-                drop(s);
-                result = Ok(sent);
                 continue;
             }
             result = self.append_record(record).await;
@@ -330,7 +321,7 @@ impl SpoolingSink {
 
     async fn append_record(&self, record: Bytes) -> anyhow::Result<()> {
         let shared = &self.shared;
-        let mut full_since = None;
+        let mut full = false;
         loop {
             let room = shared.space.notified();
             tokio::pin!(room);
@@ -341,7 +332,7 @@ impl SpoolingSink {
                 .map_err(|e| anyhow::anyhow!("spool task failed: {e}"))?;
             match appended {
                 Ok(()) => {
-                    if full_since.is_some() {
+                    if full {
                         info!(sink = %shared.name, "spool has room again; the sources go on");
                         SPOOL_METRICS.full.with_label_values(&[&shared.name]).set(0);
                         shared.health.set_ready(&shared.health_key());
@@ -349,14 +340,14 @@ impl SpoolingSink {
                     return Ok(());
                 }
                 Err(AppendError::Full { used, max }) => {
-                    if full_since.is_none() {
+                    if !full {
                         warn!(sink = %shared.name, used_bytes = used, spool_max_bytes = max, "spool full: the sources of this sink wait until it delivers (nothing is dropped)");
                         SPOOL_METRICS.full.with_label_values(&[&shared.name]).set(1);
                         shared.health.set_unready(
                             &shared.health_key(),
                             format!("spool full ({used} of {max} bytes); its sources wait"),
                         );
-                        full_since = Some(());
+                        full = true;
                     }
                     // Delivered records in a sealed segment are freed by
                     // the drainer: make sure it looks.
@@ -534,7 +525,14 @@ impl Drainer {
                                     return next;
                                 }
                             }
-                            deliver_until_confirmed(&*inner, &name, &batch, retry).await;
+                            deliver_until_confirmed(
+                                &*inner,
+                                &name,
+                                &batch.source,
+                                &batch.events,
+                                retry,
+                            )
+                            .await;
                             next
                         })
                             as std::pin::Pin<Box<dyn std::future::Future<Output = Pos> + Send>>);
@@ -596,16 +594,17 @@ impl Drainer {
 async fn deliver_until_confirmed(
     inner: &dyn Sink,
     name: &str,
-    batch: &SpooledBatch,
+    source: &str,
+    events: &[Event],
     retry: RetryConfig,
 ) {
     let mut backoff = Backoff::new(retry);
     loop {
-        match inner.deliver(&batch.source, &batch.events).await {
+        match inner.deliver(source, events).await {
             Ok(()) => return,
             Err(e) => {
                 let delay = backoff.next_delay();
-                error!(sink = %name, source = %batch.source, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "sink cannot take a spooled batch; retrying");
+                error!(sink = %name, source, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "sink cannot take a spooled batch; retrying");
                 tokio::time::sleep(delay).await;
             }
         }
