@@ -10,6 +10,14 @@
 //! page it serves (new ones, or back-dated ones that shift later offsets).
 //! A 429 announces `Retry-After`; a request before it ends is counted as a
 //! cool-down violation.
+//!
+//! Real-API behaviours, as options: `max_limit` clamps `limit` silently (the
+//! echoed `limit` is the clamped one, the requested one, or absent, per
+//! `echo`); every `empty_id_every`th entry has `"id": ""`; and with
+//! `filter_on_added` the date filters apply to when an entry was added, not
+//! its `timestamp`, so `add_late` entries (old timestamps, added now) are
+//! returned although older than the window. Every entry carries `fake_ref`,
+//! a unique reference for tests (the id may be empty).
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +40,17 @@ pub enum Order {
     OldestFirst,
 }
 
+/// What the envelope's `limit` says when `limit` was clamped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Echo {
+    /// The limit actually applied.
+    Clamped,
+    /// The limit asked for (a server that clamps without saying so).
+    Requested,
+    /// No `limit` member.
+    Absent,
+}
+
 #[derive(Clone, Debug)]
 pub struct CertifycloudsFakeConfig {
     pub token: String,
@@ -39,6 +58,11 @@ pub struct CertifycloudsFakeConfig {
     /// Serve a bare JSON array instead of the `entries` envelope.
     pub bare_array: bool,
     pub max_limit: usize,
+    pub echo: Echo,
+    /// Every Nth entry created has `"id": ""` (0: none).
+    pub empty_id_every: u64,
+    /// Filter `start_date`/`end_date` on when an entry was added.
+    pub filter_on_added: bool,
     pub seed: u64,
     /// After each page served, insert this many entries…
     pub insert_per_page: usize,
@@ -58,6 +82,9 @@ impl Default for CertifycloudsFakeConfig {
             order: Order::NewestFirst,
             bare_array: false,
             max_limit: 1000,
+            echo: Echo::Clamped,
+            empty_id_every: 0,
+            filter_on_added: false,
             seed: 1,
             insert_per_page: 0,
             insert_age: Duration::ZERO,
@@ -71,8 +98,10 @@ impl Default for CertifycloudsFakeConfig {
 
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The `fake_ref` (unique even when the `id` is empty).
     pub id: String,
     pub timestamp: DateTime<Utc>,
+    pub added: DateTime<Utc>,
     pub event_type: String,
     pub actor_id: String,
     pub json: Value,
@@ -98,6 +127,7 @@ pub struct CertifycloudsStats {
 struct State {
     entries: Vec<Entry>,
     next_id: u64,
+    empty_id_every: u64,
     rng: StdRng,
     inserted: usize,
     cooldown_until: Option<Instant>,
@@ -131,6 +161,7 @@ impl CertifycloudsFake {
             state: Mutex::new(State {
                 entries: Vec::new(),
                 next_id: 1,
+                empty_id_every: cfg.empty_id_every,
                 rng: StdRng::seed_from_u64(cfg.seed),
                 inserted: 0,
                 cooldown_until: None,
@@ -171,6 +202,11 @@ impl CertifycloudsFake {
         self.add_spread(n, at, at)
     }
 
+    /// `n` entries added now with timestamps `age` ago (indexed late).
+    pub fn add_late(&self, n: usize, age: Duration) -> Vec<String> {
+        self.add_aged(n, age)
+    }
+
     pub fn entries(&self) -> Vec<Entry> {
         self.shared.lock().entries.clone()
     }
@@ -202,7 +238,13 @@ impl State {
     fn push(&mut self, at: DateTime<Utc>) -> String {
         let n = self.next_id;
         self.next_id += 1;
-        let id = format!("audit-{n}");
+        let fake_ref = format!("audit-{n}");
+        let empty = self.empty_id_every > 0 && n.is_multiple_of(self.empty_id_every);
+        let id = if empty {
+            String::new()
+        } else {
+            fake_ref.clone()
+        };
         let event_type = TYPES[self.rng.random_range(0..TYPES.len())];
         let user = self.rng.random_range(1..8u32);
         let actor_id = if user == 7 {
@@ -222,15 +264,17 @@ impl State {
             "severity": severity,
             "ip_address": "192.0.2.50",
             "user_agent": "Mozilla/5.0",
+            "fake_ref": fake_ref,
         });
         self.entries.push(Entry {
-            id: id.clone(),
+            id: fake_ref.clone(),
             timestamp: at,
+            added: Utc::now(),
             event_type: event_type.into(),
             actor_id,
             json,
         });
-        id
+        fake_ref
     }
 }
 
@@ -338,17 +382,25 @@ impl Shared {
             st.stats.bad_request += 1;
             return error(400, "limit and offset must be non-negative integers");
         };
+        let asked = limit;
         let limit = limit.clamp(1, self.cfg.max_limit);
         let (event_type, actor) = (get("event_type"), get("actor"));
+        let on_added = self.cfg.filter_on_added;
+        let filter_time = |e: &Entry| if on_added { e.added } else { e.timestamp };
         let mut hits: Vec<&Entry> = st
             .entries
             .iter()
-            .filter(|e| start.is_none_or(|s| e.timestamp >= s))
-            .filter(|e| end.is_none_or(|x| e.timestamp <= x))
+            .filter(|e| start.is_none_or(|s| filter_time(e) >= s))
+            .filter(|e| end.is_none_or(|x| filter_time(e) <= x))
             .filter(|e| event_type.is_none_or(|t| e.event_type == t))
             .filter(|e| actor.is_none_or(|a| e.actor_id == a || e.json["actor"]["name"] == a))
             .collect();
-        hits.sort_by(|a, b| a.timestamp.cmp(&b.timestamp).then(a.id.cmp(&b.id)));
+        hits.sort_by(|a, b| {
+            filter_time(a)
+                .cmp(&filter_time(b))
+                .then(a.timestamp.cmp(&b.timestamp))
+                .then(a.id.cmp(&b.id))
+        });
         if self.cfg.order == Order::NewestFirst {
             hits.reverse();
         }
@@ -374,10 +426,17 @@ impl Shared {
             st.inserted += n;
             st.stats.inserted_between_pages += n as u64;
         }
-        let body = if self.cfg.bare_array {
-            Value::Array(page)
-        } else {
-            json!({"entries": page, "total": total, "limit": limit, "offset": offset})
+        let body = match (self.cfg.bare_array, self.cfg.echo) {
+            (true, _) => Value::Array(page),
+            (false, Echo::Absent) => json!({"entries": page, "total": total, "offset": offset}),
+            (false, echo) => {
+                let said = if echo == Echo::Requested {
+                    asked
+                } else {
+                    limit
+                };
+                json!({"entries": page, "total": total, "limit": said, "offset": offset})
+            }
         };
         Response::json(200, body.to_string())
     }

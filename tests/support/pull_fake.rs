@@ -18,6 +18,14 @@
 //! Retry-After; `exhaust_every` marks every Nth successful answer with
 //! `X-RateLimit-Remaining: 0`. A request before the announced reset is a
 //! cool-down violation.
+//!
+//! Real-API behaviours, as options: `max_page_size` clamps the page size
+//! silently; `newest_first` sorts the other way; `insert_per_page` adds
+//! entries (aged `insert_age`, so inside the window) after each page
+//! served, shifting later offsets; every `empty_id_every`th event has
+//! `"event_id": ""`; and `token_on_empty` hands out a fresh token (or next
+//! link) with every page, even an empty one at the end. Every event carries
+//! `fake_ref`, a unique reference for tests.
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,6 +67,17 @@ pub struct PullFakeConfig {
     /// Every Nth successful answer says no requests are left.
     pub exhaust_every: Option<u64>,
     pub server_error: f64,
+    pub newest_first: bool,
+    /// After each non-empty page, add this many events…
+    pub insert_per_page: usize,
+    /// …this long ago…
+    pub insert_age: Duration,
+    /// …until this many were added.
+    pub insert_budget: usize,
+    /// Every Nth event created has `"event_id": ""` (0: none).
+    pub empty_id_every: u64,
+    /// A next token / link on every page, also past the end.
+    pub token_on_empty: bool,
 }
 
 impl Default for PullFakeConfig {
@@ -72,6 +91,12 @@ impl Default for PullFakeConfig {
             reset_secs: 1,
             exhaust_every: None,
             server_error: 0.0,
+            newest_first: false,
+            insert_per_page: 0,
+            insert_age: Duration::ZERO,
+            insert_budget: 0,
+            empty_id_every: 0,
+            token_on_empty: false,
         }
     }
 }
@@ -85,6 +110,9 @@ pub struct PullStats {
     pub rate_limited: u64,
     pub exhausted_answers: u64,
     pub cooldown_violations: u64,
+    pub inserted_between_pages: u64,
+    /// Pages answered with no events.
+    pub empty_pages: u64,
     pub bad_token: u64,
     pub bad_request: u64,
     pub unauthorized: u64,
@@ -98,6 +126,7 @@ pub struct PullStats {
 
 #[derive(Clone, Debug)]
 pub struct PullEvent {
+    /// The `fake_ref` (unique even when the `event_id` is empty).
     pub id: String,
     pub at: DateTime<Utc>,
     pub json: Value,
@@ -112,6 +141,8 @@ struct State {
     /// Epoch seconds before which requests violate an announced reset.
     reset_at: Option<u64>,
     successes: u64,
+    inserted: usize,
+    empty_id_every: u64,
     stats: PullStats,
 }
 
@@ -148,6 +179,8 @@ impl PullFake {
                 rate_limit: cfg.rate_limit,
                 reset_at: None,
                 successes: 0,
+                inserted: 0,
+                empty_id_every: cfg.empty_id_every,
                 stats: PullStats::default(),
             }),
             cfg,
@@ -215,7 +248,13 @@ impl State {
     fn push(&mut self, at: DateTime<Utc>) -> String {
         let n = self.next_id;
         self.next_id += 1;
-        let id = format!("evt_{n:08x}");
+        let fake_ref = format!("evt_{n:08x}");
+        let empty = self.empty_id_every > 0 && n.is_multiple_of(self.empty_id_every);
+        let id = if empty {
+            String::new()
+        } else {
+            fake_ref.clone()
+        };
         let action = ACTIONS[self.rng.random_range(0..ACTIONS.len())];
         let outcome = ["success", "failure", "denied"][self.rng.random_range(0..3usize)];
         let json = json!({
@@ -228,13 +267,14 @@ impl State {
             "outcome": outcome,
             "metadata": {"ca_id": "ca_s9t0u1v2", "algorithm": "ECDSA-P384", "validity_days": 365},
             "source_ip": "203.0.113.42",
+            "fake_ref": fake_ref,
         });
         self.events.push(PullEvent {
-            id: id.clone(),
+            id: fake_ref.clone(),
             at,
             json,
         });
-        id
+        fake_ref
     }
 }
 
@@ -304,6 +344,7 @@ impl Shared {
 
     /// (offset, start, end) of a valid token.
     fn untoken(&self, st: &State, token: &str) -> Option<(usize, String, String)> {
+        let token = token.split('.').next()?;
         let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
         let text = String::from_utf8(raw).ok()?;
         let mut parts = text.splitn(4, '|');
@@ -459,6 +500,9 @@ impl Shared {
             .filter(|e| p.start.is_none_or(|s| e.at >= s) && p.end.is_none_or(|x| e.at <= x))
             .collect();
         hits.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        if self.cfg.newest_first {
+            hits.reverse();
+        }
         let total = hits.len();
         let mode = self.cfg.mode;
         let size = if mode == PullMode::Unpaged {
@@ -473,13 +517,35 @@ impl Shared {
             .map(|e| e.json.clone())
             .collect();
         let next_offset = p.offset + page.len();
-        let more = next_offset < total;
+        let more = next_offset < total || self.cfg.token_on_empty;
         st.stats.pages += 1;
         if p.later {
             st.stats.later_pages += 1;
         }
+        if page.is_empty() {
+            st.stats.empty_pages += 1;
+        } else {
+            let room = self.cfg.insert_budget.saturating_sub(st.inserted);
+            let n = self.cfg.insert_per_page.min(room);
+            let at =
+                Utc::now() - chrono::Duration::from_std(self.cfg.insert_age).unwrap_or_default();
+            for _ in 0..n {
+                st.push(at);
+            }
+            st.inserted += n;
+            st.stats.inserted_between_pages += n as u64;
+        }
         st.successes += 1;
-        let next_token = more.then(|| self.token(st.epoch, next_offset, &start_s, &end_s));
+        // A fresh token each time: the same offset, a new nonce.
+        let nonce = st.successes;
+        let next_token = more.then(|| {
+            let t = self.token(st.epoch, next_offset, &start_s, &end_s);
+            if self.cfg.token_on_empty {
+                format!("{t}.{nonce}")
+            } else {
+                t
+            }
+        });
         let mut resp = match mode {
             PullMode::TokenBody => Response::json(
                 200,

@@ -10,6 +10,11 @@
 //! cool-down the client must honour, server errors, slow answers, mid-body
 //! resets, truncated or non-JSON bodies, overlapping pages) are drawn from a
 //! seeded RNG with per-fault probabilities changeable at runtime.
+//!
+//! Real-API behaviours, as options: `token_at_end` serves the page that
+//! reaches the end of the log (and the empty pages after it) without a
+//! `next_page_token`, or with `""`; every `empty_id_every`th event has
+//! `"request_id": ""` (and a `fake_ref` naming it, for tests).
 
 use std::io;
 use std::net::SocketAddr;
@@ -97,6 +102,17 @@ impl RateLimitKind {
     ];
 }
 
+/// The `next_page_token` of a page that reaches the end of the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenAtEnd {
+    /// A token to ask again with (Veza's documented behaviour).
+    Token,
+    /// No `next_page_token` member.
+    Missing,
+    /// `"next_page_token": ""`.
+    Empty,
+}
+
 #[derive(Clone, Debug)]
 pub struct VezaFakeConfig {
     /// The bearer token accepted (changeable with `set_token`).
@@ -132,6 +148,9 @@ pub struct VezaFakeConfig {
     pub slow_delay: Duration,
     /// `reset`: end with a TCP RST (true) or a FIN (false) after the partial body.
     pub reset_with_rst: bool,
+    pub token_at_end: TokenAtEnd,
+    /// Every Nth event (1-based) has an empty `request_id` (0: none).
+    pub empty_id_every: usize,
 }
 
 impl Default for VezaFakeConfig {
@@ -153,6 +172,8 @@ impl Default for VezaFakeConfig {
             default_wait: Duration::from_secs(60),
             slow_delay: Duration::from_secs(2),
             reset_with_rst: true,
+            token_at_end: TokenAtEnd::Token,
+            empty_id_every: 0,
         }
     }
 }
@@ -269,6 +290,8 @@ struct Shared {
     spacing: Duration,
     first_persisted_at: DateTime<Utc>,
     reset_with_rst: bool,
+    token_at_end: TokenAtEnd,
+    empty_id_every: usize,
     secret: [u8; 32],
     state: Mutex<State>,
     events_tx: watch::Sender<usize>,
@@ -313,6 +336,8 @@ impl VezaFake {
             spacing,
             first_persisted_at,
             reset_with_rst: cfg.reset_with_rst,
+            token_at_end: cfg.token_at_end,
+            empty_id_every: cfg.empty_id_every,
             secret: rand::random(),
             state: Mutex::new(State {
                 events: Vec::with_capacity(cfg.initial_events),
@@ -636,7 +661,9 @@ impl Shared {
                 }
                 _ => persisted_at,
             };
-            let event = make_event(self.seed, index, persisted_at);
+            let empty_id =
+                self.empty_id_every > 0 && (index + 1).is_multiple_of(self.empty_id_every);
+            let event = make_event(self.seed, index, persisted_at, empty_id);
             st.events.push(event);
         }
         let len = st.events.len();
@@ -992,9 +1019,15 @@ impl Shared {
             }
             body.push_str(&e.json);
         }
-        body.push_str("],\"next_page_token\":\"");
-        body.push_str(&self.make_token(st.epoch, next));
-        body.push_str("\"}");
+        match (next >= len, self.token_at_end) {
+            (true, TokenAtEnd::Missing) => body.push_str("]}"),
+            (true, TokenAtEnd::Empty) => body.push_str("],\"next_page_token\":\"\"}"),
+            _ => {
+                body.push_str("],\"next_page_token\":\"");
+                body.push_str(&self.make_token(st.epoch, next));
+                body.push_str("\"}");
+            }
+        }
         (body, end - start, next, repeated)
     }
 }
@@ -1081,7 +1114,7 @@ fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// Event number `index` (0-based; id `req-{index+1:06}`), deterministic in
 /// (seed, index) apart from `persisted_at`.
-fn make_event(seed: u64, index: usize, persisted_at: DateTime<Utc>) -> FakeEvent {
+fn make_event(seed: u64, index: usize, persisted_at: DateTime<Utc>, empty_id: bool) -> FakeEvent {
     let mut rng = StdRng::seed_from_u64(mix(seed, index as u64));
     let id = format!("req-{:06}", index + 1);
     let (endpoint, method, url) = ENDPOINTS[rng.random_range(0..ENDPOINTS.len())];
@@ -1144,6 +1177,11 @@ fn make_event(seed: u64, index: usize, persisted_at: DateTime<Utc>) -> FakeEvent
         "ended_at": rfc3339(ended_at),
         "persisted_at": rfc3339(persisted_at),
     });
+    let mut value = value;
+    if empty_id {
+        value["request_id"] = json!("");
+        value["fake_ref"] = json!(id);
+    }
     FakeEvent {
         id,
         persisted_at,

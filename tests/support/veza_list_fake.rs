@@ -5,6 +5,10 @@
 //! required (1..=10000); `page_token` continues a listing and must come with
 //! the same filter. Answers `{"values":[...],"next_page_token":"…"}` (empty
 //! at the end) in order of completion time (`ended_at`).
+//!
+//! Real-API behaviours, as options: `set_max_page_size` clamps `page_size`
+//! silently, and `set_empty_id_every` gives every Nth event added an empty
+//! `request_id` (with a `fake_ref` naming it, for tests).
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +46,8 @@ pub struct ListStats {
 struct State {
     events: Vec<ListEvent>,
     stats: ListStats,
+    max_page_size: usize,
+    empty_id_every: usize,
 }
 
 struct Shared {
@@ -66,6 +72,8 @@ impl VezaListFake {
             state: Mutex::new(State {
                 events: Vec::new(),
                 stats: ListStats::default(),
+                max_page_size: 10_000,
+                empty_id_every: 0,
             }),
             requests_tx: watch::Sender::new(0),
         });
@@ -78,6 +86,16 @@ impl VezaListFake {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.server.addr())
+    }
+
+    /// Pages hold at most `n` events, whatever `page_size` asked.
+    pub fn set_max_page_size(&self, n: usize) {
+        self.shared.lock().max_page_size = n.max(1);
+    }
+
+    /// Every Nth event added from now on has `"request_id": ""`.
+    pub fn set_empty_id_every(&self, n: usize) {
+        self.shared.lock().empty_id_every = n;
     }
 
     /// `n` events ending evenly over `[from, to]`, Veza-shaped; their ids.
@@ -95,22 +113,28 @@ impl VezaListFake {
             let ended = from + chrono::Duration::milliseconds(off);
             let id = format!("{:032x}", first + i + 1);
             let started = ended - chrono::Duration::milliseconds(16);
+            let empty = st.empty_id_every > 0 && (first + i + 1).is_multiple_of(st.empty_id_every);
+            let mut json = json!({
+                "identity": {"user_id": "aeaa34cf-e97f-4315-b185-249018cf191c", "session_id": "b0ba024d", "api_key_id": "", "email": "cookie@cookie.ai"},
+                "status": {"grpc_code": "OK", "http_status": 200, "error_reason": "OK"},
+                "client": {"ip": "10.42.1.1", "user_agent": "Mozilla/5.0"},
+                "endpoint": "/api_protos.v1.APIKeyService/CreateAPIKey",
+                "method": "POST",
+                "url": "/api/preview/keys",
+                "request_id": id,
+                "request": {"name": format!("Key{i}")},
+                "response": {"value": {"id": format!("k{i}")}},
+                "started_at": started.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                "ended_at": ended.to_rfc3339_opts(SecondsFormat::Nanos, true),
+            });
+            if empty {
+                json["request_id"] = json!("");
+                json["fake_ref"] = json!(id);
+            }
             st.events.push(ListEvent {
                 request_id: id.clone(),
                 ended_at: ended,
-                json: json!({
-                    "identity": {"user_id": "aeaa34cf-e97f-4315-b185-249018cf191c", "session_id": "b0ba024d", "api_key_id": "", "email": "cookie@cookie.ai"},
-                    "status": {"grpc_code": "OK", "http_status": 200, "error_reason": "OK"},
-                    "client": {"ip": "10.42.1.1", "user_agent": "Mozilla/5.0"},
-                    "endpoint": "/api_protos.v1.APIKeyService/CreateAPIKey",
-                    "method": "POST",
-                    "url": "/api/preview/keys",
-                    "request_id": id,
-                    "request": {"name": format!("Key{i}")},
-                    "response": {"value": {"id": format!("k{i}")}},
-                    "started_at": started.to_rfc3339_opts(SecondsFormat::Nanos, true),
-                    "ended_at": ended.to_rfc3339_opts(SecondsFormat::Nanos, true),
-                }),
+                json,
             });
             ids.push(id);
         }
@@ -224,7 +248,7 @@ impl Shared {
             return grpc_error(400, 3, "ended_at must be within the last 90 days");
         }
         let size = match get("page_size").map(|s| s.parse::<usize>()) {
-            Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+            Some(Ok(n)) if (1..=10_000).contains(&n) => n.min(st.max_page_size),
             _ => {
                 st.stats.bad_request += 1;
                 return grpc_error(400, 3, "page_size must be between 1 and 10000");
