@@ -143,7 +143,18 @@ impl FieldExtractor {
                     .filter(|v| v.get() != "null")
             })
         };
-        let id = find(&self.id).and_then(scalar_text).map(Cow::into_owned);
+        // An empty or blank id is no id (the next path is tried):
+        // distinct entries that all say `"id": ""` must not be merged.
+        let id = self
+            .id
+            .iter()
+            .find_map(|p| {
+                top.get(p.first())
+                    .and_then(|v| p.lookup_from(v))
+                    .and_then(scalar_text)
+                    .filter(|t| !t.trim().is_empty())
+            })
+            .map(Cow::into_owned);
         let time = find(&self.time).and_then(parse_time);
         let kind = find(&self.kind).and_then(scalar_text).map(Cow::into_owned);
         Event {
@@ -356,6 +367,19 @@ mod tests {
         let e = ex.event(&page, items[1]);
         assert!(e.id.is_none() && e.time.is_none() && e.kind.is_none());
         assert_eq!(ex.event(&page, items[2]).id.as_deref(), Some("fallback"));
+        let page = Bytes::from_static(
+            br#"[{"request_id":"","id":""}, {"request_id":" "}, {"request_id":"","id":7}]"#,
+        );
+        let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
+        assert!(
+            ex.event(&page, items[0]).id.is_none(),
+            "an empty id is no id"
+        );
+        assert!(
+            ex.event(&page, items[1]).id.is_none(),
+            "a blank id is no id"
+        );
+        assert_eq!(ex.event(&page, items[2]).id.as_deref(), Some("7"));
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub events_fetched: IntCounterVec,
     pub source_duplicates: IntCounterVec,
     pub events_deduplicated: IntCounterVec,
+    /// Read but not delivered, by `reason` (see docs/sources.md).
+    pub events_dropped: IntCounterVec,
     pub source_requests: IntCounterVec,
     pub source_retries: IntCounterVec,
     pub rate_limit_waits: IntCounterVec,
@@ -115,6 +117,12 @@ impl Metrics {
                 "Events dropped after a cursor restart because they were delivered before.",
                 &["source"],
             ),
+            events_dropped: counter(
+                &r,
+                "source_events_dropped_total",
+                "Events a source read but did not deliver, by reason: before_window (older than the window asked for), after_window (newer than a backfill range).",
+                &["source", "reason"],
+            ),
             source_requests: counter(&r, "source_requests_total", "Requests to a source API by outcome.", &["source", "outcome"]),
             source_retries: counter(&r, "source_retries_total", "Source requests retried after a transient failure.", &["source"]),
             rate_limit_waits: counter(&r, "rate_limit_waits_total", "ResourceExhausted / 429 answers that paused a source.", &["source"]),
@@ -182,6 +190,8 @@ impl Metrics {
             self.checkpoint_writes.with_label_values(&[source, outcome]);
         }
         self.in_flight_batches.with_label_values(&[source]);
+        self.events_dropped
+            .with_label_values(&[source, DROPPED_BEFORE_WINDOW]);
         self.source_requests.with_label_values(&[source, "ok"]);
         self.source_request_seconds.with_label_values(&[source]);
         self.commit_latency_seconds.with_label_values(&[source]);
@@ -243,6 +253,12 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
+
+/// `reason` of `source_events_dropped_total`: older than the window or
+/// range the request asked for.
+pub const DROPPED_BEFORE_WINDOW: &str = "before_window";
+/// `reason` of `source_events_dropped_total`: newer than a backfill range.
+pub const DROPPED_AFTER_WINDOW: &str = "after_window";
 
 /// The process-wide metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);

@@ -3,7 +3,10 @@
 //!
 //! Each pass asks for the window from the watermark (newest delivered
 //! `timestamp`) minus `overlap` to the instant the pass began, page by page
-//! with `offset += limit`, until a page comes back short. Entries inserted
+//! with `offset +=` the entries returned, until a page is provably the last:
+//! empty, or shorter than the server's real page size (the echoed `limit`
+//! when it is below what was asked, else the largest page served; servers
+//! clamp `limit` silently, so `page_size` proves nothing). Entries inserted
 //! while paging shift the offsets, so a page can repeat entries of the one
 //! before: those, and everything delivered in an earlier pass, are dropped
 //! by `id`. Every page is a batch whose checkpoint holds the pass (window
@@ -22,8 +25,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, TimeFormat,
-    WindowState,
+    count_fresh, dedup_key, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, Stop,
+    TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
@@ -44,6 +47,9 @@ pub struct CertifycloudsConfig {
     /// `limit` of each page.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Which page ends a pass: `short_page` or `empty_page`.
+    #[serde(default)]
+    pub stop: Stop,
     /// Only entries of this event type (`event_type` parameter).
     pub event_type: Option<String>,
     /// Only entries of this actor (`actor` parameter).
@@ -307,13 +313,24 @@ impl CertifycloudsSource {
     /// The events of one page, or why it is not one (also the entry point
     /// of fuzzing and the corpus test).
     pub(crate) fn parse_page(&self, body: &Bytes) -> Result<Vec<Event>, String> {
+        self.parse_page_and_limit(body).map(|(events, _)| events)
+    }
+
+    /// The events of one page and the `limit` the envelope echoes, if any.
+    fn parse_page_and_limit(&self, body: &Bytes) -> Result<(Vec<Event>, Option<usize>), String> {
         let root = serde_json::from_slice::<&RawValue>(body)
             .map_err(|e| format!("body is not JSON ({e}): {}", snippet(body)))?;
-        Ok(self
+        let echoed = if root.get().starts_with('{') {
+            crate::event::get_field(root, "limit").and_then(|v| v.get().parse::<usize>().ok())
+        } else {
+            None
+        };
+        let events = self
             .items(root)?
             .into_iter()
             .map(|i| self.extractor.event(body, i))
-            .collect())
+            .collect();
+        Ok((events, echoed))
     }
 }
 
@@ -337,7 +354,7 @@ impl Source for CertifycloudsSource {
                     continue;
                 }
             };
-            let events = match self.parse_page(&reply.body) {
+            let (events, echoed) = match self.parse_page_and_limit(&reply.body) {
                 Ok(events) => events,
                 Err(why) => {
                     self.fetcher.retry_later(&why).await;
@@ -356,13 +373,20 @@ impl Source for CertifycloudsSource {
                 .and_then(|p| p.cursor.as_deref())
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let short = returned < self.cfg.page_size as usize;
-            let next = if short {
+            let last = self.state.page_sizes.is_last(
+                self.cfg.stop,
+                self.cfg.page_size as usize,
+                returned,
+                echoed,
+            );
+            // Advance by what the server returned, not by what was asked:
+            // a clamped page must not skip the entries after it.
+            let next = if last {
                 Next::Done
             } else {
                 Next::Cursor((offset + returned as u64).to_string())
             };
-            debug!(source = %self.name, offset, returned, new = found.events.len(), repeated = found.repeated, last_page = short, "page");
+            debug!(source = %self.name, offset, returned, echoed_limit = ?echoed, new = found.events.len(), repeated = found.repeated, last_page = last, "page");
             let checkpoint =
                 self.state
                     .record_page(&self.name, &found.events, keys, next, self.cfg.overlap);

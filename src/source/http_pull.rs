@@ -52,16 +52,7 @@ pub enum Mode {
     None,
 }
 
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Stop {
-    /// A page with fewer items than `page_size` is the last (offset, page).
-    #[default]
-    ShortPage,
-    /// Only an empty page is the last (for APIs that cap the page size
-    /// below what was asked).
-    EmptyPage,
-}
+pub use super::poll::Stop;
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +67,9 @@ pub struct PaginationConfig {
     pub first_page: u64,
     #[serde(default)]
     pub stop: Stop,
+    /// Offset and page modes: dotted path of the page size the server
+    /// echoes (`limit`), which tells a clamped page from the last one.
+    pub limit_path: Option<String>,
 }
 
 fn default_first_page() -> u64 {
@@ -462,6 +456,17 @@ impl HttpPullConfig {
             ),
             _ => {}
         }
+        if let Some(lp) = &p.limit_path {
+            if let Err(e) = FieldPath::parse(lp) {
+                problems.push(format!("{path}.pagination.limit_path"), e);
+            }
+            if !matches!(p.mode, Mode::Offset | Mode::Page) {
+                problems.push(
+                    format!("{path}.pagination.limit_path"),
+                    "only applies to mode = \"offset\" or \"page\"",
+                );
+            }
+        }
         if p.mode != Mode::Token && (p.token_path.is_some() || p.token_header.is_some()) {
             problems.push(
                 format!("{path}.pagination"),
@@ -516,6 +521,7 @@ pub struct HttpPullSource {
     extractor: FieldExtractor,
     items_path: Option<FieldPath>,
     token_path: Option<FieldPath>,
+    limit_path: Option<FieldPath>,
     start: DateTime<Utc>,
     state: WindowState,
     next_pass: Option<Instant>,
@@ -561,6 +567,13 @@ impl HttpPullSource {
             .map(FieldPath::parse)
             .transpose()
             .map_err(|e| anyhow::anyhow!("{path}.pagination.token_path: {e}"))?;
+        let limit_path = cfg
+            .pagination
+            .limit_path
+            .as_deref()
+            .map(FieldPath::parse)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{path}.pagination.limit_path: {e}"))?;
         let start = StartAt::parse(&cfg.start_at)
             .map_err(|e| anyhow::anyhow!("{path}.start_at: {e}"))?
             .resolve(Utc::now());
@@ -607,6 +620,7 @@ impl HttpPullSource {
             extractor,
             items_path,
             token_path,
+            limit_path,
             start,
             state,
             next_pass: None,
@@ -756,22 +770,37 @@ impl HttpPullSource {
         returned: usize,
     ) -> Result<Next, String> {
         let p = &self.cfg.pagination;
-        let short = match p.stop {
-            Stop::ShortPage => returned < self.cfg.page_size as usize,
-            Stop::EmptyPage => returned == 0,
-        };
         let cursor = self.state.pass.as_ref().and_then(|p| p.cursor.clone());
         Ok(match p.mode {
             Mode::None => Next::Done,
-            Mode::Offset | Mode::Page if short || returned == 0 => Next::Done,
-            Mode::Offset => {
-                let at: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
-                Next::Cursor((at + returned as u64).to_string())
+            Mode::Offset | Mode::Page => {
+                let echoed = self
+                    .limit_path
+                    .as_ref()
+                    .and_then(|lp| lp.lookup(root))
+                    .and_then(|v| scalar_text(v)?.parse::<usize>().ok());
+                let asked = self.cfg.page_size as usize;
+                if self
+                    .state
+                    .page_sizes
+                    .is_last(p.stop, asked, returned, echoed)
+                {
+                    Next::Done
+                } else if p.mode == Mode::Offset {
+                    // By what the server returned: a clamped page must
+                    // not make the walk skip the entries after it.
+                    let at: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(0);
+                    Next::Cursor((at + returned as u64).to_string())
+                } else {
+                    // The server numbers pages by its own (clamped) size.
+                    let at: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(p.first_page);
+                    Next::Cursor((at + 1).to_string())
+                }
             }
-            Mode::Page => {
-                let at: u64 = cursor.and_then(|c| c.parse().ok()).unwrap_or(p.first_page);
-                Next::Cursor((at + 1).to_string())
-            }
+            // An empty page ends the pass whatever token or link it
+            // carries: some APIs hand out a new one on every empty page,
+            // and following it would ask again without waiting.
+            Mode::Token | Mode::Link if returned == 0 => Next::Done,
             Mode::Token => {
                 let token = match (&p.token_header, &self.token_path) {
                     (Some(h), _) => headers
@@ -784,8 +813,6 @@ impl HttpPullSource {
                     (None, None) => None,
                 };
                 match token.filter(|t| !t.is_empty()) {
-                    // The same token again with nothing in the page: caught up.
-                    Some(t) if returned == 0 && Some(&t) == cursor.as_ref() => Next::Done,
                     Some(t) => Next::Cursor(t),
                     None => Next::Done,
                 }
@@ -798,11 +825,7 @@ impl HttpPullSource {
                             next.origin().ascii_serialization()
                         ));
                     }
-                    if returned == 0 && Some(next.as_str()) == cursor.as_deref() {
-                        Next::Done
-                    } else {
-                        Next::Cursor(next.to_string())
-                    }
+                    Next::Cursor(next.to_string())
                 }
                 None => Next::Done,
             },

@@ -26,14 +26,14 @@ use tracing::{error, info, warn};
 use crate::config::{Problems, RetryConfig};
 use crate::event::Event;
 use crate::health::Health;
-use crate::metrics::metrics;
+use crate::metrics::{metrics, DROPPED_BEFORE_WINDOW};
 use crate::retry::{with_jitter, Backoff};
 use crate::secret::{Secret, SecretSource};
 
 /// The key an event is de-duplicated by: its id, else a digest of its bytes
 /// (an event without an id must not be re-sent on every poll of its window).
 pub fn dedup_key(ev: &Event) -> String {
-    match &ev.id {
+    match ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
         Some(id) => id.to_string(),
         None => {
             let digest = Sha256::digest(&ev.raw);
@@ -161,6 +161,9 @@ pub struct Fresh {
     /// Events older than the window start (delivered before, or later than
     /// the overlap allows: make `overlap` longer if the API indexes late).
     pub before_window: u64,
+    /// The oldest of those, and the window start, for the log line.
+    pub oldest_before_window: Option<DateTime<Utc>>,
+    pub window_start: Option<DateTime<Utc>>,
 }
 
 /// Picks the new events of a response without recording them yet: the
@@ -170,12 +173,15 @@ pub fn fresh(seen: &SeenSet, events: Vec<Event>, window_start: Option<DateTime<U
         events: Vec::with_capacity(events.len()),
         repeated: 0,
         before_window: 0,
+        oldest_before_window: None,
+        window_start,
     };
     let mut here: HashSet<String> = HashSet::new();
     for ev in events {
         if let (Some(start), Some(t)) = (window_start, ev.time) {
             if t < start {
                 out.before_window += 1;
+                out.oldest_before_window = Some(out.oldest_before_window.map_or(t, |o| o.min(t)));
                 continue;
             }
         }
@@ -189,7 +195,8 @@ pub fn fresh(seen: &SeenSet, events: Vec<Event>, window_start: Option<DateTime<U
     out
 }
 
-/// Counts the outcome of [`fresh`] in the shared metrics.
+/// Counts the outcome of [`fresh`] in the shared metrics; entries older
+/// than the window are dropped, so they are counted and logged.
 pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
     let m = metrics();
     m.events_fetched
@@ -199,6 +206,65 @@ pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
         m.events_deduplicated
             .with_label_values(&[source])
             .inc_by(f.repeated);
+    }
+    if f.before_window > 0 {
+        m.events_dropped
+            .with_label_values(&[source, DROPPED_BEFORE_WINDOW])
+            .inc_by(f.before_window);
+        let fmt = |t: Option<DateTime<Utc>>| t.map(|t| t.to_rfc3339()).unwrap_or_default();
+        warn!(
+            source,
+            dropped = f.before_window,
+            oldest = %fmt(f.oldest_before_window),
+            window_start = %fmt(f.window_start),
+            "entries older than the window start were not delivered: delivered by an earlier pass, or indexed later than `overlap` allows (then raise overlap)"
+        );
+    }
+}
+
+/// When a page ends a pass in offset and page pagination.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// A page shorter than the server's real page size is the last: the
+    /// echoed limit, else the largest page it has served (never just
+    /// `page_size`: servers clamp it silently).
+    #[default]
+    ShortPage,
+    /// Only an empty page is the last (for APIs whose page size varies,
+    /// e.g. pages cut by bytes).
+    EmptyPage,
+}
+
+/// What a source has learned of the server's real page size, to tell the
+/// last page from one the server clamped.
+#[derive(Clone, Debug, Default)]
+pub struct PageSizes {
+    /// The largest page served so far: the server's size is at least this.
+    /// (A cell: page parsing, which decides, borrows the source shared.)
+    largest: std::cell::Cell<usize>,
+}
+
+impl PageSizes {
+    /// Whether a page of `returned` items is provably the last one, when
+    /// `asked` were asked for and the answer echoed `echoed` as its limit.
+    /// An echo below `asked` is the server admitting a clamp; an echo of
+    /// `asked` proves nothing (servers echo what they were sent).
+    pub fn is_last(
+        &self,
+        stop: Stop,
+        asked: usize,
+        returned: usize,
+        echoed: Option<usize>,
+    ) -> bool {
+        let largest = self.largest.get();
+        let known = largest.max(echoed.filter(|e| *e < asked).unwrap_or(0));
+        self.largest.set(largest.max(returned));
+        match stop {
+            _ if returned == 0 => true,
+            Stop::EmptyPage => false,
+            Stop::ShortPage => returned < known.min(asked),
+        }
     }
 }
 
@@ -641,13 +707,14 @@ pub struct Pass {
     /// Where the keys of the current page start in `recent`.
     #[serde(default)]
     pub recent_split: usize,
-    /// Pages in a row identical to the one before (an API ignoring the cursor).
+    /// Pages in a row holding nothing beyond the two before (an API
+    /// ignoring the cursor, or inserting ahead of it faster than it is read).
     #[serde(default)]
     pub same_pages: u32,
 }
 
-/// Identical pages in a row after which a pass is ended: the API ignores the
-/// cursor, and asking again would loop forever.
+/// Pages in a row without progress after which a pass is ended: asking
+/// again would loop forever.
 pub const SAME_PAGE_LIMIT: u32 = 3;
 
 /// The checkpoint of a source that walks time windows page by page.
@@ -664,6 +731,9 @@ pub struct WindowState {
     pub pass: Option<Pass>,
     #[serde(default)]
     pub seen: SeenSet,
+    /// Learned anew by each run (a server may lower its page size).
+    #[serde(skip)]
+    pub page_sizes: PageSizes,
 }
 
 /// How a page ends its pass.
@@ -750,9 +820,13 @@ impl WindowState {
                     pass.newest = Some(pass.newest.map_or(t, |n| n.max(t)));
                 }
             }
-            let same =
-                !returned_keys.is_empty() && pass.recent[pass.recent_split..] == returned_keys[..];
-            pass.same_pages = if same { pass.same_pages + 1 } else { 0 };
+            // A page holding nothing beyond the last two pages: the API
+            // ignores the cursor, or inserts ahead of it as fast as the
+            // walk reads. Either way the walk is not advancing.
+            let before: HashSet<&str> = pass.recent.iter().map(String::as_str).collect();
+            let stalled = !returned_keys.is_empty()
+                && returned_keys.iter().all(|k| before.contains(k.as_str()));
+            pass.same_pages = if stalled { pass.same_pages + 1 } else { 0 };
             // Keep the keys of the last two pages.
             pass.recent
                 .drain(..pass.recent_split.min(pass.recent.len()));
@@ -762,7 +836,7 @@ impl WindowState {
                 pass.cursor = Some(c);
             }
             if pass.same_pages >= SAME_PAGE_LIMIT && !finished {
-                error!(source, pages = pass.same_pages + 1, "the API returned the same page again and again: it ignores the pagination parameter (check the pagination settings); ending this pass");
+                error!(source, pages = pass.same_pages + 1, "the API returned the same entries page after page: it ignores the pagination parameter (check the pagination settings) or inserts ahead of the cursor faster than pages are read; ending this pass");
                 finished = true;
             }
         }
@@ -953,6 +1027,66 @@ mod tests {
                 Next::Cursor(i.to_string()),
                 overlap,
             );
+        }
+        assert!(st.between_passes());
+    }
+
+    #[test]
+    fn empty_ids_are_no_ids() {
+        let events = vec![
+            ev(Some(""), "2026-01-01T00:10:00Z", r#"{"id":"","n":1}"#),
+            ev(Some(""), "2026-01-01T00:10:00Z", r#"{"id":"","n":2}"#),
+            ev(Some(" "), "2026-01-01T00:10:00Z", r#"{"id":" ","n":3}"#),
+        ];
+        let f = fresh(&SeenSet::new(10), events, None);
+        assert_eq!(f.events.len(), 3, "distinct entries with empty ids merged");
+        assert!(dedup_key(&f.events[0]).starts_with("sha256:"));
+    }
+
+    #[test]
+    fn a_clamped_page_is_not_the_last_one() {
+        // Asked for 500, the server serves 300 and echoes nothing.
+        let sizes = PageSizes::default();
+        assert!(
+            !sizes.is_last(Stop::ShortPage, 500, 300, None),
+            "unknown size"
+        );
+        assert!(
+            !sizes.is_last(Stop::ShortPage, 500, 300, Some(500)),
+            "an echo of what was asked proves nothing"
+        );
+        assert!(
+            sizes.is_last(Stop::ShortPage, 500, 120, None),
+            "shorter than a full page"
+        );
+        assert!(sizes.is_last(Stop::ShortPage, 500, 0, None));
+        // An echo below what was asked is the server's own size.
+        let sizes = PageSizes::default();
+        assert!(!sizes.is_last(Stop::ShortPage, 500, 300, Some(300)));
+        assert!(sizes.is_last(Stop::ShortPage, 500, 299, Some(300)));
+        // A full page of what was asked.
+        let sizes = PageSizes::default();
+        assert!(!sizes.is_last(Stop::ShortPage, 50, 50, None));
+        assert!(sizes.is_last(Stop::ShortPage, 50, 49, None));
+        // empty_page trusts nothing but an empty page.
+        assert!(!sizes.is_last(Stop::EmptyPage, 50, 1, None));
+        assert!(sizes.is_last(Stop::EmptyPage, 50, 0, None));
+    }
+
+    #[test]
+    fn a_pass_ends_when_inserts_outrun_the_walk() {
+        // Each page holds only entries of the two pages before it: the API
+        // inserts a page's worth ahead of the cursor per request.
+        let overlap = Duration::from_secs(60);
+        let mut st = WindowState::default();
+        st.pass(overlap, t("2026-01-01T00:00:00Z"));
+        let keys = |r: std::ops::Range<u32>| r.map(|i| i.to_string()).collect::<Vec<_>>();
+        st.record_page("s", &[], keys(0..4), Next::Cursor("4".into()), overlap);
+        st.record_page("s", &[], keys(4..8), Next::Cursor("8".into()), overlap);
+        for i in 0..SAME_PAGE_LIMIT {
+            assert!(!st.between_passes(), "ended early at page {i}");
+            let shifted = if i % 2 == 0 { keys(2..6) } else { keys(4..8) };
+            st.record_page("s", &[], shifted, Next::Cursor("12".into()), overlap);
         }
         assert!(st.between_passes());
     }

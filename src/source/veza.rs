@@ -259,6 +259,11 @@ pub struct VezaSource {
     newest_time: Option<DateTime<Utc>>,
     dedup_until: Option<DateTime<Utc>>,
     recent: RecentIds,
+    /// No request before this instant: set after a page without a next
+    /// token, whose only continuation is the overlap window again.
+    next_request_at: Option<Instant>,
+    /// The last page had no next token (logged once per streak).
+    tokenless: bool,
 }
 
 impl VezaSource {
@@ -334,6 +339,8 @@ impl VezaSource {
             resume_at: stored.resume_at,
             newest_time: stored.newest_time,
             dedup_until: stored.dedup_until,
+            next_request_at: None,
+            tokenless: false,
             cfg,
         })
     }
@@ -498,8 +505,10 @@ impl VezaSource {
                     self.dedup_until = None;
                 }
             }
-            if let Some(id) = ev.id.as_deref() {
-                if !self.recent.insert(id) {
+            // By id, or by content when there is none (an empty id is
+            // none): distinct entries without ids are never merged.
+            {
+                if !self.recent.insert(&super::poll::dedup_key(&ev)) {
                     if self.dedup_until.is_some() {
                         dropped += 1;
                         continue;
@@ -528,11 +537,20 @@ impl VezaSource {
             self.newest_time = Some(self.newest_time.map_or(t, |n| n.max(t)));
         }
         match next_token {
-            Some(t) => self.token = Some(t),
+            Some(t) => {
+                self.token = Some(t);
+                self.tokenless = false;
+            }
             None => {
-                warn!(source = %self.name, "page without next_page_token; continuing from the newest event time minus overlap");
+                // Re-reading the overlap window at once would loop: a
+                // request, a checkpoint and this line per iteration.
+                if !self.tokenless {
+                    warn!(source = %self.name, wait_s = self.cfg.poll_interval.as_secs_f64(), "page without next_page_token; continuing from the newest event time minus overlap after poll_interval");
+                }
+                self.tokenless = true;
                 self.token = None;
                 self.dedup_until = self.newest_time;
+                self.next_request_at = Some(Instant::now() + self.cfg.poll_interval);
             }
         }
         if self.token.is_some() {
@@ -582,6 +600,10 @@ impl Source for VezaSource {
             if let Some(until) = self.cooldown_until {
                 tokio::time::sleep_until(until.into()).await;
                 self.cooldown_until = None;
+            }
+            if let Some(at) = self.next_request_at {
+                tokio::time::sleep_until(at.into()).await;
+                self.next_request_at = None;
             }
             match self.request().await {
                 Outcome::Page { body, next_token } => {

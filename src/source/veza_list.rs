@@ -426,6 +426,14 @@ impl Source for VezaListSource {
             let past_end = events.iter().any(|e| e.time.is_some_and(|t| t >= to));
             events.retain(|e| e.time.is_none_or(|t| t < to));
             let in_range = events.len();
+            if in_range < returned {
+                let after = (returned - in_range) as u64;
+                crate::metrics::metrics()
+                    .events_dropped
+                    .with_label_values(&[&self.label, crate::metrics::DROPPED_AFTER_WINDOW])
+                    .inc_by(after);
+                info!(source = %self.label, dropped = after, to = %to.to_rfc3339(), "entries at or past the end of the backfill range were not delivered (the live source covers them)");
+            }
             let found = fresh(&self.state.seen, events, Some(self.state.range.from));
             count_fresh(&self.label, in_range, &found);
             self.fetcher.count_answer(!found.events.is_empty());
