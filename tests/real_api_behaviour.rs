@@ -69,15 +69,15 @@ time_path = "timestamp"
 }
 
 /// Runs the daemon, SIGKILLs it `kills` times at random instants while it
-/// works, adds `per_round` new entries after each kill, then lets a last
-/// run deliver everything.
+/// works, adds entries after each kill, then starts the last run (which the
+/// caller stops once everything arrived) and waits for `expected`.
 async fn kill_and_finish(
     setup: &Setup,
     hook: &WebhookReceiver,
     kills: usize,
     mut add: impl FnMut() -> Vec<String>,
     expected: &mut Vec<String>,
-) {
+) -> support::daemon::Daemon {
     for round in 0..kills {
         let mut daemon = setup.spawn();
         let before = hook.stats().requests;
@@ -92,13 +92,9 @@ async fn kill_and_finish(
         daemon.kill().await;
         expected.extend(add());
     }
-    let mut daemon = setup.spawn();
+    let daemon = setup.spawn();
     wait_for_all(expected, hook, setup).await;
-    assert!(daemon
-        .terminate(Duration::from_secs(20))
-        .await
-        .expect("exit")
-        .success());
+    daemon
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +127,7 @@ async fn certifyclouds_clamping_server_newest_first_with_inserts_loses_nothing_a
         &hook,
     );
     setup.write("token", TOKEN);
-    kill_and_finish(
+    let mut daemon = kill_and_finish(
         &setup,
         &hook,
         4,
@@ -141,6 +137,11 @@ async fn certifyclouds_clamping_server_newest_first_with_inserts_loses_nothing_a
     .await;
     // Everything the fake ever held, inserts included.
     wait_for_all(&fake.all_ids(), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
     let stats = fake.stats();
     assert!(stats.inserted_between_pages > 100, "{stats:?}");
     let empty_ids = hook
@@ -216,7 +217,7 @@ async fn http_pull_clamped_newest_first(mode: PullMode, paging: &str) {
         &hook,
     );
     setup.write("token", TOKEN);
-    kill_and_finish(
+    let mut daemon = kill_and_finish(
         &setup,
         &hook,
         3,
@@ -226,6 +227,11 @@ async fn http_pull_clamped_newest_first(mode: PullMode, paging: &str) {
     .await;
     let all: Vec<String> = fake.events().into_iter().map(|e| e.id).collect();
     wait_for_all(&all, &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
     assert!(
         fake.stats().inserted_between_pages > 50,
         "{:?}",
@@ -409,7 +415,6 @@ async fn entries_indexed_later_than_the_overlap_are_counted_and_logged() {
     assert!(
         dropped >= 3.0 && dropped % 3.0 == 0.0,
         "{dropped}: {}",
-        "{}",
         metrics
             .lines()
             .filter(|l| l.contains("dropped"))
