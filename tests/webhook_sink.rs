@@ -319,3 +319,72 @@ async fn a_307_to_another_origin_is_refused_unless_follow_redirects_allows_it() 
     assert_eq!(elsewhere.unique_count(), 5);
     assert_eq!(elsewhere.last_path().as_deref(), Some("/other"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_demo_run_never_finishes_while_the_receiver_redirects() {
+    const LIMIT: usize = 50;
+    let hook = WebhookReceiver::start(WebhookConfig {
+        faults: WebhookFaults {
+            redirect: Some(Redirect::ToLoginPage(302)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bounded.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = "{state}"
+log_format = "json"
+[server]
+listen = "127.0.0.1:0"
+[pipeline]
+retry = {{ initial = "20ms", max = "100ms" }}
+[sources.demo]
+type = "demo"
+rate = 0
+batch_size = 10
+limit = {LIMIT}
+[sinks.hook]
+type = "webhook"
+inputs = ["demo"]
+url = "{url}"
+auth_retry = "50ms"
+"#,
+            state = dir.path().join("state").display(),
+            url = hook.url_for("/in"),
+        ),
+    )
+    .unwrap();
+    let mut daemon = support::daemon::Daemon::spawn(&cfg, &dir.path().join("d.log"));
+    // The daemon must keep asking, not finish: 20 redirected requests
+    // take about a second at auth_retry = 50ms.
+    let exited_early = tokio::select! {
+        status = daemon.wait(Duration::from_secs(60)) => Some(status),
+        asked = hook.wait_for_requests(20, Duration::from_secs(60)) => {
+            assert!(asked, "the daemon stopped sending: {:?}", hook.stats());
+            None
+        }
+    };
+    assert!(
+        exited_early.is_none(),
+        "the run finished while the receiver held {} of {LIMIT} events: {:?}\n{}",
+        hook.unique_count(),
+        hook.stats(),
+        daemon.log_text()
+    );
+    assert_eq!(hook.unique_count(), 0);
+    assert!(daemon.log_text().contains("/sso/login"), "{}", daemon.log_text());
+    hook.set_redirect(None);
+    let status = daemon.wait(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(hook.unique_count(), LIMIT);
+}

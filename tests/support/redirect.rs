@@ -69,3 +69,65 @@ pub fn strip_moved(path: &str) -> (&str, bool) {
         _ => (path, false),
     }
 }
+
+/// An SSO proxy in front of an API that is not there: every request is
+/// redirected to its login page (answering 200 HTML), as when a client's
+/// session or network route lands it in front of a web login.
+pub struct SsoProxy {
+    server: super::http1::Server,
+    /// (requests, login page hits), bumped after every request.
+    progress: tokio::sync::watch::Sender<(u64, u64)>,
+}
+
+impl SsoProxy {
+    pub async fn start(status: u16) -> std::io::Result<SsoProxy> {
+        use super::http1::{self, Conn};
+        let listener = http1::bind_loopback(0)?;
+        let progress = tokio::sync::watch::Sender::new((0, 0));
+        let counts = progress.clone();
+        let server = http1::Server::spawn(listener, move |stream| {
+            let counts = counts.clone();
+            async move {
+                let mut conn = Conn::new(stream);
+                for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
+                    let Ok(req) = conn.read_request(1024 * 1024).await else {
+                        return;
+                    };
+                    let login = is_login_page(&req);
+                    let resp = if login {
+                        login_page()
+                    } else {
+                        Redirect::ToLoginPage(status).answer(&req)
+                    };
+                    counts.send_modify(|(n, hits)| {
+                        *n += 1;
+                        *hits += u64::from(login);
+                    });
+                    let close = !req.keep_alive;
+                    if resp.write(&mut conn.stream, close).await.is_err() || close {
+                        return;
+                    }
+                }
+            }
+        })?;
+        Ok(SsoProxy { server, progress })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.server.addr())
+    }
+
+    pub fn login_page_hits(&self) -> u64 {
+        self.progress.borrow().1
+    }
+
+    /// Waits until `n` requests were answered.
+    pub async fn wait_for_requests(&self, n: u64, timeout: std::time::Duration) -> bool {
+        let mut rx = self.progress.subscribe();
+        let done = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|(requests, _)| *requests >= n)).await,
+            Ok(Ok(_))
+        );
+        done
+    }
+}
