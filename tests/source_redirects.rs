@@ -46,9 +46,13 @@ retry = {{ initial = "20ms", max = "100ms" }}
     assert_eq!(proxy.login_page_hits(), 0, "the redirect was followed");
     let logged = problems(&setup, 20);
     assert!(
-        logged.contains("HTTP 302 redirecting to") && logged.contains("/sso/login (query left out)"),
+        logged.contains("HTTP 302 redirecting to")
+            && logged.contains("/sso/login (query left out)"),
         "{logged}"
     );
     assert_eq!(hook.requests(), 0);
-    assert!(!setup.state_dir().join("checkpoints/zaita.checkpoint").exists());
+    assert!(!setup
+        .state_dir()
+        .join("checkpoints/zaita.checkpoint")
+        .exists());
 }

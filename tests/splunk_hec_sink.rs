@@ -815,8 +815,14 @@ async fn a_308_to_the_moved_collector_is_followed_for_events_and_acks() {
         .unwrap();
     let stats = fake.stats();
     assert_eq!(fake.unique_count(), 30);
-    assert!(stats.acks_true >= 1 && stats.moved_requests > 0, "{stats:?}");
-    assert!(stats.gzip_requests > 0, "the body kept its encoding: {stats:?}");
+    assert!(
+        stats.acks_true >= 1 && stats.moved_requests > 0,
+        "{stats:?}"
+    );
+    assert!(
+        stats.gzip_requests > 0,
+        "the body kept its encoding: {stats:?}"
+    );
 }
 
 #[test]

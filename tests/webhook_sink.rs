@@ -378,7 +378,11 @@ auth_retry = "50ms"
         daemon.log_text()
     );
     assert_eq!(hook.unique_count(), 0);
-    assert!(daemon.log_text().contains("/sso/login"), "{}", daemon.log_text());
+    assert!(
+        daemon.log_text().contains("/sso/login"),
+        "{}",
+        daemon.log_text()
+    );
     hook.set_redirect(None);
     let status = daemon.wait(Duration::from_secs(60)).await;
     assert!(
