@@ -760,7 +760,7 @@ async fn a_redirecting_collector_never_confirms_and_the_reason_names_the_locatio
     let fake = HecFake::start(HecFakeConfig {
         token: TOKEN.into(),
         faults: HecFaults {
-            redirect: Some(Redirect::ToLoginPage(302)),
+            redirect: Some(Redirect::LoginPage(302)),
             ..Default::default()
         },
         ..Default::default()
@@ -794,7 +794,7 @@ async fn a_308_to_the_moved_collector_is_followed_for_events_and_acks() {
         token: TOKEN.into(),
         ack: true,
         faults: HecFaults {
-            redirect: Some(Redirect::ToMoved(308)),
+            redirect: Some(Redirect::Moved(308)),
             ..Default::default()
         },
         ..Default::default()
@@ -823,6 +823,33 @@ async fn a_308_to_the_moved_collector_is_followed_for_events_and_acks() {
         stats.gzip_requests > 0,
         "the body kept its encoding: {stats:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_that_is_a_ca_certificate_is_explained() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pki = TestPki::ca_as_server_certificate();
+    let front = TlsFront::start(&pki, fake.addr()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path(), "server.pem");
+    let b = build(
+        dir.path(),
+        "hec_ca_as_server",
+        &front.url(),
+        TOKEN,
+        &format!("tls = {{ ca_file = \"{}\" }}", ca.display()),
+    );
+    let (_, reason) = wait_ready(&b, |ready, _| !ready).await;
+    assert!(
+        reason.contains("presents a CA certificate") && reason.contains("CA:FALSE"),
+        "{reason}"
+    );
+    assert_eq!(fake.stats().requests, 0);
 }
 
 #[test]

@@ -190,7 +190,7 @@ async fn a_301_302_or_303_to_a_login_page_never_confirms_the_batch() {
     for status in [301, 302, 303] {
         let hook = WebhookReceiver::start(WebhookConfig {
             faults: WebhookFaults {
-                redirect: Some(Redirect::ToLoginPage(status)),
+                redirect: Some(Redirect::LoginPage(status)),
                 ..Default::default()
             },
             ..Default::default()
@@ -241,7 +241,7 @@ async fn a_307_or_308_on_the_same_origin_is_followed_with_method_body_and_signat
             hmac_secret: Some(b"k3y".to_vec()),
             expect_authorization: Some("Bearer t0k".into()),
             faults: WebhookFaults {
-                redirect: Some(Redirect::ToMoved(status)),
+                redirect: Some(Redirect::Moved(status)),
                 ..Default::default()
             },
             ..Default::default()
@@ -278,7 +278,7 @@ async fn a_307_to_another_origin_is_refused_unless_follow_redirects_allows_it() 
         .unwrap();
     let hook = WebhookReceiver::start(WebhookConfig {
         faults: WebhookFaults {
-            redirect: Some(Redirect::ToUrl(307, elsewhere.url_for("/other"))),
+            redirect: Some(Redirect::Url(307, elsewhere.url_for("/other"))),
             ..Default::default()
         },
         ..Default::default()
@@ -325,7 +325,7 @@ async fn a_bounded_demo_run_never_finishes_while_the_receiver_redirects() {
     const LIMIT: usize = 50;
     let hook = WebhookReceiver::start(WebhookConfig {
         faults: WebhookFaults {
-            redirect: Some(Redirect::ToLoginPage(302)),
+            redirect: Some(Redirect::LoginPage(302)),
             ..Default::default()
         },
         ..Default::default()

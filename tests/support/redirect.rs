@@ -19,24 +19,24 @@ pub const MOVED_PREFIX: &str = "/moved";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Redirect {
     /// This status (301, 302 or 303) to the login page.
-    ToLoginPage(u16),
+    LoginPage(u16),
     /// This status (307 or 308) to the same path and query under `/moved`.
-    ToMoved(u16),
+    Moved(u16),
     /// This status to this absolute URL.
-    ToUrl(u16, String),
+    Url(u16, String),
 }
 
 impl Redirect {
     /// The answer to `req`, which asked for a path that redirects.
     pub fn answer(&self, req: &Request) -> Response {
         let (status, location) = match self {
-            Redirect::ToLoginPage(status) => (
+            Redirect::LoginPage(status) => (
                 *status,
                 // SSO proxies put the original address in the query.
                 format!("{LOGIN_PATH}?return_to={}", req.path().replace('/', "%2F")),
             ),
-            Redirect::ToMoved(status) => (*status, format!("{MOVED_PREFIX}{}", req.target)),
-            Redirect::ToUrl(status, url) => (*status, url.clone()),
+            Redirect::Moved(status) => (*status, format!("{MOVED_PREFIX}{}", req.target)),
+            Redirect::Url(status, url) => (*status, url.clone()),
         };
         Response::new(
             status,
@@ -97,7 +97,7 @@ impl SsoProxy {
                     let resp = if login {
                         login_page()
                     } else {
-                        Redirect::ToLoginPage(status).answer(&req)
+                        Redirect::LoginPage(status).answer(&req)
                     };
                     counts.send_modify(|(n, hits)| {
                         *n += 1;
