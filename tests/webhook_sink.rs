@@ -354,6 +354,7 @@ type = "webhook"
 inputs = ["demo"]
 url = "{url}"
 auth_retry = "50ms"
+retry = {{ initial = "20ms", max = "100ms" }}
 "#,
             state = dir.path().join("state").display(),
             url = hook.url_for("/in"),
