@@ -171,7 +171,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // during startup is a clean stop (exit 0), not death by the default
     // handler, and a reload asked for during startup waits for its end.
     let mut signals = Signals::install()?;
-    crate::secret::warn_if_exposed(&config.file);
+    crate::secret::warn_if_config_exposed(&config.file);
     let health = Health::default();
     let daemon = build(&config, &health)?;
     let store = open_store(&config)?;

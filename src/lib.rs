@@ -25,3 +25,4 @@ pub mod server;
 pub mod sink;
 pub mod source;
 pub mod spool;
+pub mod tls;

@@ -174,9 +174,88 @@ impl SecretSource {
     }
 }
 
-/// Warns when a file holding secrets (or a config) can be read by users
-/// other than its owner and group: the secret is only as safe as the file.
+/// Warns, like [`warn_if_exposed`], when the config file at `path` can be
+/// read by every user, but only if it holds a secret itself (an
+/// `Authorization` header, a URL with a password or a token in its query):
+/// secrets belong in `*_file`, `*_env` or `*_credential` keys, and a config
+/// without any is no more secret than the binary.
+pub fn warn_if_config_exposed(path: &std::path::Path) {
+    use figment::providers::{Format, Toml};
+    let Ok(tree) = figment::Figment::from(Toml::file(path)).extract::<figment::value::Value>()
+    else {
+        return;
+    };
+    let mut keys = Vec::new();
+    inline_secrets(&tree, "", &mut keys);
+    if !keys.is_empty() {
+        warn_with_reason(path, &format!("it holds secrets at {}", keys.join(", ")));
+    }
+}
+
+/// Key paths under `prefix` whose values look like secrets.
+fn inline_secrets(value: &figment::value::Value, prefix: &str, out: &mut Vec<String>) {
+    use figment::value::Value;
+    match value {
+        Value::Dict(_, dict) => {
+            for (key, v) in dict {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let in_headers = prefix.ends_with("headers");
+                let secret_header = in_headers
+                    && [
+                        "authorization",
+                        "proxy-authorization",
+                        "cookie",
+                        "x-api-key",
+                    ]
+                    .contains(&key.to_ascii_lowercase().as_str());
+                if secret_header && matches!(v, Value::String(..)) {
+                    out.push(path.clone());
+                }
+                inline_secrets(v, &path, out);
+            }
+        }
+        Value::Array(_, items) => {
+            for (i, v) in items.iter().enumerate() {
+                inline_secrets(v, &format!("{prefix}[{i}]"), out);
+            }
+        }
+        Value::String(_, text) => {
+            if let Ok(url) = url::Url::parse(text) {
+                let query_secret = url.query_pairs().any(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    [
+                        "token",
+                        "secret",
+                        "password",
+                        "key",
+                        "sig",
+                        "signature",
+                        "apikey",
+                        "api_key",
+                    ]
+                    .iter()
+                    .any(|s| k == *s || k.ends_with(&format!("_{s}")))
+                });
+                if url.password().is_some() || query_secret {
+                    out.push(prefix.to_string());
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Warns when a file holding secrets can be read by users other than its
+/// owner and group: the secret is only as safe as the file.
 pub fn warn_if_exposed(path: &std::path::Path) {
+    warn_with_reason(path, "it holds a secret");
+}
+
+fn warn_with_reason(path: &std::path::Path, reason: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
@@ -184,7 +263,7 @@ pub fn warn_if_exposed(path: &std::path::Path) {
             tracing::warn!(
                 file = %path.display(),
                 mode = format!("{:o}", mode & 0o777),
-                "file is readable by every user on this host; restrict it (chmod o-r) or move the secret to a credential"
+                "file is readable by every user on this host and {reason}; restrict it (chmod o-r) or move the secret to a *_file key or a credential"
             );
         }
     }
@@ -211,6 +290,39 @@ mod tests {
         assert_eq!(src.load().unwrap().expose(), "abc");
         std::fs::write(&path, "\n").unwrap();
         assert!(src.load().unwrap_err().contains("is empty"));
+    }
+
+    #[test]
+    fn a_config_holds_secrets_only_where_a_value_is_one() {
+        use figment::providers::{Format, Toml};
+        let find = |toml: &str| {
+            let tree: figment::value::Value = figment::Figment::from(Toml::string(toml))
+                .extract()
+                .unwrap();
+            let mut keys = Vec::new();
+            inline_secrets(&tree, "", &mut keys);
+            keys
+        };
+        // The demo config, and one with secrets in *_file keys: nothing.
+        assert!(find(include_str!("../config/demo.toml")).is_empty());
+        assert!(find(
+            "[sinks.hook]\nurl = \"https://h.example/in?tenant=1\"\ntoken_file = \"/run/t\"\n\
+             headers = { \"X-Tenant\" = \"t1\" }"
+        )
+        .is_empty());
+        let keys = find(
+            "[sinks.hook]\nurl = \"https://u:pw@h.example/in\"\n\
+             headers = { Authorization = \"Bearer x\" }\n\
+             [sources.p]\nurl = \"https://api.example/?api_key=x\"",
+        );
+        assert_eq!(
+            keys,
+            [
+                "sinks.hook.headers.Authorization",
+                "sinks.hook.url",
+                "sources.p.url"
+            ]
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ use auditrelay::sink::{DeadLetters, Sink, SinkContext};
 use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use serde_json::Value;
-use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
+use support::hec_fake::{HecFake, HecFakeConfig, HecFaults, STICKY_COOKIE};
+use support::redirect::Redirect;
 use support::tls::{TestPki, TlsFront};
 
 const TOKEN: &str = "7c1e0a52-6a0b-4b8e-9f0d-3c2b1a0f9e8d";
@@ -634,6 +635,221 @@ async fn tls_with_the_generated_ca_works_and_a_wrong_ca_fails() {
         "a request passed the wrong CA"
     );
     assert_eq!(fake.unique_count(), 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_comes_after_ack_timeout_still_confirms_the_request() {
+    // Every ack reads true 900 ms after its request; the sink sends again
+    // after 600 ms, so only the first ack id can ever confirm in time.
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            ack_min_delay: Duration::from_millis(900),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_late_ack",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"50ms\"\nack_timeout = \"600ms\"",
+    );
+    tokio::time::timeout(Duration::from_secs(15), b.sink.deliver("veza", &events(20)))
+        .await
+        .expect("a late ack never confirmed the request")
+        .unwrap();
+    let stats = fake.stats();
+    assert_eq!(fake.unique_count(), 20);
+    assert!(stats.acks_true >= 1, "{stats:?}");
+    // Sent once, sent again at the timeout, confirmed by the first ack.
+    assert!(stats.accepted_requests <= 3, "{stats:?}");
+    assert_eq!(
+        metric("auditrelay_hec_acks_pending{sink=\"hec_late_ack\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_that_never_come_are_counted_and_the_events_sent_again() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            hold_acks: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_never_acked",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"30ms\"\nack_timeout = \"200ms\"",
+    );
+    let sink = b.sink.clone();
+    let task = tokio::spawn(async move { sink.deliver("veza", &events(5)).await });
+    // Given up on after twice ack_timeout: counted (and logged).
+    let series = "auditrelay_hec_acks_expired_total{sink=\"hec_never_acked\"}";
+    let mut expired = 0.0;
+    for _ in 0..200 {
+        expired = metric(series);
+        if expired > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(expired > 0.0, "no ack id was ever given up on");
+    assert!(!task.is_finished());
+    assert!(fake.stats().accepted_requests >= 2);
+    fake.set_hold_acks(false);
+    tokio::time::timeout(LONG, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(fake.unique_count(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_behind_a_sticky_load_balancer_are_asked_where_the_request_went() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        sticky_indexers: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_sticky",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"30ms\"\nack_timeout = \"2s\"\n\
+         batch = { max_events = 10 }\nconcurrency = 1",
+    );
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        deliver_concurrently(&b.sink, events(60), 2),
+    )
+    .await
+    .expect("acks never seen: the load balancer cookie was not sent back");
+    let stats = fake.stats();
+    assert_eq!(fake.unique_count(), 60);
+    assert!(stats.acks_true >= 6, "{stats:?}");
+    assert_eq!(
+        fake.indexers_used(),
+        1,
+        "requests left the indexer the {STICKY_COOKIE} cookie pins: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirecting_collector_never_confirms_and_the_reason_names_the_location() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        faults: HecFaults {
+            redirect: Some(Redirect::LoginPage(302)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(dir.path(), "hec_redirect", &fake.url(), TOKEN, "");
+    let sink = b.sink.clone();
+    let task = tokio::spawn(async move { sink.deliver("veza", &events(10)).await });
+    let (_, reason) = wait_ready(&b, |ready, r| !ready && r.contains("/sso/login")).await;
+    assert!(reason.contains("302"), "{reason}");
+    assert!(fake.wait_until(LONG, |s| s.redirects >= 4).await);
+    assert!(!task.is_finished());
+    let stats = fake.stats();
+    assert_eq!(stats.login_page_hits, 0, "the redirect was followed");
+    assert_eq!(fake.unique_count(), 0);
+    fake.set_redirect(None);
+    tokio::time::timeout(LONG, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(fake.unique_count(), 10);
+    wait_ready(&b, |ready, _| ready).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_308_to_the_moved_collector_is_followed_for_events_and_acks() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            redirect: Some(Redirect::Moved(308)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_moved",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"30ms\"",
+    );
+    tokio::time::timeout(LONG, b.sink.deliver("veza", &events(30)))
+        .await
+        .unwrap()
+        .unwrap();
+    let stats = fake.stats();
+    assert_eq!(fake.unique_count(), 30);
+    assert!(
+        stats.acks_true >= 1 && stats.moved_requests > 0,
+        "{stats:?}"
+    );
+    assert!(
+        stats.gzip_requests > 0,
+        "the body kept its encoding: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_that_is_a_ca_certificate_is_explained() {
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let pki = TestPki::ca_as_server_certificate();
+    let front = TlsFront::start(&pki, fake.addr()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = pki.write_ca(dir.path(), "server.pem");
+    let b = build(
+        dir.path(),
+        "hec_ca_as_server",
+        &front.url(),
+        TOKEN,
+        &format!("tls = {{ ca_file = \"{}\" }}", ca.display()),
+    );
+    let (_, reason) = wait_ready(&b, |ready, _| !ready).await;
+    assert!(
+        reason.contains("presents a CA certificate") && reason.contains("CA:FALSE"),
+        "{reason}"
+    );
+    assert_eq!(fake.stats().requests, 0);
 }
 
 #[test]

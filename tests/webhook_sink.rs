@@ -9,6 +9,7 @@ use std::time::Duration;
 use auditrelay::event::Event;
 use auditrelay::health::Health;
 use auditrelay::sink::{DeadLetters, Sink};
+use support::redirect::Redirect;
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 fn events(n: usize) -> Vec<Event> {
@@ -168,4 +169,227 @@ async fn an_outage_shows_in_readiness_and_nothing_is_lost_when_it_ends() {
         .unwrap();
     assert_eq!(hook.unique_count(), 50);
     assert!(health.snapshot().0, "ready again after the outage");
+}
+
+/// Waits (bounded) until the sink's readiness reason contains `text`.
+async fn wait_unready_with(health: &Health, text: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..400 {
+        let (ready, states) = health.snapshot();
+        last = states["sink.hook"].reason.clone();
+        if !ready && last.contains(text) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("readiness never named {text:?}; last reason: {last:?}");
+}
+
+#[tokio::test]
+async fn a_301_302_or_303_to_a_login_page_never_confirms_the_batch() {
+    for status in [301, 302, 303] {
+        let hook = WebhookReceiver::start(WebhookConfig {
+            faults: WebhookFaults {
+                redirect: Some(Redirect::LoginPage(status)),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, dl, health) = build(dir.path(), &format!("url = \"{}\"", hook.url_for("/in")));
+        let sink: std::sync::Arc<dyn Sink> = sink.into();
+        let evs = events(10);
+        let task = {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.deliver("s", &evs).await })
+        };
+        // Asked again every auth_retry, never confirmed, and the reason
+        // names the status and where the receiver pointed.
+        assert!(
+            hook.wait_for_requests(3, Duration::from_secs(10)).await,
+            "HTTP {status}: the batch was not sent again: {:?}",
+            hook.stats()
+        );
+        assert!(
+            !task.is_finished(),
+            "HTTP {status} to a login page confirmed the batch"
+        );
+        let reason = wait_unready_with(&health, "/sso/login").await;
+        assert!(reason.contains(&status.to_string()), "{reason}");
+        let stats = hook.stats();
+        assert_eq!(stats.login_page_hits, 0, "the redirect was followed");
+        assert_eq!(hook.unique_count(), 0);
+        // The receiver stops redirecting: everything arrives.
+        hook.set_redirect(None);
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(hook.unique_count(), 10);
+        assert!(health.snapshot().0, "ready again");
+        assert!(!dl.path().exists());
+    }
+}
+
+#[tokio::test]
+async fn a_307_or_308_on_the_same_origin_is_followed_with_method_body_and_signature() {
+    for status in [307, 308] {
+        let hook = WebhookReceiver::start(WebhookConfig {
+            hmac_secret: Some(b"k3y".to_vec()),
+            expect_authorization: Some("Bearer t0k".into()),
+            faults: WebhookFaults {
+                redirect: Some(Redirect::Moved(status)),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "k3y").unwrap();
+        std::fs::write(dir.path().join("token"), "t0k").unwrap();
+        let (sink, _, _) = build(
+            dir.path(),
+            &format!(
+                "url = \"{}\"\ncompression = \"gzip\"\nhmac_secret_file = \"{d}/key\"\ntoken_file = \"{d}/token\"",
+                hook.url_for("/in"),
+                d = dir.path().display()
+            ),
+        );
+        tokio::time::timeout(Duration::from_secs(30), sink.deliver("s", &events(30)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(hook.unique_count(), 30, "HTTP {status}: {:?}", hook.stats());
+        let stats = hook.stats();
+        assert!(stats.redirects > 0 && stats.moved_requests > 0, "{stats:?}");
+        assert_eq!(stats.hmac_failures + stats.auth_failures, 0, "{stats:?}");
+        assert_eq!(hook.last_path().as_deref(), Some("/moved/in"));
+    }
+}
+
+#[tokio::test]
+async fn a_307_to_another_origin_is_refused_unless_follow_redirects_allows_it() {
+    let elsewhere = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    let hook = WebhookReceiver::start(WebhookConfig {
+        faults: WebhookFaults {
+            redirect: Some(Redirect::Url(307, elsewhere.url_for("/other"))),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, health) = build(dir.path(), &format!("url = \"{}\"", hook.url_for("/in")));
+    let sink: std::sync::Arc<dyn Sink> = sink.into();
+    let evs = events(5);
+    let task = {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.deliver("s", &evs).await })
+    };
+    assert!(hook.wait_for_requests(2, Duration::from_secs(10)).await);
+    let reason = wait_unready_with(&health, "follow_redirects").await;
+    assert!(
+        reason.contains(&format!("127.0.0.1:{}/other", elsewhere.port())),
+        "{reason}"
+    );
+    assert!(!task.is_finished());
+    assert_eq!(elsewhere.requests(), 0, "followed to another origin");
+    task.abort();
+
+    // Allowed by the operator: delivered to where the receiver points.
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, _) = build(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nfollow_redirects = \"any_origin\"",
+            hook.url_for("/in")
+        ),
+    );
+    tokio::time::timeout(Duration::from_secs(30), sink.deliver("s", &events(5)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(elsewhere.unique_count(), 5);
+    assert_eq!(elsewhere.last_path().as_deref(), Some("/other"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bounded_demo_run_never_finishes_while_the_receiver_redirects() {
+    const LIMIT: usize = 50;
+    let hook = WebhookReceiver::start(WebhookConfig {
+        faults: WebhookFaults {
+            redirect: Some(Redirect::LoginPage(302)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("bounded.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = "{state}"
+log_format = "json"
+[server]
+listen = "127.0.0.1:0"
+[pipeline]
+retry = {{ initial = "20ms", max = "100ms" }}
+[sources.demo]
+type = "demo"
+rate = 0
+batch_size = 10
+limit = {LIMIT}
+[sinks.hook]
+type = "webhook"
+inputs = ["demo"]
+url = "{url}"
+auth_retry = "50ms"
+retry = {{ initial = "20ms", max = "100ms" }}
+"#,
+            state = dir.path().join("state").display(),
+            url = hook.url_for("/in"),
+        ),
+    )
+    .unwrap();
+    let mut daemon = support::daemon::Daemon::spawn(&cfg, &dir.path().join("d.log"));
+    // The daemon must keep asking, not finish: 20 redirected requests
+    // take about a second at auth_retry = 50ms.
+    let exited_early = tokio::select! {
+        status = daemon.wait(Duration::from_secs(60)) => Some(status),
+        asked = hook.wait_for_requests(20, Duration::from_secs(60)) => {
+            assert!(asked, "the daemon stopped sending: {:?}", hook.stats());
+            None
+        }
+    };
+    assert!(
+        exited_early.is_none(),
+        "the run finished while the receiver held {} of {LIMIT} events: {:?}\n{}",
+        hook.unique_count(),
+        hook.stats(),
+        daemon.log_text()
+    );
+    assert_eq!(hook.unique_count(), 0);
+    assert!(
+        daemon.log_text().contains("/sso/login"),
+        "{}",
+        daemon.log_text()
+    );
+    hook.set_redirect(None);
+    let status = daemon.wait(Duration::from_secs(60)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        daemon.log_text()
+    );
+    assert_eq!(hook.unique_count(), LIMIT);
 }

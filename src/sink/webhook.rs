@@ -8,6 +8,11 @@
 //! ready (dropping events because of a typo would be worse). 413 and other
 //! 4xx split the request in halves until the rejected events are isolated;
 //! those go to the dead-letter file and the rest is delivered.
+//!
+//! Redirects: a 307/308 is followed as `follow_redirects` allows (method,
+//! body and signature kept); a 301/302/303, or a redirect not allowed, is a
+//! configuration error like a 404: the sink is not ready, names the
+//! Location and tries again every `auth_retry`. Its answer never confirms.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -79,6 +84,9 @@ pub struct WebhookConfig {
     /// Least wait between attempts while the endpoint refuses the credentials.
     #[serde(default = "default_auth_retry", with = "humantime_serde")]
     pub auth_retry: Duration,
+    /// Which 307/308 redirects are followed (301/302/303 never are).
+    #[serde(default)]
+    pub follow_redirects: crate::http::FollowRedirects,
 }
 
 fn default_method() -> String {
@@ -185,13 +193,16 @@ pub struct WebhookSink {
     dead_letters: DeadLetters,
 }
 
+const REDIRECT_ADVICE: &str = "check url and follow_redirects";
+
 /// How one request ended.
 enum Answer {
     Ok,
     /// Retry later; the server may say when.
     Retry(String, Option<Duration>),
-    /// Wrong endpoint or credentials: retry slowly, report not ready.
-    Refused(String),
+    /// Wrong endpoint, credentials or redirect: retry slowly, report not
+    /// ready, with advice on what to check.
+    Refused(String, &'static str),
     /// Some events of the request are unacceptable: split, then dead-letter.
     Reject(String),
 }
@@ -228,7 +239,15 @@ impl WebhookSink {
         let url = url::Url::parse(&cfg.url).map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
         let method = reqwest::Method::from_bytes(cfg.method.as_bytes())
             .map_err(|_| anyhow::anyhow!("{path}.method: not an HTTP method"))?;
-        let client = crate::http::client(&common.tls, cfg.timeout, &path)?;
+        let client = crate::http::client_with(
+            &common.tls,
+            cfg.timeout,
+            &path,
+            crate::http::ClientOptions {
+                redirects: cfg.follow_redirects,
+                cookies: false,
+            },
+        )?;
         ctx.health.register(&format!("sink.{}", ctx.name));
         Ok(WebhookSink {
             name: ctx.name.into(),
@@ -289,6 +308,12 @@ impl WebhookSink {
         }
         let resp = match req.body(body).send().await {
             Ok(r) => r,
+            Err(e) if crate::http::refused_redirect(&e).is_some() => {
+                return Ok(Answer::Refused(
+                    crate::http::describe_error(e),
+                    REDIRECT_ADVICE,
+                ));
+            }
             Err(e) => {
                 let what = if e.is_timeout() {
                     "timed out"
@@ -304,6 +329,9 @@ impl WebhookSink {
             }
         };
         let status = resp.status().as_u16();
+        if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
+            return Ok(Answer::Refused(why, REDIRECT_ADVICE));
+        }
         let retry_after = crate::http::retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let text: String = text
@@ -316,7 +344,7 @@ impl WebhookSink {
             200..=299 => Answer::Ok,
             429 | 503 => Answer::Retry(why, retry_after),
             408 | 500..=599 => Answer::Retry(why, None),
-            401 | 403 | 404 | 405 | 407 => Answer::Refused(why),
+            401 | 403 | 404 | 405 | 407 => Answer::Refused(why, "check url and credentials"),
             _ => Answer::Reject(why),
         })
     }
@@ -386,7 +414,7 @@ impl Sink for WebhookSink {
                     tokio::time::sleep(delay).await;
                     todo.push(run);
                 }
-                Answer::Refused(why) => {
+                Answer::Refused(why, advice) => {
                     m.sink_requests
                         .with_label_values(&[&self.name, "refused"])
                         .inc();
@@ -395,9 +423,8 @@ impl Sink for WebhookSink {
                         .with_label_values(&[&self.name, source])
                         .inc_by(run.len() as u64);
                     let delay = backoff.next_delay().max(self.cfg.auth_retry);
-                    let reason =
-                        format!("endpoint refuses the requests ({why}); check url and credentials");
-                    error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "endpoint refuses the requests; check url and credentials");
+                    let reason = format!("endpoint refuses the requests ({why}); {advice}");
+                    error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "endpoint refuses the requests; {advice}");
                     self.health.set_unready(&self.health_key(), reason);
                     tokio::time::sleep(delay).await;
                     self.reload_token().await;

@@ -23,7 +23,16 @@
 //! - `GET /services/collector/health`: code 17, or 503 code 18 when set
 //!   unhealthy.
 //! - Faults: busy (503 code 9), rate limited by a load balancer (429 with
-//!   Retry-After), events treated as unparseable by id (code 6).
+//!   Retry-After), events treated as unparseable by id (code 6), acks that
+//!   read true only after `ack_min_delay` (later than a client's timeout),
+//!   redirects of every collector path (see `redirect`: 301/302/303 to a
+//!   login page answering 200 HTML, 307/308 to `/moved/...`, served as usual).
+//! - `sticky_indexers`: the collector behind a load balancer in front of
+//!   many indexers, pinning a session with the cookie [`STICKY_COOKIE`]
+//!   (set on every answer). A request without it (or with an unknown value)
+//!   goes to an indexer of its own; ack ids live on the indexer that issued
+//!   them, so a client that does not send the cookie back never sees its
+//!   acks read true.
 //!
 //! The "index" records every event with its envelope, so tests can check
 //! that each id arrived and what arrived with it.
@@ -42,6 +51,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::redirect::{self, Redirect};
+
+/// The load balancer's stickiness cookie (`sticky_indexers`).
+pub const STICKY_COOKIE: &str = "splunkd_8088";
 
 #[derive(Clone, Debug, Default)]
 pub struct HecFaults {
@@ -53,6 +66,10 @@ pub struct HecFaults {
     pub retry_after_secs: u64,
     /// Each ack reads true only after a delay drawn from `0..=ack_delay`.
     pub ack_delay: Duration,
+    /// Added to every ack's delay: acks that come late.
+    pub ack_min_delay: Duration,
+    /// Answer every collector path (but `/moved/...`) with this redirect.
+    pub redirect: Option<Redirect>,
     /// Probability that an acknowledged request is lost: its events are
     /// discarded and its ack never reads true.
     pub lose: f64,
@@ -78,6 +95,8 @@ pub struct HecFakeConfig {
     pub id_field: String,
     pub seed: u64,
     pub faults: HecFaults,
+    /// Behind a load balancer pinning sessions by cookie (see above).
+    pub sticky_indexers: bool,
 }
 
 impl Default for HecFakeConfig {
@@ -91,6 +110,7 @@ impl Default for HecFakeConfig {
             id_field: "request_id".into(),
             seed: 1,
             faults: HecFaults::default(),
+            sticky_indexers: false,
         }
     }
 }
@@ -134,6 +154,15 @@ pub struct HecStats {
     pub health_checks: u64,
     /// Empty-body requests (probes), answered code 5.
     pub no_data: u64,
+    /// Redirects answered (`redirect`).
+    pub redirects: u64,
+    /// Requests for the login page (nothing indexed).
+    pub login_page_hits: u64,
+    /// Requests under `/moved/` (served as usual).
+    pub moved_requests: u64,
+    /// With `sticky_indexers`: requests that came without a known cookie
+    /// (each went to an indexer of its own).
+    pub unpinned_requests: u64,
 }
 
 struct PendingAck {
@@ -150,7 +179,10 @@ struct Channel {
 struct State {
     cfg: HecFakeConfig,
     rng: StdRng,
-    channels: HashMap<String, Channel>,
+    /// By (indexer, channel): ack ids are only known where they were issued.
+    channels: HashMap<(u64, String), Channel>,
+    /// Indexers a request was sent to so far (`sticky_indexers`).
+    indexers: u64,
     index: Vec<Indexed>,
     counts: HashMap<String, u64>,
     order: Vec<String>,
@@ -181,6 +213,7 @@ impl HecFake {
                 rng: StdRng::seed_from_u64(cfg.seed),
                 cfg,
                 channels: HashMap::new(),
+                indexers: 0,
                 index: Vec::new(),
                 counts: HashMap::new(),
                 order: Vec::new(),
@@ -233,6 +266,15 @@ impl HecFake {
 
     pub fn set_unhealthy(&self, unhealthy: bool) {
         self.lock().cfg.faults.unhealthy = unhealthy;
+    }
+
+    pub fn set_redirect(&self, redirect: Option<Redirect>) {
+        self.lock().cfg.faults.redirect = redirect;
+    }
+
+    /// Indexers that served a request (1 when every request was pinned).
+    pub fn indexers_used(&self) -> u64 {
+        self.lock().indexers
     }
 
     pub fn set_ack(&self, ack: bool) {
@@ -358,8 +400,59 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The indexer serving `req`, and whether the answer must pin it.
+    fn route(&self, req: &Request) -> (u64, bool) {
+        let mut st = self.lock();
+        if !st.cfg.sticky_indexers {
+            return (0, false);
+        }
+        let known = st.indexers;
+        let pinned = req
+            .header_all("cookie")
+            .flat_map(|h| h.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == STICKY_COOKIE)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .filter(|n| *n < known);
+        match pinned {
+            Some(n) => (n, false),
+            None => {
+                st.stats.unpinned_requests += 1;
+                st.indexers += 1;
+                (known, true)
+            }
+        }
+    }
+
     fn handle(&self, req: &Request) -> Response {
-        let path = req.path().trim_end_matches('/');
+        let (indexer, pin) = self.route(req);
+        let resp = self.handle_on(req, indexer);
+        if pin {
+            resp.with_header(
+                "Set-Cookie",
+                format!("{STICKY_COOKIE}={indexer}; Path=/; HttpOnly"),
+            )
+        } else {
+            resp
+        }
+    }
+
+    fn handle_on(&self, req: &Request, indexer: u64) -> Response {
+        if redirect::is_login_page(req) {
+            self.lock().stats.login_page_hits += 1;
+            return redirect::login_page();
+        }
+        let (path, moved) = redirect::strip_moved(req.path());
+        let path = path.trim_end_matches('/');
+        if moved {
+            self.lock().stats.moved_requests += 1;
+        } else if path.starts_with("/services/collector") {
+            let mut st = self.lock();
+            if let Some(to) = st.cfg.faults.redirect.clone() {
+                st.stats.redirects += 1;
+                return to.answer(req);
+            }
+        }
         match path {
             "/services/collector/health" | "/services/collector/health/1.0" => {
                 let mut st = self.lock();
@@ -370,11 +463,11 @@ impl Shared {
                     hec(200, 17, "HEC is healthy")
                 }
             }
-            "/services/collector/ack" => self.ack(req),
+            "/services/collector/ack" => self.ack(req, indexer),
             "/services/collector"
             | "/services/collector/event"
             | "/services/collector/event/1.0" => {
-                let resp = self.event(req);
+                let resp = self.event(req, indexer);
                 let mut st = self.lock();
                 st.stats.requests += 1;
                 st.last_headers = req.headers.clone();
@@ -429,7 +522,7 @@ impl Shared {
         Ok(channel)
     }
 
-    fn event(&self, req: &Request) -> Response {
+    fn event(&self, req: &Request, indexer: u64) -> Response {
         if req.method != "POST" {
             return hec(405, 405, "Method not allowed");
         }
@@ -529,8 +622,8 @@ impl Shared {
                 st.rng.random_range(0..=max_delay)
             } else {
                 0
-            };
-            let ch = st.channels.entry(channel).or_default();
+            } + st.cfg.faults.ack_min_delay.as_millis() as u64;
+            let ch = st.channels.entry((indexer, channel)).or_default();
             let ack_id = ch.next_ack;
             ch.next_ack += 1;
             ch.pending.insert(
@@ -560,7 +653,7 @@ impl Shared {
         }
     }
 
-    fn ack(&self, req: &Request) -> Response {
+    fn ack(&self, req: &Request, indexer: u64) -> Response {
         let mut st = self.lock();
         st.stats.ack_queries += 1;
         if req.method != "POST" {
@@ -585,7 +678,7 @@ impl Shared {
         let hold = st.cfg.faults.hold_acks;
         let mut answers = serde_json::Map::new();
         let (mut yes, mut unknown) = (0, 0);
-        let ch = st.channels.entry(channel).or_default();
+        let ch = st.channels.entry((indexer, channel)).or_default();
         for id in ids {
             let state = match ch.pending.get(&id) {
                 None => {

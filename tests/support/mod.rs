@@ -14,6 +14,7 @@ pub mod http1;
 pub mod kafka;
 pub mod pull_fake;
 pub mod quickztna_fake;
+pub mod redirect;
 pub mod rsyslog;
 pub mod sink;
 pub mod tls;

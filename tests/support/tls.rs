@@ -54,6 +54,26 @@ impl TestPki {
         }
     }
 
+    /// What `openssl req -x509` makes by default: one self-signed
+    /// certificate for 127.0.0.1 and localhost that is also a CA
+    /// (basicConstraints CA:TRUE), serving as the server's and as the CA.
+    pub fn ca_as_server_certificate() -> TestPki {
+        let mut params =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+                .expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "self-signed server");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let key = KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        TestPki {
+            ca_pem: cert.pem(),
+            server_cert: cert.der().clone(),
+            server_key: key.serialize_der(),
+        }
+    }
+
     /// Writes the CA certificate as PEM and returns its path.
     pub fn write_ca(&self, dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);

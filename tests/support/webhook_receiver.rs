@@ -5,7 +5,9 @@
 //! (server errors, rate limits, too-large answers, rejected ids, an outage
 //! switch, stopping and restarting the listener on the same port) are drawn
 //! from a seeded RNG and changeable at runtime. A request answered with an
-//! error status records none of its events.
+//! error status records none of its events. A `redirect` sends every path
+//! elsewhere (see `redirect`): to a login page answering 200 HTML, or to
+//! `/moved/<path>`, which records as usual.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
@@ -23,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::redirect::{self, Redirect};
 
 pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Auditrelay-Signature";
 
@@ -42,6 +45,9 @@ pub struct WebhookFaults {
     /// Hold every answer this long after recording it: widens the window in
     /// which the events have arrived but the sender has no confirmation yet.
     pub answer_delay: Option<Duration>,
+    /// Answer every request (but those for the login page and `/moved/…`)
+    /// with this redirect.
+    pub redirect: Option<Redirect>,
 }
 
 #[derive(Clone, Debug)]
@@ -109,6 +115,12 @@ pub struct ReceiverStats {
     pub rate_limited: u64,
     /// 503 while `down`.
     pub down: u64,
+    /// Redirects answered (`redirect`).
+    pub redirects: u64,
+    /// Requests for the login page (answered 200 HTML, nothing recorded).
+    pub login_page_hits: u64,
+    /// Requests under `/moved/` (served as usual).
+    pub moved_requests: u64,
 }
 
 struct State {
@@ -213,6 +225,11 @@ impl WebhookReceiver {
     /// The outage switch: while set every request gets 503.
     pub fn set_down(&self, down: bool) {
         self.shared.lock().faults.down = down;
+    }
+
+    /// Redirects every request (`None`: serves again).
+    pub fn set_redirect(&self, redirect: Option<Redirect>) {
+        self.shared.lock().faults.redirect = redirect;
     }
 
     pub fn set_reject_ids<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
@@ -480,6 +497,16 @@ impl Shared {
     }
 
     fn decide(&self, st: &mut State, req: &Request, decoded: Decoded) -> Response {
+        if redirect::is_login_page(req) {
+            st.stats.login_page_hits += 1;
+            return redirect::login_page();
+        }
+        if redirect::strip_moved(req.path()).1 {
+            st.stats.moved_requests += 1;
+        } else if let Some(to) = &st.faults.redirect {
+            st.stats.redirects += 1;
+            return to.answer(req);
+        }
         if st.faults.down {
             st.stats.down += 1;
             return error(503, "receiver is down");

@@ -10,7 +10,15 @@
 //! `/services/collector/ack` about every pending id each `ack_poll_interval`.
 //! A request counts as confirmed only once its ack reads `true`; one not
 //! acknowledged within `ack_timeout` is sent again (an indexer can lose
-//! data, and an ack reads true only once, so "no answer" means "resend").
+//! data, and an ack reads true only once, so "no answer" means "resend"),
+//! while its earlier ack ids are still asked about until twice
+//! `ack_timeout` (see [`acks`]). The client keeps the cookies HEC's load
+//! balancer sets, so every request and ack query of the channel reaches the
+//! indexer that knows its ack ids.
+//!
+//! Redirects: 307/308 are followed as `follow_redirects` allows; a
+//! 301/302/303 (or one not allowed) is an endpoint error naming the
+//! Location, retried every `auth_retry` with the sink not ready.
 //!
 //! HEC codes: 9 (busy), 8, 18-20, 429, 5xx and network errors retry with
 //! backoff (Retry-After honoured). 1-4 (token disabled, missing, malformed,
@@ -43,7 +51,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -59,8 +67,9 @@ use crate::secret::{Secret, SecretKeys, SecretSource};
 /// still caps requests near it); envelopes are counted before gzip.
 const DEFAULT_MAX_BYTES: usize = 900_000;
 const DEFAULT_MAX_EVENTS: usize = 1000;
-/// Ack ids per ack query, so one query stays a small request.
-const MAX_ACKS_PER_QUERY: usize = 1000;
+mod acks;
+
+use acks::{ack_poller, AckTable, RequestAcks};
 const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -107,6 +116,9 @@ pub struct SplunkHecConfig {
     pub auth_retry: Duration,
     #[serde(default = "default_health_check_interval", with = "humantime_serde")]
     pub health_check_interval: Duration,
+    /// Which 307/308 redirects are followed (301/302/303 never are).
+    #[serde(default)]
+    pub follow_redirects: crate::http::FollowRedirects,
 }
 
 fn default_ack_timeout() -> Duration {
@@ -220,6 +232,7 @@ struct HecMetrics {
     acks_pending: IntGaugeVec,
     ack_latency: HistogramVec,
     ack_timeouts: IntCounterVec,
+    acks_expired: IntCounterVec,
 }
 
 static HEC_METRICS: LazyLock<HecMetrics> = LazyLock::new(|| {
@@ -264,6 +277,16 @@ static HEC_METRICS: LazyLock<HecMetrics> = LazyLock::new(|| {
                 Opts::new(
                     "auditrelay_hec_ack_timeouts_total",
                     "HEC requests not acknowledged within ack_timeout, sent again.",
+                ),
+                &["sink"],
+            )
+            .expect("metric definition is valid"),
+        ),
+        acks_expired: m.register(
+            IntCounterVec::new(
+                Opts::new(
+                    "auditrelay_hec_acks_expired_total",
+                    "HEC ack ids given up on: not true within twice ack_timeout.",
                 ),
                 &["sink"],
             )
@@ -321,14 +344,6 @@ impl Readiness {
         let map = self.troubles.lock().unwrap_or_else(|p| p.into_inner());
         list.iter().any(|t| map.contains_key(t))
     }
-}
-
-/// Requests waiting for their ack, by ack id. A generation tells a waiter
-/// from a later one that got the same id (ids restart when HEC does).
-#[derive(Default)]
-struct AckTable {
-    waiting: HashMap<u64, (u64, oneshot::Sender<()>)>,
-    generation: u64,
 }
 
 /// HEC's JSON answer to an event or ack request.
@@ -646,7 +661,15 @@ impl SplunkHecSink {
         let channel = uuid::Uuid::new_v4().to_string();
         let mut ack_url = join("services/collector/ack")?;
         ack_url.query_pairs_mut().append_pair("channel", &channel);
-        let client = crate::http::client(&common.tls, cfg.timeout, &path)?;
+        let client = crate::http::client_with(
+            &common.tls,
+            cfg.timeout,
+            &path,
+            crate::http::ClientOptions {
+                redirects: cfg.follow_redirects,
+                cookies: true,
+            },
+        )?;
         let envelope = Envelope::new(&cfg).map_err(|e| anyhow::anyhow!("{path}.{e}"))?;
         let key = format!("sink.{}", ctx.name);
         ctx.health.register(&key);
@@ -767,6 +790,10 @@ impl Inner {
         let (status, retry_after, answer) = match req.body(body).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
+                    self.count("event", &format!("http_{status}"));
+                    return Answer::Endpoint(why);
+                }
                 let retry_after = crate::http::retry_after(resp.headers());
                 match resp.bytes().await {
                     Ok(b) => (status, retry_after, b),
@@ -781,6 +808,10 @@ impl Inner {
                         );
                     }
                 }
+            }
+            Err(e) if crate::http::refused_redirect(&e).is_some() => {
+                self.count("event", "redirect");
+                return Answer::Endpoint(crate::http::describe_error(e));
             }
             Err(e) => {
                 self.count("event", "network");
@@ -822,6 +853,9 @@ impl Inner {
         let mut backoff = Backoff::new(self.retry);
         // A stack: splitting pushes the parts, the first part on top.
         let mut todo = vec![run];
+        // The acks of the request on top of `todo`, kept while it is sent
+        // again: an earlier send's ack can still confirm it.
+        let mut watching: Option<(Range<usize>, RequestAcks)> = None;
         while let Some(r) = todo.pop() {
             let n = r.len() as u64;
             let failed = |outcome: &str| {
@@ -833,10 +867,27 @@ impl Inner {
                     .with_label_values(&[&self.name, source])
                     .inc_by(n);
             };
+            let mut acks = match watching.take() {
+                Some((range, acks)) if range == r => acks,
+                Some((_, other)) => {
+                    self.forget_acks(other);
+                    RequestAcks::default()
+                }
+                None => RequestAcks::default(),
+            };
+            if acks.confirmed() {
+                backoff.reset();
+                self.count_confirmed(source, n, true);
+                self.forget_acks(acks);
+                continue;
+            }
             match self.post_events(enc.body(&r)).await {
                 Answer::Accepted { ack_id } => {
                     let confirmed = match (self.cfg.indexer_ack, ack_id) {
-                        (true, Some(id)) => self.wait_for_ack(id).await,
+                        (true, Some(id)) => {
+                            self.watch_ack(&mut acks, id);
+                            self.wait_for_ack(&acks).await
+                        }
                         (true, None) => {
                             // HEC took the events but cannot acknowledge them:
                             // acceptance is all it offers, and sending again
@@ -855,20 +906,11 @@ impl Inner {
                     };
                     if confirmed {
                         backoff.reset();
-                        let mut fixed = vec![Trouble::Token, Trouble::Endpoint];
-                        if !self.cfg.indexer_ack || ack_id.is_some() {
-                            fixed.extend([Trouble::AckSetting, Trouble::AckMissing]);
-                        }
-                        if self.readiness.has_any(&fixed) {
-                            self.readiness.clear(&fixed);
-                        }
-                        m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
-                        m.events_delivered
-                            .with_label_values(&[&self.name, source])
-                            .inc_by(n);
+                        self.count_confirmed(source, n, !self.cfg.indexer_ack || ack_id.is_some());
                     } else {
                         failed("ack_timeout");
                         warn!(sink = %self.name, events = n, ack_timeout_s = self.cfg.ack_timeout.as_secs_f64(), "no indexer acknowledgment in time; sending the events again");
+                        watching = Some((r.clone(), std::mem::take(&mut acks)));
                         todo.push(r);
                     }
                 }
@@ -880,6 +922,7 @@ impl Inner {
                     if after.is_none() {
                         tokio::time::sleep(delay).await;
                     }
+                    watching = Some((r.clone(), std::mem::take(&mut acks)));
                     todo.push(r);
                 }
                 Answer::Token(why) => {
@@ -894,6 +937,7 @@ impl Inner {
                     self.readiness.set(Trouble::Token, reason);
                     tokio::time::sleep(delay).await;
                     self.reload_token();
+                    watching = Some((r.clone(), std::mem::take(&mut acks)));
                     todo.push(r);
                 }
                 Answer::AckSetting(why) => {
@@ -902,6 +946,7 @@ impl Inner {
                     error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "config error: indexer_ack does not match the HEC token");
                     self.readiness.set(Trouble::AckSetting, why);
                     tokio::time::sleep(delay).await;
+                    watching = Some((r.clone(), std::mem::take(&mut acks)));
                     todo.push(r);
                 }
                 Answer::Endpoint(why) => {
@@ -910,6 +955,7 @@ impl Inner {
                     error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "HEC endpoint does not answer like HEC; check endpoint");
                     self.readiness.set(Trouble::Endpoint, why);
                     tokio::time::sleep(delay).await;
+                    watching = Some((r.clone(), std::mem::take(&mut acks)));
                     todo.push(r);
                 }
                 Answer::Reject(why, invalid) => {
@@ -940,131 +986,26 @@ impl Inner {
                     }
                 }
             }
+            self.forget_acks(acks);
         }
         Ok(())
     }
 
-    fn set_pending_gauge(&self, table: &AckTable) {
-        HEC_METRICS
-            .acks_pending
-            .with_label_values(&[&self.name])
-            .set(table.waiting.len() as i64);
-    }
-
-    /// Waits until the poller sees ack `id` read true (true), or until
-    /// `ack_timeout` passes (false: send again).
-    async fn wait_for_ack(&self, id: u64) -> bool {
-        let (tx, rx) = oneshot::channel();
-        let generation = {
-            let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            table.generation += 1;
-            let generation = table.generation;
-            // A waiter with the same id is from before a HEC restart; dropping
-            // its sender makes it send again.
-            table.waiting.insert(id, (generation, tx));
-            self.set_pending_gauge(&table);
-            generation
-        };
-        self.ack_wake.notify_one();
-        let since = Instant::now();
-        let acked = tokio::select! {
-            r = rx => r.is_ok(),
-            _ = tokio::time::sleep(self.cfg.ack_timeout) => false,
-        };
-        let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        if acked {
-            HEC_METRICS
-                .ack_latency
-                .with_label_values(&[&self.name])
-                .observe(since.elapsed().as_secs_f64());
-        } else {
-            if table
-                .waiting
-                .get(&id)
-                .is_some_and(|(g, _)| *g == generation)
-            {
-                table.waiting.remove(&id);
-            }
-            HEC_METRICS
-                .ack_timeouts
-                .with_label_values(&[&self.name])
-                .inc();
+    /// Counts a confirmed request; `ack_fine` when it also proves the
+    /// `indexer_ack` setting right.
+    fn count_confirmed(&self, source: &str, n: u64, ack_fine: bool) {
+        let m = metrics();
+        let mut fixed = vec![Trouble::Token, Trouble::Endpoint];
+        if ack_fine {
+            fixed.extend([Trouble::AckSetting, Trouble::AckMissing]);
         }
-        self.set_pending_gauge(&table);
-        acked
-    }
-
-    /// One ack query for `ids` (with their generations).
-    async fn poll_acks(&self, ids: &[(u64, u64)]) {
-        let Some(auth) = self.auth() else {
-            return;
-        };
-        let list: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
-        let body = match serde_json::to_vec(&serde_json::json!({ "acks": list })) {
-            Ok(b) => b,
-            Err(_) => return,
-        };
-        let sent = self
-            .client
-            .post(self.ack_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CHANNEL_HEADER, self.channel.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let (status, text) = match sent {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                (status, resp.bytes().await.unwrap_or_default())
-            }
-            Err(e) => {
-                self.count("ack", "network");
-                warn!(sink = %self.name, error = %crate::http::describe_error(e), "HEC ack query failed; asking again later");
-                return;
-            }
-        };
-        let reply: HecReply = serde_json::from_slice(&text).unwrap_or_default();
-        match (status, reply.acks) {
-            (200, Some(acks)) => {
-                self.count("ack", "0");
-                self.readiness.clear(&[
-                    Trouble::Token,
-                    Trouble::AckSetting,
-                    Trouble::AckMissing,
-                    Trouble::Endpoint,
-                ]);
-                let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, generation) in ids {
-                    if acks.get(&id.to_string()) == Some(&true)
-                        && table.waiting.get(id).is_some_and(|(g, _)| g == generation)
-                    {
-                        if let Some((_, tx)) = table.waiting.remove(id) {
-                            let _ = tx.send(());
-                        }
-                    }
-                }
-                self.set_pending_gauge(&table);
-            }
-            _ => {
-                let (label, answer) = classify(status, None, &text);
-                self.count("ack", &label);
-                match answer {
-                    Answer::Token(why) => {
-                        self.readiness.set(
-                            Trouble::Token,
-                            format!("HEC refuses the token on ack queries ({why})"),
-                        );
-                        self.reload_token();
-                    }
-                    Answer::AckSetting(why) => self.readiness.set(Trouble::AckSetting, why),
-                    Answer::Retry(why, _) | Answer::Endpoint(why) | Answer::Reject(why, _) => {
-                        warn!(sink = %self.name, error = %why, "HEC ack query failed; asking again later")
-                    }
-                    Answer::Accepted { .. } => {}
-                }
-            }
+        if self.readiness.has_any(&fixed) {
+            self.readiness.clear(&fixed);
         }
+        m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
+        m.events_delivered
+            .with_label_values(&[&self.name, source])
+            .inc_by(n);
     }
 
     /// `GET /services/collector/health`: 200 (code 17) healthy; 503 with
@@ -1149,6 +1090,13 @@ impl Inner {
                 r.headers().clone(),
                 r.bytes().await.unwrap_or_default(),
             ),
+            Err(e) if crate::http::refused_redirect(&e).is_some() => {
+                self.count("event", "redirect");
+                let why = crate::http::describe_error(e);
+                error!(sink = %self.name, error = %why, "HEC endpoint redirects; check endpoint and follow_redirects");
+                self.readiness.set(Trouble::Endpoint, why);
+                return true;
+            }
             Err(e) => {
                 self.count("event", "network");
                 debug!(sink = %self.name, error = %crate::http::describe_error(e), "HEC probe got no answer");
@@ -1156,7 +1104,10 @@ impl Inner {
             }
         };
         let retry_after = crate::http::retry_after(&headers);
-        let (label, answer) = classify(status, retry_after, &body);
+        let (label, answer) = match crate::http::redirect_status(status, &headers) {
+            Some(why) => (format!("http_{status}"), Answer::Endpoint(why)),
+            None => classify(status, retry_after, &body),
+        };
         self.count("event", &label);
         self.pause_for(&answer);
         match answer {
@@ -1225,44 +1176,6 @@ impl Inner {
 
 fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     crate::format::gzip(body)
-}
-
-/// One poller per sink: every `ack_poll_interval` while requests wait, one
-/// query (per 1000 ids) about all of them.
-async fn ack_poller(inner: Arc<Inner>, stop: CancellationToken) {
-    loop {
-        loop {
-            let empty = inner
-                .acks
-                .lock()
-                .map(|t| t.waiting.is_empty())
-                .unwrap_or(false);
-            if !empty {
-                break;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = inner.ack_wake.notified() => {}
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(inner.cfg.ack_poll_interval) => {}
-        }
-        let ids: Vec<(u64, u64)> = {
-            let table = inner.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ids: Vec<(u64, u64)> =
-                table.waiting.iter().map(|(id, (g, _))| (*id, *g)).collect();
-            ids.sort_unstable();
-            ids
-        };
-        for chunk in ids.chunks(MAX_ACKS_PER_QUERY) {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = inner.poll_acks(chunk) => {}
-            }
-        }
-    }
 }
 
 /// The startup check, then a health check every `health_check_interval`;
