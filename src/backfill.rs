@@ -115,13 +115,16 @@ pub async fn run(
             name: sink_name.clone(),
             state_dir: config.state_dir.clone(),
             health: health.clone(),
-            dead_letters: DeadLetters::new(&config.state_dir, sink_name),
+            dead_letters: DeadLetters::new(&config.state_dir, sink_name)
+                .with_max_bytes(s.common.dead_letter_max_bytes)
+                .with_health(health.clone()),
         })?;
         metrics().init_route(sink_name, name);
         routes.push(Route {
             sink_name: sink_name.as_str().into(),
             sink: Arc::from(sink),
             filter: s.common.filter.clone(),
+            health: health.clone(),
         });
     }
     if routes.is_empty() {
@@ -165,7 +168,7 @@ pub async fn run(
     tokio::pin!(task);
     let interrupted = tokio::select! {
         r = &mut task => {
-            r.map_err(|e| anyhow::anyhow!("backfill task failed: {e}"))?;
+            r.map_err(|e| anyhow::anyhow!("backfill task failed: {e}"))??;
             stopped.is_cancelled()
         }
         _ = stop.cancelled() => {

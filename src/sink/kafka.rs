@@ -541,11 +541,11 @@ impl Sink for KafkaSink {
                 match fate {
                     Fate::Delivered => delivered += 1,
                     Fate::Rejected(why) => {
-                        self.dead_letters.write(
+                        self.dead_letters.write_waiting(
                             source,
                             std::slice::from_ref(*event),
                             &format!("Kafka refused the message: {why}"),
-                        )?;
+                        ).await;
                         m.sink_requests
                             .with_label_values(&[&self.name, "rejected"])
                             .inc();
