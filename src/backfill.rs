@@ -8,7 +8,6 @@
 //! `backfill-NAME`: an interrupted backfill of the same range resumes where
 //! it stopped, and the checkpoint is removed once the range is complete.
 
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

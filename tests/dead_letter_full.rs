@@ -54,7 +54,10 @@ async fn a_full_dead_letter_file_blocks_the_refused_events_without_resending_the
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(stuck, "the receiver took ev-0000 and the dead-letter file is full");
+    assert!(
+        stuck,
+        "the receiver took ev-0000 and the dead-letter file is full"
+    );
     let (ready, components) = health.snapshot();
     assert!(!ready, "a sink stuck on its dead letters is not ready");
     let why = &components["sink.hook.dead_letter"].reason;
@@ -71,7 +74,11 @@ async fn a_full_dead_letter_file_blocks_the_refused_events_without_resending_the
         .expect("resumes once the dead-letter file has room")
         .unwrap();
     assert!(delivered.is_ok(), "{delivered:?}");
-    assert_eq!(hook.count_of("ev-0000"), 1, "the accepted event is not sent again");
+    assert_eq!(
+        hook.count_of("ev-0000"),
+        1,
+        "the accepted event is not sent again"
+    );
     let read = auditrelay::sink::DeadLetters::read(dl.path()).unwrap();
     let ids: Vec<_> = read.records.iter().map(|r| r.id.clone()).collect();
     assert_eq!(ids, vec![Some("ev-0001".to_string())]);

@@ -298,7 +298,10 @@ async fn backfill_honours_the_dead_letter_cap_of_its_sinks() {
         matches!(full, Ok(Some(_))),
         "the backfill did not stop at the 10-byte dead-letter cap (exited: {status:?})"
     );
-    assert!(status.is_none(), "a refused event it cannot dead-letter holds the backfill");
+    assert!(
+        status.is_none(),
+        "a refused event it cannot dead-letter holds the backfill"
+    );
     let dead = dir.path().join("state/dead_letter/hook.ndjson");
     let kept = std::fs::read_to_string(&dead).unwrap_or_default();
     assert!(!kept.contains(&ids[5]), "over the cap: {kept}");

@@ -50,6 +50,8 @@ async fn a_pipeline_that_panics_is_reported_as_failed() {
         .expect("channel open");
     assert_eq!(finished.name, "s");
     assert!(running.finished(&finished.name, finished.generation));
-    let why = finished.failure.expect("reported as a failure, not as finished");
+    let why = finished
+        .failure
+        .expect("reported as a failure, not as finished");
     assert!(why.contains("source bug while parsing a page"), "{why}");
 }

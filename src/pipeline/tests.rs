@@ -28,7 +28,11 @@ impl Sink for PanickingSink {
             panic!("test sink bug #{call}");
         }
         let mut got = self.received.lock().expect("not poisoned");
-        got.extend(events.iter().filter_map(|e| e.id.as_deref().map(str::to_string)));
+        got.extend(
+            events
+                .iter()
+                .filter_map(|e| e.id.as_deref().map(str::to_string)),
+        );
         Ok(())
     }
 }
@@ -147,8 +151,18 @@ async fn a_sink_that_always_panics_is_unready_backs_off_and_is_never_committed_p
     let (ready, components) = health.snapshot();
     assert!(!ready);
     let why = &components["sink.panicky.delivery"].reason;
-    assert!(why.contains("panicky") && why.contains("test sink bug"), "{why}");
-    assert!(!run.is_finished(), "a batch that never reached the sink is not done");
+    assert!(
+        why.contains("panicky") && why.contains("test sink bug"),
+        "{why}"
+    );
+    assert!(
+        !run.is_finished(),
+        "a batch that never reached the sink is not done"
+    );
     run.abort();
-    assert_eq!(store.load("src").expect("readable"), None, "never committed past");
+    assert_eq!(
+        store.load("src").expect("readable"),
+        None,
+        "never committed past"
+    );
 }

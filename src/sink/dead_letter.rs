@@ -257,11 +257,7 @@ impl DeadLetters {
             // Cut back what was written, so the next record does not follow
             // a torn one; when that fails too, the next open starts it on a
             // new line.
-            if file
-                .set_len(before)
-                .and_then(|_| file.sync_data())
-                .is_err()
-            {
+            if file.set_len(before).and_then(|_| file.sync_data()).is_err() {
                 *guard = None;
             }
             anyhow::bail!("cannot write dead-letter file {}: {e}", self.path.display());
@@ -297,9 +293,7 @@ impl DeadLetters {
             .open(&self.path)
             .map_err(cannot)?;
         if !existed {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(cannot)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(cannot)?;
         }
         let mut size = f.metadata().map_err(cannot)?.len();
         if size > 0 {
@@ -454,7 +448,10 @@ mod tests {
         let f = DeadLetters::read(&p).unwrap();
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.records[0].id.as_deref(), Some("9"));
-        assert_eq!(f.records[0].event.as_ref().unwrap().get(), "{\"time\":\"x\"}");
+        assert_eq!(
+            f.records[0].event.as_ref().unwrap().get(),
+            "{\"time\":\"x\"}"
+        );
         assert_eq!(f.unreadable, vec![(1, "{\"time\":\"t\",\"sou".to_string())]);
     }
 

@@ -572,11 +572,13 @@ impl Sink for KafkaSink {
                 match fate {
                     Fate::Delivered => delivered += 1,
                     Fate::Rejected(why) => {
-                        self.dead_letters.write_waiting(
-                            source,
-                            std::slice::from_ref(*event),
-                            &format!("Kafka refused the message: {why}"),
-                        ).await;
+                        self.dead_letters
+                            .write_waiting(
+                                source,
+                                std::slice::from_ref(*event),
+                                &format!("Kafka refused the message: {why}"),
+                            )
+                            .await;
                         m.sink_requests
                             .with_label_values(&[&self.name, "rejected"])
                             .inc();
@@ -749,23 +751,38 @@ mod tests {
         let list = p.into_vec();
         assert_eq!(list.len(), 1, "{list:?}");
         assert_eq!(list[0].path, "sinks.bus.librdkafka.acks");
-        assert!(list[0].message.contains("acks = all"), "{}", list[0].message);
+        assert!(
+            list[0].message.contains("acks = all"),
+            "{}",
+            list[0].message
+        );
 
-        for ok in [PropertyValue::Text("all".into()), PropertyValue::Integer(-1)] {
+        for ok in [
+            PropertyValue::Text("all".into()),
+            PropertyValue::Integer(-1),
+        ] {
             cfg.librdkafka.insert("acks".into(), ok);
             let mut p = Problems::default();
             cfg.validate("sinks.bus", &mut p);
             assert!(p.is_empty(), "{p:?}");
         }
-        cfg.librdkafka
-            .insert("request.required.acks".into(), PropertyValue::Text("0".into()));
+        cfg.librdkafka.insert(
+            "request.required.acks".into(),
+            PropertyValue::Text("0".into()),
+        );
         let mut p = Problems::default();
         cfg.validate("sinks.bus", &mut p);
-        assert_eq!(p.into_vec()[0].path, "sinks.bus.librdkafka.request.required.acks");
+        assert_eq!(
+            p.into_vec()[0].path,
+            "sinks.bus.librdkafka.request.required.acks"
+        );
 
         cfg.idempotence = false;
         let mut p = Problems::default();
         cfg.validate("sinks.bus", &mut p);
-        assert!(p.is_empty(), "without idempotence any acks is allowed: {p:?}");
+        assert!(
+            p.is_empty(),
+            "without idempotence any acks is allowed: {p:?}"
+        );
     }
 }

@@ -1084,7 +1084,11 @@ mod tests {
             .iter()
             .find(|p| p.path == "sources.push.max_spool_bytes")
             .unwrap_or_else(|| panic!("{err}"));
-        assert!(p.message.contains("segment_bytes + max_body_bytes"), "{}", p.message);
+        assert!(
+            p.message.contains("segment_bytes + max_body_bytes"),
+            "{}",
+            p.message
+        );
         if let Err(e) = load("5242880") {
             panic!("{e}");
         }
