@@ -303,8 +303,11 @@ async fn commit_in_order(
     let in_flight = m.in_flight_batches.with_label_values(&[&name]);
     while let Some(mut item) = rx.recv().await {
         // A panicking sink is a bug; never commit past it, deliver again.
+        let mut redeliver = Backoff::new(retry);
         while let Err(e) = (&mut item.delivery).await {
-            error!(source = %name, error = %e, "delivery task failed; delivering the batch again");
+            let delay = redeliver.next_delay();
+            error!(source = %name, error = %e, retry_in_s = delay.as_secs_f64(), "delivery task failed; delivering the batch again");
+            tokio::time::sleep(delay).await;
             item.delivery = tokio::spawn(deliver_everywhere(
                 item.batch.clone(),
                 routes.clone(),
