@@ -8,8 +8,6 @@
 //! `backfill-NAME`: an interrupted backfill of the same range resumes where
 //! it stopped, and the checkpoint is removed once the range is complete.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,7 +17,6 @@ use crate::config::{Config, RetryConfig};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
-use crate::sink::{DeadLetters, SinkContext};
 use crate::source::veza_list::{Range, VezaListConfig, VezaListSource};
 use crate::source::{Paths, SourceConfig, SourceContext};
 
@@ -111,17 +108,15 @@ pub async fn run(
         if !s.common.inputs.iter().any(|i| i == name) {
             continue;
         }
-        let sink = s.build(SinkContext {
-            name: sink_name.clone(),
-            state_dir: config.state_dir.clone(),
-            health: health.clone(),
-            dead_letters: DeadLetters::new(&config.state_dir, sink_name),
-        })?;
+        // Exactly as the daemon builds it (dead-letter cap included), but
+        // never behind a spool: a backfill waits for its sinks.
+        let sink = crate::daemon::build_sink(config, sink_name, &health)?;
         metrics().init_route(sink_name, name);
         routes.push(Route {
             sink_name: sink_name.as_str().into(),
-            sink: Arc::from(sink),
+            sink,
             filter: s.common.filter.clone(),
+            health: health.clone(),
         });
     }
     if routes.is_empty() {
@@ -165,7 +160,7 @@ pub async fn run(
     tokio::pin!(task);
     let interrupted = tokio::select! {
         r = &mut task => {
-            r.map_err(|e| anyhow::anyhow!("backfill task failed: {e}"))?;
+            r.map_err(|e| anyhow::anyhow!("backfill task failed: {e}"))??;
             stopped.is_cancelled()
         }
         _ = stop.cancelled() => {

@@ -10,10 +10,12 @@
 //! neither loses nor repeats events while the sinks are healthy.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sd_notify::NotifyState;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -24,7 +26,7 @@ use crate::checkpoint::{CheckpointStore, StateLock};
 use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::metrics;
-use crate::pipeline::{Route, SourcePipeline};
+use crate::pipeline::{panic_message, Route, SourcePipeline};
 use crate::sink::spool::{spool_dir, SpoolingSink};
 use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
@@ -60,7 +62,8 @@ pub fn build_sink(config: &Config, name: &str, health: &Health) -> anyhow::Resul
         state_dir: config.state_dir.clone(),
         health: health.clone(),
         dead_letters: DeadLetters::new(&config.state_dir, name)
-            .with_max_bytes(cfg.common.dead_letter_max_bytes),
+            .with_max_bytes(cfg.common.dead_letter_max_bytes)
+            .with_health(health.clone()),
     };
     Ok(Arc::from(cfg.build(ctx)?))
 }
@@ -127,6 +130,7 @@ pub fn build_pipeline(
                 sink_name: sink_name.as_str().into(),
                 sink: sink.clone(),
                 filter: s.common.filter.clone(),
+                health: health.clone(),
             });
         }
     }
@@ -212,10 +216,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // WatchdogSec: ping from this loop (and while a reload waits), so a
     // wedged runtime stops the pings and systemd restarts the service.
     let mut watchdog = Watchdog::new();
+    let mut died = None;
     loop {
         tokio::select! {
-            Some((name, generation)) = finished_rx.recv() => {
-                if running.finished(&name, generation) && running.idle() {
+            Some(Finished { name, generation, failure }) = finished_rx.recv() => {
+                let current = running.finished(&name, generation);
+                if let Some(why) = failure.filter(|_| current) {
+                    // A dead pipeline would leave its source stuck while the
+                    // daemon looks healthy: stop everything cleanly and exit
+                    // non-zero, so systemd (Restart=on-failure) or Kubernetes
+                    // restarts the daemon from the checkpoints, within their
+                    // restart limits.
+                    metrics().pipeline_failures.with_label_values(&[&name]).inc();
+                    let timeout = running.config.shutdown_timeout;
+                    error!(source = %name, error = %why, timeout_s = timeout.as_secs_f64(), "pipeline died; stopping the other pipelines and exiting non-zero");
+                    notify(&[NotifyState::Stopping, NotifyState::Status("a pipeline died; stopping")]);
+                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
+                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
+                    if !aborted.is_empty() {
+                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+                    }
+                    died = Some(anyhow::anyhow!("the pipeline of source {name} died: {why}"));
+                    break;
+                }
+                if current && running.idle() {
                     info!("every source finished");
                     // Spooled batches are confirmed but not yet delivered.
                     let timeout = running.config.shutdown_timeout;
@@ -252,6 +276,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(running);
     drop(lock);
+    if let Some(e) = died {
+        return Err(e);
+    }
     info!("auditrelay stopped");
     Ok(())
 }
@@ -261,6 +288,14 @@ fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// A pipeline task's end, reported to the daemon's loop.
+struct Finished {
+    name: String,
+    generation: u64,
+    /// Why it died, when it did not end by itself or by a stop.
+    failure: Option<String>,
 }
 
 /// The pipeline task of one source.
@@ -281,8 +316,8 @@ struct Running {
     /// reload failed and so did going back); the next reload retries them.
     not_running: BTreeSet<String>,
     generation: u64,
-    /// Each pipeline task reports its end here (name, generation).
-    finished_tx: mpsc::UnboundedSender<(String, u64)>,
+    /// Each pipeline task reports its end here.
+    finished_tx: mpsc::UnboundedSender<Finished>,
 }
 
 /// What a reload changes.
@@ -369,8 +404,21 @@ impl Running {
         let stop = CancellationToken::new();
         let (token, tx, reported) = (stop.clone(), self.finished_tx.clone(), name.clone());
         let handle = tokio::spawn(async move {
-            pipeline.run(token).await;
-            let _ = tx.send((reported, generation));
+            // A panic of the source (or anything else in the pipeline task)
+            // must reach the daemon, not end the task silently.
+            let failure = match AssertUnwindSafe(pipeline.run(token)).catch_unwind().await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(payload) => Some(format!("panic: {}", panic_message(payload.as_ref()))),
+            };
+            if let Some(why) = &failure {
+                error!(source = %reported, error = %why, "pipeline task failed");
+            }
+            let _ = tx.send(Finished {
+                name: reported,
+                generation,
+                failure,
+            });
         });
         info!(source = %name, "pipeline started");
         self.not_running.remove(&name);
@@ -585,6 +633,7 @@ impl Running {
                 wait_dropped(name, gone).await;
             }
             self.health.remove(&format!("sink.{name}"));
+            self.health.remove(&format!("sink.{name}.delivery"));
         }
         for name in &plan.sources_removed {
             self.health.remove(&format!("source.{name}"));
@@ -810,3 +859,6 @@ impl Signals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

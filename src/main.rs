@@ -508,6 +508,14 @@ fn dlq(action: DlqAction) -> ExitCode {
     match action {
         DlqAction::List { verbose, .. } => {
             let files = dead_letter_files(&path);
+            let keep = unreadable_path(&path);
+            if let Ok(text) = std::fs::read_to_string(&keep) {
+                println!(
+                    "{}: {} unreadable lines kept by earlier replays (never replayed)",
+                    keep.display(),
+                    text.lines().count()
+                );
+            }
             if files.is_empty() {
                 println!(
                     "sink {sink} has no dead letters ({} does not exist)",
@@ -576,7 +584,7 @@ fn dead_letter_files(path: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(&format!("{name}.replaying-")))
+                        .is_some_and(|n| is_replay_aside(name, n))
                 })
                 .collect();
             pending.sort();
@@ -587,6 +595,47 @@ fn dead_letter_files(path: &Path) -> Vec<PathBuf> {
         out.push(path.to_path_buf());
     }
     out
+}
+
+/// `NAME.replaying-<UTC stamp>`, exactly as [`replay`] names the live file
+/// it moves aside: nothing else (an `.unreadable` file of an earlier version)
+/// is ever replayed and removed.
+fn is_replay_aside(name: &str, file: &str) -> bool {
+    file.strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix(".replaying-"))
+        .is_some_and(|stamp| {
+            stamp.ends_with('Z')
+                && stamp
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'T' || b == b'Z' || b == b'.')
+        })
+}
+
+/// Where replays keep the lines they cannot read: `NAME.unreadable` next to
+/// the dead-letter file, appended to and never removed by a tool.
+fn unreadable_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".unreadable");
+    path.with_file_name(name)
+}
+
+/// Appends `lines` durably (file and, when new, its directory).
+fn keep_lines(keep: &Path, lines: &[(usize, String)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let existed = keep.exists();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(keep)?;
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    if !existed {
+        if let Some(dir) = keep.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    Ok(())
 }
 
 async fn replay(cfg: &Config, sink_name: &str, path: &Path, timeout: Duration) -> ExitCode {
@@ -665,22 +714,19 @@ async fn replay(cfg: &Config, sink_name: &str, path: &Path, timeout: Duration) -
             break;
         }
         if !read.unreadable.is_empty() {
-            let keep = file.with_extension("unreadable");
-            let text: String = read
-                .unreadable
-                .iter()
-                .map(|(_, l)| format!("{l}\n"))
-                .collect();
-            if let Err(e) = std::fs::write(&keep, text) {
+            let keep = unreadable_path(path);
+            if let Err(e) = keep_lines(&keep, &read.unreadable) {
                 eprintln!(
-                    "error: cannot keep unreadable lines in {}: {e}",
-                    keep.display()
+                    "error: cannot keep unreadable lines in {}: {e}; {} is left as it is",
+                    keep.display(),
+                    file.display()
                 );
                 return ExitCode::FAILURE;
             }
             println!(
-                "{} unreadable lines kept in {}",
+                "{} unreadable lines of {} kept in {} (not replayed; inspect them there)",
                 read.unreadable.len(),
+                file.display(),
                 keep.display()
             );
         }

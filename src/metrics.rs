@@ -30,6 +30,8 @@ pub struct Metrics {
     pub sink_requests: IntCounterVec,
     pub sink_retries: IntCounterVec,
     pub sink_batch_seconds: HistogramVec,
+    pub sink_panics: IntCounterVec,
+    pub pipeline_failures: IntCounterVec,
     pub commit_latency_seconds: HistogramVec,
     pub checkpoint_writes: IntCounterVec,
     pub checkpoint_lag_seconds: prometheus::GaugeVec,
@@ -134,6 +136,8 @@ impl Metrics {
             sink_requests: counter(&r, "sink_requests_total", "Requests or writes of a sink by outcome.", &["sink", "outcome"]),
             sink_retries: counter(&r, "sink_retries_total", "Sink deliveries retried after a transient failure.", &["sink"]),
             sink_batch_seconds: histogram(&r, "sink_batch_latency_seconds", "Time from fetching a batch to its confirmation by a sink.", &["sink"]),
+            sink_panics: counter(&r, "sink_panics_total", "Deliveries that ended in a panic of the sink (a bug); the batch is delivered again.", &["sink"]),
+            pipeline_failures: counter(&r, "pipeline_failures_total", "Pipelines (a source's fetch or commit task) that died; the daemon then stops and exits non-zero.", &["source"]),
             commit_latency_seconds: histogram(&r, "batch_commit_latency_seconds", "Time from fetching a batch to committing its checkpoint.", &["source"]),
             checkpoint_writes: counter(&r, "checkpoint_writes_total", "Checkpoint writes by outcome.", &["source", "outcome"]),
             checkpoint_lag_seconds: lag,
@@ -195,6 +199,7 @@ impl Metrics {
         self.source_requests.with_label_values(&[source, "ok"]);
         self.source_request_seconds.with_label_values(&[source]);
         self.commit_latency_seconds.with_label_values(&[source]);
+        self.pipeline_failures.with_label_values(&[source]);
     }
 
     /// Creates the series of one sink fed by one source at zero.
@@ -209,6 +214,7 @@ impl Metrics {
         self.sink_retries.with_label_values(&[sink]);
         self.sink_requests.with_label_values(&[sink, "ok"]);
         self.sink_batch_seconds.with_label_values(&[sink]);
+        self.sink_panics.with_label_values(&[sink]);
     }
 
     /// A source left the config: its lag must not keep growing (and firing

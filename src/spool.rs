@@ -10,11 +10,17 @@
 //! next start (it was never acknowledged). The reader only reads what is
 //! synced, and positions are `(segment, offset)` pairs that a checkpoint can
 //! hold; segments wholly before the committed position are deleted.
+//!
+//! One instance at a time: an open spool holds an OS lock on `dir/.lock`.
+//! A spool reopened by a reload waits (a little) until the instance it
+//! replaces is gone, including a blocking write that instance may still be
+//! finishing, so the two never write the same segment.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -22,6 +28,9 @@ use tokio::sync::watch;
 
 const MAGIC: &[u8] = b"auditrelay-spool v1\n";
 const RECORD_HEAD: u64 = 8;
+
+/// How long opening waits for a previous instance to let go of the spool.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the reader is: the next record starts at `offset` in `segment`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,6 +60,17 @@ struct Writer {
     len: u64,
     /// Bytes of every segment on disk.
     total: u64,
+    /// How far the consumer committed (see [`Spool::release`]): the bytes
+    /// before it in its segment are delivered and do not count as full.
+    delivered: Pos,
+}
+
+impl Writer {
+    /// Bytes on disk not yet delivered: what `max_bytes` bounds.
+    fn undelivered(&self) -> u64 {
+        let delivered = self.delivered.offset.saturating_sub(MAGIC.len() as u64);
+        self.total.saturating_sub(delivered)
+    }
 }
 
 pub struct Spool {
@@ -59,6 +79,8 @@ pub struct Spool {
     max_bytes: u64,
     writer: Mutex<Writer>,
     tail: watch::Sender<Tail>,
+    /// The lock on `dir/.lock`, released when the spool is dropped.
+    _lock: File,
 }
 
 /// What one read returned.
@@ -83,6 +105,7 @@ impl Spool {
     /// newest segment.
     pub fn open(dir: &Path, segment_bytes: u64, max_bytes: u64) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
         let segments = list_segments(dir)?;
         let mut total = 0;
         for &seq in &segments {
@@ -144,7 +167,9 @@ impl Spool {
                 file,
                 len,
                 total,
+                delivered: Pos::default(),
             }),
+            _lock: lock,
         })
     }
 
@@ -169,9 +194,9 @@ impl Spool {
         if w.len >= self.segment_bytes {
             self.rotate(&mut w)?;
         }
-        if w.total + size > self.max_bytes {
+        if w.undelivered() + size > self.max_bytes {
             return Err(AppendError::Full {
-                used: w.total,
+                used: w.undelivered(),
                 max: self.max_bytes,
             });
         }
@@ -337,7 +362,21 @@ impl Spool {
         Ok(out)
     }
 
-    /// Deletes the segments before `segment` (the committed position's).
+    /// The consumer committed up to `committed`: deletes the segments
+    /// before it, and the delivered bytes left in its segment no longer
+    /// count against `max_bytes` (else a segment of delivered records
+    /// could hold the spool full for good). Disk use may thus exceed
+    /// `max_bytes` by up to one segment.
+    pub fn release(&self, committed: Pos) -> io::Result<usize> {
+        let removed = self.remove_before(committed.segment)?;
+        let mut w = self.lock();
+        if committed > w.delivered && committed.segment <= w.segment {
+            w.delivered = committed;
+        }
+        Ok(removed)
+    }
+
+    /// Deletes the segments before `segment` (never the one being written).
     pub fn remove_before(&self, segment: u64) -> io::Result<usize> {
         let mut removed = 0;
         for seq in list_segments(&self.dir)? {
@@ -349,12 +388,48 @@ impl Spool {
             fs::remove_file(&path)?;
             let mut w = self.lock();
             w.total = w.total.saturating_sub(len);
+            if w.delivered.segment <= seq {
+                w.delivered = Pos::default();
+            }
             removed += 1;
         }
         if removed > 0 {
             sync_dir(&self.dir)?;
         }
         Ok(removed)
+    }
+}
+
+/// Takes the spool's lock, waiting up to [`LOCK_WAIT`] for a previous
+/// instance to drop it.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WouldBlock,
+                    format!(
+                        "{} is still locked after {}s by another instance of this spool \
+                         (the one a reload replaces, still finishing a write)",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    ),
+                ))
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
 
@@ -500,6 +575,68 @@ mod tests {
             .iter()
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect()
+    }
+
+    #[test]
+    fn a_reopened_spool_waits_for_the_instance_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Spool::open(dir.path(), 1 << 20, 1 << 20).unwrap();
+        let start = old.start().unwrap();
+        let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+        let path = dir.path().to_path_buf();
+        let reopening = std::thread::spawn(move || {
+            let new = Spool::open(&path, 1 << 20, 1 << 20);
+            let _ = opened_tx.send(());
+            new
+        });
+        // The old instance is still writing into its header-only segment.
+        assert!(
+            opened_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the new instance must not open the segment the old one writes"
+        );
+        old.append(&[b"from-old"]).unwrap();
+        drop(old);
+        opened_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("opens once the old instance is gone");
+        let new = reopening.join().unwrap().unwrap();
+        new.append(&[b"from-new"]).unwrap();
+        let mut got = Vec::new();
+        let mut pos = start;
+        for _ in 0..10 {
+            let r = new.read(pos, 10, 1 << 20).unwrap();
+            got.extend(texts(&r));
+            if r.next == pos {
+                break;
+            }
+            pos = r.next;
+        }
+        assert_eq!(got, vec!["from-old", "from-new"]);
+    }
+
+    #[test]
+    fn delivered_bytes_of_the_current_segment_do_not_count_as_full() {
+        let dir = tempfile::tempdir().unwrap();
+        // A segment larger than the spool: it never rotates while full.
+        let spool = Spool::open(dir.path(), 1 << 20, 200).unwrap();
+        let start = spool.start().unwrap();
+        let record = [b'x'; 80];
+        spool.append(&[&record]).unwrap();
+        spool.append(&[&record]).unwrap();
+        assert!(matches!(
+            spool.append(&[&record]),
+            Err(AppendError::Full { .. })
+        ));
+        let read = spool.read(start, 10, 1 << 20).unwrap();
+        assert_eq!(read.records.len(), 2);
+        // Both delivered and committed: room again, in the same segment.
+        spool.release(read.next).unwrap();
+        spool.append(&[&record]).unwrap();
+        spool.append(&[&record]).unwrap();
+        assert!(matches!(
+            spool.append(&[&record]),
+            Err(AppendError::Full { .. })
+        ));
     }
 
     #[test]

@@ -434,9 +434,11 @@ async fn a_failing_checkpoint_write_is_retried_and_the_old_checkpoint_stays() {
     let checkpoint = dir.path().join("state/checkpoints/demo.checkpoint");
     let before = std::fs::read(&checkpoint).unwrap();
 
-    // A directory where the temp file must go: every write fails (even as root).
-    let blocker = dir.path().join("state/checkpoints/.demo.checkpoint.tmp");
-    std::fs::create_dir(&blocker).unwrap();
+    // A file where the directory of the temp files must be: every write
+    // fails (even as root).
+    let blocker = dir.path().join("state/checkpoints/.tmp");
+    let _ = std::fs::remove_dir_all(&blocker);
+    std::fs::write(&blocker, b"").unwrap();
     let cfg = bounded_demo(dir.path(), 300, &sink);
     let log = dir.path().join("d.log");
     let mut daemon = Daemon::spawn(&cfg, &log);
@@ -462,7 +464,7 @@ async fn a_failing_checkpoint_write_is_retried_and_the_old_checkpoint_stays() {
         "the old checkpoint must stay intact"
     );
 
-    std::fs::remove_dir(&blocker).unwrap();
+    std::fs::remove_file(&blocker).unwrap();
     let status = daemon
         .wait(Duration::from_secs(30))
         .await

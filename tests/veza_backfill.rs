@@ -261,3 +261,48 @@ async fn veza_list_source_in_the_daemon_delivers_its_range_once_and_finishes() {
         .success());
     assert_eq!(duplicates(&hook), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_honours_the_dead_letter_cap_of_its_sinks() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let fake = VezaListFake::start(TOKEN, true).await.unwrap();
+    let hook = hook(None).await;
+    let now = Utc::now();
+    let ids = fake.add_spread(40, now - days(3), now - days(2));
+    hook.set_reject_ids([ids[5].clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &fake, &hook, "veza", "");
+    // The last section is [sinks.hook]: a cap no dead letter fits in.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("dead_letter_max_bytes = 10\n");
+    std::fs::write(&cfg, text).unwrap();
+    let from = (now - days(4)).to_rfc3339();
+    let to = now.to_rfc3339();
+    let mut child = backfill(&cfg, &["--source", "veza", "--from", &from, "--to", &to])
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let full = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = stderr.next_line().await {
+            if line.contains("dead-letter file") && line.contains("is full") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await;
+    let status = child.try_wait().unwrap();
+    let _ = child.kill().await;
+    assert!(
+        matches!(full, Ok(Some(_))),
+        "the backfill did not stop at the 10-byte dead-letter cap (exited: {status:?})"
+    );
+    assert!(
+        status.is_none(),
+        "a refused event it cannot dead-letter holds the backfill"
+    );
+    let dead = dir.path().join("state/dead_letter/hook.ndjson");
+    let kept = std::fs::read_to_string(&dead).unwrap_or_default();
+    assert!(!kept.contains(&ids[5]), "over the cap: {kept}");
+}

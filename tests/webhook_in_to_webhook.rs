@@ -119,7 +119,11 @@ batch_size = 50
 
     fn spool_segments(&self) -> usize {
         std::fs::read_dir(self.setup.state_dir().join("spool/push"))
-            .map(|rd| rd.count())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "spool"))
+                    .count()
+            })
             .unwrap_or(0)
     }
 }

@@ -6,6 +6,11 @@
 //! leaves either the old or the new checkpoint, never a mix. A file that fails
 //! its checksum is an error that stops the daemon: restarting from zero would
 //! silently re-send or skip days of events.
+//!
+//! Every write has a temp file of its own (`.tmp/<source>.<pid>.<n>`): a
+//! committer aborted by a reload may still be finishing its write (a
+//! blocking task cannot be stopped) while its replacement writes, and the
+//! two must never write into, or rename away, each other's file.
 
 mod lock;
 
@@ -14,6 +19,13 @@ pub use lock::StateLock;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers the temp files of this process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Where temp files go, inside the store's directory.
+const TEMP_DIR: &str = ".tmp";
 
 const MAGIC: &str = "auditrelay-checkpoint v1";
 
@@ -48,6 +60,7 @@ impl CheckpointStore {
     pub fn open(state_dir: &Path) -> io::Result<Self> {
         let dir = state_dir.join("checkpoints");
         fs::create_dir_all(&dir)?;
+        remove_stale_temp_files(&dir);
         Ok(CheckpointStore { dir })
     }
 
@@ -55,6 +68,7 @@ impl CheckpointStore {
     /// delivered position of a sink spool).
     pub fn in_dir(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        remove_stale_temp_files(dir);
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
         })
@@ -84,8 +98,14 @@ impl CheckpointStore {
     /// Replaces the state of `source` atomically and durably.
     pub fn save(&self, source: &str, state: &[u8]) -> io::Result<()> {
         let path = self.path(source);
-        let tmp = self.dir.join(format!(".{source}.checkpoint.tmp"));
-        {
+        let temp_dir = self.dir.join(TEMP_DIR);
+        fs::create_dir_all(&temp_dir)?;
+        let tmp = temp_dir.join(format!(
+            "{source}.{}.{}",
+            std::process::id(),
+            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
                 .create(true)
@@ -93,8 +113,12 @@ impl CheckpointStore {
                 .open(&tmp)?;
             f.write_all(&encode(state))?;
             f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
-        fs::rename(&tmp, &path)?;
+        written?;
         File::open(&self.dir)?.sync_all()
     }
 
@@ -107,6 +131,21 @@ impl CheckpointStore {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// Temp files of earlier processes (a crash between write and rename).
+/// Those of this process may belong to a write still in progress.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir.join(TEMP_DIR)) else {
+        return;
+    };
+    let mine = format!(".{}.", std::process::id());
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().contains(&mine) {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -175,6 +214,39 @@ mod tests {
         assert_eq!(store.load("veza").unwrap().unwrap(), br#"{"token":"b"}"#);
         assert!(store.reset("veza").unwrap());
         assert!(store.load("veza").unwrap().is_none());
+    }
+
+    #[test]
+    fn concurrent_writers_never_share_a_temp_file() {
+        // An aborted committer still finishing its write next to the new
+        // one: every write succeeds and the file always reads back whole.
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path()).unwrap();
+        let writers: Vec<_> = [&b"{\"a\":1}"[..], &[b'x'; 3000][..]]
+            .into_iter()
+            .map(|state| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        store.save("s", state)?;
+                    }
+                    Ok::<_, io::Error>(())
+                })
+            })
+            .collect();
+        for _ in 0..300 {
+            if let Ok(Some(state)) = store.load("s") {
+                assert!(state == b"{\"a\":1}" || state == [b'x'; 3000]);
+            }
+        }
+        for w in writers {
+            w.join().unwrap().expect("every write succeeds");
+        }
+        assert!(store.load("s").unwrap().is_some());
+        let left = fs::read_dir(dir.path().join("checkpoints").join(TEMP_DIR))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0, "no temp file is left behind");
     }
 
     #[test]

@@ -12,9 +12,19 @@
 //! A permit per batch bounds memory: the source is not asked for another page
 //! while `max_in_flight` batches wait for their sinks, so a slow or dead sink
 //! pauses the source instead of growing a queue.
+//!
+//! A sink that panics in `deliver` has not confirmed anything: the panic is
+//! caught, counted (`auditrelay_sink_panics_total`), logged with the sink's
+//! name, marks the sink unready, and the batch is delivered to it again with
+//! the usual backoff. A committer that dies ends the pipeline with an error
+//! the daemon acts on (it never commits past a batch it did not see).
 
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -24,6 +34,7 @@ use tracing::{error, info, warn};
 use crate::checkpoint::CheckpointStore;
 use crate::config::RetryConfig;
 use crate::event::{Batch, Event};
+use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
 use crate::sink::{FilterConfig, Sink};
@@ -35,6 +46,8 @@ pub struct Route {
     pub sink_name: Arc<str>,
     pub sink: Arc<dyn Sink>,
     pub filter: FilterConfig,
+    /// Where a panicking sink is marked unready (`sink.NAME.delivery`).
+    pub health: Health,
 }
 
 /// Everything the pipeline of one source needs.
@@ -75,8 +88,10 @@ impl Drop for AbortOnDrop {
 impl SourcePipeline {
     /// Runs until `stop` is cancelled or the source is finished, then lets the
     /// batches in flight finish and commits them. The caller bounds that
-    /// drain with the shutdown timeout.
-    pub async fn run(self, stop: CancellationToken) {
+    /// drain with the shutdown timeout. An `Err` means the pipeline died
+    /// (its committer failed): what it confirmed but did not commit is
+    /// fetched again by whatever starts from the checkpoint.
+    pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let SourcePipeline {
             name,
             mut source,
@@ -155,10 +170,30 @@ impl SourcePipeline {
         drop(tx);
         // No new fetches from here on; a listening source stops listening.
         source.close().await;
-        if let Err(e) = (&mut committer.0).await {
-            error!(source = %name, error = %e, "commit task failed");
+        match (&mut committer.0).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let why = if e.is_panic() {
+                    panic_message(e.into_panic().as_ref())
+                } else {
+                    e.to_string()
+                };
+                error!(source = %name, error = %why, "commit task failed; nothing after the last checkpoint is committed");
+                Err(anyhow::anyhow!(
+                    "source {name}: the commit task failed ({why})"
+                ))
+            }
         }
     }
+}
+
+/// The text of a panic payload, for the log.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic without a message".to_string())
 }
 
 /// For each route: the previous batch's completion to wait for (ordered
@@ -186,7 +221,15 @@ async fn deliver_everywhere(
             let _ = done.send(());
         });
     }
-    while set.join_next().await.is_some() {}
+    while let Some(joined) = set.join_next().await {
+        // A route task that panicked outside the sink did not deliver: the
+        // panic goes on to the committer, which delivers the batch again.
+        if let Err(e) = joined {
+            if e.is_panic() {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+    }
 }
 
 async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
@@ -206,16 +249,39 @@ async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
         return;
     }
     let mut backoff = Backoff::new(retry);
+    let component = format!("sink.{}.delivery", route.sink_name);
+    let mut panicked = false;
     loop {
-        match route.sink.deliver(&batch.source, events).await {
-            Ok(()) => {
+        let attempt = AssertUnwindSafe(route.sink.deliver(&batch.source, events))
+            .catch_unwind()
+            .await;
+        match attempt {
+            Ok(Ok(())) => {
                 metrics()
                     .sink_batch_seconds
                     .with_label_values(&[&route.sink_name])
                     .observe(batch.fetched_at.elapsed().as_secs_f64());
+                if panicked {
+                    route.health.remove(&component);
+                }
                 return;
             }
-            Err(e) => {
+            Err(payload) => {
+                panicked = true;
+                let why = panic_message(payload.as_ref());
+                metrics()
+                    .sink_panics
+                    .with_label_values(&[&route.sink_name])
+                    .inc();
+                route.health.set_unready(
+                    &component,
+                    format!("sink {} panicked while delivering: {why}", route.sink_name),
+                );
+                let delay = backoff.next_delay();
+                error!(sink = %route.sink_name, source = %batch.source, panic = %why, retry_in_s = delay.as_secs_f64(), "sink panicked (a bug); the batch counts as not delivered; retrying");
+                tokio::time::sleep(delay).await;
+            }
+            Ok(Err(e)) => {
                 let delay = backoff.next_delay();
                 error!(sink = %route.sink_name, source = %batch.source, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "sink cannot make progress; retrying the batch");
                 tokio::time::sleep(delay).await;
@@ -237,8 +303,11 @@ async fn commit_in_order(
     let in_flight = m.in_flight_batches.with_label_values(&[&name]);
     while let Some(mut item) = rx.recv().await {
         // A panicking sink is a bug; never commit past it, deliver again.
+        let mut redeliver = Backoff::new(retry);
         while let Err(e) = (&mut item.delivery).await {
-            error!(source = %name, error = %e, "delivery task failed; delivering the batch again");
+            let delay = redeliver.next_delay();
+            error!(source = %name, error = %e, retry_in_s = delay.as_secs_f64(), "delivery task failed; delivering the batch again");
+            tokio::time::sleep(delay).await;
             item.delivery = tokio::spawn(deliver_everywhere(
                 item.batch.clone(),
                 routes.clone(),
@@ -279,3 +348,6 @@ async fn commit_in_order(
         in_flight.dec();
     }
 }
+
+#[cfg(test)]
+mod tests;

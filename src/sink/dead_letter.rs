@@ -3,23 +3,35 @@
 //! so nothing is lost quietly and it can be inspected or re-sent later
 //! (`auditrelay dlq list|replay --sink NAME`).
 //!
-//! The file has a size cap. A full file does not drop anything: the write
-//! fails, the sink stops confirming, its sources pause, and the
-//! `auditrelay_dead_letter_full` gauge and `/readyz` say why.
+//! The file has a size cap. A full file does not drop anything: the sink
+//! waits inside its delivery ([`DeadLetters::write_waiting`]) holding the
+//! events it could not dead-letter, without sending again what the receiver
+//! already accepted; its sources pause, the `auditrelay_dead_letter_full`
+//! gauge and `/readyz` say why, and one error is logged. It resumes by itself
+//! once the file has room (moved away, emptied, or a reload raised
+//! `dead_letter_max_bytes`).
+//!
+//! Every record starts on a line of its own: a write that fails half-way is
+//! cut back, and a file found not ending in a newline (a crash mid-write)
+//! gets one before the next record, so a torn record never fuses with the
+//! next one. [`DeadLetters::read`] still splits fused lines of older files.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use prometheus::{IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tracing::warn;
+use tracing::{debug, error, info, warn};
 
 use crate::event::Event;
+use crate::health::Health;
 use crate::metrics::metrics;
 
 /// Default cap of one sink's dead-letter file.
@@ -44,7 +56,17 @@ pub struct DeadLetters {
     path: PathBuf,
     max_bytes: u64,
     file: Arc<Mutex<Option<(File, u64)>>>,
+    /// Where a sink stuck on its dead letters turns unready.
+    health: Option<Health>,
 }
+
+/// Longest pause between two attempts of a dead-letter write that waits
+/// for room: how soon a sink resumes after the file was moved away.
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// The record prefix every writer produces (`time` is the first field), to
+/// find where a valid record starts in a line fused with a torn one.
+const RECORD_START: &str = "{\"time\":\"";
 
 #[derive(Serialize)]
 struct Record<'a> {
@@ -109,6 +131,51 @@ impl DeadLetters {
             path: Self::path_for(state_dir, sink),
             max_bytes: DEFAULT_MAX_BYTES,
             file: Arc::new(Mutex::new(None)),
+            health: None,
+        }
+    }
+
+    /// Reports a sink stuck on its dead letters as unready
+    /// (`sink.NAME.dead_letter`).
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// As [`write`](Self::write), but a failure (a full file, a full disk)
+    /// is waited out instead of returned: the sink's delivery holds the
+    /// events until they are written, so it neither drops them nor makes
+    /// its caller send again what the receiver already accepted. One error
+    /// is logged and the sink is unready while it waits.
+    pub async fn write_waiting(&self, source: &str, events: &[Event], error: &str) {
+        let component = format!("sink.{}.dead_letter", self.sink);
+        let mut pause = Duration::from_millis(100);
+        let mut stuck = false;
+        loop {
+            match self.write(source, events, error) {
+                Ok(()) => {
+                    if stuck {
+                        if let Some(h) = &self.health {
+                            h.remove(&component);
+                        }
+                        info!(sink = %self.sink, file = %self.path.display(), "dead-letter file writable again; the sink resumes");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if !stuck {
+                        stuck = true;
+                        error!(sink = %self.sink, source, events = events.len(), error = %format!("{e:#}"), "cannot write dead letters; the sink holds these events and stops confirming until it can");
+                        if let Some(h) = &self.health {
+                            h.set_unready(&component, format!("{e:#}"));
+                        }
+                    } else {
+                        debug!(sink = %self.sink, error = %format!("{e:#}"), "dead letters still cannot be written");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_WAIT);
+                }
+            }
         }
     }
 
@@ -163,39 +230,38 @@ impl DeadLetters {
             .lock()
             .map_err(|_| anyhow::anyhow!("dead-letter file lock poisoned"))?;
         if guard.is_none() {
-            if let Some(dir) = self.path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot open dead-letter file {}: {e}", self.path.display())
-                })?;
-            let size = f.metadata()?.len();
-            *guard = Some((f, size));
+            *guard = Some(self.open()?);
         }
         let (file, size) = guard
             .as_mut()
             .ok_or_else(|| anyhow::anyhow!("dead-letter file not open"))?;
         if *size + buf.len() as u64 > self.max_bytes {
             FULL.with_label_values(&[&self.sink]).set(1);
+            let used = *size;
+            // Opened afresh next time: the file may be moved away meanwhile.
+            *guard = None;
             anyhow::bail!(
                 "dead-letter file {} is full ({} of {} bytes): sink {} stops confirming until it is \
-                 emptied (`auditrelay dlq replay --sink {}`) or moved away",
+                 emptied (`auditrelay dlq replay --sink {}`), moved away, or \
+                 sinks.{}.dead_letter_max_bytes is raised",
                 self.path.display(),
-                size,
+                used,
                 self.max_bytes,
+                self.sink,
                 self.sink,
                 self.sink
             );
         }
-        file.write_all(&buf)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| {
-                anyhow::anyhow!("cannot write dead-letter file {}: {e}", self.path.display())
-            })?;
+        let before = *size;
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+            // Cut back what was written, so the next record does not follow
+            // a torn one; when that fails too, the next open starts it on a
+            // new line.
+            if file.set_len(before).and_then(|_| file.sync_data()).is_err() {
+                *guard = None;
+            }
+            anyhow::bail!("cannot write dead-letter file {}: {e}", self.path.display());
+        }
         *size += buf.len() as u64;
         FULL.with_label_values(&[&self.sink]).set(0);
         metrics()
@@ -204,6 +270,44 @@ impl DeadLetters {
             .inc_by(events.len() as u64);
         warn!(sink = %self.sink, source, events = events.len(), error, file = %self.path.display(), "events rejected permanently; written to the dead-letter file");
         Ok(())
+    }
+
+    /// Opens the file for appending, creating it durably; a file that does
+    /// not end in a newline (a crash mid-write) gets one first.
+    fn open(&self) -> anyhow::Result<(File, u64)> {
+        let cannot = |e: std::io::Error| {
+            anyhow::anyhow!("cannot open dead-letter file {}: {e}", self.path.display())
+        };
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(cannot)?;
+            if let Some(up) = dir.parent() {
+                File::open(up).and_then(|d| d.sync_all()).map_err(cannot)?;
+            }
+        }
+        let existed = self.path.exists();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(cannot)?;
+        if !existed {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(cannot)?;
+        }
+        let mut size = f.metadata().map_err(cannot)?.len();
+        if size > 0 {
+            let mut last = [0u8];
+            f.read_exact_at(&mut last, size - 1).map_err(cannot)?;
+            if last[0] != b'\n' {
+                warn!(sink = %self.sink, file = %self.path.display(), "dead-letter file ends in a torn record (a crash mid-write); the next record starts on a new line");
+                f.write_all(b"\n")
+                    .and_then(|_| f.sync_data())
+                    .map_err(cannot)?;
+                size += 1;
+            }
+        }
+        Ok((f, size))
     }
 
     /// Reads a dead-letter file.
@@ -221,11 +325,31 @@ impl DeadLetters {
             }
             match serde_json::from_str::<DeadLetter>(&line) {
                 Ok(r) => out.records.push(r),
-                Err(_) => out.unreadable.push((i + 1, line)),
+                Err(_) => match split_fused(&line) {
+                    Some((torn, r)) => {
+                        out.unreadable.push((i + 1, torn.to_string()));
+                        out.records.push(r);
+                    }
+                    None => out.unreadable.push((i + 1, line)),
+                },
             }
         }
         Ok(out)
     }
+}
+
+/// A torn record followed on the same line by a whole one (files written
+/// before records were kept on lines of their own): the torn part and the
+/// record. The leftmost record start whose rest parses wins, so a record
+/// whose event holds a `time` field is never cut inside.
+fn split_fused(line: &str) -> Option<(&str, DeadLetter)> {
+    line.match_indices(RECORD_START)
+        .filter(|(at, _)| *at > 0)
+        .find_map(|(at, _)| {
+            serde_json::from_str::<DeadLetter>(&line[at..])
+                .ok()
+                .map(|r| (&line[..at], r))
+        })
 }
 
 #[cfg(test)]
@@ -293,5 +417,49 @@ mod tests {
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.unreadable.len(), 1);
         assert_eq!(f.unreadable[0].0, 2);
+    }
+
+    #[test]
+    fn a_record_after_a_torn_one_starts_on_its_own_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetters::new(dir.path(), "torn");
+        std::fs::create_dir_all(dl.path().parent().unwrap()).unwrap();
+        // A crash in the middle of a write left half a record.
+        std::fs::write(dl.path(), "{\"time\":\"t\",\"sou").unwrap();
+        dl.write("s", &[ev(b"{\"a\":1}", Some("1"))], "x").unwrap();
+        let back = DeadLetters::read(dl.path()).unwrap();
+        assert_eq!(back.records.len(), 1, "the new record reads back whole");
+        assert_eq!(back.records[0].id.as_deref(), Some("1"));
+        assert_eq!(back.unreadable.len(), 1);
+        assert_eq!(back.unreadable[0].1, "{\"time\":\"t\",\"sou");
+    }
+
+    #[test]
+    fn a_line_fused_from_a_torn_and_a_whole_record_keeps_the_whole_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.ndjson");
+        // Written by an earlier version: no newline after the torn part. The
+        // event of the whole record holds a `time` field of its own.
+        std::fs::write(
+            &p,
+            "{\"time\":\"t\",\"sou{\"time\":\"t2\",\"source\":\"s\",\"id\":\"9\",\"error\":\"e\",\"event\":{\"time\":\"x\"}}\n",
+        )
+        .unwrap();
+        let f = DeadLetters::read(&p).unwrap();
+        assert_eq!(f.records.len(), 1);
+        assert_eq!(f.records[0].id.as_deref(), Some("9"));
+        assert_eq!(
+            f.records[0].event.as_ref().unwrap().get(),
+            "{\"time\":\"x\"}"
+        );
+        assert_eq!(f.unreadable, vec![(1, "{\"time\":\"t\",\"sou".to_string())]);
+    }
+
+    #[test]
+    fn a_new_file_and_its_directory_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetters::new(dir.path(), "fresh");
+        dl.write("s", &[ev(b"{}", None)], "x").unwrap();
+        assert_eq!(DeadLetters::read(dl.path()).unwrap().records.len(), 1);
     }
 }

@@ -95,10 +95,15 @@ impl FileSink {
 impl Writer {
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
+            let existed = self.path.exists();
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&self.path)?;
+            if !existed {
+                // The new file's name must survive a crash as its lines do.
+                sync_parent(&self.path)?;
+            }
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -123,11 +128,7 @@ impl Writer {
             }
             fs::rename(&self.path, numbered(1)).or_else(ignore_missing)?;
         }
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            File::open(dir)?.sync_all()?;
-        } else {
-            File::open(Path::new("."))?.sync_all()?;
-        }
+        sync_parent(&self.path)?;
         self.size = 0;
         Ok(())
     }
@@ -151,6 +152,15 @@ impl Writer {
         }
         self.size = size_before + buf.len() as u64;
         Ok(())
+    }
+}
+
+/// Fsyncs the directory holding `path`, so a created or renamed entry is
+/// durable.
+fn sync_parent(path: &Path) -> std::io::Result<()> {
+    match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => File::open(Path::new("."))?.sync_all(),
     }
 }
 

@@ -158,6 +158,7 @@ impl KafkaConfig {
         if self.message_timeout.is_zero() {
             problems.push(format!("{path}.message_timeout"), "must be greater than 0");
         }
+        self.validate_acks(path, problems);
         // librdkafka itself checks every property name and value.
         let sink = path.rsplit('.').next().unwrap_or("kafka");
         match self.client_config(sink) {
@@ -167,6 +168,36 @@ impl KafkaConfig {
                     problems.push(
                         format!("{path}.librdkafka"),
                         format!("librdkafka rejects the settings: {e}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The idempotent producer needs every in-sync replica's ack; librdkafka
+    /// only finds the conflict when the producer is created (at run time),
+    /// so an `acks` override other than `all` is a config error here.
+    fn validate_acks(&self, path: &str, problems: &mut Problems) {
+        let idempotent = match self.librdkafka.get("enable.idempotence") {
+            Some(v) => v.render().trim().eq_ignore_ascii_case("true"),
+            None => self.idempotence,
+        };
+        if !idempotent {
+            return;
+        }
+        for key in ["acks", "request.required.acks"] {
+            if let Some(v) = self.librdkafka.get(key) {
+                let acks = v.render();
+                let acks = acks.trim();
+                if !(acks.eq_ignore_ascii_case("all") || acks == "-1") {
+                    problems.push(
+                        format!("{path}.librdkafka.{key}"),
+                        format!(
+                            "is {acks}, but the idempotent producer (idempotence = true) needs \
+                             acks = all; remove the override or set idempotence = false"
+                        ),
                     );
                 }
             }
@@ -541,11 +572,13 @@ impl Sink for KafkaSink {
                 match fate {
                     Fate::Delivered => delivered += 1,
                     Fate::Rejected(why) => {
-                        self.dead_letters.write(
-                            source,
-                            std::slice::from_ref(*event),
-                            &format!("Kafka refused the message: {why}"),
-                        )?;
+                        self.dead_letters
+                            .write_waiting(
+                                source,
+                                std::slice::from_ref(*event),
+                                &format!("Kafka refused the message: {why}"),
+                            )
+                            .await;
                         m.sink_requests
                             .with_label_values(&[&self.name, "rejected"])
                             .inc();
@@ -704,6 +737,52 @@ mod tests {
             list[0].message.contains("no.such.property"),
             "{}",
             list[0].message
+        );
+    }
+
+    #[test]
+    fn acks_other_than_all_with_idempotence_is_a_config_error() {
+        let mut cfg: KafkaConfig =
+            serde_json::from_str(r#"{"brokers":["127.0.0.1:9092"],"topic":"t"}"#).unwrap();
+        cfg.librdkafka
+            .insert("acks".into(), PropertyValue::Integer(1));
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &mut p);
+        let list = p.into_vec();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].path, "sinks.bus.librdkafka.acks");
+        assert!(
+            list[0].message.contains("acks = all"),
+            "{}",
+            list[0].message
+        );
+
+        for ok in [
+            PropertyValue::Text("all".into()),
+            PropertyValue::Integer(-1),
+        ] {
+            cfg.librdkafka.insert("acks".into(), ok);
+            let mut p = Problems::default();
+            cfg.validate("sinks.bus", &mut p);
+            assert!(p.is_empty(), "{p:?}");
+        }
+        cfg.librdkafka.insert(
+            "request.required.acks".into(),
+            PropertyValue::Text("0".into()),
+        );
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &mut p);
+        assert_eq!(
+            p.into_vec()[0].path,
+            "sinks.bus.librdkafka.request.required.acks"
+        );
+
+        cfg.idempotence = false;
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &mut p);
+        assert!(
+            p.is_empty(),
+            "without idempotence any acks is allowed: {p:?}"
         );
     }
 }

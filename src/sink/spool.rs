@@ -928,7 +928,9 @@ mod tests {
         assert_eq!(inner.got().iter().filter(|g| *g == "s:a1").count(), 1);
     }
 
-    #[tokio::test]
+    // Reopens the spool: the old instance's drainer must be able to run
+    // (and let go of the spool's lock) while the new one waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spooled_batches_survive_a_restart_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let health = Health::default();
@@ -1177,7 +1179,9 @@ mod tests {
         assert_eq!(*inner.got.lock().unwrap(), want);
     }
 
-    #[tokio::test]
+    // Reopens the spool: the old instance's drainer must be able to run
+    // (and let go of the spool's lock) while the new one waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_empty_newest_segment_or_a_bad_position_does_not_stop_the_start() {
         let dir = tempfile::tempdir().unwrap();
         let health = Health::default();
@@ -1202,7 +1206,9 @@ mod tests {
         assert_eq!(inner.wait_for(3).await, vec!["s:a", "s:b", "s:c"]);
     }
 
-    #[tokio::test]
+    // Reopens the spool: the old instance's drainer must be able to run
+    // (and let go of the spool's lock) while the new one waits for it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_sink_switched_back_to_block_still_delivers_its_spool_first() {
         let dir = tempfile::tempdir().unwrap();
         let health = Health::default();

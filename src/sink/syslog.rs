@@ -745,14 +745,16 @@ impl SyslogSink {
                                 .inc();
                             refusals[index] += 1;
                             if refusals[index] >= self.cfg.relp_max_refusals {
-                                self.dead_letters.write(
-                                    source,
-                                    &events[index..=index],
-                                    &format!(
-                                        "RELP receiver refused the message {} times: {answer}",
-                                        refusals[index]
-                                    ),
-                                )?;
+                                self.dead_letters
+                                    .write_waiting(
+                                        source,
+                                        &events[index..=index],
+                                        &format!(
+                                            "RELP receiver refused the message {} times: {answer}",
+                                            refusals[index]
+                                        ),
+                                    )
+                                    .await;
                                 acked[index] = true;
                             }
                             Err(format!("RELP receiver refused a message: {answer}"))

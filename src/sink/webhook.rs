@@ -439,7 +439,7 @@ impl Sink for WebhookSink {
                         todo.push(b);
                         todo.push(a);
                     } else {
-                        self.dead_letters.write(source, run, &why)?;
+                        self.dead_letters.write_waiting(source, run, &why).await;
                     }
                 }
             }

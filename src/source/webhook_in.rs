@@ -248,6 +248,15 @@ impl WebhookInConfig {
                 format!("{path}.max_spool_bytes"),
                 "must be at least twice max_body_bytes",
             );
+        } else if self.max_spool_bytes < self.segment_bytes + self.max_body_bytes as u64 {
+            problems.push(
+                format!("{path}.max_spool_bytes"),
+                format!(
+                    "must be at least segment_bytes + max_body_bytes ({} bytes): a smaller spool \
+                     fills before its segment rotates",
+                    self.segment_bytes + self.max_body_bytes as u64
+                ),
+            );
         }
         self.id_path.validate(&format!("{path}.id_path"), problems);
         self.time_path
@@ -320,6 +329,8 @@ struct Shared {
     signature_prefix: String,
     max_body: usize,
     health: Health,
+    /// Where the pipeline commits the spool position (see [`release_committed`]).
+    store: CheckpointStore,
 }
 
 fn answer(status: StatusCode, message: impl Into<String>) -> Response {
@@ -584,9 +595,15 @@ async fn receive(
     };
     let n = ranges.len();
     let spool = shared.spool.clone();
+    let (store, name) = (shared.store.clone(), shared.name.clone());
     let written = tokio::task::spawn_blocking(move || {
         let records: Vec<&[u8]> = ranges.iter().map(|r| &body[r.clone()]).collect();
-        let result = spool.append(&records);
+        let mut result = spool.append(&records);
+        if matches!(result, Err(AppendError::Full { .. }))
+            && release_committed(&spool, &store, &name)
+        {
+            result = spool.append(&records);
+        }
         (result, spool.bytes())
     })
     .await;
@@ -644,6 +661,22 @@ async fn receive(
                 "the receiver cannot store events right now; retry later".into(),
             )
         }
+    }
+}
+
+/// Tells the spool how far the pipeline committed, so the delivered
+/// records still in its newest segment stop counting as full (the source
+/// learns of commits only when it reads, and it does not read while pushes
+/// are refused). True when the position was read.
+fn release_committed(spool: &Spool, store: &CheckpointStore, source: &str) -> bool {
+    let committed = store
+        .load(source)
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice::<Pos>(&b).ok());
+    match committed {
+        Some(pos) => spool.release(pos).is_ok(),
+        None => false,
     }
 }
 
@@ -854,6 +887,7 @@ impl WebhookInSource {
             signature_prefix: cfg.signature_prefix.clone(),
             max_body: cfg.max_body_bytes,
             health: ctx.health.clone(),
+            store: store.clone(),
         });
         for outcome in ["accepted", "unauthorized", "bad_request", "too_large"] {
             REQUESTS.with_label_values(&[&name, outcome]);
@@ -904,7 +938,7 @@ impl WebhookInSource {
             }
         };
         let Some(committed) = committed else { return };
-        match self.spool.remove_before(committed.segment) {
+        match self.spool.release(committed) {
             Ok(n) => {
                 if n > 0 {
                     debug!(source = %self.name, segments = n, "removed delivered spool segments");
@@ -1028,5 +1062,35 @@ mod tests {
         assert!(same(b"token", b"token"));
         assert!(!same(b"token", b"tokex"));
         assert!(!same(b"token", b"token-longer"));
+    }
+
+    #[test]
+    fn a_spool_smaller_than_a_segment_plus_a_body_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s3cret").unwrap();
+        let load = |spool: &str| {
+            crate::config::load_str(&format!(
+                "[sources.push]\ntype = \"webhook_in\"\nlisten = \"127.0.0.1:0\"\n\
+                 token_file = \"{}\"\n\
+                 max_body_bytes = 1048576\nsegment_bytes = 4194304\nmax_spool_bytes = {spool}\n\
+                 [sinks.out]\ntype = \"stdout\"\ninputs = [\"push\"]\n",
+                token.display()
+            ))
+        };
+        let err = load("4194304").unwrap_err();
+        let p = err
+            .problems
+            .iter()
+            .find(|p| p.path == "sources.push.max_spool_bytes")
+            .unwrap_or_else(|| panic!("{err}"));
+        assert!(
+            p.message.contains("segment_bytes + max_body_bytes"),
+            "{}",
+            p.message
+        );
+        if let Err(e) = load("5242880") {
+            panic!("{e}");
+        }
     }
 }

@@ -963,7 +963,9 @@ impl Inner {
                         .with_label_values(&[&self.name, "rejected"])
                         .inc();
                     if r.len() == 1 {
-                        self.dead_letters.write(source, &events[r], &why)?;
+                        self.dead_letters
+                            .write_waiting(source, &events[r], &why)
+                            .await;
                         continue;
                     }
                     debug!(sink = %self.name, error = %why, events = n, "HEC rejected events; splitting the request");
