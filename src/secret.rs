@@ -192,28 +192,74 @@ pub fn warn_if_config_exposed(path: &std::path::Path) {
     }
 }
 
-/// Key paths under `prefix` whose values look like secrets.
+/// Words in a key, header or query parameter name that say its value is a
+/// secret. Broad on purpose: a needless warning costs a `chmod`, a missed
+/// one a leaked credential.
+const SECRET_WORDS: [&str; 12] = [
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "key",
+    "auth",
+    "cookie",
+    "sig",
+    "credential",
+    "session",
+    "jaas",
+    "oauthbearer.config",
+];
+
+fn secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_WORDS.iter().any(|w| name.contains(w))
+}
+
+/// Key paths under `prefix` whose values look like secrets: values of keys
+/// (header names included) named like secrets, URLs with a password or a secret-named
+/// query parameter. `*_file`, `*_env` and `*_credential` keys and the
+/// `*_secret_files` tables name where a secret is, not the secret.
 fn inline_secrets(value: &figment::value::Value, prefix: &str, out: &mut Vec<String>) {
     use figment::value::Value;
     match value {
         Value::Dict(_, dict) => {
+            if prefix.ends_with("_secret_files") {
+                return;
+            }
             for (key, v) in dict {
                 let path = if prefix.is_empty() {
                     key.clone()
                 } else {
                     format!("{prefix}.{key}")
                 };
-                let in_headers = prefix.ends_with("headers");
-                let secret_header = in_headers
-                    && [
-                        "authorization",
-                        "proxy-authorization",
-                        "cookie",
-                        "x-api-key",
-                    ]
-                    .contains(&key.to_ascii_lowercase().as_str());
-                if secret_header && matches!(v, Value::String(..)) {
+                let lower = key.to_ascii_lowercase();
+                // Keys whose value names a place, a field or a header.
+                let names_something = [
+                    "_file",
+                    "_env",
+                    "_credential",
+                    "_retry",
+                    "_field",
+                    "_header",
+                    "_path",
+                    "_scheme",
+                ]
+                .iter()
+                .any(|s| lower.ends_with(s));
+                // `fields`, `extra_fields`: names of event fields, values paths.
+                let field_map = prefix.ends_with("fields");
+                // A template placeholder such as `"{cursor}"` is no secret.
+                let placeholder = v
+                    .as_str()
+                    .is_some_and(|t| t.starts_with('{') && t.ends_with('}'));
+                if matches!(v, Value::String(..))
+                    && !placeholder
+                    && !names_something
+                    && !field_map
+                    && secret_name(key)
+                {
                     out.push(path.clone());
+                    continue;
                 }
                 inline_secrets(v, &path, out);
             }
@@ -225,21 +271,7 @@ fn inline_secrets(value: &figment::value::Value, prefix: &str, out: &mut Vec<Str
         }
         Value::String(_, text) => {
             if let Ok(url) = url::Url::parse(text) {
-                let query_secret = url.query_pairs().any(|(k, _)| {
-                    let k = k.to_ascii_lowercase();
-                    [
-                        "token",
-                        "secret",
-                        "password",
-                        "key",
-                        "sig",
-                        "signature",
-                        "apikey",
-                        "api_key",
-                    ]
-                    .iter()
-                    .any(|s| k == *s || k.ends_with(&format!("_{s}")))
-                });
+                let query_secret = url.query_pairs().any(|(k, _)| secret_name(&k));
                 if url.password().is_some() || query_secret {
                     out.push(prefix.to_string());
                 }
@@ -303,8 +335,20 @@ mod tests {
             inline_secrets(&tree, "", &mut keys);
             keys
         };
-        // The demo config, and one with secrets in *_file keys: nothing.
-        assert!(find(include_str!("../config/demo.toml")).is_empty());
+        // The shipped configs, and one with secrets in *_file keys: nothing.
+        for shipped in [
+            include_str!("../config/demo.toml"),
+            include_str!("../config/certifyclouds.toml"),
+            include_str!("../config/quickztna.toml"),
+            include_str!("../config/veza-to-kafka.toml"),
+            include_str!("../config/veza-to-splunk.toml"),
+            include_str!("../config/veza-to-syslog.toml"),
+            include_str!("../config/veza-to-webhook.toml"),
+            include_str!("../config/webhook-in.toml"),
+            include_str!("../config/zaita.toml"),
+        ] {
+            assert_eq!(find(shipped), Vec::<String>::new());
+        }
         assert!(find(
             "[sinks.hook]\nurl = \"https://h.example/in?tenant=1\"\ntoken_file = \"/run/t\"\n\
              headers = { \"X-Tenant\" = \"t1\" }"
@@ -321,6 +365,37 @@ mod tests {
                 "sinks.hook.headers.Authorization",
                 "sinks.hook.url",
                 "sources.p.url"
+            ]
+        );
+    }
+
+    #[test]
+    fn inline_secrets_under_other_names_are_found_too() {
+        use figment::providers::{Format, Toml};
+        let find = |toml: &str| {
+            let tree: figment::value::Value = figment::Figment::from(Toml::string(toml))
+                .extract()
+                .unwrap();
+            let mut keys = Vec::new();
+            inline_secrets(&tree, "", &mut keys);
+            keys
+        };
+        let keys = find(
+            "[sinks.bus.librdkafka]\n\"sasl.password\" = \"pw\"\n\
+             \"sasl.oauthbearer.client.secret\" = \"s\"\n\"linger.ms\" = 5\n\
+             [sinks.bus.librdkafka_secret_files]\n\"ssl.key.password\" = \"/run/k\"\n\
+             [sinks.hook]\nurl = \"https://b.example/o?X-Amz-Signature=ab&X-Amz-Credential=c\"\n\
+             token_file = \"/run/t\"\nauth_retry = \"30s\"\n\
+             headers = { \"X-Auth-Token\" = \"t\", \"Api-Key\" = \"k\", \"X-Tenant\" = \"t1\" }",
+        );
+        assert_eq!(
+            keys,
+            [
+                "sinks.bus.librdkafka.sasl.oauthbearer.client.secret",
+                "sinks.bus.librdkafka.sasl.password",
+                "sinks.hook.headers.Api-Key",
+                "sinks.hook.headers.X-Auth-Token",
+                "sinks.hook.url"
             ]
         );
     }

@@ -676,6 +676,65 @@ async fn an_ack_that_comes_after_ack_timeout_still_confirms_the_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_id_issued_again_after_an_indexer_restart_never_confirms_the_earlier_request() {
+    // Request A is lost by an indexer that then restarts: ack ids start at
+    // 0 again. Request B gets A's old id, is indexed at once, and its
+    // answer travels slowly; meanwhile the poller asks about A's id and HEC
+    // says true (for B). That must not confirm A, whose events are gone.
+    let fake = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            lose: 1.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_restart",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"50ms\"\nack_timeout = \"1500ms\"",
+    );
+    let evs = events(2);
+    let sink = b.sink.clone();
+    let first = evs[..1].to_vec();
+    let a = tokio::spawn(async move { sink.deliver("veza", &first).await });
+    assert!(fake.wait_until(LONG, |s| s.lost_requests >= 1).await);
+    fake.restart();
+    fake.set_faults(HecFaults {
+        event_answer_delay: Duration::from_millis(600),
+        ..Default::default()
+    });
+    let sink = b.sink.clone();
+    let second = evs[1..].to_vec();
+    let b_task = tokio::spawn(async move { sink.deliver("veza", &second).await });
+    tokio::time::timeout(Duration::from_secs(20), a)
+        .await
+        .expect("request A never confirmed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fake.counts().get("ev-0000"),
+        Some(&1),
+        "request A was confirmed but its events were never indexed: {:?}",
+        fake.stats()
+    );
+    tokio::time::timeout(Duration::from_secs(20), b_task)
+        .await
+        .expect("request B never confirmed")
+        .unwrap()
+        .unwrap();
+    assert!(fake.counts().get("ev-0001").is_some_and(|n| *n >= 1));
+    // The reissued id was noticed and given up on for request A.
+    assert!(metric("auditrelay_hec_acks_expired_total{sink=\"hec_restart\"}") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_that_never_come_are_counted_and_the_events_sent_again() {
     let fake = HecFake::start(HecFakeConfig {
         token: TOKEN.into(),

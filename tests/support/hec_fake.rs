@@ -27,6 +27,8 @@
 //!   read true only after `ack_min_delay` (later than a client's timeout),
 //!   redirects of every collector path (see `redirect`: 301/302/303 to a
 //!   login page answering 200 HTML, 307/308 to `/moved/...`, served as usual).
+//! - [`HecFake::restart`]: the indexer restarts; every channel forgets its
+//!   acks and issues ack ids from 0 again, as Splunk does.
 //! - `sticky_indexers`: the collector behind a load balancer in front of
 //!   many indexers, pinning a session with the cookie [`STICKY_COOKIE`]
 //!   (set on every answer). A request without it (or with an unknown value)
@@ -79,6 +81,10 @@ pub struct HecFaults {
     pub reject_ids: HashSet<String>,
     /// Health answers 503 code 18 (queues full).
     pub unhealthy: bool,
+    /// Event-endpoint answers leave this long after the request was
+    /// handled (indexed, ack id issued): a slow path back to the client,
+    /// during which ack queries on other connections are answered.
+    pub event_answer_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +325,12 @@ impl HecFake {
             .map(|(_, v)| v.clone())
     }
 
+    /// The indexer restarts: channels and their pending acks are gone, so
+    /// ack ids start again at 0 (events of lost requests stay lost).
+    pub fn restart(&self) {
+        self.lock().channels.clear();
+    }
+
     /// Acks issued and not yet read true (lost ones included).
     pub fn pending_acks(&self) -> usize {
         self.lock().channels.values().map(|c| c.pending.len()).sum()
@@ -358,6 +370,10 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             Err(_) => return,
         };
         let resp = shared.handle(&req);
+        let delay = shared.lock().cfg.faults.event_answer_delay;
+        if !delay.is_zero() && req.path().contains("/collector/event") {
+            tokio::time::sleep(delay).await;
+        }
         shared.progress.send_modify(|n| *n += 1);
         let close = !req.keep_alive;
         if resp.write(&mut conn.stream, close).await.is_err() || close {

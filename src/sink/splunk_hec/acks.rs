@@ -7,8 +7,15 @@
 //! confirms (an indexer under load acknowledges late, not never). An id
 //! given up on is logged and counted: acks that never come mean lost data
 //! or, behind a load balancer, sessions that are not sticky.
+//!
+//! Ack ids are unique on a channel only until the indexer restarts: then
+//! it issues them from 0 again, so a new request can get the id an older,
+//! lost one still waits on, and HEC's `true` for that id is the new
+//! request's. An ack answer is therefore applied only once every event
+//! request sent before it came back and had its id noted (a reissued id
+//! takes the entry from the older request, which is sent again).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,6 +44,61 @@ struct AckEntry {
 pub(super) struct AckTable {
     waiting: HashMap<u64, AckEntry>,
     generation: u64,
+}
+
+/// Event requests on their way whose ack id is not known yet, by sequence
+/// number: the ones an ack answer may be about.
+#[derive(Default)]
+struct OpenPosts {
+    next: u64,
+    open: BTreeSet<u64>,
+}
+
+pub(super) struct PostsInFlight(watch::Sender<OpenPosts>);
+
+impl Default for PostsInFlight {
+    fn default() -> Self {
+        PostsInFlight(watch::Sender::new(OpenPosts::default()))
+    }
+}
+
+/// One event request on its way; dropped once its answer (and ack id) has
+/// been noted, or when it failed or was cancelled.
+pub(super) struct PostInFlight<'a> {
+    posts: &'a PostsInFlight,
+    seq: u64,
+}
+
+impl PostsInFlight {
+    /// Call right before the request is sent.
+    pub(super) fn begin(&self) -> PostInFlight<'_> {
+        let mut seq = 0;
+        self.0.send_modify(|p| {
+            seq = p.next;
+            p.next += 1;
+            p.open.insert(seq);
+        });
+        PostInFlight { posts: self, seq }
+    }
+
+    /// Waits until every request begun so far has come back. Bounded by the
+    /// request timeout.
+    async fn settled(&self) {
+        let horizon = self.0.borrow().next;
+        let mut rx = self.0.subscribe();
+        let _ = rx
+            .wait_for(|p| p.open.first().is_none_or(|first| *first >= horizon))
+            .await;
+    }
+}
+
+impl Drop for PostInFlight<'_> {
+    fn drop(&mut self) {
+        let seq = self.seq;
+        self.posts.0.send_modify(|p| {
+            p.open.remove(&seq);
+        });
+    }
 }
 
 /// What confirms one request's events: any ack id it got reading true.
@@ -70,6 +132,27 @@ impl Inner {
             .acks_pending
             .with_label_values(&[&self.name])
             .set(table.waiting.len() as i64);
+    }
+
+    /// Notes that HEC just issued ack `id` (before the request counts as
+    /// back): an entry with the same id is from before an indexer restart,
+    /// and HEC's answers about the id are now the new request's.
+    pub(super) fn note_issued(&self, id: u64) {
+        let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        if table.waiting.remove(&id).is_some() {
+            HEC_METRICS
+                .acks_expired
+                .with_label_values(&[&self.name])
+                .inc();
+            warn!(
+                sink = %self.name,
+                ack_id = id,
+                "HEC issued an ack id a second time on this channel: the indexer restarted \
+                 (or a load balancer switched indexers); the request that waited on it is \
+                 sent again at ack_timeout"
+            );
+            self.set_pending_gauge(&table);
+        }
     }
 
     /// Asks about ack `id` (just issued for a send of `acks`'s request)
@@ -221,6 +304,11 @@ impl Inner {
         match (status, reply.acks) {
             (200, Some(acks)) => {
                 self.count("ack", "0");
+                // A `true` may be about a request still on its way that got
+                // a reissued id: apply answers once those are back.
+                if acks.values().any(|v| *v) {
+                    self.posts.settled().await;
+                }
                 self.readiness.clear(&[
                     Trouble::Token,
                     Trouble::AckSetting,

@@ -69,7 +69,7 @@ const DEFAULT_MAX_BYTES: usize = 900_000;
 const DEFAULT_MAX_EVENTS: usize = 1000;
 mod acks;
 
-use acks::{ack_poller, AckTable, RequestAcks};
+use acks::{ack_poller, AckTable, PostsInFlight, RequestAcks};
 const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -286,7 +286,7 @@ static HEC_METRICS: LazyLock<HecMetrics> = LazyLock::new(|| {
             IntCounterVec::new(
                 Opts::new(
                     "auditrelay_hec_acks_expired_total",
-                    "HEC ack ids given up on: not true within twice ack_timeout.",
+                    "HEC ack ids given up on: not true within twice ack_timeout, or issued again after an indexer restart.",
                 ),
                 &["sink"],
             )
@@ -554,6 +554,8 @@ struct Inner {
     readiness: Readiness,
     acks: Mutex<AckTable>,
     ack_wake: Notify,
+    /// Event requests whose ack id is not known yet.
+    posts: PostsInFlight,
     permits: Semaphore,
     /// No event request before this instant: a Retry-After pauses the
     /// whole sink, not only the request that got it.
@@ -694,6 +696,7 @@ impl SplunkHecSink {
             },
             acks: Mutex::new(AckTable::default()),
             ack_wake: Notify::new(),
+            posts: PostsInFlight::default(),
             permits: Semaphore::new(cfg.concurrency.max(1)),
             paused_until: Mutex::new(None),
             sent_any: AtomicBool::new(false),
@@ -787,6 +790,7 @@ impl Inner {
         if self.cfg.indexer_ack {
             req = req.header(CHANNEL_HEADER, self.channel.clone());
         }
+        let _in_flight = self.posts.begin();
         let (status, retry_after, answer) = match req.body(body).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -827,6 +831,9 @@ impl Inner {
         };
         let (label, answer) = classify(status, retry_after, &answer);
         self.count("event", &label);
+        if let (true, Answer::Accepted { ack_id: Some(id) }) = (self.cfg.indexer_ack, &answer) {
+            self.note_issued(*id);
+        }
         // Set while the permit is held, so no other request slips in.
         self.pause_for(&answer);
         answer
