@@ -677,7 +677,14 @@ impl SyslogSink {
                 .truncated
                 .with_label_values(&[&self.name])
                 .inc_by(frames.truncated as u64);
-            warn!(sink = %self.name, messages = frames.truncated, max_message_size = self.max_message(), "syslog message bodies cut to fit max_message_size");
+            let shortened = metrics().events_truncated.clone();
+            shortened
+                .with_label_values(&[&self.name, source, "values"])
+                .inc_by((frames.truncated - frames.summarized) as u64);
+            shortened
+                .with_label_values(&[&self.name, source, "summary"])
+                .inc_by(frames.summarized as u64);
+            warn!(sink = %self.name, messages = frames.truncated, summarized = frames.summarized, max_message_size = self.max_message(), "syslog message bodies shortened to fit max_message_size (values cut and marked; summarized: only id, time and type kept); raise max_message_size here and on the receiver to keep them whole");
         }
         let mut backoff = Backoff::new(self.common.retry);
         let mut state = self.state.lock().await;
