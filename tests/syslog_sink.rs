@@ -308,7 +308,7 @@ async fn hostile_contents_never_break_or_merge_frames() {
 }
 
 #[tokio::test]
-async fn oversized_messages_are_cut_to_a_valid_frame() {
+async fn oversized_messages_arrive_as_valid_frames_with_json_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let rs = Rsyslog::start(dir.path()).await;
     for (input, address) in [
@@ -333,8 +333,21 @@ async fn oversized_messages_are_cut_to_a_valid_frame() {
             match r.sd_param("truncated") {
                 Some(n) => {
                     assert_eq!(n.parse::<usize>().unwrap(), body.len());
-                    assert!(body.starts_with(&r.msg) && r.msg.len() < body.len());
-                    assert!(r.raw.len() > limit - 8, "cut far below the limit");
+                    assert!(r.msg.len() < body.len());
+                    // What the SIEM's JSON extraction sees: the event, with
+                    // only its long strings cut and marked.
+                    let got: Value = serde_json::from_str(&r.msg).unwrap_or_else(|err| {
+                        panic!("{input}: the shortened body is not JSON ({err}): {}", r.msg)
+                    });
+                    let sent: Value = serde_json::from_slice(&e.raw).unwrap();
+                    assert_eq!(got["request_id"], sent["request_id"]);
+                    assert_eq!(got["nested"], sent["nested"], "short values stay whole");
+                    let note = got["note"].as_str().unwrap();
+                    let at = note.rfind("…[truncated ").expect("marker");
+                    assert!(sent["note"].as_str().unwrap().starts_with(&note[..at]));
+                    // One long value: the cap is bisected to within a
+                    // character or escape (at most 12 bytes) of the limit.
+                    assert!(r.raw.len() > limit - 16, "cut far below the limit");
                 }
                 None => assert_eq!(r.msg, body),
             }
@@ -349,6 +362,12 @@ async fn oversized_messages_are_cut_to_a_valid_frame() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("auditrelay_syslog_truncated_total{sink=\"sys\"}")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "auditrelay_sink_events_truncated_total{how=\"values\",sink=\"sys\",source=\"veza\"} "
+        ) && !l.ends_with(" 0")),
         "{text}"
     );
 }
