@@ -27,6 +27,7 @@
 
 mod encode;
 pub mod relp;
+mod replay;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -441,34 +442,21 @@ enum Conn {
 /// those bytes were acknowledged by TCP, so their batches were confirmed,
 /// yet the receiver never saw them. On a reset (or any failure other than a
 /// clean close) the window is written again on the next connection, before
-/// anything new: at least once across receiver restarts and crashes.
+/// anything new: at least once across receiver restarts and crashes. The
+/// window is also on disk ([`replay`]), so it survives our own restarts.
 #[derive(Default)]
 struct State {
     conn: Option<Conn>,
-    window: std::collections::VecDeque<bytes::Bytes>,
-    window_bytes: usize,
+    window: replay::Window,
     /// The window must be resent before the next batch.
     replay: bool,
+    /// This instance's replay file, opened (and the windows of earlier
+    /// instances adopted) before the first TCP/TLS batch.
+    log: Option<Arc<std::sync::Mutex<replay::ReplayLog>>>,
     /// A send was under way; still set when it was cancelled midway (a
     /// reload aborting a pipeline whose drain timed out), and then the
     /// connection may end inside a frame: never write after that.
     sending: bool,
-}
-
-impl State {
-    fn remember(&mut self, frames: bytes::Bytes, cap: usize) {
-        self.window_bytes += frames.len();
-        self.window.push_back(frames);
-        while self.window_bytes > cap && self.window.len() > 1 {
-            if let Some(old) = self.window.pop_front() {
-                self.window_bytes -= old.len();
-            }
-        }
-        if self.window_bytes > cap {
-            self.window.clear();
-            self.window_bytes = 0;
-        }
-    }
 }
 
 pub struct SyslogSink {
@@ -485,6 +473,7 @@ pub struct SyslogSink {
     connected_before: AtomicBool,
     health: Health,
     dead_letters: DeadLetters,
+    state_dir: std::path::PathBuf,
 }
 
 impl SyslogSink {
@@ -524,6 +513,7 @@ impl SyslogSink {
             connected_before: AtomicBool::new(false),
             health: ctx.health,
             dead_letters: ctx.dead_letters,
+            state_dir: ctx.state_dir,
         })
     }
 
@@ -693,6 +683,9 @@ impl SyslogSink {
             warn!(sink = %self.name, "a send was cancelled midway; reconnecting");
             state.conn = None;
         }
+        if self.keeps_window() && state.log.is_none() {
+            self.open_replay_log(state).await?;
+        }
         // RELP: which messages are acknowledged, and how often each was refused.
         let mut acked = vec![false; events.len()];
         let mut refusals = vec![0u32; events.len()];
@@ -714,14 +707,14 @@ impl SyslogSink {
                 Conn::Udp(sock) => send_udp(sock, &frames).await,
                 Conn::Stream(s) => {
                     let replay: Vec<bytes::Bytes> = if state.replay {
-                        state.window.iter().cloned().collect()
+                        state.window.batches.iter().cloned().collect()
                     } else {
                         Vec::new()
                     };
                     match send_stream(s, &replay, &frames.buf, self.cfg.timeout).await {
                         Ok(()) => {
                             if state.replay {
-                                info!(sink = %self.name, bytes = state.window_bytes, "resent the frames written before the receiver reset the connection");
+                                info!(sink = %self.name, bytes = state.window.bytes, "resent the frames written before the receiver reset the connection (or before a restart)");
                                 state.replay = false;
                             }
                             Ok(())
@@ -730,7 +723,7 @@ impl SyslogSink {
                             if clean && !state.replay {
                                 // Closed with everything read: nothing to resend.
                                 state.window.clear();
-                                state.window_bytes = 0;
+                                self.persist(&state.log, None, &state.window).await.ok();
                             } else if !clean {
                                 state.replay = !state.window.is_empty();
                             }
@@ -772,13 +765,15 @@ impl SyslogSink {
             match result {
                 Ok(()) => {
                     let (count, bytes) = (frames.spans.len(), frames.buf.len());
-                    if self.cfg.replay_window > 0
-                        && matches!(self.target.transport, Transport::Tcp | Transport::Tls)
-                    {
-                        state.remember(
-                            std::mem::take(&mut frames.buf).into(),
-                            self.cfg.replay_window,
-                        );
+                    if self.keeps_window() {
+                        let sent = bytes::Bytes::from(std::mem::take(&mut frames.buf));
+                        state.window.push(sent.clone(), self.cfg.replay_window);
+                        // On disk before the batch counts as confirmed: a
+                        // crash from here on cannot lose it. Should that
+                        // fail, the batch is not confirmed (sent again).
+                        self.persist(&state.log, Some(sent), &state.window)
+                            .await
+                            .map_err(|e| anyhow::anyhow!("sinks.{}: {e}", self.name))?;
                     }
                     self.confirmed(source, events.len(), count, bytes);
                     return Ok(());
@@ -796,7 +791,83 @@ impl SyslogSink {
         }
     }
 
+    fn keeps_window(&self) -> bool {
+        self.cfg.replay_window > 0
+            && matches!(self.target.transport, Transport::Tcp | Transport::Tls)
+    }
+
+    /// Opens this instance's replay file; the windows earlier instances
+    /// left (a crash, a restart, the sink a reload replaced) are resent
+    /// before the first batch.
+    async fn open_replay_log(&self, state: &mut State) -> anyhow::Result<()> {
+        let (dir, name, cap) = (
+            self.state_dir.clone(),
+            self.name.to_string(),
+            self.cfg.replay_window,
+        );
+        let opened =
+            tokio::task::spawn_blocking(move || replay::ReplayLog::open(&dir, &name, cap)).await;
+        let path = replay::replay_dir(&self.state_dir, &self.name);
+        let (log, adopted) = opened
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "sinks.{}: cannot open the replay window in {}: {e}",
+                    self.name,
+                    path.display()
+                )
+            })?;
+        for damaged in &adopted.damaged {
+            warn!(sink = %self.name, file = %damaged.display(), "replay file ends in a torn or corrupt record (a crash mid-write): the records before it are resent");
+        }
+        if !adopted.window.is_empty() {
+            info!(sink = %self.name, bytes = adopted.window.bytes, "resending the replay window of a previous run before the first batch");
+            for b in adopted.window.batches {
+                state.window.push(b, self.cfg.replay_window);
+            }
+            state.replay = true;
+        }
+        state.log = Some(Arc::new(std::sync::Mutex::new(log)));
+        Ok(())
+    }
+
+    /// Appends `sent` to the replay file, or (`None`) rewrites the file
+    /// with `window`.
+    async fn persist(
+        &self,
+        log: &Option<Arc<std::sync::Mutex<replay::ReplayLog>>>,
+        sent: Option<bytes::Bytes>,
+        window: &replay::Window,
+    ) -> Result<(), String> {
+        let Some(log) = log.clone() else {
+            return Ok(());
+        };
+        // Cheap clones (reference counts) for the blocking thread.
+        let snapshot = replay::Window {
+            batches: window.batches.clone(),
+            bytes: window.bytes,
+        };
+        let done = tokio::task::spawn_blocking(move || {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            match sent {
+                Some(sent) => log.append(&sent, &snapshot),
+                None => log.rewrite(&snapshot),
+            }
+        })
+        .await;
+        let result = match done {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &result {
+            warn!(sink = %self.name, dir = %replay::replay_dir(&self.state_dir, &self.name).display(), error = %e, "cannot write the replay window");
+        }
+        result.map_err(|e| format!("cannot write the replay window: {e}"))
+    }
+
     fn max_message(&self) -> usize {
+
         self.cfg
             .max_message_size
             .unwrap_or_else(|| self.target.default_max_message())
