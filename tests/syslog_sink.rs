@@ -778,3 +778,103 @@ async fn throughput_to_rsyslog_over_tcp_and_tls() {
         );
     }
 }
+
+/// The demo source's committed position: the next sequence number.
+fn committed(state: &Path) -> Option<u64> {
+    let data = std::fs::read(state.join("checkpoints/demo.checkpoint")).ok()?;
+    let nl = data.iter().position(|b| *b == b'\n')?;
+    let v: Value = serde_json::from_slice(&data[nl + 1..]).ok()?;
+    v["next"].as_u64()
+}
+
+/// Issue 14, item 6: the receiver's kernel acknowledged frames (so their
+/// batches were confirmed and checkpointed), then the receiver lost them
+/// and reset the connection, while auditrelay was SIGKILLed. After the
+/// restart every one of them must arrive: the replay window was on disk.
+#[tokio::test]
+async fn frames_a_receiver_lost_while_the_daemon_was_killed_arrive_after_the_restart() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(true).await;
+    let config = dir.path().join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[server]
+listen = "127.0.0.1:{port}"
+[sources.demo]
+type = "demo"
+rate = 400
+batch_size = 20
+[sinks.sys]
+type = "syslog"
+inputs = ["demo"]
+address = "tcp://127.0.0.1:{receiver}"
+retry = {{ initial = "20ms", max = "200ms" }}
+"#,
+            state = state.display(),
+            port = support::daemon::free_port(),
+            receiver = receiver.port,
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    // Run until a few hundred frames were acknowledged, thrown away and
+    // their batches checkpointed.
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(30), |lost, _| lost.len() >= 300)
+            .await,
+        "no frames arrived: {}",
+        daemon.log_text()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while committed(&state).unwrap_or(0) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.kill().await;
+    let before_kill = committed(&state).unwrap();
+    receiver.reset_connections();
+    receiver.set_losing(false);
+    let lost: HashSet<String> = receiver.lost().into_iter().collect();
+    // Only the replay window can bring these back: the source resumes
+    // after them.
+    let checkpointed: HashSet<String> = (0..before_kill).map(|i| format!("demo-{i:012}")).collect();
+    assert!(
+        checkpointed.is_subset(&lost),
+        "checkpointed yet never sent?"
+    );
+
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    let all_back = receiver
+        .wait_until(Duration::from_secs(30), |_, kept| {
+            let kept: HashSet<&String> = kept.iter().collect();
+            checkpointed.iter().all(|id| kept.contains(id))
+        })
+        .await;
+    daemon.kill().await;
+    let kept: HashSet<String> = receiver.kept().into_iter().collect();
+    let missing: Vec<&String> = checkpointed.difference(&kept).collect();
+    assert!(
+        all_back && missing.is_empty(),
+        "{} of {} checkpointed frames the receiver lost never came back (first: {:?})\n{}",
+        missing.len(),
+        checkpointed.len(),
+        missing.iter().min(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("resending the replay window of a previous run"),
+        "the restart did not resend the window"
+    );
+}

@@ -16,6 +16,7 @@ pub mod pull_fake;
 pub mod quickztna_fake;
 pub mod rsyslog;
 pub mod sink;
+pub mod syslog_receiver;
 pub mod tls;
 pub mod veza_fake;
 pub mod veza_list_fake;
