@@ -16,8 +16,11 @@
 //!   with our bytes unread in its socket resets the connection instead of
 //!   closing it cleanly, so on a reset the last `replay_window` bytes of
 //!   confirmed frames are written again on the next connection (duplicates,
-//!   never loss). Left uncovered: a receiver that read frames and lost them
-//!   itself, or a host that vanished without a reset. RELP has no such gap.
+//!   never loss). The window is on disk before a batch is confirmed
+//!   ([`replay`]), so a restart, SIGKILL or reload of auditrelay resends it
+//!   too. Left uncovered: a receiver that read frames and lost them itself,
+//!   frames older than the window, or a host that vanished without a
+//!   reset. RELP has no such gap.
 //! - `udp://`: best effort. Each message is one datagram; a datagram that
 //!   the network or the receiver drops is not noticed by anyone.
 //!
@@ -867,7 +870,6 @@ impl SyslogSink {
     }
 
     fn max_message(&self) -> usize {
-
         self.cfg
             .max_message_size
             .unwrap_or_else(|| self.target.default_max_message())

@@ -172,7 +172,11 @@ impl ReplayLog {
             return self.rewrite(window);
         }
         let mut record = Vec::with_capacity(RECORD_HEAD + frames.len());
-        record.extend_from_slice(&u32::try_from(frames.len()).map_err(io::Error::other)?.to_le_bytes());
+        record.extend_from_slice(
+            &u32::try_from(frames.len())
+                .map_err(io::Error::other)?
+                .to_le_bytes(),
+        );
         record.extend_from_slice(&crc32fast::hash(frames).to_le_bytes());
         record.extend_from_slice(frames);
         self.file.write_all(&record)?;
@@ -202,7 +206,11 @@ fn write_new(dir: &Path, path: &Path, window: &Window) -> io::Result<File> {
             .open(&tmp)?;
         let mut buf = MAGIC.to_vec();
         for b in &window.batches {
-            buf.extend_from_slice(&u32::try_from(b.len()).map_err(io::Error::other)?.to_le_bytes());
+            buf.extend_from_slice(
+                &u32::try_from(b.len())
+                    .map_err(io::Error::other)?
+                    .to_le_bytes(),
+            );
             buf.extend_from_slice(&crc32fast::hash(b).to_le_bytes());
             buf.extend_from_slice(b);
         }
@@ -265,12 +273,19 @@ mod tests {
         }
         // A reload builds the new instance while the old one still runs.
         let (second, adopted) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
-        assert!(adopted.window.is_empty(), "the live instance's file is its own");
+        assert!(
+            adopted.window.is_empty(),
+            "the live instance's file is its own"
+        );
         drop(second);
         // The old one goes (or is SIGKILLed: the kernel drops its lock).
         drop(first);
         let (third, adopted) = ReplayLog::open(dir.path(), "sys", 6).unwrap();
-        assert_eq!(frames(&adopted.window), [&b"cccc"[..]], "bounded by the window");
+        assert_eq!(
+            frames(&adopted.window),
+            [&b"cccc"[..]],
+            "bounded by the window"
+        );
         assert!(adopted.damaged.is_empty());
         drop(third);
         // The third wrote what it adopted into its own file first.
@@ -280,7 +295,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
-        assert_eq!(left.len(), 2, "only the live instance's lock and file: {left:?}");
+        assert_eq!(
+            left.len(),
+            2,
+            "only the live instance's lock and file: {left:?}"
+        );
     }
 
     #[test]
