@@ -787,17 +787,9 @@ fn committed(state: &Path) -> Option<u64> {
     v["next"].as_u64()
 }
 
-/// Issue 14, item 6: the receiver's kernel acknowledged frames (so their
-/// batches were confirmed and checkpointed), then the receiver lost them
-/// and reset the connection, while auditrelay was SIGKILLed. After the
-/// restart every one of them must arrive: the replay window was on disk.
-#[tokio::test]
-async fn frames_a_receiver_lost_while_the_daemon_was_killed_arrive_after_the_restart() {
-    use support::syslog_receiver::SyslogReceiver;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    let receiver = SyslogReceiver::start(true).await;
-    let config = dir.path().join("daemon.toml");
+/// A daemon config: the demo source (400 events/s) into a TCP syslog sink.
+fn replay_config(dir: &Path, receiver: u16, port: u16, timeout: &str) -> std::path::PathBuf {
+    let config = dir.join("daemon.toml");
     std::fs::write(
         &config,
         format!(
@@ -812,18 +804,23 @@ batch_size = 20
 type = "syslog"
 inputs = ["demo"]
 address = "tcp://127.0.0.1:{receiver}"
+timeout = "{timeout}"
 retry = {{ initial = "20ms", max = "200ms" }}
 "#,
-            state = state.display(),
-            port = support::daemon::free_port(),
-            receiver = receiver.port,
+            state = dir.join("state").display(),
         ),
     )
     .unwrap();
-    let log = dir.path().join("daemon.log");
-    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
-    // Run until a few hundred frames were acknowledged, thrown away and
-    // their batches checkpointed.
+    config
+}
+
+/// Waits (bounded) until the receiver threw away 300 frames and the
+/// checkpoint passed 200 events: confirmed, committed, and lost.
+async fn run_into_a_losing_receiver(
+    receiver: &support::syslog_receiver::SyslogReceiver,
+    state: &Path,
+    daemon: &support::daemon::Daemon,
+) {
     assert!(
         receiver
             .wait_until(Duration::from_secs(30), |lost, _| lost.len() >= 300)
@@ -831,8 +828,9 @@ retry = {{ initial = "20ms", max = "200ms" }}
         "no frames arrived: {}",
         daemon.log_text()
     );
+    // The checkpoint file is the only sign from outside: poll it.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while committed(&state).unwrap_or(0) < 200 {
+    while committed(state).unwrap_or(0) < 200 {
         assert!(
             std::time::Instant::now() < deadline,
             "no checkpoint: {}",
@@ -840,41 +838,105 @@ retry = {{ initial = "20ms", max = "200ms" }}
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for every id below `next` at the honest receiver; panics naming
+/// what is missing.
+async fn assert_all_back(
+    receiver: &support::syslog_receiver::SyslogReceiver,
+    next: u64,
+    log: &Path,
+) {
+    let want: HashSet<String> = (0..next).map(|i| format!("demo-{i:012}")).collect();
+    receiver
+        .wait_until(Duration::from_secs(30), |_, kept| {
+            let kept: HashSet<&String> = kept.iter().collect();
+            want.iter().all(|id| kept.contains(id))
+        })
+        .await;
+    let kept: HashSet<String> = receiver.kept().into_iter().collect();
+    let missing: Vec<&String> = want.difference(&kept).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} checkpointed frames the receiver lost never came back (first: {:?})\n{}",
+        missing.len(),
+        want.len(),
+        missing.iter().min(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Issue 14, item 6: the receiver's kernel acknowledged frames (so their
+/// batches were confirmed and checkpointed), then the receiver lost them
+/// and reset the connection, while auditrelay was SIGKILLed. After the
+/// restart every one of them must arrive: the replay window was on disk.
+#[tokio::test]
+async fn frames_a_receiver_lost_while_the_daemon_was_killed_arrive_after_the_restart() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(true).await;
+    let config = replay_config(
+        dir.path(),
+        receiver.port,
+        support::daemon::free_port(),
+        "5s",
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    run_into_a_losing_receiver(&receiver, &state, &daemon).await;
     daemon.kill().await;
     let before_kill = committed(&state).unwrap();
     receiver.reset_connections();
     receiver.set_losing(false);
     let lost: HashSet<String> = receiver.lost().into_iter().collect();
-    // Only the replay window can bring these back: the source resumes
-    // after them.
-    let checkpointed: HashSet<String> = (0..before_kill).map(|i| format!("demo-{i:012}")).collect();
     assert!(
-        checkpointed.is_subset(&lost),
+        (0..before_kill).all(|i| lost.contains(&format!("demo-{i:012}"))),
         "checkpointed yet never sent?"
     );
-
+    // Only the replay window can bring these back: the source resumes
+    // after them.
     let mut daemon = support::daemon::Daemon::spawn(&config, &log);
-    let all_back = receiver
-        .wait_until(Duration::from_secs(30), |_, kept| {
-            let kept: HashSet<&String> = kept.iter().collect();
-            checkpointed.iter().all(|id| kept.contains(id))
-        })
-        .await;
+    assert_all_back(&receiver, before_kill, &log).await;
     daemon.kill().await;
-    let kept: HashSet<String> = receiver.kept().into_iter().collect();
-    let missing: Vec<&String> = checkpointed.difference(&kept).collect();
-    assert!(
-        all_back && missing.is_empty(),
-        "{} of {} checkpointed frames the receiver lost never came back (first: {:?})\n{}",
-        missing.len(),
-        checkpointed.len(),
-        missing.iter().min(),
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
     assert!(
         std::fs::read_to_string(&log)
             .unwrap()
             .contains("resending the replay window of a previous run"),
         "the restart did not resend the window"
+    );
+}
+
+/// The same across a SIGHUP that changes the sink: the new sink instance
+/// is built while the old one still runs; it takes the old one's window
+/// over once the old one is gone, and resends it.
+#[tokio::test]
+async fn frames_a_receiver_lost_around_a_reload_of_the_sink_arrive_after_it() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(true).await;
+    let port = support::daemon::free_port();
+    let config = replay_config(dir.path(), receiver.port, port, "5s");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    run_into_a_losing_receiver(&receiver, &state, &daemon).await;
+    replay_config(dir.path(), receiver.port, port, "6s");
+    receiver.reset_connections();
+    receiver.set_losing(false);
+    let before_reload = committed(&state).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert_all_back(&receiver, before_reload, &log).await;
+    daemon.kill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("config reloaded"), "{text}");
+    let files: Vec<String> = std::fs::read_dir(state.join("syslog_replay/sys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "one .lock and one .replay: the old instance's were adopted and removed: {files:?}"
     );
 }
