@@ -82,8 +82,12 @@ fn hostile_events(prefix: &str) -> Vec<Event> {
         .collect()
 }
 
+/// A sink named `sys`. Each one gets a state directory of its own: sinks
+/// built one after another in one state directory are restarts of one sink,
+/// and the later one would resend the earlier one's TCP/TLS replay window.
 fn build(dir: &Path, sink_toml: &str) -> (Arc<dyn Sink>, Health, DeadLetters) {
-    let cfg_path = dir.join(format!("c-{}.toml", rand::random::<u32>()));
+    let instance = rand::random::<u32>();
+    let cfg_path = dir.join(format!("c-{instance}.toml"));
     std::fs::write(
         &cfg_path,
         format!(
@@ -98,7 +102,7 @@ fn build(dir: &Path, sink_toml: &str) -> (Arc<dyn Sink>, Health, DeadLetters) {
     let sink = cfg.sinks["sys"]
         .build(SinkContext {
             name: "sys".into(),
-            state_dir: dir.to_path_buf(),
+            state_dir: dir.join(format!("state-{instance}")),
             health: health.clone(),
             dead_letters: dl.clone(),
         })

@@ -808,8 +808,13 @@ impl SyslogSink {
             self.name.to_string(),
             self.cfg.replay_window,
         );
+        let framing = match self.cfg.framing.unwrap_or(Framing::OctetCounting) {
+            Framing::OctetCounting => "octet_counting",
+            Framing::Lf => "lf",
+        };
         let opened =
-            tokio::task::spawn_blocking(move || replay::ReplayLog::open(&dir, &name, cap)).await;
+            tokio::task::spawn_blocking(move || replay::ReplayLog::open(&dir, &name, cap, framing))
+                .await;
         let path = replay::replay_dir(&self.state_dir, &self.name);
         let (log, adopted) = opened
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -821,6 +826,9 @@ impl SyslogSink {
                     path.display()
                 )
             })?;
+        for discarded in &adopted.discarded {
+            warn!(sink = %self.name, file = %discarded.display(), framing, "replay window of a previous run written with another framing (or unreadable): removed unsent, as its frames would break this connection's framing");
+        }
         for damaged in &adopted.damaged {
             warn!(sink = %self.name, file = %damaged.display(), "replay file ends in a torn or corrupt record (a crash mid-write): the records before it are resent");
         }

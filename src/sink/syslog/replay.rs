@@ -25,7 +25,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-const MAGIC: &[u8] = b"auditrelay-syslog-replay v1\n";
+/// The first line of a file: `auditrelay-syslog-replay v1 framing=…`. Frames
+/// are stored framed, so only an instance with the same framing may send
+/// them (octet-counted frames on an LF connection would break the stream).
+const MAGIC: &str = "auditrelay-syslog-replay v1 framing=";
 const RECORD_HEAD: usize = 8;
 
 /// Frames of recent batches, oldest first, at most `cap` bytes (a single
@@ -61,6 +64,8 @@ impl Window {
 /// One sink instance's replay file.
 pub struct ReplayLog {
     dir: PathBuf,
+    /// The first line of the file.
+    header: Vec<u8>,
     path: PathBuf,
     file: File,
     /// Held for the life of the instance; released by the kernel on a crash.
@@ -74,6 +79,8 @@ pub struct Adopted {
     pub window: Window,
     /// Files whose last record was torn or failed its checksum.
     pub damaged: Vec<PathBuf>,
+    /// Files of another framing (or unreadable), removed unsent.
+    pub discarded: Vec<PathBuf>,
 }
 
 static INSTANCES: AtomicU64 = AtomicU64::new(0);
@@ -85,7 +92,13 @@ pub fn replay_dir(state_dir: &Path, sink: &str) -> PathBuf {
 impl ReplayLog {
     /// Creates this instance's file and adopts what earlier instances of
     /// sink `sink` left behind (already written into the new file).
-    pub fn open(state_dir: &Path, sink: &str, cap: usize) -> io::Result<(ReplayLog, Adopted)> {
+    pub fn open(
+        state_dir: &Path,
+        sink: &str,
+        cap: usize,
+        framing: &str,
+    ) -> io::Result<(ReplayLog, Adopted)> {
+        let header = format!("{MAGIC}{framing}\n").into_bytes();
         let dir = replay_dir(state_dir, sink);
         fs::create_dir_all(&dir)?;
         let nanos = std::time::SystemTime::now()
@@ -107,6 +120,7 @@ impl ReplayLog {
         let mut adopted = Adopted {
             window: Window::default(),
             damaged: Vec::new(),
+            discarded: Vec::new(),
         };
         let mut orphans = Vec::new();
         let mut entries: Vec<PathBuf> = fs::read_dir(&dir)?
@@ -128,15 +142,17 @@ impl ReplayLog {
             }
             let data = lock_path.with_extension("replay");
             match fs::read(&data) {
-                Ok(bytes) => {
-                    let (batches, intact) = decode(&bytes);
-                    if !intact {
-                        adopted.damaged.push(data.clone());
+                Ok(bytes) => match decode(&bytes, &header) {
+                    Some((batches, intact)) => {
+                        if !intact {
+                            adopted.damaged.push(data.clone());
+                        }
+                        for b in batches {
+                            adopted.window.push(b, cap);
+                        }
                     }
-                    for b in batches {
-                        adopted.window.push(b, cap);
-                    }
-                }
+                    None => adopted.discarded.push(data.clone()),
+                },
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
@@ -144,7 +160,8 @@ impl ReplayLog {
         }
         let path = dir.join(format!("{id}.replay"));
         let mut log = ReplayLog {
-            file: write_new(&dir, &path, &adopted.window)?,
+            file: write_new(&dir, &path, &header, &adopted.window)?,
+            header,
             file_bytes: 0,
             dir,
             path,
@@ -188,7 +205,7 @@ impl ReplayLog {
     /// Replaces the file's contents with `window` (empty after the
     /// receiver closed cleanly: it read everything).
     pub fn rewrite(&mut self, window: &Window) -> io::Result<()> {
-        self.file = write_new(&self.dir, &self.path, window)?;
+        self.file = write_new(&self.dir, &self.path, &self.header, window)?;
         self.file_bytes = self.file.metadata()?.len();
         File::open(&self.dir)?.sync_all()
     }
@@ -196,7 +213,7 @@ impl ReplayLog {
 
 /// Writes `window` to `path` through a temp file and a rename, and returns
 /// the file opened for appending.
-fn write_new(dir: &Path, path: &Path, window: &Window) -> io::Result<File> {
+fn write_new(dir: &Path, path: &Path, header: &[u8], window: &Window) -> io::Result<File> {
     let tmp = path.with_extension("tmp");
     {
         let mut f = OpenOptions::new()
@@ -204,7 +221,7 @@ fn write_new(dir: &Path, path: &Path, window: &Window) -> io::Result<File> {
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        let mut buf = MAGIC.to_vec();
+        let mut buf = header.to_vec();
         for b in &window.batches {
             buf.extend_from_slice(
                 &u32::try_from(b.len())
@@ -223,39 +240,44 @@ fn write_new(dir: &Path, path: &Path, window: &Window) -> io::Result<File> {
 }
 
 /// The batches of a replay file, and whether it was read to its end
-/// without a torn or corrupt record (reading stops at the first one).
-fn decode(bytes: &[u8]) -> (Vec<Bytes>, bool) {
-    let Some(mut rest) = bytes.strip_prefix(MAGIC) else {
-        return (Vec::new(), bytes.is_empty());
-    };
+/// without a torn or corrupt record (reading stops at the first one);
+/// `None` when it does not start with `header` (another framing). An empty
+/// file (a crash before its first write) holds nothing.
+fn decode(bytes: &[u8], header: &[u8]) -> Option<(Vec<Bytes>, bool)> {
+    if bytes.is_empty() {
+        return Some((Vec::new(), true));
+    }
+    let mut rest = bytes.strip_prefix(header)?;
     let mut out = Vec::new();
     while !rest.is_empty() {
         if rest.len() < RECORD_HEAD {
-            return (out, false);
+            return Some((out, false));
         }
         let mut len = [0u8; 4];
         let mut crc = [0u8; 4];
         let mut head = &rest[..RECORD_HEAD];
         // Reading from a slice of the right length cannot fail.
         if head.read_exact(&mut len).is_err() || head.read_exact(&mut crc).is_err() {
-            return (out, false);
+            return Some((out, false));
         }
         let len = u32::from_le_bytes(len) as usize;
         let Some(frames) = rest.get(RECORD_HEAD..RECORD_HEAD + len) else {
-            return (out, false);
+            return Some((out, false));
         };
         if crc32fast::hash(frames) != u32::from_le_bytes(crc) {
-            return (out, false);
+            return Some((out, false));
         }
         out.push(Bytes::copy_from_slice(frames));
         rest = &rest[RECORD_HEAD + len..];
     }
-    (out, true)
+    Some((out, true))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const OC: &str = "octet_counting";
 
     fn frames(w: &Window) -> Vec<&[u8]> {
         w.batches.iter().map(|b| &b[..]).collect()
@@ -264,7 +286,7 @@ mod tests {
     #[test]
     fn a_dead_instance_s_window_is_adopted_once_and_a_live_one_s_never() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut first, adopted) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
+        let (mut first, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert!(adopted.window.is_empty());
         let mut w = Window::default();
         for b in [&b"aaaa"[..], b"bbbb", b"cccc"] {
@@ -272,7 +294,7 @@ mod tests {
             first.append(b, &w).unwrap();
         }
         // A reload builds the new instance while the old one still runs.
-        let (second, adopted) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
+        let (second, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert!(
             adopted.window.is_empty(),
             "the live instance's file is its own"
@@ -280,7 +302,7 @@ mod tests {
         drop(second);
         // The old one goes (or is SIGKILLed: the kernel drops its lock).
         drop(first);
-        let (third, adopted) = ReplayLog::open(dir.path(), "sys", 6).unwrap();
+        let (third, adopted) = ReplayLog::open(dir.path(), "sys", 6, OC).unwrap();
         assert_eq!(
             frames(&adopted.window),
             [&b"cccc"[..]],
@@ -289,7 +311,7 @@ mod tests {
         assert!(adopted.damaged.is_empty());
         drop(third);
         // The third wrote what it adopted into its own file first.
-        let (_fourth, adopted) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
+        let (_fourth, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert_eq!(frames(&adopted.window), [&b"cccc"[..]]);
         let left: Vec<_> = fs::read_dir(replay_dir(dir.path(), "sys"))
             .unwrap()
@@ -303,9 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn frames_of_another_framing_are_never_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut lf, _) = ReplayLog::open(dir.path(), "sys", 100, "lf").unwrap();
+        let mut w = Window::default();
+        w.push(Bytes::from_static(b"<134>1 - - - - - - x\n"), 100);
+        lf.append(b"<134>1 - - - - - - x\n", &w).unwrap();
+        let lf_file = lf.path.clone();
+        drop(lf);
+        let (_oc, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+        assert!(adopted.window.is_empty());
+        assert_eq!(adopted.discarded, [lf_file.clone()]);
+        assert!(!lf_file.exists());
+    }
+
+    #[test]
     fn a_torn_or_corrupt_tail_keeps_the_records_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
+        let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         let mut w = Window::default();
         for b in [&b"one"[..], b"two"] {
             w.push(Bytes::copy_from_slice(b), 100);
@@ -316,11 +353,13 @@ mod tests {
         let mut bytes = fs::read(&path).unwrap();
         let whole = bytes.len();
         bytes.truncate(whole - 1);
-        assert_eq!(decode(&bytes), (vec![Bytes::from_static(b"one")], false));
+        let header = format!("{MAGIC}{OC}\n").into_bytes();
+        let one = Some((vec![Bytes::from_static(b"one")], false));
+        assert_eq!(decode(&bytes, &header), one);
         bytes.push(b'X');
-        assert_eq!(decode(&bytes), (vec![Bytes::from_static(b"one")], false));
+        assert_eq!(decode(&bytes, &header), one);
         fs::write(&path, &bytes).unwrap();
-        let (_log, adopted) = ReplayLog::open(dir.path(), "sys", 100).unwrap();
+        let (_log, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert_eq!(frames(&adopted.window), [&b"one"[..]]);
         assert_eq!(adopted.damaged, [path]);
     }
@@ -328,7 +367,7 @@ mod tests {
     #[test]
     fn rewriting_keeps_only_the_window() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = ReplayLog::open(dir.path(), "sys", 4).unwrap();
+        let (mut log, _) = ReplayLog::open(dir.path(), "sys", 4, OC).unwrap();
         let mut w = Window::default();
         let batch = vec![b'x'; 4];
         w.push(Bytes::copy_from_slice(&batch), 4);
@@ -336,10 +375,13 @@ mod tests {
         log.append(&batch, &w).unwrap();
         assert_eq!(
             fs::metadata(&log.path).unwrap().len() as usize,
-            MAGIC.len() + RECORD_HEAD + 4
+            MAGIC.len() + OC.len() + 1 + RECORD_HEAD + 4
         );
         w.clear();
         log.rewrite(&w).unwrap();
-        assert_eq!(fs::read(&log.path).unwrap(), MAGIC);
+        assert_eq!(
+            fs::read(&log.path).unwrap(),
+            format!("{MAGIC}{OC}\n").as_bytes()
+        );
     }
 }
