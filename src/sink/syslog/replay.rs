@@ -335,7 +335,7 @@ mod tests {
         drop(lf);
         let (_oc, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert!(adopted.window.is_empty());
-        assert_eq!(adopted.discarded, [lf_file.clone()]);
+        assert_eq!(adopted.discarded, std::slice::from_ref(&lf_file));
         assert!(!lf_file.exists());
     }
 
