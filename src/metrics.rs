@@ -206,6 +206,10 @@ impl Metrics {
         self.sink_retries.with_label_values(&[sink]);
         self.sink_requests.with_label_values(&[sink, "ok"]);
         self.sink_batch_seconds.with_label_values(&[sink]);
+        for how in ["values", "summary"] {
+            self.events_truncated
+                .with_label_values(&[sink, source, how]);
+        }
     }
 
     /// A source left the config: its lag must not keep growing (and firing
