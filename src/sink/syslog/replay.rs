@@ -127,8 +127,8 @@ impl ReplayLog {
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "lock"))
             .collect();
-        // Oldest instance first (ids start with pid; the order among dead
-        // instances only decides which duplicates come first).
+        // Oldest instance first (by when its lock file was made), so a
+        // window over the cap keeps the newest frames.
         entries.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
         for lock_path in entries {
             if lock_path.file_stem() == Some(id.as_ref()) {
@@ -176,6 +176,8 @@ impl ReplayLog {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
+            // A temp file of a rewrite the owner did not finish.
+            let _ = fs::remove_file(data.with_extension("tmp"));
             let _ = fs::remove_file(&lock_path);
         }
         File::open(&log.dir)?.sync_all()?;
