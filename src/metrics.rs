@@ -27,6 +27,7 @@ pub struct Metrics {
     pub events_delivered: IntCounterVec,
     pub events_failed: IntCounterVec,
     pub events_dead_lettered: IntCounterVec,
+    pub events_truncated: IntCounterVec,
     pub sink_requests: IntCounterVec,
     pub sink_retries: IntCounterVec,
     pub sink_batch_seconds: HistogramVec,
@@ -133,6 +134,12 @@ impl Metrics {
             events_delivered: counter(&r, "events_delivered_total", "Events confirmed by a sink.", &["sink", "source"]),
             events_failed: counter(&r, "events_failed_total", "Events in a delivery attempt that failed and will be retried.", &["sink", "source"]),
             events_dead_lettered: counter(&r, "events_dead_lettered_total", "Events a sink rejected permanently, written to its dead-letter file.", &["sink", "source"]),
+            events_truncated: counter(
+                &r,
+                "sink_events_truncated_total",
+                "Events a sink shortened to fit its size limit: how = values (longest values cut and marked, the body still parses) or summary (only id, time and type kept).",
+                &["sink", "source", "how"],
+            ),
             sink_requests: counter(&r, "sink_requests_total", "Requests or writes of a sink by outcome.", &["sink", "outcome"]),
             sink_retries: counter(&r, "sink_retries_total", "Sink deliveries retried after a transient failure.", &["sink"]),
             sink_batch_seconds: histogram(&r, "sink_batch_latency_seconds", "Time from fetching a batch to its confirmation by a sink.", &["sink"]),
@@ -215,6 +222,10 @@ impl Metrics {
         self.sink_requests.with_label_values(&[sink, "ok"]);
         self.sink_batch_seconds.with_label_values(&[sink]);
         self.sink_panics.with_label_values(&[sink]);
+        for how in ["values", "summary"] {
+            self.events_truncated
+                .with_label_values(&[sink, source, how]);
+        }
     }
 
     /// A source left the config: its lag must not keep growing (and firing

@@ -82,8 +82,12 @@ fn hostile_events(prefix: &str) -> Vec<Event> {
         .collect()
 }
 
+/// A sink named `sys`. Each one gets a state directory of its own: sinks
+/// built one after another in one state directory are restarts of one sink,
+/// and the later one would resend the earlier one's TCP/TLS replay window.
 fn build(dir: &Path, sink_toml: &str) -> (Arc<dyn Sink>, Health, DeadLetters) {
-    let cfg_path = dir.join(format!("c-{}.toml", rand::random::<u32>()));
+    let instance = rand::random::<u32>();
+    let cfg_path = dir.join(format!("c-{instance}.toml"));
     std::fs::write(
         &cfg_path,
         format!(
@@ -98,7 +102,7 @@ fn build(dir: &Path, sink_toml: &str) -> (Arc<dyn Sink>, Health, DeadLetters) {
     let sink = cfg.sinks["sys"]
         .build(SinkContext {
             name: "sys".into(),
-            state_dir: dir.to_path_buf(),
+            state_dir: dir.join(format!("state-{instance}")),
             health: health.clone(),
             dead_letters: dl.clone(),
         })
@@ -308,7 +312,7 @@ async fn hostile_contents_never_break_or_merge_frames() {
 }
 
 #[tokio::test]
-async fn oversized_messages_are_cut_to_a_valid_frame() {
+async fn oversized_messages_arrive_as_valid_frames_with_json_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let rs = Rsyslog::start(dir.path()).await;
     for (input, address) in [
@@ -333,8 +337,21 @@ async fn oversized_messages_are_cut_to_a_valid_frame() {
             match r.sd_param("truncated") {
                 Some(n) => {
                     assert_eq!(n.parse::<usize>().unwrap(), body.len());
-                    assert!(body.starts_with(&r.msg) && r.msg.len() < body.len());
-                    assert!(r.raw.len() > limit - 8, "cut far below the limit");
+                    assert!(r.msg.len() < body.len());
+                    // What the SIEM's JSON extraction sees: the event, with
+                    // only its long strings cut and marked.
+                    let got: Value = serde_json::from_str(&r.msg).unwrap_or_else(|err| {
+                        panic!("{input}: the shortened body is not JSON ({err}): {}", r.msg)
+                    });
+                    let sent: Value = serde_json::from_slice(&e.raw).unwrap();
+                    assert_eq!(got["request_id"], sent["request_id"]);
+                    assert_eq!(got["nested"], sent["nested"], "short values stay whole");
+                    let note = got["note"].as_str().unwrap();
+                    let at = note.rfind("…[truncated ").expect("marker");
+                    assert!(sent["note"].as_str().unwrap().starts_with(&note[..at]));
+                    // One long value: the cap is bisected to within a
+                    // character or escape (at most 12 bytes) of the limit.
+                    assert!(r.raw.len() > limit - 16, "cut far below the limit");
                 }
                 None => assert_eq!(r.msg, body),
             }
@@ -349,6 +366,12 @@ async fn oversized_messages_are_cut_to_a_valid_frame() {
     assert!(
         text.lines()
             .any(|l| l.starts_with("auditrelay_syslog_truncated_total{sink=\"sys\"}")),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "auditrelay_sink_events_truncated_total{how=\"values\",sink=\"sys\",source=\"veza\"} "
+        ) && !l.ends_with(" 0")),
         "{text}"
     );
 }
@@ -758,4 +781,166 @@ async fn throughput_to_rsyslog_over_tcp_and_tls() {
             limit as f64 / written.as_secs_f64()
         );
     }
+}
+
+/// The demo source's committed position: the next sequence number.
+fn committed(state: &Path) -> Option<u64> {
+    let data = std::fs::read(state.join("checkpoints/demo.checkpoint")).ok()?;
+    let nl = data.iter().position(|b| *b == b'\n')?;
+    let v: Value = serde_json::from_slice(&data[nl + 1..]).ok()?;
+    v["next"].as_u64()
+}
+
+/// A daemon config: the demo source (400 events/s) into a TCP syslog sink.
+fn replay_config(dir: &Path, receiver: u16, port: u16, timeout: &str) -> std::path::PathBuf {
+    let config = dir.join("daemon.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state_dir = "{state}"
+[server]
+listen = "127.0.0.1:{port}"
+[sources.demo]
+type = "demo"
+rate = 400
+batch_size = 20
+[sinks.sys]
+type = "syslog"
+inputs = ["demo"]
+address = "tcp://127.0.0.1:{receiver}"
+timeout = "{timeout}"
+retry = {{ initial = "20ms", max = "200ms" }}
+"#,
+            state = dir.join("state").display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// Waits (bounded) until the receiver threw away 300 frames and the
+/// checkpoint passed 200 events: confirmed, committed, and lost.
+async fn run_into_a_losing_receiver(
+    receiver: &support::syslog_receiver::SyslogReceiver,
+    state: &Path,
+    daemon: &support::daemon::Daemon,
+) {
+    assert!(
+        receiver
+            .wait_until(Duration::from_secs(30), |lost, _| lost.len() >= 300)
+            .await,
+        "no frames arrived: {}",
+        daemon.log_text()
+    );
+    // The checkpoint file is the only sign from outside: poll it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while committed(state).unwrap_or(0) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for every id below `next` at the honest receiver; panics naming
+/// what is missing.
+async fn assert_all_back(
+    receiver: &support::syslog_receiver::SyslogReceiver,
+    next: u64,
+    log: &Path,
+) {
+    let want: HashSet<String> = (0..next).map(|i| format!("demo-{i:012}")).collect();
+    receiver
+        .wait_until(Duration::from_secs(30), |_, kept| {
+            let kept: HashSet<&String> = kept.iter().collect();
+            want.iter().all(|id| kept.contains(id))
+        })
+        .await;
+    let kept: HashSet<String> = receiver.kept().into_iter().collect();
+    let missing: Vec<&String> = want.difference(&kept).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} checkpointed frames the receiver lost never came back (first: {:?})\n{}",
+        missing.len(),
+        want.len(),
+        missing.iter().min(),
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Issue 14, item 6: the receiver's kernel acknowledged frames (so their
+/// batches were confirmed and checkpointed), then the receiver lost them
+/// and reset the connection, while auditrelay was SIGKILLed. After the
+/// restart every one of them must arrive: the replay window was on disk.
+#[tokio::test]
+async fn frames_a_receiver_lost_while_the_daemon_was_killed_arrive_after_the_restart() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(true).await;
+    let config = replay_config(
+        dir.path(),
+        receiver.port,
+        support::daemon::free_port(),
+        "5s",
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    run_into_a_losing_receiver(&receiver, &state, &daemon).await;
+    daemon.kill().await;
+    let before_kill = committed(&state).unwrap();
+    receiver.reset_connections();
+    receiver.set_losing(false);
+    let lost: HashSet<String> = receiver.lost().into_iter().collect();
+    assert!(
+        (0..before_kill).all(|i| lost.contains(&format!("demo-{i:012}"))),
+        "checkpointed yet never sent?"
+    );
+    // Only the replay window can bring these back: the source resumes
+    // after them.
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    assert_all_back(&receiver, before_kill, &log).await;
+    daemon.kill().await;
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("resending the replay window of a previous run"),
+        "the restart did not resend the window"
+    );
+}
+
+/// The same across a SIGHUP that changes the sink: the new sink instance
+/// is built while the old one still runs; it takes the old one's window
+/// over once the old one is gone, and resends it.
+#[tokio::test]
+async fn frames_a_receiver_lost_around_a_reload_of_the_sink_arrive_after_it() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(true).await;
+    let port = support::daemon::free_port();
+    let config = replay_config(dir.path(), receiver.port, port, "5s");
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    run_into_a_losing_receiver(&receiver, &state, &daemon).await;
+    replay_config(dir.path(), receiver.port, port, "6s");
+    receiver.reset_connections();
+    receiver.set_losing(false);
+    let before_reload = committed(&state).unwrap();
+    daemon.signal(libc::SIGHUP);
+    assert_all_back(&receiver, before_reload, &log).await;
+    daemon.kill().await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("config reloaded"), "{text}");
+    let files: Vec<String> = std::fs::read_dir(state.join("syslog_replay/sys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        files.len(),
+        2,
+        "one .lock and one .replay: the old instance's were adopted and removed: {files:?}"
+    );
 }

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
+use super::shorten;
 use super::siem::SiemEvent;
 
 /// Keys this encoder writes itself; extra fields may not reuse them.
@@ -37,16 +38,32 @@ pub fn valid_key(key: &str) -> bool {
 
 /// Writes one CEF record (no trailing newline).
 pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>) {
+    write_capped(out, e, usize::MAX);
+}
+
+/// [`write`] with the event's values (extension values, the type and name
+/// in the header) cut to `cap` bytes and marked (see
+/// [`shorten::capped`]); the cut comes before escaping, so escapes stay
+/// whole.
+pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     let kind = e.event_type.unwrap_or("audit");
     out.extend_from_slice(b"CEF:0|");
     // Name: the last path segment of RPC/URL-style types (`DeleteUser`).
     let name = kind.rsplit('/').find(|s| !s.is_empty()).unwrap_or(kind);
-    for field in [e.vendor, e.product, e.version, kind, name] {
+    for field in [e.vendor, e.product, e.version] {
         header(out, field);
         out.push(b'|');
     }
+    for field in [kind, name] {
+        header(out, &shorten::capped(field, cap));
+        out.push(b'|');
+    }
     let _ = write!(out, "{}|", e.severity.siem_scale());
-    let mut ext = Extensions { out, first: true };
+    let mut ext = Extensions {
+        out,
+        first: true,
+        cap,
+    };
     if let Some(t) = e.time {
         ext.put("rt", &t.timestamp_millis().to_string());
     }
@@ -87,6 +104,7 @@ pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>) {
 struct Extensions<'a> {
     out: &'a mut Vec<u8>,
     first: bool,
+    cap: usize,
 }
 
 impl Extensions<'_> {
@@ -103,7 +121,7 @@ impl Extensions<'_> {
         self.first = false;
         self.out.extend_from_slice(key.as_bytes());
         self.out.push(b'=');
-        for b in value.bytes() {
+        for b in shorten::capped(value, self.cap).bytes() {
             match b {
                 b'\\' => self.out.extend_from_slice(b"\\\\"),
                 b'=' => self.out.extend_from_slice(b"\\="),

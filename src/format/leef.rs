@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 
+use super::shorten;
 use super::siem::SiemEvent;
 use super::syslog::writable_time;
 
@@ -81,22 +82,27 @@ fn declare(delim: char) -> String {
 
 /// Writes one LEEF 2.0 record (no trailing newline).
 pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char) {
+    write_capped(out, e, delim, usize::MAX);
+}
+
+/// [`write`] with the event's values (attribute values, the event type in
+/// the header) cut to `cap` bytes and marked (see [`shorten::capped`]);
+/// the cut comes before escaping, so escapes stay whole.
+pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usize) {
     out.extend_from_slice(b"LEEF:2.0|");
-    for field in [
-        e.vendor,
-        e.product,
-        e.version,
-        e.event_type.unwrap_or("audit"),
-    ] {
+    for field in [e.vendor, e.product, e.version] {
         header(out, field);
         out.push(b'|');
     }
+    header(out, &shorten::capped(e.event_type.unwrap_or("audit"), cap));
+    out.push(b'|');
     out.extend_from_slice(declare(delim).as_bytes());
     out.push(b'|');
     let mut attrs = Attrs {
         out,
         delim,
         first: true,
+        cap,
     };
     // A time devTimeFormat cannot read is left out: QRadar then uses the
     // time it received the event.
@@ -140,6 +146,7 @@ struct Attrs<'a> {
     out: &'a mut Vec<u8>,
     delim: char,
     first: bool,
+    cap: usize,
 }
 
 impl Attrs<'_> {
@@ -157,7 +164,7 @@ impl Attrs<'_> {
         self.first = false;
         self.out.extend_from_slice(key.as_bytes());
         self.out.push(b'=');
-        for b in value.bytes() {
+        for b in shorten::capped(value, self.cap).bytes() {
             match b {
                 b'\\' => self.out.extend_from_slice(b"\\\\"),
                 b'\n' => self.out.extend_from_slice(b"\\n"),

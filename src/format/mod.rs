@@ -8,6 +8,7 @@ pub mod leef;
 pub mod ndjson;
 pub mod rfc3164;
 pub mod rfc5424;
+pub mod shorten;
 pub mod siem;
 pub mod syslog;
 

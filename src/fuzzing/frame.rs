@@ -188,14 +188,16 @@ pub fn syslog_encoder(data: &[u8]) {
     };
     if truncated {
         assert!(
-            full_body.starts_with(body) && body.len() < full_body.len(),
-            "a cut body is not a prefix of the whole body"
+            body.len() < full_body.len(),
+            "a shortened body is not shorter"
         );
-        let run = body.iter().rev().take_while(|c| **c == b'\\').count();
-        assert_eq!(run % 2, 0, "cut inside an escape");
     } else {
         assert_eq!(body, full_body);
     }
+    assert!(
+        !body.contains(&b'\n') && !body.contains(&b'\r'),
+        "a line break in the shortened body"
+    );
     assert!(
         !full_body.contains(&b'\n') && !full_body.contains(&b'\r'),
         "a line break in the body"
@@ -207,10 +209,15 @@ pub fn syslog_encoder(data: &[u8]) {
                 .map(|c| if matches!(c, b'\n' | b'\r') { b' ' } else { *c })
                 .collect();
             assert_eq!(full_body, &compact[..], "the JSON body is not the event");
+            if truncated {
+                check_shortened_json(&compact, body);
+            }
         }
         Body::Cef => {
-            read_cef(body, false);
+            let (cut_header, cut_ext) = read_cef(body, true);
             let (header, ext) = read_cef(full_body, true);
+            same_or_marked(&cut_header, &header, "CEF header");
+            same_or_marked_pairs(&cut_ext, &ext, "CEF extension");
             let kind = event.kind.as_deref().unwrap_or("audit");
             let name = kind.rsplit('/').find(|s| !s.is_empty()).unwrap_or(kind);
             let want: Vec<String> = [VENDOR, PRODUCT, VERSION, kind, name]
@@ -221,8 +228,10 @@ pub fn syslog_encoder(data: &[u8]) {
             check_pairs(&ext, &event, &source, "externalId", "cs2");
         }
         Body::Leef => {
-            read_leef(body, delimiter, false);
+            let (cut_header, cut_attrs) = read_leef(body, delimiter, true);
             let (header, attrs) = read_leef(full_body, delimiter, true);
+            same_or_marked(&cut_header, &header, "LEEF header");
+            same_or_marked_pairs(&cut_attrs, &attrs, "LEEF attribute");
             let kind = event.kind.as_deref().unwrap_or("audit");
             let want: Vec<String> = [VENDOR, PRODUCT, VERSION, kind]
                 .iter()
@@ -244,6 +253,88 @@ pub fn syslog_encoder(data: &[u8]) {
                 );
             }
         }
+    }
+}
+
+/// A shortened JSON body parses; it is the event (`raw`: as compacted onto
+/// one line) with string values cut
+/// and marked, or (pathological events, bodies that were not JSON) the
+/// summary object.
+fn check_shortened_json(raw: &[u8], body: &[u8]) {
+    let cut: serde_json::Value = serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "a shortened JSON body does not parse ({e}): {}",
+            String::from_utf8_lossy(body)
+        )
+    });
+    if cut.get("auditrelay_truncated").is_some()
+        && serde_json::from_slice::<serde_json::Value>(raw)
+            .map_or(true, |v| v.get("auditrelay_truncated").is_none())
+    {
+        return;
+    }
+    let whole: serde_json::Value = serde_json::from_slice(raw).expect("shortened values of JSON");
+    assert!(
+        json_shape(&whole, &cut),
+        "the shortened body is not the event with values cut"
+    );
+}
+
+fn json_shape(whole: &serde_json::Value, cut: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (whole, cut) {
+        (Value::String(w), Value::String(c)) => marked_prefix(w, c),
+        (Value::Array(w), Value::Array(c)) => {
+            w.len() == c.len() && w.iter().zip(c).all(|(a, b)| json_shape(a, b))
+        }
+        (Value::Object(w), Value::Object(c)) => {
+            w.len() == c.len()
+                && w.iter()
+                    .all(|(k, a)| c.get(k).is_some_and(|b| json_shape(a, b)))
+        }
+        _ => whole == cut,
+    }
+}
+
+/// `cut` is `whole`, or a prefix of it followed by the truncation marker.
+/// (JSON values are compared decoded: the marker counts escaped bytes, so
+/// only its shape is checked there.)
+fn marked_prefix(whole: &str, cut: &str) -> bool {
+    if whole == cut {
+        return true;
+    }
+    let Some(at) = cut.rfind("…[truncated ") else {
+        return false;
+    };
+    whole.starts_with(&cut[..at])
+        && cut[at..]
+            .strip_prefix("…[truncated ")
+            .and_then(|m| m.strip_suffix(" bytes]"))
+            .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n > 0))
+}
+
+fn same_or_marked(cut: &[String], whole: &[String], what: &str) {
+    assert_eq!(cut.len(), whole.len(), "{what}: fields");
+    for (c, w) in cut.iter().zip(whole) {
+        assert!(
+            c == w || (marked_prefix(w, c) && c.len() < w.len()),
+            "{what}: {c:?} is not {w:?} cut and marked"
+        );
+    }
+}
+
+fn same_or_marked_pairs(cut: &[(String, String)], whole: &[(String, String)], what: &str) {
+    assert_eq!(cut.len(), whole.len(), "{what}s");
+    for ((ck, cv), (wk, wv)) in cut.iter().zip(whole) {
+        assert_eq!(ck, wk, "{what} keys");
+        // CEF/LEEF values are cut before escaping: the marker counts the
+        // value's own bytes exactly.
+        let exact = cv == wv
+            || cv.rfind('…').is_some_and(|at| {
+                wv.starts_with(&cv[..at])
+                    && cv[at..] == crate::format::shorten::marker(wv.len() - at)
+            });
+        assert!(exact, "{what} {ck}: {cv:?} is not {wv:?} cut and marked");
     }
 }
 

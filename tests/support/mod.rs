@@ -17,6 +17,7 @@ pub mod quickztna_fake;
 pub mod redirect;
 pub mod rsyslog;
 pub mod sink;
+pub mod syslog_receiver;
 pub mod tls;
 pub mod veza_fake;
 pub mod veza_list_fake;

@@ -1,10 +1,13 @@
 //! Turns events into syslog frames: severity, header, structured data, body,
 //! the size limit, and the framing of the transport.
 //!
-//! Size limit: the header is never cut; the body is cut at a character
-//! boundary (never inside an escape) so the message fits, and RFC 5424
-//! messages then carry `truncated="<original body bytes>"` in their SD
-//! element. The frame therefore stays valid and the cut is visible. Should
+//! Size limit: the header is never cut; the body is shortened so the
+//! message fits and stays valid in its format: a JSON body keeps its
+//! structure with its longest string values cut and marked, CEF/LEEF keep
+//! every key with their longest values cut and marked (see
+//! [`crate::format::shorten`]). RFC 5424 messages then carry
+//! `truncated="<original body bytes>"` in their SD element. The frame
+//! therefore stays valid, the body parses, and the cut is visible. Should
 //! the header and SD element alone not fit (a 255-byte hostname beside ids
 //! and types that escape to twice their size), the SD values of that
 //! message are cut shorter until they do.
@@ -21,7 +24,7 @@ use crate::event::{scalar_text, Event, FieldPath};
 use crate::format::fields::{is_success, lookup, text_of, AuditFacts, Fields};
 use crate::format::siem::SiemEvent;
 use crate::format::syslog::{cut_escaped, pri, short_name, Facility, Severity};
-use crate::format::{cef, leef, ndjson, rfc3164, rfc5424};
+use crate::format::{cef, leef, ndjson, rfc3164, rfc5424, shorten};
 
 /// SD-PARAM values are cut to this many bytes (before escaping) so the
 /// header and SD always leave room for a body.
@@ -59,6 +62,8 @@ pub struct Scratch {
     body: Vec<u8>,
     head: Vec<u8>,
     extra: Vec<(String, String)>,
+    /// JSON bodies that had to become the summary object.
+    summaries: usize,
 }
 
 /// A batch encoded: all frames back to back, and where each one is.
@@ -66,8 +71,11 @@ pub struct Scratch {
 pub struct Frames {
     pub buf: Vec<u8>,
     pub spans: Vec<Range<usize>>,
-    /// Messages whose body was cut to fit `max_message_size`.
+    /// Messages whose body was shortened to fit `max_message_size`.
     pub truncated: usize,
+    /// Of those, JSON bodies that became the summary object (see
+    /// [`shorten`](crate::format::shorten)).
+    pub summarized: usize,
 }
 
 impl Frames {
@@ -142,6 +150,7 @@ impl Encoder {
             buf: Vec::with_capacity(events.iter().map(|e| e.raw.len() + 160).sum()),
             spans: Vec::with_capacity(events.len()),
             truncated: 0,
+            summarized: 0,
         };
         let mut scratch = Scratch::default();
         for e in events {
@@ -151,6 +160,7 @@ impl Encoder {
             }
             frames.spans.push(start..frames.buf.len());
         }
+        frames.summarized = scratch.summaries;
         frames
     }
 
@@ -176,6 +186,25 @@ impl Encoder {
             self.severity_of(parsed.as_ref(), &facts)
         };
         s.body.clear();
+        let siem = |out: &mut Vec<u8>, extra: &[(String, String)], cap: usize| {
+            let siem = SiemEvent {
+                vendor: &self.vendor,
+                product: &self.product,
+                version: &self.version,
+                event_type: event.kind.as_deref(),
+                id: event.id.as_deref(),
+                time: event.time,
+                source,
+                severity,
+                facts: &facts,
+                extra,
+            };
+            if self.body == Body::Cef {
+                cef::write_capped(out, &siem, cap);
+            } else {
+                leef::write_capped(out, &siem, self.delimiter, cap);
+            }
+        };
         match self.body {
             Body::Json => ndjson::push_compact(&mut s.body, &event.raw),
             Body::Cef | Body::Leef => {
@@ -187,29 +216,12 @@ impl Encoder {
                         }
                     }
                 }
-                let siem = SiemEvent {
-                    vendor: &self.vendor,
-                    product: &self.product,
-                    version: &self.version,
-                    event_type: event.kind.as_deref(),
-                    id: event.id.as_deref(),
-                    time: event.time,
-                    source,
-                    severity,
-                    facts: &facts,
-                    extra: &s.extra,
-                };
-                if self.body == Body::Cef {
-                    cef::write(&mut s.body, &siem);
-                } else {
-                    leef::write(&mut s.body, &siem, self.delimiter);
-                }
+                siem(&mut s.body, &s.extra, usize::MAX);
             }
         }
         self.head(&mut s.head, source, event, severity, None, SD_VALUE_MAX);
         let mut truncated = false;
-        let mut body_len = s.body.len();
-        if s.head.len() + body_len > self.max_message {
+        if s.head.len() + s.body.len() > self.max_message {
             truncated = true;
             let original = s.body.len();
             // With empty values the head is under 500 bytes, below the
@@ -230,9 +242,41 @@ impl Encoder {
                 value_max /= 2;
             }
             let room = self.max_message.saturating_sub(s.head.len());
-            body_len = cut_escaped(&s.body, room);
+            let shortened = match self.body {
+                Body::Json => {
+                    let who = shorten::Identity {
+                        id: event.id.as_deref(),
+                        time: event.time,
+                        kind: event.kind.as_deref(),
+                    };
+                    shorten::json(&s.body, room, &who).map(|b| match b {
+                        shorten::Shortened::Values(b) => b,
+                        shorten::Shortened::Summary(b) => {
+                            s.summaries += 1;
+                            b
+                        }
+                    })
+                }
+                Body::Cef | Body::Leef => {
+                    let len = |cap| {
+                        let mut buf = Vec::with_capacity(room);
+                        siem(&mut buf, &s.extra, cap);
+                        buf
+                    };
+                    shorten::largest_cap(original, room, |cap| len(cap).len()).map(len)
+                }
+            };
+            match shortened {
+                Some(b) => s.body = b,
+                // Only with a room under 60 bytes, which the smallest
+                // max_message_size and the head cut above rule out.
+                None => {
+                    let keep = cut_escaped(&s.body, room);
+                    s.body.truncate(keep);
+                }
+            }
         }
-        let msg_len = s.head.len() + body_len;
+        let msg_len = s.head.len() + s.body.len();
         match self.framing {
             Some(Framing::OctetCounting) => {
                 let _ = write!(out, "{msg_len} ");
@@ -240,7 +284,7 @@ impl Encoder {
             Some(Framing::Lf) | None => {}
         }
         out.extend_from_slice(&s.head);
-        out.extend_from_slice(&s.body[..body_len]);
+        out.extend_from_slice(&s.body);
         if self.framing == Some(Framing::Lf) {
             out.push(b'\n');
         }
@@ -360,6 +404,7 @@ mod tests {
     use super::*;
     use bytes::Bytes;
     use chrono::TimeZone;
+    use serde_json::Value;
 
     fn cfg(extra: &str) -> SyslogConfig {
         let text = format!(
@@ -418,6 +463,139 @@ mod tests {
         let body = out.trim_end_matches('\n');
         let run = body.chars().rev().take_while(|c| *c == '\\').count();
         assert_eq!(run % 2, 0);
+    }
+
+    /// The body of an RFC 5424 message after its SD element.
+    fn rfc5424_body(msg: &str) -> &str {
+        let sd_end = msg.find("] ").expect("SD element");
+        &msg[sd_end + 2..]
+    }
+
+    /// A Veza-shaped event whose `details` outgrew the limit (issue 14: 1.3 %
+    /// of real events passed 8192 bytes).
+    fn large_veza_event(details: usize) -> String {
+        let details = r#"détail \"quoted\" \n "#.repeat(details / 20);
+        format!(
+            "{{\"request_id\":\"r-77\",\"persisted_at\":\"2026-03-15T08:42:00Z\",\
+             \"actor\":{{\"name\":\"alice@example.com\"}},\"status\":{{\"grpc_code\":\"OK\"}},\
+             \"request\":{{\"details\":\"{details}\",\"ids\":[1,2,3]}},\"note\":\"{}\"}}",
+            "n".repeat(600)
+        )
+    }
+
+    #[test]
+    fn a_cut_json_body_still_parses_and_keeps_its_short_fields() {
+        let c = cfg("");
+        let enc = Encoder::new(&c, Some(Framing::OctetCounting), 8192).unwrap();
+        let raw = large_veza_event(12_000);
+        let (out, truncated) = one(&enc, &event(&raw));
+        assert!(truncated);
+        let (len, msg) = out.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), msg.len());
+        assert!(msg.len() <= 8192, "{}", msg.len());
+        assert!(msg.contains(&format!("truncated=\"{}\"", raw.len())));
+        let body: Value = serde_json::from_str(rfc5424_body(msg)).expect("the body is JSON");
+        assert!(body.get("auditrelay_truncated").is_none(), "{body}");
+        assert_eq!(body["request_id"], "r-77");
+        assert_eq!(body["actor"]["name"], "alice@example.com");
+        assert_eq!(body["request"]["ids"], serde_json::json!([1, 2, 3]));
+        assert_eq!(
+            body["note"].as_str().unwrap().len(),
+            600,
+            "shorter values stay whole"
+        );
+        let details = body["request"]["details"].as_str().unwrap();
+        assert!(details.contains("…[truncated "), "{details}");
+        assert!(
+            msg.len() > 8000,
+            "as little as possible is cut: {}",
+            msg.len()
+        );
+    }
+
+    #[test]
+    fn cut_cef_and_leef_values_stay_escaped_and_marked() {
+        let raw = format!(
+            "{{\"actor\":{{\"name\":\"a=b\\\\c^{}\"}},\"url\":\"https://x/?q={}\",\"status\":{{\"grpc_code\":\"OK\"}}}}",
+            "=\\\\^\\n☃".repeat(400),
+            "u".repeat(3000)
+        );
+        let e = event(&raw);
+        for body in ["cef", "leef"] {
+            let c = cfg(&format!("\"body\":\"{body}\",\"max_message_size\":1024"));
+            let enc = Encoder::new(&c, Some(Framing::Lf), 1024).unwrap();
+            let (out, truncated) = one(&enc, &e);
+            assert!(truncated);
+            assert!(out.len() <= 1025, "{body}: {}", out.len());
+            let rec = rfc5424_body(out.trim_end_matches('\n'));
+            let (key, sep) = if body == "cef" {
+                ("suser=", " outcome=")
+            } else {
+                ("usrName=", "^outcome=")
+            };
+            let user = &rec[rec.find(key).unwrap() + key.len()..rec.find(sep).unwrap()];
+            // Every backslash starts a whole escape: the cut came before escaping.
+            let mut unescaped = String::new();
+            let mut chars = user.chars();
+            while let Some(ch) = chars.next() {
+                if ch == '\\' {
+                    match chars.next() {
+                        Some('n') => unescaped.push('\n'),
+                        Some(x @ ('\\' | '=' | '^')) => unescaped.push(x),
+                        other => panic!("{body}: bad escape \\{other:?} in {user}"),
+                    }
+                } else {
+                    assert!(ch != '=' || body == "leef", "{body}: bare = in {user}");
+                    assert!(ch != '^' || body == "cef", "{body}: bare ^ in {user}");
+                    unescaped.push(ch);
+                }
+            }
+            let full = format!("a=b\\c^{}", "=\\^\n☃".repeat(400));
+            let (kept, mark) = unescaped.split_at(unescaped.find('…').unwrap());
+            assert!(full.starts_with(kept), "{body}: {kept}");
+            assert_eq!(
+                mark,
+                format!("…[truncated {} bytes]", full.len() - kept.len())
+            );
+            assert!(rec.contains("OK"), "{body}: short values stay: {rec}");
+        }
+    }
+
+    #[test]
+    fn random_events_and_limits_give_parseable_bodies_within_the_limit() {
+        use rand::rngs::StdRng;
+        use rand::{Rng, SeedableRng};
+        let mut rng = StdRng::seed_from_u64(2);
+        const UNITS: [&str; 8] = ["a", "é", "😀", "\\n", "\\\"", "\\\\", "\\ud83d\\ude00", "]"];
+        for round in 0..400 {
+            let max = [1024, 1500, 2048, 8192][round % 4];
+            let mut raw = String::from("{");
+            for f in 0..rng.random_range(1..40) {
+                let longest = [5, 50, 3000][rng.random_range(0..3)];
+                let len = rng.random_range(0..longest);
+                let text: String = (0..len)
+                    .map(|_| UNITS[rng.random_range(0..UNITS.len())])
+                    .collect();
+                if f > 0 {
+                    raw.push(',');
+                }
+                raw.push_str(&format!("\"k{f}\":[\"{text}\",{f},{{\"n\":null}}]"));
+            }
+            raw.push('}');
+            let mut c = cfg(&format!("\"max_message_size\":{max}"));
+            if round % 3 == 0 {
+                c.format = Format::Rfc3164;
+            }
+            let enc = Encoder::new(&c, None, max).unwrap();
+            let (msg, _) = one(&enc, &event(&raw));
+            assert!(msg.len() <= max, "{} > {max}", msg.len());
+            let body = if round % 3 == 0 {
+                &msg[msg.find("]: ").unwrap() + 3..]
+            } else {
+                rfc5424_body(&msg)
+            };
+            serde_json::from_str::<Value>(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        }
     }
 
     #[test]

@@ -1,0 +1,363 @@
+//! The `[sinks.NAME]` keys of a syslog sink, their defaults and checks,
+//! and the parsed `address`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{require_positive, Problems, TlsConfig};
+use crate::event::FieldPath;
+use crate::format::fields::FieldMap;
+use crate::format::syslog::{Facility, Severity};
+use crate::format::{cef, leef, rfc5424};
+use crate::sink::SinkCommon;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    #[default]
+    Rfc5424,
+    Rfc3164,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    /// The event's JSON as received, on one line.
+    #[default]
+    Json,
+    Cef,
+    Leef,
+}
+
+/// RFC 6587 framing on stream transports.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// `LEN SP MSG`: any content is safe.
+    OctetCounting,
+    /// `MSG LF`: newlines inside a message are escaped first.
+    Lf,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct SyslogConfig {
+    /// `udp://host:port`, `tcp://host:port`, `tls://host:port`, `relp://host:port`.
+    pub address: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub body: Body,
+    /// Default `octet_counting` on TCP and TLS; not used by UDP and RELP,
+    /// which delimit messages themselves.
+    pub framing: Option<Framing>,
+    #[serde(default = "d_facility")]
+    pub facility: Facility,
+    /// Severity of every event unless one of the rules below applies.
+    #[serde(default = "d_severity")]
+    pub severity: Severity,
+    /// Severity of events whose outcome (see `fields.outcome`) is a failure.
+    #[serde(default = "d_failure_severity")]
+    pub failure_severity: Severity,
+    /// Takes the severity from this event field: its value is looked up in
+    /// `severity_values`, or read as a severity name or number.
+    pub severity_field: Option<String>,
+    #[serde(default)]
+    pub severity_values: BTreeMap<String, Severity>,
+    #[serde(default = "d_app_name")]
+    pub app_name: String,
+    /// Default: this machine's host name.
+    pub hostname: Option<String>,
+    /// Fixed MSGID; default: the event type (its last segment when long).
+    pub msgid: Option<String>,
+    /// SD-ID of the element carrying id, source and type.
+    #[serde(default = "d_sd_id")]
+    pub sd_id: String,
+    #[serde(default = "d_true")]
+    pub structured_data: bool,
+    /// Largest message (without framing); longer bodies are cut.
+    /// Default: 2048 on UDP, 8192 otherwise.
+    pub max_message_size: Option<usize>,
+    /// CEF/LEEF header: who produced the events.
+    #[serde(default = "d_vendor")]
+    pub vendor: String,
+    #[serde(default = "d_vendor")]
+    pub product: String,
+    #[serde(default = "d_product_version")]
+    pub product_version: String,
+    #[serde(default = "d_leef_delimiter")]
+    pub leef_delimiter: String,
+    #[serde(default)]
+    pub fields: FieldMap,
+    /// More CEF extension keys / LEEF attributes: `{ cs3 = "identity.session_id" }`.
+    #[serde(default)]
+    pub extra_fields: BTreeMap<String, String>,
+    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Bound on writing a batch and on waiting for its acknowledgement.
+    #[serde(default = "d_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// RELP messages in flight before waiting for acknowledgements.
+    #[serde(default = "d_relp_window")]
+    pub relp_window: usize,
+    /// TCP/TLS: bytes of recently confirmed frames kept to resend when the
+    /// receiver resets the connection (see the module docs); 0 disables.
+    #[serde(default = "d_replay_window")]
+    pub replay_window: usize,
+    /// After this many `rsp` refusals of the same message, RELP gives up on
+    /// it and writes it to the dead-letter file.
+    #[serde(default = "d_relp_max_refusals")]
+    pub relp_max_refusals: u32,
+}
+
+fn d_facility() -> Facility {
+    Facility::LOCAL0
+}
+fn d_severity() -> Severity {
+    Severity::INFO
+}
+fn d_failure_severity() -> Severity {
+    Severity::WARNING
+}
+fn d_app_name() -> String {
+    "auditrelay".into()
+}
+fn d_sd_id() -> String {
+    "auditrelay@32473".into()
+}
+fn d_true() -> bool {
+    true
+}
+fn d_vendor() -> String {
+    "auditrelay".into()
+}
+fn d_product_version() -> String {
+    env!("CARGO_PKG_VERSION").into()
+}
+fn d_leef_delimiter() -> String {
+    "^".into()
+}
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn d_relp_window() -> usize {
+    128
+}
+fn d_replay_window() -> usize {
+    8 * 1024 * 1024
+}
+fn d_relp_max_refusals() -> u32 {
+    3
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+    Relp,
+}
+
+/// A parsed `address`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl Target {
+    pub fn parse(address: &str) -> Result<Target, String> {
+        let (scheme, _) = address.split_once("://").ok_or_else(|| {
+            format!(
+                "\"{address}\" has no scheme (write udp://, tcp://, tls:// or relp://HOST:PORT)"
+            )
+        })?;
+        let (transport, default_port) = match scheme {
+            "udp" => (Transport::Udp, Some(514)),
+            "tcp" => (Transport::Tcp, None),
+            "tls" => (Transport::Tls, Some(6514)),
+            "relp" => (Transport::Relp, None),
+            other => {
+                return Err(format!(
+                    "scheme \"{other}\" is not supported (use udp, tcp, tls or relp)"
+                ))
+            }
+        };
+        let url = url::Url::parse(address).map_err(|e| format!("\"{address}\": {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not contain credentials".into());
+        }
+        if !matches!(url.path(), "" | "/") || url.query().is_some() {
+            return Err(format!("\"{address}\" must be just {scheme}://HOST:PORT"));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("\"{address}\" names no host"))?
+            .to_string();
+        let port = url
+            .port()
+            .or(default_port)
+            .ok_or_else(|| format!("\"{address}\" needs a port ({scheme} has no standard one)"))?;
+        Ok(Target {
+            transport,
+            host,
+            port,
+        })
+    }
+
+    pub(super) fn default_max_message(&self) -> usize {
+        match self.transport {
+            Transport::Udp => 2048,
+            _ => 8192,
+        }
+    }
+}
+
+/// Largest UDP payload over IPv4.
+const UDP_MAX: usize = 65_507;
+/// Smallest limit that always leaves room for the header and SD element.
+const MESSAGE_MIN: usize = 1024;
+
+impl SyslogConfig {
+    pub fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems) {
+        let target = match Target::parse(&self.address) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("{path}.address"), e);
+                None
+            }
+        };
+        if let Some(t) = &target {
+            if self.framing.is_some() && matches!(t.transport, Transport::Udp | Transport::Relp) {
+                problems.push(
+                    format!("{path}.framing"),
+                    "applies to tcp:// and tls:// only (UDP sends one message per datagram, RELP frames messages itself)",
+                );
+            }
+            if t.transport != Transport::Tls && common.tls != TlsConfig::default() {
+                problems.push(format!("{path}.tls"), "applies to tls:// addresses only");
+            }
+            if let Some(max) = self.max_message_size {
+                let upper = if t.transport == Transport::Udp {
+                    UDP_MAX
+                } else {
+                    16 * 1024 * 1024
+                };
+                if !(MESSAGE_MIN..=upper).contains(&max) {
+                    problems.push(
+                        format!("{path}.max_message_size"),
+                        format!("must be between {MESSAGE_MIN} and {upper} for this transport"),
+                    );
+                }
+            }
+        }
+        if rfc5424::token(&self.app_name, rfc5424::APP_NAME_MAX) == "-" {
+            problems.push(format!("{path}.app_name"), "must not be empty");
+        }
+        if !rfc5424::valid_sd_id(&self.sd_id) {
+            problems.push(
+                format!("{path}.sd_id"),
+                "must be 1-32 printable ASCII characters without space, =, ] or \" (e.g. auditrelay@32473)",
+            );
+        }
+        let delimiter = match leef::parse_delimiter(&self.leef_delimiter) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("{path}.leef_delimiter"), e);
+                None
+            }
+        };
+        self.fields.validate(path, problems);
+        if let Some(p) = &self.severity_field {
+            if let Err(e) = FieldPath::parse(p) {
+                problems.push(format!("{path}.severity_field"), e);
+            }
+        }
+        for (key, p) in &self.extra_fields {
+            let at = format!("{path}.extra_fields.{key}");
+            if let Err(e) = FieldPath::parse(p) {
+                problems.push(&at, e);
+            }
+            match self.body {
+                Body::Json => problems.push(
+                    &at,
+                    "extra_fields apply to body = \"cef\" or \"leef\" (the JSON body is the whole event)",
+                ),
+                Body::Cef if !cef::valid_key(key) || cef::RESERVED_KEYS.contains(&key.as_str()) => {
+                    problems.push(
+                        &at,
+                        format!(
+                            "not a free CEF extension key (letters/digits; not one of {})",
+                            cef::RESERVED_KEYS.join(", ")
+                        ),
+                    )
+                }
+                Body::Leef
+                    if key.is_empty()
+                        || key.contains(['=', ' ', '\t', '\n', '|'])
+                        || delimiter.is_some_and(|d| key.contains(d))
+                        || leef::RESERVED_KEYS.contains(&key.as_str()) =>
+                {
+                    problems.push(
+                        &at,
+                        format!(
+                            "not a free LEEF attribute name (no =, spaces or the delimiter; not one of {})",
+                            leef::RESERVED_KEYS.join(", ")
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+        if !(1..=4096).contains(&self.relp_window) {
+            problems.push(format!("{path}.relp_window"), "must be between 1 and 4096");
+        }
+        if self.relp_max_refusals == 0 {
+            problems.push(format!("{path}.relp_max_refusals"), "must be at least 1");
+        }
+        require_positive(self.timeout, &format!("{path}.timeout"), problems);
+        require_positive(
+            self.connect_timeout,
+            &format!("{path}.connect_timeout"),
+            problems,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        let t = Target::parse("tls://siem.example:6514").unwrap();
+        assert_eq!(
+            (t.transport, t.host.as_str(), t.port),
+            (Transport::Tls, "siem.example", 6514)
+        );
+        assert_eq!(Target::parse("udp://10.0.0.1").unwrap().port, 514);
+        assert_eq!(Target::parse("tls://h").unwrap().port, 6514);
+        assert_eq!(Target::parse("relp://[::1]:2514").unwrap().host, "[::1]");
+        assert!(Target::parse("tcp://h")
+            .unwrap_err()
+            .contains("needs a port"));
+        assert!(Target::parse("http://h:1")
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(Target::parse("h:514").unwrap_err().contains("no scheme"));
+        assert!(Target::parse("tcp://u:p@h:1").is_err());
+        assert!(Target::parse("tcp://h:1/x").is_err());
+    }
+}

@@ -1,0 +1,142 @@
+//! A plain TCP syslog receiver (RFC 6587 octet counting) that can lose
+//! what its kernel acknowledged, as a real receiver does when it crashes or
+//! restarts with frames in its buffers: in `losing` mode it reads every
+//! frame (so the sender's TCP stack sees each byte acknowledged) and throws
+//! it away; `reset_connections` closes every open connection with a reset.
+//! Frames are told apart by their SD `id="…"` parameter. Runs on
+//! 127.0.0.1:0 and stops when dropped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+#[derive(Default)]
+struct Inner {
+    losing: AtomicBool,
+    /// Ids of frames read while not losing, in arrival order.
+    kept: Mutex<Vec<String>>,
+    /// Ids of frames read and thrown away.
+    lost: Mutex<Vec<String>>,
+    arrived: Notify,
+}
+
+pub struct SyslogReceiver {
+    pub port: u16,
+    inner: Arc<Inner>,
+    resets: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl SyslogReceiver {
+    pub async fn start(losing: bool) -> SyslogReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let inner = Arc::new(Inner::default());
+        inner.losing.store(losing, Ordering::SeqCst);
+        let (resets, _) = watch::channel(0u64);
+        let (shared, reset_rx) = (inner.clone(), resets.subscribe());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                conns.spawn(serve(stream, shared.clone(), reset_rx.clone()));
+            }
+        });
+        SyslogReceiver {
+            port,
+            inner,
+            resets,
+            task,
+        }
+    }
+
+    pub fn set_losing(&self, losing: bool) {
+        self.inner.losing.store(losing, Ordering::SeqCst);
+    }
+
+    /// Resets (RST) every connection open now.
+    pub fn reset_connections(&self) {
+        self.resets.send_modify(|n| *n += 1);
+    }
+
+    pub fn lost(&self) -> Vec<String> {
+        self.inner.lost.lock().unwrap().clone()
+    }
+
+    pub fn kept(&self) -> Vec<String> {
+        self.inner.kept.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for (lost, kept), or `within` passes.
+    pub async fn wait_until(
+        &self,
+        within: Duration,
+        pred: impl Fn(&[String], &[String]) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let arrived = self.inner.arrived.notified();
+            if pred(&self.lost(), &self.kept()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return pred(&self.lost(), &self.kept());
+            }
+        }
+    }
+}
+
+impl Drop for SyslogReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(mut stream: TcpStream, inner: Arc<Inner>, mut resets: watch::Receiver<u64>) {
+    resets.borrow_and_update();
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = tokio::select! {
+            r = stream.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = resets.changed() => {
+                // SO_LINGER 0: close with a reset, as a crashing receiver's
+                // kernel does when unread data is left.
+                let _ = stream.set_zero_linger();
+                return;
+            }
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some((id, used)) = next_frame(&buf) {
+            buf.drain(..used);
+            let into = if inner.losing.load(Ordering::SeqCst) {
+                &inner.lost
+            } else {
+                &inner.kept
+            };
+            into.lock().unwrap().push(id);
+            inner.arrived.notify_waiters();
+        }
+    }
+}
+
+/// The SD id of the first whole octet-counted frame in `buf`, and the
+/// bytes it takes.
+fn next_frame(buf: &[u8]) -> Option<(String, usize)> {
+    let sp = buf.iter().position(|b| *b == b' ')?;
+    let len: usize = std::str::from_utf8(&buf[..sp]).ok()?.parse().ok()?;
+    let msg = buf.get(sp + 1..sp + 1 + len)?;
+    let text = String::from_utf8_lossy(msg);
+    let id = text
+        .split_once(" id=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map_or_else(String::new, |(id, _)| id.to_string());
+    Some((id, sp + 1 + len))
+}
