@@ -10,6 +10,7 @@ mod support;
 
 use std::time::Duration;
 
+use auditrelay::checkpoint::CheckpointStore;
 use chrono::{DateTime, Utc};
 use support::harness::{duplicates, metric_value, problems, wait_for_all, Setup};
 use support::quickztna_fake::{QuickztnaFake, QuickztnaFakeConfig};
@@ -279,4 +280,54 @@ async fn quickztna_more_entries_than_the_cap_between_two_polls_is_a_reported_gap
     // What the gap means: the oldest of the burst never arrived.
     assert_eq!(hook.count_of(&burst[0]), 0);
     assert_eq!(duplicates(&hook), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_checkpoint_without_journal_is_migrated_without_loss_or_repeat() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = WebhookReceiver::start(WebhookConfig {
+        id_field: "id".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut expected = fake.add_spread(80, ago(1800), ago(60));
+    // A run in the journal-less mode writes the older checkpoint format.
+    let setup = Setup::new("qz", &source(&fake, "journal = false"), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    wait_for_all(&expected, &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    let store = CheckpointStore::open(&setup.state_dir()).unwrap();
+    let old = String::from_utf8(store.load("qz").unwrap().expect("checkpoint")).unwrap();
+    assert!(old.contains("\"watermark\"") && !old.contains("\"journal\""), "{old}");
+
+    // The same source with the journal (the default) goes on from there.
+    let config = std::fs::read_to_string(&setup.config).unwrap();
+    std::fs::write(&setup.config, config.replace("journal = false", "")).unwrap();
+    expected.extend(fake.add_spread(40, ago(30), ago(1)));
+    let mut daemon = setup.spawn();
+    wait_for_all(&expected, &hook, &setup).await;
+    assert!(
+        fake.wait_for_requests(fake.stats().requests + 5, Duration::from_secs(30))
+            .await
+    );
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    let new = String::from_utf8(store.load("qz").unwrap().expect("checkpoint")).unwrap();
+    assert!(new.contains("\"journal\""), "not migrated: {new}");
+    assert_eq!(duplicates(&hook), 0, "the migration re-sent delivered entries");
+    assert_eq!(hook.unique_count(), expected.len());
 }

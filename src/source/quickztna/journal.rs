@@ -37,7 +37,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use prometheus::{IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
@@ -47,19 +46,17 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::api::Api;
+use super::poller::Poller;
 use super::window::{without_empty_id, Window};
 use crate::checkpoint::CheckpointStore;
 use crate::event::{Batch, Event, FieldExtractor};
-use crate::health::Health;
 use crate::metrics::metrics;
 use crate::source::poll::{dedup_key, WindowState};
 use crate::source::webhook_in::record_event;
-use crate::spool::{AppendError, Pos, Spool, Tail};
+use crate::spool::{Pos, Spool, Tail};
 
 /// About how many bytes of entries one batch takes from the journal.
 const BATCH_BYTES: usize = 4 << 20;
-/// Entries per journal append (one fsync each).
-const APPEND_ENTRIES: usize = 100;
 /// Largest journal segment: delivered entries are removed a segment at a time.
 const MAX_SEGMENT_BYTES: u64 = 16 << 20;
 /// How often an idle reader looks for commits that free journal segments.
@@ -67,7 +64,7 @@ const GC_RECHECK: Duration = Duration::from_millis(250);
 /// The name of the poller state in the journal directory.
 const POLLER_STATE: &str = "poller";
 
-static JOURNAL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub(super) static JOURNAL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = IntGaugeVec::new(
         Opts::new(
             "auditrelay_quickztna_journal_bytes",
@@ -79,7 +76,7 @@ static JOURNAL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     metrics().register(g)
 });
 
-static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+pub(super) static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = IntGaugeVec::new(
         Opts::new(
             "auditrelay_quickztna_journal_full",
@@ -120,10 +117,10 @@ impl Resume {
 
 /// The poller's own state, saved after each append.
 #[derive(Default, Deserialize, Serialize)]
-struct PollerState {
-    window: WindowState,
+pub(super) struct PollerState {
+    pub(super) window: WindowState,
     /// The journal's end when this state was saved.
-    appended: Option<Pos>,
+    pub(super) appended: Option<Pos>,
 }
 
 pub fn dir(state_dir: &Path, source: &str) -> PathBuf {
@@ -133,9 +130,9 @@ pub fn dir(state_dir: &Path, source: &str) -> PathBuf {
 /// The journal of one source: its segments and the poller state beside them.
 pub struct Journal {
     name: Arc<str>,
-    spool: Spool,
+    pub(super) spool: Spool,
     store: CheckpointStore,
-    max_bytes: u64,
+    pub(super) max_bytes: u64,
 }
 
 impl Journal {
@@ -177,7 +174,7 @@ impl Journal {
     }
 
     /// The poller state saved last, if any.
-    fn load_state(&self, recent_ids: usize) -> anyhow::Result<Option<PollerState>> {
+    pub(super) fn load_state(&self, recent_ids: usize) -> anyhow::Result<Option<PollerState>> {
         let Some(bytes) = self.store.load(POLLER_STATE)? else {
             return Ok(None);
         };
@@ -214,7 +211,7 @@ impl Journal {
         }))
     }
 
-    fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
+    pub(super) fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
         let state = serde_json::to_vec(&PollerStateRef {
             window,
             appended: Some(self.end()),
@@ -225,7 +222,7 @@ impl Journal {
 
     /// Puts the ids of the entries from `from` to the end into the seen-set:
     /// appended before a crash that came before their state was saved.
-    fn replay(&self, from: Pos, window: &mut WindowState, extractor: &FieldExtractor) -> anyhow::Result<u64> {
+    pub(super) fn replay(&self, from: Pos, window: &mut WindowState, extractor: &FieldExtractor) -> anyhow::Result<u64> {
         let mut pos = from;
         let mut replayed = 0;
         loop {
@@ -366,126 +363,6 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
         poller,
         stop,
     })
-}
-
-struct Poller {
-    api: Api,
-    window: Window,
-    journal: Arc<Journal>,
-    health: Health,
-    poll_interval: Duration,
-    room: Arc<Notify>,
-    stop: CancellationToken,
-}
-
-impl Poller {
-    fn health_key(&self) -> String {
-        format!("source.{}.journal", self.window.name)
-    }
-
-    /// Polls every `poll_interval` until stopped, whatever the sinks do.
-    /// Stops only between a poll's appends, never inside one.
-    async fn run(mut self) {
-        let name = self.window.name.clone();
-        let mut next_poll: Option<Instant> = None;
-        // Set when an append did not fit: wait for room before polling.
-        let mut refused = false;
-        let mut full = false;
-        let mut write_failed = false;
-        loop {
-            loop {
-                let used = self.journal.spool.bytes();
-                if !refused && used < self.journal.max_bytes {
-                    break;
-                }
-                if !full {
-                    full = true;
-                    JOURNAL_FULL.with_label_values(&[&name]).set(1);
-                    let reason = format!(
-                        "the journal holds {used} bytes, its limit (max_journal_bytes) is {}: the sinks are not taking events; polling is paused, and if more than the API's cap of entries are created meanwhile the oldest are lost (reported as a data gap)",
-                        self.journal.max_bytes
-                    );
-                    error!(source = %name, "{reason}");
-                    self.health.set_unready(&self.health_key(), reason);
-                }
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = self.room.notified() => refused = false,
-                }
-            }
-            if full {
-                full = false;
-                JOURNAL_FULL.with_label_values(&[&name]).set(0);
-                info!(source = %name, journal_bytes = self.journal.spool.bytes(), "the journal has room again; polling resumes");
-                self.health.set_ready(&self.health_key());
-            }
-            if let Some(at) = next_poll {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                }
-            }
-            let start = self.window.next_start();
-            let answer = tokio::select! {
-                _ = self.stop.cancelled() => return,
-                a = self.api.poll(start) => a,
-            };
-            next_poll = Some(Instant::now() + self.poll_interval);
-            let asked_at = answer.asked_at;
-            let events = self.window.select(answer, &self.api.fetcher);
-            // Small appends, so one always fits a journal with some room.
-            for chunk in events.chunks(APPEND_ENTRIES) {
-                match self.append(chunk).await {
-                    Ok(()) if write_failed => {
-                        write_failed = false;
-                        info!(source = %name, "the journal is written again");
-                        self.health.set_ready(&self.health_key());
-                    }
-                    Ok(()) => {}
-                    Err(AppendError::Full { used, max }) => {
-                        warn!(source = %name, used, max, entries = chunk.len(), "the journal has no room for the rest of this poll; it is asked for again once delivered entries are removed");
-                        refused = true;
-                        break;
-                    }
-                    Err(AppendError::Io(e)) => {
-                        let reason = format!(
-                            "cannot write the journal {}: {e}; polling again in poll_interval",
-                            self.journal.spool.dir().display()
-                        );
-                        error!(source = %name, "{reason}");
-                        self.health.set_unready(&self.health_key(), reason);
-                        write_failed = true;
-                        break;
-                    }
-                }
-                self.window.record(chunk, asked_at);
-            }
-            // Once per poll: entries appended before a crash that comes
-            // first are read back from the previous saved position.
-            let (journal, state) = (self.journal.clone(), self.window.state.clone());
-            let saved = tokio::task::spawn_blocking(move || journal.save_state(&state)).await;
-            if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|r| r) {
-                error!(source = %name, error = %format!("{e:#}"), "cannot save the journal's poller state");
-            }
-        }
-    }
-
-    /// Appends `chunk` and fsyncs. Not cancelled half-way: the blocking
-    /// write finishes even if this future is dropped.
-    async fn append(&self, chunk: &[Event]) -> Result<(), AppendError> {
-        let records: Vec<Bytes> = chunk.iter().map(|e| e.raw.clone()).collect();
-        let journal = self.journal.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
-            journal.spool.append(&refs)
-        })
-        .await
-        .map_err(|e| AppendError::Io(std::io::Error::other(e.to_string())))?;
-        JOURNAL_BYTES
-            .with_label_values(&[&self.window.name])
-            .set(self.journal.spool.bytes() as i64);
-        written
-    }
 }
 
 impl Reader {

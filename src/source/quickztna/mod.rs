@@ -23,6 +23,7 @@
 
 pub mod api;
 pub mod journal;
+mod poller;
 pub mod window;
 
 pub use api::{csv_events, AUDIT_MAX_LIMIT, EXPORT_CAP};
@@ -475,3 +476,6 @@ impl Source for QuickztnaSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
