@@ -128,7 +128,11 @@ async fn quickztna_journal_polls_through_a_sink_outage_and_a_sigkill_losing_noth
         "nothing journaled during the outage"
     );
     let created = fake.all_keys();
-    assert!(created.len() > 3 * 300, "the outage saw {} entries", created.len());
+    assert!(
+        created.len() > 3 * 300,
+        "the outage saw {} entries",
+        created.len()
+    );
 
     hook.set_down(false);
     wait_for_all(&fake.details_of(&created), &hook, &setup).await;
@@ -146,7 +150,10 @@ async fn quickztna_journal_polls_through_a_sink_outage_and_a_sigkill_losing_noth
     );
     assert_eq!(duplicates(&hook), 0, "an entry was delivered twice");
     let stats = hook.stats();
-    assert!(stats.down > 0, "the sink outage was not exercised: {stats:?}");
+    assert!(
+        stats.down > 0,
+        "the sink outage was not exercised: {stats:?}"
+    );
     assert!(!setup.log_text().contains(ADMIN), "token in the log");
 }
 
@@ -261,7 +268,10 @@ async fn quickztna_more_entries_than_the_cap_between_two_polls_is_a_reported_gap
         (seconds - expected).abs() < 0.01,
         "gap of {seconds} s, expected {expected} s: from the watermark to the oldest entry returned"
     );
-    assert_eq!(status, 200, "a past gap must not make the daemon unready: {body}");
+    assert_eq!(
+        status, 200,
+        "a past gap must not make the daemon unready: {body}"
+    );
     assert!(
         body.contains("source.qz.data_gap") && body.contains(&oldest_returned),
         "/readyz does not show the gap: {body}"
@@ -309,7 +319,10 @@ async fn quickztna_checkpoint_without_journal_is_migrated_without_loss_or_repeat
         .success());
     let store = CheckpointStore::open(&setup.state_dir()).unwrap();
     let old = String::from_utf8(store.load("qz").unwrap().expect("checkpoint")).unwrap();
-    assert!(old.contains("\"watermark\"") && !old.contains("\"journal\""), "{old}");
+    assert!(
+        old.contains("\"watermark\"") && !old.contains("\"journal\""),
+        "{old}"
+    );
 
     // The same source with the journal (the default) goes on from there.
     let config = std::fs::read_to_string(&setup.config).unwrap();
@@ -328,6 +341,10 @@ async fn quickztna_checkpoint_without_journal_is_migrated_without_loss_or_repeat
         .success());
     let new = String::from_utf8(store.load("qz").unwrap().expect("checkpoint")).unwrap();
     assert!(new.contains("\"journal\""), "not migrated: {new}");
-    assert_eq!(duplicates(&hook), 0, "the migration re-sent delivered entries");
+    assert_eq!(
+        duplicates(&hook),
+        0,
+        "the migration re-sent delivered entries"
+    );
     assert_eq!(hook.unique_count(), expected.len());
 }

@@ -64,6 +64,8 @@ pub fn report(health: &Health, source: &str, from: DateTime<Utc>, to: DateTime<U
     error!(source, gap_from = %from, gap_to = %to, gap_seconds = seconds, "data gap: events created in this range may be lost; {why}");
     health.note(
         &health_key(source),
-        format!("last data gap: events created from {from} to {to} ({seconds} s) may be lost; {why}"),
+        format!(
+            "last data gap: events created from {from} to {to} ({seconds} s) may be lost; {why}"
+        ),
     );
 }

@@ -365,7 +365,12 @@ impl QuickztnaFake {
 
     /// Keys of every entry, in the order they were added.
     pub fn all_keys(&self) -> Vec<String> {
-        self.shared.lock().entries.iter().map(|e| e.key.clone()).collect()
+        self.shared
+            .lock()
+            .entries
+            .iter()
+            .map(|e| e.key.clone())
+            .collect()
     }
 
     pub fn stats(&self) -> QuickztnaStats {

@@ -205,10 +205,13 @@ impl Journal {
                 self.store.path(POLLER_STATE).with_file_name("").display()
             );
         }
-        Ok(self.load_state(recent_ids)?.map(|s| s.window).unwrap_or(WindowState {
-            watermark: ck.newest,
-            ..Default::default()
-        }))
+        Ok(self
+            .load_state(recent_ids)?
+            .map(|s| s.window)
+            .unwrap_or(WindowState {
+                watermark: ck.newest,
+                ..Default::default()
+            }))
     }
 
     pub(super) fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
@@ -222,7 +225,12 @@ impl Journal {
 
     /// Puts the ids of the entries from `from` to the end into the seen-set:
     /// appended before a crash that came before their state was saved.
-    pub(super) fn replay(&self, from: Pos, window: &mut WindowState, extractor: &FieldExtractor) -> anyhow::Result<u64> {
+    pub(super) fn replay(
+        &self,
+        from: Pos,
+        window: &mut WindowState,
+        extractor: &FieldExtractor,
+    ) -> anyhow::Result<u64> {
         let mut pos = from;
         let mut replayed = 0;
         loop {
@@ -288,25 +296,24 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
         state_dir,
     } = parts;
     let name = window.name.clone();
-    let runtime = tokio::runtime::Handle::try_current()
-        .map_err(|_| anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime"))?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime")
+    })?;
     let (pos, newest, replay_from) = match resume {
-        Resume::Journal(ck) => {
-            match journal.load_state(recent_ids)? {
-                Some(state) => {
-                    window.state = state.window;
-                    (ck.journal, ck.newest, state.appended.unwrap_or(ck.journal))
-                }
-                None => {
-                    warn!(source = %name, file = %journal.store.path(POLLER_STATE).display(), "the journal's poller state is missing; polling again from the newest delivered entry minus overlap");
-                    window.state = WindowState {
-                        watermark: ck.newest,
-                        ..Default::default()
-                    };
-                    (ck.journal, ck.newest, ck.journal)
-                }
+        Resume::Journal(ck) => match journal.load_state(recent_ids)? {
+            Some(state) => {
+                window.state = state.window;
+                (ck.journal, ck.newest, state.appended.unwrap_or(ck.journal))
             }
-        }
+            None => {
+                warn!(source = %name, file = %journal.store.path(POLLER_STATE).display(), "the journal's poller state is missing; polling again from the newest delivered entry minus overlap");
+                window.state = WindowState {
+                    watermark: ck.newest,
+                    ..Default::default()
+                };
+                (ck.journal, ck.newest, ck.journal)
+            }
+        },
         Resume::Window(state) => {
             // Journal-less checkpoint (an upgrade), a manual one, or none:
             // it is the poll state, and whatever the journal holds is
@@ -352,7 +359,11 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
     Ok(Reader {
         name,
         tail: journal.spool.subscribe(),
-        oldest: journal.spool.start().map(|p| p.segment).unwrap_or(pos.segment),
+        oldest: journal
+            .spool
+            .start()
+            .map(|p| p.segment)
+            .unwrap_or(pos.segment),
         journal,
         pos,
         newest,
@@ -404,15 +415,16 @@ impl Reader {
         loop {
             self.tail.borrow_and_update();
             let (journal, pos, n) = (self.journal.clone(), self.pos, self.batch_size);
-            let chunk = tokio::task::spawn_blocking(move || journal.spool.read(pos, n, BATCH_BYTES))
-                .await
-                .map_err(|e| anyhow::anyhow!("journal read task failed: {e}"))?
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot read the journal {}: {e}",
-                        self.journal.spool.dir().display()
-                    )
-                })?;
+            let chunk =
+                tokio::task::spawn_blocking(move || journal.spool.read(pos, n, BATCH_BYTES))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("journal read task failed: {e}"))?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read the journal {}: {e}",
+                            self.journal.spool.dir().display()
+                        )
+                    })?;
             for what in &chunk.skipped {
                 error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");
             }
@@ -420,7 +432,10 @@ impl Reader {
             self.collect_garbage();
             if chunk.records.is_empty() {
                 if self.poller.is_finished() {
-                    anyhow::bail!("the journal poller of source {} stopped; restart the daemon", self.name);
+                    anyhow::bail!(
+                        "the journal poller of source {} stopped; restart the daemon",
+                        self.name
+                    );
                 }
                 // Batches read but not yet committed hold segments the
                 // poller may be waiting for: look at the commits again soon.

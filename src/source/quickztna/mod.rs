@@ -283,6 +283,7 @@ pub struct QuickztnaSource {
     mode: Mode,
 }
 
+#[allow(clippy::large_enum_variant)] // one per source, built once
 enum Mode {
     /// Polls into the journal on its own; batches come out of the journal.
     Journal(journal::Reader),

@@ -87,6 +87,11 @@ impl Poller {
             let events = self.window.select(answer, &self.api.fetcher);
             // Small appends, so one always fits a journal with some room.
             for chunk in events.chunks(APPEND_ENTRIES) {
+                if self.stop.is_cancelled() {
+                    // Stopped (a reload, a shutdown): the rest is polled
+                    // again by whoever opens the journal next.
+                    break;
+                }
                 match self.append(chunk).await {
                     Ok(()) if write_failed => {
                         write_failed = false;

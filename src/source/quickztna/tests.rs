@@ -107,8 +107,7 @@ fn journal_off_is_refused_while_entries_wait_and_resumes_the_poll_once_drained()
     };
     let err = journal
         .state_after(&waiting, 50_000)
-        .err()
-        .expect("undelivered entries")
+        .expect_err("undelivered entries")
         .to_string();
     assert!(err.contains("journal = true"), "{err}");
     let tail = journal.spool.tail();
@@ -121,4 +120,39 @@ fn journal_off_is_refused_while_entries_wait_and_resumes_the_poll_once_drained()
     };
     let state = journal.state_after(&drained, 50_000).unwrap();
     assert_eq!(state.watermark, polled.watermark);
+}
+
+#[test]
+fn journal_and_cap_keys_are_validated_with_their_path() {
+    let cfg: super::QuickztnaConfig = serde_json::from_value(serde_json::json!({
+        "url": "https://login.quickztna.com",
+        "org_id": "org",
+        "token_env": "QZ_TOKEN",
+        "max_journal_bytes": 1000,
+        "export_cap": 0,
+    }))
+    .unwrap();
+    assert!(cfg.journal, "the journal is on by default");
+    let mut problems = crate::config::Problems::default();
+    cfg.validate("sources.qz", &mut problems);
+    let paths: Vec<String> = problems.into_vec().into_iter().map(|p| p.path).collect();
+    assert!(
+        paths.contains(&"sources.qz.max_journal_bytes".to_string())
+            && paths.contains(&"sources.qz.export_cap".to_string()),
+        "{paths:?}"
+    );
+    let fine: super::QuickztnaConfig = serde_json::from_value(serde_json::json!({
+        "url": "https://login.quickztna.com",
+        "org_id": "org",
+        "token_env": "QZ_TOKEN",
+    }))
+    .unwrap();
+    assert_eq!(fine.max_journal_bytes, 1 << 30);
+    let mut problems = crate::config::Problems::default();
+    fine.validate("sources.qz", &mut problems);
+    let problems = problems.into_vec();
+    assert!(
+        problems.iter().all(|p| p.path == "sources.qz.token_env"),
+        "only the unset variable: {problems:?}"
+    );
 }
