@@ -29,9 +29,9 @@ pub use frame::syslog_encoder;
 thread_local! {
     static VEZA: RefCell<Option<VezaSource>> = const { RefCell::new(None) };
     static QUICKZTNA: [QuickztnaSource; 3] = [
-        source_cfg(r#"{"endpoint":"export","format":"json"}"#, QuickztnaSource::new),
-        source_cfg(r#"{"endpoint":"audit"}"#, QuickztnaSource::new),
-        source_cfg(r#"{"endpoint":"export","format":"csv"}"#, QuickztnaSource::new),
+        source_cfg(r#"{"endpoint":"export","format":"json","journal":false}"#, QuickztnaSource::new),
+        source_cfg(r#"{"endpoint":"audit","journal":false}"#, QuickztnaSource::new),
+        source_cfg(r#"{"endpoint":"export","format":"csv","journal":false}"#, QuickztnaSource::new),
     ];
     static CERTIFYCLOUDS: [CertifycloudsSource; 2] = [
         source_cfg("{}", CertifycloudsSource::new),

@@ -33,6 +33,12 @@ impl Health {
         self.set(component, false, reason);
     }
 
+    /// A ready component with something to say (a past data gap): shown by
+    /// `/readyz` without turning it unready.
+    pub fn note(&self, component: &str, detail: impl Into<String>) {
+        self.set(component, true, detail);
+    }
+
     /// Forgets a component that no longer exists (a source or sink removed
     /// by a reload), so it cannot hold `/readyz` down.
     pub fn remove(&self, component: &str) {

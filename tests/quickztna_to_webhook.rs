@@ -1,6 +1,6 @@
 //! The real binary tailing the QuickZTNA fake into a webhook receiver:
 //! window polls with overlap and de-duplication, CSV with hostile cells, the
-//! 10000-entry cap, a member's token refused with 403, the audit endpoint,
+//! 10000-entry cap (a data gap), a member's token refused with 403, the audit endpoint,
 //! and SIGKILLs.
 
 mod support;
@@ -184,7 +184,7 @@ async fn quickztna_csv_export_with_hostile_cells_delivers_the_exact_values() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quickztna_full_cap_is_warned_and_counted() {
+async fn quickztna_full_cap_above_the_window_start_is_a_reported_data_gap() {
     let fake = fake().await;
     let hook = hook().await;
     let now = Utc::now();
@@ -203,6 +203,7 @@ async fn quickztna_full_cap_is_warned_and_counted() {
     let newest: Vec<String> = ids[400..].to_vec();
     wait_for_all(&newest, &hook, &setup).await;
     let metrics = setup.metrics().await;
+    let ready = setup.readyz().await;
     assert!(daemon
         .terminate(Duration::from_secs(20))
         .await
@@ -216,11 +217,24 @@ async fn quickztna_full_cap_is_warned_and_counted() {
         ) >= 1.0,
         "cap not counted"
     );
+    assert_eq!(
+        metric_value(&metrics, "auditrelay_source_gaps_total{source=\"qz\"}"),
+        1.0,
+        "the gap between start_at and the oldest entry returned is not counted"
+    );
+    // From start_at (-4h) to the oldest entry returned (-2h53m): 67 min.
+    let seconds = metric_value(&metrics, "auditrelay_source_gap_seconds{source=\"qz\"}");
+    assert!((3900.0..4100.0).contains(&seconds), "gap of {seconds} s");
+    let (status, body) = ready.expect("readyz");
+    assert!(
+        status == 200 && body.contains("source.qz.data_gap"),
+        "{status} {body}"
+    );
     let log = setup.log_text();
     assert!(
-        log.contains("exactly its entry cap")
-            && log.contains("\"older_entries_may_be_missing\":true"),
-        "cap not warned:\n{}",
+        log.lines()
+            .any(|l| l.contains("data gap") && l.contains("\"level\":\"ERROR\"")),
+        "gap not logged as an error:\n{}",
         setup.tail(20)
     );
     assert_eq!(hook.count_of(&ids[0]), 0);

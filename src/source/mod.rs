@@ -7,6 +7,7 @@
 
 pub mod certifyclouds;
 pub mod demo;
+pub mod gap;
 pub mod http_pull;
 pub mod poll;
 pub mod quickztna;

@@ -14,6 +14,12 @@
 //!
 //! `details` is a string holding JSON, `user_id` may be null. Faults (429 with
 //! Retry-After, 500) are drawn from a seeded RNG.
+//!
+//! Behaviours of the real service, as options: the cap keeps the newest
+//! entries (Loki's `limit` with descending order); an indexing delay makes
+//! entries readable only some time after they were written (late entries);
+//! some entries have an empty `id`; and a busy org writes entries between
+//! two polls (`inserts_per_export`, just before each export is answered).
 
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +50,14 @@ pub struct QuickztnaFakeConfig {
     pub rate_limit: f64,
     pub server_error: f64,
     pub retry_after_secs: u64,
+    /// Each entry becomes readable a random time up to this long after its
+    /// `created_at` (Loki indexing delay): a poll may see a newer entry
+    /// before an older one.
+    pub index_delay: Duration,
+    /// Share of ordinary entries written with an empty `id`.
+    pub empty_ids: f64,
+    /// Entries created right before each export is answered.
+    pub inserts_per_export: usize,
 }
 
 impl Default for QuickztnaFakeConfig {
@@ -57,6 +71,9 @@ impl Default for QuickztnaFakeConfig {
             rate_limit: 0.0,
             server_error: 0.0,
             retry_after_secs: 1,
+            index_delay: Duration::ZERO,
+            empty_ids: 0.0,
+            inserts_per_export: 0,
         }
     }
 }
@@ -64,6 +81,10 @@ impl Default for QuickztnaFakeConfig {
 /// One audit entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
+    /// The fake's own handle: the id it would have had when `id` is empty.
+    pub key: String,
+    /// When a query can first see the entry.
+    pub visible_at: DateTime<Utc>,
     pub id: String,
     pub action: String,
     pub resource_type: String,
@@ -245,7 +266,8 @@ impl QuickztnaFake {
     }
 
     /// Adds `n` ordinary entries with `created_at` spread evenly over
-    /// `[from, to]`; returns their ids.
+    /// `[from, to]`; returns their keys (their ids, unless `empty_ids`
+    /// emptied some).
     pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
         let mut st = self.shared.lock();
         let span = (to - from).num_milliseconds().max(0);
@@ -257,7 +279,7 @@ impl QuickztnaFake {
                 0
             };
             let at = from + chrono::Duration::milliseconds(offset);
-            ids.push(st.push_plain(at));
+            ids.push(st.push_plain(at, &self.shared.cfg));
         }
         ids
     }
@@ -288,6 +310,8 @@ impl QuickztnaFake {
         for (i, d) in details.into_iter().enumerate() {
             let id = st.take_id();
             let entry = Entry {
+                key: id.clone(),
+                visible_at: Utc::now(),
                 id,
                 action: [
                     "+machine.renamed",
@@ -325,6 +349,30 @@ impl QuickztnaFake {
         self.shared.lock().entries.clone()
     }
 
+    /// The `details` text of each entry of `keys` (unique per ordinary
+    /// entry: it holds the key), for receivers that cannot count on `id`.
+    pub fn details_of(&self, keys: &[String]) -> Vec<String> {
+        let st = self.shared.lock();
+        let by_key: std::collections::HashMap<&str, &str> = st
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.details.as_str()))
+            .collect();
+        keys.iter()
+            .filter_map(|k| by_key.get(k.as_str()).map(|d| d.to_string()))
+            .collect()
+    }
+
+    /// Keys of every entry, in the order they were added.
+    pub fn all_keys(&self) -> Vec<String> {
+        self.shared
+            .lock()
+            .entries
+            .iter()
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
     pub fn stats(&self) -> QuickztnaStats {
         self.shared.lock().stats.clone()
     }
@@ -353,12 +401,21 @@ impl State {
         format!("qz-{n:07}")
     }
 
-    fn push_plain(&mut self, at: DateTime<Utc>) -> String {
+    fn push_plain(&mut self, at: DateTime<Utc>, cfg: &QuickztnaFakeConfig) -> String {
         let id = self.take_id();
         let (action, rtype) = ACTIONS[self.rng.random_range(0..ACTIONS.len())];
         let user = self.rng.random_range(0..20u32);
+        let delay_ms = cfg.index_delay.as_millis() as i64;
+        let delay = if delay_ms > 0 {
+            self.rng.random_range(0..=delay_ms)
+        } else {
+            0
+        };
+        let empty = cfg.empty_ids > 0.0 && self.rng.random::<f64>() < cfg.empty_ids;
         self.entries.push(Entry {
-            id: id.clone(),
+            key: id.clone(),
+            visible_at: at + chrono::Duration::milliseconds(delay),
+            id: if empty { String::new() } else { id.clone() },
             action: action.into(),
             resource_type: rtype.into(),
             resource_id: format!("{rtype}-{}", self.rng.random_range(0..500u32)),
@@ -375,9 +432,9 @@ impl State {
         let mut hits: Vec<&Entry> = self
             .entries
             .iter()
-            .filter(|e| e.created_at >= from && e.created_at <= now)
+            .filter(|e| e.created_at >= from && e.created_at <= now && e.visible_at <= now)
             .collect();
-        hits.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        hits.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.key.cmp(&a.key)));
         hits.into_iter().take(limit).cloned().collect()
     }
 }
@@ -471,6 +528,10 @@ impl Shared {
             return fail(400, "BAD_REQUEST", "Unknown action");
         }
         let days = js_parse_int(body.get("days")).unwrap_or(30);
+        for _ in 0..self.cfg.inserts_per_export {
+            let ago = st.rng.random_range(0..500);
+            st.push_plain(Utc::now() - chrono::Duration::milliseconds(ago), &self.cfg);
+        }
         st.stats.exports += 1;
         st.stats.days.push(days);
         let from = Utc::now() - chrono::Duration::milliseconds(days.saturating_mul(86_400_000));

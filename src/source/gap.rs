@@ -1,0 +1,71 @@
+//! Data gaps: time ranges a source knows it could not read and never will
+//! (an API that answers with its newest N entries and cannot be asked for
+//! the older ones). A gap is never silent: an error log line with the range,
+//! `auditrelay_source_gaps_total`, the last gap's length in
+//! `auditrelay_source_gap_seconds`, and a `/readyz` component
+//! `source.NAME.data_gap` that stays ready (a gap is history, not a state
+//! to recover from: readiness must not take down the daemon's listeners)
+//! but names the last range for whoever looks.
+
+use std::sync::LazyLock;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use prometheus::{GaugeVec, IntCounterVec, Opts};
+use tracing::error;
+
+use crate::health::Health;
+use crate::metrics::metrics;
+
+static GAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "auditrelay_source_gaps_total",
+            "Time ranges a source could not read (the API cut its answer and cannot be asked for the older entries): events there may be lost. The log line \"data gap\" names each range.",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(c)
+});
+
+static GAP_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    let g = GaugeVec::new(
+        Opts::new(
+            "auditrelay_source_gap_seconds",
+            "Length of the last data gap of a source, in seconds (0 when it never had one).",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(g)
+});
+
+/// Creates the source's series at zero, so `increase()` alerts see them.
+pub fn init(source: &str) {
+    GAPS.with_label_values(&[source]);
+    GAP_SECONDS.with_label_values(&[source]);
+}
+
+/// The `/readyz` component of a source's last gap.
+pub fn health_key(source: &str) -> String {
+    format!("source.{source}.data_gap")
+}
+
+/// Reports events between `from` and `to` as possibly lost; `why` says how
+/// the source knows and what would have prevented it.
+pub fn report(health: &Health, source: &str, from: DateTime<Utc>, to: DateTime<Utc>, why: &str) {
+    let seconds = (to - from).num_milliseconds().max(0) as f64 / 1000.0;
+    let (from, to) = (
+        from.to_rfc3339_opts(SecondsFormat::Millis, true),
+        to.to_rfc3339_opts(SecondsFormat::Millis, true),
+    );
+    GAPS.with_label_values(&[source]).inc();
+    GAP_SECONDS.with_label_values(&[source]).set(seconds);
+    error!(source, gap_from = %from, gap_to = %to, gap_seconds = seconds, "data gap: events created in this range may be lost; {why}");
+    health.note(
+        &health_key(source),
+        format!(
+            "last data gap: events created from {from} to {to} ({seconds} s) may be lost; {why}"
+        ),
+    );
+}

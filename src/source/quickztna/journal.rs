@@ -1,0 +1,492 @@
+//! The local journal of a QuickZTNA source (`journal = true`, the default).
+//!
+//! QuickZTNA cannot re-read the past: an answer holds the newest entries of
+//! "now − days", at most the cap. If polling stopped while a sink was down
+//! (the pipeline asks for pages only when it has room), the entries created
+//! meanwhile could exceed the cap and the oldest would be gone for good. So
+//! a poller task polls on its own schedule, whatever the sinks do, and
+//! appends each poll's new entries to a journal under
+//! `state_dir/journal/<source>/` (the CRC-checked segment queue of
+//! [`crate::spool`]); the pipeline reads batches out of the journal, and its
+//! checkpoint is the journal position after each batch.
+//!
+//! Order of writes, and what a crash at each point means:
+//! 1. append a chunk of entries to the journal, fsynced;
+//! 2. save the poller state (watermark, seen-set, and the journal position
+//!    it covers) atomically in `poller.checkpoint` next to the segments.
+//!
+//! A crash between 1 and 2 leaves entries in the journal the saved state
+//! does not know: at start they are read back from the saved position and
+//! put into the seen-set, so they are neither lost nor journaled twice.
+//! The pipeline's commit and the removal of delivered segments are
+//! independent: segments before the committed position are removed later,
+//! so a crash between them only leaves a segment to remove at the next read.
+//!
+//! A checkpoint in the older journal-less format (a window state), one set
+//! by `auditrelay checkpoint set --time`, or none at all, becomes the poller
+//! state, and the pipeline reads the journal from its oldest segment: a
+//! journal left from before is delivered (again, at worst), never skipped.
+//!
+//! The journal is bounded by `max_journal_bytes`: at that size the poller
+//! stops polling (an error log line, `/readyz` component
+//! `source.NAME.journal` unready, `auditrelay_quickztna_journal_full`) until
+//! delivered segments are removed. Entries created meanwhile are fetched
+//! when it resumes, up to the API's cap; beyond it the data gap is reported.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use prometheus::{IntGaugeVec, Opts};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::api::Api;
+use super::poller::Poller;
+use super::window::{without_empty_id, Window};
+use crate::checkpoint::CheckpointStore;
+use crate::event::{Batch, Event, FieldExtractor};
+use crate::metrics::metrics;
+use crate::source::poll::{dedup_key, WindowState};
+use crate::source::webhook_in::record_event;
+use crate::spool::{Pos, Spool, Tail};
+
+/// About how many bytes of entries one batch takes from the journal.
+const BATCH_BYTES: usize = 4 << 20;
+/// Largest journal segment: delivered entries are removed a segment at a time.
+const MAX_SEGMENT_BYTES: u64 = 16 << 20;
+/// How often an idle reader looks for commits that free journal segments.
+const GC_RECHECK: Duration = Duration::from_millis(250);
+/// The name of the poller state in the journal directory.
+const POLLER_STATE: &str = "poller";
+
+pub(super) static JOURNAL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "auditrelay_quickztna_journal_bytes",
+            "Bytes of a QuickZTNA source's journal on disk (polled, not yet delivered and removed).",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(g)
+});
+
+pub(super) static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new(
+            "auditrelay_quickztna_journal_full",
+            "1 while a QuickZTNA source does not poll because its journal reached max_journal_bytes (its sinks are not taking events).",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(g)
+});
+
+/// The pipeline checkpoint of a journaled source.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JournalCheckpoint {
+    /// Where the next batch starts in the journal.
+    pub journal: Pos,
+    /// Newest `created_at` delivered: the poll watermark to fall back to
+    /// when the poller state is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<DateTime<Utc>>,
+}
+
+/// What a stored pipeline checkpoint says about where to go on.
+pub enum Resume {
+    Journal(JournalCheckpoint),
+    /// The journal-less format (or `checkpoint set --time`, or nothing).
+    Window(WindowState),
+}
+
+impl Resume {
+    pub fn parse(name: &str, bytes: Option<&[u8]>, recent_ids: usize) -> anyhow::Result<Resume> {
+        if let Some(ck) = bytes.and_then(|b| serde_json::from_slice::<JournalCheckpoint>(b).ok()) {
+            return Ok(Resume::Journal(ck));
+        }
+        WindowState::load(name, bytes, "QuickZTNA", recent_ids).map(Resume::Window)
+    }
+}
+
+/// The poller's own state, saved after each append.
+#[derive(Default, Deserialize, Serialize)]
+pub(super) struct PollerState {
+    pub(super) window: WindowState,
+    /// The journal's end when this state was saved.
+    pub(super) appended: Option<Pos>,
+}
+
+pub fn dir(state_dir: &Path, source: &str) -> PathBuf {
+    state_dir.join("journal").join(source)
+}
+
+/// The journal of one source: its segments and the poller state beside them.
+pub struct Journal {
+    name: Arc<str>,
+    pub(super) spool: Spool,
+    store: CheckpointStore,
+    pub(super) max_bytes: u64,
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path, name: &str, max_bytes: u64) -> anyhow::Result<Journal> {
+        let dir = dir(state_dir, name);
+        let segment_bytes = (max_bytes / 8).clamp(4096, MAX_SEGMENT_BYTES);
+        let spool = Spool::open(&dir, segment_bytes, max_bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "sources.{name}: cannot open the journal {}: {e}",
+                dir.display()
+            )
+        })?;
+        let store = CheckpointStore::in_dir(&dir)
+            .map_err(|e| anyhow::anyhow!("sources.{name}: journal {}: {e}", dir.display()))?;
+        JOURNAL_BYTES
+            .with_label_values(&[name])
+            .set(spool.bytes() as i64);
+        JOURNAL_FULL.with_label_values(&[name]).set(0);
+        Ok(Journal {
+            name: name.into(),
+            spool,
+            store,
+            max_bytes,
+        })
+    }
+
+    fn end(&self) -> Pos {
+        let Tail { segment, synced } = self.spool.tail();
+        Pos {
+            segment,
+            offset: synced,
+        }
+    }
+
+    /// Whether anything from `pos` on is still to be delivered.
+    pub fn holds_records_from(&self, pos: Pos) -> anyhow::Result<bool> {
+        let chunk = self.spool.read(pos, 1, 1)?;
+        Ok(!chunk.records.is_empty() || !chunk.skipped.is_empty())
+    }
+
+    /// The poller state saved last, if any.
+    pub(super) fn load_state(&self, recent_ids: usize) -> anyhow::Result<Option<PollerState>> {
+        let Some(bytes) = self.store.load(POLLER_STATE)? else {
+            return Ok(None);
+        };
+        let mut state: PollerState = serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "sources.{}: {} is not a poller state ({e}); move it away to poll again from the delivered watermark",
+                self.name,
+                self.store.path(POLLER_STATE).display()
+            )
+        })?;
+        state.window.seen = std::mem::take(&mut state.window.seen).with_cap(recent_ids);
+        Ok(Some(state))
+    }
+
+    /// The poll window state a journal-less source goes on with, after a
+    /// journaled run: refused while the journal holds undelivered entries.
+    pub fn state_after(
+        &self,
+        ck: &JournalCheckpoint,
+        recent_ids: usize,
+    ) -> anyhow::Result<WindowState> {
+        if self.holds_records_from(ck.journal)? {
+            anyhow::bail!(
+                "sources.{0}.journal: the journal {1} still holds entries that were not delivered; \
+                 set journal = true until it is drained (auditrelay_quickztna_journal_bytes stops \
+                 falling), then journal = false",
+                self.name,
+                self.store.path(POLLER_STATE).with_file_name("").display()
+            );
+        }
+        Ok(self
+            .load_state(recent_ids)?
+            .map(|s| s.window)
+            .unwrap_or(WindowState {
+                watermark: ck.newest,
+                ..Default::default()
+            }))
+    }
+
+    pub(super) fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
+        let state = serde_json::to_vec(&PollerStateRef {
+            window,
+            appended: Some(self.end()),
+        })?;
+        self.store.save(POLLER_STATE, &state)?;
+        Ok(())
+    }
+
+    /// Puts the ids of the entries from `from` to the end into the seen-set:
+    /// appended before a crash that came before their state was saved.
+    pub(super) fn replay(
+        &self,
+        from: Pos,
+        window: &mut WindowState,
+        extractor: &FieldExtractor,
+    ) -> anyhow::Result<u64> {
+        let mut pos = from;
+        let mut replayed = 0;
+        loop {
+            let chunk = self.spool.read(pos, 10_000, BATCH_BYTES)?;
+            if chunk.next == pos {
+                return Ok(replayed);
+            }
+            for raw in chunk.records {
+                let ev = without_empty_id(record_event(extractor, raw));
+                window.seen.insert(&dedup_key(&ev), ev.time);
+                replayed += 1;
+            }
+            pos = chunk.next;
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PollerStateRef<'a> {
+    window: &'a WindowState,
+    appended: Option<Pos>,
+}
+
+/// The pipeline's side: batches read out of the journal.
+pub struct Reader {
+    name: Arc<str>,
+    journal: Arc<Journal>,
+    tail: watch::Receiver<Tail>,
+    pos: Pos,
+    newest: Option<DateTime<Utc>>,
+    extractor: FieldExtractor,
+    batch_size: usize,
+    pipeline_store: CheckpointStore,
+    /// Oldest segment possibly still on disk.
+    oldest: u64,
+    room: Arc<Notify>,
+    poller: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+/// Everything [`start`] needs.
+pub struct Parts {
+    pub api: Api,
+    pub window: Window,
+    pub journal: Journal,
+    pub resume: Resume,
+    pub batch_size: usize,
+    pub poll_interval: Duration,
+    pub recent_ids: usize,
+    pub state_dir: PathBuf,
+}
+
+/// Recovers the poller state, starts the poller task, returns the reader.
+pub fn start(parts: Parts) -> anyhow::Result<Reader> {
+    let Parts {
+        api,
+        mut window,
+        journal,
+        resume,
+        batch_size,
+        poll_interval,
+        recent_ids,
+        state_dir,
+    } = parts;
+    let name = window.name.clone();
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+        anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime")
+    })?;
+    let (pos, newest, replay_from) = match resume {
+        Resume::Journal(ck) => match journal.load_state(recent_ids)? {
+            Some(state) => {
+                window.state = state.window;
+                (ck.journal, ck.newest, state.appended.unwrap_or(ck.journal))
+            }
+            None => {
+                warn!(source = %name, file = %journal.store.path(POLLER_STATE).display(), "the journal's poller state is missing; polling again from the newest delivered entry minus overlap");
+                window.state = WindowState {
+                    watermark: ck.newest,
+                    ..Default::default()
+                };
+                (ck.journal, ck.newest, ck.journal)
+            }
+        },
+        Resume::Window(state) => {
+            // Journal-less checkpoint (an upgrade), a manual one, or none:
+            // it is the poll state, and whatever the journal holds is
+            // delivered from its start.
+            let newest = state.watermark;
+            window.state = state;
+            let start = journal.spool.start()?;
+            (start, newest, start)
+        }
+    };
+    let replayed = journal.replay(replay_from, &mut window.state, &api.extractor)?;
+    journal.save_state(&window.state).map_err(|e| {
+        anyhow::anyhow!("sources.{name}: cannot save the journal's poller state: {e:#}")
+    })?;
+    if let Some(t) = newest {
+        metrics().set_committed_time(&name, t);
+    }
+    info!(
+        source = %name,
+        journal = %dir(&state_dir, &name).display(),
+        journal_bytes = journal.spool.bytes(),
+        resume_segment = pos.segment,
+        resume_offset = pos.offset,
+        replayed,
+        "quickztna journal open"
+    );
+    let pipeline_store =
+        CheckpointStore::open(&state_dir).map_err(|e| anyhow::anyhow!("state_dir: {e}"))?;
+    let journal = Arc::new(journal);
+    let room = Arc::new(Notify::new());
+    let stop = CancellationToken::new();
+    let extractor = api.extractor.clone();
+    let poller = Poller {
+        health: window.health.clone(),
+        api,
+        window,
+        journal: journal.clone(),
+        poll_interval,
+        room: room.clone(),
+        stop: stop.clone(),
+    };
+    let poller = runtime.spawn(poller.run());
+    Ok(Reader {
+        name,
+        tail: journal.spool.subscribe(),
+        oldest: journal
+            .spool
+            .start()
+            .map(|p| p.segment)
+            .unwrap_or(pos.segment),
+        journal,
+        pos,
+        newest,
+        extractor,
+        batch_size,
+        pipeline_store,
+        room,
+        poller,
+        stop,
+    })
+}
+
+impl Reader {
+    /// Removes the segments before the committed position (read back from
+    /// the checkpoint store: the pipeline commits, not the source), and
+    /// tells the poller when that made room.
+    fn collect_garbage(&mut self) {
+        if self.pos.segment <= self.oldest {
+            return;
+        }
+        let committed = match self.pipeline_store.load(&self.name) {
+            Ok(Some(b)) => serde_json::from_slice::<JournalCheckpoint>(&b).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                warn!(source = %self.name, error = %e, "cannot read the committed journal position");
+                None
+            }
+        };
+        let Some(committed) = committed else { return };
+        match self.journal.spool.remove_before(committed.journal.segment) {
+            Ok(n) => {
+                self.oldest = committed.journal.segment;
+                if n > 0 {
+                    debug!(source = %self.name, segments = n, "removed delivered journal segments");
+                    JOURNAL_BYTES
+                        .with_label_values(&[&self.name])
+                        .set(self.journal.spool.bytes() as i64);
+                    self.room.notify_one();
+                }
+            }
+            Err(e) => {
+                warn!(source = %self.name, error = %e, "cannot remove delivered journal segments")
+            }
+        }
+    }
+
+    /// The next batch out of the journal, waiting for the poller.
+    pub async fn next_batch(&mut self) -> anyhow::Result<Batch> {
+        loop {
+            self.tail.borrow_and_update();
+            let (journal, pos, n) = (self.journal.clone(), self.pos, self.batch_size);
+            let chunk =
+                tokio::task::spawn_blocking(move || journal.spool.read(pos, n, BATCH_BYTES))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("journal read task failed: {e}"))?
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot read the journal {}: {e}",
+                            self.journal.spool.dir().display()
+                        )
+                    })?;
+            for what in &chunk.skipped {
+                error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");
+            }
+            self.pos = chunk.next;
+            self.collect_garbage();
+            if chunk.records.is_empty() {
+                if self.poller.is_finished() {
+                    anyhow::bail!(
+                        "the journal poller of source {} stopped; restart the daemon",
+                        self.name
+                    );
+                }
+                // Batches read but not yet committed hold segments the
+                // poller may be waiting for: look at the commits again soon.
+                let recheck = async {
+                    if self.pos.segment > self.oldest {
+                        tokio::time::sleep(GC_RECHECK).await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                tokio::select! {
+                    _ = self.tail.changed() => {}
+                    _ = &mut self.poller => {}
+                    _ = recheck => {}
+                }
+                continue;
+            }
+            let events: Vec<Event> = chunk
+                .records
+                .into_iter()
+                .map(|raw| without_empty_id(record_event(&self.extractor, raw)))
+                .collect();
+            if let Some(t) = events.iter().filter_map(|e| e.time).max() {
+                self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
+            }
+            let checkpoint = serde_json::to_vec(&JournalCheckpoint {
+                journal: self.pos,
+                newest: self.newest,
+            })?;
+            return Ok(Batch {
+                source: self.name.clone(),
+                events,
+                checkpoint: checkpoint.into(),
+                newest_time: self.newest,
+                fetched_at: Instant::now(),
+            });
+        }
+    }
+
+    /// Stops the poller at its next safe point and waits for it, so a
+    /// replacement (a reload) never appends beside it.
+    pub async fn close(&mut self) {
+        self.stop.cancel();
+        if !self.poller.is_finished() {
+            let _ = (&mut self.poller).await;
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,146 @@
+//! The journal's poller: polls QuickZTNA every `poll_interval` whatever the
+//! sinks do, and appends the new entries to the journal before it moves
+//! its watermark (see [`super::journal`] for the order of writes).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::api::Api;
+use super::journal::{Journal, JOURNAL_BYTES, JOURNAL_FULL};
+use super::window::Window;
+use crate::event::Event;
+use crate::health::Health;
+use crate::spool::AppendError;
+
+/// Entries per journal append (one fsync each).
+const APPEND_ENTRIES: usize = 100;
+
+pub(super) struct Poller {
+    pub(super) api: Api,
+    pub(super) window: Window,
+    pub(super) journal: Arc<Journal>,
+    pub(super) health: Health,
+    pub(super) poll_interval: Duration,
+    pub(super) room: Arc<Notify>,
+    pub(super) stop: CancellationToken,
+}
+
+impl Poller {
+    fn health_key(&self) -> String {
+        format!("source.{}.journal", self.window.name)
+    }
+
+    /// Polls every `poll_interval` until stopped, whatever the sinks do.
+    /// Stops only between a poll's appends, never inside one.
+    pub(super) async fn run(mut self) {
+        let name = self.window.name.clone();
+        let mut next_poll: Option<Instant> = None;
+        // Set when an append did not fit: wait for room before polling.
+        let mut refused = false;
+        let mut full = false;
+        let mut write_failed = false;
+        loop {
+            loop {
+                let used = self.journal.spool.bytes();
+                if !refused && used < self.journal.max_bytes {
+                    break;
+                }
+                if !full {
+                    full = true;
+                    JOURNAL_FULL.with_label_values(&[&name]).set(1);
+                    let reason = format!(
+                        "the journal holds {used} bytes, its limit (max_journal_bytes) is {}: the sinks are not taking events; polling is paused, and if more than the API's cap of entries are created meanwhile the oldest are lost (reported as a data gap)",
+                        self.journal.max_bytes
+                    );
+                    error!(source = %name, "{reason}");
+                    self.health.set_unready(&self.health_key(), reason);
+                }
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = self.room.notified() => refused = false,
+                }
+            }
+            if full {
+                full = false;
+                JOURNAL_FULL.with_label_values(&[&name]).set(0);
+                info!(source = %name, journal_bytes = self.journal.spool.bytes(), "the journal has room again; polling resumes");
+                self.health.set_ready(&self.health_key());
+            }
+            if let Some(at) = next_poll {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            let start = self.window.next_start();
+            let answer = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                a = self.api.poll(start) => a,
+            };
+            next_poll = Some(Instant::now() + self.poll_interval);
+            let asked_at = answer.asked_at;
+            let events = self.window.select(answer, &self.api.fetcher);
+            // Small appends, so one always fits a journal with some room.
+            for chunk in events.chunks(APPEND_ENTRIES) {
+                if self.stop.is_cancelled() {
+                    // Stopped (a reload, a shutdown): the rest is polled
+                    // again by whoever opens the journal next.
+                    break;
+                }
+                match self.append(chunk).await {
+                    Ok(()) if write_failed => {
+                        write_failed = false;
+                        info!(source = %name, "the journal is written again");
+                        self.health.set_ready(&self.health_key());
+                    }
+                    Ok(()) => {}
+                    Err(AppendError::Full { used, max }) => {
+                        warn!(source = %name, used, max, entries = chunk.len(), "the journal has no room for the rest of this poll; it is asked for again once delivered entries are removed");
+                        refused = true;
+                        break;
+                    }
+                    Err(AppendError::Io(e)) => {
+                        let reason = format!(
+                            "cannot write the journal {}: {e}; polling again in poll_interval",
+                            self.journal.spool.dir().display()
+                        );
+                        error!(source = %name, "{reason}");
+                        self.health.set_unready(&self.health_key(), reason);
+                        write_failed = true;
+                        break;
+                    }
+                }
+                self.window.record(chunk, asked_at);
+            }
+            // Once per poll: entries appended before a crash that comes
+            // first are read back from the previous saved position.
+            let (journal, state) = (self.journal.clone(), self.window.state.clone());
+            let saved = tokio::task::spawn_blocking(move || journal.save_state(&state)).await;
+            if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|r| r) {
+                error!(source = %name, error = %format!("{e:#}"), "cannot save the journal's poller state");
+            }
+        }
+    }
+
+    /// Appends `chunk` and fsyncs. Not cancelled half-way: the blocking
+    /// write finishes even if this future is dropped.
+    async fn append(&self, chunk: &[Event]) -> Result<(), AppendError> {
+        let records: Vec<Bytes> = chunk.iter().map(|e| e.raw.clone()).collect();
+        let journal = self.journal.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&[u8]> = records.iter().map(|r| &r[..]).collect();
+            journal.spool.append(&refs)
+        })
+        .await
+        .map_err(|e| AppendError::Io(std::io::Error::other(e.to_string())))?;
+        JOURNAL_BYTES
+            .with_label_values(&[&self.window.name])
+            .set(self.journal.spool.bytes() as i64);
+        written
+    }
+}

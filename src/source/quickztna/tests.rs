@@ -1,0 +1,158 @@
+//! The journal's crash points and checkpoint formats.
+
+use chrono::{DateTime, Utc};
+
+use super::journal::{Journal, JournalCheckpoint, Resume};
+use crate::event::{FieldExtractor, FieldPath};
+use crate::source::poll::WindowState;
+use crate::spool::Pos;
+
+fn extractor() -> FieldExtractor {
+    FieldExtractor::new(
+        vec![FieldPath::parse("id").unwrap()],
+        vec![FieldPath::parse("created_at").unwrap()],
+        vec![FieldPath::parse("action").unwrap()],
+    )
+}
+
+fn time(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+#[test]
+fn entries_appended_before_a_crash_that_beat_the_state_save_are_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = WindowState {
+        watermark: Some(time("2026-03-01T10:00:00Z")),
+        ..Default::default()
+    };
+    {
+        let journal = Journal::open(dir.path(), "qz", 1 << 20).unwrap();
+        journal.save_state(&before).unwrap();
+        // The append is fsynced; the crash comes before the next save.
+        journal
+            .spool
+            .append(&[
+                br#"{"id":"a1","created_at":"2026-03-01T10:00:01Z"}"#,
+                br#"{"id":"","created_at":"2026-03-01T10:00:02Z","details":"x"}"#,
+                br#"{"id":"","created_at":"2026-03-01T10:00:02Z","details":"y"}"#,
+            ])
+            .unwrap();
+    }
+    let journal = Journal::open(dir.path(), "qz", 1 << 20).unwrap();
+    let saved = journal.load_state(50_000).unwrap().expect("state");
+    assert_eq!(saved.window.watermark, before.watermark);
+    let mut window = saved.window;
+    let from = saved.appended.expect("appended position");
+    let replayed = journal.replay(from, &mut window, &extractor()).unwrap();
+    assert_eq!(replayed, 3);
+    assert!(window.seen.contains("a1"), "the id is known again");
+    // Two entries with an empty id are two entries, not one id "".
+    assert_eq!(window.seen.len(), 3);
+    assert!(!window.seen.contains(""));
+}
+
+#[test]
+fn both_checkpoint_formats_are_read_and_garbage_names_the_fix() {
+    let old = br#"{"watermark":"2026-03-01T10:00:00Z","seen":[["a1","2026-03-01T09:59:00Z"]]}"#;
+    match Resume::parse("qz", Some(old), 50_000).unwrap() {
+        Resume::Window(w) => {
+            assert_eq!(w.watermark, Some(time("2026-03-01T10:00:00Z")));
+            assert!(w.seen.contains("a1"));
+        }
+        Resume::Journal(_) => panic!("a window state read as a journal position"),
+    }
+    let new = br#"{"journal":{"segment":3,"offset":20},"newest":"2026-03-01T10:00:00Z"}"#;
+    match Resume::parse("qz", Some(new), 50_000).unwrap() {
+        Resume::Journal(ck) => {
+            assert_eq!(
+                ck.journal,
+                Pos {
+                    segment: 3,
+                    offset: 20
+                }
+            );
+            assert_eq!(ck.newest, Some(time("2026-03-01T10:00:00Z")));
+        }
+        Resume::Window(_) => panic!("a journal position read as a window state"),
+    }
+    assert!(matches!(
+        Resume::parse("qz", None, 50_000).unwrap(),
+        Resume::Window(w) if w.watermark.is_none()
+    ));
+    let err = Resume::parse("qz", Some(br#"{"watermark":5}"#), 50_000)
+        .err()
+        .expect("garbage refused")
+        .to_string();
+    assert!(err.contains("checkpoint reset --source qz"), "{err}");
+}
+
+#[test]
+fn journal_off_is_refused_while_entries_wait_and_resumes_the_poll_once_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = Journal::open(dir.path(), "qz", 1 << 20).unwrap();
+    let start = journal.spool.start().unwrap();
+    journal
+        .spool
+        .append(&[br#"{"id":"a1","created_at":"2026-03-01T10:00:01Z"}"#])
+        .unwrap();
+    let polled = WindowState {
+        watermark: Some(time("2026-03-01T10:00:01Z")),
+        ..Default::default()
+    };
+    journal.save_state(&polled).unwrap();
+    let waiting = JournalCheckpoint {
+        journal: start,
+        newest: None,
+    };
+    let err = journal
+        .state_after(&waiting, 50_000)
+        .expect_err("undelivered entries")
+        .to_string();
+    assert!(err.contains("journal = true"), "{err}");
+    let tail = journal.spool.tail();
+    let drained = JournalCheckpoint {
+        journal: Pos {
+            segment: tail.segment,
+            offset: tail.synced,
+        },
+        newest: polled.watermark,
+    };
+    let state = journal.state_after(&drained, 50_000).unwrap();
+    assert_eq!(state.watermark, polled.watermark);
+}
+
+#[test]
+fn journal_and_cap_keys_are_validated_with_their_path() {
+    let cfg: super::QuickztnaConfig = serde_json::from_value(serde_json::json!({
+        "url": "https://login.quickztna.com",
+        "org_id": "org",
+        "token_env": "QZ_TOKEN",
+        "max_journal_bytes": 1000,
+        "export_cap": 0,
+    }))
+    .unwrap();
+    assert!(cfg.journal, "the journal is on by default");
+    let mut problems = crate::config::Problems::default();
+    cfg.validate("sources.qz", &mut problems);
+    let paths: Vec<String> = problems.into_vec().into_iter().map(|p| p.path).collect();
+    assert!(
+        paths.contains(&"sources.qz.max_journal_bytes".to_string())
+            && paths.contains(&"sources.qz.export_cap".to_string()),
+        "{paths:?}"
+    );
+    let fine: super::QuickztnaConfig = serde_json::from_value(serde_json::json!({
+        "url": "https://login.quickztna.com",
+        "org_id": "org",
+        "token_env": "QZ_TOKEN",
+    }))
+    .unwrap();
+    assert_eq!(fine.max_journal_bytes, 1 << 30);
+    let mut problems = crate::config::Problems::default();
+    fine.validate("sources.qz", &mut problems);
+    let problems = problems.into_vec();
+    assert!(
+        problems.iter().all(|p| p.path == "sources.qz.token_env"),
+        "only the unset variable: {problems:?}"
+    );
+}
