@@ -4,9 +4,9 @@
 //! Each pass asks for the window from the watermark (newest delivered
 //! `timestamp`) minus `overlap` to the instant the pass began, page by page
 //! with `offset +=` the entries returned, until a page is provably the last:
-//! empty, or shorter than the server's real page size (the echoed `limit`
-//! when it is below what was asked, else the largest page served; servers
-//! clamp `limit` silently, so `page_size` proves nothing). Entries inserted
+//! empty, or shorter than the `limit` the answer echoes when that is below
+//! what was asked (servers clamp `limit` silently and may change the clamp,
+//! so neither `page_size` nor earlier pages prove anything). Entries inserted
 //! while paging shift the offsets, so a page can repeat entries of the one
 //! before: those, and everything delivered in an earlier pass, are dropped
 //! by `id`. Every page is a batch whose checkpoint holds the pass (window
@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, Stop,
+    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, Stop,
     TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
@@ -373,7 +373,7 @@ impl Source for CertifycloudsSource {
                 .and_then(|p| p.cursor.as_deref())
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let last = self.state.page_sizes.is_last(
+            let last = page_is_last(
                 self.cfg.stop,
                 self.cfg.page_size as usize,
                 returned,

@@ -780,11 +780,7 @@ impl HttpPullSource {
                     .and_then(|lp| lp.lookup(root))
                     .and_then(|v| scalar_text(v)?.parse::<usize>().ok());
                 let asked = self.cfg.page_size as usize;
-                if self
-                    .state
-                    .page_sizes
-                    .is_last(p.stop, asked, returned, echoed)
-                {
+                if super::poll::page_is_last(p.stop, asked, returned, echoed) {
                     Next::Done
                 } else if p.mode == Mode::Offset {
                     // By what the server returned: a clamped page must

@@ -226,9 +226,9 @@ pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Stop {
-    /// A page shorter than the server's real page size is the last: the
-    /// echoed limit, else the largest page it has served (never just
-    /// `page_size`: servers clamp it silently).
+    /// A page shorter than the limit the server echoes (when below
+    /// `page_size`) is the last; any other short page is confirmed by one
+    /// more request (servers clamp silently, and may change the clamp).
     #[default]
     ShortPage,
     /// Only an empty page is the last (for APIs whose page size varies,
@@ -236,35 +236,18 @@ pub enum Stop {
     EmptyPage,
 }
 
-/// What a source has learned of the server's real page size, to tell the
-/// last page from one the server clamped.
-#[derive(Clone, Debug, Default)]
-pub struct PageSizes {
-    /// The largest page served so far: the server's size is at least this.
-    /// (A cell: page parsing, which decides, borrows the source shared.)
-    largest: std::cell::Cell<usize>,
-}
-
-impl PageSizes {
-    /// Whether a page of `returned` items is provably the last one, when
-    /// `asked` were asked for and the answer echoed `echoed` as its limit.
-    /// An echo below `asked` is the server admitting a clamp; an echo of
-    /// `asked` proves nothing (servers echo what they were sent).
-    pub fn is_last(
-        &self,
-        stop: Stop,
-        asked: usize,
-        returned: usize,
-        echoed: Option<usize>,
-    ) -> bool {
-        let largest = self.largest.get();
-        let known = largest.max(echoed.filter(|e| *e < asked).unwrap_or(0));
-        self.largest.set(largest.max(returned));
-        match stop {
-            _ if returned == 0 => true,
-            Stop::EmptyPage => false,
-            Stop::ShortPage => returned < known.min(asked),
-        }
+/// Whether a page of `returned` items is provably the last one, when
+/// `asked` were asked for and the answer echoed `echoed` as its limit.
+/// Only this answer's own word counts: an echo below `asked` is the server
+/// stating its size. Page sizes seen before prove nothing (a server may
+/// lower its clamp mid-walk, or cut pages by bytes), and neither does an
+/// echo of `asked` (servers echo what they were sent): such a short page
+/// costs one more request, which comes back empty at the end.
+pub fn page_is_last(stop: Stop, asked: usize, returned: usize, echoed: Option<usize>) -> bool {
+    match stop {
+        _ if returned == 0 => true,
+        Stop::EmptyPage => false,
+        Stop::ShortPage => echoed.is_some_and(|e| e < asked && returned < e),
     }
 }
 
@@ -731,9 +714,6 @@ pub struct WindowState {
     pub pass: Option<Pass>,
     #[serde(default)]
     pub seen: SeenSet,
-    /// Learned anew by each run (a server may lower its page size).
-    #[serde(skip)]
-    pub page_sizes: PageSizes,
 }
 
 /// How a page ends its pass.
@@ -1045,32 +1025,34 @@ mod tests {
 
     #[test]
     fn a_clamped_page_is_not_the_last_one() {
+        let last = |returned, echoed| page_is_last(Stop::ShortPage, 500, returned, echoed);
         // Asked for 500, the server serves 300 and echoes nothing.
-        let sizes = PageSizes::default();
+        assert!(!last(300, None), "unknown size");
+        assert!(!last(120, None), "no proof without the server's word");
         assert!(
-            !sizes.is_last(Stop::ShortPage, 500, 300, None),
-            "unknown size"
-        );
-        assert!(
-            !sizes.is_last(Stop::ShortPage, 500, 300, Some(500)),
+            !last(300, Some(500)),
             "an echo of what was asked proves nothing"
         );
-        assert!(
-            sizes.is_last(Stop::ShortPage, 500, 120, None),
-            "shorter than a full page"
-        );
-        assert!(sizes.is_last(Stop::ShortPage, 500, 0, None));
+        assert!(last(0, None));
         // An echo below what was asked is the server's own size.
-        let sizes = PageSizes::default();
-        assert!(!sizes.is_last(Stop::ShortPage, 500, 300, Some(300)));
-        assert!(sizes.is_last(Stop::ShortPage, 500, 299, Some(300)));
-        // A full page of what was asked.
-        let sizes = PageSizes::default();
-        assert!(!sizes.is_last(Stop::ShortPage, 50, 50, None));
-        assert!(sizes.is_last(Stop::ShortPage, 50, 49, None));
+        assert!(!last(300, Some(300)));
+        assert!(last(299, Some(300)));
         // empty_page trusts nothing but an empty page.
-        assert!(!sizes.is_last(Stop::EmptyPage, 50, 1, None));
-        assert!(sizes.is_last(Stop::EmptyPage, 50, 0, None));
+        assert!(!page_is_last(Stop::EmptyPage, 50, 1, Some(10)));
+        assert!(page_is_last(Stop::EmptyPage, 50, 0, None));
+    }
+
+    #[test]
+    fn a_lowered_clamp_does_not_end_the_pass() {
+        // The server served 60 a page, then lowers its clamp to 40 (load
+        // shedding, pages cut by bytes): a page of 40 is not the last.
+        let last = |returned, echoed| page_is_last(Stop::ShortPage, 250, returned, echoed);
+        assert!(!last(60, None));
+        assert!(
+            !last(40, None),
+            "a page smaller than the largest served ended the pass"
+        );
+        assert!(!last(40, Some(250)));
     }
 
     #[test]
