@@ -25,8 +25,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, Stop,
-    TimeFormat, WindowState,
+    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig,
+    Stop, TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
@@ -373,19 +373,11 @@ impl Source for CertifycloudsSource {
                 .and_then(|p| p.cursor.as_deref())
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let last = page_is_last(
-                self.cfg.stop,
-                self.cfg.page_size as usize,
-                returned,
-                echoed,
-            );
-            // Advance by what the server returned, not by what was asked:
-            // a clamped page must not skip the entries after it.
-            let next = if last {
-                Next::Done
-            } else {
-                Next::Cursor((offset + returned as u64).to_string())
-            };
+            let last = page_is_last(self.cfg.stop, self.cfg.page_size as usize, returned, echoed);
+            // From the offset of this page's last entry, which the next
+            // page must hold: advances by what the server returned (a
+            // clamped page skips nothing) and notices entries moving back.
+            let next = self.state.next_offset(&self.name, &keys, last);
             debug!(source = %self.name, offset, returned, echoed_limit = ?echoed, new = found.events.len(), repeated = found.repeated, last_page = last, "page");
             let checkpoint =
                 self.state

@@ -884,6 +884,14 @@ impl Source for HttpPullSource {
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);
             self.fetcher.count_answer(!found.events.is_empty());
+            let next = if self.cfg.pagination.mode == Mode::Offset {
+                // From the offset of the page's last entry, which the next
+                // page must hold (entries deleted under the cursor move).
+                self.state
+                    .next_offset(&self.name, &keys, matches!(next, Next::Done))
+            } else {
+                next
+            };
             debug!(source = %self.name, returned, new = found.events.len(), repeated = found.repeated, before_window = found.before_window, last_page = matches!(next, Next::Done), "page");
             let checkpoint =
                 self.state

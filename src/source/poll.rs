@@ -694,7 +694,18 @@ pub struct Pass {
     /// ignoring the cursor, or inserting ahead of it faster than it is read).
     #[serde(default)]
     pub same_pages: u32,
+    /// Offset pagination: the key of the last entry read, which the next
+    /// page (asked from that entry's offset) must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    /// Walks of this pass restarted because the anchor had moved.
+    #[serde(default)]
+    pub offset_restarts: u32,
 }
+
+/// Restarts of one pass's walk after its offsets shifted backwards; past
+/// this the walk goes on (a server purging faster than a walk completes).
+pub const OFFSET_RESTART_LIMIT: u32 = 3;
 
 /// Pages in a row without progress after which a pass is ended: asking
 /// again would loop forever.
@@ -763,7 +774,53 @@ impl WindowState {
             recent: Vec::new(),
             recent_split: 0,
             same_pages: 0,
+            anchor: None,
+            offset_restarts: 0,
         })
+    }
+
+    /// Where an offset walk goes after a page holding `keys`, asked at the
+    /// pass's cursor; `last` when the page is provably the last. Each page
+    /// is asked from the offset of the previous page's last entry, so it
+    /// must hold that entry: when it does not, entries before the cursor
+    /// were deleted (retention purges the oldest) and later ones moved to
+    /// offsets already read, so the walk restarts at the window's first
+    /// page (what it re-reads is dropped by key). Call before `record_page`.
+    pub fn next_offset(&mut self, source: &str, keys: &[String], last: bool) -> Next {
+        let Some(pass) = self.pass.as_mut() else {
+            return Next::Done;
+        };
+        let at: u64 = pass
+            .cursor
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let anchor = pass.anchor.take();
+        let found = anchor.as_ref().map(|a| keys.iter().position(|k| k == a));
+        if let Some(None) = found {
+            metrics().offset_shifts.with_label_values(&[source]).inc();
+            if pass.offset_restarts < OFFSET_RESTART_LIMIT {
+                pass.offset_restarts += 1;
+                warn!(source, offset = at, restarts = pass.offset_restarts, "the page lacks the last entry of the page before: entries were deleted or purged under the cursor (or an insert burst moved it); walking this window again from its first page");
+                // The re-read pages are expected, not a stuck API.
+                pass.recent.clear();
+                pass.recent_split = 0;
+                pass.same_pages = 0;
+                return Next::Cursor("0".into());
+            }
+            error!(source, offset = at, "the page lacks the last entry of the page before again; going on, so entries deleted under the cursor may have moved past it (retention purging faster than a pass completes: shorten the window with start_at, or page newest first)");
+        }
+        let after_anchor = match found {
+            Some(Some(p)) => keys.len() - p - 1,
+            _ => keys.len(),
+        };
+        match keys.last() {
+            Some(key) if !last && after_anchor > 0 => {
+                pass.anchor = Some(key.clone());
+                Next::Cursor((at + keys.len() as u64 - 1).to_string())
+            }
+            _ => Next::Done,
+        }
     }
 
     /// The new events of a page of the current pass.
@@ -1053,6 +1110,39 @@ mod tests {
             "a page smaller than the largest served ended the pass"
         );
         assert!(!last(40, Some(250)));
+    }
+
+    #[test]
+    fn an_offset_walk_restarts_when_entries_move_back() {
+        let overlap = Duration::from_secs(60);
+        let keys = |r: std::ops::Range<u32>| r.map(|i| i.to_string()).collect::<Vec<_>>();
+        let mut st = WindowState::default();
+        st.pass(overlap, t("2026-01-01T00:00:00Z"));
+        let mut page = |st: &mut WindowState, k: Vec<String>, last: bool| {
+            let next = st.next_offset("s", &k, last);
+            let cursor = match &next {
+                Next::Cursor(c) => Some(c.clone()),
+                Next::Done => None,
+            };
+            st.record_page("s", &[], k, next, overlap);
+            cursor
+        };
+        // Oldest first: 0..5 at offset 0, then from offset 4 (entry 4).
+        assert_eq!(page(&mut st, keys(0..5), false).as_deref(), Some("4"));
+        assert_eq!(page(&mut st, keys(4..9), false).as_deref(), Some("8"));
+        // Two oldest purged: offset 8 now starts at entry 10; 8 is gone
+        // from view and 9 would be skipped.
+        assert_eq!(
+            page(&mut st, keys(10..15), false).as_deref(),
+            Some("0"),
+            "a backward shift must restart the walk"
+        );
+        assert_eq!(page(&mut st, keys(2..7), false).as_deref(), Some("4"));
+        // Inserts ahead of the cursor (anchor found further in) are fine.
+        assert_eq!(page(&mut st, keys(5..10), false).as_deref(), Some("8"));
+        // Only the anchor left: the end.
+        assert_eq!(page(&mut st, keys(9..10), false), None);
+        assert!(st.between_passes());
     }
 
     #[test]
