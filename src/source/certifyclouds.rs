@@ -25,8 +25,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig,
-    Stop, TimeFormat, WindowState,
+    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, RateLimitConfig, Stop,
+    TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};

@@ -1118,7 +1118,7 @@ mod tests {
         let keys = |r: std::ops::Range<u32>| r.map(|i| i.to_string()).collect::<Vec<_>>();
         let mut st = WindowState::default();
         st.pass(overlap, t("2026-01-01T00:00:00Z"));
-        let mut page = |st: &mut WindowState, k: Vec<String>, last: bool| {
+        let page = |st: &mut WindowState, k: Vec<String>, last: bool| {
             let next = st.next_offset("s", &k, last);
             let cursor = match &next {
                 Next::Cursor(c) => Some(c.clone()),
