@@ -23,6 +23,8 @@ pub struct Metrics {
     pub source_retries: IntCounterVec,
     pub rate_limit_waits: IntCounterVec,
     pub token_restarts: IntCounterVec,
+    /// Offset pages that did not hold the last entry of the page before.
+    pub offset_shifts: IntCounterVec,
     pub source_request_seconds: HistogramVec,
     pub events_delivered: IntCounterVec,
     pub events_failed: IntCounterVec,
@@ -126,6 +128,12 @@ impl Metrics {
                 "Events a source read but did not deliver, by reason: before_window (older than the window asked for), after_window (newer than a backfill range).",
                 &["source", "reason"],
             ),
+            offset_shifts: counter(
+                &r,
+                "source_offset_shifts_total",
+                "Offset pages that did not hold the last entry of the page before (entries deleted or purged under the cursor, or an insert burst); the walk restarts from the first page of its window.",
+                &["source"],
+            ),
             source_requests: counter(&r, "source_requests_total", "Requests to a source API by outcome.", &["source", "outcome"]),
             source_retries: counter(&r, "source_retries_total", "Source requests retried after a transient failure.", &["source"]),
             rate_limit_waits: counter(&r, "rate_limit_waits_total", "ResourceExhausted / 429 answers that paused a source.", &["source"]),
@@ -194,6 +202,7 @@ impl Metrics {
             &self.source_retries,
             &self.rate_limit_waits,
             &self.token_restarts,
+            &self.offset_shifts,
         ] {
             c.with_label_values(&[source]);
         }

@@ -1,6 +1,10 @@
 //! The real binary paging through the CertifyClouds fake into a webhook
 //! receiver: offset paging while entries are inserted between pages, both
 //! sort orders, filters, rate limits, and SIGKILLs in the middle of a pass.
+//! Every test runs against a harsh server: `limit` clamped below
+//! `page_size` while the envelope echoes what was asked, every 7th entry
+//! with an empty id, and (where a test does not choose its own) entries
+//! inserted a minute back after every page.
 
 mod support;
 
@@ -8,15 +12,29 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng;
-use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig, Order};
+use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig, Echo, Order};
 use support::harness::{duplicates, metric_value, wait_for_all, Setup};
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 const TOKEN: &str = "cc-token-SECRET-4411";
 
+/// The clamp every test's server applies (its `page_size`s are larger).
+const CLAMP: usize = 17;
+
 async fn fake(cfg: CertifycloudsFakeConfig) -> CertifycloudsFake {
+    let inserts = cfg.insert_budget == 0;
     CertifycloudsFake::start(CertifycloudsFakeConfig {
         token: TOKEN.into(),
+        max_limit: cfg.max_limit.min(CLAMP),
+        echo: Echo::Requested,
+        empty_id_every: 7,
+        insert_per_page: if inserts { 1 } else { cfg.insert_per_page },
+        insert_age: if inserts {
+            Duration::from_secs(60)
+        } else {
+            cfg.insert_age
+        },
+        insert_budget: if inserts { 30 } else { cfg.insert_budget },
         ..cfg
     })
     .await
@@ -25,7 +43,8 @@ async fn fake(cfg: CertifycloudsFakeConfig) -> CertifycloudsFake {
 
 async fn hook(faults: WebhookFaults) -> WebhookReceiver {
     WebhookReceiver::start(WebhookConfig {
-        id_field: "id".into(),
+        // The vendor id may be empty: tell events apart by `fake_ref`.
+        id_field: "fake_ref".into(),
         faults,
         ..Default::default()
     })
@@ -249,11 +268,22 @@ async fn certifyclouds_sigkill_in_the_middle_of_a_pass_resumes_the_walk() {
     assert!(state.contains("\"seen\""), "{state}");
     let mut daemon = setup.spawn();
     wait_for_all(&expected, &hook, &setup).await;
+    // And the entries the server inserted under the walk.
+    wait_for_all(&fake.all_ids(), &hook, &setup).await;
     assert!(daemon
         .terminate(Duration::from_secs(20))
         .await
         .expect("exit")
         .success());
+    assert!(
+        fake.stats().inserted_between_pages > 0,
+        "{:?}",
+        fake.stats()
+    );
+    assert!(
+        hook.events().iter().filter(|e| e["id"] == "").count() > 100,
+        "entries with an empty id were not exercised"
+    );
     eprintln!(
         "duplicates after 5 SIGKILLs: {} of {}",
         duplicates(&hook),

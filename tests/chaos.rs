@@ -17,7 +17,7 @@ use support::daemon::{free_port, Daemon};
 use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
 use support::kafka::{consume_unique, ids};
 use support::rsyslog::Rsyslog;
-use support::veza_fake::{Faults, VezaFake, VezaFakeConfig};
+use support::veza_fake::{Faults, TokenAtEnd, VezaFake, VezaFakeConfig};
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 const KILLS: usize = 20;
@@ -36,6 +36,11 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
         total_events: TOTAL,
         seed: 21,
         default_wait: Duration::from_secs(1),
+        // The real API's harsh sides: a clamp below `page_size`, no next
+        // token at the end of the log, empty request ids.
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
         slow_delay: Duration::from_millis(1500),
         faults: Faults {
             rate_limit: 0.03,
@@ -52,6 +57,8 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
     .unwrap();
     let hec = HecFake::start(HecFakeConfig {
         ack: true,
+        // The request id may be empty: tell events apart by `fake_ref`.
+        id_field: "fake_ref".into(),
         faults: HecFaults {
             busy: 0.05,
             lose: 0.05,
@@ -63,6 +70,7 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
     .await
     .unwrap();
     let hook = WebhookReceiver::start(WebhookConfig {
+        id_field: "fake_ref".into(),
         faults: WebhookFaults {
             server_error: 0.05,
             rate_limit: 0.03,
@@ -74,6 +82,7 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
     .unwrap();
     // Down for half of the kills: its batches wait in its spool through them.
     let spooled = WebhookReceiver::start(WebhookConfig {
+        id_field: "fake_ref".into(),
         faults: WebhookFaults {
             server_error: 0.05,
             ..Default::default()
@@ -231,7 +240,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
     }
     let mut syslog_counts: HashMap<String, u64> = HashMap::new();
     for r in &syslog {
-        if let Some(id) = r.sd_param("id") {
+        if let Some(id) = r.event_ref().or_else(|| r.sd_param("id")) {
             *syslog_counts.entry(id).or_default() += 1;
         }
     }

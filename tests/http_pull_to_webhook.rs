@@ -1,6 +1,10 @@
 //! The real binary running the generic `http_pull` source against a
 //! Zaita-shaped fake, once per pagination mode, into a webhook receiver;
-//! plus expired page tokens, rate-limit signals and SIGKILLs.
+//! plus expired page tokens, rate-limit signals and SIGKILLs. Every test
+//! runs against a harsh server: pages clamped below `page_size` (paged
+//! modes), every 6th event with an empty `event_id`, a next token or link
+//! on every page (also empty ones past the end), and (where a test does
+//! not choose its own) events inserted a minute back after every page.
 
 mod support;
 
@@ -14,10 +18,29 @@ use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 const TOKEN: &str = "zaita-machine-SECRET-7c1e";
 
+/// The clamp every paged test's server applies (`page_size`s are larger).
+const CLAMP: usize = 13;
+
 async fn fake(mode: PullMode, cfg: PullFakeConfig) -> PullFake {
+    let inserts = cfg.insert_budget == 0;
     PullFake::start(PullFakeConfig {
         token: TOKEN.into(),
         mode,
+        // A server without pagination cannot clamp without losing events.
+        max_page_size: if mode == PullMode::Unpaged {
+            cfg.max_page_size
+        } else {
+            cfg.max_page_size.min(CLAMP)
+        },
+        empty_id_every: 6,
+        token_on_empty: true,
+        insert_per_page: if inserts { 1 } else { cfg.insert_per_page },
+        insert_age: if inserts {
+            Duration::from_secs(60)
+        } else {
+            cfg.insert_age
+        },
+        insert_budget: if inserts { 20 } else { cfg.insert_budget },
         ..cfg
     })
     .await
@@ -26,7 +49,8 @@ async fn fake(mode: PullMode, cfg: PullFakeConfig) -> PullFake {
 
 async fn hook(faults: WebhookFaults) -> WebhookReceiver {
     WebhookReceiver::start(WebhookConfig {
-        id_field: "event_id".into(),
+        // The vendor id may be empty: tell events apart by `fake_ref`.
+        id_field: "fake_ref".into(),
         faults,
         ..Default::default()
     })
@@ -138,6 +162,14 @@ async fn mode_delivers_everything_once(mode: PullMode) {
     let mut daemon = setup.spawn();
     expected.extend(fake.add_aged(10, Duration::ZERO));
     wait_for_all(&expected, &hook, &setup).await;
+    // And the events the server inserted under the walk.
+    expected = fake
+        .events()
+        .into_iter()
+        .map(|e| e.id)
+        .filter(|id| !old.contains(id))
+        .collect();
+    wait_for_all(&expected, &hook, &setup).await;
     assert!(daemon
         .terminate(Duration::from_secs(20))
         .await
@@ -147,6 +179,11 @@ async fn mode_delivers_everything_once(mode: PullMode) {
     let stats = fake.stats();
     assert_eq!(duplicates(&hook), 0, "{mode:?}: an event arrived twice");
     assert_eq!(hook.unique_count(), expected.len(), "{mode:?}");
+    assert!(stats.inserted_between_pages > 0, "{mode:?}: {stats:?}");
+    assert!(
+        hook.events().iter().any(|e| e["event_id"] == ""),
+        "{mode:?}: no empty ids exercised"
+    );
     for id in &old {
         assert_eq!(
             hook.count_of(id),
@@ -356,6 +393,9 @@ async fn http_pull_sigkill_mid_walk_loses_nothing() {
     }
     let mut daemon = setup.spawn();
     wait_for_all(&expected, &hook, &setup).await;
+    // And the events the server inserted under the walk.
+    let all: Vec<String> = fake.events().into_iter().map(|e| e.id).collect();
+    wait_for_all(&all, &hook, &setup).await;
     assert!(daemon
         .terminate(Duration::from_secs(20))
         .await

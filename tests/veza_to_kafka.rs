@@ -12,7 +12,7 @@ use rand::Rng;
 use rdkafka::mocking::MockCluster;
 use support::daemon::{free_port, Daemon};
 use support::kafka::{consume_unique, create_topic, ids, Tansu};
-use support::veza_fake::{VezaFake, VezaFakeConfig};
+use support::veza_fake::{TokenAtEnd, VezaFake, VezaFakeConfig};
 
 fn write_config(dir: &Path, veza: &str, bootstrap: &str) -> PathBuf {
     std::fs::write(dir.join("veza_token"), "test-veza-token").unwrap();
@@ -139,6 +139,11 @@ async fn sigkill_with_a_mock_cluster_loses_nothing() {
         append_every: Some(Duration::from_millis(20)),
         append_batch: 10,
         total_events: total,
+        // The real API's harsh sides: a clamp below `page_size`, no next
+        // token at the end of the log, empty request ids.
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
         ..Default::default()
     })
     .await
@@ -157,6 +162,11 @@ async fn sigkill_with_tansu_loses_nothing() {
         append_batch: 10,
         total_events: total,
         seed: 9,
+        // The real API's harsh sides: a clamp below `page_size`, no next
+        // token at the end of the log, empty request ids.
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
         ..Default::default()
     })
     .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::daemon::{free_port, http_get, Daemon};
 use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
-use support::veza_fake::{Faults, VezaFake, VezaFakeConfig};
+use support::veza_fake::{Faults, TokenAtEnd, VezaFake, VezaFakeConfig};
 
 const VEZA_TOKEN: &str = "veza-SECRET-token-0a1b2c";
 const HEC_TOKEN: &str = "5e4d3c2b-SECRET-4a5b-8c9d-0e1f2a3b4c5d";
@@ -30,6 +30,11 @@ async fn every_id_reaches_splunk_with_indexer_ack_and_no_secret_is_logged() {
         total_events: total,
         seed: 21,
         default_wait: Duration::from_secs(1),
+        // The real API's harsh sides: a clamp below `page_size`, no next
+        // token at the end of the log, empty request ids.
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
         faults: Faults {
             server_error: 0.05,
             rate_limit: 0.03,
@@ -43,6 +48,8 @@ async fn every_id_reaches_splunk_with_indexer_ack_and_no_secret_is_logged() {
     let rejected = ids[700].clone();
     let hec = HecFake::start(HecFakeConfig {
         token: HEC_TOKEN.into(),
+        // The request id may be empty: tell events apart by `fake_ref`.
+        id_field: "fake_ref".into(),
         ack: true,
         seed: 5,
         faults: HecFaults {

@@ -1,5 +1,7 @@
 //! The real binary against the Veza export fake and a webhook receiver, over
-//! loopback: faults, kills, restarts, expired tokens, secrets.
+//! loopback: faults, kills, restarts, expired tokens, secrets. Every test
+//! runs against a harsh server (see `harsh`): `page_size` clamped, pages
+//! at the end of the log without a next token, and empty request ids.
 
 mod support;
 
@@ -9,10 +11,31 @@ use std::time::Duration;
 
 use rand::Rng;
 use support::daemon::{free_port, http_get, Daemon};
-use support::veza_fake::{Faults, VezaFake, VezaFakeConfig};
+use support::veza_fake::{Faults, TokenAtEnd, VezaFake, VezaFakeConfig};
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
 const VEZA_TOKEN: &str = "test-veza-token";
+
+/// The real API's harsh sides on top of a test's own faults: a clamp
+/// below every `page_size` used here, no next token once the log's end is
+/// reached, and every 9th event with `"request_id": ""`.
+fn harsh(cfg: VezaFakeConfig) -> VezaFakeConfig {
+    VezaFakeConfig {
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
+        ..cfg
+    }
+}
+
+/// A receiver telling events apart by the fake's `fake_ref` (the request
+/// id may be empty).
+fn by_ref(cfg: WebhookConfig) -> WebhookConfig {
+    WebhookConfig {
+        id_field: "fake_ref".into(),
+        ..cfg
+    }
+}
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -122,7 +145,7 @@ async fn wait_all(fake: &VezaFake, hook: &WebhookReceiver, total: usize, log: &P
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_id_arrives_through_every_fault_and_cooldowns_are_respected() {
     let total = 2000;
-    let fake = VezaFake::start(VezaFakeConfig {
+    let fake = VezaFake::start(harsh(VezaFakeConfig {
         initial_events: 1000,
         append_every: Some(Duration::from_millis(50)),
         append_batch: 25,
@@ -140,17 +163,17 @@ async fn every_id_arrives_through_every_fault_and_cooldowns_are_respected() {
             not_json: 0.03,
         },
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
-    let hook = WebhookReceiver::start(WebhookConfig {
+    let hook = WebhookReceiver::start(by_ref(WebhookConfig {
         faults: WebhookFaults {
             server_error: 0.05,
             rate_limit: 0.05,
             ..Default::default()
         },
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
     let setup = Setup::new(&fake, &hook, "", r#"compression = "gzip""#);
@@ -220,17 +243,17 @@ fn metric_value(text: &str, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_instants_loses_nothing() {
     let total = 3000;
-    let fake = VezaFake::start(VezaFakeConfig {
+    let fake = VezaFake::start(harsh(VezaFakeConfig {
         initial_events: 300,
         append_every: Some(Duration::from_millis(20)),
         append_batch: 10,
         total_events: total,
         seed: 11,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
-    let hook = WebhookReceiver::start(WebhookConfig::default())
+    let hook = WebhookReceiver::start(by_ref(WebhookConfig::default()))
         .await
         .unwrap();
     let setup = Setup::new(&fake, &hook, "page_size = 50", "");
@@ -266,15 +289,15 @@ async fn sigkill_at_random_instants_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_resumes_without_loss_or_duplicates() {
     let total = 2000;
-    let fake = VezaFake::start(VezaFakeConfig {
+    let fake = VezaFake::start(harsh(VezaFakeConfig {
         initial_events: total,
         total_events: total,
         seed: 3,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
-    let hook = WebhookReceiver::start(WebhookConfig::default())
+    let hook = WebhookReceiver::start(by_ref(WebhookConfig::default()))
         .await
         .unwrap();
     let setup = Setup::new(&fake, &hook, "", "");
@@ -303,15 +326,15 @@ async fn sigterm_drains_and_resumes_without_loss_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_restarts_from_overlap_without_duplicates() {
-    let fake = VezaFake::start(VezaFakeConfig {
+    let fake = VezaFake::start(harsh(VezaFakeConfig {
         initial_events: 1500,
         total_events: 1500,
         seed: 5,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
-    let hook = WebhookReceiver::start(WebhookConfig::default())
+    let hook = WebhookReceiver::start(by_ref(WebhookConfig::default()))
         .await
         .unwrap();
     let setup = Setup::new(&fake, &hook, r#"overlap = "10m""#, "");
@@ -359,18 +382,18 @@ async fn rejected_token_is_reread_reported_in_readyz_and_never_logged() {
     const WRONG: &str = "wrong-veza-SECRET-1f2e3d";
     const HOOK_BEARER: &str = "hook-bearer-SECRET-9a8b7c";
     const HMAC_KEY: &str = "hmac-key-SECRET-5d6e7f";
-    let fake = VezaFake::start(VezaFakeConfig {
+    let fake = VezaFake::start(harsh(VezaFakeConfig {
         initial_events: 300,
         total_events: 300,
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
-    let hook = WebhookReceiver::start(WebhookConfig {
+    let hook = WebhookReceiver::start(by_ref(WebhookConfig {
         expect_authorization: Some(format!("Bearer {HOOK_BEARER}")),
         hmac_secret: Some(HMAC_KEY.as_bytes().to_vec()),
         ..Default::default()
-    })
+    }))
     .await
     .unwrap();
     let dir_extra = tempfile::tempdir().unwrap();

@@ -4,9 +4,9 @@
 //! Each pass asks for the window from the watermark (newest delivered
 //! `timestamp`) minus `overlap` to the instant the pass began, page by page
 //! with `offset +=` the entries returned, until a page is provably the last:
-//! empty, or shorter than the server's real page size (the echoed `limit`
-//! when it is below what was asked, else the largest page served; servers
-//! clamp `limit` silently, so `page_size` proves nothing). Entries inserted
+//! empty, or shorter than the `limit` the answer echoes when that is below
+//! what was asked (servers clamp `limit` silently and may change the clamp,
+//! so neither `page_size` nor earlier pages prove anything). Entries inserted
 //! while paging shift the offsets, so a page can repeat entries of the one
 //! before: those, and everything delivered in an earlier pass, are dropped
 //! by `id`. Every page is a batch whose checkpoint holds the pass (window
@@ -25,7 +25,7 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, Stop,
+    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, RateLimitConfig, Stop,
     TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
@@ -373,19 +373,11 @@ impl Source for CertifycloudsSource {
                 .and_then(|p| p.cursor.as_deref())
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0);
-            let last = self.state.page_sizes.is_last(
-                self.cfg.stop,
-                self.cfg.page_size as usize,
-                returned,
-                echoed,
-            );
-            // Advance by what the server returned, not by what was asked:
-            // a clamped page must not skip the entries after it.
-            let next = if last {
-                Next::Done
-            } else {
-                Next::Cursor((offset + returned as u64).to_string())
-            };
+            let last = page_is_last(self.cfg.stop, self.cfg.page_size as usize, returned, echoed);
+            // From the offset of this page's last entry, which the next
+            // page must hold: advances by what the server returned (a
+            // clamped page skips nothing) and notices entries moving back.
+            let next = self.state.next_offset(&self.name, &keys, last);
             debug!(source = %self.name, offset, returned, echoed_limit = ?echoed, new = found.events.len(), repeated = found.repeated, last_page = last, "page");
             let checkpoint =
                 self.state

@@ -780,11 +780,7 @@ impl HttpPullSource {
                     .and_then(|lp| lp.lookup(root))
                     .and_then(|v| scalar_text(v)?.parse::<usize>().ok());
                 let asked = self.cfg.page_size as usize;
-                if self
-                    .state
-                    .page_sizes
-                    .is_last(p.stop, asked, returned, echoed)
-                {
+                if super::poll::page_is_last(p.stop, asked, returned, echoed) {
                     Next::Done
                 } else if p.mode == Mode::Offset {
                     // By what the server returned: a clamped page must
@@ -888,6 +884,14 @@ impl Source for HttpPullSource {
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);
             self.fetcher.count_answer(!found.events.is_empty());
+            let next = if self.cfg.pagination.mode == Mode::Offset {
+                // From the offset of the page's last entry, which the next
+                // page must hold (entries deleted under the cursor move).
+                self.state
+                    .next_offset(&self.name, &keys, matches!(next, Next::Done))
+            } else {
+                next
+            };
             debug!(source = %self.name, returned, new = found.events.len(), repeated = found.repeated, before_window = found.before_window, last_page = matches!(next, Next::Done), "page");
             let checkpoint =
                 self.state

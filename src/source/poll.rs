@@ -226,9 +226,9 @@ pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Stop {
-    /// A page shorter than the server's real page size is the last: the
-    /// echoed limit, else the largest page it has served (never just
-    /// `page_size`: servers clamp it silently).
+    /// A page shorter than the limit the server echoes (when below
+    /// `page_size`) is the last; any other short page is confirmed by one
+    /// more request (servers clamp silently, and may change the clamp).
     #[default]
     ShortPage,
     /// Only an empty page is the last (for APIs whose page size varies,
@@ -236,35 +236,18 @@ pub enum Stop {
     EmptyPage,
 }
 
-/// What a source has learned of the server's real page size, to tell the
-/// last page from one the server clamped.
-#[derive(Clone, Debug, Default)]
-pub struct PageSizes {
-    /// The largest page served so far: the server's size is at least this.
-    /// (A cell: page parsing, which decides, borrows the source shared.)
-    largest: std::cell::Cell<usize>,
-}
-
-impl PageSizes {
-    /// Whether a page of `returned` items is provably the last one, when
-    /// `asked` were asked for and the answer echoed `echoed` as its limit.
-    /// An echo below `asked` is the server admitting a clamp; an echo of
-    /// `asked` proves nothing (servers echo what they were sent).
-    pub fn is_last(
-        &self,
-        stop: Stop,
-        asked: usize,
-        returned: usize,
-        echoed: Option<usize>,
-    ) -> bool {
-        let largest = self.largest.get();
-        let known = largest.max(echoed.filter(|e| *e < asked).unwrap_or(0));
-        self.largest.set(largest.max(returned));
-        match stop {
-            _ if returned == 0 => true,
-            Stop::EmptyPage => false,
-            Stop::ShortPage => returned < known.min(asked),
-        }
+/// Whether a page of `returned` items is provably the last one, when
+/// `asked` were asked for and the answer echoed `echoed` as its limit.
+/// Only this answer's own word counts: an echo below `asked` is the server
+/// stating its size. Page sizes seen before prove nothing (a server may
+/// lower its clamp mid-walk, or cut pages by bytes), and neither does an
+/// echo of `asked` (servers echo what they were sent): such a short page
+/// costs one more request, which comes back empty at the end.
+pub fn page_is_last(stop: Stop, asked: usize, returned: usize, echoed: Option<usize>) -> bool {
+    match stop {
+        _ if returned == 0 => true,
+        Stop::EmptyPage => false,
+        Stop::ShortPage => echoed.is_some_and(|e| e < asked && returned < e),
     }
 }
 
@@ -711,7 +694,18 @@ pub struct Pass {
     /// ignoring the cursor, or inserting ahead of it faster than it is read).
     #[serde(default)]
     pub same_pages: u32,
+    /// Offset pagination: the key of the last entry read, which the next
+    /// page (asked from that entry's offset) must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor: Option<String>,
+    /// Walks of this pass restarted because the anchor had moved.
+    #[serde(default)]
+    pub offset_restarts: u32,
 }
+
+/// Restarts of one pass's walk after its offsets shifted backwards; past
+/// this the walk goes on (a server purging faster than a walk completes).
+pub const OFFSET_RESTART_LIMIT: u32 = 3;
 
 /// Pages in a row without progress after which a pass is ended: asking
 /// again would loop forever.
@@ -731,9 +725,6 @@ pub struct WindowState {
     pub pass: Option<Pass>,
     #[serde(default)]
     pub seen: SeenSet,
-    /// Learned anew by each run (a server may lower its page size).
-    #[serde(skip)]
-    pub page_sizes: PageSizes,
 }
 
 /// How a page ends its pass.
@@ -783,7 +774,53 @@ impl WindowState {
             recent: Vec::new(),
             recent_split: 0,
             same_pages: 0,
+            anchor: None,
+            offset_restarts: 0,
         })
+    }
+
+    /// Where an offset walk goes after a page holding `keys`, asked at the
+    /// pass's cursor; `last` when the page is provably the last. Each page
+    /// is asked from the offset of the previous page's last entry, so it
+    /// must hold that entry: when it does not, entries before the cursor
+    /// were deleted (retention purges the oldest) and later ones moved to
+    /// offsets already read, so the walk restarts at the window's first
+    /// page (what it re-reads is dropped by key). Call before `record_page`.
+    pub fn next_offset(&mut self, source: &str, keys: &[String], last: bool) -> Next {
+        let Some(pass) = self.pass.as_mut() else {
+            return Next::Done;
+        };
+        let at: u64 = pass
+            .cursor
+            .as_deref()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let anchor = pass.anchor.take();
+        let found = anchor.as_ref().map(|a| keys.iter().position(|k| k == a));
+        if let Some(None) = found {
+            metrics().offset_shifts.with_label_values(&[source]).inc();
+            if pass.offset_restarts < OFFSET_RESTART_LIMIT {
+                pass.offset_restarts += 1;
+                warn!(source, offset = at, restarts = pass.offset_restarts, "the page lacks the last entry of the page before: entries were deleted or purged under the cursor (or an insert burst moved it); walking this window again from its first page");
+                // The re-read pages are expected, not a stuck API.
+                pass.recent.clear();
+                pass.recent_split = 0;
+                pass.same_pages = 0;
+                return Next::Cursor("0".into());
+            }
+            error!(source, offset = at, "the page lacks the last entry of the page before again; going on, so entries deleted under the cursor may have moved past it (retention purging faster than a pass completes: shorten the window with start_at, or page newest first)");
+        }
+        let after_anchor = match found {
+            Some(Some(p)) => keys.len() - p - 1,
+            _ => keys.len(),
+        };
+        match keys.last() {
+            Some(key) if !last && after_anchor > 0 => {
+                pass.anchor = Some(key.clone());
+                Next::Cursor((at + keys.len() as u64 - 1).to_string())
+            }
+            _ => Next::Done,
+        }
     }
 
     /// The new events of a page of the current pass.
@@ -1045,32 +1082,67 @@ mod tests {
 
     #[test]
     fn a_clamped_page_is_not_the_last_one() {
+        let last = |returned, echoed| page_is_last(Stop::ShortPage, 500, returned, echoed);
         // Asked for 500, the server serves 300 and echoes nothing.
-        let sizes = PageSizes::default();
+        assert!(!last(300, None), "unknown size");
+        assert!(!last(120, None), "no proof without the server's word");
         assert!(
-            !sizes.is_last(Stop::ShortPage, 500, 300, None),
-            "unknown size"
-        );
-        assert!(
-            !sizes.is_last(Stop::ShortPage, 500, 300, Some(500)),
+            !last(300, Some(500)),
             "an echo of what was asked proves nothing"
         );
-        assert!(
-            sizes.is_last(Stop::ShortPage, 500, 120, None),
-            "shorter than a full page"
-        );
-        assert!(sizes.is_last(Stop::ShortPage, 500, 0, None));
+        assert!(last(0, None));
         // An echo below what was asked is the server's own size.
-        let sizes = PageSizes::default();
-        assert!(!sizes.is_last(Stop::ShortPage, 500, 300, Some(300)));
-        assert!(sizes.is_last(Stop::ShortPage, 500, 299, Some(300)));
-        // A full page of what was asked.
-        let sizes = PageSizes::default();
-        assert!(!sizes.is_last(Stop::ShortPage, 50, 50, None));
-        assert!(sizes.is_last(Stop::ShortPage, 50, 49, None));
+        assert!(!last(300, Some(300)));
+        assert!(last(299, Some(300)));
         // empty_page trusts nothing but an empty page.
-        assert!(!sizes.is_last(Stop::EmptyPage, 50, 1, None));
-        assert!(sizes.is_last(Stop::EmptyPage, 50, 0, None));
+        assert!(!page_is_last(Stop::EmptyPage, 50, 1, Some(10)));
+        assert!(page_is_last(Stop::EmptyPage, 50, 0, None));
+    }
+
+    #[test]
+    fn a_lowered_clamp_does_not_end_the_pass() {
+        // The server served 60 a page, then lowers its clamp to 40 (load
+        // shedding, pages cut by bytes): a page of 40 is not the last.
+        let last = |returned, echoed| page_is_last(Stop::ShortPage, 250, returned, echoed);
+        assert!(!last(60, None));
+        assert!(
+            !last(40, None),
+            "a page smaller than the largest served ended the pass"
+        );
+        assert!(!last(40, Some(250)));
+    }
+
+    #[test]
+    fn an_offset_walk_restarts_when_entries_move_back() {
+        let overlap = Duration::from_secs(60);
+        let keys = |r: std::ops::Range<u32>| r.map(|i| i.to_string()).collect::<Vec<_>>();
+        let mut st = WindowState::default();
+        st.pass(overlap, t("2026-01-01T00:00:00Z"));
+        let page = |st: &mut WindowState, k: Vec<String>, last: bool| {
+            let next = st.next_offset("s", &k, last);
+            let cursor = match &next {
+                Next::Cursor(c) => Some(c.clone()),
+                Next::Done => None,
+            };
+            st.record_page("s", &[], k, next, overlap);
+            cursor
+        };
+        // Oldest first: 0..5 at offset 0, then from offset 4 (entry 4).
+        assert_eq!(page(&mut st, keys(0..5), false).as_deref(), Some("4"));
+        assert_eq!(page(&mut st, keys(4..9), false).as_deref(), Some("8"));
+        // Two oldest purged: offset 8 now starts at entry 10; 8 is gone
+        // from view and 9 would be skipped.
+        assert_eq!(
+            page(&mut st, keys(10..15), false).as_deref(),
+            Some("0"),
+            "a backward shift must restart the walk"
+        );
+        assert_eq!(page(&mut st, keys(2..7), false).as_deref(), Some("4"));
+        // Inserts ahead of the cursor (anchor found further in) are fine.
+        assert_eq!(page(&mut st, keys(5..10), false).as_deref(), Some("8"));
+        // Only the anchor left: the end.
+        assert_eq!(page(&mut st, keys(9..10), false), None);
+        assert!(st.between_passes());
     }
 
     #[test]

@@ -16,7 +16,11 @@
 //! `echo`); every `empty_id_every`th entry has `"id": ""`; and with
 //! `filter_on_added` the date filters apply to when an entry was added, not
 //! its `timestamp`, so `add_late` entries (old timestamps, added now) are
-//! returned although older than the window. Every entry carries `fake_ref`,
+//! returned although older than the window. `lower_clamp_after_pages`
+//! lowers the clamp to `lowered_max_limit` after that many pages (load
+//! shedding); `purge_oldest_per_page` deletes the oldest entries after each
+//! page (retention), which moves later entries to earlier offsets. Every
+//! entry carries `fake_ref`,
 //! a unique reference for tests (the id may be empty).
 
 use std::io;
@@ -59,6 +63,14 @@ pub struct CertifycloudsFakeConfig {
     pub bare_array: bool,
     pub max_limit: usize,
     pub echo: Echo,
+    /// After this many pages served (0: never)…
+    pub lower_clamp_after_pages: u64,
+    /// …`limit` is clamped to this instead of `max_limit`.
+    pub lowered_max_limit: usize,
+    /// After each page served, delete this many of the oldest entries…
+    pub purge_oldest_per_page: usize,
+    /// …up to this many in total.
+    pub purge_budget: usize,
     /// Every Nth entry created has `"id": ""` (0: none).
     pub empty_id_every: u64,
     /// Filter `start_date`/`end_date` on when an entry was added.
@@ -83,6 +95,10 @@ impl Default for CertifycloudsFakeConfig {
             bare_array: false,
             max_limit: 1000,
             echo: Echo::Clamped,
+            lower_clamp_after_pages: 0,
+            lowered_max_limit: 1000,
+            purge_oldest_per_page: 0,
+            purge_budget: 0,
             empty_id_every: 0,
             filter_on_added: false,
             seed: 1,
@@ -115,6 +131,8 @@ pub struct CertifycloudsStats {
     pub later_pages: u64,
     pub with_end_date: u64,
     pub inserted_between_pages: u64,
+    /// Entries deleted by the retention purge (`fake_ref`s).
+    pub purged: Vec<String>,
     pub unauthorized: u64,
     pub bad_request: u64,
     pub rate_limited: u64,
@@ -383,7 +401,14 @@ impl Shared {
             return error(400, "limit and offset must be non-negative integers");
         };
         let asked = limit;
-        let limit = limit.clamp(1, self.cfg.max_limit);
+        let lowered = self.cfg.lower_clamp_after_pages > 0
+            && st.stats.pages >= self.cfg.lower_clamp_after_pages;
+        let max = if lowered {
+            self.cfg.lowered_max_limit
+        } else {
+            self.cfg.max_limit
+        };
+        let limit = limit.clamp(1, max);
         let (event_type, actor) = (get("event_type"), get("actor"));
         let on_added = self.cfg.filter_on_added;
         let filter_time = |e: &Entry| if on_added { e.added } else { e.timestamp };
@@ -425,6 +450,19 @@ impl Shared {
             }
             st.inserted += n;
             st.stats.inserted_between_pages += n as u64;
+            let room = self.cfg.purge_budget.saturating_sub(st.stats.purged.len());
+            for _ in 0..self.cfg.purge_oldest_per_page.min(room) {
+                let oldest = st
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, e)| (e.timestamp, e.id.clone()))
+                    .map(|(i, _)| i);
+                if let Some(i) = oldest {
+                    let gone = st.entries.remove(i);
+                    st.stats.purged.push(gone.id);
+                }
+            }
         }
         let body = match (self.cfg.bare_array, self.cfg.echo) {
             (true, _) => Value::Array(page),

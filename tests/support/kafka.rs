@@ -102,12 +102,18 @@ fn consume_until(
     out
 }
 
-/// The `request_id` of each message payload.
+/// The id of each message payload: the fakes' `fake_ref` (unique even
+/// when the vendor id is empty), else `request_id`.
 pub fn ids(messages: &[Received]) -> Vec<String> {
     messages
         .iter()
         .filter_map(|m| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
-        .filter_map(|v| v["request_id"].as_str().map(str::to_string))
+        .filter_map(|v| {
+            v["fake_ref"]
+                .as_str()
+                .or(v["request_id"].as_str())
+                .map(str::to_string)
+        })
         .collect()
 }
 

@@ -121,6 +121,14 @@ impl Record {
         parse_sd(&self.sd).unwrap_or_else(|e| panic!("bad SD {:?}: {e}", self.sd))
     }
 
+    /// The event's reference: the fakes' `fake_ref` in the message (unique
+    /// even when the vendor id is empty), else the SD `id` parameter.
+    pub fn event_ref(&self) -> Option<String> {
+        let at = self.msg.find("\"fake_ref\":\"")? + "\"fake_ref\":\"".len();
+        let len = self.msg[at..].find('"')?;
+        Some(self.msg[at..at + len].to_string())
+    }
+
     pub fn sd_param(&self, name: &str) -> Option<String> {
         self.sd_params()
             .into_iter()
@@ -412,7 +420,10 @@ input(type="imrelp" port="{relp}" ruleset="relp" maxDataSize="256k")
         let deadline = Instant::now() + within;
         loop {
             let records = self.records(input);
-            let seen: HashSet<String> = records.iter().filter_map(|r| r.sd_param("id")).collect();
+            let seen: HashSet<String> = records
+                .iter()
+                .filter_map(|r| r.event_ref().or_else(|| r.sd_param("id")))
+                .collect();
             if ids.is_subset(&seen) || Instant::now() >= deadline {
                 return records;
             }

@@ -14,7 +14,9 @@
 //! Real-API behaviours, as options: `token_at_end` serves the page that
 //! reaches the end of the log (and the empty pages after it) without a
 //! `next_page_token`, or with `""`; every `empty_id_every`th event has
-//! `"request_id": ""` (and a `fake_ref` naming it, for tests).
+//! `"request_id": ""`; `max_page_size` clamps `page_size` silently. Every
+//! event carries `fake_ref`, its unique reference for tests (the
+//! `request_id` may be empty).
 
 use std::io;
 use std::net::SocketAddr;
@@ -151,6 +153,8 @@ pub struct VezaFakeConfig {
     pub token_at_end: TokenAtEnd,
     /// Every Nth event (1-based) has an empty `request_id` (0: none).
     pub empty_id_every: usize,
+    /// Largest page served; a larger `page_size` is cut to it silently.
+    pub max_page_size: usize,
 }
 
 impl Default for VezaFakeConfig {
@@ -174,6 +178,7 @@ impl Default for VezaFakeConfig {
             reset_with_rst: true,
             token_at_end: TokenAtEnd::Token,
             empty_id_every: 0,
+            max_page_size: 10_000,
         }
     }
 }
@@ -292,6 +297,7 @@ struct Shared {
     reset_with_rst: bool,
     token_at_end: TokenAtEnd,
     empty_id_every: usize,
+    max_page_size: usize,
     secret: [u8; 32],
     state: Mutex<State>,
     events_tx: watch::Sender<usize>,
@@ -338,6 +344,7 @@ impl VezaFake {
             reset_with_rst: cfg.reset_with_rst,
             token_at_end: cfg.token_at_end,
             empty_id_every: cfg.empty_id_every,
+            max_page_size: cfg.max_page_size,
             secret: rand::random(),
             state: Mutex::new(State {
                 events: Vec::with_capacity(cfg.initial_events),
@@ -913,7 +920,8 @@ impl Shared {
             );
         }
 
-        let (body, served, next, repeated) = self.page(st, offset, page_size, duplicates);
+        let (body, served, next, repeated) =
+            self.page(st, offset, page_size.min(self.max_page_size), duplicates);
         if truncated {
             rec.outcome = Outcome::Truncated;
             let cut = body.len() / 2;
@@ -1178,9 +1186,9 @@ fn make_event(seed: u64, index: usize, persisted_at: DateTime<Utc>, empty_id: bo
         "persisted_at": rfc3339(persisted_at),
     });
     let mut value = value;
+    value["fake_ref"] = json!(id);
     if empty_id {
         value["request_id"] = json!("");
-        value["fake_ref"] = json!(id);
     }
     FakeEvent {
         id,
