@@ -598,7 +598,7 @@ impl Running {
         // New sinks first: if one cannot be built, nothing has stopped yet.
         let mut fresh = BTreeMap::new();
         for name in &plan.sinks_added {
-            match build_running_sink(&new, name, &self.health) {
+            match build_off_runtime(&new, name, &self.health).await {
                 Ok(sink) => {
                     fresh.insert(name.clone(), sink);
                 }
@@ -695,14 +695,27 @@ impl Running {
     ) -> anyhow::Result<()> {
         for name in cfg.sinks.keys() {
             if !self.sinks.contains_key(name) && !fresh.contains_key(name) {
-                fresh.insert(name.clone(), build_running_sink(cfg, name, &self.health)?);
+                fresh.insert(
+                    name.clone(),
+                    build_off_runtime(cfg, name, &self.health).await?,
+                );
             }
         }
         let mut all = self.sinks.clone();
         all.extend(fresh.iter().map(|(n, s)| (n.clone(), s.clone())));
         let mut built = Vec::new();
         for name in sources {
-            match build_pipeline(cfg, name, &all, &self.store, &self.health) {
+            let (c, n, sinks, store, health) = (
+                cfg.clone(),
+                name.clone(),
+                all.clone(),
+                self.store.clone(),
+                self.health.clone(),
+            );
+            let pipeline = off_runtime(format!("sources.{name}"), move || {
+                build_pipeline(&c, &n, &sinks, &store, &health)
+            });
+            match pipeline.await {
                 Ok(p) => built.push(p),
                 Err(e) => {
                     // Let go of listening sockets before anything else binds.
@@ -719,6 +732,31 @@ impl Running {
         }
         Ok(())
     }
+}
+
+/// [`build_running_sink`] on a blocking thread: a reopened spool (of a sink,
+/// or of a `webhook_in` source) waits for the instance a reload replaces,
+/// whose tasks need the runtime to let go of it.
+async fn build_off_runtime(
+    config: &Config,
+    name: &str,
+    health: &Health,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let (c, n, h) = (config.clone(), name.to_string(), health.clone());
+    off_runtime(format!("sinks.{name}"), move || {
+        build_running_sink(&c, &n, &h)
+    })
+    .await
+}
+
+/// Runs `build` on a blocking thread (it may wait for a spool's lock).
+async fn off_runtime<T: Send + 'static>(
+    what: String,
+    build: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(build)
+        .await
+        .map_err(|e| anyhow::anyhow!("{what}: building failed: {e}"))?
 }
 
 /// Waits (a little) until nothing holds the old instance of a sink any more,

@@ -238,7 +238,7 @@ fn default_retry_max() -> Duration {
 }
 
 /// The whole daemon configuration, validated.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub file: PathBuf,
     pub state_dir: PathBuf,

@@ -342,14 +342,27 @@ impl DeadLetters {
 /// before records were kept on lines of their own): the torn part and the
 /// record. The leftmost record start whose rest parses wins, so a record
 /// whose event holds a `time` field is never cut inside.
+///
+/// A candidate is taken only when no record start before it runs on to the
+/// end of the line as the beginning of one JSON value: else it may be an
+/// object inside the event of a torn record (one that lost only its last
+/// bytes), and replaying it would send an event that never was. Such a line
+/// (also a record torn right after `"event":` then a whole one, which reads
+/// the same) stays unreadable, kept verbatim.
 fn split_fused(line: &str) -> Option<(&str, DeadLetter)> {
-    line.match_indices(RECORD_START)
-        .filter(|(at, _)| *at > 0)
-        .find_map(|(at, _)| {
-            serde_json::from_str::<DeadLetter>(&line[at..])
-                .ok()
-                .map(|r| (&line[..at], r))
-        })
+    let starts: Vec<usize> = line.match_indices(RECORD_START).map(|(at, _)| at).collect();
+    let (at, record) = starts.iter().filter(|&&at| at > 0).find_map(|&at| {
+        serde_json::from_str::<DeadLetter>(&line[at..])
+            .ok()
+            .map(|r| (at, r))
+    })?;
+    let inside_a_torn_record = std::iter::once(0)
+        .chain(starts.iter().copied())
+        .filter(|&s| s < at)
+        .any(|s| {
+            serde_json::from_str::<serde::de::IgnoredAny>(&line[s..]).is_err_and(|e| e.is_eof())
+        });
+    (!inside_a_torn_record).then(|| (&line[..at], record))
 }
 
 #[cfg(test)]
@@ -453,6 +466,32 @@ mod tests {
             "{\"time\":\"x\"}"
         );
         assert_eq!(f.unreadable, vec![(1, "{\"time\":\"t\",\"sou".to_string())]);
+    }
+
+    #[test]
+    fn a_torn_record_is_never_split_at_an_object_inside_its_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let dl = DeadLetters::new(dir.path(), "torn");
+        // The event has the fields of a record; a crash lost the record's
+        // last `}` (and its newline): what is left ends with the event.
+        let event = br#"{"time":"2024-05-01T00:00:00Z","source":"okta","error":"denied","event":{"user":"mallory"}}"#;
+        dl.write("s", &[ev(event, Some("1"))], "x").unwrap();
+        let whole = std::fs::read_to_string(dl.path()).unwrap();
+        let torn = whole.trim_end_matches('\n').strip_suffix('}').unwrap();
+        std::fs::write(dl.path(), torn).unwrap();
+        // The next write starts its record on a new line.
+        let dl = DeadLetters::new(dir.path(), "torn");
+        dl.write("s", &[ev(b"{\"a\":2}", Some("2"))], "x").unwrap();
+        let back = DeadLetters::read(dl.path()).unwrap();
+        let ids: Vec<_> = back.records.iter().map(|r| r.id.as_deref()).collect();
+        assert_eq!(ids, vec![Some("2")], "only the whole record is replayed");
+        assert_eq!(back.unreadable, vec![(1, torn.to_string())]);
+        // Behind another torn record on the same line (an older writer).
+        let fused = dir.path().join("fused.ndjson");
+        std::fs::write(&fused, format!("{{\"time\":\"t\",\"sou{torn}\n")).unwrap();
+        let back = DeadLetters::read(&fused).unwrap();
+        assert!(back.records.is_empty(), "{:?}", back.records);
+        assert_eq!(back.unreadable.len(), 1);
     }
 
     #[test]

@@ -34,6 +34,7 @@ use chrono::{DateTime, Utc};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use tokio::sync::{watch, Notify};
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -116,6 +117,28 @@ pub struct SpoolingSink {
     spool_after: Option<Duration>,
     retry: RetryConfig,
     stop: CancellationToken,
+    /// Attempts that outlived `spool_after` and go on: they end with this
+    /// instance (a reload's replacement delivers their batches from the
+    /// spool), so none lingers, e.g. waiting for dead-letter room, forever.
+    late_attempts: Mutex<Vec<AbortHandle>>,
+}
+
+/// Aborts a direct attempt when the delivery that started it is dropped (a
+/// drain that timed out), unless it goes on late ([`Self::keep`]).
+struct AttemptGuard(Option<AbortHandle>);
+
+impl AttemptGuard {
+    fn keep(mut self) -> Option<AbortHandle> {
+        self.0.take()
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if let Some(attempt) = self.0.take() {
+            attempt.abort();
+        }
+    }
 }
 
 struct Shared {
@@ -258,6 +281,7 @@ impl SpoolingSink {
             spool_after,
             retry,
             stop,
+            late_attempts: Mutex::new(Vec::new()),
         })
     }
 
@@ -368,6 +392,13 @@ impl SpoolingSink {
 impl Drop for SpoolingSink {
     fn drop(&mut self) {
         self.stop.cancel();
+        let late = self
+            .late_attempts
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner());
+        for attempt in late.drain(..) {
+            attempt.abort();
+        }
     }
 }
 
@@ -395,6 +426,7 @@ impl Sink for SpoolingSink {
         }
         let (inner, owned, src) = (self.inner.clone(), events.to_vec(), source.to_string());
         let mut attempt = tokio::spawn(async move { inner.deliver(&src, &owned).await });
+        let guard = AttemptGuard(Some(attempt.abort_handle()));
         let why = match tokio::time::timeout(spool_after, &mut attempt).await {
             Ok(Ok(Ok(()))) => return Ok(()),
             Ok(Ok(Err(e))) => format!("the sink failed: {e:#}"),
@@ -404,6 +436,11 @@ impl Sink for SpoolingSink {
                 // finds it and waits for the attempt's outcome.
                 let (outcome_tx, outcome_rx) = watch::channel(None);
                 shared.state().late.insert(id, outcome_rx);
+                if let Some(late) = guard.keep() {
+                    let mut kept = self.late_attempts.lock().unwrap_or_else(|p| p.into_inner());
+                    kept.retain(|a| !a.is_finished());
+                    kept.push(late);
+                }
                 tokio::spawn(async move {
                     let ok = matches!(attempt.await, Ok(Ok(())));
                     let _ = outcome_tx.send(Some(ok));
@@ -856,6 +893,76 @@ mod tests {
             health.clone(),
         )
         .unwrap()
+    }
+
+    /// A sink whose delivery never ends (e.g. waiting for room in its full
+    /// dead-letter file); says when a delivery of it is given up.
+    struct StuckSink {
+        given_up: tokio::sync::mpsc::UnboundedSender<()>,
+    }
+
+    struct SaysWhenDropped(tokio::sync::mpsc::UnboundedSender<()>);
+
+    impl Drop for SaysWhenDropped {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+
+    #[async_trait]
+    impl Sink for StuckSink {
+        async fn deliver(&self, _: &str, _: &[Event]) -> anyhow::Result<()> {
+            let _guard = SaysWhenDropped(self.given_up.clone());
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_late_delivery_ends_with_the_sink_that_started_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (given_up, mut given_up_rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Arc::new(StuckSink { given_up });
+        let sink = open(dir.path(), inner.clone(), 1 << 20, &Health::default());
+        // Outlives spool_after: spooled, and the attempt goes on late.
+        sink.deliver("s", &events(&["a"])).await.unwrap();
+        // A reload drops the sink: its replacement delivers the spool, so
+        // the old attempt must not linger (and write dead letters) forever.
+        drop(sink);
+        tokio::time::timeout(Duration::from_secs(5), given_up_rx.recv())
+            .await
+            .expect("the late attempt is given up when its sink is dropped");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_delivery_takes_its_attempt_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (given_up, mut given_up_rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Arc::new(StuckSink { given_up });
+        let sink = SpoolingSink::open(
+            "spooled",
+            dir.path(),
+            inner.clone(),
+            Some(Duration::from_secs(3600)),
+            1 << 20,
+            retry(),
+            Health::default(),
+        )
+        .unwrap();
+        // A drain that timed out aborts the pipeline's delivery mid-attempt:
+        // the attempt must not go on and deliver after the replacement
+        // pipeline started again from the checkpoint.
+        let batch = events(&["a"]);
+        let delivery = sink.deliver("s", &batch);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), delivery)
+                .await
+                .is_err(),
+            "still waiting for the stuck sink"
+        );
+        tokio::time::timeout(Duration::from_secs(5), given_up_rx.recv())
+            .await
+            .expect("the attempt is given up with the delivery");
+        drop(sink);
     }
 
     #[test]
