@@ -103,7 +103,7 @@ pub struct JournalCheckpoint {
 pub enum Resume {
     Journal(JournalCheckpoint),
     /// The journal-less format (or `checkpoint set --time`, or nothing).
-    Window(WindowState),
+    Window(Box<WindowState>),
 }
 
 impl Resume {
@@ -111,7 +111,7 @@ impl Resume {
         if let Some(ck) = bytes.and_then(|b| serde_json::from_slice::<JournalCheckpoint>(b).ok()) {
             return Ok(Resume::Journal(ck));
         }
-        WindowState::load(name, bytes, "QuickZTNA", recent_ids).map(Resume::Window)
+        WindowState::load(name, bytes, "QuickZTNA", recent_ids).map(|w| Resume::Window(Box::new(w)))
     }
 }
 
@@ -319,7 +319,7 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
             // it is the poll state, and whatever the journal holds is
             // delivered from its start.
             let newest = state.watermark;
-            window.state = state;
+            window.state = *state;
             let start = journal.spool.start()?;
             (start, newest, start)
         }

@@ -379,7 +379,7 @@ impl QuickztnaSource {
             })?)
         } else {
             let state = match resume {
-                Resume::Window(state) => state,
+                Resume::Window(state) => *state,
                 // Back from a journaled run: only once it is drained.
                 Resume::Journal(ck) if journal_dir.exists() => {
                     Journal::open(&ctx.state_dir, &ctx.name, cfg.max_journal_bytes)?
