@@ -216,6 +216,8 @@ impl Metrics {
         self.source_request_seconds.with_label_values(&[source]);
         self.commit_latency_seconds.with_label_values(&[source]);
         self.pipeline_failures.with_label_values(&[source]);
+        // Any source may report a data gap; the alert needs the zero series.
+        crate::source::gap::init(source);
     }
 
     /// Creates the series of one sink fed by one source at zero.
