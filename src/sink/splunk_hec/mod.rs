@@ -554,6 +554,11 @@ struct Inner {
     readiness: Readiness,
     acks: Mutex<AckTable>,
     ack_wake: Notify,
+    /// Set once the startup health round has an answer (or gave up): event
+    /// requests wait for it, so a load balancer's stickiness cookie is in
+    /// the jar before the first event goes out and every request, and its
+    /// ack queries, land on the same indexer.
+    warmed: tokio::sync::watch::Sender<bool>,
     /// Event requests whose ack id is not known yet.
     posts: PostsInFlight,
     permits: Semaphore,
@@ -696,6 +701,7 @@ impl SplunkHecSink {
             },
             acks: Mutex::new(AckTable::default()),
             ack_wake: Notify::new(),
+            warmed: tokio::sync::watch::Sender::new(false),
             posts: PostsInFlight::default(),
             permits: Semaphore::new(cfg.concurrency.max(1)),
             paused_until: Mutex::new(None),
@@ -1211,6 +1217,7 @@ async fn health_loop(inner: Arc<Inner>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = round => {}
         }
+        inner.warmed.send_replace(true);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(inner.cfg.health_check_interval) => {}
@@ -1224,6 +1231,10 @@ impl Sink for SplunkHecSink {
         if events.is_empty() {
             return Ok(());
         }
+        // Bounded: a collector that never answers its health check must not
+        // hold events back longer than one request would take.
+        let mut warmed = self.inner.warmed.subscribe();
+        let _ = tokio::time::timeout(self.inner.cfg.timeout, warmed.wait_for(|w| *w)).await;
         let enc = self.inner.encode(source, events);
         let runs = enc.runs(&self.inner.batch);
         let results = futures_util::future::join_all(
