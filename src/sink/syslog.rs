@@ -17,8 +17,10 @@
 //!   closing it cleanly, so on a reset the last `replay_window` bytes of
 //!   confirmed frames are written again on the next connection (duplicates,
 //!   never loss). The window is on disk before a batch is confirmed
-//!   ([`replay`]), so a restart, SIGKILL or reload of auditrelay resends it
-//!   too. Left uncovered: a receiver that read frames and lost them itself,
+//!   ([`replay`]), so a SIGKILL, restart or reload of auditrelay resends it
+//!   too — unless at a stop or reload the receiver answered our FIN with a
+//!   clean close of its own, proof it read everything ([`Sink::close`]).
+//!   Left uncovered: a receiver that read frames and lost them itself,
 //!   frames older than the window, or a host that vanished without a
 //!   reset. RELP has no such gap.
 //! - `udp://`: best effort. Each message is one datagram; a datagram that
