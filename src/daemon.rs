@@ -217,6 +217,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // wedged runtime stops the pings and systemd restarts the service.
     let mut watchdog = Watchdog::new();
     let mut died = None;
+    // When the stop began: sinks close within what is left of shutdown_timeout.
+    let stopping_since: Instant;
     loop {
         tokio::select! {
             Some(Finished { name, generation, failure }) = finished_rx.recv() => {
@@ -229,6 +231,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     // restart limits.
                     metrics().pipeline_failures.with_label_values(&[&name]).inc();
                     let timeout = running.config.shutdown_timeout;
+                    stopping_since = Instant::now();
                     error!(source = %name, error = %why, timeout_s = timeout.as_secs_f64(), "pipeline died; stopping the other pipelines and exiting non-zero");
                     notify(&[NotifyState::Stopping, NotifyState::Status("a pipeline died; stopping")]);
                     let all: Vec<String> = running.pipelines.keys().cloned().collect();
@@ -241,6 +244,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 }
                 if current && running.idle() {
                     info!("every source finished");
+                    stopping_since = Instant::now();
                     // Spooled batches are confirmed but not yet delivered.
                     let timeout = running.config.shutdown_timeout;
                     let flush = futures_util::future::join_all(running.sinks.values().map(|s| s.flush()));
@@ -253,6 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             signal = signals.recv() => match signal {
                 Signal::Stop(signal) => {
                     let timeout = running.config.shutdown_timeout;
+                    stopping_since = Instant::now();
                     info!(signal, timeout_s = timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
                     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
                     let all: Vec<String> = running.pipelines.keys().cloned().collect();
@@ -270,6 +275,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
         }
     }
+    let close_by = stopping_since + running.config.shutdown_timeout;
+    watchdog
+        .keep_pinging(close_sinks(running.sinks.iter(), close_by))
+        .await;
     stop_server.cancel();
     if let Err(e) = server.await {
         error!(error = %e, "server task failed");
@@ -621,12 +630,23 @@ impl Running {
         if !stopping.is_empty() {
             info!(sources = ?stopping, timeout_s = new.shutdown_timeout.as_secs_f64(), "config reload: draining the pipelines that change");
         }
+        let close_by = Instant::now() + new.shutdown_timeout;
         let aborted = self.drain(&stopping, new.shutdown_timeout).await;
         if !aborted.is_empty() {
             warn!(sources = ?aborted, "shutdown_timeout reached while draining for the reload; their unconfirmed batches will be sent again");
         }
         // Old sinks go once the pipelines that used them have drained.
-        for name in plan.sinks_changed.iter().chain(&plan.sinks_removed) {
+        let going: Vec<&String> = plan
+            .sinks_changed
+            .iter()
+            .chain(&plan.sinks_removed)
+            .collect();
+        close_sinks(
+            self.sinks.iter().filter(|(n, _)| going.contains(n)),
+            close_by,
+        )
+        .await;
+        for name in going {
             if let Some(sink) = self.sinks.remove(name) {
                 let gone = Arc::downgrade(&sink);
                 drop(sink);
@@ -757,6 +777,24 @@ async fn off_runtime<T: Send + 'static>(
     tokio::task::spawn_blocking(build)
         .await
         .map_err(|e| anyhow::anyhow!("{what}: building failed: {e}"))?
+}
+
+/// Longest wait for sinks to close their connections at a stop or reload.
+const CLOSE_MAX: Duration = Duration::from_secs(5);
+
+/// Lets `sinks` end their connections in order (a syslog sink that sees its
+/// receiver close cleanly need not resend anything at the next start),
+/// within `CLOSE_MAX` and what is left until `by`.
+async fn close_sinks<'a>(
+    sinks: impl Iterator<Item = (&'a String, &'a Arc<dyn Sink>)>,
+    by: Instant,
+) {
+    let within = by.saturating_duration_since(Instant::now()).min(CLOSE_MAX);
+    let (names, closing): (Vec<&String>, Vec<_>) = sinks.map(|(n, s)| (n, s.close())).unzip();
+    let all = futures_util::future::join_all(closing);
+    if tokio::time::timeout(within, all).await.is_err() {
+        warn!(sinks = ?names, timeout_s = within.as_secs_f64(), "sinks did not close their connections in time; what they could not prove delivered is sent again");
+    }
 }
 
 /// Waits (a little) until nothing holds the old instance of a sink any more,

@@ -944,3 +944,222 @@ async fn frames_a_receiver_lost_around_a_reload_of_the_sink_arrive_after_it() {
         "one .lock and one .replay: the old instance's were adopted and removed: {files:?}"
     );
 }
+
+/// The demo source (400 events/s) into rsyslog over TCP and TLS; a new
+/// `timeout` changes both sinks, so a reload replaces them.
+fn stop_config(dir: &Path, rs: &Rsyslog, port: u16, timeout: &str) -> std::path::PathBuf {
+    let config = dir.join("daemon.toml");
+    let sink = |name: &str, address: String, tls: String| {
+        format!(
+            "[sinks.{name}]\ntype = \"syslog\"\ninputs = [\"demo\"]\naddress = \"{address}\"\n\
+             timeout = \"{timeout}\"\nretry = {{ initial = \"20ms\", max = \"200ms\" }}\n{tls}\n"
+        )
+    };
+    let text = format!(
+        "state_dir = \"{state}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [sources.demo]\ntype = \"demo\"\nrate = 400\nbatch_size = 20\n{tcp}{tls}",
+        state = dir.join("state").display(),
+        tcp = sink(
+            "tcp",
+            format!("tcp://127.0.0.1:{}", rs.tcp_port),
+            String::new()
+        ),
+        tls = sink(
+            "tls",
+            format!("tls://localhost:{}", rs.tls_port),
+            format!("tls = {{ ca_file = \"{}\" }}", rs.pki.ca.display())
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Waits (bounded) until the demo checkpoint reaches `next`.
+async fn wait_committed(state: &Path, next: u64, daemon: &support::daemon::Daemon) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while committed(state).unwrap_or(0) < next {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "checkpoint never reached {next}: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How often each of the demo ids below `next` arrived at `input`, once
+/// all of them did.
+async fn arrivals(rs: &Rsyslog, input: &str, next: u64) -> HashMap<String, usize> {
+    let records = rs
+        .wait_for_ids(input, &demo_ids(next), Duration::from_secs(20))
+        .await;
+    let mut seen = HashMap::new();
+    for id in records.iter().filter_map(|r| r.sd_param("id")) {
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    for id in demo_ids(next) {
+        assert!(seen.contains_key(&id), "{input}: {id} never arrived");
+    }
+    seen
+}
+
+/// A SIGTERM or a reload ends each TCP/TLS connection in order and waits
+/// for rsyslog to close its side (it does, once it has read our FIN, so it
+/// read every frame): then nothing needs resending, and the next instance
+/// sends no duplicates. A SIGKILL proves nothing, so the window is resent.
+#[tokio::test]
+async fn a_clean_stop_or_reload_resends_nothing_while_a_kill_resends_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let log = dir.path().join("daemon.log");
+    let rs = Rsyslog::start(dir.path()).await;
+    let port = support::daemon::free_port();
+    let config = stop_config(dir.path(), &rs, port, "5s");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    wait_committed(&state, 100, &daemon).await;
+    // A reload that replaces both sinks.
+    stop_config(dir.path(), &rs, port, "6s");
+    let before_reload = committed(&state).unwrap();
+    daemon.signal(libc::SIGHUP);
+    wait_committed(&state, before_reload + 100, &daemon).await;
+    assert!(daemon.log_text().contains("config reloaded"));
+    let status = daemon.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
+    let stopped = committed(&state).unwrap();
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    wait_committed(&state, stopped + 100, &daemon).await;
+    let status = daemon.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
+    let next = committed(&state).unwrap();
+    for input in ["tcp", "tls"] {
+        let seen = arrivals(&rs, input, next).await;
+        let mut twice: Vec<&String> = seen
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        twice.sort();
+        assert!(
+            twice.is_empty(),
+            "{input}: {} of {next} events arrived more than once after a reload and a SIGTERM (first: {:?})\n{}",
+            twice.len(),
+            twice.first(),
+            daemon.log_text()
+        );
+    }
+    let text = daemon.log_text();
+    assert!(!text.contains("resending the replay window"), "{text}");
+    assert_eq!(
+        text.matches("connection closed cleanly by the receiver")
+            .count(),
+        6,
+        "each sink proved its receiver read everything at the reload and both stops: {text}"
+    );
+
+    // SIGKILL: no proof the receiver read the window, so it comes again.
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    wait_committed(&state, next + 100, &daemon).await;
+    daemon.kill().await;
+    let killed = committed(&state).unwrap();
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    wait_committed(&state, killed + 20, &daemon).await;
+    let status = daemon.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
+    assert!(daemon.log_text().contains("resending the replay window"));
+    for input in ["tcp", "tls"] {
+        let seen = arrivals(&rs, input, killed).await;
+        let resent = (next..killed)
+            .filter(|i| seen[&format!("demo-{i:012}")] > 1)
+            .count();
+        assert_eq!(
+            resent as u64,
+            killed - next,
+            "{input}: the window of the killed run was not resent whole"
+        );
+    }
+}
+
+/// A receiver that keeps the connection open after our FIN gives no proof
+/// it read the last frames: a SIGTERM then keeps the window (after waiting
+/// at most the sink's `timeout`), and the next start resends it.
+#[tokio::test]
+async fn a_receiver_that_does_not_close_gets_the_window_again_after_a_sigterm() {
+    use support::syslog_receiver::SyslogReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let receiver = SyslogReceiver::start(false).await;
+    receiver.set_holding_on_eof(true);
+    let config = replay_config(
+        dir.path(),
+        receiver.port,
+        support::daemon::free_port(),
+        "1s",
+    );
+    let log = dir.path().join("daemon.log");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    wait_committed(&state, 100, &daemon).await;
+    let stopping = std::time::Instant::now();
+    let status = daemon.terminate(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "the wait for the close is bounded"
+    );
+    let stopped = committed(&state).unwrap();
+    let text = daemon.log_text();
+    assert!(text.contains("replay window kept"), "{text}");
+    let mut daemon = support::daemon::Daemon::spawn(&config, &log);
+    let twice = |kept: &[String]| {
+        (0..stopped).all(|i| {
+            let id = format!("demo-{i:012}");
+            kept.iter().filter(|k| **k == id).count() == 2
+        })
+    };
+    let resent = receiver
+        .wait_until(Duration::from_secs(30), |_, kept| twice(kept))
+        .await;
+    daemon.kill().await;
+    assert!(
+        resent,
+        "the {stopped} events before the SIGTERM did not all arrive twice: {}",
+        daemon.log_text()
+    );
+}
+
+/// A receiver whose certificate is a CA certificate (what a bare
+/// `openssl req -x509` makes) is refused; the reason says why and what to do.
+#[tokio::test]
+async fn a_ca_certificate_as_the_receiver_s_certificate_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = support::tls::TestPki::ca_as_server_certificate();
+    let receiver = support::syslog_receiver::SyslogReceiver::start(false).await;
+    let front = support::tls::TlsFront::start(&pki, ([127, 0, 0, 1], receiver.port).into())
+        .await
+        .unwrap();
+    let port = front.url().rsplit(':').next().unwrap().to_string();
+    let (sink, health, _) = build(
+        dir.path(),
+        &format!(
+            "address = \"tls://127.0.0.1:{port}\"\ntls = {{ ca_file = \"{}\" }}",
+            pki.write_ca(dir.path(), "ca.pem").display()
+        ),
+    );
+    let events: Vec<Event> = (0..3).map(|i| veza_event("caserver", i)).collect();
+    let task = tokio::spawn(async move { sink.deliver("veza", &events).await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let reason = loop {
+        let (ready, map) = health.snapshot();
+        if !ready {
+            break map["sink.sys"].reason.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never failed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    task.abort();
+    assert!(reason.contains("TLS handshake"), "{reason}");
+    assert!(
+        reason.contains("CA certificate") && reason.contains("CA:FALSE"),
+        "{reason}"
+    );
+    assert!(receiver.kept().is_empty());
+}

@@ -56,6 +56,12 @@ pub trait Sink: Send + Sync {
     /// spool) has reached the destination. Called when every source has
     /// finished, before the daemon exits.
     async fn flush(&self) {}
+
+    /// Ends the sink's connections in order once nothing delivers through
+    /// it any more: at a stop, and when a reload drops or replaces it. The
+    /// caller bounds how long it may take (a cut-off close must leave
+    /// nothing worse than an abrupt one).
+    async fn close(&self) {}
 }
 
 /// What a sink is given when it is built.

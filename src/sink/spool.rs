@@ -469,6 +469,10 @@ impl Sink for SpoolingSink {
         self.wait_until_empty().await;
         self.inner.flush().await;
     }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
 }
 
 /// Delivers the spool, oldest batch first, and records what the sink

@@ -17,8 +17,10 @@
 //!   closing it cleanly, so on a reset the last `replay_window` bytes of
 //!   confirmed frames are written again on the next connection (duplicates,
 //!   never loss). The window is on disk before a batch is confirmed
-//!   ([`replay`]), so a restart, SIGKILL or reload of auditrelay resends it
-//!   too. Left uncovered: a receiver that read frames and lost them itself,
+//!   ([`replay`]), so a SIGKILL, restart or reload of auditrelay resends it
+//!   too — unless at a stop or reload the receiver answered our FIN with a
+//!   clean close of its own, proof it read everything ([`Sink::close`]).
+//!   Left uncovered: a receiver that read frames and lost them itself,
 //!   frames older than the window, or a host that vanished without a
 //!   reset. RELP has no such gap.
 //! - `udp://`: best effort. Each message is one datagram; a datagram that
@@ -51,7 +53,7 @@ use crate::metrics::metrics;
 use crate::retry::Backoff;
 pub use config::{Body, Format, Framing, SyslogConfig, Target, Transport};
 pub use encode::{Encoder, Frames, SD_VALUE_MAX};
-use stream::{send_stream, StreamConn, StreamError};
+use stream::{close_gracefully, send_stream, StreamConn, StreamError};
 
 /// Sink-specific metrics, labelled by sink.
 struct SyslogMetrics {
@@ -95,6 +97,9 @@ static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
         ),
     }
 });
+
+/// Longest wait for the receiver's close at a stop or reload.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 enum Conn {
     Udp(UdpSocket),
@@ -222,6 +227,13 @@ impl SyslogSink {
                 let handshake = connector.connect(name.clone(), tcp);
                 let stream = match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
                     Ok(Ok(s)) => s,
+                    Ok(Err(e)) if crate::tls::advice(&e).is_some() => {
+                        return Err(format!(
+                            "TLS handshake with {} failed: {}",
+                            self.target,
+                            crate::tls::describe(&e)
+                        ));
+                    }
                     Ok(Err(e)) => {
                         let hint = if e.to_string().contains("certificate") {
                             format!(
@@ -566,6 +578,39 @@ impl Sink for SyslogSink {
             self.deliver_run(source, run).await?;
         }
         Ok(())
+    }
+
+    /// TCP/TLS: a clean close by the receiver after our FIN proves it read
+    /// every frame, so the replay window is cleared and the next instance
+    /// resends nothing. Without that proof (a reset, no close in time, a
+    /// send cut off midway, a window not yet resent) it stays on disk.
+    async fn close(&self) {
+        let mut state = self.state.lock().await;
+        let state = &mut *state;
+        let Some(Conn::Stream(mut conn)) = state.conn.take() else {
+            return;
+        };
+        if !self.keeps_window() || state.window.is_empty() {
+            let deadline = tokio::time::Instant::now() + self.cfg.timeout.min(CLOSE_WAIT);
+            let _ = close_gracefully(&mut conn, deadline).await;
+            return;
+        }
+        if state.sending || state.replay {
+            info!(sink = %self.name, bytes = state.window.bytes, "replay window kept: the connection was not in a state to close cleanly; it is resent at the next start");
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout.min(CLOSE_WAIT);
+        match close_gracefully(&mut conn, deadline).await {
+            Ok(()) => {
+                state.window.clear();
+                if self.persist(&state.log, None, &state.window).await.is_ok() {
+                    info!(sink = %self.name, receiver = %self.target, "connection closed cleanly by the receiver: it read every frame, nothing to resend");
+                }
+            }
+            Err(why) => {
+                info!(sink = %self.name, receiver = %self.target, bytes = state.window.bytes, reason = %why, "replay window kept: no proof the receiver read every frame; it is resent at the next start");
+            }
+        }
     }
 
     /// Opens (and drops) a connection of the configured transport: TCP

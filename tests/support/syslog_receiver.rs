@@ -3,6 +3,9 @@
 //! restarts with frames in its buffers: in `losing` mode it reads every
 //! frame (so the sender's TCP stack sees each byte acknowledged) and throws
 //! it away; `reset_connections` closes every open connection with a reset.
+//! Receivers differ in what they do when the sender closes its side:
+//! rsyslog closes at once, others keep the connection until an idle
+//! timeout; `set_holding_on_eof(true)` models the latter.
 //! Frames are told apart by their SD `id="…"` parameter. Runs on
 //! 127.0.0.1:0 and stops when dropped.
 
@@ -18,6 +21,9 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 struct Inner {
     losing: AtomicBool,
+    /// After the sender's FIN, keep the connection open (until a reset or
+    /// the receiver stops) instead of closing it.
+    holding_on_eof: AtomicBool,
     /// Ids of frames read while not losing, in arrival order.
     kept: Mutex<Vec<String>>,
     /// Ids of frames read and thrown away.
@@ -56,6 +62,10 @@ impl SyslogReceiver {
 
     pub fn set_losing(&self, losing: bool) {
         self.inner.losing.store(losing, Ordering::SeqCst);
+    }
+
+    pub fn set_holding_on_eof(&self, holding: bool) {
+        self.inner.holding_on_eof.store(holding, Ordering::SeqCst);
     }
 
     /// Resets (RST) every connection open now.
@@ -103,6 +113,11 @@ async fn serve(mut stream: TcpStream, inner: Arc<Inner>, mut resets: watch::Rece
     loop {
         let n = tokio::select! {
             r = stream.read(&mut chunk) => match r {
+                Ok(0) if inner.holding_on_eof.load(Ordering::SeqCst) => {
+                    let _ = resets.changed().await;
+                    let _ = stream.set_zero_linger();
+                    return;
+                }
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             },

@@ -64,6 +64,50 @@ pub(super) async fn send_stream(
         .map_err(StreamError::dirty)
 }
 
+/// Ends the connection in order — TLS `close_notify`, then our FIN — and
+/// waits until `deadline` for the receiver's FIN. Our FIN comes after every
+/// frame, and a receiver closes after reading up to it (rsyslog does at
+/// once, over TCP and TLS), so its clean close proves it read every frame:
+/// `Ok` only then. A reset, data after the TLS close, or no close in time
+/// prove nothing.
+pub(super) async fn close_gracefully(
+    conn: &mut StreamConn,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let late = || "the receiver did not close its side in time".to_string();
+    match tokio::time::timeout_at(deadline, conn.io.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("closing the connection failed: {e}")),
+        Err(_) => return Err(late()),
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.io.read(&mut buf)).await {
+            Err(_) => return Err(late()),
+            Ok(Ok(0)) => break,
+            // TLS session tickets and the like; plain receivers send nothing.
+            Ok(Ok(_)) => {}
+            // TLS: a TCP FIN without the receiver's close_notify (rsyslog's
+            // gtls driver closes so); the socket below tells FIN from reset.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Ok(Err(e)) => return Err(format!("connection failed while closing: {e}")),
+        }
+    }
+    // TLS ends at the receiver's close_notify, which may precede its FIN.
+    let mut delay = Duration::from_micros(100);
+    loop {
+        match peek(conn.fd) {
+            Peer::Closed => return Ok(()),
+            Peer::Failed(why) => return Err(why),
+            Peer::Data => return Err("the receiver sent data after closing TLS".into()),
+            Peer::Open if tokio::time::Instant::now() >= deadline => return Err(late()),
+            Peer::Open => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
 /// What a non-blocking peek says about a TCP socket.
 enum Peer {
     Open,
