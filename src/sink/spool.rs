@@ -832,8 +832,10 @@ mod tests {
         }
 
         /// Waits until `n` events were taken (bounded).
+        /// Bounded at 30 s: generous, so a loaded CI machine (the reopen
+        /// waits for the old instance's lock) does not fail it.
         async fn wait_for(&self, n: usize) -> Vec<String> {
-            for _ in 0..500 {
+            for _ in 0..1500 {
                 let took = self.took.notified();
                 if self.got().len() >= n {
                     break;
