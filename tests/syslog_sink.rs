@@ -1163,3 +1163,65 @@ async fn a_ca_certificate_as_the_receiver_s_certificate_is_explained() {
     );
     assert!(receiver.kept().is_empty());
 }
+
+/// A deliver cancelled midway (a reload whose drain timed out against a
+/// stalled receiver) leaves the connection unusable, so the next batch
+/// reconnects. Frames confirmed before, still unread in the stalled
+/// receiver's socket, are lost when it is restarted: they must be resent on
+/// the new connection like after a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_confirmed_before_a_cancelled_send_are_resent_on_the_next_connection() {
+    use support::syslog_receiver::SyslogReceiver;
+    let receiver = SyslogReceiver::start(false).await;
+    receiver.set_stalled(true);
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, _) = build(
+        dir.path(),
+        &format!(
+            "address = \"tcp://127.0.0.1:{}\"\nmax_message_size = 65536\nreplay_window = 67108864",
+            receiver.port
+        ),
+    );
+    let first = vec![veza_event("first", 0)];
+    tokio::time::timeout(Duration::from_secs(10), sink.deliver("veza", &first))
+        .await
+        .expect("confirmed: the receiver's kernel acknowledged it")
+        .unwrap();
+    // More than loopback's socket buffers hold: the write blocks.
+    let big: Vec<Event> = (0..400)
+        .map(|i| {
+            let id = format!("big-{i:05}");
+            Event {
+                raw: Bytes::from(json!({"id": id, "pad": "x".repeat(60_000)}).to_string()),
+                id: Some(id.into()),
+                time: Some(time(i)),
+                kind: Some(KIND.into()),
+            }
+        })
+        .collect();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(1500), sink.deliver("veza", &big)).await;
+    assert!(cancelled.is_err(), "the stalled receiver blocked the write");
+    // The stalled receiver is restarted with our frames unread.
+    receiver.reset_connections();
+    receiver.set_stalled(false);
+    let next = vec![veza_event("next", 1)];
+    tokio::time::timeout(Duration::from_secs(20), sink.deliver("veza", &next))
+        .await
+        .expect("delivered")
+        .unwrap();
+    let arrived = receiver
+        .wait_until(Duration::from_secs(10), |_, kept| {
+            kept.iter().any(|id| id == "first-00000") && kept.iter().any(|id| id == "next-00001")
+        })
+        .await;
+    assert!(
+        arrived,
+        "a confirmed frame the receiver never read was not resent: {:?}",
+        receiver
+            .kept()
+            .iter()
+            .filter(|id| !id.starts_with("big-"))
+            .collect::<Vec<_>>()
+    );
+}

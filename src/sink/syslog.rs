@@ -358,8 +358,11 @@ impl SyslogSink {
         let mut state = self.state.lock().await;
         let state = &mut *state;
         if std::mem::take(&mut state.sending) {
-            warn!(sink = %self.name, "a send was cancelled midway; reconnecting");
+            warn!(sink = %self.name, "a send was cancelled midway; reconnecting and resending the replay window");
             state.conn = None;
+            // Dropping the connection without the receiver's close proves
+            // nothing, as after a reset: what it acknowledged may be unread.
+            state.replay = !state.window.is_empty();
         }
         if self.keeps_window() && state.log.is_none() {
             self.open_replay_log(state).await?;

@@ -5,7 +5,10 @@
 //! it away; `reset_connections` closes every open connection with a reset.
 //! Receivers differ in what they do when the sender closes its side:
 //! rsyslog closes at once, others keep the connection until an idle
-//! timeout; `set_holding_on_eof(true)` models the latter.
+//! timeout; `set_holding_on_eof(true)` models the latter. A busy or hung
+//! receiver stops reading: `set_stalled(true)` makes connections opened
+//! from then on read nothing (their kernel acknowledges until its buffer
+//! is full) until `reset_connections`.
 //! Frames are told apart by their SD `id="…"` parameter. Runs on
 //! 127.0.0.1:0 and stops when dropped.
 
@@ -24,6 +27,8 @@ struct Inner {
     /// After the sender's FIN, keep the connection open (until a reset or
     /// the receiver stops) instead of closing it.
     holding_on_eof: AtomicBool,
+    /// Connections accepted now read nothing until a reset.
+    stalled: AtomicBool,
     /// Ids of frames read while not losing, in arrival order.
     kept: Mutex<Vec<String>>,
     /// Ids of frames read and thrown away.
@@ -68,6 +73,10 @@ impl SyslogReceiver {
         self.inner.holding_on_eof.store(holding, Ordering::SeqCst);
     }
 
+    pub fn set_stalled(&self, stalled: bool) {
+        self.inner.stalled.store(stalled, Ordering::SeqCst);
+    }
+
     /// Resets (RST) every connection open now.
     pub fn reset_connections(&self) {
         self.resets.send_modify(|n| *n += 1);
@@ -108,6 +117,12 @@ impl Drop for SyslogReceiver {
 
 async fn serve(mut stream: TcpStream, inner: Arc<Inner>, mut resets: watch::Receiver<u64>) {
     resets.borrow_and_update();
+    if inner.stalled.load(Ordering::SeqCst) {
+        // Unread data and a close: the kernel resets the connection.
+        let _ = resets.changed().await;
+        let _ = stream.set_zero_linger();
+        return;
+    }
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {

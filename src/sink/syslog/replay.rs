@@ -72,6 +72,10 @@ pub struct ReplayLog {
     _lock: File,
     file_bytes: u64,
     cap: usize,
+    /// A write or sync failed: the file may end in part of a record, and
+    /// a record appended after it would never be read back (reading stops
+    /// at the first torn record). The next append rewrites the file.
+    torn: bool,
 }
 
 /// Frames found in the files of earlier instances.
@@ -167,6 +171,7 @@ impl ReplayLog {
             path,
             _lock: lock,
             cap,
+            torn: false,
         };
         log.file_bytes = log.file.metadata()?.len();
         // Our file holds their frames now: theirs can go.
@@ -187,7 +192,7 @@ impl ReplayLog {
     /// Appends a confirmed batch durably; rewrites the file with `window`
     /// (which already holds `frames`) once it is twice the window's size.
     pub fn append(&mut self, frames: &[u8], window: &Window) -> io::Result<()> {
-        if self.file_bytes > (2 * self.cap as u64).max(1 << 20) {
+        if self.torn || self.file_bytes > (2 * self.cap as u64).max(1 << 20) {
             return self.rewrite(window);
         }
         let mut record = Vec::with_capacity(RECORD_HEAD + frames.len());
@@ -198,8 +203,10 @@ impl ReplayLog {
         );
         record.extend_from_slice(&crc32fast::hash(frames).to_le_bytes());
         record.extend_from_slice(frames);
+        self.torn = true;
         self.file.write_all(&record)?;
         self.file.sync_data()?;
+        self.torn = false;
         self.file_bytes += record.len() as u64;
         Ok(())
     }
@@ -208,6 +215,7 @@ impl ReplayLog {
     /// receiver closed cleanly: it read everything).
     pub fn rewrite(&mut self, window: &Window) -> io::Result<()> {
         self.file = write_new(&self.dir, &self.path, &self.header, window)?;
+        self.torn = false;
         self.file_bytes = self.file.metadata()?.len();
         File::open(&self.dir)?.sync_all()
     }
@@ -364,6 +372,81 @@ mod tests {
         let (_log, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
         assert_eq!(frames(&adopted.window), [&b"one"[..]]);
         assert_eq!(adopted.damaged, [path]);
+    }
+
+    /// Runs `name` (an ignored test of this module) in a child process with
+    /// `env` set, so it may change process-wide limits.
+    fn in_child(name: &str, env: &str, value: &Path) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &format!("sink::syslog::replay::tests::{name}")])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(env, value)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("1 passed"), "the child ran the test: {text}");
+    }
+
+    /// A failed append (here: the file size limit; in life a full disk)
+    /// leaves part of a record behind. The batch is not confirmed and is
+    /// sent and appended again: what a later instance adopts must still
+    /// hold it and every batch after it.
+    #[test]
+    fn a_batch_appended_after_a_failed_append_is_still_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        in_child(
+            "failed_append_child",
+            "REPLAY_FAILED_APPEND_DIR",
+            dir.path(),
+        );
+    }
+
+    #[test]
+    #[ignore = "run by a_batch_appended_after_a_failed_append_is_still_adopted"]
+    fn failed_append_child() {
+        let Some(dir) = std::env::var_os("REPLAY_FAILED_APPEND_DIR") else {
+            return;
+        };
+        let dir = Path::new(&dir);
+        let limit = |soft: libc::rlim_t| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: plain libc calls on a valid struct, in a child process
+            // of its own.
+            unsafe {
+                libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+                assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+                lim.rlim_cur = soft.min(lim.rlim_max);
+                assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            }
+        };
+        let (mut log, _) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
+        let mut w = Window::default();
+        let (a, b, c) = (vec![b'a'; 100], vec![b'b'; 8000], vec![b'c'; 100]);
+        w.push(Bytes::copy_from_slice(&a), 1 << 20);
+        log.append(&a, &w).unwrap();
+        limit(4096);
+        w.push(Bytes::copy_from_slice(&b), 1 << 20);
+        assert!(log.append(&b, &w).is_err(), "over the size limit");
+        limit(libc::RLIM_INFINITY);
+        // Sent again and confirmed this time, then the next batch.
+        w.push(Bytes::copy_from_slice(&b), 1 << 20);
+        log.append(&b, &w).unwrap();
+        w.push(Bytes::copy_from_slice(&c), 1 << 20);
+        log.append(&c, &w).unwrap();
+        drop(log);
+        let (_next, adopted) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
+        let got = frames(&adopted.window);
+        assert!(
+            got.contains(&&b[..]) && got.last() == Some(&&c[..]),
+            "{:?}",
+            got.iter().map(|f| f.len()).collect::<Vec<_>>()
+        );
+        assert!(adopted.damaged.is_empty(), "{:?}", adopted.damaged);
     }
 
     #[test]
