@@ -113,14 +113,20 @@ impl ReplayLog {
             std::process::id(),
             INSTANCES.fetch_add(1, Ordering::Relaxed)
         );
+        // Locked before it gets its `.lock` name: another instance opening
+        // at this moment must never find it unlocked and take it for the
+        // lock of a dead instance (it would delete it, and our window with
+        // it would never be adopted after a crash).
+        let fresh = dir.join(format!("{id}.lock.new"));
         let lock = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(dir.join(format!("{id}.lock")))?;
+            .open(&fresh)?;
         lock.try_lock().map_err(|e| match e {
             TryLockError::Error(e) => e,
             TryLockError::WouldBlock => io::Error::other("a fresh lock file is locked"),
         })?;
+        fs::rename(&fresh, dir.join(format!("{id}.lock")))?;
         let mut adopted = Adopted {
             window: Window::default(),
             damaged: Vec::new(),
