@@ -348,3 +348,28 @@ async fn quickztna_checkpoint_without_journal_is_migrated_without_loss_or_repeat
     );
     assert_eq!(hook.unique_count(), expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_small_journal_takes_large_entries_a_few_at_a_time() {
+    // 100 entries of about 1.2 KB are more than a 64 KiB journal holds in
+    // one append, even empty: appends must be sized by bytes, not entries.
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        details_bytes: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let keys = fake.add_spread(250, ago(1800), ago(10));
+    let setup = Setup::new("qz", &source(&fake, "max_journal_bytes = 65536"), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&keys), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    assert_eq!(duplicates(&hook), 0);
+}
