@@ -373,3 +373,41 @@ async fn quickztna_small_journal_takes_large_entries_a_few_at_a_time() {
         .success());
     assert_eq!(duplicates(&hook), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_journal_removed_by_hand_is_started_afresh_not_read_from_the_old_position() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let first = fake.add_spread(200, ago(1800), ago(60));
+    let setup = Setup::new("qz", &source(&fake, ""), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&first), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    // An operator wipes the journal (a full disk, a restore of the
+    // checkpoints only): the checkpoint points into a journal that is gone.
+    std::fs::remove_dir_all(setup.state_dir().join("journal").join("qz")).unwrap();
+    let second = fake.add_spread(20, ago(5), ago(1));
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&second), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    let log = setup.log_text();
+    assert!(
+        !log.contains("damaged journal data"),
+        "the new journal was read from the old position:\n{}",
+        setup.tail(20)
+    );
+}

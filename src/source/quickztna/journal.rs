@@ -300,6 +300,18 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
         anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime")
     })?;
     let (pos, newest, replay_from) = match resume {
+        // A position past the journal's end belongs to a journal that is
+        // gone (removed by hand): read this one from its start, never from
+        // an offset inside a record (nothing would be read, or garbage).
+        Resume::Journal(ck) if ck.journal > journal.end() => {
+            let start = journal.spool.start()?;
+            warn!(source = %name, journal = %dir(&state_dir, &name).display(), checkpoint_segment = ck.journal.segment, checkpoint_offset = ck.journal.offset, "the checkpoint points past the end of the journal (was it removed?); reading the journal from its start and polling again from the newest delivered entry minus overlap");
+            window.state = WindowState {
+                watermark: ck.newest,
+                ..Default::default()
+            };
+            (start, ck.newest, start)
+        }
         Resume::Journal(ck) => match journal.load_state(recent_ids)? {
             Some(state) => {
                 window.state = state.window;
