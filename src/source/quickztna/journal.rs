@@ -38,7 +38,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -86,6 +86,18 @@ pub(super) static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric definition is valid");
     metrics().register(g)
+});
+
+static JOURNAL_DAMAGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "auditrelay_quickztna_journal_damaged_total",
+            "Damaged stretches of a QuickZTNA source's journal skipped when read (a record failing its checksum, or a cut segment end): the entries there are lost. The log line \"damaged journal data skipped\" names file and offset.",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(c)
 });
 
 /// The pipeline checkpoint of a journaled source.
@@ -151,6 +163,7 @@ impl Journal {
             .with_label_values(&[name])
             .set(spool.bytes() as i64);
         JOURNAL_FULL.with_label_values(&[name]).set(0);
+        JOURNAL_DAMAGED.with_label_values(&[name]);
         Ok(Journal {
             name: name.into(),
             spool,
@@ -438,6 +451,7 @@ impl Reader {
                         )
                     })?;
             for what in &chunk.skipped {
+                JOURNAL_DAMAGED.with_label_values(&[&self.name]).inc();
                 error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");
             }
             self.pos = chunk.next;
