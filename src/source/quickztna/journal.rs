@@ -238,11 +238,15 @@ impl Journal {
 
     /// Puts the ids of the entries from `from` to the end into the seen-set:
     /// appended before a crash that came before their state was saved.
+    /// With `move_watermark` (that crash, not a checkpoint set by hand) the
+    /// watermark moves over them as their poll moved it (never past now,
+    /// as a poll never moves it past when it asked).
     pub(super) fn replay(
         &self,
         from: Pos,
         window: &mut WindowState,
         extractor: &FieldExtractor,
+        move_watermark: bool,
     ) -> anyhow::Result<u64> {
         let mut pos = from;
         let mut replayed = 0;
@@ -254,6 +258,11 @@ impl Journal {
             for raw in chunk.records {
                 let ev = without_empty_id(record_event(extractor, raw));
                 window.seen.insert(&dedup_key(&ev), ev.time);
+                if let Some(t) = ev.time.filter(|_| move_watermark) {
+                    let t = t.min(Utc::now());
+                    window.watermark = Some(window.watermark.map_or(t, |w| w.max(t)));
+                    window.resume_at = None;
+                }
                 replayed += 1;
             }
             pos = chunk.next;
@@ -312,7 +321,10 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime")
     })?;
-    let (pos, newest, replay_from) = match resume {
+    // Only the journal's own crash recovery moves the watermark over the
+    // replayed entries: a checkpoint set by hand (or reset) polls from
+    // where it says, whatever the journal still holds.
+    let (pos, newest, replay_from, recovering) = match resume {
         // A position past the journal's end belongs to a journal that is
         // gone (removed by hand): read this one from its start, never from
         // an offset inside a record (nothing would be read, or garbage).
@@ -323,12 +335,17 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
                 watermark: ck.newest,
                 ..Default::default()
             };
-            (start, ck.newest, start)
+            (start, ck.newest, start, false)
         }
         Resume::Journal(ck) => match journal.load_state(recent_ids)? {
             Some(state) => {
                 window.state = state.window;
-                (ck.journal, ck.newest, state.appended.unwrap_or(ck.journal))
+                (
+                    ck.journal,
+                    ck.newest,
+                    state.appended.unwrap_or(ck.journal),
+                    true,
+                )
             }
             None => {
                 warn!(source = %name, file = %journal.store.path(POLLER_STATE).display(), "the journal's poller state is missing; polling again from the newest delivered entry minus overlap");
@@ -336,7 +353,7 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
                     watermark: ck.newest,
                     ..Default::default()
                 };
-                (ck.journal, ck.newest, ck.journal)
+                (ck.journal, ck.newest, ck.journal, true)
             }
         },
         Resume::Window(state) => {
@@ -346,10 +363,10 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
             let newest = state.watermark;
             window.state = *state;
             let start = journal.spool.start()?;
-            (start, newest, start)
+            (start, newest, start, false)
         }
     };
-    let replayed = journal.replay(replay_from, &mut window.state, &api.extractor)?;
+    let replayed = journal.replay(replay_from, &mut window.state, &api.extractor, recovering)?;
     journal.save_state(&window.state).map_err(|e| {
         anyhow::anyhow!("sources.{name}: cannot save the journal's poller state: {e:#}")
     })?;

@@ -44,9 +44,22 @@ fn entries_appended_before_a_crash_that_beat_the_state_save_are_replayed() {
     assert_eq!(saved.window.watermark, before.watermark);
     let mut window = saved.window;
     let from = saved.appended.expect("appended position");
-    let replayed = journal.replay(from, &mut window, &extractor()).unwrap();
+    let mut by_hand = window.clone();
+    let replayed = journal
+        .replay(from, &mut window, &extractor(), true)
+        .unwrap();
     assert_eq!(replayed, 3);
     assert!(window.seen.contains("a1"), "the id is known again");
+    // The watermark the crash did not save moves as the append would have
+    // moved it: else the next poll reaches back to before those entries,
+    // and a capped answer there reports a gap over what the journal holds.
+    assert_eq!(window.watermark, Some(time("2026-03-01T10:00:02Z")));
+    // A checkpoint set by hand keeps its start: what the journal holds is
+    // delivered anyway, the rest is polled again from there.
+    journal
+        .replay(from, &mut by_hand, &extractor(), false)
+        .unwrap();
+    assert_eq!(by_hand.watermark, before.watermark);
     // Two entries with an empty id are two entries, not one id "".
     assert_eq!(window.seen.len(), 3);
     assert!(!window.seen.contains(""));
