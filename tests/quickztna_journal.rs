@@ -482,3 +482,40 @@ async fn quickztna_damaged_journal_record_is_counted_not_only_logged() {
         .expect("exit")
         .success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_journal_off_and_on_again_delivers_no_entry_twice() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let mut keys = fake.add_spread(100, ago(1800), ago(60));
+    let setup = Setup::new("qz", &source(&fake, "journal = true"), &hook);
+    setup.write("qz_token", ADMIN);
+    for (round, journal) in [true, false, true].into_iter().enumerate() {
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        let text = text.replace(
+            &format!("journal = {}", !journal),
+            &format!("journal = {journal}"),
+        );
+        std::fs::write(&setup.config, text).unwrap();
+        if round > 0 {
+            keys.extend(fake.add_spread(10, ago(5), ago(1)));
+        }
+        let mut daemon = setup.spawn();
+        wait_for_all(&fake.details_of(&keys), &hook, &setup).await;
+        assert!(daemon
+            .terminate(Duration::from_secs(20))
+            .await
+            .expect("exit")
+            .success());
+    }
+    assert_eq!(
+        duplicates(&hook),
+        0,
+        "turning the journal off and on again delivered its delivered entries again"
+    );
+}

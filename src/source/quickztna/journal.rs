@@ -227,6 +227,32 @@ impl Journal {
             }))
     }
 
+    /// Removes the segments of a drained journal (a source going on without
+    /// it): turned on again later, it must not deliver them a second time.
+    /// The poller state stays; the lock goes with the spool first.
+    pub fn remove_delivered(self) -> anyhow::Result<()> {
+        let dir = self.spool.dir().to_path_buf();
+        drop(self.spool);
+        let fail = |e: std::io::Error| {
+            anyhow::anyhow!(
+                "sources.{}: cannot remove the delivered journal {}: {e}",
+                self.name,
+                dir.display()
+            )
+        };
+        for entry in std::fs::read_dir(&dir).map_err(fail)? {
+            let path = entry.map_err(fail)?.path();
+            if path.extension().is_some_and(|x| x == "spool") {
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+        }
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+        JOURNAL_BYTES.with_label_values(&[&self.name]).set(0);
+        Ok(())
+    }
+
     pub(super) fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
         let state = serde_json::to_vec(&PollerStateRef {
             window,
