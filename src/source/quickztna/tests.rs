@@ -169,3 +169,49 @@ fn journal_and_cap_keys_are_validated_with_their_path() {
         "only the unset variable: {problems:?}"
     );
 }
+
+fn timeless(id: &str) -> crate::event::Event {
+    crate::event::Event {
+        raw: bytes::Bytes::from(format!(r#"{{"id":"{id}","created_at":"yesterday"}}"#)),
+        id: Some(id.into()),
+        time: None,
+        kind: None,
+    }
+}
+
+#[test]
+fn a_capped_answer_without_readable_times_is_a_gap_when_it_shares_nothing_with_before() {
+    use super::api::Answer;
+    use super::window::Window;
+    let health = crate::health::Health::default();
+    let mut window = Window {
+        name: "qz-timeless".into(),
+        health: health.clone(),
+        overlap: std::time::Duration::from_secs(600),
+        start: time("2026-03-01T00:00:00Z"),
+        cap: 3,
+        state: WindowState::default(),
+    };
+    let asked_at = time("2026-03-01T10:00:00Z");
+    let answer = |ids: &[&str]| Answer {
+        events: ids.iter().map(|id| timeless(id)).collect(),
+        count: None,
+        window_start: time("2026-03-01T00:00:00Z"),
+        asked_at,
+    };
+    window.record(&[timeless("a"), timeless("b"), timeless("c")], asked_at);
+    let gap_noted = || {
+        health
+            .snapshot()
+            .1
+            .get("source.qz-timeless.data_gap")
+            .is_some_and(|c| c.reason.contains("may be lost"))
+    };
+    // Reaches back to an entry taken before: nothing cut between.
+    window.capped(&answer(&["c", "d", "e"]));
+    assert!(!gap_noted(), "an answer reaching back is no gap");
+    // Holds the cap, and none of it was taken before: entries in between
+    // may have been cut off, and no created_at says otherwise.
+    window.capped(&answer(&["f", "g", "h"]));
+    assert!(gap_noted(), "a capped answer disjoint from before is a gap");
+}
