@@ -348,3 +348,174 @@ async fn quickztna_checkpoint_without_journal_is_migrated_without_loss_or_repeat
     );
     assert_eq!(hook.unique_count(), expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_small_journal_takes_large_entries_a_few_at_a_time() {
+    // 100 entries of about 1.2 KB are more than a 64 KiB journal holds in
+    // one append, even empty: appends must be sized by bytes, not entries.
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        details_bytes: 1000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let keys = fake.add_spread(250, ago(1800), ago(10));
+    let setup = Setup::new("qz", &source(&fake, "max_journal_bytes = 65536"), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&keys), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    assert_eq!(duplicates(&hook), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_journal_removed_by_hand_is_started_afresh_not_read_from_the_old_position() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let first = fake.add_spread(200, ago(1800), ago(60));
+    let setup = Setup::new("qz", &source(&fake, ""), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&first), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    // An operator wipes the journal (a full disk, a restore of the
+    // checkpoints only): the checkpoint points into a journal that is gone.
+    std::fs::remove_dir_all(setup.state_dir().join("journal").join("qz")).unwrap();
+    let second = fake.add_spread(20, ago(5), ago(1));
+    let mut daemon = setup.spawn();
+    wait_for_all(&fake.details_of(&second), &hook, &setup).await;
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    let log = setup.log_text();
+    assert!(
+        !log.contains("damaged journal data"),
+        "the new journal was read from the old position:\n{}",
+        setup.tail(20)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_damaged_journal_record_is_counted_not_only_logged() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let keys = fake.add_spread(50, ago(1800), ago(60));
+    hook.set_down(true);
+    let setup = Setup::new("qz", &source(&fake, ""), &hook);
+    setup.write("qz_token", ADMIN);
+    let mut daemon = setup.spawn();
+    assert!(
+        wait_for_metric(
+            &setup,
+            "auditrelay_quickztna_journal_bytes{source=\"qz\"}",
+            50.0 * 100.0,
+            Duration::from_secs(30)
+        )
+        .await
+            >= 50.0 * 100.0,
+        "the entries were not journaled:\n{}",
+        setup.tail(20)
+    );
+    daemon.kill().await;
+    // Disk corruption inside the first record's bytes.
+    let dir = setup.state_dir().join("journal").join("qz");
+    let segment = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "spool"))
+        .find(|p| std::fs::metadata(p).unwrap().len() > 1000)
+        .expect("a segment holding the entries");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[20 + 8 + 10] ^= 0x55;
+    std::fs::write(&segment, bytes).unwrap();
+
+    hook.set_down(false);
+    let mut daemon = setup.spawn();
+    assert_eq!(
+        wait_for_metric(
+            &setup,
+            "auditrelay_quickztna_journal_damaged_total{source=\"qz\"}",
+            1.0,
+            Duration::from_secs(30)
+        )
+        .await,
+        1.0,
+        "the skipped record is not counted:\n{}",
+        setup.tail(20)
+    );
+    let expected = fake.details_of(&keys);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // All but the damaged entry arrive (it too, when the crash came before
+    // the poller saved its state: then it is polled again).
+    while support::harness::missing(&expected, &hook).len() > 1
+        && tokio::time::Instant::now() < deadline
+    {
+        hook.wait_for_unique(hook.unique_count() + 1, Duration::from_secs(1))
+            .await;
+    }
+    assert!(support::harness::missing(&expected, &hook).len() <= 1);
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickztna_journal_off_and_on_again_delivers_no_entry_twice() {
+    let fake = QuickztnaFake::start(QuickztnaFakeConfig {
+        admin_token: ADMIN.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook_by_details().await;
+    let mut keys = fake.add_spread(100, ago(1800), ago(60));
+    let setup = Setup::new("qz", &source(&fake, "journal = true"), &hook);
+    setup.write("qz_token", ADMIN);
+    for (round, journal) in [true, false, true].into_iter().enumerate() {
+        let text = std::fs::read_to_string(&setup.config).unwrap();
+        let text = text.replace(
+            &format!("journal = {}", !journal),
+            &format!("journal = {journal}"),
+        );
+        std::fs::write(&setup.config, text).unwrap();
+        if round > 0 {
+            keys.extend(fake.add_spread(10, ago(5), ago(1)));
+        }
+        let mut daemon = setup.spawn();
+        wait_for_all(&fake.details_of(&keys), &hook, &setup).await;
+        assert!(daemon
+            .terminate(Duration::from_secs(20))
+            .await
+            .expect("exit")
+            .success());
+    }
+    assert_eq!(
+        duplicates(&hook),
+        0,
+        "turning the journal off and on again delivered its delivered entries again"
+    );
+}

@@ -58,6 +58,9 @@ pub struct QuickztnaFakeConfig {
     pub empty_ids: f64,
     /// Entries created right before each export is answered.
     pub inserts_per_export: usize,
+    /// Pads each ordinary entry's `details` to about this many bytes (real
+    /// entries carry whole policy or ACL documents); 0 keeps them short.
+    pub details_bytes: usize,
 }
 
 impl Default for QuickztnaFakeConfig {
@@ -74,6 +77,7 @@ impl Default for QuickztnaFakeConfig {
             index_delay: Duration::ZERO,
             empty_ids: 0.0,
             inserts_per_export: 0,
+            details_bytes: 0,
         }
     }
 }
@@ -412,6 +416,11 @@ impl State {
             0
         };
         let empty = cfg.empty_ids > 0.0 && self.rng.random::<f64>() < cfg.empty_ids;
+        let mut details = json!({"seq": id, "ip": "192.0.2.7"});
+        if cfg.details_bytes > 0 {
+            details["policy"] = json!("x".repeat(cfg.details_bytes));
+        }
+        let details = details.to_string();
         self.entries.push(Entry {
             key: id.clone(),
             visible_at: at + chrono::Duration::milliseconds(delay),
@@ -421,7 +430,7 @@ impl State {
             resource_id: format!("{rtype}-{}", self.rng.random_range(0..500u32)),
             user_id: (user > 0).then(|| format!("usr-{user:03}")),
             created_at: at,
-            details: json!({"seq": id, "ip": "192.0.2.7"}).to_string(),
+            details,
         });
         id
     }

@@ -38,7 +38,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -86,6 +86,18 @@ pub(super) static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
     .expect("metric definition is valid");
     metrics().register(g)
+});
+
+static JOURNAL_DAMAGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let c = IntCounterVec::new(
+        Opts::new(
+            "auditrelay_quickztna_journal_damaged_total",
+            "Damaged stretches of a QuickZTNA source's journal skipped when read (a record failing its checksum, or a cut segment end): the entries there are lost. The log line \"damaged journal data skipped\" names file and offset.",
+        ),
+        &["source"],
+    )
+    .expect("metric definition is valid");
+    metrics().register(c)
 });
 
 /// The pipeline checkpoint of a journaled source.
@@ -151,6 +163,7 @@ impl Journal {
             .with_label_values(&[name])
             .set(spool.bytes() as i64);
         JOURNAL_FULL.with_label_values(&[name]).set(0);
+        JOURNAL_DAMAGED.with_label_values(&[name]);
         Ok(Journal {
             name: name.into(),
             spool,
@@ -214,6 +227,32 @@ impl Journal {
             }))
     }
 
+    /// Removes the segments of a drained journal (a source going on without
+    /// it): turned on again later, it must not deliver them a second time.
+    /// The poller state stays; the lock goes with the spool first.
+    pub fn remove_delivered(self) -> anyhow::Result<()> {
+        let dir = self.spool.dir().to_path_buf();
+        drop(self.spool);
+        let fail = |e: std::io::Error| {
+            anyhow::anyhow!(
+                "sources.{}: cannot remove the delivered journal {}: {e}",
+                self.name,
+                dir.display()
+            )
+        };
+        for entry in std::fs::read_dir(&dir).map_err(fail)? {
+            let path = entry.map_err(fail)?.path();
+            if path.extension().is_some_and(|x| x == "spool") {
+                std::fs::remove_file(&path).map_err(fail)?;
+            }
+        }
+        std::fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+        JOURNAL_BYTES.with_label_values(&[&self.name]).set(0);
+        Ok(())
+    }
+
     pub(super) fn save_state(&self, window: &WindowState) -> anyhow::Result<()> {
         let state = serde_json::to_vec(&PollerStateRef {
             window,
@@ -225,11 +264,15 @@ impl Journal {
 
     /// Puts the ids of the entries from `from` to the end into the seen-set:
     /// appended before a crash that came before their state was saved.
+    /// With `move_watermark` (that crash, not a checkpoint set by hand) the
+    /// watermark moves over them as their poll moved it (never past now,
+    /// as a poll never moves it past when it asked).
     pub(super) fn replay(
         &self,
         from: Pos,
         window: &mut WindowState,
         extractor: &FieldExtractor,
+        move_watermark: bool,
     ) -> anyhow::Result<u64> {
         let mut pos = from;
         let mut replayed = 0;
@@ -241,6 +284,11 @@ impl Journal {
             for raw in chunk.records {
                 let ev = without_empty_id(record_event(extractor, raw));
                 window.seen.insert(&dedup_key(&ev), ev.time);
+                if let Some(t) = ev.time.filter(|_| move_watermark) {
+                    let t = t.min(Utc::now());
+                    window.watermark = Some(window.watermark.map_or(t, |w| w.max(t)));
+                    window.resume_at = None;
+                }
                 replayed += 1;
             }
             pos = chunk.next;
@@ -299,11 +347,31 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
     let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
         anyhow::anyhow!("sources.{name}: the journal poller needs the async runtime")
     })?;
-    let (pos, newest, replay_from) = match resume {
+    // Only the journal's own crash recovery moves the watermark over the
+    // replayed entries: a checkpoint set by hand (or reset) polls from
+    // where it says, whatever the journal still holds.
+    let (pos, newest, replay_from, recovering) = match resume {
+        // A position past the journal's end belongs to a journal that is
+        // gone (removed by hand): read this one from its start, never from
+        // an offset inside a record (nothing would be read, or garbage).
+        Resume::Journal(ck) if ck.journal > journal.end() => {
+            let start = journal.spool.start()?;
+            warn!(source = %name, journal = %dir(&state_dir, &name).display(), checkpoint_segment = ck.journal.segment, checkpoint_offset = ck.journal.offset, "the checkpoint points past the end of the journal (was it removed?); reading the journal from its start and polling again from the newest delivered entry minus overlap");
+            window.state = WindowState {
+                watermark: ck.newest,
+                ..Default::default()
+            };
+            (start, ck.newest, start, false)
+        }
         Resume::Journal(ck) => match journal.load_state(recent_ids)? {
             Some(state) => {
                 window.state = state.window;
-                (ck.journal, ck.newest, state.appended.unwrap_or(ck.journal))
+                (
+                    ck.journal,
+                    ck.newest,
+                    state.appended.unwrap_or(ck.journal),
+                    true,
+                )
             }
             None => {
                 warn!(source = %name, file = %journal.store.path(POLLER_STATE).display(), "the journal's poller state is missing; polling again from the newest delivered entry minus overlap");
@@ -311,7 +379,7 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
                     watermark: ck.newest,
                     ..Default::default()
                 };
-                (ck.journal, ck.newest, ck.journal)
+                (ck.journal, ck.newest, ck.journal, true)
             }
         },
         Resume::Window(state) => {
@@ -321,10 +389,10 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
             let newest = state.watermark;
             window.state = *state;
             let start = journal.spool.start()?;
-            (start, newest, start)
+            (start, newest, start, false)
         }
     };
-    let replayed = journal.replay(replay_from, &mut window.state, &api.extractor)?;
+    let replayed = journal.replay(replay_from, &mut window.state, &api.extractor, recovering)?;
     journal.save_state(&window.state).map_err(|e| {
         anyhow::anyhow!("sources.{name}: cannot save the journal's poller state: {e:#}")
     })?;
@@ -426,6 +494,7 @@ impl Reader {
                         )
                     })?;
             for what in &chunk.skipped {
+                JOURNAL_DAMAGED.with_label_values(&[&self.name]).inc();
                 error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");
             }
             self.pos = chunk.next;

@@ -382,8 +382,10 @@ impl QuickztnaSource {
                 Resume::Window(state) => *state,
                 // Back from a journaled run: only once it is drained.
                 Resume::Journal(ck) if journal_dir.exists() => {
-                    Journal::open(&ctx.state_dir, &ctx.name, cfg.max_journal_bytes)?
-                        .state_after(&ck, cfg.recent_ids)?
+                    let journal = Journal::open(&ctx.state_dir, &ctx.name, cfg.max_journal_bytes)?;
+                    let state = journal.state_after(&ck, cfg.recent_ids)?;
+                    journal.remove_delivered()?;
+                    state
                 }
                 Resume::Journal(ck) => poll::WindowState {
                     watermark: ck.newest,

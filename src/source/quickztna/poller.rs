@@ -19,6 +19,33 @@ use crate::spool::AppendError;
 
 /// Entries per journal append (one fsync each).
 const APPEND_ENTRIES: usize = 100;
+/// Share of `max_journal_bytes` one append may take at most: an append
+/// bigger than the whole journal would be refused for good, even empty.
+const APPEND_SHARE: u64 = 8;
+
+/// Bytes `events` take in the journal (each record has an 8-byte head).
+fn append_bytes(events: &[Event]) -> u64 {
+    events.iter().map(|e| e.raw.len() as u64 + 8).sum()
+}
+
+/// Splits a poll's entries into appends of at most [`APPEND_ENTRIES`]
+/// entries and `max_bytes` bytes (an entry bigger than that goes alone).
+fn appends(events: &[Event], max_bytes: u64) -> Vec<&[Event]> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, ev) in events.iter().enumerate() {
+        let size = append_bytes(std::slice::from_ref(ev));
+        if i > start && (i - start >= APPEND_ENTRIES || bytes + size > max_bytes) {
+            out.push(&events[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
+}
 
 pub(super) struct Poller {
     pub(super) api: Api,
@@ -86,7 +113,8 @@ impl Poller {
             let asked_at = answer.asked_at;
             let events = self.window.select(answer, &self.api.fetcher);
             // Small appends, so one always fits a journal with some room.
-            for chunk in events.chunks(APPEND_ENTRIES) {
+            let max_append = self.journal.max_bytes / APPEND_SHARE;
+            for chunk in appends(&events, max_append) {
                 if self.stop.is_cancelled() {
                     // Stopped (a reload, a shutdown): the rest is polled
                     // again by whoever opens the journal next.
@@ -99,6 +127,11 @@ impl Poller {
                         self.health.set_ready(&self.health_key());
                     }
                     Ok(()) => {}
+                    Err(AppendError::Full { max, .. }) if append_bytes(chunk) > max => {
+                        error!(source = %name, entry_bytes = append_bytes(chunk), max, "an entry is larger than the whole journal (max_journal_bytes); raise max_journal_bytes: polling stays paused until then");
+                        refused = true;
+                        break;
+                    }
                     Err(AppendError::Full { used, max }) => {
                         warn!(source = %name, used, max, entries = chunk.len(), "the journal has no room for the rest of this poll; it is asked for again once delivered entries are removed");
                         refused = true;

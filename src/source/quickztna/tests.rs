@@ -44,9 +44,22 @@ fn entries_appended_before_a_crash_that_beat_the_state_save_are_replayed() {
     assert_eq!(saved.window.watermark, before.watermark);
     let mut window = saved.window;
     let from = saved.appended.expect("appended position");
-    let replayed = journal.replay(from, &mut window, &extractor()).unwrap();
+    let mut by_hand = window.clone();
+    let replayed = journal
+        .replay(from, &mut window, &extractor(), true)
+        .unwrap();
     assert_eq!(replayed, 3);
     assert!(window.seen.contains("a1"), "the id is known again");
+    // The watermark the crash did not save moves as the append would have
+    // moved it: else the next poll reaches back to before those entries,
+    // and a capped answer there reports a gap over what the journal holds.
+    assert_eq!(window.watermark, Some(time("2026-03-01T10:00:02Z")));
+    // A checkpoint set by hand keeps its start: what the journal holds is
+    // delivered anyway, the rest is polled again from there.
+    journal
+        .replay(from, &mut by_hand, &extractor(), false)
+        .unwrap();
+    assert_eq!(by_hand.watermark, before.watermark);
     // Two entries with an empty id are two entries, not one id "".
     assert_eq!(window.seen.len(), 3);
     assert!(!window.seen.contains(""));
@@ -155,4 +168,50 @@ fn journal_and_cap_keys_are_validated_with_their_path() {
         problems.iter().all(|p| p.path == "sources.qz.token_env"),
         "only the unset variable: {problems:?}"
     );
+}
+
+fn timeless(id: &str) -> crate::event::Event {
+    crate::event::Event {
+        raw: bytes::Bytes::from(format!(r#"{{"id":"{id}","created_at":"yesterday"}}"#)),
+        id: Some(id.into()),
+        time: None,
+        kind: None,
+    }
+}
+
+#[test]
+fn a_capped_answer_without_readable_times_is_a_gap_when_it_shares_nothing_with_before() {
+    use super::api::Answer;
+    use super::window::Window;
+    let health = crate::health::Health::default();
+    let mut window = Window {
+        name: "qz-timeless".into(),
+        health: health.clone(),
+        overlap: std::time::Duration::from_secs(600),
+        start: time("2026-03-01T00:00:00Z"),
+        cap: 3,
+        state: WindowState::default(),
+    };
+    let asked_at = time("2026-03-01T10:00:00Z");
+    let answer = |ids: &[&str]| Answer {
+        events: ids.iter().map(|id| timeless(id)).collect(),
+        count: None,
+        window_start: time("2026-03-01T00:00:00Z"),
+        asked_at,
+    };
+    window.record(&[timeless("a"), timeless("b"), timeless("c")], asked_at);
+    let gap_noted = || {
+        health
+            .snapshot()
+            .1
+            .get("source.qz-timeless.data_gap")
+            .is_some_and(|c| c.reason.contains("may be lost"))
+    };
+    // Reaches back to an entry taken before: nothing cut between.
+    window.capped(&answer(&["c", "d", "e"]));
+    assert!(!gap_noted(), "an answer reaching back is no gap");
+    // Holds the cap, and none of it was taken before: entries in between
+    // may have been cut off, and no created_at says otherwise.
+    window.capped(&answer(&["f", "g", "h"]));
+    assert!(gap_noted(), "a capped answer disjoint from before is a gap");
 }

@@ -75,14 +75,27 @@ impl Window {
         found.events
     }
 
-    fn capped(&self, answer: &Answer) {
+    pub(super) fn capped(&self, answer: &Answer) {
         CAPPED.with_label_values(&[&self.name]).inc();
         let oldest = answer.events.iter().filter_map(|e| e.time).min();
         // Everything up to the watermark was read by earlier polls; the
         // first poll has read nothing before its window.
         let read_until = self.state.watermark.unwrap_or(answer.window_start);
-        match oldest {
-            Some(oldest) if oldest > read_until => gap::report(
+        let cut_until = match oldest {
+            Some(oldest) => (oldest > read_until).then_some(oldest),
+            // No readable created_at (time_path) to compare: cut when
+            // nothing of it was taken before, though something was.
+            None => {
+                let taken_before = answer.events.iter().any(|e| {
+                    self.state
+                        .seen
+                        .contains(&dedup_key(&without_empty_id(e.clone())))
+                });
+                (!self.state.seen.is_empty() && !taken_before).then_some(answer.asked_at)
+            }
+        };
+        match cut_until {
+            Some(oldest) => gap::report(
                 &self.health,
                 &self.name,
                 read_until,
