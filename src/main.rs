@@ -397,14 +397,8 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
         );
         return ExitCode::from(EXIT_CONFIG);
     };
-    let store = match CheckpointStore::open(&cfg.state_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: state_dir {}: {e}", cfg.state_dir.display());
-            return ExitCode::FAILURE;
-        }
-    };
     if let CheckpointAction::Show { .. } = action {
+        let store = CheckpointStore::open_for_reading(&cfg.state_dir);
         return match store.load(&source) {
             Ok(Some(state)) => {
                 println!("{}", String::from_utf8_lossy(&state));
@@ -426,6 +420,13 @@ fn checkpoint(action: CheckpointAction) -> ExitCode {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match CheckpointStore::open(&cfg.state_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: state_dir {}: {e}", cfg.state_dir.display());
             return ExitCode::FAILURE;
         }
     };

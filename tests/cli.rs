@@ -433,3 +433,31 @@ path = "/var/log/auditrelay/events.ndjson"
         "{text}"
     );
 }
+
+/// `checkpoint show` runs beside a live daemon (it takes no state lock), so
+/// it must not touch the daemon's checkpoint temp files: removing one makes
+/// the daemon's rename fail and its commit wait for a retry.
+#[test]
+fn checkpoint_show_leaves_a_running_daemons_temp_files_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), 10);
+    let temp_dir = dir.path().join("state/checkpoints/.tmp");
+    std::fs::create_dir_all(&temp_dir).unwrap();
+    // Named like a write in progress by another process (the daemon).
+    let in_progress = temp_dir.join("demo.4194303.7");
+    write(&in_progress, "half a checkpoint");
+    let show = auditrelay()
+        .args(["checkpoint", "show", "--source", "demo", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        show.status.success(),
+        "{}",
+        String::from_utf8_lossy(&show.stderr)
+    );
+    assert!(
+        in_progress.exists(),
+        "checkpoint show removed the temp file of another process's write"
+    );
+}

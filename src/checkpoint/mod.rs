@@ -64,6 +64,15 @@ impl CheckpointStore {
         Ok(CheckpointStore { dir })
     }
 
+    /// Opens `state_dir/checkpoints` to read only: nothing is created or
+    /// cleaned up, since a daemon may be running (`checkpoint show` takes no
+    /// state lock) and the temp files there are its writes in progress.
+    pub fn open_for_reading(state_dir: &Path) -> Self {
+        CheckpointStore {
+            dir: state_dir.join("checkpoints"),
+        }
+    }
+
     /// A store in `dir` itself, for state that is not a source's (the
     /// delivered position of a sink spool).
     pub fn in_dir(dir: &Path) -> io::Result<Self> {
