@@ -652,11 +652,16 @@ impl Running {
                 drop(sink);
                 wait_dropped(name, gone).await;
             }
-            self.health.remove(&format!("sink.{name}"));
-            self.health.remove(&format!("sink.{name}.delivery"));
+            if plan.sinks_removed.contains(name) {
+                self.health.remove_with_parts(&format!("sink.{name}"));
+            } else {
+                // Its replacement registered its own parts already.
+                self.health.remove(&format!("sink.{name}"));
+                self.health.remove(&format!("sink.{name}.delivery"));
+            }
         }
         for name in &plan.sources_removed {
-            self.health.remove(&format!("source.{name}"));
+            self.health.remove_with_parts(&format!("source.{name}"));
             metrics().forget_source(name);
             self.not_running.remove(name);
             info!(source = %name, checkpoint = %self.store.path(name).display(), "source removed; its checkpoint stays for when it comes back");

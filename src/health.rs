@@ -47,6 +47,15 @@ impl Health {
         }
     }
 
+    /// Removes a component and its parts (`sink.NAME` and `sink.NAME.*`):
+    /// what a removed source or sink registered must not hold `/readyz`.
+    pub fn remove_with_parts(&self, component: &str) {
+        let parts = format!("{component}.");
+        if let Ok(mut map) = self.inner.lock() {
+            map.retain(|k, _| k != component && !k.starts_with(&parts));
+        }
+    }
+
     fn set(&self, component: &str, ready: bool, reason: impl Into<String>) {
         let reason = reason.into();
         if let Ok(mut map) = self.inner.lock() {
@@ -71,5 +80,24 @@ impl Health {
         let map = self.inner.lock().map(|m| m.clone()).unwrap_or_default();
         let all = map.values().all(|s| s.ready);
         (all, map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn a_removed_component_takes_its_parts_and_only_those() {
+        let health = Health::default();
+        health.register("sink.a");
+        health.set_unready("sink.a.dead_letter", "full");
+        health.set_unready("sink.ab", "down");
+        health.set_ready("source.a");
+        health.remove_with_parts("sink.a");
+        let (ready, map) = health.snapshot();
+        let keys: Vec<&str> = map.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["sink.ab", "source.a"]);
+        assert!(!ready, "sink.ab is still unready");
     }
 }
