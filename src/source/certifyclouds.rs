@@ -25,8 +25,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::poll::{
-    count_fresh, dedup_key, page_is_last, snippet, Fetcher, FetcherConfig, RateLimitConfig, Stop,
-    TimeFormat, WindowState,
+    count_fresh, dedup_key, page_is_last, report_before_window, snippet, Fetcher, FetcherConfig,
+    RateLimitConfig, Stop, TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
@@ -365,6 +365,7 @@ impl Source for CertifycloudsSource {
             let keys: Vec<String> = events.iter().map(dedup_key).collect();
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);
+            report_before_window(&self.name, &found);
             self.fetcher.count_answer(!found.events.is_empty());
             let offset: u64 = self
                 .state

@@ -27,8 +27,8 @@ use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use super::poll::{
-    count_fresh, dedup_key, snippet, Fetcher, FetcherConfig, Next, RateLimitConfig, TimeFormat,
-    WindowState,
+    count_fresh, dedup_key, report_before_window, snippet, Fetcher, FetcherConfig, Next,
+    RateLimitConfig, TimeFormat, WindowState,
 };
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
@@ -883,6 +883,7 @@ impl Source for HttpPullSource {
             let keys: Vec<String> = events.iter().map(dedup_key).collect();
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);
+            report_before_window(&self.name, &found);
             self.fetcher.count_answer(!found.events.is_empty());
             let next = if self.cfg.pagination.mode == Mode::Offset {
                 // From the offset of the page's last entry, which the next

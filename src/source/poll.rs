@@ -195,8 +195,7 @@ pub fn fresh(seen: &SeenSet, events: Vec<Event>, window_start: Option<DateTime<U
     out
 }
 
-/// Counts the outcome of [`fresh`] in the shared metrics; entries older
-/// than the window are dropped, so they are counted and logged.
+/// Counts the outcome of [`fresh`] in the shared metrics.
 pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
     let m = metrics();
     m.events_fetched
@@ -207,6 +206,14 @@ pub fn count_fresh(source: &str, fetched: usize, f: &Fresh) {
             .with_label_values(&[source])
             .inc_by(f.repeated);
     }
+}
+
+/// Counts and logs the entries of [`fresh`] older than the window: for an
+/// API asked for exactly the window (a time filter), each one is an entry
+/// not delivered. (Not for QuickZTNA, whose answers cover whole days or the
+/// newest N entries: older entries there are re-reads, every poll.)
+pub fn report_before_window(source: &str, f: &Fresh) {
+    let m = metrics();
     if f.before_window > 0 {
         m.events_dropped
             .with_label_values(&[source, DROPPED_BEFORE_WINDOW])

@@ -20,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
-use super::poll::{count_fresh, fresh, snippet, Fetcher, FetcherConfig, RateLimitConfig, SeenSet};
+use super::poll::{
+    count_fresh, fresh, report_before_window, snippet, Fetcher, FetcherConfig, RateLimitConfig,
+    SeenSet,
+};
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
@@ -436,6 +439,7 @@ impl Source for VezaListSource {
             }
             let found = fresh(&self.state.seen, events, Some(self.state.range.from));
             count_fresh(&self.label, in_range, &found);
+            report_before_window(&self.label, &found);
             self.fetcher.count_answer(!found.events.is_empty());
             let mut seen = SeenSet::new(20_000);
             for ev in &found.events {

@@ -47,7 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use super::api::Api;
 use super::poller::Poller;
-use super::window::{without_empty_id, Window};
+use super::window::Window;
 use crate::checkpoint::CheckpointStore;
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
@@ -282,7 +282,7 @@ impl Journal {
                 return Ok(replayed);
             }
             for raw in chunk.records {
-                let ev = without_empty_id(record_event(extractor, raw));
+                let ev = record_event(extractor, raw);
                 window.seen.insert(&dedup_key(&ev), ev.time);
                 if let Some(t) = ev.time.filter(|_| move_watermark) {
                     let t = t.min(Utc::now());
@@ -525,7 +525,7 @@ impl Reader {
             let events: Vec<Event> = chunk
                 .records
                 .into_iter()
-                .map(|raw| without_empty_id(record_event(&self.extractor, raw)))
+                .map(|raw| record_event(&self.extractor, raw))
                 .collect();
             if let Some(t) = events.iter().filter_map(|e| e.time).max() {
                 self.newest = Some(self.newest.map_or(t, |n| n.max(t)));

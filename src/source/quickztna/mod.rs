@@ -426,8 +426,10 @@ impl Direct {
     /// itself.
     fn accept(&mut self, events: Vec<Event>, asked_at: DateTime<Utc>) {
         let name = self.window.name.clone();
-        for chunk in events.chunks(self.batch_size) {
-            self.window.record(chunk, asked_at);
+        let mut events = events.into_iter().peekable();
+        while events.peek().is_some() {
+            let chunk: Vec<Event> = events.by_ref().take(self.batch_size).collect();
+            self.window.record(&chunk, asked_at);
             let checkpoint = match serde_json::to_vec(&self.window.state) {
                 Ok(c) => c,
                 Err(e) => {
@@ -439,7 +441,7 @@ impl Direct {
             };
             self.pending.push_back(Batch {
                 source: name.clone(),
-                events: chunk.to_vec(),
+                events: chunk,
                 checkpoint: checkpoint.into(),
                 newest_time: self.window.state.watermark,
                 fetched_at: Instant::now(),

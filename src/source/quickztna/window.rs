@@ -41,8 +41,8 @@ pub struct Window {
 
 impl Window {
     pub fn init_metrics(name: &str) {
+        // Its gap series are made for every source (`Metrics::init_source`).
         CAPPED.with_label_values(&[name]);
-        gap::init(name);
     }
 
     /// Where the window of the next poll starts.
@@ -66,7 +66,7 @@ impl Window {
         if returned >= self.cap {
             self.capped(&answer);
         }
-        let events = answer.events.into_iter().map(without_empty_id).collect();
+        let events = answer.events;
         let mut found = fresh(&self.state.seen, events, Some(answer.window_start));
         count_fresh(&self.name, returned, &found);
         debug!(source = %self.name, returned, new = found.events.len(), repeated = found.repeated, before_window = found.before_window, "poll answered");
@@ -86,11 +86,10 @@ impl Window {
             // No readable created_at (time_path) to compare: cut when
             // nothing of it was taken before, though something was.
             None => {
-                let taken_before = answer.events.iter().any(|e| {
-                    self.state
-                        .seen
-                        .contains(&dedup_key(&without_empty_id(e.clone())))
-                });
+                let taken_before = answer
+                    .events
+                    .iter()
+                    .any(|e| self.state.seen.contains(&dedup_key(e)));
                 (!self.state.seen.is_empty() && !taken_before).then_some(answer.asked_at)
             }
         };
@@ -136,13 +135,4 @@ impl Window {
             self.state.seen.prune_before(w - chrono_of(self.overlap));
         }
     }
-}
-
-/// An empty id is no id: de-duplicated by the entry's bytes, not all
-/// together as the one id "".
-pub fn without_empty_id(mut ev: Event) -> Event {
-    if ev.id.as_deref().is_some_and(|id| id.trim().is_empty()) {
-        ev.id = None;
-    }
-    ev
 }
