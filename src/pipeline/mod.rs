@@ -249,7 +249,8 @@ async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
         return;
     }
     let mut backoff = Backoff::new(retry);
-    let component = format!("sink.{}.delivery", route.sink_name);
+    // Only a panic needs the name: no allocation per batch otherwise.
+    let component = || format!("sink.{}.delivery", route.sink_name);
     let mut panicked = false;
     loop {
         let attempt = AssertUnwindSafe(route.sink.deliver(&batch.source, events))
@@ -262,7 +263,7 @@ async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
                     .with_label_values(&[&route.sink_name])
                     .observe(batch.fetched_at.elapsed().as_secs_f64());
                 if panicked {
-                    route.health.remove(&component);
+                    route.health.remove(&component());
                 }
                 return;
             }
@@ -274,7 +275,7 @@ async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
                     .with_label_values(&[&route.sink_name])
                     .inc();
                 route.health.set_unready(
-                    &component,
+                    &component(),
                     format!("sink {} panicked while delivering: {why}", route.sink_name),
                 );
                 let delay = backoff.next_delay();

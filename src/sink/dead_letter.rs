@@ -149,7 +149,10 @@ impl DeadLetters {
     /// is logged and the sink is unready while it waits.
     pub async fn write_waiting(&self, source: &str, events: &[Event], error: &str) {
         let component = format!("sink.{}.dead_letter", self.sink);
-        let mut pause = Duration::from_millis(100);
+        let mut backoff = crate::retry::Backoff::new(crate::config::RetryConfig {
+            initial: Duration::from_millis(100),
+            max: MAX_WAIT,
+        });
         let mut stuck = false;
         loop {
             match self.write(source, events, error) {
@@ -172,8 +175,7 @@ impl DeadLetters {
                     } else {
                         debug!(sink = %self.sink, error = %format!("{e:#}"), "dead letters still cannot be written");
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(MAX_WAIT);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
