@@ -880,7 +880,7 @@ impl Source for HttpPullSource {
                 }
             };
             let returned = events.len();
-            let keys: Vec<String> = events.iter().map(dedup_key).collect();
+            let keys: Vec<String> = events.iter().map(|e| dedup_key(e).into_owned()).collect();
             let found = self.state.fresh(events);
             count_fresh(&self.name, returned, &found);
             report_before_window(&self.name, &found);

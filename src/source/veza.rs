@@ -507,14 +507,12 @@ impl VezaSource {
             }
             // By id, or by content when there is none (an empty id is
             // none): distinct entries without ids are never merged.
-            {
-                if !self.recent.insert(&super::poll::dedup_key(&ev)) {
-                    if self.dedup_until.is_some() {
-                        dropped += 1;
-                        continue;
-                    }
-                    dups += 1;
+            if !self.recent.insert(&super::poll::dedup_key(&ev)) {
+                if self.dedup_until.is_some() {
+                    dropped += 1;
+                    continue;
                 }
+                dups += 1;
             }
             if let Some(t) = ev.time {
                 batch_newest = Some(batch_newest.map_or(t, |b| b.max(t)));
