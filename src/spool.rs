@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 const MAGIC: &[u8] = b"auditrelay-spool v1\n";
-const RECORD_HEAD: u64 = 8;
+/// A record: `[u32 LE length][u32 LE CRC-32][bytes]`.
+pub(crate) const RECORD_HEAD: u64 = 8;
 
 /// How long opening waits for a previous instance to let go of the spool.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
@@ -94,6 +95,17 @@ pub struct Chunk {
 
 fn segment_name(seq: u64) -> String {
     format!("{seq:020}.spool")
+}
+
+/// The head of one record: its length and CRC-32, little-endian. The
+/// syslog replay log writes the same records.
+pub(crate) fn record_head(record: &[u8]) -> io::Result<[u8; RECORD_HEAD as usize]> {
+    let len = u32::try_from(record.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record larger than 4 GiB"))?;
+    let mut head = [0u8; RECORD_HEAD as usize];
+    head[..4].copy_from_slice(&len.to_le_bytes());
+    head[4..].copy_from_slice(&crc32fast::hash(record).to_le_bytes());
+    Ok(head)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -202,11 +214,7 @@ impl Spool {
         }
         let mut buf = Vec::with_capacity(size as usize);
         for r in records {
-            let len = u32::try_from(r.len()).map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidInput, "event larger than 4 GiB")
-            })?;
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(r).to_le_bytes());
+            buf.extend_from_slice(&record_head(r)?);
             buf.extend_from_slice(r);
         }
         let before = w.len;

@@ -25,11 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::spool::record_head;
+
 /// The first line of a file: `auditrelay-syslog-replay v1 framing=…`. Frames
 /// are stored framed, so only an instance with the same framing may send
 /// them (octet-counted frames on an LF connection would break the stream).
 const MAGIC: &str = "auditrelay-syslog-replay v1 framing=";
-const RECORD_HEAD: usize = 8;
+/// Records as in the spool (`[len][crc][frames]`, see [`record_head`]).
+const RECORD_HEAD: usize = crate::spool::RECORD_HEAD as usize;
 
 /// Frames of recent batches, oldest first, at most `cap` bytes (a single
 /// batch larger than `cap` is not kept at all).
@@ -201,19 +204,13 @@ impl ReplayLog {
         if self.torn || self.file_bytes > (2 * self.cap as u64).max(1 << 20) {
             return self.rewrite(window);
         }
-        let mut record = Vec::with_capacity(RECORD_HEAD + frames.len());
-        record.extend_from_slice(
-            &u32::try_from(frames.len())
-                .map_err(io::Error::other)?
-                .to_le_bytes(),
-        );
-        record.extend_from_slice(&crc32fast::hash(frames).to_le_bytes());
-        record.extend_from_slice(frames);
+        let head = record_head(frames)?;
         self.torn = true;
-        self.file.write_all(&record)?;
+        self.file.write_all(&head)?;
+        self.file.write_all(frames)?;
         self.file.sync_data()?;
         self.torn = false;
-        self.file_bytes += record.len() as u64;
+        self.file_bytes += (head.len() + frames.len()) as u64;
         Ok(())
     }
 
@@ -223,7 +220,7 @@ impl ReplayLog {
         self.file = write_new(&self.dir, &self.path, &self.header, window)?;
         self.torn = false;
         self.file_bytes = self.file.metadata()?.len();
-        File::open(&self.dir)?.sync_all()
+        Ok(())
     }
 }
 
@@ -239,12 +236,7 @@ fn write_new(dir: &Path, path: &Path, header: &[u8], window: &Window) -> io::Res
             .open(&tmp)?;
         let mut buf = header.to_vec();
         for b in &window.batches {
-            buf.extend_from_slice(
-                &u32::try_from(b.len())
-                    .map_err(io::Error::other)?
-                    .to_le_bytes(),
-            );
-            buf.extend_from_slice(&crc32fast::hash(b).to_le_bytes());
+            buf.extend_from_slice(&record_head(b)?);
             buf.extend_from_slice(b);
         }
         f.write_all(&buf)?;
