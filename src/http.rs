@@ -210,6 +210,16 @@ pub fn refused_redirect(e: &reqwest::Error) -> Option<&RedirectRefused> {
     None
 }
 
+/// Why a sent request has no answer of the endpoint itself: a redirect
+/// the client refused to follow, or a 3xx it returned unfollowed. Every
+/// HTTP delivery checks this before reading a status as confirmation.
+pub fn unfollowed_redirect(sent: &reqwest::Result<reqwest::Response>) -> Option<String> {
+    match sent {
+        Ok(r) => redirect_status(r.status().as_u16(), r.headers()),
+        Err(e) => refused_redirect(e).map(ToString::to_string),
+    }
+}
+
 /// Why an answer with a 3xx status (one the client did not follow, such as
 /// a 307 whose body could not be sent again) is not the endpoint's answer.
 pub fn redirect_status(status: u16, headers: &reqwest::header::HeaderMap) -> Option<String> {

@@ -306,14 +306,12 @@ impl WebhookSink {
             let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
             req = req.header(self.cfg.hmac_header.as_str(), sig);
         }
-        let resp = match req.body(body).send().await {
+        let sent = req.body(body).send().await;
+        if let Some(why) = crate::http::unfollowed_redirect(&sent) {
+            return Ok(Answer::Refused(why, REDIRECT_ADVICE));
+        }
+        let resp = match sent {
             Ok(r) => r,
-            Err(e) if crate::http::refused_redirect(&e).is_some() => {
-                return Ok(Answer::Refused(
-                    crate::http::describe_error(e),
-                    REDIRECT_ADVICE,
-                ));
-            }
             Err(e) => {
                 let what = if e.is_timeout() {
                     "timed out"
@@ -329,9 +327,6 @@ impl WebhookSink {
             }
         };
         let status = resp.status().as_u16();
-        if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
-            return Ok(Answer::Refused(why, REDIRECT_ADVICE));
-        }
         let retry_after = crate::http::retry_after(resp.headers());
         let text = resp.text().await.unwrap_or_default();
         let text: String = text

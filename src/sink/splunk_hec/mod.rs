@@ -797,13 +797,14 @@ impl Inner {
             req = req.header(CHANNEL_HEADER, self.channel.clone());
         }
         let _in_flight = self.posts.begin();
-        let (status, retry_after, answer) = match req.body(body).send().await {
+        let sent = req.body(body).send().await;
+        if let Some(why) = crate::http::unfollowed_redirect(&sent) {
+            self.count("event", &redirect_label(&sent));
+            return Answer::Endpoint(why);
+        }
+        let (status, retry_after, answer) = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
-                    self.count("event", &format!("http_{status}"));
-                    return Answer::Endpoint(why);
-                }
                 let retry_after = crate::http::retry_after(resp.headers());
                 match resp.bytes().await {
                     Ok(b) => (status, retry_after, b),
@@ -818,10 +819,6 @@ impl Inner {
                         );
                     }
                 }
-            }
-            Err(e) if crate::http::refused_redirect(&e).is_some() => {
-                self.count("event", "redirect");
-                return Answer::Endpoint(crate::http::describe_error(e));
             }
             Err(e) => {
                 self.count("event", "network");
@@ -1099,19 +1096,19 @@ impl Inner {
         if self.cfg.indexer_ack {
             req = req.header(CHANNEL_HEADER, self.channel.clone());
         }
-        let (status, headers, body) = match req.body(Vec::new()).send().await {
+        let sent = req.body(Vec::new()).send().await;
+        if let Some(why) = crate::http::unfollowed_redirect(&sent) {
+            self.count("event", &redirect_label(&sent));
+            error!(sink = %self.name, error = %why, "HEC endpoint redirects; check endpoint and follow_redirects");
+            self.readiness.set(Trouble::Endpoint, why);
+            return true;
+        }
+        let (status, headers, body) = match sent {
             Ok(r) => (
                 r.status().as_u16(),
                 r.headers().clone(),
                 r.bytes().await.unwrap_or_default(),
             ),
-            Err(e) if crate::http::refused_redirect(&e).is_some() => {
-                self.count("event", "redirect");
-                let why = crate::http::describe_error(e);
-                error!(sink = %self.name, error = %why, "HEC endpoint redirects; check endpoint and follow_redirects");
-                self.readiness.set(Trouble::Endpoint, why);
-                return true;
-            }
             Err(e) => {
                 self.count("event", "network");
                 debug!(sink = %self.name, error = %crate::http::describe_error(e), "HEC probe got no answer");
@@ -1119,10 +1116,7 @@ impl Inner {
             }
         };
         let retry_after = crate::http::retry_after(&headers);
-        let (label, answer) = match crate::http::redirect_status(status, &headers) {
-            Some(why) => (format!("http_{status}"), Answer::Endpoint(why)),
-            None => classify(status, retry_after, &body),
-        };
+        let (label, answer) = classify(status, retry_after, &body);
         self.count("event", &label);
         self.pause_for(&answer);
         match answer {
@@ -1195,6 +1189,14 @@ fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// The startup check, then a health check every `health_check_interval`;
 /// the token/ack probe runs again while it or a request found a problem.
+/// The request-counter outcome of a redirected request.
+fn redirect_label(sent: &reqwest::Result<reqwest::Response>) -> String {
+    match sent {
+        Ok(r) => format!("http_{}", r.status().as_u16()),
+        Err(_) => "redirect".into(),
+    }
+}
+
 async fn health_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut probe_due = true;
     loop {
