@@ -293,7 +293,7 @@ impl Sections {
 
 /// Top-level keys; sources and sinks are read one by one afterwards.
 #[derive(Deserialize)]
-struct TopLevel {
+pub struct TopLevel {
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
