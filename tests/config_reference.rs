@@ -9,12 +9,16 @@
 
 use std::collections::BTreeSet;
 
-use auditrelay::config::{struct_fields, PipelineConfig, RetryConfig, ServerConfig, TlsConfig, TopLevel};
+use auditrelay::config::{
+    struct_fields, PipelineConfig, RetryConfig, ServerConfig, TlsConfig, TopLevel,
+};
 use auditrelay::sink::{self, BatchConfig, FilterConfig, SinkCommon, SinkConfig};
 use auditrelay::source::{self, SourceConfig};
 use figment::providers::{Format, Toml};
 use figment::Figment;
-use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
+};
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
 
@@ -32,7 +36,7 @@ fn sections() -> Vec<Section> {
         section::<TlsConfig>("`tls` table"),
         section::<BatchConfig>("`batch` table (sinks)"),
         section::<FilterConfig>("`filter` table (sinks)"),
-        section::<SinkCommon>("Keys of every sink"),
+        section::<SinkCommon>("Keys of every sink").sharing(["type"]),
     ];
     let sources = [
         source_type::<veza::VezaConfig>("veza"),
@@ -89,18 +93,23 @@ fn section<T: DeserializeOwned>(heading: &str) -> Section {
     }
 }
 
+/// `type` picks the component; the loader accepts it beside the keys of
+/// the type's struct.
 fn source_type<T: DeserializeOwned>(kind: &str) -> Section {
-    let mut s = section::<T>(&format!("Source `{kind}`"));
-    s.shared.insert("type".into());
-    s
+    section::<T>(&format!("Source `{kind}`")).sharing(["type"])
 }
 
 fn sink_type<T: DeserializeOwned>(kind: &str) -> Section {
-    let mut s = section::<T>(&format!("Sink `{kind}`"));
-    s.shared.insert("type".into());
-    s.shared
-        .extend(struct_fields::<SinkCommon>().iter().map(|k| k.to_string()));
-    s
+    section::<T>(&format!("Sink `{kind}`"))
+        .sharing(["type"])
+        .sharing(struct_fields::<SinkCommon>().iter().copied())
+}
+
+impl Section {
+    fn sharing<'a>(mut self, keys: impl IntoIterator<Item = &'a str>) -> Self {
+        self.shared.extend(keys.into_iter().map(str::to_string));
+        self
+    }
 }
 
 #[test]
@@ -139,7 +148,12 @@ fn every_config_key_is_in_the_reference_and_every_documented_key_exists() {
     assert!(
         missing.is_empty() && stale.is_empty(),
         "{REFERENCE} is out of step with the config types:\n  {}",
-        missing.iter().chain(&stale).cloned().collect::<Vec<_>>().join("\n  ")
+        missing
+            .iter()
+            .chain(&stale)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n  ")
     );
 }
 
@@ -150,7 +164,10 @@ fn every_component_type_has_a_section() {
     let text = std::fs::read_to_string(REFERENCE).expect("read docs/configuration.md");
     let listed: BTreeSet<String> = sections().into_iter().map(|s| s.heading).collect();
     let mut problems = Vec::new();
-    for (what, kinds) in [("Source", available_kinds("sources")), ("Sink", available_kinds("sinks"))] {
+    for (what, kinds) in [
+        ("Source", available_kinds("sources")),
+        ("Sink", available_kinds("sinks")),
+    ] {
         assert!(!kinds.is_empty(), "no {what} type found");
         for kind in kinds {
             let heading = format!("{what} `{kind}`");
@@ -168,7 +185,7 @@ fn every_component_type_has_a_section() {
             && (heading.starts_with("Source `") || heading.starts_with("Sink `"));
         if is_component && !listed.contains(heading) {
             problems.push(format!(
-                "{REFERENCE} has a section \"{heading}\" that names no component type"
+                "{REFERENCE} has a section \"{heading}\" that no line of sections() checks"
             ));
         }
     }
@@ -184,18 +201,26 @@ fn walker_reports_nested_keys_with_their_struct() {
     let find = |p: &str| keys.iter().find(|k| k.path == p);
     let mode = find("pagination.mode").expect("pagination.mode is walked");
     assert_eq!(mode.owner, "PaginationConfig");
-    assert!(find("retry").is_some(), "a table with its own section is named");
+    assert!(
+        find("retry").is_some(),
+        "a table with its own section is named"
+    );
     assert!(find("retry.initial").is_none(), "and not descended into");
 
     let doc = "### Source `x`\n| key | type |\n|---|---|\n| `url` / `retry` | x |\n### Next\n| `pagination.mode` | y |\n";
     let rows = documented_keys(doc, "Source `x`").expect("section found");
-    assert_eq!(rows, BTreeSet::from(["url".to_string(), "retry".to_string()]));
+    assert_eq!(
+        rows,
+        BTreeSet::from(["url".to_string(), "retry".to_string()])
+    );
 }
 
 /// The source or sink types the loader accepts, from its own error message
 /// for an unknown type (the one list the code keeps of them).
 fn available_kinds(part: &str) -> Vec<String> {
-    let fig = Figment::from(Toml::string(&format!("[{part}.x]\ntype = \"no such type\"\n")));
+    let fig = Figment::from(Toml::string(&format!(
+        "[{part}.x]\ntype = \"no such type\"\n"
+    )));
     let path = format!("{part}.x");
     let problems = if part == "sources" {
         SourceConfig::from_figment(&fig, &path).err()
@@ -222,13 +247,7 @@ fn documented_keys(text: &str, heading: &str) -> Option<BTreeSet<String>> {
         let Some(first_cell) = line.strip_prefix('|').and_then(|r| r.split('|').next()) else {
             continue;
         };
-        keys.extend(
-            first_cell
-                .split('`')
-                .skip(1)
-                .step_by(2)
-                .map(str::to_string),
-        );
+        keys.extend(first_cell.split('`').skip(1).step_by(2).map(str::to_string));
     }
     Some(keys)
 }
@@ -251,7 +270,10 @@ fn walk<T: DeserializeOwned>(stop: &BTreeSet<&'static str>) -> Vec<Key> {
     let mut todo: Vec<(Vec<String>, &'static str, &'static [&'static str])> =
         vec![(Vec::new(), root, fields)];
     while let Some((prefix, owner, fields)) = todo.pop() {
-        assert!(prefix.len() < 8, "{owner}: nesting deeper than 8 at {prefix:?}");
+        assert!(
+            prefix.len() < 8,
+            "{owner}: nesting deeper than 8 at {prefix:?}"
+        );
         for field in fields {
             let mut path = prefix.clone();
             path.push(field.to_string());
@@ -388,7 +410,10 @@ impl<'de> MapAccess<'de> for OneEntry<'_> {
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         seed.deserialize(self.value.take().ok_or_else(stop)?)
     }
 }
