@@ -5,7 +5,10 @@
 //!
 //! A new source or sink type: one line in `sections()` below (the test says
 //! so when it is missing) and a `### Source `KIND`` or `### Sink `KIND``
-//! section in the reference.
+//! section in the reference. Keys a component reads from a second struct
+//! (as every sink reads `SinkCommon`) get a section of their own, and the
+//! component's section names them in `sharing(...)` so rows there may
+//! repeat them (per-type defaults).
 
 use std::collections::BTreeSet;
 
