@@ -47,3 +47,11 @@ impl Sink for StdoutSink {
         Ok(())
     }
 }
+
+impl super::SinkType for StdoutConfig {
+    const KIND: &'static str = "stdout";
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(StdoutSink::new(self.clone(), common, ctx)))
+    }
+}

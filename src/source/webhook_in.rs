@@ -1019,6 +1019,26 @@ pub fn manual_checkpoint(
     )
 }
 
+impl super::SourceType for WebhookInConfig {
+    const KIND: &'static str = "webhook_in";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        WebhookInConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        manual_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(WebhookInSource::new(self.clone(), ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
