@@ -140,7 +140,7 @@ pub fn config_text(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = crate::config::load_str(text) {
+    if let Err(e) = crate::config_file::load_str(text) {
         assert!(!e.problems.is_empty(), "an error without problems");
         let _ = e.to_string();
     }

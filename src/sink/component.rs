@@ -58,7 +58,6 @@ pub struct SinkContext {
     pub dead_letters: DeadLetters,
 }
 
-
 /// The keys of one sink type (`[sinks.NAME]` with `type = KIND`, beside the
 /// shared keys of [`SinkCommon`]). Implementing it and adding one line to
 /// `register_sinks!` in `sink/mod.rs` is all a new sink needs outside its

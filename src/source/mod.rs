@@ -43,6 +43,10 @@ mod tests {
         let mut kinds = KINDS.to_vec();
         kinds.sort_unstable();
         kinds.dedup();
-        assert_eq!(kinds.len(), KINDS.len(), "a type registered twice: {KINDS:?}");
+        assert_eq!(
+            kinds.len(),
+            KINDS.len(),
+            "a type registered twice: {KINDS:?}"
+        );
     }
 }

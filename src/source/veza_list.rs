@@ -483,12 +483,20 @@ impl super::SourceType for VezaListConfig {
         _token: Option<String>,
         _time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Vec<u8>, String> {
-        Err("a veza_list source walks a fixed range; use `auditrelay backfill` for another range".into())
+        Err(
+            "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
+                .into(),
+        )
     }
 
     fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
         let label = ctx.name.clone();
-        Ok(Box::new(VezaListSource::new(self.clone(), ctx, &label, None)?))
+        Ok(Box::new(VezaListSource::new(
+            self.clone(),
+            ctx,
+            &label,
+            None,
+        )?))
     }
 }
 
