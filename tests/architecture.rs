@@ -113,6 +113,44 @@ fn cycle_detection_names_the_cycle() {
     assert!(!cycles[0].contains("d.rs"), "{}", cycles[0]);
 }
 
+/// A config that implements `SourceType`/`SinkType` but has no line in
+/// the registration macro would be silently unknown to `type`.
+#[test]
+fn every_component_type_is_registered() {
+    for (dir, trait_name, registry) in [
+        ("source", "SourceType", "register_sources"),
+        ("sink", "SinkType", "register_sinks"),
+    ] {
+        let root = src_dir().join(dir);
+        let module = tokenize(&fs::read_to_string(root.join("mod.rs")).unwrap_or_default());
+        let registered: Vec<&String> = module
+            .windows(3)
+            .position(|w| w[0] == registry && w[1] == "!" && w[2] == "{")
+            .map(|start| module[start..].iter().take_while(|t| *t != "}").collect())
+            .unwrap_or_default();
+        let mut implemented = Vec::new();
+        for file in rust_files(&root) {
+            let tokens = tokenize(&fs::read_to_string(&file).unwrap_or_default());
+            for i in 0..tokens.len().saturating_sub(2) {
+                if tokens[i] == trait_name && tokens[i + 1] == "for" && tokens[i - 1] != "dyn" {
+                    implemented.push((file.clone(), tokens[i + 2].clone()));
+                }
+            }
+        }
+        assert!(
+            implemented.len() >= 5,
+            "found only {implemented:?} implementing {trait_name}"
+        );
+        for (file, config) in implemented {
+            assert!(
+                registered.contains(&&config),
+                "{} implements {trait_name} for {config}, which has no line in {registry}! of {dir}/mod.rs",
+                file.display()
+            );
+        }
+    }
+}
+
 #[test]
 #[ignore = "until the splits of the other session-4 branches are merged (issue 15)"]
 fn no_file_of_src_is_longer_than_the_bound() {

@@ -29,7 +29,8 @@ macro_rules! register_sinks {
             ) -> Option<Result<Self, Vec<$crate::config::Problem>>> {
                 $(
                     if kind == <$config as $crate::sink::SinkType>::KIND {
-                        return Some(<$config as $crate::sink::SinkType>::read(fig, path).map(SinkKind::$variant));
+                        let read = <$config as $crate::sink::SinkType>::read(fig, path);
+                        return Some(read.map(SinkKind::$variant));
                     }
                 )+
                 None
@@ -49,7 +50,9 @@ macro_rules! register_sinks {
                 problems: &mut $crate::config::Problems,
             ) {
                 match self {
-                    $(SinkKind::$variant(c) => $crate::sink::SinkType::validate(c, path, common, problems),)+
+                    $(SinkKind::$variant(c) => {
+                        $crate::sink::SinkType::validate(c, path, common, problems)
+                    })+
                 }
             }
 

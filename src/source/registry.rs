@@ -39,7 +39,8 @@ macro_rules! register_sources {
                 })?;
                 $(
                     if kind == <$config as $crate::source::SourceType>::KIND {
-                        return <$config as $crate::source::SourceType>::read(fig, path).map(SourceConfig::$variant);
+                        return <$config as $crate::source::SourceType>::read(fig, path)
+                            .map(SourceConfig::$variant);
                     }
                 )+
                 Err(problem(format!(
@@ -56,7 +57,9 @@ macro_rules! register_sources {
 
             pub fn validate(&self, path: &str, problems: &mut $crate::config::Problems) {
                 match self {
-                    $(SourceConfig::$variant(c) => $crate::source::SourceType::validate(c, path, problems),)+
+                    $(SourceConfig::$variant(c) => {
+                        $crate::source::SourceType::validate(c, path, problems)
+                    })+
                 }
             }
 
@@ -70,7 +73,9 @@ macro_rules! register_sources {
                     return Err("give exactly one of --token and --time".into());
                 }
                 match self {
-                    $(SourceConfig::$variant(c) => $crate::source::SourceType::manual_checkpoint(c, token, time),)+
+                    $(SourceConfig::$variant(c) => {
+                        $crate::source::SourceType::manual_checkpoint(c, token, time)
+                    })+
                 }
             }
 
