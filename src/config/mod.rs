@@ -271,3 +271,47 @@ pub fn require_positive(d: Duration, path: &str, problems: &mut Problems) {
         problems.push(path, "must be greater than 0");
     }
 }
+
+/// Whether no name occurs twice: the `type` values of a registry, checked
+/// when it is compiled (a second registration would never be reached).
+pub const fn all_distinct(names: &[&str]) -> bool {
+    let mut i = 0;
+    while i < names.len() {
+        let mut j = i + 1;
+        while j < names.len() {
+            if same_bytes(names[i].as_bytes(), names[j].as_bytes()) {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+const fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_distinct_finds_a_repeated_name() {
+        assert!(all_distinct(&["veza", "veza_list", "demo"]));
+        assert!(all_distinct(&[]));
+        assert!(!all_distinct(&["veza", "demo", "veza"]));
+        assert!(!all_distinct(&["", ""]));
+    }
+}

@@ -134,20 +134,3 @@ impl SinkConfig {
         self.kind.build(&self.common, ctx)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_unique() {
-        let mut kinds = KINDS.to_vec();
-        kinds.sort_unstable();
-        kinds.dedup();
-        assert_eq!(
-            kinds.len(),
-            KINDS.len(),
-            "a type registered twice: {KINDS:?}"
-        );
-    }
-}

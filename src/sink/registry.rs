@@ -18,6 +18,10 @@ macro_rules! register_sinks {
 
         /// The `type` of every sink this build provides, in registration order.
         pub const KINDS: &[&str] = &[$(<$config as $crate::sink::SinkType>::KIND,)+];
+        const _: () = assert!(
+            $crate::config::all_distinct(KINDS),
+            "a sink type is registered twice"
+        );
 
         impl SinkKind {
             /// Reads the keys of type `kind` of the section at `path`, or

@@ -33,20 +33,3 @@ registry::register_sources! {
     WebhookIn(webhook_in::WebhookInConfig),
     Demo(demo::DemoConfig),
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_unique() {
-        let mut kinds = KINDS.to_vec();
-        kinds.sort_unstable();
-        kinds.dedup();
-        assert_eq!(
-            kinds.len(),
-            KINDS.len(),
-            "a type registered twice: {KINDS:?}"
-        );
-    }
-}

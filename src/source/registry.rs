@@ -18,6 +18,10 @@ macro_rules! register_sources {
 
         /// The `type` of every source this build provides, in registration order.
         pub const KINDS: &[&str] = &[$(<$config as $crate::source::SourceType>::KIND,)+];
+        const _: () = assert!(
+            $crate::config::all_distinct(KINDS),
+            "a source type is registered twice"
+        );
 
         impl SourceConfig {
             /// Reads `[sources.NAME]` at `path` as the type its `type` key names.
