@@ -74,8 +74,9 @@ pub trait SinkType: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
     }
 
     /// Reports the values serde accepts but this sink cannot use (the
-    /// shared keys are checked already).
-    fn validate(&self, _path: &str, _common: &SinkCommon, _problems: &mut Problems) {}
+    /// shared keys are checked already). Required even when there is
+    /// nothing to check, so a forgotten check cannot pass silently.
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems);
 
     /// The running sink.
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>>;
