@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::checkpoint::{CheckpointStore, StateLock};
-use crate::config::{Config, RetryConfig};
+use crate::config::RetryConfig;
+use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::checkpoint::{CheckpointStore, StateLock};
-use crate::config::{self, Config};
+use crate::config_file::{self, Config};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{panic_message, Route, SourcePipeline};
@@ -504,7 +504,7 @@ impl Running {
         }
         let started = Instant::now();
         let file = self.config.file.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&file)).await;
+        let loaded = tokio::task::spawn_blocking(move || config_file::load(&file)).await;
         let applied = match loaded {
             Ok(Ok(new)) => self.apply(new).await,
             Ok(Err(e)) => {

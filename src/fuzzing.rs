@@ -140,9 +140,58 @@ pub fn config_text(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    if let Err(e) = crate::config::load_str(text) {
+    if let Err(e) = crate::config_file::load_str(text) {
         assert!(!e.problems.is_empty(), "an error without problems");
         let _ = e.to_string();
+    }
+}
+
+/// One `[sources.NAME]` or `[sinks.NAME]` section of any registered type:
+/// byte 0 picks the type (sources first, then sinks, in registration order),
+/// the rest is the TOML of its keys. Reading and validating it gives a
+/// config of that type or problems under the section's key path, never a
+/// panic. Driven by the registries, so a new source or sink is covered
+/// without an edit here.
+pub fn component_section(data: &[u8]) {
+    let Some((&pick, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(keys) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let (sources, sinks) = (crate::source::KINDS, crate::sink::KINDS);
+    let i = pick as usize % (sources.len() + sinks.len());
+    let (table, kind) = match sources.get(i) {
+        Some(kind) => ("sources", *kind),
+        None => ("sinks", sinks[i - sources.len()]),
+    };
+    let text = format!("[{table}.fuzz]\ntype = \"{kind}\"\n{keys}");
+    use figment::providers::Format as _;
+    let fig = figment::Figment::new().merge(figment::providers::Toml::string(&text));
+    let path = format!("{table}.fuzz");
+    let mut problems = crate::config::Problems::default();
+    let read = if table == "sources" {
+        crate::source::SourceConfig::from_figment(&fig, &path).map(|c| {
+            assert_eq!(c.kind(), kind, "read as another source type");
+            c.validate(&path, &mut problems);
+        })
+    } else {
+        crate::sink::SinkConfig::from_figment(&fig, &path).map(|c| {
+            assert_eq!(c.kind.kind(), kind, "read as another sink type");
+            c.validate(&path, &mut problems);
+        })
+    };
+    if let Err(list) = read {
+        assert!(!list.is_empty(), "an error without problems");
+        problems.extend(list);
+    }
+    for p in problems.into_vec() {
+        // A TOML syntax error has no key path; every other problem is
+        // about a key of this section.
+        assert!(
+            p.path.is_empty() || p.path.starts_with(&path),
+            "problem outside {path}: {p}"
+        );
     }
 }
 
@@ -378,4 +427,23 @@ thread_local! {
             cfg.type_path.parse().expect("type_path"),
         )
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every registered type goes through the entry point, including keys
+    /// it does not know and values of the wrong type.
+    #[test]
+    fn component_section_reaches_every_registered_type() {
+        let types = crate::source::KINDS.len() + crate::sink::KINDS.len();
+        for pick in 0..types {
+            for keys in ["", "bogus = 1\n", "retry = \"soon\"\n", "[broken"] {
+                let mut data = vec![pick as u8];
+                data.extend_from_slice(keys.as_bytes());
+                component_section(&data);
+            }
+        }
+    }
 }

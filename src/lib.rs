@@ -9,6 +9,7 @@
 pub mod backfill;
 pub mod checkpoint;
 pub mod config;
+pub mod config_file;
 pub mod daemon;
 pub mod event;
 pub mod format;

@@ -3,7 +3,7 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
+use crate::config_file::LogFormat;
 
 pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 use auditrelay::checkpoint::{CheckpointStore, StateLock};
-use auditrelay::config::{self, Config, DEFAULT_CONFIG_PATH};
+use auditrelay::config_file::{self, Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser)]
 #[command(
@@ -198,7 +198,7 @@ fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    config::load(path).map_err(|e| {
+    config_file::load(path).map_err(|e| {
         eprint!("{e}");
         ExitCode::from(EXIT_CONFIG)
     })

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Offset pages that did not hold the last entry of the page before.
     pub offset_shifts: IntCounterVec,
     pub source_request_seconds: HistogramVec,
+    /// Data gaps a source reported (see `source::gap`).
+    pub source_gaps: IntCounterVec,
+    pub source_gap_seconds: prometheus::GaugeVec,
     pub events_delivered: IntCounterVec,
     pub events_failed: IntCounterVec,
     pub events_dead_lettered: IntCounterVec,
@@ -90,6 +93,16 @@ impl Metrics {
         .expect("metric definition is valid");
         r.register(Box::new(lag.clone()))
             .expect("metric registered once");
+        let gap_seconds = prometheus::GaugeVec::new(
+            Opts::new(
+                "auditrelay_source_gap_seconds",
+                "Length of the last data gap of a source, in seconds (0 when it never had one).",
+            ),
+            &["source"],
+        )
+        .expect("metric definition is valid");
+        r.register(Box::new(gap_seconds.clone()))
+            .expect("metric registered once");
         let ready = IntGauge::new("auditrelay_ready", "1 when /readyz answers ready, else 0.")
             .expect("metric definition is valid");
         r.register(Box::new(ready.clone()))
@@ -139,6 +152,13 @@ impl Metrics {
             rate_limit_waits: counter(&r, "rate_limit_waits_total", "ResourceExhausted / 429 answers that paused a source.", &["source"]),
             token_restarts: counter(&r, "source_cursor_restarts_total", "Page tokens rejected by the source, followed by a restart from the newest event time minus the overlap.", &["source"]),
             source_request_seconds: histogram(&r, "source_request_duration_seconds", "Duration of source API requests.", &["source"]),
+            source_gaps: counter(
+                &r,
+                "source_gaps_total",
+                "Time ranges a source could not read (the API cut its answer and cannot be asked for the older entries): events there may be lost. The log line \"data gap\" names each range.",
+                &["source"],
+            ),
+            source_gap_seconds: gap_seconds,
             events_delivered: counter(&r, "events_delivered_total", "Events confirmed by a sink.", &["sink", "source"]),
             events_failed: counter(&r, "events_failed_total", "Events in a delivery attempt that failed and will be retried.", &["sink", "source"]),
             events_dead_lettered: counter(&r, "events_dead_lettered_total", "Events a sink rejected permanently, written to its dead-letter file.", &["sink", "source"]),
@@ -203,6 +223,7 @@ impl Metrics {
             &self.rate_limit_waits,
             &self.token_restarts,
             &self.offset_shifts,
+            &self.source_gaps,
         ] {
             c.with_label_values(&[source]);
         }
@@ -217,7 +238,7 @@ impl Metrics {
         self.commit_latency_seconds.with_label_values(&[source]);
         self.pipeline_failures.with_label_values(&[source]);
         // Any source may report a data gap; the alert needs the zero series.
-        crate::source::gap::init(source);
+        self.source_gap_seconds.with_label_values(&[source]);
     }
 
     /// Creates the series of one sink fed by one source at zero.

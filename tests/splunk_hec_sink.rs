@@ -77,7 +77,7 @@ fn build(dir: &Path, name: &str, endpoint: &str, token: &str, extra: &str) -> Bu
         ),
     )
     .unwrap();
-    let cfg = auditrelay::config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = auditrelay::config_file::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let health = Health::default();
     let dead_letters = DeadLetters::new(dir, name);
     let sink = cfg.sinks[name]
@@ -934,7 +934,9 @@ tokne_file = "/run/secrets/hec"
 "#,
     )
     .unwrap();
-    let err = auditrelay::config::load(&path).unwrap_err().to_string();
+    let err = auditrelay::config_file::load(&path)
+        .unwrap_err()
+        .to_string();
     for expected in [
         "sinks.splunk.tokne_file: unknown key",
         "sinks.splunk.compression",
@@ -958,7 +960,9 @@ fields = { user = "identity..email" }
 "#,
     )
     .unwrap();
-    let err = auditrelay::config::load(&path).unwrap_err().to_string();
+    let err = auditrelay::config_file::load(&path)
+        .unwrap_err()
+        .to_string();
     for expected in [
         "sinks.splunk.endpoint: give the collector's base URL",
         "sinks.splunk.token_file: required",

@@ -96,7 +96,7 @@ fn build(dir: &Path, sink_toml: &str) -> (Arc<dyn Sink>, Health, DeadLetters) {
         ),
     )
     .unwrap();
-    let cfg = auditrelay::config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = auditrelay::config_file::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let health = Health::default();
     let dl = DeadLetters::new(dir, "sys");
     let sink = cfg.sinks["sys"]
@@ -627,7 +627,7 @@ extra_fields = { suser = "x" }
 "#,
     )
     .unwrap();
-    let err = auditrelay::config::load(&path).unwrap_err();
+    let err = auditrelay::config_file::load(&path).unwrap_err();
     let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
     for want in [
         "sinks.x.framing",

@@ -19,7 +19,7 @@ impl Source for PanickingSource {
 #[tokio::test]
 async fn a_pipeline_that_panics_is_reported_as_failed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = config::load_str(&format!(
+    let config = config_file::load_str(&format!(
         "state_dir = \"{}\"\n[sources.s]\ntype = \"demo\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"s\"]\n",
         dir.path().display()
     ))
@@ -58,7 +58,7 @@ async fn a_pipeline_that_panics_is_reported_as_failed() {
 
 /// A config with one demo source feeding a file sink behind its spool.
 fn spooled_config(dir: &std::path::Path, rotate_bytes: u64) -> Config {
-    config::load_str(&format!(
+    config_file::load_str(&format!(
         "state_dir = \"{0}\"\n[sources.s]\ntype = \"demo\"\n\
          [sinks.out]\ntype = \"file\"\npath = \"{0}/out.ndjson\"\nrotate_bytes = {rotate_bytes}\n\
          inputs = [\"s\"]\non_unavailable = \"spool\"\n",

@@ -230,6 +230,18 @@ impl Sink for FileSink {
     }
 }
 
+impl super::SinkType for FileConfig {
+    const KIND: &'static str = "file";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        FileConfig::validate(self, path, problems)
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(FileSink::new(self.clone(), common, ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -694,6 +694,18 @@ async fn watch_brokers(
     }
 }
 
+impl super::SinkType for KafkaConfig {
+    const KIND: &'static str = "kafka";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        KafkaConfig::validate(self, path, problems)
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(KafkaSink::new(self.clone(), common, ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,3 +47,15 @@ impl Sink for StdoutSink {
         Ok(())
     }
 }
+
+impl super::SinkType for StdoutConfig {
+    const KIND: &'static str = "stdout";
+
+    /// Stdout has no keys of its own.
+    fn validate(&self, _path: &str, _common: &SinkCommon, _problems: &mut crate::config::Problems) {
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(StdoutSink::new(self.clone(), common, ctx)))
+    }
+}

@@ -627,6 +627,18 @@ impl Sink for SyslogSink {
     }
 }
 
+impl super::SinkType for SyslogConfig {
+    const KIND: &'static str = "syslog";
+
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut crate::config::Problems) {
+        SyslogConfig::validate(self, path, common, problems)
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(SyslogSink::new(self.clone(), common, ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod relp_sink_tests {
     use super::*;

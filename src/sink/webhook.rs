@@ -458,3 +458,15 @@ impl Sink for WebhookSink {
             .map_err(|e| anyhow::anyhow!("{}", crate::http::describe_error(e)))
     }
 }
+
+impl super::SinkType for WebhookConfig {
+    const KIND: &'static str = "webhook";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        WebhookConfig::validate(self, path, problems)
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(WebhookSink::new(self.clone(), common, ctx)?))
+    }
+}

@@ -399,3 +399,23 @@ impl Source for CertifycloudsSource {
         }
     }
 }
+
+impl super::SourceType for CertifycloudsConfig {
+    const KIND: &'static str = "certifyclouds";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        CertifycloudsConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        super::poll::manual_window_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(CertifycloudsSource::new(self.clone(), ctx)?))
+    }
+}

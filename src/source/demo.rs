@@ -288,6 +288,26 @@ fn write_event(buf: &mut Vec<u8>, seq: u64, time: DateTime<Utc>) -> anyhow::Resu
     Ok(())
 }
 
+impl super::SourceType for DemoConfig {
+    const KIND: &'static str = "demo";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        DemoConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        manual_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(DemoSource::new(self.clone(), ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

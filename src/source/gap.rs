@@ -7,44 +7,11 @@
 //! to recover from: readiness must not take down the daemon's listeners)
 //! but names the last range for whoever looks.
 
-use std::sync::LazyLock;
-
 use chrono::{DateTime, SecondsFormat, Utc};
-use prometheus::{GaugeVec, IntCounterVec, Opts};
 use tracing::error;
 
 use crate::health::Health;
 use crate::metrics::metrics;
-
-static GAPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_source_gaps_total",
-            "Time ranges a source could not read (the API cut its answer and cannot be asked for the older entries): events there may be lost. The log line \"data gap\" names each range.",
-        ),
-        &["source"],
-    )
-    .expect("metric definition is valid");
-    metrics().register(c)
-});
-
-static GAP_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
-    let g = GaugeVec::new(
-        Opts::new(
-            "auditrelay_source_gap_seconds",
-            "Length of the last data gap of a source, in seconds (0 when it never had one).",
-        ),
-        &["source"],
-    )
-    .expect("metric definition is valid");
-    metrics().register(g)
-});
-
-/// Creates the source's series at zero, so `increase()` alerts see them.
-pub fn init(source: &str) {
-    GAPS.with_label_values(&[source]);
-    GAP_SECONDS.with_label_values(&[source]);
-}
 
 /// The `/readyz` component of a source's last gap.
 pub fn health_key(source: &str) -> String {
@@ -59,8 +26,11 @@ pub fn report(health: &Health, source: &str, from: DateTime<Utc>, to: DateTime<U
         from.to_rfc3339_opts(SecondsFormat::Millis, true),
         to.to_rfc3339_opts(SecondsFormat::Millis, true),
     );
-    GAPS.with_label_values(&[source]).inc();
-    GAP_SECONDS.with_label_values(&[source]).set(seconds);
+    metrics().source_gaps.with_label_values(&[source]).inc();
+    metrics()
+        .source_gap_seconds
+        .with_label_values(&[source])
+        .set(seconds);
     error!(source, gap_from = %from, gap_to = %to, gap_seconds = seconds, "data gap: events created in this range may be lost; {why}");
     health.note(
         &health_key(source),

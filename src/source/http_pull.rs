@@ -914,6 +914,26 @@ impl Source for HttpPullSource {
     }
 }
 
+impl super::SourceType for HttpPullConfig {
+    const KIND: &'static str = "http_pull";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        HttpPullConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        super::poll::manual_window_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(HttpPullSource::new(self.clone(), ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -786,6 +786,26 @@ fn snippet(body: &[u8]) -> String {
     text.replace(['\n', '\r'], " ")
 }
 
+impl super::SourceType for VezaConfig {
+    const KIND: &'static str = "veza";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        VezaConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        manual_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(VezaSource::new(self.clone(), ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

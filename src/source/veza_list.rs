@@ -471,6 +471,35 @@ impl Source for VezaListSource {
     }
 }
 
+impl super::SourceType for VezaListConfig {
+    const KIND: &'static str = "veza_list";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        VezaListConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        _token: Option<String>,
+        _time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        Err(
+            "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
+                .into(),
+        )
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        let label = ctx.name.clone();
+        Ok(Box::new(VezaListSource::new(
+            self.clone(),
+            ctx,
+            &label,
+            None,
+        )?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@ pub fn build(dir: &Path, name: &str, sink_toml: &str) -> (Box<dyn Sink>, DeadLet
         ),
     )
     .expect("write config");
-    let cfg = auditrelay::config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = auditrelay::config_file::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
     let health = Health::default();
     let dl = DeadLetters::new(dir, name)
         .with_max_bytes(cfg.sinks[name].common.dead_letter_max_bytes)

@@ -1271,6 +1271,18 @@ impl Sink for SplunkHecSink {
     }
 }
 
+impl super::SinkType for SplunkHecConfig {
+    const KIND: &'static str = "splunk_hec";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        SplunkHecConfig::validate(self, path, problems)
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(SplunkHecSink::new(self.clone(), common, ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

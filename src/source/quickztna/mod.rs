@@ -482,5 +482,25 @@ impl Source for QuickztnaSource {
     }
 }
 
+impl super::SourceType for QuickztnaConfig {
+    const KIND: &'static str = "quickztna";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        QuickztnaConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        super::poll::manual_window_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(QuickztnaSource::new(self.clone(), ctx)?))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,207 @@
+//! The keys every sink shares (`inputs`, `filter`, `batch`, `retry`, `tls`,
+//! dead-letter and spool bounds), read beside the keys of its type.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::dead_letter;
+use crate::config::{Problems, RetryConfig, TlsConfig};
+use crate::event::Event;
+
+/// Keys shared by every sink type.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SinkCommon {
+    /// Names of the sources whose events this sink receives.
+    pub inputs: Vec<String>,
+    #[serde(default)]
+    pub filter: FilterConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Cap of this sink's dead-letter file; when full the sink stops
+    /// confirming (nothing is dropped) until it is replayed or moved.
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub dead_letter_max_bytes: u64,
+    /// What the sources feeding this sink do while it does not confirm:
+    /// wait for it (`block`), or park its batches on disk (`spool`).
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// How long a delivery may go unconfirmed before its batch is spooled.
+    #[serde(default = "default_spool_after", with = "humantime_serde")]
+    pub spool_after: Duration,
+    /// Cap of the on-disk spool; when full the sources wait, as with `block`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+fn default_dead_letter_max_bytes() -> u64 {
+    dead_letter::DEFAULT_MAX_BYTES
+}
+
+fn default_spool_after() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+/// `sinks.NAME.on_unavailable`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// The source pauses and its checkpoint waits for this sink: nothing
+    /// leaves the source's API until every sink has it.
+    #[default]
+    Block,
+    /// The sink's batches go to `state_dir/sink_spool/NAME/` and are
+    /// delivered from there when it is back; the other sinks keep flowing.
+    Spool,
+}
+
+/// Include/exclude on the event type, with `*` wildcards (`auth.*`).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FilterConfig {
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+impl FilterConfig {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// Whether an event of this type goes to the sink. Events without a type
+    /// pass only when there is no include list.
+    pub fn accepts(&self, kind: Option<&str>) -> bool {
+        let included = self.include.is_empty()
+            || kind.is_some_and(|k| self.include.iter().any(|p| glob(p, k)));
+        let excluded = kind.is_some_and(|k| self.exclude.iter().any(|p| glob(p, k)));
+        included && !excluded
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// How a sink cuts a page into requests.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_events: Option<usize>,
+    pub max_bytes: Option<usize>,
+    /// Accepted for every sink; pages are batches already, so this only
+    /// bounds how long a sink that merges pages may wait.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+}
+
+impl BatchConfig {
+    /// Cuts `events` into runs of at most `max_events` events and about
+    /// `max_bytes` bytes (a single larger event is a run of its own).
+    pub fn chunks<'a>(
+        &self,
+        events: &'a [Event],
+        default_events: usize,
+        default_bytes: usize,
+    ) -> Vec<&'a [Event]> {
+        let max_events = self.max_events.unwrap_or(default_events).max(1);
+        let max_bytes = self.max_bytes.unwrap_or(default_bytes).max(1);
+        let mut out = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, e) in events.iter().enumerate() {
+            let size = e.raw.len() + 1;
+            if i > start && (i - start >= max_events || bytes + size > max_bytes) {
+                out.push(&events[start..i]);
+                start = i;
+                bytes = 0;
+            }
+            bytes += size;
+        }
+        if start < events.len() {
+            out.push(&events[start..]);
+        }
+        out
+    }
+
+    pub(super) fn validate(&self, path: &str, problems: &mut Problems) {
+        if self.max_events == Some(0) {
+            problems.push(format!("{path}.batch.max_events"), "must be at least 1");
+        }
+        if self.max_bytes == Some(0) {
+            problems.push(format!("{path}.batch.max_bytes"), "must be at least 1");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn globs() {
+        assert!(glob("auth.*", "auth.login"));
+        assert!(!glob("auth.*", "user.auth.login"));
+        assert!(glob("*Delete*", "/api.UserService/DeleteUser"));
+        assert!(glob("a*b*c", "a-b-c"));
+        assert!(!glob("a*b*c", "a-c-b"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn filter_include_exclude() {
+        let f = FilterConfig {
+            include: vec!["auth.*".into()],
+            exclude: vec!["auth.debug".into()],
+        };
+        assert!(f.accepts(Some("auth.login")));
+        assert!(!f.accepts(Some("auth.debug")));
+        assert!(!f.accepts(None));
+        assert!(FilterConfig::default().accepts(None));
+    }
+
+    #[test]
+    fn chunks_respect_both_limits() {
+        let ev = |n: usize| Event {
+            raw: Bytes::from(vec![b'x'; n]),
+            id: None,
+            time: None,
+            kind: None,
+        };
+        let events: Vec<Event> = vec![ev(10), ev(10), ev(10), ev(100), ev(10)];
+        let b = BatchConfig {
+            max_events: Some(2),
+            max_bytes: Some(40),
+            timeout: None,
+        };
+        let sizes: Vec<usize> = b.chunks(&events, 0, 0).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, vec![2, 1, 1, 1]);
+        assert!(b.chunks(&[], 1, 1).is_empty());
+    }
+}

@@ -1,0 +1,83 @@
+//! What a sink is: the [`Sink`] the pipeline delivers to, and the
+//! [`SinkType`] its config implements to be registered in one line.
+
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use figment::Figment;
+use serde::de::DeserializeOwned;
+
+use super::common::SinkCommon;
+use super::dead_letter::DeadLetters;
+use crate::config::{extract_section, struct_fields, Problem, Problems};
+use crate::event::Event;
+use crate::health::Health;
+
+/// A destination that confirms what it received.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Delivers `events` (all from `source`), returning only once each one is
+    /// confirmed by the destination or written to the dead-letter file.
+    /// Transient failures are retried inside, with backoff, for as long as it
+    /// takes. An `Err` means no progress is possible for a local reason (the
+    /// dead-letter file cannot be written); the pipeline retries the call.
+    /// Called concurrently for several batches.
+    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()>;
+
+    /// Whether batches of a source must reach this sink in fetch order. Then
+    /// the pipeline hands it one batch of a source at a time; otherwise up
+    /// to `max_in_flight` batches at once (throughput over order).
+    fn ordered(&self) -> bool {
+        true
+    }
+
+    /// Whether the destination is reachable now, without sending an event
+    /// (`validate --online`). Sinks without a cheap probe say yes.
+    async fn healthcheck(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+
+    /// Waits until what the sink confirmed but still holds locally (a
+    /// spool) has reached the destination. Called when every source has
+    /// finished, before the daemon exits.
+    async fn flush(&self) {}
+
+    /// Ends the sink's connections in order once nothing delivers through
+    /// it any more: at a stop, and when a reload drops or replaces it. The
+    /// caller bounds how long it may take (a cut-off close must leave
+    /// nothing worse than an abrupt one).
+    async fn close(&self) {}
+}
+
+/// What a sink is given when it is built.
+pub struct SinkContext {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub health: Health,
+    pub dead_letters: DeadLetters,
+}
+
+/// The keys of one sink type (`[sinks.NAME]` with `type = KIND`, beside the
+/// shared keys of [`SinkCommon`]). Implementing it and adding one line to
+/// `register_sinks!` in `sink/mod.rs` is all a new sink needs outside its
+/// own file.
+pub trait SinkType: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The value of `type` that selects this sink.
+    const KIND: &'static str;
+
+    /// Reads this type's keys of the section at `path` (`sinks.NAME`),
+    /// reporting every key that is neither its own nor shared, and bad
+    /// values, with their key path.
+    fn read(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
+        extract_section(fig, path, &[struct_fields::<SinkCommon>(), &["type"]])
+    }
+
+    /// Reports the values serde accepts but this sink cannot use (the
+    /// shared keys are checked already). Required even when there is
+    /// nothing to check, so a forgotten check cannot pass silently.
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems);
+
+    /// The running sink.
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>>;
+}

@@ -1,0 +1,68 @@
+//! What a source is: the [`Source`] stream the pipeline pulls from, and the
+//! [`SourceType`] its config implements to be registered in one line.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+
+use crate::config::{extract_section, Problem, Problems};
+use crate::event::Batch;
+use crate::health::Health;
+
+/// A stream of pages from one API.
+#[async_trait]
+pub trait Source: Send {
+    /// The next page of events, waiting as long as needed (poll interval when
+    /// caught up, backoff on failures, rate-limit pauses). `None` means the
+    /// source is finished (a bounded run). Must be cancel-safe: dropping the
+    /// future before it completes loses no state.
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>>;
+
+    /// Releases what the source holds outside its cursor (a listening
+    /// socket) before a replacement is built by a reload. Dropping does the
+    /// same, but not necessarily before this returns.
+    async fn close(&mut self) {}
+}
+
+/// What a source is given when it is built.
+pub struct SourceContext {
+    pub name: String,
+    /// The state of the last committed batch, if any.
+    pub checkpoint: Option<Vec<u8>>,
+    pub health: Health,
+    /// The daemon's state directory, for state that is not a cursor (a
+    /// rate-limit pause that must survive a restart).
+    pub state_dir: std::path::PathBuf,
+}
+
+/// The config of one source type (`[sources.NAME]` with `type = KIND`).
+/// Implementing it and adding one line to `register_sources!` in
+/// `source/mod.rs` is all a new source needs outside its own file.
+pub trait SourceType: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The value of `type` that selects this source.
+    const KIND: &'static str;
+
+    /// Reads the section at `path` (`sources.NAME`), reporting every
+    /// unknown key and bad value with its key path. Override it when the
+    /// section is read as more than one struct.
+    fn read(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
+        extract_section(fig, path, &[&["type"]])
+    }
+
+    /// Reports the values serde accepts but this source cannot use.
+    fn validate(&self, path: &str, problems: &mut Problems);
+
+    /// The state `auditrelay checkpoint set` writes for this source type;
+    /// exactly one of `token` and `time` is given.
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String>;
+
+    /// The running source, resuming from `ctx.checkpoint`.
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>>;
+}

@@ -1,0 +1,98 @@
+//! `register_sources!`: the one list of source types, from which the
+//! `[sources.NAME]` config enum and its dispatch are generated.
+
+/// Generates `SourceConfig` (one variant per registered [`SourceType`]),
+/// `KINDS`, and the methods that read, validate and build a source by its
+/// `type`. Each line is `Variant(module::ConfigType)`; `KINDS` (and so the
+/// list of error messages) keeps the order of the lines.
+///
+/// [`SourceType`]: super::SourceType
+macro_rules! register_sources {
+    ($($variant:ident($config:ty)),+ $(,)?) => {
+        /// `[sources.NAME]`, by `type`.
+        #[derive(Clone, Debug)]
+        #[allow(clippy::large_enum_variant)] // built once at startup
+        pub enum SourceConfig {
+            $($variant($config),)+
+        }
+
+        /// The `type` of every source this build provides, in registration order.
+        pub const KINDS: &[&str] = &[$(<$config as $crate::source::SourceType>::KIND,)+];
+        const _: () = assert!(
+            $crate::config::all_distinct(KINDS),
+            "a source type is registered twice"
+        );
+
+        impl SourceConfig {
+            /// Reads `[sources.NAME]` at `path` as the type its `type` key names.
+            pub fn from_figment(
+                fig: &figment::Figment,
+                path: &str,
+            ) -> Result<Self, Vec<$crate::config::Problem>> {
+                let problem = |message: String| {
+                    vec![$crate::config::Problem {
+                        path: format!("{path}.type"),
+                        message,
+                    }]
+                };
+                let available = KINDS.join(", ");
+                let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
+                    problem(format!(
+                        "required key is missing or not a string (one of: {available})"
+                    ))
+                })?;
+                $(
+                    if kind == <$config as $crate::source::SourceType>::KIND {
+                        return <$config as $crate::source::SourceType>::read(fig, path)
+                            .map(SourceConfig::$variant);
+                    }
+                )+
+                Err(problem(format!(
+                    "unknown source type \"{kind}\" (available: {available})"
+                )))
+            }
+
+            /// The `type` this source was configured with.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(SourceConfig::$variant(_) => <$config as $crate::source::SourceType>::KIND,)+
+                }
+            }
+
+            pub fn validate(&self, path: &str, problems: &mut $crate::config::Problems) {
+                match self {
+                    $(SourceConfig::$variant(c) => {
+                        $crate::source::SourceType::validate(c, path, problems)
+                    })+
+                }
+            }
+
+            /// The state `auditrelay checkpoint set` writes for this source type.
+            pub fn manual_checkpoint(
+                &self,
+                token: Option<String>,
+                time: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> Result<Vec<u8>, String> {
+                if token.is_some() == time.is_some() {
+                    return Err("give exactly one of --token and --time".into());
+                }
+                match self {
+                    $(SourceConfig::$variant(c) => {
+                        $crate::source::SourceType::manual_checkpoint(c, token, time)
+                    })+
+                }
+            }
+
+            pub fn build(
+                &self,
+                ctx: $crate::source::SourceContext,
+            ) -> anyhow::Result<Box<dyn $crate::source::Source>> {
+                match self {
+                    $(SourceConfig::$variant(c) => $crate::source::SourceType::build(c, ctx),)+
+                }
+            }
+        }
+    };
+}
+
+pub(super) use register_sources;
