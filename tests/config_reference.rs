@@ -12,9 +12,8 @@
 
 use std::collections::BTreeSet;
 
-use auditrelay::config::{
-    struct_fields, PipelineConfig, RetryConfig, ServerConfig, TlsConfig, TopLevel,
-};
+use auditrelay::config::{struct_fields, RetryConfig, TlsConfig};
+use auditrelay::config_file::{PipelineConfig, ServerConfig, TopLevel};
 use auditrelay::sink::{self, BatchConfig, FilterConfig, SinkCommon, SinkConfig};
 use auditrelay::source::{self, SourceConfig};
 use figment::providers::{Format, Toml};
