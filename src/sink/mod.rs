@@ -6,6 +6,7 @@
 //! its config struct next to its code.
 
 pub mod dead_letter;
+pub mod delivery;
 pub mod file;
 pub mod kafka;
 pub mod splunk_hec;

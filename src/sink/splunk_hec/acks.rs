@@ -24,7 +24,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{classify, Answer, HecReply, Inner, Trouble, CHANNEL_HEADER, HEC_METRICS};
+use super::deliver::{classify, Answer, HecReply};
+use super::metrics::HEC_METRICS;
+use super::{Inner, Trouble, CHANNEL_HEADER};
 
 /// Ack ids per ack query, so one query stays a small request.
 const MAX_ACKS_PER_QUERY: usize = 1000;
@@ -130,7 +132,7 @@ impl Inner {
     fn set_pending_gauge(&self, table: &AckTable) {
         HEC_METRICS
             .acks_pending
-            .with_label_values(&[&self.name])
+            .with_label_values(&[&self.delivery.name])
             .set(table.waiting.len() as i64);
     }
 
@@ -142,10 +144,10 @@ impl Inner {
         if table.waiting.remove(&id).is_some() {
             HEC_METRICS
                 .acks_expired
-                .with_label_values(&[&self.name])
+                .with_label_values(&[&self.delivery.name])
                 .inc();
             warn!(
-                sink = %self.name,
+                sink = %self.delivery.name,
                 ack_id = id,
                 "HEC issued an ack id a second time on this channel: the indexer restarted \
                  (or a load balancer switched indexers); the request that waited on it is \
@@ -192,13 +194,13 @@ impl Inner {
             if let Some(since) = acks.first_issued {
                 HEC_METRICS
                     .ack_latency
-                    .with_label_values(&[&self.name])
+                    .with_label_values(&[&self.delivery.name])
                     .observe(since.elapsed().as_secs_f64());
             }
         } else {
             HEC_METRICS
                 .ack_timeouts
-                .with_label_values(&[&self.name])
+                .with_label_values(&[&self.delivery.name])
                 .inc();
         }
         acked
@@ -247,7 +249,7 @@ impl Inner {
         }
         HEC_METRICS
             .acks_expired
-            .with_label_values(&[&self.name])
+            .with_label_values(&[&self.delivery.name])
             .inc_by(expired.len() as u64);
         let shown: Vec<String> = expired
             .iter()
@@ -255,7 +257,7 @@ impl Inner {
             .map(u64::to_string)
             .collect();
         warn!(
-            sink = %self.name,
+            sink = %self.delivery.name,
             count = expired.len(),
             ack_ids = %shown.join(","),
             given_up_after_s = horizon.as_secs_f64(),
@@ -289,14 +291,14 @@ impl Inner {
                 let status = resp.status().as_u16();
                 if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
                     self.count("ack", &format!("http_{status}"));
-                    warn!(sink = %self.name, error = %why, "HEC ack query failed; asking again later");
+                    warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
                     return;
                 }
                 (status, resp.bytes().await.unwrap_or_default())
             }
             Err(e) => {
                 self.count("ack", "network");
-                warn!(sink = %self.name, error = %crate::http::describe_error(e), "HEC ack query failed; asking again later");
+                warn!(sink = %self.delivery.name, error = %crate::http::describe_error(e), "HEC ack query failed; asking again later");
                 return;
             }
         };
@@ -309,7 +311,7 @@ impl Inner {
                 if acks.values().any(|v| *v) {
                     self.posts.settled().await;
                 }
-                self.readiness.clear(&[
+                self.delivery.readiness.clear(&[
                     Trouble::Token,
                     Trouble::AckSetting,
                     Trouble::AckMissing,
@@ -335,15 +337,17 @@ impl Inner {
                 self.count("ack", &label);
                 match answer {
                     Answer::Token(why) => {
-                        self.readiness.set(
+                        self.delivery.readiness.set(
                             Trouble::Token,
                             format!("HEC refuses the token on ack queries ({why})"),
                         );
                         self.reload_token();
                     }
-                    Answer::AckSetting(why) => self.readiness.set(Trouble::AckSetting, why),
+                    Answer::AckSetting(why) => {
+                        self.delivery.readiness.set(Trouble::AckSetting, why)
+                    }
                     Answer::Retry(why, _) | Answer::Endpoint(why) | Answer::Reject(why, _) => {
-                        warn!(sink = %self.name, error = %why, "HEC ack query failed; asking again later")
+                        warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later")
                     }
                     Answer::Accepted { .. } => {}
                 }

@@ -12,7 +12,6 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -28,6 +27,11 @@ use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
 use crate::secret::SecretSource;
+use metrics::KAFKA_METRICS;
+use topic::TopicTemplate;
+
+mod metrics;
+mod topic;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -204,144 +208,6 @@ impl KafkaConfig {
         }
     }
 }
-
-/// A topic name with per-event placeholders.
-#[derive(Clone, Debug)]
-enum Piece {
-    Text(String),
-    Type,
-    Source,
-    Field(FieldPath),
-}
-
-#[derive(Clone, Debug)]
-struct TopicTemplate(Vec<Piece>);
-
-impl TopicTemplate {
-    fn parse(text: &str) -> Result<Self, String> {
-        if text.is_empty() {
-            return Err("must not be empty".into());
-        }
-        let mut pieces = Vec::new();
-        let mut rest = text;
-        while let Some(open) = rest.find('{') {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_string()));
-            }
-            let close = rest[open..]
-                .find('}')
-                .ok_or_else(|| format!("\"{text}\": '{{' without a closing '}}'"))?;
-            let name = &rest[open + 1..open + close];
-            pieces.push(match name {
-                "type" => Piece::Type,
-                "source" => Piece::Source,
-                _ => Piece::Field(FieldPath::parse(name).map_err(|e| format!("\"{text}\": {e}"))?),
-            });
-            rest = &rest[open + close + 1..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_string()));
-        }
-        Ok(TopicTemplate(pieces))
-    }
-
-    fn is_fixed(&self) -> bool {
-        self.0.iter().all(|p| matches!(p, Piece::Text(_)))
-    }
-
-    fn render(&self, source: &str, event: &Event, parsed: Option<&RawValue>) -> String {
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Type => out.push_str(
-                    event
-                        .kind
-                        .as_deref()
-                        .map(topic_safe)
-                        .as_deref()
-                        .unwrap_or("unknown"),
-                ),
-                Piece::Source => out.push_str(source),
-                Piece::Field(path) => {
-                    let v = parsed.and_then(|r| path.lookup(r)).and_then(scalar_text);
-                    out.push_str(v.as_deref().map(topic_safe).as_deref().unwrap_or("unknown"));
-                }
-            }
-        }
-        out
-    }
-}
-
-/// Kafka topic names allow `[a-zA-Z0-9._-]`; anything else becomes `_`.
-fn topic_safe(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-struct KafkaMetrics {
-    produced: IntCounterVec,
-    in_flight: IntGaugeVec,
-    delivery_seconds: HistogramVec,
-    rebuilds: IntCounterVec,
-}
-
-static KAFKA_METRICS: LazyLock<KafkaMetrics> = LazyLock::new(|| {
-    let m = metrics();
-    KafkaMetrics {
-        produced: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_kafka_messages_produced_total",
-                    "Messages handed to the Kafka producer (resends included).",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        ),
-        in_flight: m.register(
-            IntGaugeVec::new(
-                Opts::new(
-                    "auditrelay_kafka_messages_in_flight",
-                    "Messages awaiting a delivery report.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        ),
-        delivery_seconds: m.register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "auditrelay_kafka_delivery_latency_seconds",
-                    "Time from producing a message to its delivery report.",
-                )
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    120.0,
-                ]),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        ),
-        rebuilds: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_kafka_producer_rebuilds_total",
-                    "Producers rebuilt after a fatal error.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        ),
-    }
-});
 
 /// A producer and its generation, so concurrent batches rebuild it once.
 struct Current {
@@ -697,25 +563,6 @@ async fn watch_brokers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    #[test]
-    fn topic_templates() {
-        let ev = Event {
-            raw: Bytes::from_static(br#"{"tenant":{"id":"t/1"}}"#),
-            id: None,
-            time: None,
-            kind: Some("auth login".into()),
-        };
-        let raw: &RawValue = serde_json::from_slice(&ev.raw).unwrap();
-        let t = TopicTemplate::parse("audit.{type}.{source}.{tenant.id}.{missing}").unwrap();
-        assert_eq!(
-            t.render("veza", &ev, Some(raw)),
-            "audit.auth_login.veza.t_1.unknown"
-        );
-        assert!(TopicTemplate::parse("audit.{type").is_err());
-        assert!(TopicTemplate::parse("fixed").unwrap().is_fixed());
-    }
 
     #[test]
     fn librdkafka_rejects_unknown_properties_at_validate() {
