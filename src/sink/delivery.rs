@@ -180,7 +180,6 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
         events: &[Event],
         runs: Vec<Run>,
     ) -> anyhow::Result<()> {
-        let m = metrics();
         let mut backoff = Backoff::new(self.retry);
         let mut failures_in_a_row = 0u32;
         // A stack, so splitting keeps the order: the first part on top.
@@ -190,15 +189,7 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
         let mut kept: Option<(Run, L::Memory)> = None;
         while let Some(run) = todo.pop() {
             let n = run.len() as u64;
-            let failed = |outcome: &str| {
-                m.sink_requests
-                    .with_label_values(&[&self.name, outcome])
-                    .inc();
-                m.sink_retries.with_label_values(&[&self.name]).inc();
-                m.events_failed
-                    .with_label_values(&[&self.name, source])
-                    .inc_by(n);
-            };
+            let failed = |outcome: &str| count_failed(&self.name, source, n, outcome);
             let mut memory = match kept.take() {
                 Some((r, memory)) if r == run => memory,
                 Some((_, other)) => {
@@ -217,10 +208,7 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
                     backoff.reset();
                     failures_in_a_row = 0;
                     self.readiness.clear(fixed);
-                    m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
-                    m.events_delivered
-                        .with_label_values(&[&self.name, source])
-                        .inc_by(n);
+                    count_confirmed(&self.name, source, n);
                     trace!(sink = %self.name, events = n, ms = started.elapsed().as_millis() as u64, "delivered");
                 }
                 Verdict::Retry { why, after } => {
@@ -265,7 +253,8 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
                 }
                 Verdict::Refused { why, bad } => {
                     logic.forget(memory);
-                    m.sink_requests
+                    metrics()
+                        .sink_requests
                         .with_label_values(&[&self.name, "rejected"])
                         .inc();
                     if run.len() == 1 {
@@ -285,6 +274,25 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
         }
         Ok(())
     }
+}
+
+/// Counts a request that confirmed `events` events.
+pub fn count_confirmed(sink: &str, source: &str, events: u64) {
+    let m = metrics();
+    m.sink_requests.with_label_values(&[sink, "ok"]).inc();
+    m.events_delivered
+        .with_label_values(&[sink, source])
+        .inc_by(events);
+}
+
+/// Counts a request of `events` events that failed and will be retried.
+pub fn count_failed(sink: &str, source: &str, events: u64, outcome: &str) {
+    let m = metrics();
+    m.sink_requests.with_label_values(&[sink, outcome]).inc();
+    m.sink_retries.with_label_values(&[sink]).inc();
+    m.events_failed
+        .with_label_values(&[sink, source])
+        .inc_by(events);
 }
 
 /// The parts of a refused run of two or more events, in order: around the

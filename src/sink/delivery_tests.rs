@@ -2,6 +2,9 @@
 //! path, halving down to the dead-letter file, Retry-After, readiness, and a
 //! full dead-letter file.
 
+// A delivery takes a list of runs; a list of one run is no mistake here.
+#![allow(clippy::single_range_in_vec_init)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::*;
@@ -93,8 +96,11 @@ fn events(n: usize) -> Vec<Event> {
         .collect()
 }
 
-fn delivery(name: &str, dir: &std::path::Path, health: &Health) -> Delivery<Trouble> {
-    Delivery {
+/// A state dir, a readiness registry and a delivery with millisecond waits.
+fn setup(name: &str) -> (tempfile::TempDir, Health, Delivery<Trouble>) {
+    let dir = tempfile::tempdir().unwrap();
+    let health = Health::default();
+    let delivery = Delivery {
         name: name.into(),
         retry: RetryConfig {
             initial: Duration::from_millis(1),
@@ -102,9 +108,10 @@ fn delivery(name: &str, dir: &std::path::Path, health: &Health) -> Delivery<Trou
         },
         auth_retry: Duration::from_millis(1),
         readiness: Readiness::new(health.clone(), name),
-        dead_letters: DeadLetters::new(dir, name).with_health(health.clone()),
+        dead_letters: DeadLetters::new(dir.path(), name).with_health(health.clone()),
         failing: Some(Trouble::Failing),
-    }
+    };
+    (dir, health, delivery)
 }
 
 fn confirmed() -> Verdict<Trouble> {
@@ -129,9 +136,7 @@ fn dead_lettered(dir: &std::path::Path, sink: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn confirmed_runs_go_out_once_each_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_confirmed", dir.path(), &health);
+    let (_dir, health, d) = setup("dl_confirmed");
     let sink = Scripted::new(&health, |_, _| confirmed());
     let ev = events(5);
     d.deliver(&sink, "src", &ev, vec![0..2, 2..4, 4..5])
@@ -144,9 +149,7 @@ async fn confirmed_runs_go_out_once_each_in_order() {
 
 #[tokio::test]
 async fn a_retry_resends_the_same_run_with_its_memory_and_readiness_follows() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_retry", dir.path(), &health);
+    let (_dir, health, d) = setup("dl_retry");
     // Three failures in a row turn the sink unready; the success clears it.
     let sink = Scripted::new(&health, |_, tries| match tries {
         0..=2 => Verdict::Retry {
@@ -179,9 +182,7 @@ async fn a_retry_resends_the_same_run_with_its_memory_and_readiness_follows() {
 
 #[tokio::test]
 async fn retry_after_is_honoured_instead_of_the_backoff() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_retry_after", dir.path(), &health);
+    let (_dir, health, d) = setup("dl_retry_after");
     let sink = Scripted::new(&health, |_, tries| match tries {
         0 => Verdict::Retry {
             why: "HTTP 429".into(),
@@ -200,9 +201,7 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
 
 #[tokio::test]
 async fn refusals_halve_down_to_the_one_event_which_is_dead_lettered() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_halve", dir.path(), &health);
+    let (dir, health, d) = setup("dl_halve");
     // Event 5 of 0..8 is unacceptable; every request holding it is refused.
     let sink = Scripted::new(&health, |run, _| {
         if run.contains(&5) {
@@ -224,9 +223,7 @@ async fn refusals_halve_down_to_the_one_event_which_is_dead_lettered() {
 
 #[tokio::test]
 async fn a_named_refused_event_is_cut_out_directly() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_named", dir.path(), &health);
+    let (dir, health, d) = setup("dl_named");
     let sink = Scripted::new(&health, |run, _| {
         if run.contains(&5) {
             Verdict::Refused {
@@ -250,9 +247,7 @@ async fn a_named_refused_event_is_cut_out_directly() {
 
 #[tokio::test]
 async fn auth_wait_sets_its_trouble_waits_at_least_auth_retry_and_calls_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let mut d = delivery("dl_auth", dir.path(), &health);
+    let (_dir, health, mut d) = setup("dl_auth");
     d.auth_retry = Duration::from_millis(200);
     let sink = Scripted::new(&health, |_, tries| match tries {
         0 => Verdict::AuthWait {
@@ -277,9 +272,7 @@ async fn auth_wait_sets_its_trouble_waits_at_least_auth_retry_and_calls_back() {
 
 #[tokio::test]
 async fn unconfirmed_resends_at_once_keeping_the_memory() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let mut d = delivery("dl_unconfirmed", dir.path(), &health);
+    let (_dir, health, mut d) = setup("dl_unconfirmed");
     d.retry.initial = Duration::from_secs(60);
     d.retry.max = Duration::from_secs(60);
     let sink = Scripted::new(&health, |_, tries| match tries {
@@ -300,9 +293,7 @@ async fn unconfirmed_resends_at_once_keeping_the_memory() {
 
 #[tokio::test]
 async fn fatal_ends_the_delivery_with_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let d = delivery("dl_fatal", dir.path(), &health);
+    let (_dir, health, d) = setup("dl_fatal");
     let sink = Scripted::new(&health, |run, _| {
         if run.start == 0 {
             confirmed()
@@ -321,9 +312,7 @@ async fn fatal_ends_the_delivery_with_the_error() {
 
 #[tokio::test]
 async fn a_full_dead_letter_file_holds_the_delivery_until_it_has_room() {
-    let dir = tempfile::tempdir().unwrap();
-    let health = Health::default();
-    let mut d = delivery("dl_full", dir.path(), &health);
+    let (dir, health, mut d) = setup("dl_full");
     d.dead_letters = DeadLetters::new(dir.path(), "dl_full")
         .with_health(health.clone())
         .with_max_bytes(600);

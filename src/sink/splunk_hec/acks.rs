@@ -19,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -267,6 +267,20 @@ impl Inner {
         );
     }
 
+    /// A request to the ack endpoint on this sink's channel.
+    pub(super) fn ack_query(
+        &self,
+        auth: HeaderValue,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.ack_url.clone())
+            .header(AUTHORIZATION, auth)
+            .header(CHANNEL_HEADER, self.channel.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
+    }
+
     /// One ack query for `ids` (with their generations).
     async fn poll_acks(&self, ids: &[(u64, u64)]) {
         let Some(auth) = self.auth() else {
@@ -277,15 +291,7 @@ impl Inner {
             Ok(b) => b,
             Err(_) => return,
         };
-        let sent = self
-            .client
-            .post(self.ack_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CHANNEL_HEADER, self.channel.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+        let sent = self.ack_query(auth, body).send().await;
         let (status, text) = match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();

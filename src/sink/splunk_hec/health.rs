@@ -148,15 +148,7 @@ impl Inner {
         // acknowledgment off answers code 14. Only before the first event
         // request, when id 0 cannot be a real request's.
         if self.cfg.indexer_ack && !self.sent_any.load(Ordering::Relaxed) {
-            let sent = self
-                .client
-                .post(self.ack_url.clone())
-                .header(AUTHORIZATION, auth)
-                .header(CHANNEL_HEADER, self.channel.clone())
-                .header(CONTENT_TYPE, "application/json")
-                .body(&b"{\"acks\":[0]}"[..])
-                .send()
-                .await;
+            let sent = self.ack_query(auth, &b"{\"acks\":[0]}"[..]).send().await;
             let (status, body) = match sent {
                 Ok(r) => (r.status().as_u16(), r.bytes().await.unwrap_or_default()),
                 Err(_) => return false,

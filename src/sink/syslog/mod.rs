@@ -46,6 +46,7 @@ use prometheus::{IntCounterVec, Opts};
 use tokio::net::{TcpStream, UdpSocket};
 use tracing::{info, warn};
 
+use super::delivery::{count_confirmed, count_failed};
 use super::{DeadLetters, Sink, SinkCommon, SinkContext};
 use crate::event::Event;
 use crate::health::Health;
@@ -303,14 +304,7 @@ impl SyslogSink {
 
     /// Records a failed attempt and waits before the next one.
     async fn failed(&self, source: &str, events: usize, why: &str, backoff: &mut Backoff) {
-        let m = metrics();
-        m.sink_requests
-            .with_label_values(&[&self.name, "retry"])
-            .inc();
-        m.sink_retries.with_label_values(&[&self.name]).inc();
-        m.events_failed
-            .with_label_values(&[&self.name, source])
-            .inc_by(events as u64);
+        count_failed(&self.name, source, events as u64, "retry");
         let delay = backoff.next_delay();
         warn!(sink = %self.name, receiver = %self.target, error = %why, retry_in_s = delay.as_secs_f64(), "syslog delivery failed; retrying");
         self.health.set_unready(
@@ -321,11 +315,7 @@ impl SyslogSink {
     }
 
     fn confirmed(&self, source: &str, events: usize, frames: usize, bytes: usize) {
-        let m = metrics();
-        m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
-        m.events_delivered
-            .with_label_values(&[&self.name, source])
-            .inc_by(events as u64);
+        count_confirmed(&self.name, source, events as u64);
         SYSLOG_METRICS
             .frames
             .with_label_values(&[&self.name])
