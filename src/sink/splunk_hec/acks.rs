@@ -27,6 +27,7 @@ use tracing::warn;
 use super::deliver::{classify, Answer, HecReply};
 use super::metrics::HEC_METRICS;
 use super::{Inner, Trouble, CHANNEL_HEADER};
+use crate::sink::delivery::{send_http, Sent};
 
 /// Ack ids per ack query, so one query stays a small request.
 const MAX_ACKS_PER_QUERY: usize = 1000;
@@ -291,20 +292,16 @@ impl Inner {
             Ok(b) => b,
             Err(_) => return,
         };
-        let sent = self.ack_query(auth, body).send().await;
-        let (status, text) = match sent {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
-                    self.count("ack", &format!("http_{status}"));
-                    warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
-                    return;
-                }
-                (status, resp.bytes().await.unwrap_or_default())
+        let (status, text) = match send_http(self.ack_query(auth, body)).await {
+            Sent::Answer { status, body, .. } => (status, body.unwrap_or_default()),
+            Sent::Redirect { why, label } => {
+                self.count("ack", &label);
+                warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
+                return;
             }
-            Err(e) => {
+            Sent::NoAnswer(why) => {
                 self.count("ack", "network");
-                warn!(sink = %self.delivery.name, error = %crate::http::describe_error(e), "HEC ack query failed; asking again later");
+                warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
                 return;
             }
         };
