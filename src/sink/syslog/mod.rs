@@ -31,19 +31,18 @@
 //! messages: delivery is at least once, a message may arrive twice.
 
 mod config;
+mod connect;
 mod encode;
 pub mod relp;
 mod replay;
 mod stream;
 mod tls;
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use prometheus::{IntCounterVec, Opts};
-use tokio::net::{TcpStream, UdpSocket};
 use tracing::{info, warn};
 
 use super::delivery::{count_confirmed, count_failed};
@@ -53,8 +52,9 @@ use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
 pub use config::{Body, Format, Framing, SyslogConfig, Target, Transport};
+use connect::{send_udp, Conn};
 pub use encode::{Encoder, Frames, SD_VALUE_MAX};
-use stream::{close_gracefully, send_stream, StreamConn, StreamError};
+use stream::{close_gracefully, send_stream, StreamError};
 
 /// Sink-specific metrics, labelled by sink.
 struct SyslogMetrics {
@@ -101,12 +101,6 @@ static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
 
 /// Longest wait for the receiver's close at a stop or reload.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-enum Conn {
-    Udp(UdpSocket),
-    Stream(StreamConn),
-    Relp(relp::RelpConn),
-}
 
 /// The connection and, for TCP/TLS, the frames most recently confirmed on
 /// it. A receiver that closes a connection while bytes we sent are still
@@ -191,115 +185,6 @@ impl SyslogSink {
 
     fn health_key(&self) -> String {
         format!("sink.{}", self.name)
-    }
-
-    /// Opens the connection of the configured transport.
-    async fn connect(&self) -> Result<Conn, String> {
-        let conn = match self.target.transport {
-            Transport::Udp => {
-                let addr = self.resolve().await?;
-                let local = if addr.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                };
-                let sock = UdpSocket::bind(local)
-                    .await
-                    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-                sock.connect(addr)
-                    .await
-                    .map_err(|e| format!("cannot reach {}: {e}", self.target))?;
-                Conn::Udp(sock)
-            }
-            Transport::Tcp => {
-                let tcp = self.connect_tcp().await?;
-                let fd = tcp.as_raw_fd();
-                Conn::Stream(StreamConn {
-                    io: Box::new(tcp),
-                    fd,
-                })
-            }
-            Transport::Tls => {
-                let tcp = self.connect_tcp().await?;
-                let fd = tcp.as_raw_fd();
-                let Some((connector, name)) = &self.tls else {
-                    return Err("TLS is not configured".into());
-                };
-                let handshake = connector.connect(name.clone(), tcp);
-                let stream = match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) if crate::tls::advice(&e).is_some() => {
-                        return Err(format!(
-                            "TLS handshake with {} failed: {}",
-                            self.target,
-                            crate::tls::describe(&e)
-                        ));
-                    }
-                    Ok(Err(e)) => {
-                        let hint = if e.to_string().contains("certificate") {
-                            format!(
-                                " (check tls.ca_file: it must hold the CA that signed the receiver's certificate, and the certificate must name {})",
-                                self.target.host
-                            )
-                        } else {
-                            String::new()
-                        };
-                        return Err(format!(
-                            "TLS handshake with {} failed: {e}{hint}",
-                            self.target
-                        ));
-                    }
-                    Err(_) => return Err(format!("TLS handshake with {} timed out", self.target)),
-                };
-                Conn::Stream(StreamConn {
-                    io: Box::new(stream),
-                    fd,
-                })
-            }
-            Transport::Relp => {
-                let tcp = self.connect_tcp().await?;
-                let session = relp::RelpConn::open(tcp, self.cfg.timeout)
-                    .await
-                    .map_err(|e| format!("{e} ({})", self.target))?;
-                Conn::Relp(session)
-            }
-        };
-        if self.connected_before.swap(true, Ordering::Relaxed) {
-            SYSLOG_METRICS
-                .reconnects
-                .with_label_values(&[&self.name])
-                .inc();
-            info!(sink = %self.name, receiver = %self.target, "reconnected");
-        }
-        Ok(conn)
-    }
-
-    async fn resolve(&self) -> Result<std::net::SocketAddr, String> {
-        let host = self
-            .target
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let lookup = tokio::net::lookup_host((host, self.target.port));
-        match tokio::time::timeout(self.cfg.connect_timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs
-                .next()
-                .ok_or_else(|| format!("{} resolves to no address", self.target.host)),
-            Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", self.target.host)),
-            Err(_) => Err(format!("resolving {} timed out", self.target.host)),
-        }
-    }
-
-    async fn connect_tcp(&self) -> Result<TcpStream, String> {
-        let addr = self.resolve().await?;
-        let tcp =
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
-                Err(_) => return Err(format!("connecting to {} timed out", self.target)),
-            };
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
     }
 
     /// Records a failed attempt and waits before the next one.
@@ -555,14 +440,6 @@ impl SyslogSink {
 }
 
 /// One datagram per message.
-async fn send_udp(sock: &UdpSocket, frames: &Frames) -> Result<(), String> {
-    for i in 0..frames.spans.len() {
-        sock.send(frames.frame(i))
-            .await
-            .map_err(|e| format!("UDP send failed: {e}"))?;
-    }
-    Ok(())
-}
 
 #[async_trait]
 impl Sink for SyslogSink {
