@@ -188,6 +188,10 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
         // The memory of the run on top of `todo`, kept while it is retried.
         let mut kept: Option<(Run, L::Memory)> = None;
         while let Some(run) = todo.pop() {
+            // Nothing to send; a refused empty run would split forever.
+            if run.is_empty() {
+                continue;
+            }
             let n = run.len() as u64;
             let failed = |outcome: &str| count_failed(&self.name, source, n, outcome);
             let mut memory = match kept.take() {

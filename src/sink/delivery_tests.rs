@@ -222,6 +222,22 @@ async fn refusals_halve_down_to_the_one_event_which_is_dead_lettered() {
 }
 
 #[tokio::test]
+async fn an_empty_run_is_never_sent() {
+    let (_dir, health, d) = setup("dl_empty");
+    let sink = Scripted::new(&health, |_, _| Verdict::Refused {
+        why: "HTTP 400".into(),
+        bad: None,
+    });
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        d.deliver(&sink, "src", &events(2), vec![1..1, 2..2]),
+    )
+    .await;
+    assert!(matches!(out, Ok(Ok(()))));
+    assert!(sink.attempts().is_empty());
+}
+
+#[tokio::test]
 async fn a_named_refused_event_is_cut_out_directly() {
     let (dir, health, d) = setup("dl_named");
     let sink = Scripted::new(&health, |run, _| {
