@@ -120,6 +120,21 @@ fn confirmed() -> Verdict<Trouble> {
     }
 }
 
+/// A receiver that refuses every request holding event `bad`, naming its
+/// place in the request when `named` (as HEC's invalid-event-number does).
+fn refusing(bad: usize, named: bool) -> impl Fn(&Run, usize) -> Verdict<Trouble> {
+    move |run, _| {
+        if run.contains(&bad) {
+            Verdict::Refused {
+                why: "HTTP 400: bad event".into(),
+                bad: named.then(|| bad - run.start),
+            }
+        } else {
+            confirmed()
+        }
+    }
+}
+
 fn delivered(sink: &str) -> u64 {
     metrics()
         .events_delivered
@@ -203,16 +218,7 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
 async fn refusals_halve_down_to_the_one_event_which_is_dead_lettered() {
     let (dir, health, d) = setup("dl_halve");
     // Event 5 of 0..8 is unacceptable; every request holding it is refused.
-    let sink = Scripted::new(&health, |run, _| {
-        if run.contains(&5) {
-            Verdict::Refused {
-                why: "HTTP 400: bad event".into(),
-                bad: None,
-            }
-        } else {
-            confirmed()
-        }
-    });
+    let sink = Scripted::new(&health, refusing(5, false));
     let ev = events(8);
     d.deliver(&sink, "src", &ev, vec![0..8]).await.unwrap();
     let runs: Vec<Run> = sink.attempts().into_iter().map(|(r, _)| r).collect();
@@ -240,16 +246,7 @@ async fn an_empty_run_is_never_sent() {
 #[tokio::test]
 async fn a_named_refused_event_is_cut_out_directly() {
     let (dir, health, d) = setup("dl_named");
-    let sink = Scripted::new(&health, |run, _| {
-        if run.contains(&5) {
-            Verdict::Refused {
-                why: "HEC code 6".into(),
-                bad: Some(5 - run.start),
-            }
-        } else {
-            confirmed()
-        }
-    });
+    let sink = Scripted::new(&health, refusing(5, true));
     d.deliver(&sink, "src", &events(8), vec![0..8])
         .await
         .unwrap();
@@ -335,16 +332,7 @@ async fn a_full_dead_letter_file_holds_the_delivery_until_it_has_room() {
     let path = DeadLetters::path_for(dir.path(), "dl_full");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, format!("{}\n", "x".repeat(580))).unwrap();
-    let sink = std::sync::Arc::new(Scripted::new(&health, |run, _| {
-        if run.contains(&1) {
-            Verdict::Refused {
-                why: "HTTP 400".into(),
-                bad: None,
-            }
-        } else {
-            confirmed()
-        }
-    }));
+    let sink = std::sync::Arc::new(Scripted::new(&health, refusing(1, false)));
     let ev = events(3);
     let task = {
         let sink = sink.clone();
