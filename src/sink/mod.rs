@@ -9,6 +9,7 @@
 mod common;
 mod component;
 pub mod dead_letter;
+pub mod delivery;
 pub mod file;
 pub mod kafka;
 mod registry;

@@ -16,22 +16,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
-use tracing::{error, warn};
+use tracing::error;
 
-use super::{DeadLetters, Sink, SinkCommon, SinkContext};
+use super::delivery::{send_http, snippet, Delivery, Readiness, RetryLogic, Run, Sent, Verdict};
+use super::{Sink, SinkCommon, SinkContext};
 use crate::config::{parse_url, require_positive, Problems};
 use crate::event::Event;
 use crate::format::ndjson;
-use crate::health::Health;
-use crate::metrics::metrics;
-use crate::retry::Backoff;
 use crate::secret::{Secret, SecretKeys, SecretSource};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -181,7 +178,6 @@ enum Auth {
 }
 
 pub struct WebhookSink {
-    name: Arc<str>,
     cfg: WebhookConfig,
     common: SinkCommon,
     client: reqwest::Client,
@@ -189,23 +185,16 @@ pub struct WebhookSink {
     method: reqwest::Method,
     auth: tokio::sync::RwLock<Auth>,
     hmac_key: Option<Secret>,
-    health: Health,
-    dead_letters: DeadLetters,
+    delivery: Delivery<Trouble>,
+}
+
+/// One kind of trouble: the latest failure is what `/readyz` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trouble {
+    Delivery,
 }
 
 const REDIRECT_ADVICE: &str = "check url and follow_redirects";
-
-/// How one request ended.
-enum Answer {
-    Ok,
-    /// Retry later; the server may say when.
-    Retry(String, Option<Duration>),
-    /// Wrong endpoint, credentials or redirect: retry slowly, report not
-    /// ready, with advice on what to check.
-    Refused(String, &'static str),
-    /// Some events of the request are unacceptable: split, then dead-letter.
-    Reject(String),
-}
 
 impl WebhookSink {
     pub fn new(cfg: WebhookConfig, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Self> {
@@ -248,23 +237,24 @@ impl WebhookSink {
                 cookies: false,
             },
         )?;
-        ctx.health.register(&format!("sink.{}", ctx.name));
+        let delivery = Delivery {
+            name: ctx.name.as_str().into(),
+            retry: common.retry,
+            auth_retry: cfg.auth_retry,
+            readiness: Readiness::new(ctx.health, &ctx.name),
+            dead_letters: ctx.dead_letters,
+            failing: Some(Trouble::Delivery),
+        };
         Ok(WebhookSink {
-            name: ctx.name.into(),
             client,
             url,
             method,
             auth: tokio::sync::RwLock::new(auth),
             hmac_key,
-            health: ctx.health,
-            dead_letters: ctx.dead_letters,
+            delivery,
             common: common.clone(),
             cfg,
         })
-    }
-
-    fn health_key(&self) -> String {
-        format!("sink.{}", self.name)
     }
 
     fn encode(&self, events: &[Event]) -> anyhow::Result<(Vec<u8>, &'static str)> {
@@ -282,7 +272,8 @@ impl WebhookSink {
         Ok((body, content_type))
     }
 
-    async fn post(&self, events: &[Event]) -> anyhow::Result<Answer> {
+    /// One request with `events`, its answer classified.
+    async fn post(&self, events: &[Event]) -> anyhow::Result<Verdict<Trouble>> {
         let (body, content_type) = self.encode(events)?;
         let mut req = self
             .client
@@ -306,41 +297,27 @@ impl WebhookSink {
             let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
             req = req.header(self.cfg.hmac_header.as_str(), sig);
         }
-        let sent = req.body(body).send().await;
-        if let Some(why) = crate::http::unfollowed_redirect(&sent) {
-            return Ok(Answer::Refused(why, REDIRECT_ADVICE));
-        }
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                let what = if e.is_timeout() {
-                    "timed out"
-                } else if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                return Ok(Answer::Retry(
-                    format!("{what}: {}", crate::http::describe_error(e)),
-                    None,
-                ));
-            }
+        let (status, retry_after, body) = match send_http(req.body(body)).await {
+            Sent::Answer {
+                status,
+                retry_after,
+                body,
+            } => (status, retry_after, body.unwrap_or_default()),
+            Sent::Redirect { why, .. } => return Ok(refused(why, REDIRECT_ADVICE)),
+            Sent::NoAnswer(why) => return Ok(Verdict::Retry { why, after: None }),
         };
-        let status = resp.status().as_u16();
-        let retry_after = crate::http::retry_after(resp.headers());
-        let text = resp.text().await.unwrap_or_default();
-        let text: String = text
-            .chars()
-            .take(300)
-            .collect::<String>()
-            .replace(['\n', '\r'], " ");
-        let why = format!("HTTP {status}: {text}");
+        let why = format!("HTTP {status}: {}", snippet(&body, 300));
         Ok(match status {
-            200..=299 => Answer::Ok,
-            429 | 503 => Answer::Retry(why, retry_after),
-            408 | 500..=599 => Answer::Retry(why, None),
-            401 | 403 | 404 | 405 | 407 => Answer::Refused(why, "check url and credentials"),
-            _ => Answer::Reject(why),
+            200..=299 => Verdict::Confirmed {
+                fixed: &[Trouble::Delivery],
+            },
+            429 | 503 => Verdict::Retry {
+                why,
+                after: retry_after,
+            },
+            408 | 500..=599 => Verdict::Retry { why, after: None },
+            401 | 403 | 404 | 405 | 407 => refused(why, "check url and credentials"),
+            _ => Verdict::Refused { why, bad: None },
         })
     }
 
@@ -350,96 +327,64 @@ impl WebhookSink {
         if let Auth::Bearer(src, current) = &mut *auth {
             match src.load() {
                 Ok(t) => *current = t,
-                Err(e) => error!(sink = %self.name, error = %e, "cannot re-read the token"),
+                Err(e) => {
+                    error!(sink = %self.delivery.name, error = %e, "cannot re-read the token")
+                }
             }
         }
+    }
+}
+
+/// Wrong endpoint, credentials or redirect: retry slowly, report not ready,
+/// with advice on what to check.
+fn refused(why: String, advice: &str) -> Verdict<Trouble> {
+    Verdict::AuthWait {
+        trouble: Trouble::Delivery,
+        reason: format!("endpoint refuses the requests ({why}); {advice}"),
+        log: format!("endpoint refuses the requests; {advice}"),
+        why,
+    }
+}
+
+#[async_trait]
+impl RetryLogic for WebhookSink {
+    type Trouble = Trouble;
+    type Memory = ();
+
+    async fn attempt(
+        &self,
+        _source: &str,
+        events: &[Event],
+        run: Run,
+        _: &mut (),
+    ) -> Verdict<Trouble> {
+        self.post(&events[run]).await.unwrap_or_else(Verdict::Fatal)
+    }
+
+    async fn after_auth_wait(&self, _: Trouble) {
+        self.reload_token().await;
     }
 }
 
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        let m = metrics();
         let (default_events, default_bytes) = match self.cfg.encoding {
             Encoding::Single => (1, usize::MAX),
             _ => (500, 4 * 1024 * 1024),
         };
-        let mut backoff = Backoff::new(self.common.retry);
-        let mut failures_in_a_row = 0u32;
-        // A stack of runs still to send, so splitting keeps the order.
-        let mut todo: Vec<&[Event]> =
-            self.common
-                .batch
-                .chunks(events, default_events, default_bytes);
-        todo.reverse();
-        while let Some(run) = todo.pop() {
-            let started = Instant::now();
-            match self.post(run).await? {
-                Answer::Ok => {
-                    backoff.reset();
-                    failures_in_a_row = 0;
-                    self.health.set_ready(&self.health_key());
-                    m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
-                    m.events_delivered
-                        .with_label_values(&[&self.name, source])
-                        .inc_by(run.len() as u64);
-                    tracing::trace!(sink = %self.name, events = run.len(), ms = started.elapsed().as_millis() as u64, "delivered");
-                }
-                Answer::Retry(why, after) => {
-                    m.sink_requests
-                        .with_label_values(&[&self.name, "retry"])
-                        .inc();
-                    m.sink_retries.with_label_values(&[&self.name]).inc();
-                    m.events_failed
-                        .with_label_values(&[&self.name, source])
-                        .inc_by(run.len() as u64);
-                    let delay = after.unwrap_or_else(|| backoff.next_delay());
-                    warn!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "delivery failed; retrying");
-                    // One 503 is weather; three in a row is an outage that
-                    // /readyz should show (it is cleared by the next success).
-                    failures_in_a_row += 1;
-                    if failures_in_a_row >= 3 {
-                        self.health.set_unready(
-                            &self.health_key(),
-                            format!(
-                                "deliveries keep failing ({failures_in_a_row} in a row): {why}"
-                            ),
-                        );
-                    }
-                    tokio::time::sleep(delay).await;
-                    todo.push(run);
-                }
-                Answer::Refused(why, advice) => {
-                    m.sink_requests
-                        .with_label_values(&[&self.name, "refused"])
-                        .inc();
-                    m.sink_retries.with_label_values(&[&self.name]).inc();
-                    m.events_failed
-                        .with_label_values(&[&self.name, source])
-                        .inc_by(run.len() as u64);
-                    let delay = backoff.next_delay().max(self.cfg.auth_retry);
-                    let reason = format!("endpoint refuses the requests ({why}); {advice}");
-                    error!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "endpoint refuses the requests; {advice}");
-                    self.health.set_unready(&self.health_key(), reason);
-                    tokio::time::sleep(delay).await;
-                    self.reload_token().await;
-                    todo.push(run);
-                }
-                Answer::Reject(why) => {
-                    m.sink_requests
-                        .with_label_values(&[&self.name, "rejected"])
-                        .inc();
-                    if run.len() > 1 {
-                        let (a, b) = run.split_at(run.len() / 2);
-                        todo.push(b);
-                        todo.push(a);
-                    } else {
-                        self.dead_letters.write_waiting(source, run, &why).await;
-                    }
-                }
-            }
-        }
-        Ok(())
+        let mut start = 0;
+        let runs = self
+            .common
+            .batch
+            .chunks(events, default_events, default_bytes)
+            .into_iter()
+            .map(|chunk| {
+                start += chunk.len();
+                start - chunk.len()..start
+            })
+            .collect();
+        self.delivery.deliver(self, source, events, runs).await
     }
 
     /// Receivers index by event time; parallel requests give throughput.

@@ -19,12 +19,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{classify, Answer, HecReply, Inner, Trouble, CHANNEL_HEADER, HEC_METRICS};
+use super::deliver::{classify, Answer, HecReply};
+use super::metrics::HEC_METRICS;
+use super::{Inner, Trouble, CHANNEL_HEADER};
+use crate::sink::delivery::{send_http, Sent};
 
 /// Ack ids per ack query, so one query stays a small request.
 const MAX_ACKS_PER_QUERY: usize = 1000;
@@ -130,7 +133,7 @@ impl Inner {
     fn set_pending_gauge(&self, table: &AckTable) {
         HEC_METRICS
             .acks_pending
-            .with_label_values(&[&self.name])
+            .with_label_values(&[&self.delivery.name])
             .set(table.waiting.len() as i64);
     }
 
@@ -142,10 +145,10 @@ impl Inner {
         if table.waiting.remove(&id).is_some() {
             HEC_METRICS
                 .acks_expired
-                .with_label_values(&[&self.name])
+                .with_label_values(&[&self.delivery.name])
                 .inc();
             warn!(
-                sink = %self.name,
+                sink = %self.delivery.name,
                 ack_id = id,
                 "HEC issued an ack id a second time on this channel: the indexer restarted \
                  (or a load balancer switched indexers); the request that waited on it is \
@@ -192,13 +195,13 @@ impl Inner {
             if let Some(since) = acks.first_issued {
                 HEC_METRICS
                     .ack_latency
-                    .with_label_values(&[&self.name])
+                    .with_label_values(&[&self.delivery.name])
                     .observe(since.elapsed().as_secs_f64());
             }
         } else {
             HEC_METRICS
                 .ack_timeouts
-                .with_label_values(&[&self.name])
+                .with_label_values(&[&self.delivery.name])
                 .inc();
         }
         acked
@@ -247,7 +250,7 @@ impl Inner {
         }
         HEC_METRICS
             .acks_expired
-            .with_label_values(&[&self.name])
+            .with_label_values(&[&self.delivery.name])
             .inc_by(expired.len() as u64);
         let shown: Vec<String> = expired
             .iter()
@@ -255,7 +258,7 @@ impl Inner {
             .map(u64::to_string)
             .collect();
         warn!(
-            sink = %self.name,
+            sink = %self.delivery.name,
             count = expired.len(),
             ack_ids = %shown.join(","),
             given_up_after_s = horizon.as_secs_f64(),
@@ -263,6 +266,20 @@ impl Inner {
              indexing is stalled or lost data, or a load balancer sends the ack queries \
              to another indexer than the events (it must keep sessions sticky by cookie)"
         );
+    }
+
+    /// A request to the ack endpoint on this sink's channel.
+    pub(super) fn ack_query(
+        &self,
+        auth: HeaderValue,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.ack_url.clone())
+            .header(AUTHORIZATION, auth)
+            .header(CHANNEL_HEADER, self.channel.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body)
     }
 
     /// One ack query for `ids` (with their generations).
@@ -275,28 +292,16 @@ impl Inner {
             Ok(b) => b,
             Err(_) => return,
         };
-        let sent = self
-            .client
-            .post(self.ack_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CHANNEL_HEADER, self.channel.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
-        let (status, text) = match sent {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                if let Some(why) = crate::http::redirect_status(status, resp.headers()) {
-                    self.count("ack", &format!("http_{status}"));
-                    warn!(sink = %self.name, error = %why, "HEC ack query failed; asking again later");
-                    return;
-                }
-                (status, resp.bytes().await.unwrap_or_default())
+        let (status, text) = match send_http(self.ack_query(auth, body)).await {
+            Sent::Answer { status, body, .. } => (status, body.unwrap_or_default()),
+            Sent::Redirect { why, label } => {
+                self.count("ack", &label);
+                warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
+                return;
             }
-            Err(e) => {
+            Sent::NoAnswer(why) => {
                 self.count("ack", "network");
-                warn!(sink = %self.name, error = %crate::http::describe_error(e), "HEC ack query failed; asking again later");
+                warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later");
                 return;
             }
         };
@@ -309,7 +314,7 @@ impl Inner {
                 if acks.values().any(|v| *v) {
                     self.posts.settled().await;
                 }
-                self.readiness.clear(&[
+                self.delivery.readiness.clear(&[
                     Trouble::Token,
                     Trouble::AckSetting,
                     Trouble::AckMissing,
@@ -335,15 +340,17 @@ impl Inner {
                 self.count("ack", &label);
                 match answer {
                     Answer::Token(why) => {
-                        self.readiness.set(
+                        self.delivery.readiness.set(
                             Trouble::Token,
                             format!("HEC refuses the token on ack queries ({why})"),
                         );
                         self.reload_token();
                     }
-                    Answer::AckSetting(why) => self.readiness.set(Trouble::AckSetting, why),
+                    Answer::AckSetting(why) => {
+                        self.delivery.readiness.set(Trouble::AckSetting, why)
+                    }
                     Answer::Retry(why, _) | Answer::Endpoint(why) | Answer::Reject(why, _) => {
-                        warn!(sink = %self.name, error = %why, "HEC ack query failed; asking again later")
+                        warn!(sink = %self.delivery.name, error = %why, "HEC ack query failed; asking again later")
                     }
                     Answer::Accepted { .. } => {}
                 }

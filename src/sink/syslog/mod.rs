@@ -31,29 +31,30 @@
 //! messages: delivery is at least once, a message may arrive twice.
 
 mod config;
+mod connect;
 mod encode;
 pub mod relp;
 mod replay;
 mod stream;
 mod tls;
 
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use prometheus::{IntCounterVec, Opts};
-use tokio::net::{TcpStream, UdpSocket};
 use tracing::{info, warn};
 
+use super::delivery::{count_confirmed, count_failed};
 use super::{DeadLetters, Sink, SinkCommon, SinkContext};
 use crate::event::Event;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
 pub use config::{Body, Format, Framing, SyslogConfig, Target, Transport};
+use connect::{send_udp, Conn};
 pub use encode::{Encoder, Frames, SD_VALUE_MAX};
-use stream::{close_gracefully, send_stream, StreamConn, StreamError};
+use stream::{close_gracefully, send_stream, StreamError};
 
 /// Sink-specific metrics, labelled by sink.
 struct SyslogMetrics {
@@ -100,12 +101,6 @@ static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
 
 /// Longest wait for the receiver's close at a stop or reload.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-enum Conn {
-    Udp(UdpSocket),
-    Stream(StreamConn),
-    Relp(relp::RelpConn),
-}
 
 /// The connection and, for TCP/TLS, the frames most recently confirmed on
 /// it. A receiver that closes a connection while bytes we sent are still
@@ -192,125 +187,9 @@ impl SyslogSink {
         format!("sink.{}", self.name)
     }
 
-    /// Opens the connection of the configured transport.
-    async fn connect(&self) -> Result<Conn, String> {
-        let conn = match self.target.transport {
-            Transport::Udp => {
-                let addr = self.resolve().await?;
-                let local = if addr.is_ipv4() {
-                    "0.0.0.0:0"
-                } else {
-                    "[::]:0"
-                };
-                let sock = UdpSocket::bind(local)
-                    .await
-                    .map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-                sock.connect(addr)
-                    .await
-                    .map_err(|e| format!("cannot reach {}: {e}", self.target))?;
-                Conn::Udp(sock)
-            }
-            Transport::Tcp => {
-                let tcp = self.connect_tcp().await?;
-                let fd = tcp.as_raw_fd();
-                Conn::Stream(StreamConn {
-                    io: Box::new(tcp),
-                    fd,
-                })
-            }
-            Transport::Tls => {
-                let tcp = self.connect_tcp().await?;
-                let fd = tcp.as_raw_fd();
-                let Some((connector, name)) = &self.tls else {
-                    return Err("TLS is not configured".into());
-                };
-                let handshake = connector.connect(name.clone(), tcp);
-                let stream = match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) if crate::tls::advice(&e).is_some() => {
-                        return Err(format!(
-                            "TLS handshake with {} failed: {}",
-                            self.target,
-                            crate::tls::describe(&e)
-                        ));
-                    }
-                    Ok(Err(e)) => {
-                        let hint = if e.to_string().contains("certificate") {
-                            format!(
-                                " (check tls.ca_file: it must hold the CA that signed the receiver's certificate, and the certificate must name {})",
-                                self.target.host
-                            )
-                        } else {
-                            String::new()
-                        };
-                        return Err(format!(
-                            "TLS handshake with {} failed: {e}{hint}",
-                            self.target
-                        ));
-                    }
-                    Err(_) => return Err(format!("TLS handshake with {} timed out", self.target)),
-                };
-                Conn::Stream(StreamConn {
-                    io: Box::new(stream),
-                    fd,
-                })
-            }
-            Transport::Relp => {
-                let tcp = self.connect_tcp().await?;
-                let session = relp::RelpConn::open(tcp, self.cfg.timeout)
-                    .await
-                    .map_err(|e| format!("{e} ({})", self.target))?;
-                Conn::Relp(session)
-            }
-        };
-        if self.connected_before.swap(true, Ordering::Relaxed) {
-            SYSLOG_METRICS
-                .reconnects
-                .with_label_values(&[&self.name])
-                .inc();
-            info!(sink = %self.name, receiver = %self.target, "reconnected");
-        }
-        Ok(conn)
-    }
-
-    async fn resolve(&self) -> Result<std::net::SocketAddr, String> {
-        let host = self
-            .target
-            .host
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let lookup = tokio::net::lookup_host((host, self.target.port));
-        match tokio::time::timeout(self.cfg.connect_timeout, lookup).await {
-            Ok(Ok(mut addrs)) => addrs
-                .next()
-                .ok_or_else(|| format!("{} resolves to no address", self.target.host)),
-            Ok(Err(e)) => Err(format!("cannot resolve {}: {e}", self.target.host)),
-            Err(_) => Err(format!("resolving {} timed out", self.target.host)),
-        }
-    }
-
-    async fn connect_tcp(&self) -> Result<TcpStream, String> {
-        let addr = self.resolve().await?;
-        let tcp =
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
-                Err(_) => return Err(format!("connecting to {} timed out", self.target)),
-            };
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
-    }
-
     /// Records a failed attempt and waits before the next one.
     async fn failed(&self, source: &str, events: usize, why: &str, backoff: &mut Backoff) {
-        let m = metrics();
-        m.sink_requests
-            .with_label_values(&[&self.name, "retry"])
-            .inc();
-        m.sink_retries.with_label_values(&[&self.name]).inc();
-        m.events_failed
-            .with_label_values(&[&self.name, source])
-            .inc_by(events as u64);
+        count_failed(&self.name, source, events as u64, "retry");
         let delay = backoff.next_delay();
         warn!(sink = %self.name, receiver = %self.target, error = %why, retry_in_s = delay.as_secs_f64(), "syslog delivery failed; retrying");
         self.health.set_unready(
@@ -321,11 +200,7 @@ impl SyslogSink {
     }
 
     fn confirmed(&self, source: &str, events: usize, frames: usize, bytes: usize) {
-        let m = metrics();
-        m.sink_requests.with_label_values(&[&self.name, "ok"]).inc();
-        m.events_delivered
-            .with_label_values(&[&self.name, source])
-            .inc_by(events as u64);
+        count_confirmed(&self.name, source, events as u64);
         SYSLOG_METRICS
             .frames
             .with_label_values(&[&self.name])
@@ -565,14 +440,6 @@ impl SyslogSink {
 }
 
 /// One datagram per message.
-async fn send_udp(sock: &UdpSocket, frames: &Frames) -> Result<(), String> {
-    for i in 0..frames.spans.len() {
-        sock.send(frames.frame(i))
-            .await
-            .map_err(|e| format!("UDP send failed: {e}"))?;
-    }
-    Ok(())
-}
 
 #[async_trait]
 impl Sink for SyslogSink {
@@ -640,139 +507,4 @@ impl super::SinkType for SyslogConfig {
 }
 
 #[cfg(test)]
-mod relp_sink_tests {
-    use super::*;
-    use crate::sink::DeadLetters;
-    use bytes::Bytes;
-    use std::sync::Mutex;
-    use std::time::Duration;
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
-    /// A scripted RELP receiver: refuses messages containing "poison" with
-    /// `rsp 500`, and ends every session with `serverclose` (and a close)
-    /// after `per_session` accepted messages, to force reconnects.
-    async fn receiver(per_session: usize) -> (u16, Arc<Mutex<Vec<String>>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let seen = got.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = listener.accept().await {
-                let (r, mut w) = s.into_split();
-                let mut r = tokio::io::BufReader::new(r);
-                let mut accepted = 0;
-                loop {
-                    let mut head = Vec::new();
-                    if r.read_until(b' ', &mut head).await.unwrap_or(0) == 0 {
-                        break;
-                    }
-                    let mut cmd = Vec::new();
-                    let mut len = Vec::new();
-                    if r.read_until(b' ', &mut cmd).await.is_err()
-                        || r.read_until(b' ', &mut len).await.is_err()
-                    {
-                        break;
-                    }
-                    let txnr = String::from_utf8_lossy(&head).trim().to_string();
-                    let len: usize = String::from_utf8_lossy(&len).trim().parse().unwrap();
-                    let mut data = vec![0; len + 1];
-                    if r.read_exact(&mut data).await.is_err() {
-                        break;
-                    }
-                    data.pop();
-                    let text = String::from_utf8_lossy(&data).to_string();
-                    let answer = if cmd.starts_with(b"open") {
-                        "200 OK\nrelp_version=0\ncommands=syslog".to_string()
-                    } else if text.contains("poison") {
-                        "500 message refused".to_string()
-                    } else {
-                        seen.lock().unwrap().push(text);
-                        accepted += 1;
-                        "200 OK".to_string()
-                    };
-                    let frame = format!("{txnr} rsp {} {answer}\n", answer.len());
-                    if w.write_all(frame.as_bytes()).await.is_err() {
-                        break;
-                    }
-                    if accepted == per_session {
-                        let _ = w.write_all(b"0 serverclose 0\n").await;
-                        break;
-                    }
-                }
-            }
-        });
-        (port, got)
-    }
-
-    fn sink(port: u16, dir: &std::path::Path) -> SyslogSink {
-        let cfg: SyslogConfig = serde_json::from_value(serde_json::json!({
-            "address": format!("relp://127.0.0.1:{port}"),
-            "relp_window": 4,
-        }))
-        .unwrap();
-        let common: SinkCommon = serde_json::from_value(serde_json::json!({
-            "inputs": ["s"], "retry": {"initial": "5ms", "max": "20ms"}
-        }))
-        .unwrap();
-        SyslogSink::new(
-            cfg,
-            &common,
-            SinkContext {
-                name: "relp-test".into(),
-                state_dir: dir.to_path_buf(),
-                health: Health::default(),
-                dead_letters: DeadLetters::new(dir, "relp-test"),
-            },
-        )
-        .unwrap()
-    }
-
-    fn event(i: usize, poison: bool) -> Event {
-        let id = format!("e{i:03}");
-        Event {
-            raw: Bytes::from(format!(
-                "{{\"id\":\"{id}\"{}}}",
-                if poison { ",\"x\":\"poison\"" } else { "" }
-            )),
-            id: Some(id.into()),
-            time: None,
-            kind: None,
-        }
-    }
-
-    #[tokio::test]
-    async fn serverclose_resends_unacked_and_refusals_go_to_dead_letters() {
-        let (port, got) = receiver(7).await;
-        let dir = tempfile::tempdir().unwrap();
-        let sink = sink(port, dir.path());
-        let events: Vec<Event> = (0..40).map(|i| event(i, i == 13)).collect();
-        tokio::time::timeout(Duration::from_secs(20), sink.deliver("s", &events))
-            .await
-            .expect("delivery finished")
-            .unwrap();
-        let got = got.lock().unwrap().clone();
-        for i in (0..40).filter(|i| *i != 13) {
-            let id = format!("\"id\":\"e{i:03}\"");
-            assert!(got.iter().any(|m| m.contains(&id)), "e{i:03} lost");
-        }
-        assert!(!got.iter().any(|m| m.contains("poison")));
-        let dl = std::fs::read_to_string(dir.path().join("dead_letter/relp-test.ndjson")).unwrap();
-        let rows: Vec<serde_json::Value> = dl
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0]["id"], "e013");
-        assert!(rows[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("refused the message 3 times: 500 message refused"));
-        let m = metrics().render();
-        assert!(
-            m.contains("auditrelay_syslog_relp_refused_total{sink=\"relp-test\"} 3"),
-            "{m}"
-        );
-        assert!(m.contains("auditrelay_syslog_reconnects_total{sink=\"relp-test\"}"));
-    }
-}
+mod relp_sink_tests;

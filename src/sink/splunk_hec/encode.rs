@@ -1,0 +1,287 @@
+//! HEC's event envelopes, written once per delivery into one buffer whose
+//! slices are the request bodies.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use super::config::SplunkHecConfig;
+use crate::event::{Event, FieldPath};
+use crate::sink::BatchConfig;
+
+/// Splunk's default `max_content_length` used to be 1 MB (and Splunk Cloud
+/// still caps requests near it); envelopes are counted before gzip.
+const DEFAULT_MAX_BYTES: usize = 900_000;
+const DEFAULT_MAX_EVENTS: usize = 1000;
+
+/// Envelope metadata, JSON-encoded once.
+pub(super) struct Envelope {
+    host: Option<String>,
+    source: Option<String>,
+    sourcetype: Option<String>,
+    index: Option<String>,
+    fields: Vec<(String, FieldPath)>,
+}
+
+pub(super) fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Epoch seconds with microseconds, HEC's `time` format.
+fn epoch(t: DateTime<Utc>) -> String {
+    let micros = t.timestamp_micros();
+    let sign = if micros < 0 { "-" } else { "" };
+    let abs = micros.unsigned_abs();
+    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+}
+
+/// An indexed field's value as HEC takes it: a string or an array of
+/// strings. Numbers and booleans become their text, objects their JSON
+/// text; null (and nothing) leaves the field out.
+fn write_field_value(out: &mut Vec<u8>, v: &RawValue) -> bool {
+    let text = v.get();
+    match text.as_bytes().first() {
+        Some(b'"') => out.extend_from_slice(text.as_bytes()),
+        Some(b'n') | None => return false,
+        Some(b'[') => {
+            let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(text) else {
+                return false;
+            };
+            out.push(b'[');
+            let mut first = true;
+            for item in items {
+                let t = item.get();
+                if t == "null" || t.starts_with('[') {
+                    continue;
+                }
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                if t.starts_with('"') {
+                    out.extend_from_slice(t.as_bytes());
+                } else {
+                    out.extend_from_slice(json_string(t).as_bytes());
+                }
+            }
+            out.push(b']');
+        }
+        Some(_) => out.extend_from_slice(json_string(text).as_bytes()),
+    }
+    true
+}
+
+impl Envelope {
+    pub(super) fn new(cfg: &SplunkHecConfig) -> anyhow::Result<Self> {
+        let mut fields = Vec::new();
+        for (name, path) in &cfg.fields {
+            let p = FieldPath::parse(path).map_err(|e| anyhow::anyhow!("fields.{name}: {e}"))?;
+            fields.push((json_string(name), p));
+        }
+        Ok(Envelope {
+            host: cfg.host.as_deref().map(json_string),
+            source: cfg.source.as_deref().map(json_string),
+            sourcetype: cfg.sourcetype.as_deref().map(json_string),
+            index: cfg.index.as_deref().map(json_string),
+            fields,
+        })
+    }
+
+    /// Appends one event's envelope; `source` is JSON-encoded already.
+    fn write(&self, out: &mut Vec<u8>, source: &str, e: &Event) {
+        out.push(b'{');
+        if let Some(t) = e.time {
+            out.extend_from_slice(b"\"time\":");
+            out.extend_from_slice(epoch(t).as_bytes());
+            out.push(b',');
+        }
+        let source = self.source.as_deref().unwrap_or(source);
+        for (key, value) in [
+            ("host", self.host.as_deref()),
+            ("source", Some(source)),
+            ("sourcetype", self.sourcetype.as_deref()),
+            ("index", self.index.as_deref()),
+        ] {
+            if let Some(v) = value {
+                out.push(b'"');
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(v.as_bytes());
+                out.push(b',');
+            }
+        }
+        if !self.fields.is_empty() {
+            if let Ok(object) = serde_json::from_slice::<&RawValue>(&e.raw) {
+                let start = out.len();
+                out.extend_from_slice(b"\"fields\":{");
+                let mut any = false;
+                for (name, path) in &self.fields {
+                    let Some(v) = path.lookup(object) else {
+                        continue;
+                    };
+                    let mark = out.len();
+                    if any {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b':');
+                    if write_field_value(out, v) {
+                        any = true;
+                    } else {
+                        out.truncate(mark);
+                    }
+                }
+                if any {
+                    out.extend_from_slice(b"},");
+                } else {
+                    out.truncate(start);
+                }
+            }
+        }
+        out.extend_from_slice(b"\"event\":");
+        out.extend_from_slice(&e.raw);
+        out.push(b'}');
+    }
+
+    /// The envelopes of `events`, all from `source`.
+    pub(super) fn encode_all(&self, source: &str, events: &[Event]) -> Encoded {
+        let source = json_string(source);
+        let size: usize = events.iter().map(|e| e.raw.len() + 160).sum();
+        let mut buf = Vec::with_capacity(size);
+        let mut offsets = Vec::with_capacity(events.len() + 1);
+        offsets.push(0);
+        for e in events {
+            self.write(&mut buf, &source, e);
+            offsets.push(buf.len());
+        }
+        Encoded {
+            buf: buf.into(),
+            offsets,
+        }
+    }
+}
+
+/// The envelopes of one `deliver` call in one buffer; a request's body is a
+/// slice of it.
+pub(super) struct Encoded {
+    buf: Bytes,
+    offsets: Vec<usize>,
+}
+
+impl Encoded {
+    pub(super) fn body(&self, r: &Range<usize>) -> Bytes {
+        self.buf.slice(self.offsets[r.start]..self.offsets[r.end])
+    }
+
+    /// Runs of at most `max_events` events and `max_bytes` envelope bytes
+    /// (an event larger than that alone).
+    pub(super) fn runs(&self, batch: &BatchConfig) -> Vec<Range<usize>> {
+        let max_events = batch.max_events.unwrap_or(DEFAULT_MAX_EVENTS).max(1);
+        let max_bytes = batch.max_bytes.unwrap_or(DEFAULT_MAX_BYTES).max(1);
+        let n = self.offsets.len() - 1;
+        let mut out = Vec::new();
+        let mut start = 0;
+        for i in 0..n {
+            let bytes = self.offsets[i + 1] - self.offsets[start];
+            if i > start && (i - start >= max_events || bytes > max_bytes) {
+                out.push(start..i);
+                start = i;
+            }
+        }
+        if start < n {
+            out.push(start..n);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn event(raw: &str, time: Option<DateTime<Utc>>) -> Event {
+        Event {
+            raw: Bytes::from(raw.to_string()),
+            id: None,
+            time,
+            kind: None,
+        }
+    }
+
+    fn config(extra: &str) -> SplunkHecConfig {
+        let text = format!("endpoint = \"http://127.0.0.1:1\"\ntoken_env = \"X\"\n{extra}");
+        use figment::providers::Format;
+        figment::Figment::from(figment::providers::Toml::string(&text))
+            .extract()
+            .unwrap()
+    }
+
+    #[test]
+    fn epoch_has_microseconds_and_handles_before_1970() {
+        let t = Utc.timestamp_opt(1_690_359_797, 151_080_751).unwrap();
+        assert_eq!(epoch(t), "1690359797.151080");
+        let t = Utc.timestamp_opt(-5, 250_000_000).unwrap();
+        assert_eq!(epoch(t), "-4.750000");
+        assert_eq!(epoch(Utc.timestamp_opt(0, 0).unwrap()), "0.000000");
+    }
+
+    #[test]
+    fn envelope_wraps_the_raw_event_with_metadata_and_fields() {
+        let cfg = config(
+            "host = \"relay-1\"\nsourcetype = \"veza:audit\"\nindex = \"sec\"\n\
+             fields = { user = \"identity.email\", code = \"status.http_status\", \
+             tags = \"tags\", obj = \"identity\", gone = \"missing\", nul = \"n\" }",
+        );
+        let env = Envelope::new(&cfg).unwrap();
+        let raw = r#"{"identity":{"email":"a\"b@x"},"status":{"http_status":403},"tags":["x",1,true,null],"n":null,
+  "note":"line"}"#;
+        let t = Utc.timestamp_opt(1_700_000_000, 5_000).unwrap();
+        let mut out = Vec::new();
+        env.write(&mut out, &json_string("veza"), &event(raw, Some(t)));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                r#"{"time":1700000000.000005,"host":"relay-1","source":"veza","sourcetype":"veza:audit","index":"sec","fields":{"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with(&format!(",\"event\":{raw}}}")), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["fields"]["user"], "a\"b@x");
+        assert_eq!(v["fields"]["code"], "403");
+        assert_eq!(v["fields"]["tags"], serde_json::json!(["x", "1", "true"]));
+        assert_eq!(v["fields"]["obj"], r#"{"email":"a\"b@x"}"#);
+        assert!(v["fields"].get("gone").is_none() && v["fields"].get("nul").is_none());
+    }
+
+    #[test]
+    fn envelope_without_time_or_fields_and_a_configured_source() {
+        let cfg = config("source = \"auditrelay\"\nfields = { user = \"u\" }");
+        let env = Envelope::new(&cfg).unwrap();
+        let mut out = Vec::new();
+        env.write(&mut out, &json_string("veza"), &event("[1,2]", None));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"source":"auditrelay","event":[1,2]}"#
+        );
+    }
+
+    #[test]
+    fn runs_respect_events_and_envelope_bytes() {
+        let enc = Encoded {
+            buf: Bytes::new(),
+            offsets: vec![0, 100, 200, 300, 1300, 1400],
+        };
+        let b = BatchConfig {
+            max_events: Some(2),
+            max_bytes: Some(250),
+            timeout: None,
+        };
+        assert_eq!(enc.runs(&b), vec![0..2, 2..3, 3..4, 4..5]);
+        let b = BatchConfig::default();
+        assert_eq!(enc.runs(&b), vec![0..5]);
+    }
+}
