@@ -9,9 +9,8 @@ pub mod certifyclouds;
 pub mod demo;
 pub mod gap;
 pub mod http_pull;
-pub mod poll;
+pub mod pull;
 pub mod quickztna;
-pub mod recent_ids;
 pub mod veza;
 pub mod veza_list;
 pub mod webhook_in;
@@ -79,11 +78,11 @@ impl SourceConfig {
         })?;
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
-            "veza" => extract_section(fig, path, shared).map(SourceConfig::Veza),
-            "veza_list" => extract_section(fig, path, shared).map(SourceConfig::VezaList),
-            "quickztna" => extract_section(fig, path, shared).map(SourceConfig::Quickztna),
-            "certifyclouds" => extract_section(fig, path, shared).map(SourceConfig::Certifyclouds),
-            "http_pull" => extract_section(fig, path, shared).map(SourceConfig::HttpPull),
+            "veza" => veza::VezaConfig::from_figment(fig, path).map(SourceConfig::Veza),
+            "veza_list" => veza_list::VezaListConfig::from_figment(fig, path).map(SourceConfig::VezaList),
+            "quickztna" => quickztna::QuickztnaConfig::from_figment(fig, path).map(SourceConfig::Quickztna),
+            "certifyclouds" => certifyclouds::CertifycloudsConfig::from_figment(fig, path).map(SourceConfig::Certifyclouds),
+            "http_pull" => http_pull::HttpPullConfig::from_figment(fig, path).map(SourceConfig::HttpPull),
             "webhook_in" => extract_section(fig, path, shared).map(SourceConfig::WebhookIn),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other => Err(vec![Problem {
@@ -134,7 +133,7 @@ impl SourceConfig {
             ),
             SourceConfig::Quickztna(_)
             | SourceConfig::Certifyclouds(_)
-            | SourceConfig::HttpPull(_) => poll::manual_window_checkpoint(token, time),
+            | SourceConfig::HttpPull(_) => pull::manual_window_checkpoint(token, time),
             SourceConfig::WebhookIn(_) => webhook_in::manual_checkpoint(token, time),
             SourceConfig::Demo(_) => demo::manual_checkpoint(token, time),
         }
