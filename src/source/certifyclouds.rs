@@ -76,6 +76,13 @@ fn default_true() -> bool {
     true
 }
 
+fn advice(status: u16, body: &str) -> String {
+    format!(
+        "CertifyClouds refused the token with HTTP {status} ({body}): it is invalid, expired, \
+         or lacks permission to read the audit log"
+    )
+}
+
 /// Where the entries may be when `items_path` is not set.
 const ITEM_CANDIDATES: &[&str] = &["entries", "items", "data", "results", "audit_entries"];
 
@@ -127,18 +134,7 @@ impl CertifycloudsSource {
             "CertifyClouds",
             common.recent_ids,
         )?;
-        let fetcher = Fetcher::new(common.fetcher_config(
-            ctx.name.as_str().into(),
-            ctx.health,
-            &path,
-            cfg.token_source(&path)?,
-            Box::new(|status, body| {
-                format!(
-                    "CertifyClouds refused the token with HTTP {status} ({body}): it is invalid, \
-                     expired, or lacks permission to read the audit log"
-                )
-            }),
-        )?)?;
+        let fetcher = Fetcher::new(cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?)?;
         let walk = Walker::new(fetcher, state, common, common.start(&path)?);
         info!(source = %walk.name, resume = walk.resume(), "certifyclouds source ready");
         Ok(CertifycloudsSource {

@@ -20,10 +20,10 @@ use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use super::pull::{
-    count_fresh, dedup_key, fresh, report_before_window, snippet, Fetcher, PullConfig,
-    PullDefaults, PullKind, SeenSet,
+    count_fresh, dedup_key, fresh, read_checkpoint, report_before_window, snippet, Fetcher,
+    PullConfig, PullDefaults, PullKind, SeenSet,
 };
-use super::veza::{self, PageKeys, VezaConfig};
+use super::veza::{self, VezaConfig};
 use super::{Paths, Source, SourceContext, StartAt};
 use crate::config::Problems;
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
@@ -150,14 +150,8 @@ impl VezaListConfig {
 
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         self.validate_common(path, problems);
-        PageKeys {
-            page_size: self.page_size,
-            path: &self.path,
-            token_param: &self.token_param,
-            items_path: &self.items_path,
-            next_token_path: &self.next_token_path,
-        }
-        .validate(path, problems);
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        veza::validate_page_keys(path, self.page_size, &self.path, names, problems);
         if let Err(e) = self.range(Utc::now()) {
             problems.push(format!("{path}.from"), e);
         }
@@ -217,17 +211,8 @@ impl VezaListSource {
             .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
         let next_token_path = FieldPath::parse(&cfg.next_token_path)
             .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
-        let stored: Option<State> = match &ctx.checkpoint {
-            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint {} is not a Veza backfill state ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {}`",
-                    ctx.name,
-                    ctx.name
-                )
-            })?),
-            None => None,
-        };
+        let stored: Option<State> =
+            read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a Veza backfill state")?;
         let state = match (stored, range) {
             // A backfill command names its range: resume only that one.
             (Some(s), Some(r)) if s.range == r => {
@@ -249,17 +234,10 @@ impl VezaListSource {
                     .map_err(|e| anyhow::anyhow!("{path}: {e}"))?,
             ),
         };
-        let fetcher = Fetcher::new(common.fetcher_config(
-            ctx.name.as_str().into(),
-            ctx.health,
-            &path,
-            cfg.token_source(&path)?,
-            Box::new(|status, body| {
-                format!(
-                    "the Veza API rejected the token with HTTP {status} ({body}); put a valid API key with audit-log read access in place"
-                )
-            }),
-        )?)?;
+        let advice = |status, body: &str| {
+            format!("the Veza API rejected the token with HTTP {status} ({body}); put a valid API key with audit-log read access in place")
+        };
+        let fetcher = Fetcher::new(cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?)?;
         Ok(VezaListSource {
             label: label.into(),
             extractor: common.extractor(&path)?,

@@ -86,18 +86,13 @@ impl HttpPullSource {
             "http_pull",
             common.recent_ids,
         )?;
-        let mut fetcher = common.fetcher_config(
-            ctx.name.as_str().into(),
-            ctx.health,
-            &path,
-            cfg.token_source(&path)?,
-            Box::new(|status, body| {
-                format!(
-                    "the API refused the credentials with HTTP {status} ({body}): the token is \
-                     invalid, expired, or lacks permission to read audit events"
-                )
-            }),
-        )?;
+        let advice = |status, body: &str| {
+            format!(
+                "the API refused the credentials with HTTP {status} ({body}): the token is \
+                 invalid, expired, or lacks permission to read audit events"
+            )
+        };
+        let mut fetcher = cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?;
         fetcher.rate_limit = cfg.rate_limit.clone();
         let walk = Walker::new(Fetcher::new(fetcher)?, state, common, common.start(&path)?);
         info!(

@@ -9,7 +9,6 @@
 use std::fmt::Debug;
 use std::ops::Deref;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +16,7 @@ use figment::Figment;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
 use serde::Deserialize;
 
-use super::fetch::{AuthAdvice, FetcherConfig};
+use super::fetch::FetcherConfig;
 use super::rate_limit::RateLimitConfig;
 use crate::config::{
     extract_section, figment_problems, parse_url, require_positive, struct_fields, Problem,
@@ -185,18 +184,22 @@ impl<K: PullKind> PullConfig<K> {
     /// Reads `path` of `fig` (`""`: the whole figment). Every unknown key
     /// and bad value is reported with its key path.
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
+        Self::read(fig, path, true)
+    }
+
+    /// Reads the section; `strict` reports unknown keys, else they are
+    /// ignored (as serde does for a struct without `deny_unknown_fields`).
+    fn read(fig: &Figment, path: &str, strict: bool) -> Result<Self, Vec<Problem>> {
         let window = K::DEFAULTS.window;
-        let shared: Vec<&str> = Self::shared_keys().to_vec();
-        let own = extract_section::<K>(fig, path, &[&shared, &["type"]]);
+        let own = if strict {
+            extract_section::<K>(fig, path, &[&Self::shared_keys(), &["type"]])
+        } else {
+            extract::<K>(fig, path).map_err(|e| figment_problems(e, path))
+        };
         // Shared keys are read without the unknown-key check: the section
         // read above already reported every unknown key once, including
         // window keys a source without a window does not take.
-        let extracted = if path.is_empty() {
-            fig.extract::<PullKeys>()
-        } else {
-            fig.extract_inner::<PullKeys>(path)
-        };
-        let common = extracted.map_err(|e| {
+        let common = extract::<PullKeys>(fig, path).map_err(|e| {
             let mut list = figment_problems(e, path);
             if !window {
                 list.retain(|p| {
@@ -270,6 +273,32 @@ impl<K: PullKind> PullConfig<K> {
         c.tls.validate(path, problems);
     }
 
+    /// The request loop settings of source `name` (rate limits by status
+    /// 429, `Retry-After` and `X-RateLimit-*`: change `rate_limit` for
+    /// other APIs); `advice` tells what a refused token means.
+    pub fn fetcher_config(
+        &self,
+        name: &str,
+        health: &Health,
+        path: &str,
+        advice: impl Fn(u16, &str) -> String + Send + Sync + 'static,
+    ) -> anyhow::Result<FetcherConfig> {
+        let c = &self.common;
+        Ok(FetcherConfig {
+            name: name.into(),
+            client: crate::http::client(&c.tls, c.timeout, path)?,
+            token_source: self.token_source(path)?,
+            health: health.clone(),
+            retry: c.retry,
+            auth_retry: c.auth_retry,
+            rate_limit: RateLimitConfig::default(),
+            rate_limit_wait: c.rate_limit_wait,
+            rate_limit_jitter: c.rate_limit_jitter,
+            advice: Box::new(advice),
+            cooldown_file: None,
+        })
+    }
+
     /// The token source, required unless the source says a token is
     /// optional.
     pub fn token_source(&self, path: &str) -> anyhow::Result<Option<SecretSource>> {
@@ -285,16 +314,44 @@ impl<K: PullKind> PullConfig<K> {
     }
 }
 
-/// Configs read from any serde format (JSON in tests and fuzzing) go
-/// through [`PullConfig::from_figment`], defaults and checks included.
+/// A source's stored checkpoint (`None` without one), or an error that
+/// says how to reset it. `what` names what it should be ("a Veza cursor").
+pub fn read_checkpoint<T: DeserializeOwned>(
+    name: &str,
+    bytes: Option<&[u8]>,
+    what: &str,
+) -> anyhow::Result<Option<T>> {
+    bytes
+        .map(|b| {
+            serde_json::from_slice(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint of source {name} is not {what} ({e}); reset it with \
+                     `auditrelay checkpoint reset --source {name}`"
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Configs read from any serde format (JSON in tests and fuzzing) get the
+/// same defaults as [`PullConfig::from_figment`]; unknown keys are ignored,
+/// as serde does for a struct that does not deny them.
 impl<'de, K: PullKind> Deserialize<'de> for PullConfig<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let dict = figment::value::Dict::deserialize(d)?;
         let fig = Figment::from(figment::providers::Serialized::defaults(dict));
-        Self::from_figment(&fig, "").map_err(|problems| {
+        Self::read(&fig, "", false).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             D::Error::custom(list.join("; "))
         })
+    }
+}
+
+fn extract<T: DeserializeOwned>(fig: &Figment, path: &str) -> Result<T, figment::Error> {
+    if path.is_empty() {
+        fig.extract()
+    } else {
+        fig.extract_inner(path)
     }
 }
 
@@ -330,30 +387,5 @@ impl PullCommon {
         Ok(StartAt::parse(&self.start_at)
             .map_err(|e| anyhow::anyhow!("{path}.start_at: {e}"))?
             .resolve(Utc::now()))
-    }
-
-    /// The request loop settings of these keys (rate limits by status 429,
-    /// `Retry-After` and `X-RateLimit-*`; change `rate_limit` for others).
-    pub fn fetcher_config(
-        &self,
-        name: Arc<str>,
-        health: Health,
-        path: &str,
-        token_source: Option<SecretSource>,
-        advice: AuthAdvice,
-    ) -> anyhow::Result<FetcherConfig> {
-        Ok(FetcherConfig {
-            name,
-            client: crate::http::client(&self.tls, self.timeout, path)?,
-            token_source,
-            health,
-            retry: self.retry,
-            auth_retry: self.auth_retry,
-            rate_limit: RateLimitConfig::default(),
-            rate_limit_wait: self.rate_limit_wait,
-            rate_limit_jitter: self.rate_limit_jitter,
-            advice,
-            cooldown_file: None,
-        })
     }
 }

@@ -19,7 +19,7 @@ pub mod rate_limit;
 pub mod walk;
 pub mod window;
 
-pub use common::{PullCommon, PullConfig, PullDefaults, PullKind};
+pub use common::{read_checkpoint, PullCommon, PullConfig, PullDefaults, PullKind};
 pub use dedup::{count_fresh, dedup_key, fresh, report_before_window, Fresh, SeenSet};
 pub use fetch::{snippet, AuthAdvice, Fetcher, FetcherConfig, Reply, Verdict};
 pub use paging::{find_items, page_is_last, Stop, TimeFormat};
@@ -47,3 +47,6 @@ pub(crate) mod test_support {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

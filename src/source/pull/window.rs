@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
+use super::common::read_checkpoint;
 use super::dedup::{dedup_key, fresh, Fresh, SeenSet};
 use crate::event::Event;
 
@@ -92,15 +93,8 @@ impl WindowState {
         kind: &str,
         cap: usize,
     ) -> anyhow::Result<Self> {
-        let mut state: WindowState = match bytes {
-            Some(b) => serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {ctx_name} is not a {kind} window state ({e}); reset it \
-                     with `auditrelay checkpoint reset --source {ctx_name}`"
-                )
-            })?,
-            None => WindowState::default(),
-        };
+        let what = format!("a {kind} window state");
+        let mut state: WindowState = read_checkpoint(ctx_name, bytes, &what)?.unwrap_or_default();
         state.seen = std::mem::take(&mut state.seen).with_cap(cap);
         if let Some(p) = &mut state.pass {
             p.recent_split = p.recent_split.min(p.recent.len());

@@ -83,26 +83,24 @@ impl QuickztnaSource {
         let start = common.start(&path)?;
         let resume = Resume::parse(&ctx.name, ctx.checkpoint.as_deref(), common.recent_ids)?;
         let name: Arc<str> = ctx.name.as_str().into();
-        let fetcher = |token_source| {
+        let fetcher = |with_token: bool| {
             let (org, endpoint) = (cfg.org_id.clone(), cfg.endpoint);
-            let advice = Box::new(move |status, body: &str| api::advice(status, body, endpoint, &org));
-            Fetcher::new(common.fetcher_config(
-                name.clone(),
-                ctx.health.clone(),
-                &path,
-                token_source,
-                advice,
-            )?)
+            let advice = move |status, body: &str| api::advice(status, body, endpoint, &org);
+            let mut fetcher = cfg.fetcher_config(&name, &ctx.health, &path, advice)?;
+            if !with_token {
+                fetcher.token_source = None;
+            }
+            Fetcher::new(fetcher)
         };
         let api = Api {
             cfg: cfg.clone(),
-            fetcher: fetcher(cfg.token_source(&path)?)?,
+            fetcher: fetcher(true)?,
             url: url.clone(),
             extractor: extractor.clone(),
         };
         let parser = Api {
             cfg: cfg.clone(),
-            fetcher: fetcher(None)?,
+            fetcher: fetcher(false)?,
             url,
             extractor,
         };

@@ -65,56 +65,42 @@ pub fn default_next_token_path() -> String {
 impl VezaConfig {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         self.validate_common(path, problems);
-        PageKeys {
-            page_size: self.page_size,
-            path: &self.path,
-            token_param: &self.token_param,
-            items_path: &self.items_path,
-            next_token_path: &self.next_token_path,
-        }
-        .validate(path, problems);
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        validate_page_keys(path, self.page_size, &self.path, names, problems);
     }
 }
 
-/// The page keys both Veza endpoints take.
-pub struct PageKeys<'a> {
-    pub page_size: u32,
-    pub path: &'a str,
-    pub token_param: &'a str,
-    pub items_path: &'a str,
-    pub next_token_path: &'a str,
-}
-
-impl PageKeys<'_> {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if !(1..=10_000).contains(&self.page_size) {
-            problems.push(
-                format!("{path}.page_size"),
-                format!(
-                    "{} is out of range 1..=10000 (Veza's maximum)",
-                    self.page_size
-                ),
-            );
+/// Checks the page keys both Veza endpoints take: `page_size`, `path`,
+/// and `token_param`, `items_path`, `next_token_path` (in `names`).
+pub fn validate_page_keys(
+    path: &str,
+    page_size: u32,
+    rel: &str,
+    names: [&String; 3],
+    problems: &mut Problems,
+) {
+    if !(1..=10_000).contains(&page_size) {
+        problems.push(
+            format!("{path}.page_size"),
+            format!("{page_size} is out of range 1..=10000 (Veza's maximum)"),
+        );
+    }
+    if !rel.starts_with('/') {
+        problems.push(format!("{path}.path"), "must start with /");
+    }
+    let [token_param, items_path, next_token_path] = names;
+    for (key, value) in [
+        ("token_param", token_param),
+        ("items_path", items_path),
+        ("next_token_path", next_token_path),
+    ] {
+        if value.is_empty() {
+            problems.push(format!("{path}.{key}"), "must not be empty");
         }
-        if !self.path.starts_with('/') {
-            problems.push(format!("{path}.path"), "must start with /");
-        }
-        for (key, value) in [
-            ("token_param", self.token_param),
-            ("items_path", self.items_path),
-            ("next_token_path", self.next_token_path),
-        ] {
-            if value.is_empty() {
-                problems.push(format!("{path}.{key}"), "must not be empty");
-            }
-        }
-        for (key, value) in [
-            ("items_path", self.items_path),
-            ("next_token_path", self.next_token_path),
-        ] {
-            if let Err(e) = FieldPath::parse(value) {
-                problems.push(format!("{path}.{key}"), e);
-            }
+    }
+    for (key, value) in [("items_path", items_path), ("next_token_path", next_token_path)] {
+        if let Err(e) = FieldPath::parse(value) {
+            problems.push(format!("{path}.{key}"), e);
         }
     }
 }

@@ -14,7 +14,7 @@ mod config;
 mod grpc;
 
 pub use config::{
-    default_items_path, default_next_token_path, default_page_size, default_token_param, PageKeys,
+    default_items_path, default_next_token_path, default_page_size, default_token_param, validate_page_keys,
     Veza, VezaConfig, ID_PATH, TOKEN_MISSING, TYPE_PATH,
 };
 
@@ -30,7 +30,7 @@ use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::pull::dedup::KeysOnly;
-use super::pull::{chrono_of, dedup_key, Fetcher, RateLimitConfig, SeenSet};
+use super::pull::{chrono_of, dedup_key, read_checkpoint, Fetcher, RateLimitConfig, SeenSet};
 use super::{Source, SourceContext};
 use crate::event::{Batch, Event, FieldExtractor, FieldPath};
 use crate::metrics::metrics;
@@ -93,26 +93,13 @@ impl VezaSource {
             .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
         let next_token_path = FieldPath::parse(&cfg.next_token_path)
             .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
-        let stored: StoredState = match &ctx.checkpoint {
-            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {} is not a Veza cursor ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {}`",
-                    ctx.name,
-                    ctx.name
-                )
-            })?,
-            None => StoredState::default(),
+        let stored: StoredState =
+            read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a Veza cursor")?
+                .unwrap_or_default();
+        let advice = |status, _: &str| {
+            format!("the Veza API rejected the token (HTTP {status}); put a valid API key with audit-log read access in place")
         };
-        let mut fetcher = common.fetcher_config(
-            ctx.name.as_str().into(),
-            ctx.health,
-            &path,
-            cfg.token_source(&path)?,
-            Box::new(|status, _| {
-                format!("the Veza API rejected the token (HTTP {status}); put a valid API key with audit-log read access in place")
-            }),
-        )?;
+        let mut fetcher = cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?;
         // Veza signals limits by 429 or ResourceExhausted with Retry-After,
         // and punishes early retries: the pause survives a restart.
         fetcher.rate_limit = RateLimitConfig::retry_after_only();
