@@ -79,10 +79,17 @@ impl SourceConfig {
         let shared: &[&[&str]] = &[&["type"]];
         match kind.as_str() {
             "veza" => veza::VezaConfig::from_figment(fig, path).map(SourceConfig::Veza),
-            "veza_list" => veza_list::VezaListConfig::from_figment(fig, path).map(SourceConfig::VezaList),
-            "quickztna" => quickztna::QuickztnaConfig::from_figment(fig, path).map(SourceConfig::Quickztna),
-            "certifyclouds" => certifyclouds::CertifycloudsConfig::from_figment(fig, path).map(SourceConfig::Certifyclouds),
-            "http_pull" => http_pull::HttpPullConfig::from_figment(fig, path).map(SourceConfig::HttpPull),
+            "veza_list" => {
+                veza_list::VezaListConfig::from_figment(fig, path).map(SourceConfig::VezaList)
+            }
+            "quickztna" => {
+                quickztna::QuickztnaConfig::from_figment(fig, path).map(SourceConfig::Quickztna)
+            }
+            "certifyclouds" => certifyclouds::CertifycloudsConfig::from_figment(fig, path)
+                .map(SourceConfig::Certifyclouds),
+            "http_pull" => {
+                http_pull::HttpPullConfig::from_figment(fig, path).map(SourceConfig::HttpPull)
+            }
             "webhook_in" => extract_section(fig, path, shared).map(SourceConfig::WebhookIn),
             "demo" => extract_section(fig, path, shared).map(SourceConfig::Demo),
             other => Err(vec![Problem {

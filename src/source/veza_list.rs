@@ -211,8 +211,11 @@ impl VezaListSource {
             .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
         let next_token_path = FieldPath::parse(&cfg.next_token_path)
             .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
-        let stored: Option<State> =
-            read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a Veza backfill state")?;
+        let stored: Option<State> = read_checkpoint(
+            &ctx.name,
+            ctx.checkpoint.as_deref(),
+            "a Veza backfill state",
+        )?;
         let state = match (stored, range) {
             // A backfill command names its range: resume only that one.
             (Some(s), Some(r)) if s.range == r => {

@@ -152,10 +152,7 @@ impl HttpPullSource {
             cursor,
             page_size: cfg.page_size,
             cursor_is_number: matches!(mode, Mode::Offset | Mode::Page),
-            times_are_numbers: matches!(
-                cfg.time_format,
-                TimeFormat::Unix | TimeFormat::UnixMs
-            ),
+            times_are_numbers: matches!(cfg.time_format, TimeFormat::Unix | TimeFormat::UnixMs),
         };
         let mut url = self.endpoint.clone();
         {
@@ -207,7 +204,6 @@ impl HttpPullSource {
         }
         req
     }
-
 }
 
 #[async_trait]

@@ -194,13 +194,12 @@ impl<K: PullKind> PullConfig<K> {
         let own = if strict {
             extract_section::<K>(fig, path, &[&Self::shared_keys(), &["type"]])
         } else {
-            extract::<K>(fig, path).map_err(|e| figment_problems(e, path))
+            extract::<K>(fig, path)
         };
         // Shared keys are read without the unknown-key check: the section
         // read above already reported every unknown key once, including
         // window keys a source without a window does not take.
-        let common = extract::<PullKeys>(fig, path).map_err(|e| {
-            let mut list = figment_problems(e, path);
+        let common = extract::<PullKeys>(fig, path).map_err(|mut list| {
             if !window {
                 list.retain(|p| {
                     !WINDOW_KEYS.iter().any(|k| {
@@ -347,12 +346,14 @@ impl<'de, K: PullKind> Deserialize<'de> for PullConfig<K> {
     }
 }
 
-fn extract<T: DeserializeOwned>(fig: &Figment, path: &str) -> Result<T, figment::Error> {
-    if path.is_empty() {
+/// `path` of `fig` (`""`: all of it) as a `T`, problems by key path.
+fn extract<T: DeserializeOwned>(fig: &Figment, path: &str) -> Result<T, Vec<Problem>> {
+    let value = if path.is_empty() {
         fig.extract()
     } else {
         fig.extract_inner(path)
-    }
+    };
+    value.map_err(|e| figment_problems(e, path))
 }
 
 impl PullCommon {

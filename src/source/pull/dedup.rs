@@ -289,7 +289,10 @@ mod tests {
         let back: SeenSet = serde_json::from_str(&json).unwrap();
         assert!(back.contains("b") && back.len() == 3);
         let back = back.with_cap(2);
-        assert!(!back.contains("b") && back.contains("d"), "keeps the newest");
+        assert!(
+            !back.contains("b") && back.contains("d"),
+            "keeps the newest"
+        );
     }
 
     #[test]

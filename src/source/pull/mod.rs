@@ -50,3 +50,8 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests;
+
+/// The example source of docs/writing-a-source.md, kept compiling.
+#[cfg(test)]
+#[path = "../../../docs/examples/acme_source.rs"]
+mod acme_example;

@@ -149,7 +149,6 @@ pub fn find_items<'a>(
     serde_json::from_str(list.get()).map_err(|e| format!("{what} are not a list: {e}"))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

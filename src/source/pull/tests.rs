@@ -22,19 +22,32 @@ fn secs(s: u64) -> Duration {
 
 #[test]
 fn each_source_keeps_its_own_defaults() {
-    let section = |kind: &str, extra: &str| format!("[sources.s]\ntype = \"{kind}\"\n{AUTH}{extra}");
+    let section =
+        |kind: &str, extra: &str| format!("[sources.s]\ntype = \"{kind}\"\n{AUTH}{extra}");
     let Ok(SourceConfig::Veza(v)) = read(&section("veza", "")) else {
         panic!("veza")
     };
     let c = &v.common;
     assert_eq!(
-        (c.poll_interval, c.overlap, c.recent_ids, c.timeout, c.auth_retry),
+        (
+            c.poll_interval,
+            c.overlap,
+            c.recent_ids,
+            c.timeout,
+            c.auth_retry
+        ),
         (secs(5), secs(300), 5000, secs(30), secs(30))
     );
-    assert_eq!((c.rate_limit_wait, c.rate_limit_jitter), (secs(60), secs(5)));
+    assert_eq!(
+        (c.rate_limit_wait, c.rate_limit_jitter),
+        (secs(60), secs(5))
+    );
     assert_eq!(c.start_at, "-24h");
     assert_eq!(c.id_path, Paths::of(&["request_id", "id"]));
-    assert_eq!(c.time_path, Paths::of(&["persisted_at", "ended_at", "timestamp"]));
+    assert_eq!(
+        c.time_path,
+        Paths::of(&["persisted_at", "ended_at", "timestamp"])
+    );
     assert_eq!(v.page_size, 1000);
 
     let Ok(SourceConfig::VezaList(l)) = read(&section("veza_list", "")) else {
@@ -48,7 +61,13 @@ fn each_source_keeps_its_own_defaults() {
     };
     let c = &q.common;
     assert_eq!(
-        (c.poll_interval, c.overlap, c.recent_ids, c.timeout, c.auth_retry),
+        (
+            c.poll_interval,
+            c.overlap,
+            c.recent_ids,
+            c.timeout,
+            c.auth_retry
+        ),
         (secs(60), secs(600), 50_000, secs(120), secs(60))
     );
     assert_eq!(c.time_path, Paths::One("created_at".into()));
@@ -109,11 +128,15 @@ fn a_source_without_a_window_refuses_the_window_keys() {
     );
     let problems = read(&toml).unwrap_err();
     assert!(
-        problems.iter().any(|p| p.starts_with("sources.s.poll_interval: unknown key")),
+        problems
+            .iter()
+            .any(|p| p.starts_with("sources.s.poll_interval: unknown key")),
         "{problems:?}"
     );
     assert!(
-        problems.iter().any(|p| p.starts_with("sources.s.overlap: unknown key")),
+        problems
+            .iter()
+            .any(|p| p.starts_with("sources.s.overlap: unknown key")),
         "{problems:?}"
     );
     assert_eq!(problems.len(), 2, "one problem per key: {problems:?}");

@@ -56,7 +56,6 @@ pub struct Pass {
     pub offset_restarts: u32,
 }
 
-
 /// Pages in a row without progress after which a pass is ended: asking
 /// again would loop forever.
 pub const SAME_PAGE_LIMIT: u32 = 3;
@@ -226,7 +225,6 @@ pub fn manual_window_checkpoint(
     };
     serde_json::to_vec(&state).map_err(|e| e.to_string())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -98,7 +98,10 @@ pub fn validate_page_keys(
             problems.push(format!("{path}.{key}"), "must not be empty");
         }
     }
-    for (key, value) in [("items_path", items_path), ("next_token_path", next_token_path)] {
+    for (key, value) in [
+        ("items_path", items_path),
+        ("next_token_path", next_token_path),
+    ] {
         if let Err(e) = FieldPath::parse(value) {
             problems.push(format!("{path}.{key}"), e);
         }

@@ -12,7 +12,12 @@ use crate::source::pull::{snippet, Verdict};
 /// the body is a rate limit whatever the status; a rejected page token
 /// (400 or gRPC code 3) is handed back, counted `token_rejected` when a
 /// token was sent.
-pub fn verdict(items_path: &FieldPath, sent_token: bool, status: u16, body: &[u8]) -> Option<Verdict> {
+pub fn verdict(
+    items_path: &FieldPath,
+    sent_token: bool,
+    status: u16,
+    body: &[u8],
+) -> Option<Verdict> {
     if status == 429 {
         return None;
     }

@@ -14,8 +14,8 @@ mod config;
 mod grpc;
 
 pub use config::{
-    default_items_path, default_next_token_path, default_page_size, default_token_param, validate_page_keys,
-    Veza, VezaConfig, ID_PATH, TOKEN_MISSING, TYPE_PATH,
+    default_items_path, default_next_token_path, default_page_size, default_token_param,
+    validate_page_keys, Veza, VezaConfig, ID_PATH, TOKEN_MISSING, TYPE_PATH,
 };
 
 use std::sync::Arc;
@@ -327,7 +327,9 @@ impl Source for VezaSource {
                         sleep(self.cfg.common.poll_interval).await;
                     }
                 },
-                Err(refused) if sent_token && grpc::refused_token(refused.status, &refused.body) => {
+                Err(refused)
+                    if sent_token && grpc::refused_token(refused.status, &refused.body) =>
+                {
                     let why = format!(
                         "HTTP {}: {}",
                         refused.status,
