@@ -6,6 +6,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::Figment;
 
+use super::PullCommon;
 use crate::source::{Paths, SourceConfig};
 
 fn read(toml: &str) -> Result<SourceConfig, Vec<String>> {
@@ -20,24 +21,35 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
+/// The shared keys of a `kind` section holding only `url`, a token and
+/// `extra`.
+fn common(kind: &str, extra: &str) -> PullCommon {
+    let toml = format!("[sources.s]\ntype = \"{kind}\"\n{AUTH}{extra}");
+    match read(&toml).unwrap_or_else(|p| panic!("{kind}: {p:?}")) {
+        SourceConfig::Veza(c) => c.common,
+        SourceConfig::VezaList(c) => c.common,
+        SourceConfig::Quickztna(c) => c.common,
+        SourceConfig::Certifyclouds(c) => c.common,
+        SourceConfig::HttpPull(c) => c.common,
+        other => panic!("{} is not a pull source", other.kind()),
+    }
+}
+
+/// (poll_interval, overlap, recent_ids, timeout, auth_retry)
+fn timing(c: &PullCommon) -> (Duration, Duration, usize, Duration, Duration) {
+    (
+        c.poll_interval,
+        c.overlap,
+        c.recent_ids,
+        c.timeout,
+        c.auth_retry,
+    )
+}
+
 #[test]
 fn each_source_keeps_its_own_defaults() {
-    let section =
-        |kind: &str, extra: &str| format!("[sources.s]\ntype = \"{kind}\"\n{AUTH}{extra}");
-    let Ok(SourceConfig::Veza(v)) = read(&section("veza", "")) else {
-        panic!("veza")
-    };
-    let c = &v.common;
-    assert_eq!(
-        (
-            c.poll_interval,
-            c.overlap,
-            c.recent_ids,
-            c.timeout,
-            c.auth_retry
-        ),
-        (secs(5), secs(300), 5000, secs(30), secs(30))
-    );
+    let c = common("veza", "");
+    assert_eq!(timing(&c), (secs(5), secs(300), 5000, secs(30), secs(30)));
     assert_eq!(
         (c.rate_limit_wait, c.rate_limit_jitter),
         (secs(60), secs(5))
@@ -48,48 +60,35 @@ fn each_source_keeps_its_own_defaults() {
         c.time_path,
         Paths::of(&["persisted_at", "ended_at", "timestamp"])
     );
-    assert_eq!(v.page_size, 1000);
 
-    let Ok(SourceConfig::VezaList(l)) = read(&section("veza_list", "")) else {
-        panic!("veza_list")
-    };
-    assert_eq!(l.common.time_path, Paths::of(&["ended_at", "timestamp"]));
-    assert_eq!(l.common.timeout, secs(30));
+    let c = common("veza_list", "");
+    assert_eq!(c.time_path, Paths::of(&["ended_at", "timestamp"]));
+    assert_eq!((c.timeout, c.auth_retry), (secs(30), secs(30)));
 
-    let Ok(SourceConfig::Quickztna(q)) = read(&section("quickztna", "org_id = \"o\"\n")) else {
-        panic!("quickztna")
-    };
-    let c = &q.common;
+    let c = common("quickztna", "org_id = \"o\"\n");
     assert_eq!(
-        (
-            c.poll_interval,
-            c.overlap,
-            c.recent_ids,
-            c.timeout,
-            c.auth_retry
-        ),
+        timing(&c),
         (secs(60), secs(600), 50_000, secs(120), secs(60))
     );
     assert_eq!(c.time_path, Paths::One("created_at".into()));
     assert_eq!(c.type_path, Paths::One("action".into()));
 
-    let Ok(SourceConfig::Certifyclouds(cc)) = read(&section("certifyclouds", "")) else {
-        panic!("certifyclouds")
-    };
-    let c = &cc.common;
+    let c = common("certifyclouds", "");
     assert_eq!(
-        (c.poll_interval, c.overlap, c.recent_ids, c.timeout),
-        (secs(30), secs(300), 50_000, secs(30))
+        timing(&c),
+        (secs(30), secs(300), 50_000, secs(30), secs(30))
     );
     assert_eq!(c.id_path, Paths::One("id".into()));
     assert_eq!(c.type_path, Paths::One("event_type".into()));
 
-    let pull = "path = \"/e\"\npagination = { mode = \"none\" }\n";
-    let Ok(SourceConfig::HttpPull(h)) = read(&section("http_pull", pull)) else {
-        panic!("http_pull")
-    };
-    let c = &h.common;
-    assert_eq!((c.poll_interval, c.recent_ids), (secs(30), 50_000));
+    let c = common(
+        "http_pull",
+        "path = \"/e\"\npagination = { mode = \"none\" }\n",
+    );
+    assert_eq!(
+        timing(&c),
+        (secs(30), secs(300), 50_000, secs(30), secs(30))
+    );
     assert_eq!(c.id_path, Paths::of(&["event_id", "id"]));
     assert_eq!(c.type_path, Paths::of(&["action", "event_type", "type"]));
 }
