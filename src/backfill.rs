@@ -19,7 +19,7 @@ use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{Route, SourcePipeline};
 use crate::source::veza_list::{Range, VezaListConfig, VezaListSource};
-use crate::source::{Paths, SourceConfig, SourceContext};
+use crate::source::{SourceConfig, SourceContext};
 
 /// How a backfill ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,28 +42,7 @@ pub fn list_config(config: &Config, name: &str) -> Result<VezaListConfig, String
     };
     match source {
         SourceConfig::VezaList(c) => Ok(c.clone()),
-        SourceConfig::Veza(v) => Ok(VezaListConfig {
-            url: v.url.clone(),
-            token_file: v.token_file.clone(),
-            token_env: v.token_env.clone(),
-            token_credential: v.token_credential.clone(),
-            page_size: v.page_size,
-            from: "-24h".into(),
-            to: None,
-            path: "/api/preview/system/audit".into(),
-            token_param: v.token_param.clone(),
-            items_path: v.items_path.clone(),
-            next_token_path: v.next_token_path.clone(),
-            id_path: v.id_path.clone(),
-            time_path: Paths::of(&["ended_at", "timestamp"]),
-            type_path: v.type_path.clone(),
-            rate_limit_wait: v.rate_limit_wait,
-            rate_limit_jitter: v.rate_limit_jitter,
-            timeout: v.timeout,
-            auth_retry: v.auth_retry,
-            retry: v.retry,
-            tls: v.tls.clone(),
-        }),
+        SourceConfig::Veza(v) => Ok(VezaListConfig::from_export(v)),
         other => Err(format!(
             "source \"{name}\" is of type {}; backfill reads Veza's audit list and works with veza and veza_list sources",
             other.kind()

@@ -16,7 +16,7 @@ use crate::event::{Event, FieldExtractor};
 use crate::health::Health;
 use crate::source::certifyclouds::CertifycloudsSource;
 use crate::source::http_pull::HttpPullSource;
-use crate::source::poll::Next;
+use crate::source::pull::Next;
 use crate::source::quickztna::QuickztnaSource;
 use crate::source::veza::{VezaConfig, VezaSource};
 use crate::source::veza_list::{VezaListConfig, VezaListSource};

@@ -9,9 +9,8 @@
 //! interrupted backfill resumes where it stopped; the source is finished
 //! when a page has no next token or reaches the end of the range.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,26 +19,26 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{info, warn};
 
-use super::poll::{
-    count_fresh, fresh, report_before_window, snippet, Fetcher, FetcherConfig, RateLimitConfig,
-    SeenSet,
+use super::pull::{
+    count_fresh, dedup_key, fresh, read_checkpoint, report_before_window, snippet, Fetcher,
+    PullConfig, PullDefaults, PullKind, SeenSet,
 };
+use super::veza::{self, VezaConfig};
 use super::{Paths, Source, SourceContext, StartAt};
-use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
+use crate::config::Problems;
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
-use crate::secret::SecretKeys;
 
 /// How far back the list endpoint serves.
 pub const MAX_AGE_DAYS: i64 = 90;
 
 /// `[sources.NAME]` with `type = "veza_list"`.
+pub type VezaListConfig = PullConfig<VezaList>;
+
+/// The keys of a `veza_list` source besides [`super::pull::PullCommon`]
+/// (which it takes without the window keys: it walks a fixed range).
 #[derive(Clone, Debug, Deserialize)]
-pub struct VezaListConfig {
-    pub url: String,
-    pub token_file: Option<PathBuf>,
-    pub token_env: Option<String>,
-    pub token_credential: Option<String>,
-    #[serde(default = "default_page_size")]
+pub struct VezaList {
+    #[serde(default = "veza::default_page_size")]
     pub page_size: u32,
     /// Start of the range (`auditrelay backfill --from` overrides it): RFC
     /// 3339, `now` or a negative duration.
@@ -50,70 +49,33 @@ pub struct VezaListConfig {
     pub to: Option<String>,
     #[serde(default = "default_path")]
     pub path: String,
-    #[serde(default = "default_token_param")]
+    #[serde(default = "veza::default_token_param")]
     pub token_param: String,
-    #[serde(default = "default_items_path")]
+    #[serde(default = "veza::default_items_path")]
     pub items_path: String,
-    #[serde(default = "default_next_token_path")]
+    #[serde(default = "veza::default_next_token_path")]
     pub next_token_path: String,
-    #[serde(default = "default_id_path")]
-    pub id_path: Paths,
-    #[serde(default = "default_time_path")]
-    pub time_path: Paths,
-    #[serde(default = "default_type_path")]
-    pub type_path: Paths,
-    #[serde(default = "default_rate_limit_wait", with = "humantime_serde")]
-    pub rate_limit_wait: Duration,
-    #[serde(default = "default_rate_limit_jitter", with = "humantime_serde")]
-    pub rate_limit_jitter: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(default = "default_auth_retry", with = "humantime_serde")]
-    pub auth_retry: Duration,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default)]
-    pub tls: TlsConfig,
 }
 
-fn default_page_size() -> u32 {
-    1000
+/// The list endpoint reports completion times.
+const TIME_PATH: &[&str] = &["ended_at", "timestamp"];
+
+impl PullKind for VezaList {
+    const DEFAULTS: PullDefaults = PullDefaults {
+        id_path: veza::ID_PATH,
+        time_path: TIME_PATH,
+        type_path: veza::TYPE_PATH,
+        window: false,
+        token_missing: Some(veza::TOKEN_MISSING),
+        ..PullDefaults::BASE
+    };
 }
+
 fn default_from() -> String {
     "-24h".into()
 }
 fn default_path() -> String {
     "/api/preview/system/audit".into()
-}
-fn default_token_param() -> String {
-    "page_token".into()
-}
-fn default_items_path() -> String {
-    "values".into()
-}
-fn default_next_token_path() -> String {
-    "next_page_token".into()
-}
-fn default_id_path() -> Paths {
-    Paths::of(&["request_id", "id"])
-}
-fn default_time_path() -> Paths {
-    Paths::of(&["ended_at", "timestamp"])
-}
-fn default_type_path() -> Paths {
-    Paths::of(&["type", "event_type", "intent", "endpoint", "action"])
-}
-fn default_rate_limit_wait() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_rate_limit_jitter() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_auth_retry() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// A backfill range, checked against the API's 90-day limit.
@@ -157,11 +119,22 @@ pub fn parse_bound(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Stri
 }
 
 impl VezaListConfig {
-    fn token_keys(&self) -> SecretKeys {
-        SecretKeys {
-            file: self.token_file.clone(),
-            env: self.token_env.clone(),
-            credential: self.token_credential.clone(),
+    /// The list-endpoint settings of a `veza` (export) source, for a
+    /// backfill of its tenant: same token, client and page keys.
+    pub fn from_export(v: &VezaConfig) -> Self {
+        let mut common = v.common.clone();
+        common.time_path = Paths::of(TIME_PATH);
+        PullConfig {
+            common,
+            own: VezaList {
+                page_size: v.page_size,
+                from: default_from(),
+                to: None,
+                path: default_path(),
+                token_param: v.token_param.clone(),
+                items_path: v.items_path.clone(),
+                next_token_path: v.next_token_path.clone(),
+            },
         }
     }
 
@@ -176,47 +149,12 @@ impl VezaListConfig {
     }
 
     pub fn validate(&self, path: &str, problems: &mut Problems) {
-        parse_url(&self.url, &format!("{path}.url"), problems);
-        self.token_keys().validate(
-            "token",
-            path,
-            Some("the Veza API needs a token: set token_file, token_env or token_credential"),
-            problems,
-        );
-        if !(1..=10_000).contains(&self.page_size) {
-            problems.push(
-                format!("{path}.page_size"),
-                format!(
-                    "{} is out of range 1..=10000 (Veza's maximum)",
-                    self.page_size
-                ),
-            );
-        }
+        self.validate_common(path, problems);
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        veza::validate_page_keys(path, self.page_size, &self.path, names, problems);
         if let Err(e) = self.range(Utc::now()) {
             problems.push(format!("{path}.from"), e);
         }
-        if !self.path.starts_with('/') {
-            problems.push(format!("{path}.path"), "must start with /");
-        }
-        for (key, v) in [
-            ("items_path", &self.items_path),
-            ("next_token_path", &self.next_token_path),
-        ] {
-            if let Err(e) = FieldPath::parse(v) {
-                problems.push(format!("{path}.{key}"), e);
-            }
-        }
-        if self.token_param.is_empty() {
-            problems.push(format!("{path}.token_param"), "must not be empty");
-        }
-        require_positive(self.timeout, &format!("{path}.timeout"), problems);
-        self.id_path.validate(&format!("{path}.id_path"), problems);
-        self.time_path
-            .validate(&format!("{path}.time_path"), problems);
-        self.type_path
-            .validate(&format!("{path}.type_path"), problems);
-        self.retry.validate(path, problems);
-        self.tls.validate(path, problems);
     }
 }
 
@@ -267,36 +205,17 @@ impl VezaListSource {
         range: Option<Range>,
     ) -> anyhow::Result<Self> {
         let path = format!("sources.{label}");
-        let url = url::Url::parse(&cfg.url)
-            .and_then(|base| base.join(&cfg.path))
-            .map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
-        let token_source = cfg
-            .token_keys()
-            .source("token")
-            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("{path}.token_file: no token configured"))?;
-        let parse =
-            |p: &Paths, key: &str| p.parse().map_err(|e| anyhow::anyhow!("{path}.{key}: {e}"));
-        let extractor = FieldExtractor::new(
-            parse(&cfg.id_path, "id_path")?,
-            parse(&cfg.time_path, "time_path")?,
-            parse(&cfg.type_path, "type_path")?,
-        );
+        let common = &cfg.common;
+        let url = common.endpoint(&cfg.path, &path)?;
         let items_path = FieldPath::parse(&cfg.items_path)
             .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
         let next_token_path = FieldPath::parse(&cfg.next_token_path)
             .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
-        let stored: Option<State> = match &ctx.checkpoint {
-            Some(b) => Some(serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint {} is not a Veza backfill state ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {}`",
-                    ctx.name,
-                    ctx.name
-                )
-            })?),
-            None => None,
-        };
+        let stored: Option<State> = read_checkpoint(
+            &ctx.name,
+            ctx.checkpoint.as_deref(),
+            "a Veza backfill state",
+        )?;
         let state = match (stored, range) {
             // A backfill command names its range: resume only that one.
             (Some(s), Some(r)) if s.range == r => {
@@ -318,28 +237,16 @@ impl VezaListSource {
                     .map_err(|e| anyhow::anyhow!("{path}: {e}"))?,
             ),
         };
-        let fetcher = Fetcher::new(FetcherConfig {
-            name: ctx.name.as_str().into(),
-            client: crate::http::client(&cfg.tls, cfg.timeout, &path)?,
-            token_source: Some(token_source),
-            health: ctx.health,
-            retry: cfg.retry,
-            auth_retry: cfg.auth_retry,
-            rate_limit: RateLimitConfig::default(),
-            rate_limit_wait: cfg.rate_limit_wait,
-            rate_limit_jitter: cfg.rate_limit_jitter,
-            advice: Box::new(|status, body| {
-                format!(
-                    "the Veza API rejected the token with HTTP {status} ({body}); put a valid API key with audit-log read access in place"
-                )
-            }),
-        })?;
+        let advice = |status, body: &str| {
+            format!("the Veza API rejected the token with HTTP {status} ({body}); put a valid API key with audit-log read access in place")
+        };
+        let fetcher = Fetcher::new(cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?)?;
         Ok(VezaListSource {
             label: label.into(),
+            extractor: common.extractor(&path)?,
             cfg,
             fetcher,
             url,
-            extractor,
             items_path,
             next_token_path,
             state,
@@ -443,7 +350,7 @@ impl Source for VezaListSource {
             self.fetcher.count_answer(!found.events.is_empty());
             let mut seen = SeenSet::new(20_000);
             for ev in &found.events {
-                seen.insert(&super::poll::dedup_key(ev), ev.time);
+                seen.insert(&dedup_key(ev), ev.time);
             }
             self.state.seen = seen;
             self.state.done = past_end || next.is_none() || returned == 0;
@@ -473,6 +380,10 @@ impl Source for VezaListSource {
 
 impl super::SourceType for VezaListConfig {
     const KIND: &'static str = "veza_list";
+
+    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
+        Self::from_figment(fig, path)
+    }
 
     fn validate(&self, path: &str, problems: &mut Problems) {
         VezaListConfig::validate(self, path, problems)

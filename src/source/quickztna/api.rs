@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::{Endpoint, Format, QuickztnaConfig};
 use crate::event::{Event, FieldExtractor, FieldPath};
-use crate::source::poll::{snippet, Fetcher, Reply};
+use crate::source::pull::{snippet, Fetcher, Reply};
 
 /// Most entries `/api/export` returns (the Loki query's hard limit).
 pub const EXPORT_CAP: usize = 10_000;

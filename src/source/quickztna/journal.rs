@@ -51,7 +51,7 @@ use super::window::Window;
 use crate::checkpoint::CheckpointStore;
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
-use crate::source::poll::{dedup_key, WindowState};
+use crate::source::pull::{dedup_key, WindowState};
 use crate::source::webhook_in::record_event;
 use crate::spool::{Pos, Spool, Tail};
 

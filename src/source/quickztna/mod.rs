@@ -22,260 +22,30 @@
 //! never taken as complete.
 
 pub mod api;
+mod config;
 pub mod journal;
 mod poller;
 pub mod window;
 
 pub use api::{csv_events, AUDIT_MAX_LIMIT, EXPORT_CAP};
+pub use config::{Endpoint, Format, Quickztna, QuickztnaConfig, MIN_JOURNAL_BYTES};
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
 use tracing::{info, warn};
 
-use super::poll::{self, Fetcher, FetcherConfig, RateLimitConfig};
-use super::{Paths, Source, SourceContext, StartAt};
-use crate::config::{parse_url, require_positive, Problems, RetryConfig, TlsConfig};
-use crate::event::{Batch, Event, FieldExtractor};
+use super::pull::{Fetcher, WindowState};
+use super::{Source, SourceContext};
+use crate::event::{Batch, Event};
 use crate::metrics::metrics;
-use crate::secret::SecretKeys;
 use api::Api;
 use journal::{Journal, Resume};
 use window::Window;
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Endpoint {
-    /// `POST /api/export` (admin token; JSON or CSV; up to 10000 entries).
-    #[default]
-    Export,
-    /// `GET /api/audit?mode=recent` (member token; up to 5000 entries).
-    Audit,
-}
-
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Json,
-    Csv,
-}
-
-/// `[sources.NAME]` with `type = "quickztna"`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct QuickztnaConfig {
-    /// e.g. `https://login.quickztna.com`
-    pub url: String,
-    pub org_id: String,
-    pub token_file: Option<PathBuf>,
-    pub token_env: Option<String>,
-    pub token_credential: Option<String>,
-    #[serde(default)]
-    pub endpoint: Endpoint,
-    /// Export only: `json` or `csv`.
-    #[serde(default)]
-    pub format: Format,
-    /// Audit only: entries per query (1..=5000).
-    #[serde(default = "default_limit")]
-    pub limit: u32,
-    /// Export only: the most entries an answer holds (the API's hard
-    /// limit); an answer this long may be cut.
-    #[serde(default = "default_export_cap")]
-    pub export_cap: usize,
-    #[serde(default = "default_start_at")]
-    pub start_at: String,
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// Re-read window behind the watermark (Loki indexing delay).
-    #[serde(default = "default_overlap", with = "humantime_serde")]
-    pub overlap: Duration,
-    /// Most events per batch handed to the sinks.
-    #[serde(default = "default_batch_size")]
-    pub batch_size: usize,
-    /// Bound of the seen-set kept in the checkpoint.
-    #[serde(default = "default_recent_ids")]
-    pub recent_ids: usize,
-    #[serde(default = "default_export_path")]
-    pub export_path: String,
-    #[serde(default = "default_audit_path")]
-    pub audit_path: String,
-    #[serde(default = "default_id_path")]
-    pub id_path: Paths,
-    #[serde(default = "default_time_path")]
-    pub time_path: Paths,
-    #[serde(default = "default_type_path")]
-    pub type_path: Paths,
-    #[serde(default = "default_rate_limit_wait", with = "humantime_serde")]
-    pub rate_limit_wait: Duration,
-    #[serde(default = "default_rate_limit_jitter", with = "humantime_serde")]
-    pub rate_limit_jitter: Duration,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
-    pub timeout: Duration,
-    #[serde(default = "default_auth_retry", with = "humantime_serde")]
-    pub auth_retry: Duration,
-    #[serde(default)]
-    pub retry: RetryConfig,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    /// Poll into a local journal whatever the sinks do (see [`journal`]).
-    #[serde(default = "default_journal")]
-    pub journal: bool,
-    /// Size at which the journal stops taking entries and polling pauses.
-    #[serde(default = "default_max_journal_bytes")]
-    pub max_journal_bytes: u64,
-}
-
-/// Smallest `max_journal_bytes`: room for a few appends of entries.
-pub const MIN_JOURNAL_BYTES: u64 = 64 << 10;
-
-fn default_journal() -> bool {
-    true
-}
-fn default_max_journal_bytes() -> u64 {
-    1 << 30
-}
-
-fn default_limit() -> u32 {
-    AUDIT_MAX_LIMIT
-}
-fn default_export_cap() -> usize {
-    EXPORT_CAP
-}
-fn default_start_at() -> String {
-    "-24h".into()
-}
-fn default_poll_interval() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_overlap() -> Duration {
-    Duration::from_secs(600)
-}
-fn default_batch_size() -> usize {
-    1000
-}
-fn default_recent_ids() -> usize {
-    50_000
-}
-fn default_export_path() -> String {
-    "/api/export".into()
-}
-fn default_audit_path() -> String {
-    "/api/audit".into()
-}
-fn default_id_path() -> Paths {
-    Paths::One("id".into())
-}
-fn default_time_path() -> Paths {
-    Paths::One("created_at".into())
-}
-fn default_type_path() -> Paths {
-    Paths::One("action".into())
-}
-fn default_rate_limit_wait() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_rate_limit_jitter() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_auth_retry() -> Duration {
-    Duration::from_secs(60)
-}
-
-impl QuickztnaConfig {
-    fn token_keys(&self) -> SecretKeys {
-        SecretKeys {
-            file: self.token_file.clone(),
-            env: self.token_env.clone(),
-            credential: self.token_credential.clone(),
-        }
-    }
-
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        parse_url(&self.url, &format!("{path}.url"), problems);
-        if self.org_id.trim().is_empty() {
-            problems.push(format!("{path}.org_id"), "must not be empty");
-        }
-        self.token_keys()
-            .validate("token", path, Some("QuickZTNA needs a token (an org admin's for endpoint = \"export\"): set token_file, token_env or token_credential"), problems);
-        if self.endpoint == Endpoint::Audit {
-            if self.format == Format::Csv {
-                problems.push(
-                    format!("{path}.format"),
-                    "csv is only available with endpoint = \"export\"",
-                );
-            }
-            if !(1..=AUDIT_MAX_LIMIT).contains(&self.limit) {
-                problems.push(
-                    format!("{path}.limit"),
-                    format!(
-                        "{} is out of range 1..=5000 (the API's maximum)",
-                        self.limit
-                    ),
-                );
-            }
-        }
-        if let Err(e) = StartAt::parse(&self.start_at) {
-            problems.push(format!("{path}.start_at"), e);
-        }
-        require_positive(
-            self.poll_interval,
-            &format!("{path}.poll_interval"),
-            problems,
-        );
-        require_positive(self.timeout, &format!("{path}.timeout"), problems);
-        if !(1..=100_000).contains(&self.batch_size) {
-            problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
-        }
-        if !(1..=1_000_000).contains(&self.export_cap) {
-            problems.push(
-                format!("{path}.export_cap"),
-                format!("{} is out of range 1..=1000000", self.export_cap),
-            );
-        }
-        if self.recent_ids < self.export_cap {
-            problems.push(
-                format!("{path}.recent_ids"),
-                format!(
-                    "must be at least export_cap ({}): one full response",
-                    self.export_cap
-                ),
-            );
-        }
-        for (key, p) in [
-            ("export_path", &self.export_path),
-            ("audit_path", &self.audit_path),
-        ] {
-            if !p.starts_with('/') {
-                problems.push(format!("{path}.{key}"), "must start with /");
-            }
-        }
-        self.id_path.validate(&format!("{path}.id_path"), problems);
-        self.time_path
-            .validate(&format!("{path}.time_path"), problems);
-        self.type_path
-            .validate(&format!("{path}.type_path"), problems);
-        self.retry.validate(path, problems);
-        self.tls.validate(path, problems);
-        if self.max_journal_bytes < MIN_JOURNAL_BYTES {
-            problems.push(
-                format!("{path}.max_journal_bytes"),
-                format!(
-                    "{} is below the minimum of {MIN_JOURNAL_BYTES} bytes",
-                    self.max_journal_bytes
-                ),
-            );
-        }
-    }
-}
 
 pub struct QuickztnaSource {
     /// For [`QuickztnaSource::parse_body`].
@@ -307,51 +77,30 @@ impl QuickztnaSource {
             Endpoint::Export => &cfg.export_path,
             Endpoint::Audit => &cfg.audit_path,
         };
-        let url = url::Url::parse(&cfg.url)
-            .and_then(|base| base.join(rel))
-            .map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
-        let token_source = cfg
-            .token_keys()
-            .source("token")
-            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("{path}.token_file: no token configured"))?;
-        let parse =
-            |p: &Paths, key: &str| p.parse().map_err(|e| anyhow::anyhow!("{path}.{key}: {e}"));
-        let extractor = FieldExtractor::new(
-            parse(&cfg.id_path, "id_path")?,
-            parse(&cfg.time_path, "time_path")?,
-            parse(&cfg.type_path, "type_path")?,
-        );
-        let start = StartAt::parse(&cfg.start_at)
-            .map_err(|e| anyhow::anyhow!("{path}.start_at: {e}"))?
-            .resolve(Utc::now());
-        let resume = Resume::parse(&ctx.name, ctx.checkpoint.as_deref(), cfg.recent_ids)?;
-        let client = crate::http::client(&cfg.tls, cfg.timeout, &path)?;
+        let common = &cfg.common;
+        let url = common.endpoint(rel, &path)?;
+        let extractor = common.extractor(&path)?;
+        let start = common.start(&path)?;
+        let resume = Resume::parse(&ctx.name, ctx.checkpoint.as_deref(), common.recent_ids)?;
         let name: Arc<str> = ctx.name.as_str().into();
-        let fetcher = |token_source| {
+        let fetcher = |with_token: bool| {
             let (org, endpoint) = (cfg.org_id.clone(), cfg.endpoint);
-            Fetcher::new(FetcherConfig {
-                name: name.clone(),
-                client: client.clone(),
-                token_source,
-                health: ctx.health.clone(),
-                retry: cfg.retry,
-                auth_retry: cfg.auth_retry,
-                rate_limit: RateLimitConfig::default(),
-                rate_limit_wait: cfg.rate_limit_wait,
-                rate_limit_jitter: cfg.rate_limit_jitter,
-                advice: Box::new(move |status, body| api::advice(status, body, endpoint, &org)),
-            })
+            let advice = move |status, body: &str| api::advice(status, body, endpoint, &org);
+            let mut fetcher = cfg.fetcher_config(&name, &ctx.health, &path, advice)?;
+            if !with_token {
+                fetcher.token_source = None;
+            }
+            Fetcher::new(fetcher)
         };
         let api = Api {
             cfg: cfg.clone(),
-            fetcher: fetcher(Some(token_source))?,
+            fetcher: fetcher(true)?,
             url: url.clone(),
             extractor: extractor.clone(),
         };
         let parser = Api {
             cfg: cfg.clone(),
-            fetcher: fetcher(None)?,
+            fetcher: fetcher(false)?,
             url,
             extractor,
         };
@@ -359,7 +108,7 @@ impl QuickztnaSource {
         let window = Window {
             name: name.clone(),
             health: ctx.health.clone(),
-            overlap: cfg.overlap,
+            overlap: common.overlap,
             start,
             cap: api.cap(),
             state: Default::default(),
@@ -373,8 +122,8 @@ impl QuickztnaSource {
                 journal,
                 resume,
                 batch_size: cfg.batch_size,
-                poll_interval: cfg.poll_interval,
-                recent_ids: cfg.recent_ids,
+                poll_interval: common.poll_interval,
+                recent_ids: common.recent_ids,
                 state_dir: ctx.state_dir.clone(),
             })?)
         } else {
@@ -383,11 +132,11 @@ impl QuickztnaSource {
                 // Back from a journaled run: only once it is drained.
                 Resume::Journal(ck) if journal_dir.exists() => {
                     let journal = Journal::open(&ctx.state_dir, &ctx.name, cfg.max_journal_bytes)?;
-                    let state = journal.state_after(&ck, cfg.recent_ids)?;
+                    let state = journal.state_after(&ck, common.recent_ids)?;
                     journal.remove_delivered()?;
                     state
                 }
-                Resume::Journal(ck) => poll::WindowState {
+                Resume::Journal(ck) => WindowState {
                     watermark: ck.newest,
                     ..Default::default()
                 },
@@ -399,7 +148,7 @@ impl QuickztnaSource {
                 api,
                 window: Window { state, ..window },
                 batch_size: cfg.batch_size,
-                poll_interval: cfg.poll_interval,
+                poll_interval: common.poll_interval,
                 pending: VecDeque::new(),
                 next_poll: None,
             })
@@ -485,7 +234,11 @@ impl Source for QuickztnaSource {
 impl super::SourceType for QuickztnaConfig {
     const KIND: &'static str = "quickztna";
 
-    fn validate(&self, path: &str, problems: &mut Problems) {
+    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
+        Self::from_figment(fig, path)
+    }
+
+    fn validate(&self, path: &str, problems: &mut crate::config::Problems) {
         QuickztnaConfig::validate(self, path, problems)
     }
 
@@ -494,7 +247,7 @@ impl super::SourceType for QuickztnaConfig {
         token: Option<String>,
         time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Vec<u8>, String> {
-        super::poll::manual_window_checkpoint(token, time)
+        super::pull::manual_window_checkpoint(token, time)
     }
 
     fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::journal::{Journal, JournalCheckpoint, Resume};
 use crate::event::{FieldExtractor, FieldPath};
-use crate::source::poll::WindowState;
+use crate::source::pull::WindowState;
 use crate::spool::Pos;
 
 fn extractor() -> FieldExtractor {

@@ -15,7 +15,7 @@ use crate::event::Event;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::source::gap;
-use crate::source::poll::{chrono_of, count_fresh, dedup_key, fresh, Fetcher, WindowState};
+use crate::source::pull::{chrono_of, count_fresh, dedup_key, fresh, Fetcher, WindowState};
 
 static CAPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     let c = IntCounterVec::new(

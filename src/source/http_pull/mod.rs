@@ -1,0 +1,292 @@
+//! A generic paginated JSON pull source for audit APIs that have a time
+//! filter but no durable cursor (Zaita's REST API is the reference).
+//!
+//! Each pass asks for the window from the watermark minus `overlap` to the
+//! instant the pass began, page by page: the request is built from
+//! templates (`query`, `body`, with `{since}`, `{until}`, `{cursor}` and
+//! `{page_size}`) and the next page is found by `pagination.mode`: a token
+//! in the body or a header, an offset, a page number, an RFC 5988 `Link:
+//! rel="next"` header, or none. Ids already delivered inside the overlap are
+//! dropped; every page is a batch whose checkpoint holds the pass, so a
+//! restart continues the walk, and a cursor the API no longer accepts
+//! restarts the walk of the same window. Rate limits are what
+//! `rate_limit` says (statuses, `Retry-After`, `X-RateLimit-Reset`).
+
+mod config;
+mod page;
+mod template;
+
+pub use config::{HttpPull, HttpPullConfig, Mode, PaginationConfig, Stop};
+pub use page::link_next;
+
+use async_trait::async_trait;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::pull::{snippet, After, Fetcher, Next, TimeFormat, Walker, WindowState};
+use super::{Source, SourceContext};
+use crate::event::{Batch, FieldExtractor, FieldPath};
+use crate::metrics::metrics;
+use crate::secret::Secret;
+use template::{render, render_json, Vars};
+
+/// What a request is, once the templates are filled.
+#[derive(Clone)]
+struct Prepared {
+    method: reqwest::Method,
+    url: url::Url,
+    body: Option<Vec<u8>>,
+}
+
+pub struct HttpPullSource {
+    cfg: HttpPullConfig,
+    walk: Walker,
+    endpoint: url::Url,
+    headers: HeaderMap,
+    auth_header: HeaderName,
+    extractor: FieldExtractor,
+    items_path: Option<FieldPath>,
+    token_path: Option<FieldPath>,
+    limit_path: Option<FieldPath>,
+}
+
+impl HttpPullSource {
+    pub fn new(cfg: HttpPullConfig, ctx: SourceContext) -> anyhow::Result<Self> {
+        let path = format!("sources.{}", ctx.name);
+        let common = &cfg.common;
+        let endpoint = common.endpoint(&cfg.path, &path)?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &cfg.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{path}.headers.{k}: {e}"))?;
+            let value =
+                HeaderValue::from_str(v).map_err(|e| anyhow::anyhow!("{path}.headers.{k}: {e}"))?;
+            headers.insert(name, value);
+        }
+        let auth_header = HeaderName::from_bytes(cfg.auth_header.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{path}.auth_header: {e}"))?;
+        let items_path = match cfg.items_path.as_deref() {
+            None | Some("") | Some(".") => None,
+            Some(p) => {
+                Some(FieldPath::parse(p).map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?)
+            }
+        };
+        let optional_path = |p: &Option<String>, key: &str| {
+            p.as_deref()
+                .map(FieldPath::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{path}.pagination.{key}: {e}"))
+        };
+        let token_path = optional_path(&cfg.pagination.token_path, "token_path")?;
+        let limit_path = optional_path(&cfg.pagination.limit_path, "limit_path")?;
+        let state = WindowState::load(
+            &ctx.name,
+            ctx.checkpoint.as_deref(),
+            "http_pull",
+            common.recent_ids,
+        )?;
+        let advice = |status, body: &str| {
+            format!(
+                "the API refused the credentials with HTTP {status} ({body}): the token is \
+                 invalid, expired, or lacks permission to read audit events"
+            )
+        };
+        let mut fetcher = cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?;
+        fetcher.rate_limit = cfg.rate_limit.clone();
+        let walk = Walker::new(Fetcher::new(fetcher)?, state, common, common.start(&path)?);
+        info!(
+            source = %walk.name,
+            pagination = ?cfg.pagination.mode,
+            resume = walk.resume(),
+            "http_pull source ready"
+        );
+        Ok(HttpPullSource {
+            extractor: common.extractor(&path)?,
+            cfg,
+            walk,
+            endpoint,
+            headers,
+            auth_header,
+            items_path,
+            token_path,
+            limit_path,
+        })
+    }
+
+    /// The request of the current page (waiting for the next pass first).
+    async fn prepare(&mut self) -> anyhow::Result<Prepared> {
+        let cfg = &self.cfg;
+        let mode = cfg.pagination.mode;
+        let first_page = cfg.pagination.first_page;
+        let pass = self.walk.pass().await;
+        let method = if cfg.method.eq_ignore_ascii_case("POST") {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::GET
+        };
+        if mode == Mode::Link {
+            if let Some(next) = &pass.cursor {
+                let url = url::Url::parse(next)
+                    .map_err(|e| anyhow::anyhow!("stored next link does not parse: {e}"))?;
+                return Ok(Prepared {
+                    method,
+                    url,
+                    body: None,
+                });
+            }
+        }
+        let cursor = match mode {
+            Mode::Offset => Some(pass.cursor.clone().unwrap_or_else(|| "0".into())),
+            Mode::Page => Some(
+                pass.cursor
+                    .clone()
+                    .unwrap_or_else(|| first_page.to_string()),
+            ),
+            Mode::Token => pass.cursor.clone(),
+            Mode::Link | Mode::None => None,
+        };
+        let vars = Vars {
+            since: cfg.time_format.format(pass.start),
+            until: cfg.time_format.format(pass.end),
+            cursor,
+            page_size: cfg.page_size,
+            cursor_is_number: matches!(mode, Mode::Offset | Mode::Page),
+            times_are_numbers: matches!(cfg.time_format, TimeFormat::Unix | TimeFormat::UnixMs),
+        };
+        let mut url = self.endpoint.clone();
+        {
+            let mut pairs = url.query_pairs_mut();
+            for (k, t) in &cfg.query {
+                if let Some(v) = render(t, &vars) {
+                    pairs.append_pair(k, &v);
+                }
+            }
+        }
+        if url.query() == Some("") {
+            url.set_query(None);
+        }
+        let body = match &cfg.body {
+            Some(t) => Some(serde_json::to_vec(
+                &render_json(t, &vars).unwrap_or(Value::Null),
+            )?),
+            None => None,
+        };
+        Ok(Prepared { method, url, body })
+    }
+
+    fn request(
+        client: &reqwest::Client,
+        p: &Prepared,
+        headers: &HeaderMap,
+        auth: (&HeaderName, &str),
+        token: Option<&Secret>,
+    ) -> reqwest::RequestBuilder {
+        let mut req = client
+            .request(p.method.clone(), p.url.clone())
+            .header(reqwest::header::ACCEPT, "application/json")
+            .headers(headers.clone());
+        if let Some(body) = &p.body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone());
+        }
+        if let Some(t) = token {
+            let value = if auth.1.is_empty() {
+                t.expose().to_string()
+            } else {
+                format!("{} {}", auth.1, t.expose())
+            };
+            if let Ok(mut v) = HeaderValue::from_str(&value) {
+                v.set_sensitive(true);
+                req = req.header(auth.0.clone(), v);
+            }
+        }
+        req
+    }
+}
+
+#[async_trait]
+impl Source for HttpPullSource {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        loop {
+            let prepared = self.prepare().await?;
+            let had_cursor = self.walk.cursor().is_some();
+            let (headers, auth_header, scheme) = (
+                self.headers.clone(),
+                self.auth_header.clone(),
+                self.cfg.auth_scheme.clone(),
+            );
+            let sent = prepared.clone();
+            let reply = self
+                .walk
+                .fetcher
+                .send(move |c, t| Self::request(c, &sent, &headers, (&auth_header, &scheme), t))
+                .await;
+            let reply = match reply {
+                Ok(r) => r,
+                Err(refused) if had_cursor && refused.status < 500 => {
+                    // A stored token or link the API no longer accepts: walk
+                    // the same window again from its first page.
+                    metrics()
+                        .token_restarts
+                        .with_label_values(&[&self.walk.name])
+                        .inc();
+                    warn!(source = %self.walk.name, status = refused.status, response = %snippet(&refused.body), "the API refused the page cursor (expired?); walking this window again from its first page");
+                    if let Some(p) = self.walk.state.pass.as_mut() {
+                        p.cursor = None;
+                    }
+                    continue;
+                }
+                Err(refused) => {
+                    let hint = "check url, path, method, query and body";
+                    self.walk.fetcher.give_up_for_now(&refused, hint).await;
+                    continue;
+                }
+            };
+            let (events, next) = match self.parse_page(&reply.body, &reply.headers, &prepared.url) {
+                Ok(x) => x,
+                Err(why) => {
+                    self.walk.fetcher.retry_later(&why).await;
+                    continue;
+                }
+            };
+            let after = if self.cfg.pagination.mode == Mode::Offset {
+                // From the offset of the page's last entry, which the next
+                // page must hold (entries deleted under the cursor move).
+                After::Offset {
+                    last: matches!(next, Next::Done),
+                }
+            } else {
+                After::Next(next)
+            };
+            if let Some(batch) = self.walk.take(events, after) {
+                return Ok(Some(batch));
+            }
+        }
+    }
+}
+
+impl super::SourceType for HttpPullConfig {
+    const KIND: &'static str = "http_pull";
+
+    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
+        Self::from_figment(fig, path)
+    }
+
+    fn validate(&self, path: &str, problems: &mut crate::config::Problems) {
+        HttpPullConfig::validate(self, path, problems)
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        super::pull::manual_window_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(HttpPullSource::new(self.clone(), ctx)?))
+    }
+}

@@ -1,0 +1,151 @@
+//! How pull-source sections are read: per-source defaults of the shared
+//! keys, unknown keys and bad values by key path.
+
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+
+use super::PullCommon;
+use crate::source::{Paths, SourceConfig};
+
+fn read(toml: &str) -> Result<SourceConfig, Vec<String>> {
+    let fig = Figment::from(Toml::string(toml));
+    SourceConfig::from_figment(&fig, "sources.s")
+        .map_err(|list| list.iter().map(ToString::to_string).collect())
+}
+
+const AUTH: &str = "url = \"https://api.example\"\ntoken_env = \"T\"\n";
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// The shared keys of a `kind` section holding only `url`, a token and
+/// `extra`.
+fn common(kind: &str, extra: &str) -> PullCommon {
+    let toml = format!("[sources.s]\ntype = \"{kind}\"\n{AUTH}{extra}");
+    match read(&toml).unwrap_or_else(|p| panic!("{kind}: {p:?}")) {
+        SourceConfig::Veza(c) => c.common,
+        SourceConfig::VezaList(c) => c.common,
+        SourceConfig::Quickztna(c) => c.common,
+        SourceConfig::Certifyclouds(c) => c.common,
+        SourceConfig::HttpPull(c) => c.common,
+        other => panic!("{} is not a pull source", other.kind()),
+    }
+}
+
+/// (poll_interval, overlap, recent_ids, timeout, auth_retry)
+fn timing(c: &PullCommon) -> (Duration, Duration, usize, Duration, Duration) {
+    (
+        c.poll_interval,
+        c.overlap,
+        c.recent_ids,
+        c.timeout,
+        c.auth_retry,
+    )
+}
+
+#[test]
+fn each_source_keeps_its_own_defaults() {
+    let c = common("veza", "");
+    assert_eq!(timing(&c), (secs(5), secs(300), 5000, secs(30), secs(30)));
+    assert_eq!(
+        (c.rate_limit_wait, c.rate_limit_jitter),
+        (secs(60), secs(5))
+    );
+    assert_eq!(c.start_at, "-24h");
+    assert_eq!(c.id_path, Paths::of(&["request_id", "id"]));
+    assert_eq!(
+        c.time_path,
+        Paths::of(&["persisted_at", "ended_at", "timestamp"])
+    );
+
+    let c = common("veza_list", "");
+    assert_eq!(c.time_path, Paths::of(&["ended_at", "timestamp"]));
+    assert_eq!((c.timeout, c.auth_retry), (secs(30), secs(30)));
+
+    let c = common("quickztna", "org_id = \"o\"\n");
+    assert_eq!(
+        timing(&c),
+        (secs(60), secs(600), 50_000, secs(120), secs(60))
+    );
+    assert_eq!(c.time_path, Paths::One("created_at".into()));
+    assert_eq!(c.type_path, Paths::One("action".into()));
+
+    let c = common("certifyclouds", "");
+    assert_eq!(
+        timing(&c),
+        (secs(30), secs(300), 50_000, secs(30), secs(30))
+    );
+    assert_eq!(c.id_path, Paths::One("id".into()));
+    assert_eq!(c.type_path, Paths::One("event_type".into()));
+
+    let c = common(
+        "http_pull",
+        "path = \"/e\"\npagination = { mode = \"none\" }\n",
+    );
+    assert_eq!(
+        timing(&c),
+        (secs(30), secs(300), 50_000, secs(30), secs(30))
+    );
+    assert_eq!(c.id_path, Paths::of(&["event_id", "id"]));
+    assert_eq!(c.type_path, Paths::of(&["action", "event_type", "type"]));
+}
+
+#[test]
+fn set_keys_override_the_defaults() {
+    let toml = format!(
+        "[sources.s]\ntype = \"veza\"\n{AUTH}poll_interval = \"9s\"\nrecent_ids = 7\nid_path = \"uid\"\npage_size = 10\n"
+    );
+    let Ok(SourceConfig::Veza(v)) = read(&toml) else {
+        panic!("veza")
+    };
+    assert_eq!((v.common.poll_interval, v.common.recent_ids), (secs(9), 7));
+    assert_eq!(v.common.id_path, Paths::One("uid".into()));
+    assert_eq!(v.page_size, 10);
+}
+
+/// Serde stops a struct at its first bad value: the shared keys and the
+/// source's own are two structs, so one of each is reported.
+#[test]
+fn problems_name_their_key_path_once() {
+    let toml = format!(
+        "[sources.s]\ntype = \"certifyclouds\"\n{AUTH}colour = 1\npage_size = \"x\"\n[sources.s.retry]\ninitial = \"never\"\n"
+    );
+    let problems = read(&toml).unwrap_err();
+    let with = |key: &str| problems.iter().filter(|p| p.starts_with(key)).count();
+    assert_eq!(with("sources.s.colour: unknown key"), 1, "{problems:?}");
+    assert_eq!(with("sources.s.page_size:"), 1, "{problems:?}");
+    assert_eq!(with("sources.s.retry.initial:"), 1, "{problems:?}");
+}
+
+#[test]
+fn a_source_without_a_window_refuses_the_window_keys() {
+    let toml = format!(
+        "[sources.s]\ntype = \"veza_list\"\n{AUTH}poll_interval = \"bad\"\noverlap = \"5m\"\n"
+    );
+    let problems = read(&toml).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sources.s.poll_interval: unknown key")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sources.s.overlap: unknown key")),
+        "{problems:?}"
+    );
+    assert_eq!(problems.len(), 2, "one problem per key: {problems:?}");
+}
+
+#[test]
+fn a_missing_url_is_reported_by_path() {
+    let problems = read("[sources.s]\ntype = \"veza\"\ntoken_env = \"T\"\n").unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.starts_with("sources.s.url")),
+        "{problems:?}"
+    );
+}

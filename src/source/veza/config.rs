@@ -1,0 +1,109 @@
+//! The keys of the `veza` source, and the page keys the `veza_list`
+//! source shares with it.
+
+use serde::Deserialize;
+
+use crate::config::Problems;
+use crate::event::FieldPath;
+use crate::source::pull::{PullConfig, PullDefaults, PullKind};
+
+/// `[sources.NAME]` with `type = "veza"`.
+pub type VezaConfig = PullConfig<Veza>;
+
+/// The keys of a `veza` source besides [`crate::source::pull::PullCommon`].
+#[derive(Clone, Debug, Deserialize)]
+pub struct Veza {
+    #[serde(default = "default_page_size")]
+    pub page_size: u32,
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Query parameter that carries the page token (the docs show both).
+    #[serde(default = "default_token_param")]
+    pub token_param: String,
+    #[serde(default = "default_items_path")]
+    pub items_path: String,
+    #[serde(default = "default_next_token_path")]
+    pub next_token_path: String,
+}
+
+/// What `validate` says when a Veza source has no token.
+pub const TOKEN_MISSING: &str =
+    "the Veza API needs a token: set token_file, token_env or token_credential";
+
+/// Veza's field names, for the export and the list endpoint alike.
+pub const ID_PATH: &[&str] = &["request_id", "id"];
+pub const TYPE_PATH: &[&str] = &["type", "event_type", "intent", "endpoint", "action"];
+
+impl PullKind for Veza {
+    const DEFAULTS: PullDefaults = PullDefaults {
+        poll_interval: std::time::Duration::from_secs(5),
+        recent_ids: 5000,
+        id_path: ID_PATH,
+        time_path: &["persisted_at", "ended_at", "timestamp"],
+        type_path: TYPE_PATH,
+        token_missing: Some(TOKEN_MISSING),
+        ..PullDefaults::BASE
+    };
+}
+
+pub fn default_page_size() -> u32 {
+    1000
+}
+fn default_path() -> String {
+    "/api/preview/system/audit/export".into()
+}
+pub fn default_token_param() -> String {
+    "page_token".into()
+}
+pub fn default_items_path() -> String {
+    "values".into()
+}
+pub fn default_next_token_path() -> String {
+    "next_page_token".into()
+}
+
+impl VezaConfig {
+    pub fn validate(&self, path: &str, problems: &mut Problems) {
+        self.validate_common(path, problems);
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        validate_page_keys(path, self.page_size, &self.path, names, problems);
+    }
+}
+
+/// Checks the page keys both Veza endpoints take: `page_size`, `path`,
+/// and `token_param`, `items_path`, `next_token_path` (in `names`).
+pub fn validate_page_keys(
+    path: &str,
+    page_size: u32,
+    rel: &str,
+    names: [&String; 3],
+    problems: &mut Problems,
+) {
+    if !(1..=10_000).contains(&page_size) {
+        problems.push(
+            format!("{path}.page_size"),
+            format!("{page_size} is out of range 1..=10000 (Veza's maximum)"),
+        );
+    }
+    if !rel.starts_with('/') {
+        problems.push(format!("{path}.path"), "must start with /");
+    }
+    let [token_param, items_path, next_token_path] = names;
+    for (key, value) in [
+        ("token_param", token_param),
+        ("items_path", items_path),
+        ("next_token_path", next_token_path),
+    ] {
+        if value.is_empty() {
+            problems.push(format!("{path}.{key}"), "must not be empty");
+        }
+    }
+    for (key, value) in [
+        ("items_path", items_path),
+        ("next_token_path", next_token_path),
+    ] {
+        if let Err(e) = FieldPath::parse(value) {
+            problems.push(format!("{path}.{key}"), e);
+        }
+    }
+}
