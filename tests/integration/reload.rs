@@ -2,7 +2,7 @@
 //! removed without losing or repeating events, a bad config ignored, keys
 //! that need a restart kept, systemd told RELOADING=1 / READY=1.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

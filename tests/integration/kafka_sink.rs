@@ -2,7 +2,7 @@
 //! cluster (in process, with injected faults) and tansu (a separate broker
 //! implementation, as its own process).
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

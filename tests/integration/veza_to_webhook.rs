@@ -3,7 +3,7 @@
 //! runs against a harsh server (see `harsh`): `page_size` clamped, pages
 //! at the end of the log without a next token, and empty request ids.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! (late, lost, held), rejected events, busy and rate-limited answers, token
 //! and `indexer_ack` mistakes, health, TLS.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! for half of the kills), while it is SIGKILLed at random instants 20 times.
 //! Every id must reach every sink; duplicates are reported per sink.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -2,7 +2,7 @@
 //! while the brokers (librdkafka's mock cluster in this process, and tansu as
 //! a separate process) outlive it. No id may be missing.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! checks, every refusal leaving the spool untouched, SIGKILL right after
 //! the 2xx, spool clean-up, and HTTPS with client certificates.
 
-mod support;
+use crate::support;
 
 use std::io::Write;
 use std::path::Path;

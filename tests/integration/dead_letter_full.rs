@@ -1,7 +1,7 @@
 //! A sink whose dead-letter file is full holds what it could not
 //! dead-letter and waits; it never sends again what the receiver accepted.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +13,7 @@ fn dead_letter_full_gauge() -> Option<String> {
     auditrelay::metrics::metrics()
         .render()
         .lines()
-        .find(|l| l.starts_with("auditrelay_dead_letter_full{sink=\"hook\"}"))
+        .find(|l| l.starts_with("auditrelay_dead_letter_full{sink=\"hook_full\"}"))
         .map(str::to_string)
 }
 
@@ -26,7 +26,7 @@ async fn a_full_dead_letter_file_blocks_the_refused_events_without_resending_the
     let dir = tempfile::tempdir().unwrap();
     let (sink, dl, health) = support::sink::build(
         dir.path(),
-        "hook",
+        "hook_full",
         &format!(
             "type = \"webhook\"\nurl = \"{}\"\nbatch = {{ max_events = 1 }}\n\
              retry = {{ initial = \"10ms\", max = \"50ms\" }}\ndead_letter_max_bytes = 300\n",
@@ -60,7 +60,7 @@ async fn a_full_dead_letter_file_blocks_the_refused_events_without_resending_the
     );
     let (ready, components) = health.snapshot();
     assert!(!ready, "a sink stuck on its dead letters is not ready");
-    let why = &components["sink.hook.dead_letter"].reason;
+    let why = &components["sink.hook_full.dead_letter"].reason;
     assert!(why.contains("is full"), "{why}");
     assert!(
         !delivering.is_finished(),

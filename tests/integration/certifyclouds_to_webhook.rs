@@ -6,7 +6,7 @@
 //! with an empty id, and (where a test does not choose its own) entries
 //! inserted a minute back after every page.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

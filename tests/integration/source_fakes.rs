@@ -1,7 +1,7 @@
 //! Exercises the fakes of the QuickZTNA, CertifyClouds and generic pull APIs
 //! directly over loopback, so the end-to-end tests can trust them.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

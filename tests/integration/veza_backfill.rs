@@ -1,7 +1,7 @@
 //! `auditrelay backfill` and the `veza_list` source, through the real binary,
 //! against a fake of Veza's audit list and a webhook receiver.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

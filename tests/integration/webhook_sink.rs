@@ -1,7 +1,7 @@
 //! The webhook sink against a real HTTP receiver on loopback: encodings,
 //! splitting on 413, dead letters for rejected events, auth, retries.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! judge of the messages, hostile event contents, size limits, CEF/LEEF
 //! golden files, certificate errors and a receiver restart mid-stream.
 
-mod support;
+use crate::support;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -720,7 +720,7 @@ tls = {{ ca_file = "{ca}" }}
 }
 
 /// Throughput of the release binary into rsyslog over TCP and TLS. Run with
-/// `cargo test --release --test syslog_sink -- --ignored --nocapture throughput`.
+/// `cargo test --release --test integration -- --ignored --nocapture syslog_sink::throughput`.
 #[tokio::test]
 #[ignore = "benchmark; run explicitly in a release build"]
 async fn throughput_to_rsyslog_over_tcp_and_tls() {

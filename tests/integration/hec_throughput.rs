@@ -1,12 +1,14 @@
 //! Throughput of the real binary into the HEC fake, with and without indexer
 //! acknowledgment. A measurement, not a test: ignored by default, run with
 //!
-//!     cargo test --release --test hec_throughput -- --ignored --nocapture
+//!     cargo test --release --test integration -- --ignored --nocapture hec_throughput::
 //!
 //! (optionally HEC_BENCH_EVENTS=N). The demo source generates ~800-byte
-//! Veza-shaped events as fast as the sink takes them.
+//! Veza-shaped events as fast as the sink takes them. It reads this
+//! process's CPU time for the fake's share, so it must run alone, as the
+//! filter above makes it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

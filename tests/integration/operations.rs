@@ -1,7 +1,7 @@
 //! Operator commands: state lock, checkpoint set, send-test, validate
 //! --online, the metrics textfile.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Exercises the test fakes in `tests/support/` directly, over loopback, so
 //! the daemon's integration tests can trust what they observe.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::io::Write;

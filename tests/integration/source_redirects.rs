@@ -2,7 +2,7 @@
 //! proxy in front of it): the redirect is an error naming the Location,
 //! never a page of events, and nothing is read from the login page.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! A `webhook_in` spool whose current segment holds only delivered events
 //! is not full: pushes keep being accepted while the sink keeps up.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! moves every later entry to an earlier offset. Nothing still on the
 //! server may be missed, and duplicates stay bounded.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! `dlq replay` re-sends dead letters and never deletes the lines it cannot
 //! read, however often it runs.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

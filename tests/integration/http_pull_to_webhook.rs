@@ -6,7 +6,7 @@
 //! on every page (also empty ones past the end), and (where a test does
 //! not choose its own) events inserted a minute back after every page.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

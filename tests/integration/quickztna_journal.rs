@@ -6,7 +6,7 @@
 //! sink is down (across a SIGKILL), and a loss the journal cannot prevent is
 //! reported as a data gap with its time range.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! indexer acknowledgment, lost and late acks, busy answers, a rejected
 //! event, a wrong token fixed while running, and secrets kept out of logs.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! batches wait on disk through a SIGKILL and a torn spool tail, and arrive
 //! when it is back.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::path::Path;

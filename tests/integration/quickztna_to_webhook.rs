@@ -3,7 +3,7 @@
 //! 10000-entry cap (a data gap), a member's token refused with 403, the audit endpoint,
 //! and SIGKILLs.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! pages without a next token, empty ids, and entries indexed later than
 //! the overlap allows. Nothing may be lost, and what is dropped is counted.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::time::Duration;
