@@ -611,6 +611,9 @@ async fn rate_limit_case(kind: RateLimitKind) {
             assert_eq!(a.status, 429);
             assert_eq!(retry_after, None);
         }
+        RateLimitKind::ResetHeader => {
+            unreachable!("not a Veza answer: source_fakes checks it on the pull fake")
+        }
         RateLimitKind::Grpc503 | RateLimitKind::Grpc200 => {
             assert_eq!(
                 a.status,

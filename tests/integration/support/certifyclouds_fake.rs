@@ -24,17 +24,17 @@
 //! a unique reference for tests (the id may be empty).
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::http1::{Request, Response};
+use super::paged::{
+    self, Answer, Cooldown, Ids, LateInserts, PagedApi, PagedFake, Params, RateLimitKind,
+};
 
 pub const ENTRIES_PATH: &str = "/audit/entries";
 
@@ -142,26 +142,21 @@ pub struct CertifycloudsStats {
     pub queries: Vec<Vec<(String, String)>>,
 }
 
-struct State {
+pub struct CertifycloudsState {
     entries: Vec<Entry>,
-    next_id: u64,
-    empty_id_every: u64,
+    ids: Ids,
     rng: StdRng,
-    inserted: usize,
-    cooldown_until: Option<Instant>,
+    inserts: LateInserts,
+    cooldown: Cooldown,
     stats: CertifycloudsStats,
 }
 
-struct Shared {
+/// The entries API's shape.
+pub struct Certifyclouds {
     cfg: CertifycloudsFakeConfig,
-    state: Mutex<State>,
-    requests_tx: watch::Sender<u64>,
 }
 
-pub struct CertifycloudsFake {
-    shared: Arc<Shared>,
-    server: Server,
-}
+pub type CertifycloudsFake = PagedFake<Certifyclouds>;
 
 const TYPES: &[&str] = &[
     "auth.login.success",
@@ -174,49 +169,33 @@ const TYPES: &[&str] = &[
 
 impl CertifycloudsFake {
     pub async fn start(cfg: CertifycloudsFakeConfig) -> io::Result<CertifycloudsFake> {
-        let listener = http1::bind_loopback(0)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                entries: Vec::new(),
-                next_id: 1,
-                empty_id_every: cfg.empty_id_every,
-                rng: StdRng::seed_from_u64(cfg.seed),
-                inserted: 0,
-                cooldown_until: None,
-                stats: CertifycloudsStats::default(),
-            }),
-            cfg,
-            requests_tx: watch::Sender::new(0),
-        });
-        let conn_shared = shared.clone();
-        let server = Server::spawn(listener, move |stream| {
-            serve_connection(conn_shared.clone(), stream)
-        })?;
-        Ok(CertifycloudsFake { shared, server })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        let state = CertifycloudsState {
+            entries: Vec::new(),
+            ids: Ids::new(cfg.empty_id_every),
+            rng: StdRng::seed_from_u64(cfg.seed),
+            inserts: LateInserts {
+                per_page: cfg.insert_per_page,
+                age: cfg.insert_age,
+                budget: cfg.insert_budget,
+                done: 0,
+            },
+            cooldown: Cooldown::default(),
+            stats: CertifycloudsStats::default(),
+        };
+        PagedFake::serve(Certifyclouds { cfg }, state)
     }
 
     /// Adds `n` entries spread evenly over `[from, to]`; returns their ids.
     pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-        let mut st = self.shared.lock();
-        let span = (to - from).num_milliseconds().max(0);
-        (0..n)
-            .map(|i| {
-                let off = if n > 1 {
-                    span * i as i64 / (n as i64 - 1)
-                } else {
-                    0
-                };
-                st.push(from + chrono::Duration::milliseconds(off))
-            })
+        let mut st = self.state();
+        paged::spread(n, from, to)
+            .into_iter()
+            .map(|at| st.push(at))
             .collect()
     }
 
     pub fn add_aged(&self, n: usize, age: Duration) -> Vec<String> {
-        let at = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let at = paged::ago(age);
         self.add_spread(n, at, at)
     }
 
@@ -226,43 +205,25 @@ impl CertifycloudsFake {
     }
 
     pub fn entries(&self) -> Vec<Entry> {
-        self.shared.lock().entries.clone()
+        self.state().entries.clone()
     }
 
     pub fn all_ids(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .entries
-            .iter()
-            .map(|e| e.id.clone())
-            .collect()
+        self.state().entries.iter().map(|e| e.id.clone()).collect()
     }
 
     pub fn stats(&self) -> CertifycloudsStats {
-        self.shared.lock().stats.clone()
-    }
-
-    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.requests_tx.subscribe();
-        let done = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
-            Ok(Ok(_))
-        );
-        done
+        let st = self.state();
+        CertifycloudsStats {
+            cooldown_violations: st.cooldown.violations,
+            ..st.stats.clone()
+        }
     }
 }
 
-impl State {
+impl CertifycloudsState {
     fn push(&mut self, at: DateTime<Utc>) -> String {
-        let n = self.next_id;
-        self.next_id += 1;
-        let fake_ref = format!("audit-{n}");
-        let empty = self.empty_id_every > 0 && n.is_multiple_of(self.empty_id_every);
-        let id = if empty {
-            String::new()
-        } else {
-            fake_ref.clone()
-        };
+        let (_, fake_ref, id) = self.ids.take(|n| format!("audit-{n}"));
         let event_type = TYPES[self.rng.random_range(0..TYPES.len())];
         let user = self.rng.random_range(1..8u32);
         let actor_id = if user == 7 {
@@ -294,6 +255,22 @@ impl State {
         });
         fake_ref
     }
+
+    /// Retention: deletes up to `n` of the oldest entries.
+    fn purge_oldest(&mut self, n: usize) {
+        for _ in 0..n {
+            let oldest = self
+                .entries
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, e)| (e.timestamp, e.id.clone()))
+                .map(|(i, _)| i);
+            if let Some(i) = oldest {
+                let gone = self.entries.remove(i);
+                self.stats.purged.push(gone.id);
+            }
+        }
+    }
 }
 
 fn error(status: u16, message: &str) -> Response {
@@ -314,68 +291,47 @@ fn parse_bound(text: &str, end: bool) -> Option<DateTime<Utc>> {
     Some(t.and_utc())
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
-    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(64 * 1024).await {
-            Ok(r) => r,
-            Err(ReadError::Bad(status, why)) => {
-                conn.reject(&error(status, &why)).await;
-                return;
-            }
-            Err(_) => return,
-        };
-        let resp = shared.handle(&req);
-        let close = !req.keep_alive;
-        if resp.write(&mut conn.stream, close).await.is_err() || close {
-            return;
-        }
+impl PagedApi for Certifyclouds {
+    type State = CertifycloudsState;
+
+    fn unreadable(&self, _st: &mut CertifycloudsState, status: u16, why: &str) -> Response {
+        error(status, why)
+    }
+
+    fn answer(&self, st: &mut CertifycloudsState, req: &Request) -> Answer {
+        st.stats.requests += 1;
+        self.decide(st, req).into()
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn handle(&self, req: &Request) -> Response {
-        let mut st = self.lock();
-        st.stats.requests += 1;
-        let resp = self.decide(&mut st, req);
-        let n = st.stats.requests;
-        drop(st);
-        self.requests_tx.send_replace(n);
-        resp
-    }
-
-    fn decide(&self, st: &mut State, req: &Request) -> Response {
-        if req.header("authorization") != Some(format!("Bearer {}", self.cfg.token).as_str()) {
+impl Certifyclouds {
+    fn decide(&self, st: &mut CertifycloudsState, req: &Request) -> Response {
+        if paged::bearer(req) != Some(self.cfg.token.as_str()) {
             st.stats.unauthorized += 1;
             return error(401, "invalid token");
         }
-        if st.cooldown_until.is_some_and(|u| Instant::now() < u) {
-            st.stats.cooldown_violations += 1;
-        }
-        let (p_rl, p_se) = (self.cfg.rate_limit, self.cfg.server_error);
-        if p_rl > 0.0 && st.rng.random::<f64>() < p_rl {
+        st.cooldown.check(Instant::now());
+        if paged::draw(&mut st.rng, self.cfg.rate_limit) {
             st.stats.rate_limited += 1;
-            st.cooldown_until =
-                Some(Instant::now() + Duration::from_secs(self.cfg.retry_after_secs));
-            return error(429, "rate limit exceeded")
-                .with_header("Retry-After", self.cfg.retry_after_secs.to_string());
+            let (resp, until) = RateLimitKind::RetryAfterSeconds.answer(
+                self.cfg.retry_after_secs,
+                Duration::ZERO,
+                &json!({"error": "rate limit exceeded"}).to_string(),
+                "",
+            );
+            st.cooldown.announce(until);
+            return resp;
         }
-        if p_se > 0.0 && st.rng.random::<f64>() < p_se {
+        if paged::draw(&mut st.rng, self.cfg.server_error) {
             st.stats.server_error += 1;
             return error(503, "database unavailable");
         }
         if req.method != "GET" || req.path() != ENTRIES_PATH {
             return error(404, "not found");
         }
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
-            .into_owned()
-            .collect();
-        st.stats.queries.push(query.clone());
-        let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let query = Params::of_query(req);
+        st.stats.queries.push(query.0.clone());
+        let get = |k: &str| query.get(k);
         let start = match get("start_date").map(|s| parse_bound(s, false)) {
             Some(None) => {
                 st.stats.bad_request += 1;
@@ -396,11 +352,10 @@ impl Shared {
         let number = |k: &str, default: usize| -> Result<usize, ()> {
             get(k).map_or(Ok(default), |v| v.parse().map_err(|_| ()))
         };
-        let (Ok(limit), Ok(offset)) = (number("limit", 100), number("offset", 0)) else {
+        let (Ok(asked), Ok(offset)) = (number("limit", 100), number("offset", 0)) else {
             st.stats.bad_request += 1;
             return error(400, "limit and offset must be non-negative integers");
         };
-        let asked = limit;
         let lowered = self.cfg.lower_clamp_after_pages > 0
             && st.stats.pages >= self.cfg.lower_clamp_after_pages;
         let max = if lowered {
@@ -408,7 +363,7 @@ impl Shared {
         } else {
             self.cfg.max_limit
         };
-        let limit = limit.clamp(1, max);
+        let limit = paged::clamp_page(asked, max);
         let (event_type, actor) = (get("event_type"), get("actor"));
         let on_added = self.cfg.filter_on_added;
         let filter_time = |e: &Entry| if on_added { e.added } else { e.timestamp };
@@ -430,10 +385,8 @@ impl Shared {
             hits.reverse();
         }
         let total = hits.len();
-        let page: Vec<Value> = hits
+        let page: Vec<Value> = paged::slice(&hits, offset, limit)
             .into_iter()
-            .skip(offset)
-            .take(limit)
             .map(|e| e.json.clone())
             .collect();
         st.stats.pages += 1;
@@ -441,28 +394,13 @@ impl Shared {
             st.stats.later_pages += 1;
         }
         if !page.is_empty() {
-            let room = self.cfg.insert_budget.saturating_sub(st.inserted);
-            let n = self.cfg.insert_per_page.min(room);
-            let at =
-                Utc::now() - chrono::Duration::from_std(self.cfg.insert_age).unwrap_or_default();
+            let (n, at) = st.inserts.take();
             for _ in 0..n {
                 st.push(at);
             }
-            st.inserted += n;
             st.stats.inserted_between_pages += n as u64;
             let room = self.cfg.purge_budget.saturating_sub(st.stats.purged.len());
-            for _ in 0..self.cfg.purge_oldest_per_page.min(room) {
-                let oldest = st
-                    .entries
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, e)| (e.timestamp, e.id.clone()))
-                    .map(|(i, _)| i);
-                if let Some(i) = oldest {
-                    let gone = st.entries.remove(i);
-                    st.stats.purged.push(gone.id);
-                }
-            }
+            st.purge_oldest(self.cfg.purge_oldest_per_page.min(room));
         }
         let body = match (self.cfg.bare_array, self.cfg.echo) {
             (true, _) => Value::Array(page),

@@ -28,19 +28,18 @@
 //! `fake_ref`, a unique reference for tests.
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::http1::{Request, Response};
+use super::paged::{
+    self, Answer, Cooldown, Ids, LateInserts, PageTokens, PagedApi, PagedFake, Params,
+    RateLimitKind,
+};
 
 pub const EVENTS_PATH: &str = "/api/v1/audit/events";
 
@@ -132,30 +131,25 @@ pub struct PullEvent {
     pub json: Value,
 }
 
-struct State {
+pub struct PullState {
     events: Vec<PullEvent>,
-    next_id: u64,
-    epoch: u64,
+    ids: Ids,
+    tokens: PageTokens,
     rng: StdRng,
     rate_limit: f64,
-    /// Epoch seconds before which requests violate an announced reset.
-    reset_at: Option<u64>,
+    /// The reset announced by a 429 or an exhausted answer.
+    cooldown: Cooldown,
     successes: u64,
-    inserted: usize,
-    empty_id_every: u64,
+    inserts: LateInserts,
     stats: PullStats,
 }
 
-struct Shared {
+/// The Zaita-shaped API in one pagination mode.
+pub struct Pull {
     cfg: PullFakeConfig,
-    state: Mutex<State>,
-    requests_tx: watch::Sender<u64>,
 }
 
-pub struct PullFake {
-    shared: Arc<Shared>,
-    server: Server,
-}
+pub type PullFake = PagedFake<Pull>;
 
 const ACTIONS: &[&str] = &[
     "certificate.issue",
@@ -169,92 +163,63 @@ const ACTIONS: &[&str] = &[
 
 impl PullFake {
     pub async fn start(cfg: PullFakeConfig) -> io::Result<PullFake> {
-        let listener = http1::bind_loopback(0)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                events: Vec::new(),
-                next_id: 1,
-                epoch: 1,
-                rng: StdRng::seed_from_u64(cfg.seed),
-                rate_limit: cfg.rate_limit,
-                reset_at: None,
-                successes: 0,
-                inserted: 0,
-                empty_id_every: cfg.empty_id_every,
-                stats: PullStats::default(),
-            }),
-            cfg,
-            requests_tx: watch::Sender::new(0),
-        });
-        let conn_shared = shared.clone();
-        let server = Server::spawn(listener, move |stream| {
-            serve_connection(conn_shared.clone(), stream)
-        })?;
-        Ok(PullFake { shared, server })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        let state = PullState {
+            events: Vec::new(),
+            ids: Ids::new(cfg.empty_id_every),
+            tokens: PageTokens::default(),
+            rng: StdRng::seed_from_u64(cfg.seed),
+            rate_limit: cfg.rate_limit,
+            cooldown: Cooldown::default(),
+            successes: 0,
+            inserts: LateInserts {
+                per_page: cfg.insert_per_page,
+                age: cfg.insert_age,
+                budget: cfg.insert_budget,
+                done: 0,
+            },
+            stats: PullStats::default(),
+        };
+        PagedFake::serve(Pull { cfg }, state)
     }
 
     pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-        let mut st = self.shared.lock();
-        let span = (to - from).num_milliseconds().max(0);
-        (0..n)
-            .map(|i| {
-                let off = if n > 1 {
-                    span * i as i64 / (n as i64 - 1)
-                } else {
-                    0
-                };
-                st.push(from + chrono::Duration::milliseconds(off))
-            })
+        let mut st = self.state();
+        paged::spread(n, from, to)
+            .into_iter()
+            .map(|at| st.push(at))
             .collect()
     }
 
     pub fn add_aged(&self, n: usize, age: Duration) -> Vec<String> {
-        let at = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let at = paged::ago(age);
         self.add_spread(n, at, at)
     }
 
     pub fn events(&self) -> Vec<PullEvent> {
-        self.shared.lock().events.clone()
+        self.state().events.clone()
     }
 
     /// Every page token and link cursor issued so far becomes invalid.
     pub fn expire_tokens(&self) {
-        self.shared.lock().epoch += 1;
+        self.state().tokens.expire();
     }
 
     pub fn set_rate_limit(&self, p: f64) {
-        self.shared.lock().rate_limit = p;
+        self.state().rate_limit = p;
     }
 
     pub fn stats(&self) -> PullStats {
-        self.shared.lock().stats.clone()
-    }
-
-    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.requests_tx.subscribe();
-        let done = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
-            Ok(Ok(_))
-        );
-        done
+        let st = self.state();
+        PullStats {
+            cooldown_violations: st.cooldown.violations,
+            ..st.stats.clone()
+        }
     }
 }
 
-impl State {
+impl PullState {
     fn push(&mut self, at: DateTime<Utc>) -> String {
-        let n = self.next_id;
-        self.next_id += 1;
-        let fake_ref = format!("evt_{n:08x}");
-        let empty = self.empty_id_every > 0 && n.is_multiple_of(self.empty_id_every);
-        let id = if empty {
-            String::new()
-        } else {
-            fake_ref.clone()
-        };
+        let (n, fake_ref, id) = self.ids.take(|n| format!("evt_{n:08x}"));
         let action = ACTIONS[self.rng.random_range(0..ACTIONS.len())];
         let outcome = ["success", "failure", "denied"][self.rng.random_range(0..3usize)];
         let json = json!({
@@ -282,34 +247,8 @@ fn error(status: u16, message: &str) -> Response {
     Response::json(status, json!({"error": message}).to_string())
 }
 
-fn epoch_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
-    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(64 * 1024).await {
-            Ok(r) => r,
-            Err(ReadError::Bad(status, why)) => {
-                conn.reject(&error(status, &why)).await;
-                return;
-            }
-            Err(_) => return,
-        };
-        let resp = shared.handle(&req);
-        let close = !req.keep_alive;
-        if resp.write(&mut conn.stream, close).await.is_err() || close {
-            return;
-        }
-    }
-}
-
 /// The parameters of one request, whatever the mode carries them in.
-struct Params {
+struct Walk {
     start: Option<DateTime<Utc>>,
     end: Option<DateTime<Utc>>,
     size: Option<usize>,
@@ -317,13 +256,14 @@ struct Params {
     later: bool,
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+impl PagedApi for Pull {
+    type State = PullState;
+
+    fn unreadable(&self, _st: &mut PullState, status: u16, why: &str) -> Response {
+        error(status, why)
     }
 
-    fn handle(&self, req: &Request) -> Response {
-        let mut st = self.lock();
+    fn answer(&self, st: &mut PullState, req: &Request) -> Answer {
         st.stats.requests += 1;
         if req.header("x-tenant").is_some() {
             st.stats.with_tenant_header += 1;
@@ -331,48 +271,44 @@ impl Shared {
         st.stats
             .targets
             .push((req.method.clone(), req.target.clone()));
-        let resp = self.decide(&mut st, req);
-        let n = st.stats.requests;
-        drop(st);
-        self.requests_tx.send_replace(n);
-        resp
+        self.decide(st, req).into()
     }
+}
 
-    fn token(&self, epoch: u64, offset: usize, start: &str, end: &str) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{epoch}|{offset}|{start}|{end}"))
+impl Pull {
+    /// A token for the page at `offset` of the walk over `[start, end]`.
+    fn token(&self, st: &PullState, offset: usize, start: &str, end: &str) -> String {
+        st.tokens.issue(offset, &format!("{start}|{end}"))
     }
 
     /// (offset, start, end) of a valid token.
-    fn untoken(&self, st: &State, token: &str) -> Option<(usize, String, String)> {
+    fn untoken(&self, st: &PullState, token: &str) -> Option<(usize, String, String)> {
+        // A nonce after the dot keeps `token_on_empty` tokens fresh.
         let token = token.split('.').next()?;
-        let raw = URL_SAFE_NO_PAD.decode(token).ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let mut parts = text.splitn(4, '|');
-        let epoch: u64 = parts.next()?.parse().ok()?;
-        let offset: usize = parts.next()?.parse().ok()?;
-        let (start, end) = (parts.next()?.to_string(), parts.next()?.to_string());
-        (epoch == st.epoch).then_some((offset, start, end))
+        let (offset, binding) = st.tokens.read(token)?;
+        let (start, end) = binding.split_once('|')?;
+        Some((offset, start.to_string(), end.to_string()))
     }
 
-    fn decide(&self, st: &mut State, req: &Request) -> Response {
-        if req.header("authorization") != Some(format!("Bearer {}", self.cfg.token).as_str()) {
+    fn decide(&self, st: &mut PullState, req: &Request) -> Response {
+        if paged::bearer(req) != Some(self.cfg.token.as_str()) {
             st.stats.unauthorized += 1;
             return error(401, "machine account authentication failed");
         }
-        if st.reset_at.is_some_and(|r| epoch_now() < r) {
-            st.stats.cooldown_violations += 1;
-        }
+        st.cooldown.check(Instant::now());
         let p_rl = st.rate_limit;
-        if p_rl > 0.0 && st.rng.random::<f64>() < p_rl {
+        if paged::draw(&mut st.rng, p_rl) {
             st.stats.rate_limited += 1;
-            let reset = epoch_now() + self.cfg.reset_secs.max(1);
-            st.reset_at = Some(reset);
-            return error(429, "rate limit exceeded")
-                .with_header("X-RateLimit-Limit", "100")
-                .with_header("X-RateLimit-Remaining", "0")
-                .with_header("X-RateLimit-Reset", reset.to_string());
+            let (resp, reset) = RateLimitKind::ResetHeader.answer(
+                self.cfg.reset_secs,
+                Duration::ZERO,
+                &json!({"error": "rate limit exceeded"}).to_string(),
+                "",
+            );
+            st.cooldown.announce(reset);
+            return resp;
         }
-        if self.cfg.server_error > 0.0 && st.rng.random::<f64>() < self.cfg.server_error {
+        if paged::draw(&mut st.rng, self.cfg.server_error) {
             st.stats.server_error += 1;
             return error(502, "upstream unavailable");
         }
@@ -381,9 +317,7 @@ impl Shared {
         if req.path() != EVENTS_PATH || req.method != if post { "POST" } else { "GET" } {
             return error(404, "not found");
         }
-        let mut kv: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
-            .into_owned()
-            .collect();
+        let mut kv = Params::of_query(req);
         if post {
             let body: Value = match serde_json::from_slice(&req.body) {
                 Ok(v) => v,
@@ -399,11 +333,11 @@ impl Shared {
                         Value::String(s) => s.clone(),
                         other => other.to_string(),
                     };
-                    kv.push((k.clone(), text));
+                    kv.0.push((k.clone(), text));
                 }
             }
         }
-        let get = |k: &str| kv.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let get = |k: &str| kv.get(k).map(str::to_string);
         // A token or link cursor carries the walk's filter and offset.
         let cursor = match mode {
             PullMode::TokenBody | PullMode::TokenHeader => get("page_token"),
@@ -444,7 +378,7 @@ impl Shared {
             _ => "page_size",
         };
         let size = match num(size_key) {
-            Some(Ok(n)) => Some(n.clamp(1, self.cfg.max_page_size)),
+            Some(Ok(n)) => Some(paged::clamp_page(n, self.cfg.max_page_size)),
             Some(Err(_)) => {
                 st.stats.bad_request += 1;
                 return error(400, "page size must be a number");
@@ -470,7 +404,7 @@ impl Shared {
             },
             _ => {}
         }
-        let params = Params {
+        let walk = Walk {
             start,
             end,
             size,
@@ -480,7 +414,7 @@ impl Shared {
         self.page(
             st,
             req,
-            params,
+            walk,
             start_s.unwrap_or_default(),
             end_s.unwrap_or_default(),
         )
@@ -488,9 +422,9 @@ impl Shared {
 
     fn page(
         &self,
-        st: &mut State,
+        st: &mut PullState,
         req: &Request,
-        p: Params,
+        p: Walk,
         start_s: String,
         end_s: String,
     ) -> Response {
@@ -510,10 +444,8 @@ impl Shared {
         } else {
             p.size.unwrap_or(50)
         };
-        let page: Vec<Value> = hits
-            .iter()
-            .skip(p.offset)
-            .take(size)
+        let page: Vec<Value> = paged::slice(&hits, p.offset, size)
+            .into_iter()
             .map(|e| e.json.clone())
             .collect();
         let next_offset = p.offset + page.len();
@@ -525,28 +457,26 @@ impl Shared {
         if page.is_empty() {
             st.stats.empty_pages += 1;
         } else {
-            let room = self.cfg.insert_budget.saturating_sub(st.inserted);
-            let n = self.cfg.insert_per_page.min(room);
-            let at =
-                Utc::now() - chrono::Duration::from_std(self.cfg.insert_age).unwrap_or_default();
+            let (n, at) = st.inserts.take();
             for _ in 0..n {
                 st.push(at);
             }
-            st.inserted += n;
             st.stats.inserted_between_pages += n as u64;
         }
         st.successes += 1;
         // A fresh token each time: the same offset, a new nonce.
         let nonce = st.successes;
         let next_token = more.then(|| {
-            let t = self.token(st.epoch, next_offset, &start_s, &end_s);
+            let t = self.token(st, next_offset, &start_s, &end_s);
             if self.cfg.token_on_empty {
                 format!("{t}.{nonce}")
             } else {
                 t
             }
         });
-        let mut resp = match mode {
+        let host = req.header("host").unwrap_or("127.0.0.1");
+        let first = format!("<http://{host}{EVENTS_PATH}?limit={size}>; rel=\"first\"");
+        let resp = match mode {
             PullMode::TokenBody => Response::json(
                 200,
                 json!({"data": page, "next_page_token": next_token}).to_string(),
@@ -568,25 +498,13 @@ impl Shared {
             PullMode::Link => {
                 let r = Response::json(200, Value::Array(page).to_string());
                 match next_token {
-                    Some(t) => {
-                        let host = req.header("host").unwrap_or("127.0.0.1");
-                        let next = format!(
-                            "<http://{host}{EVENTS_PATH}?limit={size}&cursor={t}>; rel=\"next\""
-                        );
-                        r.with_header(
-                            "Link",
-                            format!(
-                                "<http://{host}{EVENTS_PATH}?limit={size}>; rel=\"first\", {next}"
-                            ),
-                        )
-                    }
-                    None => r.with_header(
+                    Some(t) => r.with_header(
                         "Link",
                         format!(
-                            "<http://{host}{EVENTS_PATH}?limit={size}>; rel=\"first\"",
-                            host = req.header("host").unwrap_or("127.0.0.1")
+                            "{first}, <http://{host}{EVENTS_PATH}?limit={size}&cursor={t}>; rel=\"next\""
                         ),
                     ),
+                    None => r.with_header("Link", first),
                 }
             }
             PullMode::Unpaged => Response::json(200, json!({"data": page}).to_string()),
@@ -597,14 +515,11 @@ impl Shared {
             .is_some_and(|n| n > 0 && st.successes.is_multiple_of(n))
         {
             st.stats.exhausted_answers += 1;
-            let reset = epoch_now() + self.cfg.reset_secs.max(1);
-            st.reset_at = Some(reset);
-            resp = resp
-                .with_header("X-RateLimit-Remaining", "0")
-                .with_header("X-RateLimit-Reset", reset.to_string());
+            let (resp, reset) = paged::exhausted(resp, self.cfg.reset_secs);
+            st.cooldown.announce(reset);
+            resp
         } else {
-            resp = resp.with_header("X-RateLimit-Remaining", "42");
+            resp.with_header("X-RateLimit-Remaining", "42")
         }
-        resp
     }
 }

@@ -22,17 +22,15 @@
 //! two polls (`inserts_per_export`, just before each export is answered).
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::http1::{Request, Response};
+use super::paged::{self, Answer, PagedApi, PagedFake, Params, RateLimitKind};
 
 pub const EXPORT_PATH: &str = "/api/export";
 pub const AUDIT_PATH: &str = "/api/audit";
@@ -208,7 +206,7 @@ pub struct QuickztnaStats {
     pub server_error: u64,
 }
 
-struct State {
+pub struct QuickztnaState {
     entries: Vec<Entry>,
     next_id: u64,
     rng: StdRng,
@@ -217,17 +215,13 @@ struct State {
     stats: QuickztnaStats,
 }
 
-struct Shared {
+/// The export and audit APIs' shape.
+pub struct Quickztna {
     cfg: QuickztnaFakeConfig,
-    state: Mutex<State>,
-    requests_tx: watch::Sender<u64>,
 }
 
 /// The running fake. Dropping it stops the server.
-pub struct QuickztnaFake {
-    shared: Arc<Shared>,
-    server: Server,
-}
+pub type QuickztnaFake = PagedFake<Quickztna>;
 
 const ACTIONS: &[(&str, &str)] = &[
     ("machine.registered", "machine"),
@@ -241,56 +235,35 @@ const ACTIONS: &[(&str, &str)] = &[
 
 impl QuickztnaFake {
     pub async fn start(cfg: QuickztnaFakeConfig) -> io::Result<QuickztnaFake> {
-        let listener = http1::bind_loopback(0)?;
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                entries: Vec::new(),
-                next_id: 1,
-                rng: StdRng::seed_from_u64(cfg.seed),
-                rate_limit: cfg.rate_limit,
-                server_error: cfg.server_error,
-                stats: QuickztnaStats::default(),
-            }),
-            cfg,
-            requests_tx: watch::Sender::new(0),
-        });
-        let conn_shared = shared.clone();
-        let server = Server::spawn(listener, move |stream| {
-            serve_connection(conn_shared.clone(), stream)
-        })?;
-        Ok(QuickztnaFake { shared, server })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        let state = QuickztnaState {
+            entries: Vec::new(),
+            next_id: 1,
+            rng: StdRng::seed_from_u64(cfg.seed),
+            rate_limit: cfg.rate_limit,
+            server_error: cfg.server_error,
+            stats: QuickztnaStats::default(),
+        };
+        PagedFake::serve(Quickztna { cfg }, state)
     }
 
     pub fn org_id(&self) -> String {
-        self.shared.cfg.org_id.clone()
+        self.api().cfg.org_id.clone()
     }
 
     /// Adds `n` ordinary entries with `created_at` spread evenly over
     /// `[from, to]`; returns their keys (their ids, unless `empty_ids`
     /// emptied some).
     pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-        let mut st = self.shared.lock();
-        let span = (to - from).num_milliseconds().max(0);
-        let mut ids = Vec::with_capacity(n);
-        for i in 0..n {
-            let offset = if n > 1 {
-                span * i as i64 / (n as i64 - 1)
-            } else {
-                0
-            };
-            let at = from + chrono::Duration::milliseconds(offset);
-            ids.push(st.push_plain(at, &self.shared.cfg));
-        }
-        ids
+        let mut st = self.state();
+        paged::spread(n, from, to)
+            .into_iter()
+            .map(|at| st.push_plain(at, &self.api().cfg))
+            .collect()
     }
 
     /// Adds `n` entries created `age` ago (a late, or a fresh, arrival).
     pub fn add_aged(&self, n: usize, age: Duration) -> Vec<String> {
-        let at = Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let at = paged::ago(age);
         self.add_spread(n, at, at)
     }
 
@@ -309,7 +282,7 @@ impl QuickztnaFake {
             "@SUM(A1)".to_string(),
             ",,,\n,,,".to_string(),
         ];
-        let mut st = self.shared.lock();
+        let mut st = self.state();
         let mut out = Vec::new();
         for (i, d) in details.into_iter().enumerate() {
             let id = st.take_id();
@@ -341,22 +314,17 @@ impl QuickztnaFake {
     }
 
     pub fn all_ids(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .entries
-            .iter()
-            .map(|e| e.id.clone())
-            .collect()
+        self.state().entries.iter().map(|e| e.id.clone()).collect()
     }
 
     pub fn entries(&self) -> Vec<Entry> {
-        self.shared.lock().entries.clone()
+        self.state().entries.clone()
     }
 
     /// The `details` text of each entry of `keys` (unique per ordinary
     /// entry: it holds the key), for receivers that cannot count on `id`.
     pub fn details_of(&self, keys: &[String]) -> Vec<String> {
-        let st = self.shared.lock();
+        let st = self.state();
         let by_key: std::collections::HashMap<&str, &str> = st
             .entries
             .iter()
@@ -369,36 +337,21 @@ impl QuickztnaFake {
 
     /// Keys of every entry, in the order they were added.
     pub fn all_keys(&self) -> Vec<String> {
-        self.shared
-            .lock()
-            .entries
-            .iter()
-            .map(|e| e.key.clone())
-            .collect()
+        self.state().entries.iter().map(|e| e.key.clone()).collect()
     }
 
     pub fn stats(&self) -> QuickztnaStats {
-        self.shared.lock().stats.clone()
+        self.state().stats.clone()
     }
 
     pub fn set_faults(&self, rate_limit: f64, server_error: f64) {
-        let mut st = self.shared.lock();
+        let mut st = self.state();
         st.rate_limit = rate_limit;
         st.server_error = server_error;
     }
-
-    /// Waits until at least `n` requests have been answered.
-    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.requests_tx.subscribe();
-        let done = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
-            Ok(Ok(_))
-        );
-        done
-    }
 }
 
-impl State {
+impl QuickztnaState {
     fn take_id(&mut self) -> String {
         let n = self.next_id;
         self.next_id += 1;
@@ -455,44 +408,23 @@ fn fail(status: u16, code: &str, message: &str) -> Response {
     )
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
-    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(1024 * 1024).await {
-            Ok(r) => r,
-            Err(ReadError::Bad(status, why)) => {
-                conn.reject(&fail(status, "BAD_REQUEST", &why)).await;
-                return;
-            }
-            Err(_) => return,
-        };
-        let resp = shared.handle(&req);
-        let close = !req.keep_alive;
-        if resp.write(&mut conn.stream, close).await.is_err() || close {
-            return;
-        }
+impl PagedApi for Quickztna {
+    type State = QuickztnaState;
+    const MAX_BODY: usize = 1024 * 1024;
+
+    fn unreadable(&self, _st: &mut QuickztnaState, status: u16, why: &str) -> Response {
+        fail(status, "BAD_REQUEST", why)
+    }
+
+    fn answer(&self, st: &mut QuickztnaState, req: &Request) -> Answer {
+        st.stats.requests += 1;
+        self.decide(st, req).into()
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn handle(&self, req: &Request) -> Response {
-        let mut st = self.lock();
-        st.stats.requests += 1;
-        let resp = self.decide(&mut st, req);
-        let n = st.stats.requests;
-        drop(st);
-        self.requests_tx.send_replace(n);
-        resp
-    }
-
-    fn decide(&self, st: &mut State, req: &Request) -> Response {
-        let bearer = req
-            .header("authorization")
-            .and_then(|h| h.strip_prefix("Bearer "));
+impl Quickztna {
+    fn decide(&self, st: &mut QuickztnaState, req: &Request) -> Response {
+        let bearer = paged::bearer(req);
         let admin = bearer == Some(self.cfg.admin_token.as_str());
         let member = admin || bearer == Some(self.cfg.member_token.as_str());
         if !member {
@@ -500,12 +432,18 @@ impl Shared {
             return fail(401, "UNAUTHORIZED", "Invalid or expired token");
         }
         let (p_rl, p_se) = (st.rate_limit, st.server_error);
-        if p_rl > 0.0 && st.rng.random::<f64>() < p_rl {
+        if paged::draw(&mut st.rng, p_rl) {
             st.stats.rate_limited += 1;
-            return fail(429, "RATE_LIMITED", "Too many requests")
-                .with_header("Retry-After", self.cfg.retry_after_secs.to_string());
+            let body = json!({"success": false, "error": {"code": "RATE_LIMITED", "message": "Too many requests"}});
+            let (resp, _) = RateLimitKind::RetryAfterSeconds.answer(
+                self.cfg.retry_after_secs,
+                Duration::ZERO,
+                &body.to_string(),
+                "",
+            );
+            return resp;
         }
-        if p_se > 0.0 && st.rng.random::<f64>() < p_se {
+        if paged::draw(&mut st.rng, p_se) {
             st.stats.server_error += 1;
             return fail(500, "INTERNAL", "Loki query failed");
         }
@@ -516,7 +454,7 @@ impl Shared {
         }
     }
 
-    fn export(&self, st: &mut State, req: &Request, admin: bool) -> Response {
+    fn export(&self, st: &mut QuickztnaState, req: &Request, admin: bool) -> Response {
         let body: Value = match serde_json::from_slice(&req.body) {
             Ok(v) => v,
             Err(_) => {
@@ -568,11 +506,9 @@ impl Shared {
         )
     }
 
-    fn audit(&self, st: &mut State, req: &Request) -> Response {
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
-            .into_owned()
-            .collect();
-        let get = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    fn audit(&self, st: &mut QuickztnaState, req: &Request) -> Response {
+        let query = Params::of_query(req);
+        let get = |k: &str| query.get(k);
         if get("org_id") != Some(self.cfg.org_id.as_str()) {
             st.stats.bad_request += 1;
             return fail(400, "BAD_REQUEST", "org_id required");

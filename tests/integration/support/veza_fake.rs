@@ -20,23 +20,20 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, Mac};
+use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use sha2::Sha256;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::http1::{Request, Response};
+use super::paged::{self, Answer, Cooldown, Core, Cut, PageTokens, PagedApi, PagedFake, Params};
+pub use super::paged::{RateLimitKind, TokenAtEnd};
+use super::veza_events::{make_event, mix};
 
 /// The export endpoint's path.
 pub const EXPORT_PATH: &str = "/api/preview/system/audit/export";
@@ -75,44 +72,6 @@ impl Faults {
     pub fn none() -> Self {
         Self::default()
     }
-}
-
-/// The ways a rate limit is answered; one is drawn among the enabled ones.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RateLimitKind {
-    /// 429, `{"code":8,...}`, `Retry-After: <retry_after_secs>`.
-    RetryAfterSeconds,
-    /// 429, `{"code":8,...}`, `Retry-After: <HTTP date>` (rounded up to a
-    /// whole second at least `retry_after_secs` away).
-    RetryAfterDate,
-    /// 429, `{"code":8,...}`, no Retry-After: the client must wait its own
-    /// `rate_limit_wait` (the fake's `default_wait`).
-    NoRetryAfter,
-    /// 503 with `{"code":8,...,"status":"RESOURCE_EXHAUSTED"}`, no Retry-After.
-    Grpc503,
-    /// 200 with `{"code":8,...,"status":"RESOURCE_EXHAUSTED"}`, no Retry-After.
-    Grpc200,
-}
-
-impl RateLimitKind {
-    pub const ALL: [RateLimitKind; 5] = [
-        RateLimitKind::RetryAfterSeconds,
-        RateLimitKind::RetryAfterDate,
-        RateLimitKind::NoRetryAfter,
-        RateLimitKind::Grpc503,
-        RateLimitKind::Grpc200,
-    ];
-}
-
-/// The `next_page_token` of a page that reaches the end of the log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenAtEnd {
-    /// A token to ask again with (Veza's documented behaviour).
-    Token,
-    /// No `next_page_token` member.
-    Missing,
-    /// `"next_page_token": ""`.
-    Empty,
 }
 
 #[derive(Clone, Debug)]
@@ -277,18 +236,19 @@ struct Tuning {
     slow_delay: Duration,
 }
 
-struct State {
+pub struct VezaState {
     events: Vec<FakeEvent>,
-    epoch: u64,
+    tokens: PageTokens,
     api_token: String,
     faults: Faults,
     tuning: Tuning,
     rng: StdRng,
-    cooldown_until: Option<Instant>,
+    cooldown: Cooldown,
     stats: FakeStats,
 }
 
-struct Shared {
+/// The export API's shape.
+pub struct VezaExport {
     path: String,
     token_param: String,
     seed: u64,
@@ -298,28 +258,12 @@ struct Shared {
     token_at_end: TokenAtEnd,
     empty_id_every: usize,
     max_page_size: usize,
-    secret: [u8; 32],
-    state: Mutex<State>,
     events_tx: watch::Sender<usize>,
-    requests_tx: watch::Sender<u64>,
-}
-
-/// What to send back.
-enum Reply {
-    Full(Response),
-    /// Head with the full Content-Length, half the body, then close.
-    Partial(Response),
-}
-
-struct Decision {
-    reply: Reply,
-    delay: Option<Duration>,
 }
 
 /// The running fake. Dropping it stops the server and the appender.
 pub struct VezaFake {
-    shared: Arc<Shared>,
-    server: Server,
+    fake: PagedFake<VezaExport>,
     appender: Option<JoinHandle<()>>,
 }
 
@@ -327,7 +271,6 @@ impl VezaFake {
     /// Starts the fake on 127.0.0.1 (a free port) with `cfg.initial_events`
     /// events in its log.
     pub async fn start(cfg: VezaFakeConfig) -> io::Result<VezaFake> {
-        let listener = http1::bind_loopback(0)?;
         let spacing = cfg.event_spacing.max(Duration::from_micros(1));
         let first_persisted_at = cfg.first_persisted_at.unwrap_or_else(|| {
             let span =
@@ -335,7 +278,7 @@ impl VezaFake {
             Utc::now()
                 - chrono::Duration::from_std(span + Duration::from_secs(60)).unwrap_or_default()
         });
-        let shared = Arc::new(Shared {
+        let api = VezaExport {
             path: cfg.path.clone(),
             token_param: cfg.token_param.clone(),
             seed: cfg.seed,
@@ -345,63 +288,55 @@ impl VezaFake {
             token_at_end: cfg.token_at_end,
             empty_id_every: cfg.empty_id_every,
             max_page_size: cfg.max_page_size,
-            secret: rand::random(),
-            state: Mutex::new(State {
-                events: Vec::with_capacity(cfg.initial_events),
-                epoch: 1,
-                api_token: cfg.api_token.clone(),
-                faults: cfg.faults,
-                tuning: Tuning {
-                    rate_limit_kinds: cfg.rate_limit_kinds.clone(),
-                    retry_after_secs: cfg.retry_after_secs,
-                    default_wait: cfg.default_wait,
-                    slow_delay: cfg.slow_delay,
-                },
-                rng: StdRng::seed_from_u64(cfg.seed),
-                cooldown_until: None,
-                stats: FakeStats::default(),
-            }),
             events_tx: watch::Sender::new(0),
-            requests_tx: watch::Sender::new(0),
-        });
-        shared.append(cfg.initial_events, true);
-        let conn_shared = shared.clone();
-        let server = Server::spawn(listener, move |stream| {
-            serve_connection(conn_shared.clone(), stream)
-        })?;
+        };
+        let mut state = VezaState {
+            events: Vec::with_capacity(cfg.initial_events),
+            tokens: PageTokens::default(),
+            api_token: cfg.api_token.clone(),
+            faults: cfg.faults,
+            tuning: Tuning {
+                rate_limit_kinds: cfg.rate_limit_kinds.clone(),
+                retry_after_secs: cfg.retry_after_secs,
+                default_wait: cfg.default_wait,
+                slow_delay: cfg.slow_delay,
+            },
+            rng: StdRng::seed_from_u64(cfg.seed),
+            cooldown: Cooldown::default(),
+            stats: FakeStats::default(),
+        };
+        let len = api.append(&mut state, cfg.initial_events, true);
+        api.events_tx.send_replace(len);
+        let fake = PagedFake::serve(api, state)?;
         let appender = cfg.append_every.map(|every| {
             tokio::spawn(append_loop(
-                shared.clone(),
+                fake.core().clone(),
                 every,
                 cfg.append_batch,
                 cfg.total_events,
             ))
         });
-        Ok(VezaFake {
-            shared,
-            server,
-            appender,
-        })
+        Ok(VezaFake { fake, appender })
     }
 
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        self.fake.url()
     }
 
     /// The full export endpoint URL.
     pub fn endpoint(&self) -> String {
-        format!("{}{}", self.url(), self.shared.path)
+        format!("{}{}", self.url(), self.fake.api().path)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.addr()
+        self.fake.addr()
     }
 
     /// Ids of every event generated so far, in log order.
     pub fn all_ids(&self) -> Vec<String> {
-        self.shared
-            .lock()
+        self.fake
+            .state()
             .events
             .iter()
             .map(|e| e.id.clone())
@@ -410,8 +345,8 @@ impl VezaFake {
 
     /// Ids of the events with `persisted_at >= from`.
     pub fn ids_from(&self, from: DateTime<Utc>) -> Vec<String> {
-        self.shared
-            .lock()
+        self.fake
+            .state()
             .events
             .iter()
             .filter(|e| e.persisted_at >= from)
@@ -420,76 +355,79 @@ impl VezaFake {
     }
 
     pub fn events(&self) -> Vec<FakeEvent> {
-        self.shared.lock().events.clone()
+        self.fake.state().events.clone()
     }
 
     pub fn event_count(&self) -> usize {
-        self.shared.lock().events.len()
+        self.fake.state().events.len()
     }
 
     /// Appends `n` events now (not limited by `total_events`); returns the
     /// new log length.
     pub fn append_now(&self, n: usize) -> usize {
-        self.shared.append(n, false)
+        append(self.fake.core(), n)
     }
 
     /// Invalidates every page token issued so far.
     pub fn expire_tokens(&self) {
-        self.shared.lock().epoch += 1;
+        self.fake.state().tokens.expire();
     }
 
     /// A valid token (current epoch) for the page starting at `offset`.
     pub fn token_for_offset(&self, offset: usize) -> String {
-        let epoch = self.shared.lock().epoch;
-        self.shared.make_token(epoch, offset)
+        self.fake.state().tokens.issue(offset, "")
     }
 
     /// Changes the accepted bearer token.
     pub fn set_token(&self, token: &str) {
-        self.shared.lock().api_token = token.to_string();
+        self.fake.state().api_token = token.to_string();
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        self.shared.lock().faults = faults;
+        self.fake.state().faults = faults;
     }
 
     pub fn faults(&self) -> Faults {
-        self.shared.lock().faults
+        self.fake.state().faults
     }
 
     pub fn set_rate_limit_kinds(&self, kinds: &[RateLimitKind]) {
-        self.shared.lock().tuning.rate_limit_kinds = kinds.to_vec();
+        self.fake.state().tuning.rate_limit_kinds = kinds.to_vec();
     }
 
     pub fn set_retry_after_secs(&self, secs: u64) {
-        self.shared.lock().tuning.retry_after_secs = secs;
+        self.fake.state().tuning.retry_after_secs = secs;
     }
 
     pub fn set_default_wait(&self, wait: Duration) {
-        self.shared.lock().tuning.default_wait = wait;
+        self.fake.state().tuning.default_wait = wait;
     }
 
     pub fn set_slow_delay(&self, delay: Duration) {
-        self.shared.lock().tuning.slow_delay = delay;
+        self.fake.state().tuning.slow_delay = delay;
     }
 
     /// When the current rate-limit cool-down ends, if one was announced.
     pub fn cooldown_until(&self) -> Option<Instant> {
-        self.shared.lock().cooldown_until
+        self.fake.state().cooldown.until()
     }
 
     /// Forgets the cool-down (later requests are not violations).
     pub fn clear_cooldown(&self) {
-        self.shared.lock().cooldown_until = None;
+        self.fake.state().cooldown.clear();
     }
 
     pub fn stats(&self) -> FakeStats {
-        self.shared.lock().stats.clone()
+        let st = self.fake.state();
+        FakeStats {
+            cooldown_violations: st.cooldown.violations,
+            ..st.stats.clone()
+        }
     }
 
     /// Waits until the log holds at least `n` events.
     pub async fn wait_for_events(&self, n: usize, timeout: Duration) -> bool {
-        let mut rx = self.shared.events_tx.subscribe();
+        let mut rx = self.fake.api().events_tx.subscribe();
         let done = matches!(
             tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
             Ok(Ok(_))
@@ -499,12 +437,7 @@ impl VezaFake {
 
     /// Waits until at least `n` requests have been answered (decided).
     pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.requests_tx.subscribe();
-        let done = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
-            Ok(Ok(_))
-        );
-        done
+        self.fake.wait_for_requests(n, timeout).await
     }
 
     /// Stops listening and closes every connection, waiting until done.
@@ -512,7 +445,7 @@ impl VezaFake {
         if let Some(a) = self.appender.take() {
             a.abort();
         }
-        self.server.stop().await;
+        self.fake.stop().await;
     }
 }
 
@@ -521,11 +454,18 @@ impl Drop for VezaFake {
         if let Some(a) = &self.appender {
             a.abort();
         }
-        // `server` aborts its own tasks when dropped.
+        // `fake` aborts its own tasks when dropped.
     }
 }
 
-async fn append_loop(shared: Arc<Shared>, every: Duration, batch: usize, cap: usize) {
+/// Appends `n` events (live ones, stamped now); returns the new length.
+fn append(core: &Core<VezaExport>, n: usize) -> usize {
+    let len = core.api.append(&mut core.lock(), n, false);
+    core.api.events_tx.send_replace(len);
+    len
+}
+
+async fn append_loop(core: Arc<Core<VezaExport>>, every: Duration, batch: usize, cap: usize) {
     if batch == 0 || every.is_zero() {
         return;
     }
@@ -533,54 +473,12 @@ async fn append_loop(shared: Arc<Shared>, every: Duration, batch: usize, cap: us
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Each round adds at least one event until the cap: bounded.
     loop {
-        let room = cap.saturating_sub(shared.lock().events.len());
+        let room = cap.saturating_sub(core.lock().events.len());
         if room == 0 {
             return;
         }
         tick.tick().await;
-        shared.append(batch.min(room), false);
-    }
-}
-
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
-    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(MAX_BODY).await {
-            Ok(req) => req,
-            Err(ReadError::Bad(status, why)) => {
-                shared.record_http_error(status);
-                let body = json!({"code": 3, "message": why}).to_string();
-                conn.reject(&Response::json(status, body)).await;
-                return;
-            }
-            Err(ReadError::Closed | ReadError::Io(_)) => return,
-        };
-        let decision = shared.decide(&req);
-        if let Some(delay) = decision.delay {
-            tokio::time::sleep(delay).await;
-        }
-        match decision.reply {
-            Reply::Full(resp) => {
-                let close = !req.keep_alive;
-                if resp.write(&mut conn.stream, close).await.is_err() || close {
-                    return;
-                }
-            }
-            Reply::Partial(resp) => {
-                let mut bytes = resp.head(resp.body.len(), false);
-                bytes.extend_from_slice(&resp.body[..resp.body.len() / 2]);
-                let _ = conn.stream.write_all(&bytes).await;
-                let _ = conn.stream.flush().await;
-                if shared.reset_with_rst {
-                    // FIN after the data, then RST when the socket is dropped.
-                    let _ = conn.stream.shutdown().await;
-                    let _ = conn.stream.set_zero_linger();
-                } else {
-                    let _ = conn.stream.shutdown().await;
-                }
-                return;
-            }
-        }
+        append(&core, batch.min(room));
     }
 }
 
@@ -601,43 +499,84 @@ fn parse_filter(filter: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("invalid filter timestamp {inner:?}: {e}"))
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+impl PagedApi for VezaExport {
+    type State = VezaState;
+    const MAX_BODY: usize = MAX_BODY;
 
-    fn mac(&self, epoch: u64, offset: usize) -> String {
-        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.secret) {
-            Ok(m) => m,
-            Err(_) => return String::new(),
+    /// Counts a request the HTTP layer rejected.
+    fn unreadable(&self, st: &mut VezaState, status: u16, why: &str) -> Response {
+        st.stats.requests += 1;
+        st.stats.bad_request += 1;
+        let record = RequestRecord {
+            status,
+            during_cooldown: st.cooldown.check(Instant::now()),
+            ..RequestRecord::new(Instant::now())
         };
-        mac.update(format!("{epoch}:{offset}").as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..12])
-    }
-
-    fn make_token(&self, epoch: u64, offset: usize) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{epoch}:{offset}:{}", self.mac(epoch, offset)))
-    }
-
-    /// (epoch, offset) of a token this fake issued, whatever its epoch.
-    fn read_token(&self, token: &str) -> Option<(u64, usize)> {
-        let raw = URL_SAFE_NO_PAD.decode(token.as_bytes()).ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let mut parts = text.split(':');
-        let epoch: u64 = parts.next()?.parse().ok()?;
-        let offset: usize = parts.next()?.parse().ok()?;
-        let mac = parts.next()?;
-        if parts.next().is_some() || mac != self.mac(epoch, offset) {
-            return None;
+        if st.stats.log.len() < MAX_LOG {
+            st.stats.log.push(record);
         }
-        Some((epoch, offset))
+        Response::json(status, error_body(3, why))
     }
 
+    fn answer(&self, st: &mut VezaState, req: &Request) -> Answer {
+        let arrived = Instant::now();
+        st.stats.requests += 1;
+        let mut rec = RequestRecord {
+            during_cooldown: st.cooldown.check(arrived),
+            ..RequestRecord::new(arrived)
+        };
+        let answer = self.decide(st, req, &mut rec);
+        rec.status = answer.response.status;
+        let stats = &mut st.stats;
+        match rec.outcome {
+            Outcome::Ok => stats.ok += 1,
+            Outcome::Empty => stats.empty += 1,
+            Outcome::RateLimited => stats.rate_limited += 1,
+            Outcome::ServerError => stats.server_error += 1,
+            Outcome::Reset => stats.reset += 1,
+            Outcome::Truncated => stats.truncated += 1,
+            Outcome::NotJson => stats.not_json += 1,
+            Outcome::Unauthorized => stats.unauthorized += 1,
+            Outcome::BadToken => stats.bad_token += 1,
+            Outcome::BadRequest => stats.bad_request += 1,
+            Outcome::NotFound => stats.not_found += 1,
+        }
+        if rec.slow {
+            stats.slow += 1;
+        }
+        if rec.duplicates {
+            stats.duplicates += 1;
+        }
+        if stats.log.len() < MAX_LOG {
+            stats.log.push(rec);
+        }
+        answer
+    }
+}
+
+impl RequestRecord {
+    /// A request that arrived `at`, not yet decided (a bad request).
+    fn new(at: Instant) -> Self {
+        RequestRecord {
+            at,
+            outcome: Outcome::BadRequest,
+            status: 400,
+            page_size: None,
+            used_token: false,
+            had_filter: false,
+            offset: None,
+            next_offset: None,
+            values: 0,
+            slow: false,
+            duplicates: false,
+            during_cooldown: false,
+        }
+    }
+}
+
+impl VezaExport {
     /// Appends `n` events; returns the new length.
-    fn append(&self, n: usize, initial: bool) -> usize {
-        let mut st = self.lock();
+    fn append(&self, st: &mut VezaState, n: usize, initial: bool) -> usize {
         let now = Utc::now();
         for _ in 0..n {
             let index = st.events.len();
@@ -668,147 +607,36 @@ impl Shared {
                 }
                 _ => persisted_at,
             };
-            let empty_id =
-                self.empty_id_every > 0 && (index + 1).is_multiple_of(self.empty_id_every);
+            let empty_id = paged::every_nth(self.empty_id_every as u64, index as u64 + 1);
             let event = make_event(self.seed, index, persisted_at, empty_id);
             st.events.push(event);
         }
-        let len = st.events.len();
-        drop(st);
-        self.events_tx.send_replace(len);
-        len
+        st.events.len()
     }
 
-    /// Counts a request the HTTP layer already rejected.
-    fn record_http_error(&self, status: u16) {
-        let mut st = self.lock();
-        st.stats.requests += 1;
-        st.stats.bad_request += 1;
-        let during_cooldown = st.cooldown_until.is_some_and(|d| Instant::now() < d);
-        if during_cooldown {
-            st.stats.cooldown_violations += 1;
-        }
-        let record = RequestRecord {
-            at: Instant::now(),
-            outcome: Outcome::BadRequest,
-            status,
-            page_size: None,
-            used_token: false,
-            had_filter: false,
-            offset: None,
-            next_offset: None,
-            values: 0,
-            slow: false,
-            duplicates: false,
-            during_cooldown,
-        };
-        if st.stats.log.len() < MAX_LOG {
-            st.stats.log.push(record);
-        }
-        let total = st.stats.requests;
-        drop(st);
-        self.requests_tx.send_replace(total);
-    }
-
-    fn decide(&self, req: &Request) -> Decision {
-        let arrived = Instant::now();
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        st.stats.requests += 1;
-        let during_cooldown = st.cooldown_until.is_some_and(|d| arrived < d);
-        if during_cooldown {
-            st.stats.cooldown_violations += 1;
-        }
-        let mut rec = RequestRecord {
-            at: arrived,
-            outcome: Outcome::BadRequest,
-            status: 400,
-            page_size: None,
-            used_token: false,
-            had_filter: false,
-            offset: None,
-            next_offset: None,
-            values: 0,
-            slow: false,
-            duplicates: false,
-            during_cooldown,
-        };
-        let (decision, status) = self.decide_inner(st, req, &mut rec);
-        rec.status = status;
-        let stats = &mut st.stats;
-        match rec.outcome {
-            Outcome::Ok => stats.ok += 1,
-            Outcome::Empty => stats.empty += 1,
-            Outcome::RateLimited => stats.rate_limited += 1,
-            Outcome::ServerError => stats.server_error += 1,
-            Outcome::Reset => stats.reset += 1,
-            Outcome::Truncated => stats.truncated += 1,
-            Outcome::NotJson => stats.not_json += 1,
-            Outcome::Unauthorized => stats.unauthorized += 1,
-            Outcome::BadToken => stats.bad_token += 1,
-            Outcome::BadRequest => stats.bad_request += 1,
-            Outcome::NotFound => stats.not_found += 1,
-        }
-        if rec.slow {
-            stats.slow += 1;
-        }
-        if rec.duplicates {
-            stats.duplicates += 1;
-        }
-        if stats.log.len() < MAX_LOG {
-            stats.log.push(rec);
-        }
-        let total = stats.requests;
-        drop(guard);
-        self.requests_tx.send_replace(total);
-        decision
-    }
-
-    /// Decides the answer; sets `rec.outcome` and the other fields. Returns
-    /// the decision and its status code.
-    fn decide_inner(
-        &self,
-        st: &mut State,
-        req: &Request,
-        rec: &mut RequestRecord,
-    ) -> (Decision, u16) {
-        let full = |status: u16, resp: Response| {
-            (
-                Decision {
-                    reply: Reply::Full(resp),
-                    delay: None,
-                },
-                status,
-            )
-        };
+    /// Decides the answer; sets `rec.outcome` and the other fields.
+    fn decide(&self, st: &mut VezaState, req: &Request, rec: &mut RequestRecord) -> Answer {
         if req.path() != self.path {
             rec.outcome = Outcome::NotFound;
-            return full(404, Response::json(404, error_body(5, "Not Found")));
+            return Response::json(404, error_body(5, "Not Found")).into();
         }
         if req.method != "GET" {
             rec.outcome = Outcome::BadRequest;
-            return full(
-                405,
-                Response::json(405, error_body(12, "method not allowed"))
-                    .with_header("Allow", "GET"),
-            );
+            return Response::json(405, error_body(12, "method not allowed"))
+                .with_header("Allow", "GET")
+                .into();
         }
-        let mut page_sizes = Vec::new();
-        let mut filters = Vec::new();
-        let mut tokens = Vec::new();
-        for (k, v) in url::form_urlencoded::parse(req.query().as_bytes()) {
-            if k == "page_size" {
-                page_sizes.push(v.into_owned());
-            } else if k == "filter" {
-                filters.push(v.into_owned());
-            } else if k == self.token_param {
-                tokens.push(v.into_owned());
-            }
-        }
+        let q = Params::of_query(req);
+        let (page_sizes, filters, tokens) = (
+            q.all("page_size"),
+            q.all("filter"),
+            q.all(&self.token_param),
+        );
         rec.page_size = page_sizes.first().and_then(|p| p.parse().ok());
         rec.had_filter = !filters.is_empty();
         rec.used_token = tokens.first().is_some_and(|t| !t.is_empty());
 
+        // The scheme is case-insensitive here, as RFC 9110 allows.
         let authorized = req
             .header("authorization")
             .and_then(|v| v.split_once(' '))
@@ -817,7 +645,7 @@ impl Shared {
             });
         if !authorized {
             rec.outcome = Outcome::Unauthorized;
-            return full(401, Response::json(401, BODY_UNAUTHENTICATED));
+            return Response::json(401, BODY_UNAUTHENTICATED).into();
         }
         for (name, values) in [
             ("page_size", &page_sizes),
@@ -827,26 +655,26 @@ impl Shared {
             if values.len() > 1 {
                 rec.outcome = Outcome::BadRequest;
                 let msg = format!("parameter {name} given more than once");
-                return full(400, Response::json(400, error_body(3, &msg)));
+                return Response::json(400, error_body(3, &msg)).into();
             }
         }
         let page_size = match rec.page_size {
             Some(n) if (1..=10_000).contains(&n) => n as usize,
             _ => {
                 rec.outcome = Outcome::BadRequest;
-                return full(400, Response::json(400, BODY_BAD_PAGE_SIZE));
+                return Response::json(400, BODY_BAD_PAGE_SIZE).into();
             }
         };
         let offset = if rec.used_token {
             if rec.had_filter {
                 st.stats.filter_with_token += 1;
             }
-            let token = tokens.first().map(String::as_str).unwrap_or("");
-            match self.read_token(token) {
-                Some((epoch, offset)) if epoch == st.epoch && offset <= st.events.len() => offset,
+            let token = tokens.first().copied().unwrap_or("");
+            match st.tokens.read(token) {
+                Some((offset, bound)) if bound.is_empty() && offset <= st.events.len() => offset,
                 _ => {
                     rec.outcome = Outcome::BadToken;
-                    return full(400, Response::json(400, BODY_BAD_TOKEN));
+                    return Response::json(400, BODY_BAD_TOKEN).into();
                 }
             }
         } else if let Some(filter) = filters.first() {
@@ -857,7 +685,7 @@ impl Shared {
                 }
                 Err(msg) => {
                     rec.outcome = Outcome::BadRequest;
-                    return full(400, Response::json(400, error_body(3, &msg)));
+                    return Response::json(400, error_body(3, &msg)).into();
                 }
             }
         } else {
@@ -869,29 +697,31 @@ impl Shared {
         // Draw every fault on every request so the RNG stream does not
         // depend on which ones apply.
         let f = st.faults;
-        let mut draw = |p: f64| p > 0.0 && st.rng.random::<f64>() < p;
+        let rng = &mut st.rng;
         let (rate_limit, server_error, slow, reset, truncated, duplicates, not_json) = (
-            draw(f.rate_limit),
-            draw(f.server_error),
-            draw(f.slow),
-            draw(f.reset),
-            draw(f.truncated),
-            draw(f.duplicates),
-            draw(f.not_json),
+            paged::draw(rng, f.rate_limit),
+            paged::draw(rng, f.server_error),
+            paged::draw(rng, f.slow),
+            paged::draw(rng, f.reset),
+            paged::draw(rng, f.truncated),
+            paged::draw(rng, f.duplicates),
+            paged::draw(rng, f.not_json),
         );
         // A rate-limit answer is never slow: the gateway answers at once, and
         // a cool-down announced in an answer the client timed out on (or
         // never read) could not be obeyed.
         let slow = slow && !rate_limit;
-        let delay = slow.then_some(st.tuning.slow_delay);
         rec.slow = slow;
-        let decision = |reply: Reply| Decision { reply, delay };
+        let delay = slow.then_some(st.tuning.slow_delay);
+        let answer = |response: Response| Answer {
+            response,
+            delay,
+            cut: None,
+        };
 
         if rate_limit {
             rec.outcome = Outcome::RateLimited;
-            let resp = self.rate_limit(st);
-            let status = resp.status;
-            return (decision(Reply::Full(resp)), status);
+            return answer(self.rate_limit(st));
         }
         if server_error {
             rec.outcome = Outcome::ServerError;
@@ -909,15 +739,11 @@ impl Shared {
                 ),
                 _ => Response::json(503, error_body(14, "service unavailable")),
             };
-            let status = resp.status;
-            return (decision(Reply::Full(resp)), status);
+            return answer(resp);
         }
         if not_json {
             rec.outcome = Outcome::NotJson;
-            return (
-                decision(Reply::Full(Response::new(200, "text/html", BODY_NOT_JSON))),
-                200,
-            );
+            return answer(Response::new(200, "text/html", BODY_NOT_JSON));
         }
 
         let (body, served, next, repeated) =
@@ -925,12 +751,18 @@ impl Shared {
         if truncated {
             rec.outcome = Outcome::Truncated;
             let cut = body.len() / 2;
-            let resp = Response::json(200, body.as_bytes()[..cut].to_vec());
-            return (decision(Reply::Full(resp)), 200);
+            return answer(Response::json(200, body.as_bytes()[..cut].to_vec()));
         }
         if reset {
             rec.outcome = Outcome::Reset;
-            return (decision(Reply::Partial(Response::json(200, body))), 200);
+            return Answer {
+                cut: Some(if self.reset_with_rst {
+                    Cut::Reset
+                } else {
+                    Cut::Close
+                }),
+                ..answer(Response::json(200, body))
+            };
         }
         rec.next_offset = Some(next);
         rec.values = served;
@@ -940,60 +772,31 @@ impl Shared {
         } else {
             Outcome::Ok
         };
-        (decision(Reply::Full(Response::json(200, body))), 200)
+        answer(Response::json(200, body))
     }
 
     /// A rate-limit answer; records the cool-down it announces.
-    fn rate_limit(&self, st: &mut State) -> Response {
+    fn rate_limit(&self, st: &mut VezaState) -> Response {
         let kinds = &st.tuning.rate_limit_kinds;
         let kind = if kinds.is_empty() {
             RateLimitKind::RetryAfterSeconds
         } else {
             kinds[st.rng.random_range(0..kinds.len())]
         };
-        let secs = st.tuning.retry_after_secs;
-        // Instant first, then the wall clock: the deadline derived from the
-        // HTTP date then errs early, never late.
-        let now = Instant::now();
-        let (resp, deadline) = match kind {
-            RateLimitKind::RetryAfterSeconds => (
-                Response::json(429, BODY_RATE_LIMITED).with_header("Retry-After", secs.to_string()),
-                now + Duration::from_secs(secs),
-            ),
-            RateLimitKind::RetryAfterDate => {
-                let wall = SystemTime::now();
-                let target = wall + Duration::from_secs(secs);
-                let since_epoch = target.duration_since(UNIX_EPOCH).unwrap_or_default();
-                let whole = since_epoch.as_secs() + u64::from(since_epoch.subsec_nanos() > 0);
-                let date = UNIX_EPOCH + Duration::from_secs(whole);
-                let wait = date.duration_since(wall).unwrap_or_default();
-                (
-                    Response::json(429, BODY_RATE_LIMITED)
-                        .with_header("Retry-After", httpdate::fmt_http_date(date)),
-                    now + wait,
-                )
-            }
-            RateLimitKind::NoRetryAfter => (
-                Response::json(429, BODY_RATE_LIMITED),
-                now + st.tuning.default_wait,
-            ),
-            RateLimitKind::Grpc503 => (
-                Response::json(503, BODY_RATE_LIMITED_GRPC),
-                now + st.tuning.default_wait,
-            ),
-            RateLimitKind::Grpc200 => (
-                Response::json(200, BODY_RATE_LIMITED_GRPC),
-                now + st.tuning.default_wait,
-            ),
-        };
-        st.cooldown_until = Some(st.cooldown_until.map_or(deadline, |d| d.max(deadline)));
+        let (resp, until) = kind.answer(
+            st.tuning.retry_after_secs,
+            st.tuning.default_wait,
+            BODY_RATE_LIMITED,
+            BODY_RATE_LIMITED_GRPC,
+        );
+        st.cooldown.announce(until);
         resp
     }
 
     /// The page at `offset`: (body, events served, next offset, repeats?).
     fn page(
         &self,
-        st: &mut State,
+        st: &mut VezaState,
         offset: usize,
         page_size: usize,
         duplicates: bool,
@@ -1032,167 +835,10 @@ impl Shared {
             (true, TokenAtEnd::Empty) => body.push_str("],\"next_page_token\":\"\"}"),
             _ => {
                 body.push_str("],\"next_page_token\":\"");
-                body.push_str(&self.make_token(st.epoch, next));
+                body.push_str(&st.tokens.issue(next, ""));
                 body.push_str("\"}");
             }
         }
         (body, end - start, next, repeated)
-    }
-}
-
-/// A cheap deterministic 64-bit mix (splitmix64) of seed and index.
-fn mix(seed: u64, index: u64) -> u64 {
-    let mut z = seed
-        ^ index
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            .wrapping_add(0x632B_E59B_D9B4_E019);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-const EMAILS: [&str; 7] = [
-    "alice@example.com",
-    "bob.o'neil@example.com",
-    "zoë.müller@exämple.de",
-    "\"chief\"@example.com",
-    "李雷@example.cn",
-    "ops+audit@example.org",
-    "back\\slash@example.net",
-];
-
-const USER_AGENTS: [&str; 6] = [
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)",
-    "curl/8.5.0",
-    "veza-cli/1.4 (\"nightly\"; C:\\tools\\veza)",
-    "python-requests/2.31.0",
-    "terraform-provider-veza/0.9 ✓ 日本語",
-    "Go-http-client/1.1",
-];
-
-const ENDPOINTS: [(&str, &str, &str); 6] = [
-    (
-        "/api_protos.v1.APIKeyService/CreateAPIKey",
-        "POST",
-        "/api/preview/keys",
-    ),
-    (
-        "/api_protos.v1.UserService/ListUsers",
-        "GET",
-        "/api/v1/users",
-    ),
-    (
-        "/api_protos.v1.QueryService/DeleteQuery",
-        "DELETE",
-        "/api/v1/assessments/queries/{}",
-    ),
-    (
-        "/api_protos.v1.PolicyService/UpdatePolicy",
-        "PUT",
-        "/api/v1/providers/policies/{}",
-    ),
-    (
-        "/api_protos.v1.AuthService/Login",
-        "POST",
-        "/api/v1/auth/login",
-    ),
-    (
-        "/api_protos.v1.ReportService/ExportReport",
-        "GET",
-        "/api/v1/reports/{}/export",
-    ),
-];
-
-fn uuid(rng: &mut StdRng) -> String {
-    let v: u128 = rng.random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-/// Event number `index` (0-based; id `req-{index+1:06}`), deterministic in
-/// (seed, index) apart from `persisted_at`.
-fn make_event(seed: u64, index: usize, persisted_at: DateTime<Utc>, empty_id: bool) -> FakeEvent {
-    let mut rng = StdRng::seed_from_u64(mix(seed, index as u64));
-    let id = format!("req-{:06}", index + 1);
-    let (endpoint, method, url) = ENDPOINTS[rng.random_range(0..ENDPOINTS.len())];
-    let url = url.replace("{}", &uuid(&mut rng));
-    let (grpc_code, http_status, reason) = match rng.random_range(0..20u8) {
-        0 => (
-            "PermissionDenied",
-            403,
-            "permission denied for \"CreateAPIKey\"",
-        ),
-        1 => (
-            "InvalidArgument",
-            400,
-            "invalid argument: name\nmust not be empty",
-        ),
-        2 => ("NotFound", 404, "not found: C:\\data\\q"),
-        _ => ("OK", 200, "OK"),
-    };
-    let request = match rng.random_range(0..5u8) {
-        0 => json!({"name": "deploy key \"prod\"", "description": "line one\nline two"}),
-        1 => json!({"query": {"name": "Tëst ✓ – 日本語", "path": "C:\\Users\\admin\\report.csv"}}),
-        2 => json!({}),
-        3 => json!({"login": "user", "note": "tab\tseparated, emoji 🚀, nul-free \u{7f}"}),
-        _ => json!({"ids": [1, 2, 3], "filter": "name eq \"x\" and path co \"\\\\share\""}),
-    };
-    let ip = if rng.random_range(0..4u8) == 0 {
-        format!("2001:db8::{:x}", rng.random::<u16>())
-    } else {
-        format!(
-            "10.{}.{}.{}",
-            rng.random::<u8>(),
-            rng.random::<u8>(),
-            rng.random_range(1..255u8)
-        )
-    };
-    let api_key_id = if rng.random::<bool>() {
-        String::new()
-    } else {
-        format!("key-{}", uuid(&mut rng))
-    };
-    let duration_ns = rng.random_range(1_000_000..500_000_000i64);
-    let lag_ns = rng.random_range(20_000_000..2_000_000_000i64);
-    let ended_at = persisted_at - chrono::Duration::nanoseconds(lag_ns);
-    let started_at = ended_at - chrono::Duration::nanoseconds(duration_ns);
-    let value = json!({
-        "identity": {
-            "user_id": uuid(&mut rng),
-            "session_id": uuid(&mut rng),
-            "api_key_id": api_key_id,
-            "email": EMAILS[rng.random_range(0..EMAILS.len())],
-        },
-        "status": {"grpc_code": grpc_code, "http_status": http_status, "error_reason": reason},
-        "client": {"ip": ip, "user_agent": USER_AGENTS[rng.random_range(0..USER_AGENTS.len())]},
-        "endpoint": endpoint,
-        "method": method,
-        "url": url,
-        "request_id": id,
-        "request": request,
-        "started_at": rfc3339(started_at),
-        "ended_at": rfc3339(ended_at),
-        "persisted_at": rfc3339(persisted_at),
-    });
-    let mut value = value;
-    value["fake_ref"] = json!(id);
-    if empty_id {
-        value["request_id"] = json!("");
-    }
-    FakeEvent {
-        id,
-        persisted_at,
-        json: value.to_string(),
     }
 }

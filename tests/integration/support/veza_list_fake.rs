@@ -11,17 +11,12 @@
 //! `request_id` (with a `fake_ref` naming it, for tests).
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
-use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::http1::{Request, Response};
+use super::paged::{self, Answer, PageTokens, PagedApi, PagedFake, Params};
 
 pub const LIST_PATH: &str = "/api/preview/system/audit";
 
@@ -43,77 +38,57 @@ pub struct ListStats {
     pub filters: Vec<String>,
 }
 
-struct State {
+pub struct ListState {
     events: Vec<ListEvent>,
     stats: ListStats,
     max_page_size: usize,
-    empty_id_every: usize,
+    empty_id_every: u64,
+    tokens: PageTokens,
 }
 
-struct Shared {
+/// The list API's shape.
+pub struct VezaList {
     token: String,
     /// Serve events past the upper bound too (an API ignoring it).
     ignore_upper_bound: bool,
-    state: Mutex<State>,
-    requests_tx: watch::Sender<u64>,
 }
 
-pub struct VezaListFake {
-    shared: Arc<Shared>,
-    server: Server,
-}
+pub type VezaListFake = PagedFake<VezaList>;
 
 impl VezaListFake {
     pub async fn start(token: &str, ignore_upper_bound: bool) -> io::Result<VezaListFake> {
-        let listener = http1::bind_loopback(0)?;
-        let shared = Arc::new(Shared {
+        let api = VezaList {
             token: token.into(),
             ignore_upper_bound,
-            state: Mutex::new(State {
-                events: Vec::new(),
-                stats: ListStats::default(),
-                max_page_size: 10_000,
-                empty_id_every: 0,
-            }),
-            requests_tx: watch::Sender::new(0),
-        });
-        let conn_shared = shared.clone();
-        let server = Server::spawn(listener, move |stream| {
-            serve_connection(conn_shared.clone(), stream)
-        })?;
-        Ok(VezaListFake { shared, server })
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.server.addr())
+        };
+        let state = ListState {
+            events: Vec::new(),
+            stats: ListStats::default(),
+            max_page_size: 10_000,
+            empty_id_every: 0,
+            tokens: PageTokens::default(),
+        };
+        PagedFake::serve(api, state)
     }
 
     /// Pages hold at most `n` events, whatever `page_size` asked.
     pub fn set_max_page_size(&self, n: usize) {
-        self.shared.lock().max_page_size = n.max(1);
+        self.state().max_page_size = n.max(1);
     }
 
     /// Every Nth event added from now on has `"request_id": ""`.
     pub fn set_empty_id_every(&self, n: usize) {
-        self.shared.lock().empty_id_every = n;
+        self.state().empty_id_every = n as u64;
     }
 
     /// `n` events ending evenly over `[from, to]`, Veza-shaped; their ids.
     pub fn add_spread(&self, n: usize, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-        let mut st = self.shared.lock();
-        let span = (to - from).num_milliseconds().max(0);
+        let mut st = self.state();
         let first = st.events.len();
         let mut ids = Vec::new();
-        for i in 0..n {
-            let off = if n > 1 {
-                span * i as i64 / (n as i64 - 1)
-            } else {
-                0
-            };
-            let ended = from + chrono::Duration::milliseconds(off);
+        for (i, ended) in paged::spread(n, from, to).into_iter().enumerate() {
             let id = format!("{:032x}", first + i + 1);
             let started = ended - chrono::Duration::milliseconds(16);
-            let empty = st.empty_id_every > 0 && (first + i + 1).is_multiple_of(st.empty_id_every);
             let mut json = json!({
                 "identity": {"user_id": "aeaa34cf-e97f-4315-b185-249018cf191c", "session_id": "b0ba024d", "api_key_id": "", "email": "cookie@cookie.ai"},
                 "status": {"grpc_code": "OK", "http_status": 200, "error_reason": "OK"},
@@ -127,7 +102,7 @@ impl VezaListFake {
                 "started_at": started.to_rfc3339_opts(SecondsFormat::Nanos, true),
                 "ended_at": ended.to_rfc3339_opts(SecondsFormat::Nanos, true),
             });
-            if empty {
+            if paged::every_nth(st.empty_id_every, (first + i + 1) as u64) {
                 json["request_id"] = json!("");
                 json["fake_ref"] = json!(id);
             }
@@ -143,20 +118,11 @@ impl VezaListFake {
     }
 
     pub fn events(&self) -> Vec<ListEvent> {
-        self.shared.lock().events.clone()
+        self.state().events.clone()
     }
 
     pub fn stats(&self) -> ListStats {
-        self.shared.lock().stats.clone()
-    }
-
-    pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
-        let mut rx = self.shared.requests_tx.subscribe();
-        let done = matches!(
-            tokio::time::timeout(timeout, rx.wait_for(|have| *have >= n)).await,
-            Ok(Ok(_))
-        );
-        done
+        self.state().stats.clone()
     }
 }
 
@@ -188,53 +154,30 @@ fn parse_filter(f: &str) -> Option<(DateTime<Utc>, Option<DateTime<Utc>>)> {
     Some((from, to))
 }
 
-async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
-    let mut conn = Conn::new(stream);
-    for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(64 * 1024).await {
-            Ok(r) => r,
-            Err(ReadError::Bad(status, why)) => {
-                conn.reject(&grpc_error(status, 3, &why)).await;
-                return;
-            }
-            Err(_) => return,
-        };
-        let resp = shared.handle(&req);
-        let close = !req.keep_alive;
-        if resp.write(&mut conn.stream, close).await.is_err() || close {
-            return;
-        }
+impl PagedApi for VezaList {
+    type State = ListState;
+
+    fn unreadable(&self, _st: &mut ListState, status: u16, why: &str) -> Response {
+        grpc_error(status, 3, why)
+    }
+
+    fn answer(&self, st: &mut ListState, req: &Request) -> Answer {
+        st.stats.requests += 1;
+        self.decide(st, req).into()
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn handle(&self, req: &Request) -> Response {
-        let mut st = self.lock();
-        st.stats.requests += 1;
-        let resp = self.decide(&mut st, req);
-        let n = st.stats.requests;
-        drop(st);
-        self.requests_tx.send_replace(n);
-        resp
-    }
-
-    fn decide(&self, st: &mut State, req: &Request) -> Response {
-        if req.header("authorization") != Some(format!("Bearer {}", self.token).as_str()) {
+impl VezaList {
+    fn decide(&self, st: &mut ListState, req: &Request) -> Response {
+        if paged::bearer(req) != Some(self.token.as_str()) {
             st.stats.unauthorized += 1;
             return grpc_error(401, 16, "unauthenticated");
         }
         if req.method != "GET" || req.path() != LIST_PATH {
             return grpc_error(404, 5, "not found");
         }
-        let q: Vec<(String, String)> = url::form_urlencoded::parse(req.query().as_bytes())
-            .into_owned()
-            .collect();
-        let get = |k: &str| q.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        let Some(filter) = get("filter") else {
+        let q = Params::of_query(req);
+        let Some(filter) = q.get("filter").map(str::to_string) else {
             st.stats.bad_request += 1;
             return grpc_error(400, 3, "a timestamp filter is required");
         };
@@ -247,24 +190,17 @@ impl Shared {
             st.stats.too_old += 1;
             return grpc_error(400, 3, "ended_at must be within the last 90 days");
         }
-        let size = match get("page_size").map(|s| s.parse::<usize>()) {
-            Some(Ok(n)) if (1..=10_000).contains(&n) => n.min(st.max_page_size),
+        let size = match q.get("page_size").map(str::parse::<usize>) {
+            Some(Ok(n)) if (1..=10_000).contains(&n) => paged::clamp_page(n, st.max_page_size),
             _ => {
                 st.stats.bad_request += 1;
                 return grpc_error(400, 3, "page_size must be between 1 and 10000");
             }
         };
         let mut offset = 0;
-        if let Some(t) = get("page_token").filter(|t| !t.is_empty()) {
+        if let Some(t) = q.get("page_token").filter(|t| !t.is_empty()) {
             st.stats.with_token += 1;
-            let decoded = URL_SAFE_NO_PAD
-                .decode(&t)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            match decoded.and_then(|d| {
-                let (o, f) = d.split_once('|')?;
-                Some((o.parse::<usize>().ok()?, f.to_string()))
-            }) {
+            match st.tokens.read(t) {
                 Some((o, f)) if f == filter => offset = o,
                 _ => {
                     st.stats.bad_request += 1;
@@ -278,15 +214,13 @@ impl Shared {
             .iter()
             .filter(|e| e.ended_at >= from && to.is_none_or(|t| e.ended_at < t))
             .collect();
-        let page: Vec<Value> = hits
-            .iter()
-            .skip(offset)
-            .take(size)
+        let page: Vec<Value> = paged::slice(&hits, offset, size)
+            .into_iter()
             .map(|e| e.json.clone())
             .collect();
         let next = offset + page.len();
         let token = if next < hits.len() {
-            URL_SAFE_NO_PAD.encode(format!("{next}|{filter}"))
+            st.tokens.issue(next, &filter)
         } else {
             String::new()
         };
