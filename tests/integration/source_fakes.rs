@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig};
 use support::pull_fake::{PullFake, PullFakeConfig, PullMode};
 use support::quickztna_fake::{js_parse_int, QuickztnaFake, QuickztnaFakeConfig, CSV_HEADER};
+use support::redirect::{Redirect, LOGIN_PATH, MOVED_PREFIX};
 use support::veza_list_fake::VezaListFake;
 
 async fn post_json(url: &str, token: &str, body: Value) -> (u16, Value) {
@@ -36,6 +37,87 @@ async fn get_json(url: &str, token: &str) -> (u16, Value) {
     let status = resp.status().as_u16();
     let body = resp.bytes().await.unwrap_or_default();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// One request, redirects not followed: (status, Location, JSON body).
+async fn get_unfollowed(url: &str, token: &str) -> (u16, Option<String>, Value) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = client
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .map(str::to_string);
+    let body = resp.bytes().await.unwrap_or_default();
+    (
+        status,
+        location,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+// ------------------------------------------------------- the paged core
+
+/// Every paged fake can answer from behind a redirect: a moved endpoint
+/// (its new place serves as usual) or an SSO proxy (a login page
+/// answering 200 HTML to anything); turned off, it serves directly again.
+#[tokio::test]
+async fn paged_fakes_redirect_to_a_moved_endpoint_or_a_login_page() {
+    let fake = CertifycloudsFake::start(CertifycloudsFakeConfig::default())
+        .await
+        .unwrap();
+    let now = Utc::now();
+    fake.add_spread(3, now - chrono::Duration::hours(2), now);
+    let path = "/audit/entries?limit=10";
+    let url = format!("{}{path}", fake.url());
+
+    fake.set_redirect(Some(Redirect::Moved(308)));
+    let (status, location, _) = get_unfollowed(&url, "cc-token").await;
+    assert_eq!(status, 308);
+    let location = location.expect("Location");
+    assert_eq!(location, format!("{MOVED_PREFIX}{path}"));
+    let (status, _, v) = get_unfollowed(&format!("{}{location}", fake.url()), "cc-token").await;
+    assert_eq!(status, 200, "the moved endpoint serves");
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(3));
+
+    fake.set_redirect(Some(Redirect::LoginPage(302)));
+    let (status, location, _) = get_unfollowed(&url, "cc-token").await;
+    assert_eq!(status, 302);
+    let location = location.expect("Location");
+    assert!(location.starts_with(LOGIN_PATH), "{location}");
+    let (status, _, v) = get_unfollowed(&format!("{}{location}", fake.url()), "").await;
+    assert_eq!(status, 200, "the login page answers anyone");
+    assert_eq!(v, Value::Null, "with HTML");
+    assert_eq!(fake.redirects(), 2);
+    assert_eq!(
+        fake.stats().requests,
+        1,
+        "only the moved request reached the API"
+    );
+
+    fake.set_redirect(None);
+    let (status, _, v) = get_unfollowed(&url, "cc-token").await;
+    assert_eq!(status, 200);
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(3));
+    let (status, _, _) =
+        get_unfollowed(&format!("{}{MOVED_PREFIX}{path}", fake.url()), "cc-token").await;
+    assert_eq!(
+        status, 404,
+        "without a redirect nothing lives under the moved prefix"
+    );
+    assert!(
+        fake.wait_for_requests(6, Duration::from_secs(1)).await,
+        "redirected requests count as answered"
+    );
 }
 
 // ---------------------------------------------------------------- QuickZTNA

@@ -3,7 +3,8 @@
 //! short by a reset), the count of answered requests tests wait on, and the
 //! behaviours real paged APIs have in common (bearer auth, page-size clamps,
 //! page slicing, opaque page tokens that expire, empty ids, late entries,
-//! rate-limit answers and the cool-downs they announce).
+//! rate-limit answers and the cool-downs they announce, redirects by an SSO
+//! proxy or to where the endpoint moved).
 //!
 //! A vendor fake is a [`PagedApi`]: its state, how it reads a request and
 //! how it shapes an answer. Its harsh behaviours are options of its own
@@ -26,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::http1::{self, Conn, ReadError, Request, Response, Server};
+use super::redirect::{self, Redirect, MOVED_PREFIX};
 
 /// One vendor's API: its state and its request/response shape.
 pub trait PagedApi: Send + Sync + 'static {
@@ -74,6 +76,14 @@ pub struct Core<A: PagedApi> {
     state: Mutex<A::State>,
     /// Requests answered so far (also the unreadable ones).
     answered: watch::Sender<u64>,
+    front: Mutex<Front>,
+}
+
+/// A redirect in front of the API, and how often it answered.
+#[derive(Default)]
+struct Front {
+    redirect: Option<Redirect>,
+    redirects: u64,
 }
 
 impl<A: PagedApi> Core<A> {
@@ -83,6 +93,23 @@ impl<A: PagedApi> Core<A> {
 
     fn count_answer(&self) {
         self.answered.send_modify(|n| *n += 1);
+    }
+
+    /// The answer of the redirect in front, if one is set and `req` is not
+    /// for where it leads: the login page (200 HTML), or the moved
+    /// endpoint, whose request goes on to the API without the prefix.
+    fn front(&self, req: &mut Request) -> Option<Response> {
+        let mut front = self.front.lock().unwrap_or_else(|p| p.into_inner());
+        let to = front.redirect.clone()?;
+        if redirect::is_login_page(req) {
+            return Some(redirect::login_page());
+        }
+        if redirect::strip_moved(req.path()).1 {
+            req.target.drain(..MOVED_PREFIX.len());
+            return None;
+        }
+        front.redirects += 1;
+        Some(to.answer(req))
     }
 }
 
@@ -100,6 +127,7 @@ impl<A: PagedApi> PagedFake<A> {
             api,
             state: Mutex::new(state),
             answered: watch::Sender::new(0),
+            front: Mutex::default(),
         });
         let conn_core = core.clone();
         let server = Server::spawn(listener, move |stream| {
@@ -129,6 +157,25 @@ impl<A: PagedApi> PagedFake<A> {
         self.core.lock()
     }
 
+    /// Puts a redirect in front of the API (`None`: none), as an SSO proxy
+    /// or a moved endpoint answers; see `redirect`.
+    pub fn set_redirect(&self, redirect: Option<Redirect>) {
+        self.core
+            .front
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .redirect = redirect;
+    }
+
+    /// Requests answered by the redirect in front.
+    pub fn redirects(&self) -> u64 {
+        self.core
+            .front
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .redirects
+    }
+
     /// Waits until at least `n` requests have been answered.
     pub async fn wait_for_requests(&self, n: u64, timeout: Duration) -> bool {
         let mut rx = self.core.answered.subscribe();
@@ -148,7 +195,7 @@ impl<A: PagedApi> PagedFake<A> {
 async fn serve_connection<A: PagedApi>(core: Arc<Core<A>>, stream: TcpStream) {
     let mut conn = Conn::new(stream);
     for _ in 0..http1::MAX_REQUESTS_PER_CONNECTION {
-        let req = match conn.read_request(A::MAX_BODY).await {
+        let mut req = match conn.read_request(A::MAX_BODY).await {
             Ok(r) => r,
             Err(ReadError::Bad(status, why)) => {
                 let resp = core.api.unreadable(&mut core.lock(), status, &why);
@@ -158,7 +205,10 @@ async fn serve_connection<A: PagedApi>(core: Arc<Core<A>>, stream: TcpStream) {
             }
             Err(ReadError::Closed | ReadError::Io(_)) => return,
         };
-        let answer = core.api.answer(&mut core.lock(), &req);
+        let answer = match core.front(&mut req) {
+            Some(redirected) => redirected.into(),
+            None => core.api.answer(&mut core.lock(), &req),
+        };
         core.count_answer();
         if let Some(delay) = answer.delay {
             tokio::time::sleep(delay).await;

@@ -378,6 +378,11 @@ impl VezaFake {
         self.fake.state().tokens.issue(offset, "")
     }
 
+    /// Puts a redirect in front of the export API (see `paged`).
+    pub fn set_redirect(&self, redirect: Option<super::redirect::Redirect>) {
+        self.fake.set_redirect(redirect);
+    }
+
     /// Changes the accepted bearer token.
     pub fn set_token(&self, token: &str) {
         self.fake.state().api_token = token.to_string();
