@@ -261,7 +261,9 @@ template(name="fields" type="list" option.jsonf="on") {{
   property(outname="raw" name="rawmsg" format="jsonf")
 }}
 input(type="imtcp" port="{tcp}" ruleset="tcp")
-input(type="imudp" port="{udp}" ruleset="udp")
+# UDP receivers get a large socket buffer: a burst of datagrams while
+# rsyslog waits for a busy CPU must not overflow the default 208 KiB.
+input(type="imudp" port="{udp}" ruleset="udp" rcvbufSize="4m")
 input(type="imtcp" port="{tls}" ruleset="tls" streamDriver.name="gtls" streamDriver.mode="1"
       streamDriver.authMode="anon" streamDriver.CAFile="{ca}" streamDriver.CertFile="{cert}"
       streamDriver.KeyFile="{key}" gnutlsPriorityString="NORMAL:+VERS-TLS1.3")
