@@ -1,0 +1,29 @@
+#![allow(dead_code)]
+//! Shared integration-test support. `veza_fake` (a fake Veza export API) and
+//! `webhook_receiver` run inside the test process on 127.0.0.1:0 and stop when
+//! dropped; `http1` is their small hand-written HTTP/1.1 server layer.
+//! `paged` is the core of the paged-JSON API fakes (`veza_fake`,
+//! `veza_list_fake`, `certifyclouds_fake`, `pull_fake`, `quickztna_fake`):
+//! each of them is its vendor's request and response shape on top of it.
+//! `hec_fake` is a fake Splunk HTTP Event Collector; `tls` generates a CA
+//! and puts a TLS front before any fake; `rsyslog` runs a real rsyslogd with
+//! a generated config. `daemon` runs the real binary.
+
+pub mod certifyclouds_fake;
+pub mod daemon;
+pub mod harness;
+pub mod hec_fake;
+pub mod http1;
+pub mod kafka;
+pub mod paged;
+pub mod pull_fake;
+pub mod quickztna_fake;
+pub mod redirect;
+pub mod rsyslog;
+pub mod sink;
+pub mod syslog_receiver;
+pub mod tls;
+pub mod veza_events;
+pub mod veza_fake;
+pub mod veza_list_fake;
+pub mod webhook_receiver;
