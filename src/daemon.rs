@@ -27,7 +27,7 @@ use crate::config::{self, Config};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{panic_message, Route, SourcePipeline};
-use crate::sink::spool::{spool_dir, SpoolingSink};
+use crate::sink::spooling::{spool_dir, SpoolingSink};
 use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
 

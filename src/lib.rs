@@ -10,6 +10,7 @@ pub mod backfill;
 pub mod checkpoint;
 pub mod config;
 pub mod daemon;
+pub mod disk_queue;
 pub mod event;
 pub mod format;
 #[doc(hidden)]
@@ -24,5 +25,4 @@ pub mod secret;
 pub mod server;
 pub mod sink;
 pub mod source;
-pub mod spool;
 pub mod tls;

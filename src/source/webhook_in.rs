@@ -36,11 +36,11 @@ use tracing::{debug, error, info, warn};
 use super::{Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Problems, TlsConfig};
+use crate::disk_queue::{AppendError, DiskQueue as Spool, Pos, Tail};
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::secret::{Secret, SecretKeys, SecretSource};
-use crate::spool::{AppendError, Pos, Spool, Tail};
 
 /// Most connections served at once.
 const MAX_CONNECTIONS: usize = 1024;

@@ -7,7 +7,7 @@
 //! a poller task polls on its own schedule, whatever the sinks do, and
 //! appends each poll's new entries to a journal under
 //! `state_dir/journal/<source>/` (the CRC-checked segment queue of
-//! [`crate::spool`]); the pipeline reads batches out of the journal, and its
+//! [`crate::disk_queue`]); the pipeline reads batches out of the journal, and its
 //! checkpoint is the journal position after each batch.
 //!
 //! Order of writes, and what a crash at each point means:
@@ -49,11 +49,11 @@ use super::api::Api;
 use super::poller::Poller;
 use super::window::Window;
 use crate::checkpoint::CheckpointStore;
+use crate::disk_queue::{DiskQueue as Spool, Pos, Tail};
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
 use crate::source::poll::{dedup_key, WindowState};
 use crate::source::webhook_in::record_event;
-use crate::spool::{Pos, Spool, Tail};
 
 /// About how many bytes of entries one batch takes from the journal.
 const BATCH_BYTES: usize = 4 << 20;
