@@ -1,0 +1,40 @@
+//! The subcommands of the `auditrelay` binary, one file each (bin-only: the
+//! library does not know them); `main.rs` holds the clap definitions.
+
+pub mod backfill;
+pub mod checkpoint;
+pub mod dlq;
+pub mod probe;
+pub mod send_test;
+pub mod validate;
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use auditrelay::config::{self, Config};
+
+const EXIT_CONFIG: u8 = 2;
+
+pub fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+pub fn with_runtime<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ExitCode>,
+{
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
