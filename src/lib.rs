@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod disk_queue;
 pub mod event;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
