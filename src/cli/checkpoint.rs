@@ -77,13 +77,7 @@ pub fn run(action: CheckpointAction) -> ExitCode {
     }
     // Changing a checkpoint under a running daemon would be overwritten by
     // its next commit: refuse while the state directory is locked.
-    let _lock = match StateLock::acquire(&cfg.state_dir) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let _lock = or_exit!(StateLock::acquire(&cfg.state_dir));
     let store = match CheckpointStore::open(&cfg.state_dir) {
         Ok(s) => s,
         Err(e) => {

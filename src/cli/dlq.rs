@@ -73,13 +73,7 @@ pub fn run(action: DlqAction) -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             for file in files {
-                let read = match auditrelay::sink::DeadLetters::read(&file) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        return ExitCode::FAILURE;
-                    }
-                };
+                let read = or_exit!(auditrelay::sink::DeadLetters::read(&file));
                 println!("{}: {} dead letters", file.display(), read.records.len());
                 let mut by_error: std::collections::BTreeMap<&str, usize> =
                     std::collections::BTreeMap::new();
@@ -110,13 +104,7 @@ pub fn run(action: DlqAction) -> ExitCode {
             ExitCode::SUCCESS
         }
         DlqAction::Replay { timeout, .. } => {
-            let _lock = match StateLock::acquire(&cfg.state_dir) {
-                Ok(l) => l,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
+            let _lock = or_exit!(StateLock::acquire(&cfg.state_dir));
             auditrelay::logging::init(cfg.log_format, "warn");
             with_runtime(|| async move { replay(&cfg, &sink, &path, timeout).await })
         }
@@ -212,22 +200,10 @@ async fn replay(cfg: &Config, sink_name: &str, path: &Path, timeout: Duration) -
         files.push(aside);
     }
     let health = auditrelay::health::Health::default();
-    let sink = match auditrelay::daemon::build_sink(cfg, sink_name, &health) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let sink = or_exit!(auditrelay::daemon::build_sink(cfg, sink_name, &health));
     let (mut sent, mut failed) = (0usize, false);
     for file in files {
-        let read = match auditrelay::sink::DeadLetters::read(&file) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let read = or_exit!(auditrelay::sink::DeadLetters::read(&file));
         // Deliver per source, in file order, in groups of 500.
         let mut groups: Vec<(String, Vec<auditrelay::event::Event>)> = Vec::new();
         for r in &read.records {

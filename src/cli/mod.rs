@@ -1,6 +1,20 @@
 //! The subcommands of the `auditrelay` binary, one file each (bin-only: the
 //! library does not know them); `main.rs` holds the clap definitions.
 
+/// The value of a result, or: `error: <the error>` on stderr and a failure
+/// exit. (Defined before the modules, which use it.)
+macro_rules! or_exit {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    };
+}
+
 pub mod backfill;
 pub mod checkpoint;
 pub mod dlq;

@@ -21,13 +21,7 @@ pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
     auditrelay::logging::init(cfg.log_format, "warn");
     with_runtime(|| async move {
         let health = auditrelay::health::Health::default();
-        let sinks = match auditrelay::daemon::build_sinks(&cfg, &health) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let sinks = or_exit!(auditrelay::daemon::build_sinks(&cfg, &health));
         let event = auditrelay::source::demo::send_test_event();
         let mut ok = true;
         for (name, sink) in sinks

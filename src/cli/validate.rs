@@ -18,13 +18,7 @@ pub fn run(path: &Path, online: bool) -> ExitCode {
     }
     with_runtime(|| async move {
         let health = auditrelay::health::Health::default();
-        let sinks = match auditrelay::daemon::build_sinks(&cfg, &health) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let sinks = or_exit!(auditrelay::daemon::build_sinks(&cfg, &health));
         let mut ok = true;
         for (name, sink) in &sinks {
             match tokio::time::timeout(Duration::from_secs(15), sink.healthcheck()).await {

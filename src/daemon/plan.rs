@@ -2,7 +2,7 @@
 //! removes or keeps (a pipeline whose source, routes and `[pipeline]`
 //! settings are unchanged keeps running untouched).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::Config;
 
@@ -30,12 +30,7 @@ impl Plan {
                 Some(_) => {}
             }
         }
-        plan.sinks_removed = old
-            .sinks
-            .keys()
-            .filter(|n| !new.sinks.contains_key(*n))
-            .cloned()
-            .collect();
+        plan.sinks_removed = removed(&old.sinks, &new.sinks);
         for name in new.sources.keys() {
             if !old.sources.contains_key(name) {
                 plan.sources_added.push(name.clone());
@@ -49,13 +44,28 @@ impl Plan {
                 plan.sources_kept.push(name.clone());
             }
         }
-        plan.sources_removed = old
-            .sources
-            .keys()
-            .filter(|n| !new.sources.contains_key(*n))
-            .cloned()
-            .collect();
+        plan.sources_removed = removed(&old.sources, &new.sources);
         plan
+    }
+
+    /// Sources whose pipelines stop: restarted or removed.
+    pub(super) fn stopping(&self) -> Vec<String> {
+        let removed = self.sources_removed.iter();
+        self.sources_restarted
+            .iter()
+            .chain(removed)
+            .cloned()
+            .collect()
+    }
+
+    /// Sources whose pipelines start: restarted or added.
+    pub(super) fn starting(&self) -> Vec<String> {
+        let added = self.sources_added.iter();
+        self.sources_restarted
+            .iter()
+            .chain(added)
+            .cloned()
+            .collect()
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -66,6 +76,14 @@ impl Plan {
             && self.sources_restarted.is_empty()
             && self.sources_removed.is_empty()
     }
+}
+
+/// The names in `old` that `new` no longer has.
+fn removed<A, B>(old: &BTreeMap<String, A>, new: &BTreeMap<String, B>) -> Vec<String> {
+    old.keys()
+        .filter(|n| !new.contains_key(*n))
+        .cloned()
+        .collect()
 }
 
 /// The sinks a source feeds, with their sections: a pipeline is kept only

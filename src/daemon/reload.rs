@@ -151,12 +151,7 @@ impl Running {
                 }
             }
         }
-        let stopping: Vec<String> = plan
-            .sources_restarted
-            .iter()
-            .chain(&plan.sources_removed)
-            .cloned()
-            .collect();
+        let stopping = plan.stopping();
         if !stopping.is_empty() {
             info!(sources = ?stopping, timeout_s = new.shutdown_timeout.as_secs_f64(), "config reload: draining the pipelines that change");
         }
@@ -196,12 +191,7 @@ impl Running {
             self.not_running.remove(name);
             info!(source = %name, checkpoint = %self.store.path(name).display(), "source removed; its checkpoint stays for when it comes back");
         }
-        let starting: Vec<String> = plan
-            .sources_restarted
-            .iter()
-            .chain(&plan.sources_added)
-            .cloned()
-            .collect();
+        let starting = plan.starting();
         match self.start(&new, fresh, &starting).await {
             Ok(()) => {
                 self.health.remove("config");

@@ -27,11 +27,11 @@ use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use lock::lock_dir;
-pub use read::Chunk;
 use segment::{
     create_segment, list_segments, scan_damaged, scan_segment, segment_name, sync_dir, MAGIC,
 };
@@ -76,6 +76,15 @@ impl Writer {
         let delivered = self.delivered.offset.saturating_sub(MAGIC.len() as u64);
         self.total.saturating_sub(delivered)
     }
+}
+
+/// What one read returned.
+pub struct Chunk {
+    pub records: Vec<Bytes>,
+    /// Where the next read starts.
+    pub next: Pos,
+    /// Corrupt data that was skipped (never silently): what and where.
+    pub skipped: Vec<String>,
 }
 
 pub struct DiskQueue {

@@ -7,16 +7,7 @@ use std::io::{self, BufReader, Seek, SeekFrom};
 use bytes::Bytes;
 
 use super::segment::{list_segments, read_record, segment_name, RecordError, MAGIC, RECORD_HEAD};
-use super::{DiskQueue, Pos};
-
-/// What one read returned.
-pub struct Chunk {
-    pub records: Vec<Bytes>,
-    /// Where the next read starts.
-    pub next: Pos,
-    /// Corrupt data that was skipped (never silently): what and where.
-    pub skipped: Vec<String>,
-}
+use super::{Chunk, DiskQueue, Pos};
 
 impl DiskQueue {
     /// The position of the oldest record on disk.

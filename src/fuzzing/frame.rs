@@ -14,7 +14,7 @@ use crate::event::{parse_time, Event};
 use crate::format::syslog::cut;
 use crate::sink::syslog::{Body, Encoder, Format, Framing, SyslogConfig, SD_VALUE_MAX};
 use bodies::{read_cef, read_leef};
-use headers::{read_rfc3164, read_rfc5424, unframe};
+use headers::{has_shape, read_rfc3164, read_rfc5424, unframe};
 
 /// CEF/LEEF header fields from the config, with the characters the header
 /// must escape.
@@ -245,14 +245,8 @@ pub fn syslog_encoder(data: &[u8]) {
             check_pairs(&attrs, &event, &source, "requestId", "source");
             if let Some((_, t)) = attrs.iter().find(|(k, _)| k == "devTime") {
                 // What `devTimeFormat` (yyyy-MM-dd'T'HH:mm:ss.SSSX) can read.
-                let shape = "dddd-dd-ddTdd:dd:dd.dddZ";
                 assert!(
-                    t.len() == shape.len()
-                        && t.bytes().zip(shape.bytes()).all(|(c, s)| if s == b'd' {
-                            c.is_ascii_digit()
-                        } else {
-                            c == s
-                        }),
+                    has_shape(t, "dddd-dd-ddTdd:dd:dd.dddZ"),
                     "devTime {t:?} does not match devTimeFormat"
                 );
             }

@@ -39,40 +39,54 @@ fn text(v: Vec<u8>) -> String {
     String::from_utf8(v).expect("field is not UTF-8")
 }
 
-/// A CEF record: the six header fields (unescaped) and the extensions as
-/// key/value pairs (unescaped).
-pub(super) fn read_cef(body: &[u8], complete: bool) -> (Vec<String>, Vec<(String, String)>) {
-    let prefix: &[u8] = b"CEF:0|";
+/// The header of a CEF or LEEF record: `prefix`, then fields up to the
+/// `pipes`-th unescaped `|` (unescaped), and what follows. `None` for a cut
+/// body (`complete = false`) that ends inside the header.
+fn read_header<'a>(
+    body: &'a [u8],
+    prefix: &str,
+    pipes: usize,
+    complete: bool,
+) -> Option<(Vec<Vec<u8>>, &'a [u8])> {
+    let name = prefix.split(':').next().unwrap_or(prefix);
     if !complete && body.len() < prefix.len() {
-        assert!(prefix.starts_with(body), "CEF prefix");
-        return Default::default();
+        assert!(prefix.as_bytes().starts_with(body), "{name} prefix");
+        return None;
     }
-    assert!(body.starts_with(prefix), "no CEF:0| prefix");
+    assert!(body.starts_with(prefix.as_bytes()), "no {prefix} prefix");
     let rest = &body[prefix.len()..];
-    // The header ends at the sixth unescaped `|`.
-    let mut pipes = 0;
-    let mut i = 0;
-    while i < rest.len() && pipes < 6 {
+    let (mut seen, mut i) = (0, 0);
+    while i < rest.len() && seen < pipes {
         match rest[i] {
             b'\\' => i += 2,
             b'|' => {
-                pipes += 1;
+                seen += 1;
                 i += 1
             }
             _ => i += 1,
         }
     }
-    let (head, ext) = rest.split_at(i.min(rest.len()));
+    let (head, after) = rest.split_at(i.min(rest.len()));
     let fields = split_escaped(
         head,
         Some(b'|'),
         &[(b'\\', b'\\'), (b'|', b'|')],
-        "CEF header",
+        &format!("{name} header"),
     );
-    if !complete && pipes < 6 {
-        return Default::default();
+    if !complete && seen < pipes {
+        return None;
     }
-    assert_eq!(pipes, 6, "CEF header has {pipes} separators");
+    assert_eq!(seen, pipes, "{name} header has {seen} separators");
+    Some((fields, after))
+}
+
+/// A CEF record: the six header fields (unescaped) and the extensions as
+/// key/value pairs (unescaped).
+pub(super) fn read_cef(body: &[u8], complete: bool) -> (Vec<String>, Vec<(String, String)>) {
+    // The header ends at the sixth unescaped `|`.
+    let Some((fields, ext)) = read_header(body, "CEF:0|", 6, complete) else {
+        return Default::default();
+    };
     let fields: Vec<String> = fields.into_iter().map(text).collect();
     let severity = &fields[5];
     assert!(
@@ -146,36 +160,9 @@ pub(super) fn read_leef(
     delim: char,
     complete: bool,
 ) -> (Vec<String>, Vec<(String, String)>) {
-    let prefix: &[u8] = b"LEEF:2.0|";
-    if !complete && body.len() < prefix.len() {
-        assert!(prefix.starts_with(body), "LEEF prefix");
+    let Some((mut fields, attrs)) = read_header(body, "LEEF:2.0|", 5, complete) else {
         return Default::default();
-    }
-    assert!(body.starts_with(prefix), "no LEEF:2.0| prefix");
-    let rest = &body[prefix.len()..];
-    let mut pipes = 0;
-    let mut i = 0;
-    while i < rest.len() && pipes < 5 {
-        match rest[i] {
-            b'\\' => i += 2,
-            b'|' => {
-                pipes += 1;
-                i += 1
-            }
-            _ => i += 1,
-        }
-    }
-    let (head, attrs) = rest.split_at(i.min(rest.len()));
-    let mut fields = split_escaped(
-        head,
-        Some(b'|'),
-        &[(b'\\', b'\\'), (b'|', b'|')],
-        "LEEF header",
-    );
-    if !complete && pipes < 5 {
-        return Default::default();
-    }
-    assert_eq!(pipes, 5, "LEEF header has {pipes} separators");
+    };
     fields.truncate(5);
     let declared = text(fields.pop().expect("delimiter field"));
     let want = if delim == '\t' {

@@ -142,18 +142,24 @@ pub(super) fn read_rfc5424(
     (pri, sd, body)
 }
 
+/// Whether `t` is `shape` with each `d` a digit.
+pub(super) fn has_shape(t: &str, shape: &str) -> bool {
+    t.len() == shape.len()
+        && t.bytes().zip(shape.bytes()).all(|(c, s)| {
+            if s == b'd' {
+                c.is_ascii_digit()
+            } else {
+                c == s
+            }
+        })
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` with the ranges of RFC 5424 §6.2.3 (no
 /// leap second, at most 6 fraction digits, a 4-digit year).
 fn check_timestamp(ts: &[u8]) {
     let t = std::str::from_utf8(ts).expect("ascii");
-    let shape = "dddd-dd-ddTdd:dd:dd.ddddddZ";
     assert!(
-        t.len() == shape.len()
-            && t.bytes().zip(shape.bytes()).all(|(c, s)| if s == b'd' {
-                c.is_ascii_digit()
-            } else {
-                c == s
-            }),
+        has_shape(t, "dddd-dd-ddTdd:dd:dd.ddddddZ"),
         "TIMESTAMP {t:?} is not FULL-DATE \"T\" FULL-TIME"
     );
     let n = |a: usize, b: usize| t[a..b].parse::<u32>().expect("digits");

@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use super::batch_record::decode_batch;
 use super::metrics::SPOOL_METRICS;
-use super::{Shared, POSITION};
+use super::shared::{Shared, POSITION};
 use crate::checkpoint::CheckpointStore;
 use crate::config::RetryConfig;
 use crate::disk_queue::Pos;

@@ -2,6 +2,7 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::Collector;
 use prometheus::{IntCounterVec, IntGaugeVec, Opts};
 
 use crate::metrics::metrics;
@@ -15,24 +16,8 @@ pub(super) struct SpoolMetrics {
 }
 
 pub(super) static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
-    let gauge = |name: &str, help: &str| {
-        metrics().register(
-            IntGaugeVec::new(
-                Opts::new(format!("auditrelay_sink_spool_{name}"), help),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        )
-    };
-    let counter = |name: &str, help: &str| {
-        metrics().register(
-            IntCounterVec::new(
-                Opts::new(format!("auditrelay_sink_spool_{name}"), help),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        )
-    };
+    let gauge = |name: &str, help: &str| per_sink(IntGaugeVec::new, name, help);
+    let counter = |name: &str, help: &str| per_sink(IntCounterVec::new, name, help);
     SpoolMetrics {
         bytes: gauge(
             "bytes",
@@ -56,3 +41,13 @@ pub(super) static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
         ),
     }
 });
+
+/// `auditrelay_sink_spool_<name>`, one series per sink, registered.
+fn per_sink<M: Collector + Clone + 'static>(
+    new: fn(Opts, &[&str]) -> prometheus::Result<M>,
+    name: &str,
+    help: &str,
+) -> M {
+    let opts = Opts::new(format!("auditrelay_sink_spool_{name}"), help);
+    metrics().register(new(opts, &["sink"]).expect("metric definition is valid"))
+}

@@ -26,13 +26,13 @@ mod append;
 mod batch_record;
 mod drainer;
 mod metrics;
+mod shared;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -51,15 +51,13 @@ use crate::health::Health;
 pub use batch_record::{decode_batch, encode_batch, SpooledBatch};
 use drainer::Drainer;
 use metrics::SPOOL_METRICS;
+use shared::{Shared, State, POSITION};
 
 /// The smallest `spool_max_bytes` accepted: room for a few large pages.
 pub const MIN_MAX_BYTES: u64 = 16 << 20;
 
 /// Batches an unordered sink is sent at once from its spool.
 const DRAIN_IN_FLIGHT: usize = 4;
-
-/// Name of the checkpoint that holds the delivered position.
-const POSITION: &str = "delivered";
 
 /// A sink behind a spool.
 pub struct SpoolingSink {
@@ -92,52 +90,6 @@ impl Drop for AttemptGuard {
         if let Some(attempt) = self.0.take() {
             attempt.abort();
         }
-    }
-}
-
-struct Shared {
-    name: String,
-    spool: DiskQueue,
-    state: Mutex<State>,
-    /// Wakes the drainer: something was appended, or a late direct
-    /// delivery finished.
-    changed: Notify,
-    /// Wakes appenders waiting for room.
-    space: Notify,
-    /// Wakes those waiting for the spool to be empty.
-    emptied: Notify,
-    health: Health,
-    max_bytes: u64,
-    next_id: AtomicU64,
-}
-
-#[derive(Default)]
-struct State {
-    /// The spool may hold batches the sink has not confirmed; while it does,
-    /// new batches queue behind them.
-    backlog: bool,
-    /// Appends under way (they hold `backlog` up).
-    appending: usize,
-    /// Spooled batches whose direct delivery outlived `spool_after` and may
-    /// still get through: the drainer waits for the outcome (true = it did)
-    /// before sending such a batch itself.
-    late: HashMap<u64, watch::Receiver<Option<bool>>>,
-}
-
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn health_key(&self) -> String {
-        format!("sink.{}.spool", self.name)
-    }
-
-    fn update_bytes(&self) {
-        SPOOL_METRICS
-            .bytes
-            .with_label_values(&[&self.name])
-            .set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
     }
 }
 
