@@ -11,8 +11,10 @@ pub mod checkpoint;
 pub mod config;
 pub mod config_file;
 pub mod daemon;
+pub mod disk_queue;
 pub mod event;
 pub mod format;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -25,5 +27,4 @@ pub mod secret;
 pub mod server;
 pub mod sink;
 pub mod source;
-pub mod spool;
 pub mod tls;

@@ -2,6 +2,9 @@
 //! mutations of them through the same entry points the `cargo fuzz` targets
 //! use, so every CI run exercises the parsers and encoders with hostile
 //! input even where the fuzzer itself cannot run.
+//!
+//! Needs the `fuzzing` feature (`cargo test --all-features`).
+#![cfg(feature = "fuzzing")]
 
 use std::path::Path;
 

@@ -1,9 +1,14 @@
 //! A pipeline that dies must reach the daemon's loop, never end silently.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 
 use super::*;
+use crate::checkpoint::CheckpointStore;
+use crate::config_file;
 use crate::event::Batch;
+use crate::pipeline::SourcePipeline;
 use crate::source::Source;
 
 /// A source with a bug: its first fetch panics.

@@ -14,7 +14,7 @@ pub mod file;
 pub mod kafka;
 mod registry;
 pub mod splunk_hec;
-pub mod spool;
+pub mod spooling;
 pub mod stdout;
 pub mod syslog;
 pub mod webhook;
@@ -111,13 +111,13 @@ impl SinkConfig {
         self.common.retry.validate(path, problems);
         self.common.tls.validate(path, problems);
         if self.common.on_unavailable == OnUnavailable::Spool {
-            if self.common.spool_max_bytes < spool::MIN_MAX_BYTES {
+            if self.common.spool_max_bytes < spooling::MIN_MAX_BYTES {
                 problems.push(
                     format!("{path}.spool_max_bytes"),
                     format!(
                         "{} bytes is too small for a spool; use at least {} (16 MiB)",
                         self.common.spool_max_bytes,
-                        spool::MIN_MAX_BYTES
+                        spooling::MIN_MAX_BYTES
                     ),
                 );
             }

@@ -168,6 +168,7 @@ impl CertifycloudsSource {
 
     /// The events of one page, or why it is not one (also the entry point
     /// of fuzzing and the corpus test).
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn parse_page(&self, body: &Bytes) -> Result<Vec<Event>, String> {
         self.parse_page_and_limit(body).map(|(events, _)| events)
     }

@@ -25,14 +25,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
-use crate::spool::record_head;
+use crate::disk_queue::record_head;
 
 /// The first line of a file: `auditrelay-syslog-replay v1 framing=…`. Frames
 /// are stored framed, so only an instance with the same framing may send
 /// them (octet-counted frames on an LF connection would break the stream).
 const MAGIC: &str = "auditrelay-syslog-replay v1 framing=";
 /// Records as in the spool (`[len][crc][frames]`, see [`record_head`]).
-const RECORD_HEAD: usize = crate::spool::RECORD_HEAD as usize;
+const RECORD_HEAD: usize = crate::disk_queue::RECORD_HEAD as usize;
 
 /// Frames of recent batches, oldest first, at most `cap` bytes (a single
 /// batch larger than `cap` is not kept at all).

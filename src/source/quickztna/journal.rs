@@ -7,7 +7,7 @@
 //! a poller task polls on its own schedule, whatever the sinks do, and
 //! appends each poll's new entries to a journal under
 //! `state_dir/journal/<source>/` (the CRC-checked segment queue of
-//! [`crate::spool`]); the pipeline reads batches out of the journal, and its
+//! [`crate::disk_queue`]); the pipeline reads batches out of the journal, and its
 //! checkpoint is the journal position after each batch.
 //!
 //! Order of writes, and what a crash at each point means:
@@ -49,11 +49,11 @@ use super::api::Api;
 use super::poller::Poller;
 use super::window::Window;
 use crate::checkpoint::CheckpointStore;
+use crate::disk_queue::{DiskQueue, Pos, Tail};
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
 use crate::source::pull::{dedup_key, WindowState};
 use crate::source::webhook_in::record_event;
-use crate::spool::{Pos, Spool, Tail};
 
 /// About how many bytes of entries one batch takes from the journal.
 const BATCH_BYTES: usize = 4 << 20;
@@ -142,7 +142,7 @@ pub fn dir(state_dir: &Path, source: &str) -> PathBuf {
 /// The journal of one source: its segments and the poller state beside them.
 pub struct Journal {
     name: Arc<str>,
-    pub(super) spool: Spool,
+    pub(super) spool: DiskQueue,
     store: CheckpointStore,
     pub(super) max_bytes: u64,
 }
@@ -151,7 +151,7 @@ impl Journal {
     pub fn open(state_dir: &Path, name: &str, max_bytes: u64) -> anyhow::Result<Journal> {
         let dir = dir(state_dir, name);
         let segment_bytes = (max_bytes / 8).clamp(4096, MAX_SEGMENT_BYTES);
-        let spool = Spool::open(&dir, segment_bytes, max_bytes).map_err(|e| {
+        let spool = DiskQueue::open(&dir, segment_bytes, max_bytes).map_err(|e| {
             anyhow::anyhow!(
                 "sources.{name}: cannot open the journal {}: {e}",
                 dir.display()

@@ -35,7 +35,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
@@ -49,6 +48,7 @@ use window::Window;
 
 pub struct QuickztnaSource {
     /// For [`QuickztnaSource::parse_body`].
+    #[cfg(feature = "fuzzing")]
     parser: Api,
     mode: Mode,
 }
@@ -98,6 +98,7 @@ impl QuickztnaSource {
             url: url.clone(),
             extractor: extractor.clone(),
         };
+        #[cfg(feature = "fuzzing")]
         let parser = Api {
             cfg: cfg.clone(),
             fetcher: fetcher(false)?,
@@ -160,12 +161,17 @@ impl QuickztnaSource {
             journal = cfg.journal,
             "quickztna source ready"
         );
-        Ok(QuickztnaSource { parser, mode })
+        Ok(QuickztnaSource {
+            #[cfg(feature = "fuzzing")]
+            parser,
+            mode,
+        })
     }
 
     /// One response body through the same parsing as a poll (fuzzing and
     /// the corpus test): its entries, or why it was refused or not understood.
-    pub(crate) fn parse_body(&self, body: &Bytes) -> Result<Vec<Event>, String> {
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn parse_body(&self, body: &bytes::Bytes) -> Result<Vec<Event>, String> {
         self.parser.parse_body(body)
     }
 }

@@ -13,9 +13,9 @@ use tracing::{error, info, warn};
 use super::api::Api;
 use super::journal::{Journal, JOURNAL_BYTES, JOURNAL_FULL};
 use super::window::Window;
+use crate::disk_queue::AppendError;
 use crate::event::Event;
 use crate::health::Health;
-use crate::spool::AppendError;
 
 /// Entries per journal append (one fsync each).
 const APPEND_ENTRIES: usize = 100;

@@ -3,9 +3,9 @@
 use chrono::{DateTime, Utc};
 
 use super::journal::{Journal, JournalCheckpoint, Resume};
+use crate::disk_queue::Pos;
 use crate::event::{FieldExtractor, FieldPath};
 use crate::source::pull::WindowState;
-use crate::spool::Pos;
 
 fn extractor() -> FieldExtractor {
     FieldExtractor::new(

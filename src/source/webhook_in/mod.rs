@@ -35,9 +35,9 @@ use self::receive::{receive, Shared, REQUESTS, SPOOL_BYTES};
 use super::{Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Problems;
+use crate::disk_queue::{DiskQueue, Pos, Tail};
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
-use crate::spool::{Pos, Spool, Tail};
 
 /// About how many bytes of events one batch takes from the spool.
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
@@ -56,7 +56,7 @@ static SPOOL_CORRUPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 pub struct WebhookInSource {
     name: Arc<str>,
-    spool: Arc<Spool>,
+    spool: Arc<DiskQueue>,
     tail: watch::Receiver<Tail>,
     pos: Pos,
     extractor: FieldExtractor,
@@ -88,7 +88,7 @@ impl WebhookInSource {
         );
         let dir = ctx.state_dir.join("spool").join(&ctx.name);
         let spool = Arc::new(
-            Spool::open(&dir, cfg.segment_bytes, cfg.max_spool_bytes).map_err(|e| {
+            DiskQueue::open(&dir, cfg.segment_bytes, cfg.max_spool_bytes).map_err(|e| {
                 anyhow::anyhow!("{path}: cannot open the spool {}: {e}", dir.display())
             })?,
         );

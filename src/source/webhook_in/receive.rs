@@ -17,9 +17,9 @@ use tracing::{debug, error, warn};
 use super::auth::Auth;
 use super::body::{gunzip, parse_events};
 use crate::checkpoint::CheckpointStore;
+use crate::disk_queue::{AppendError, DiskQueue, Pos};
 use crate::health::Health;
 use crate::metrics::metrics;
-use crate::spool::{AppendError, Pos, Spool};
 
 /// Time a client gets to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -53,7 +53,7 @@ pub(super) struct Shared {
     pub(super) name: Arc<str>,
     /// The one path events are POSTed to.
     pub(super) path: String,
-    pub(super) spool: Arc<Spool>,
+    pub(super) spool: Arc<DiskQueue>,
     pub(super) auth: Auth,
     pub(super) max_body: usize,
     pub(super) health: Health,
@@ -259,7 +259,7 @@ pub(super) async fn receive(
 /// records still in its newest segment stop counting as full (the source
 /// learns of commits only when it reads, and it does not read while pushes
 /// are refused). True when the position was read.
-fn release_committed(spool: &Spool, store: &CheckpointStore, source: &str) -> bool {
+fn release_committed(spool: &DiskQueue, store: &CheckpointStore, source: &str) -> bool {
     let committed = store
         .load(source)
         .ok()

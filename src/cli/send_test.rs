@@ -1,0 +1,66 @@
+//! `auditrelay send-test`: one synthetic event to each sink, and what each
+//! answered.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use super::{load, with_runtime, EXIT_CONFIG};
+
+pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(name) = &only {
+        if !cfg.sinks.contains_key(name) {
+            eprintln!("error: no sink named \"{name}\" in {}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
+    auditrelay::logging::init(cfg.log_format, "warn");
+    with_runtime(|| async move {
+        let health = auditrelay::health::Health::default();
+        let sinks = or_exit!(auditrelay::daemon::build_sinks(&cfg, &health));
+        let event = auditrelay::source::demo::send_test_event();
+        let mut ok = true;
+        for (name, sink) in sinks
+            .iter()
+            .filter(|(n, _)| only.as_ref().is_none_or(|o| o == *n))
+        {
+            let started = Instant::now();
+            let result = tokio::time::timeout(
+                timeout,
+                sink.deliver("send-test", std::slice::from_ref(&event)),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => println!("{name}: ok ({} ms)", started.elapsed().as_millis()),
+                Ok(Err(e)) => {
+                    ok = false;
+                    println!("{name}: FAILED: {e:#}");
+                }
+                Err(_) => {
+                    ok = false;
+                    let (_, states) = health.snapshot();
+                    let reason = states
+                        .get(&format!("sink.{name}"))
+                        .filter(|s| !s.ready)
+                        .map(|s| s.reason.clone())
+                        .unwrap_or_else(|| {
+                            "the destination kept failing (see the log above)".into()
+                        });
+                    println!(
+                        "{name}: FAILED: not confirmed within {}: {reason}",
+                        humantime::format_duration(timeout)
+                    );
+                }
+            }
+        }
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
