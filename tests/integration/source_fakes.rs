@@ -503,6 +503,9 @@ async fn pull_fake_serves_each_pagination_style() {
     let fake = PullFake::start(PullFakeConfig {
         mode: PullMode::Offset,
         rate_limit: 1.0,
+        // Long enough that a slow machine cannot let the reset pass
+        // between the two requests.
+        reset_secs: 60,
         ..Default::default()
     })
     .await
