@@ -197,23 +197,15 @@ impl<K: PullKind> PullConfig<K> {
             extract::<K>(fig, path)
         };
         // Shared keys are read without the unknown-key check: the section
-        // read above already reported every unknown key once, including
-        // window keys a source without a window does not take.
-        let common = extract::<PullKeys>(fig, path).map_err(|mut list| {
-            if !window {
-                list.retain(|p| {
-                    !WINDOW_KEYS.iter().any(|k| {
-                        let key = if path.is_empty() {
-                            k.to_string()
-                        } else {
-                            format!("{path}.{k}")
-                        };
-                        p.path == key || p.path.starts_with(&format!("{key}."))
-                    })
-                });
-            }
-            list
-        });
+        // read above already reported every unknown key once. A source
+        // without a window reads them without the window keys, which it
+        // reported as unknown: a bad value there must not stop serde
+        // before the shared keys after it.
+        let common = if window {
+            extract::<PullKeys>(fig, path)
+        } else {
+            extract_without::<PullKeys>(fig, path, WINDOW_KEYS)
+        };
         match (common, own) {
             (Ok(keys), Ok(own)) => Ok(PullConfig {
                 common: keys.resolve(&K::DEFAULTS),
@@ -354,6 +346,19 @@ fn extract<T: DeserializeOwned>(fig: &Figment, path: &str) -> Result<T, Vec<Prob
         fig.extract_inner(path)
     };
     value.map_err(|e| figment_problems(e, path))
+}
+
+/// [`extract`] of `path` with the top-level `skip` keys left out.
+fn extract_without<T: DeserializeOwned>(
+    fig: &Figment,
+    path: &str,
+    skip: &[&str],
+) -> Result<T, Vec<Problem>> {
+    let mut section: figment::value::Dict = extract(fig, path)?;
+    section.retain(|k, _| !skip.contains(&k.as_str()));
+    Figment::from(figment::providers::Serialized::defaults(section))
+        .extract()
+        .map_err(|e| figment_problems(e, path))
 }
 
 impl PullCommon {

@@ -149,3 +149,23 @@ fn a_missing_url_is_reported_by_path() {
         "{problems:?}"
     );
 }
+
+/// A window key a source does not take is an unknown key, not a bad value
+/// that hides the shared keys read after it (serde stops at the first).
+#[test]
+fn a_refused_window_key_hides_no_bad_shared_value() {
+    let toml = format!(
+        "[sources.s]\ntype = \"veza_list\"\n{AUTH}poll_interval = \"bad\"\ntimeout = \"x\"\n"
+    );
+    let problems = read(&toml).unwrap_err();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("sources.s.poll_interval: unknown key")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.iter().any(|p| p.starts_with("sources.s.timeout:")),
+        "the bad timeout went unreported: {problems:?}"
+    );
+}
