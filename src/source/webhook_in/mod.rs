@@ -28,7 +28,9 @@ use tracing::{debug, error, info, warn};
 
 use self::auth::Auth;
 pub use self::body::parse_events;
-pub(crate) use self::body::{gunzip, record_event};
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::body::gunzip;
+pub(crate) use self::body::record_event;
 pub use self::config::WebhookInConfig;
 use self::listener::{serve, tls_acceptor};
 use self::receive::{receive, Shared, REQUESTS, SPOOL_BYTES};
