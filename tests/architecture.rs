@@ -15,13 +15,6 @@ use std::path::{Path, PathBuf};
 /// Files of src/ may be this long at most (the issue's bound).
 const MAX_LINES: usize = 700;
 
-/// Directories whose files still import each other in a cycle, excused
-/// while other branches of issue 15 split them (splunk_hec into
-/// config/encode/ack/deliver, quickztna onto the pull core). A cycle is
-/// excused only when all its files lie in one of them; remove an entry as
-/// soon as its cycle is gone (`excused_cycles_still_exist` says when).
-const EXCUSED_CYCLE_DIRS: &[&str] = &["sink/splunk_hec/", "source/quickztna/"];
-
 #[test]
 fn no_import_cycle_between_files_of_src() {
     let graph = Graph::read(&src_dir());
@@ -30,39 +23,12 @@ fn no_import_cycle_between_files_of_src() {
         "found only {} files; is the module walk broken?",
         graph.files.len()
     );
-    let cycles: Vec<String> = graph
-        .cycles()
-        .into_iter()
-        .filter(|c| excused_by(c).is_none())
-        .collect();
+    let cycles = graph.cycles();
     assert!(
         cycles.is_empty(),
         "import cycles between files of src/ (each edge names the path that makes it):\n{}",
         cycles.join("\n")
     );
-}
-
-#[test]
-fn excused_cycles_still_exist() {
-    let cycles = Graph::read(&src_dir()).cycles();
-    for dir in EXCUSED_CYCLE_DIRS {
-        assert!(
-            cycles.iter().any(|c| excused_by(c) == Some(dir)),
-            "{dir} has no import cycle any more: remove it from EXCUSED_CYCLE_DIRS"
-        );
-    }
-}
-
-/// The excused directory holding every file of a cycle, if any.
-fn excused_by(cycle: &str) -> Option<&'static str> {
-    let files: Vec<&str> = cycle
-        .split_whitespace()
-        .filter(|w| w.ends_with(".rs"))
-        .collect();
-    EXCUSED_CYCLE_DIRS
-        .iter()
-        .copied()
-        .find(|dir| files.iter().all(|f| f.starts_with(dir)))
 }
 
 /// The resolver must see the edges it is there to check, or the test
@@ -71,10 +37,11 @@ fn excused_by(cycle: &str) -> Option<&'static str> {
 fn graph_sees_known_dependencies() {
     let graph = Graph::read(&src_dir());
     for (from, to) in [
-        ("source/veza.rs", "config/mod.rs"),
+        ("source/veza/config.rs", "config/mod.rs"),
         ("sink/webhook.rs", "sink/component.rs"),
-        ("source/mod.rs", "source/veza.rs"),
-        ("main.rs", "daemon.rs"),
+        ("source/mod.rs", "source/veza/config.rs"),
+        ("sink/splunk_hec/acks.rs", "sink/splunk_hec/inner.rs"),
+        ("main.rs", "daemon/mod.rs"),
     ] {
         let (from, to) = (PathBuf::from(from), PathBuf::from(to));
         assert!(
@@ -152,7 +119,6 @@ fn every_component_type_is_registered() {
 }
 
 #[test]
-#[ignore = "until the splits of the other session-4 branches are merged (issue 15)"]
 fn no_file_of_src_is_longer_than_the_bound() {
     let mut long = Vec::new();
     for file in rust_files(&src_dir()) {
