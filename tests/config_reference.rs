@@ -8,13 +8,17 @@
 //! section in the reference. Keys a component reads from a second struct
 //! (as every sink reads `SinkCommon`) get a section of their own, and the
 //! component's section names them in `sharing(...)` so rows there may
-//! repeat them (per-type defaults).
+//! repeat them (per-type defaults). A pull source (`PullConfig<K>`) lists
+//! in its own section both the keys every pull source shares (as
+//! `PullConfig::<K>::shared_keys()` gives them, window keys only where the
+//! source takes them) and its own (`K`, walked like any struct).
 
 use std::collections::BTreeSet;
 
 use auditrelay::config::{struct_fields, RetryConfig, TlsConfig};
 use auditrelay::config_file::{PipelineConfig, ServerConfig, TopLevel};
 use auditrelay::sink::{self, BatchConfig, FilterConfig, SinkCommon, SinkConfig};
+use auditrelay::source::pull::{PullConfig, PullKind};
 use auditrelay::source::{self, SourceConfig};
 use figment::providers::{Format, Toml};
 use figment::Figment;
@@ -41,11 +45,11 @@ fn sections() -> Vec<Section> {
         section::<SinkCommon>("Keys of every sink").sharing(["type"]),
     ];
     let sources = [
-        source_type::<veza::VezaConfig>("veza"),
-        source_type::<veza_list::VezaListConfig>("veza_list"),
-        source_type::<quickztna::QuickztnaConfig>("quickztna"),
-        source_type::<certifyclouds::CertifycloudsConfig>("certifyclouds"),
-        source_type::<http_pull::HttpPullConfig>("http_pull"),
+        pull_source_type::<veza::VezaConfig>("veza"),
+        pull_source_type::<veza_list::VezaListConfig>("veza_list"),
+        pull_source_type::<quickztna::QuickztnaConfig>("quickztna"),
+        pull_source_type::<certifyclouds::CertifycloudsConfig>("certifyclouds"),
+        pull_source_type::<http_pull::HttpPullConfig>("http_pull"),
         source_type::<webhook_in::WebhookInConfig>("webhook_in"),
         source_type::<demo::DemoConfig>("demo"),
     ];
@@ -101,6 +105,43 @@ fn source_type<T: DeserializeOwned>(kind: &str) -> Section {
     section::<T>(&format!("Source `{kind}`")).sharing(["type"])
 }
 
+/// A pull source's config: the keys it shares with every pull source, as
+/// the code lists them, and its own struct.
+trait PullSource {
+    type Own: DeserializeOwned;
+    fn shared_keys() -> Vec<&'static str>;
+}
+
+impl<K: PullKind> PullSource for PullConfig<K> {
+    type Own = K;
+    fn shared_keys() -> Vec<&'static str> {
+        PullConfig::<K>::shared_keys()
+    }
+}
+
+/// The section of a pull source lists its shared keys and its own.
+fn pull_source_type<C: PullSource>(kind: &str) -> Section {
+    Section {
+        walk: walk_pull::<C>,
+        ..source_type::<C::Own>(kind)
+    }
+}
+
+/// The shared keys of pull source `C` (their tables, `retry` and `tls`,
+/// have sections of their own), then its own keys walked as a struct.
+fn walk_pull<C: PullSource>(stop: &BTreeSet<&'static str>) -> Vec<Key> {
+    let mut keys: Vec<Key> = C::shared_keys()
+        .into_iter()
+        .map(|k| Key {
+            path: k.to_string(),
+            owner: "PullCommon",
+        })
+        .collect();
+    keys.extend(walk::<C::Own>(stop));
+    keys.sort_by(|a, b| a.path.cmp(&b.path));
+    keys
+}
+
 fn sink_type<T: DeserializeOwned>(kind: &str) -> Section {
     section::<T>(&format!("Sink `{kind}`"))
         .sharing(["type"])
@@ -117,12 +158,72 @@ impl Section {
 #[test]
 fn every_config_key_is_in_the_reference_and_every_documented_key_exists() {
     let text = std::fs::read_to_string(REFERENCE).expect("read docs/configuration.md");
+    let problems = out_of_step(&text);
+    assert!(
+        problems.is_empty(),
+        "{REFERENCE} is out of step with the config types:\n  {}",
+        problems.join("\n  ")
+    );
+}
+
+/// Deleting a row of a pull source's section, a shared key's or its own,
+/// is noticed and named: the walker sees both halves of `PullConfig<K>`.
+#[test]
+fn a_missing_row_of_a_pull_source_is_named() {
+    let text = std::fs::read_to_string(REFERENCE).expect("read docs/configuration.md");
+    for (section, key, owner) in [
+        ("Source `veza`", "overlap", "PullCommon"),
+        ("Source `veza`", "next_token_path", "Veza"),
+        ("Source `http_pull`", "pagination.mode", "PaginationConfig"),
+    ] {
+        let edited = without_row(&text, section, key);
+        assert_ne!(edited, text, "no row of `{key}` in section {section}");
+        let problems = out_of_step(&edited);
+        let expected = format!("{owner} key `{key}` has no row in section \"{section}\"");
+        assert!(
+            problems.iter().any(|p| p == &expected),
+            "deleting the row of `{key}` from {section} is not reported as {expected:?}: {problems:?}"
+        );
+    }
+    // A window key of a source without a window is not one of its keys.
+    let with_window_row = text.replacen(
+        "### Source `veza_list`\n",
+        "### Source `veza_list`\n| `overlap` | duration | | |\n",
+        1,
+    );
+    assert!(
+        out_of_step(&with_window_row)
+            .iter()
+            .any(|p| p.contains("\"Source `veza_list`\" documents `overlap`")),
+        "a documented window key of veza_list went unnoticed"
+    );
+}
+
+/// `text` without the table rows naming `key` in the section `heading`.
+fn without_row(text: &str, heading: &str, key: &str) -> String {
+    let mut inside = false;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            inside = line.trim_start_matches('#').trim() == heading;
+        }
+        let first_cell = line.strip_prefix('|').and_then(|r| r.split('|').next());
+        if inside && first_cell.is_some_and(|c| c.contains(&format!("`{key}`"))) {
+            continue;
+        }
+        out.push(line);
+    }
+    out.join("\n") + "\n"
+}
+
+/// Each key without a row in its section, and each row naming no key.
+fn out_of_step(text: &str) -> Vec<String> {
     let sections = sections();
     let roots: BTreeSet<&'static str> = sections.iter().map(|s| s.root).collect();
     let mut missing = Vec::new();
     let mut stale = Vec::new();
     for s in &sections {
-        let Some(rows) = documented_keys(&text, &s.heading) else {
+        let Some(rows) = documented_keys(text, &s.heading) else {
             missing.push(format!(
                 "{}: no section headed \"{}\" in {REFERENCE}",
                 s.root, s.heading
@@ -147,16 +248,8 @@ fn every_config_key_is_in_the_reference_and_every_documented_key_exists() {
             }
         }
     }
-    assert!(
-        missing.is_empty() && stale.is_empty(),
-        "{REFERENCE} is out of step with the config types:\n  {}",
-        missing
-            .iter()
-            .chain(&stale)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n  ")
-    );
+    missing.extend(stale);
+    missing
 }
 
 /// Every source and sink type the loader accepts has a line in
@@ -199,10 +292,12 @@ fn every_component_type_has_a_section() {
 #[test]
 fn walker_reports_nested_keys_with_their_struct() {
     let roots = BTreeSet::from(["RetryConfig", "TlsConfig"]);
-    let keys = walk::<source::http_pull::HttpPullConfig>(&roots);
+    let keys = walk_pull::<source::http_pull::HttpPullConfig>(&roots);
     let find = |p: &str| keys.iter().find(|k| k.path == p);
     let mode = find("pagination.mode").expect("pagination.mode is walked");
     assert_eq!(mode.owner, "PaginationConfig");
+    let overlap = find("overlap").expect("a shared key is walked");
+    assert_eq!(overlap.owner, "PullCommon");
     assert!(
         find("retry").is_some(),
         "a table with its own section is named"
