@@ -13,6 +13,8 @@
 //! `PullConfig::<K>::shared_keys()` gives them, window keys only where the
 //! source takes them) and its own (`K`, walked like any struct).
 
+mod walk;
+
 use std::collections::BTreeSet;
 
 use auditrelay::config::{struct_fields, RetryConfig, TlsConfig};
@@ -22,9 +24,8 @@ use auditrelay::source::pull::{PullConfig, PullKind};
 use auditrelay::source::{self, SourceConfig};
 use figment::providers::{Format, Toml};
 use figment::Figment;
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::DeserializeOwned;
+use walk::{shape_at, walk, Key, Shape};
 
 const REFERENCE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
 
@@ -77,14 +78,6 @@ struct Section {
     /// Keys a row of this section may also name: `type`, and for a sink the
     /// keys every sink takes (their per-sink defaults are written there).
     shared: BTreeSet<String>,
-}
-
-/// A key path below a section's root and the struct that declares its last
-/// segment.
-#[derive(Debug)]
-struct Key {
-    path: String,
-    owner: &'static str,
 }
 
 fn section<T: DeserializeOwned>(heading: &str) -> Section {
@@ -349,190 +342,9 @@ fn documented_keys(text: &str, heading: &str) -> Option<BTreeSet<String>> {
     Some(keys)
 }
 
-// ---- Walking a Deserialize type ----------------------------------------
-//
-// `struct_fields` gives the keys of one struct. To reach nested tables the
-// walker deserializes the type again for each key path, from a deserializer
-// that offers just that path and reports what the derive asks for at its
-// end: a struct (its name and keys), a map, or anything else (a leaf).
-
-/// Every key path below `T`, descending into nested structs except those
-/// whose name is in `stop` (they have a section of their own), and into the
-/// values of maps as `NAME`.
-fn walk<T: DeserializeOwned>(stop: &BTreeSet<&'static str>) -> Vec<Key> {
-    let Shape::Struct(root, fields) = shape_at::<T>(&[]) else {
-        panic!("{} is not a struct", std::any::type_name::<T>());
-    };
-    let mut keys = Vec::new();
-    let mut todo: Vec<(Vec<String>, &'static str, &'static [&'static str])> =
-        vec![(Vec::new(), root, fields)];
-    while let Some((prefix, owner, fields)) = todo.pop() {
-        assert!(
-            prefix.len() < 8,
-            "{owner}: nesting deeper than 8 at {prefix:?}"
-        );
-        for field in fields {
-            let mut path = prefix.clone();
-            path.push(field.to_string());
-            keys.push(Key {
-                path: path.join("."),
-                owner,
-            });
-            let mut at = path.clone();
-            let mut shape = shape_at::<T>(&at);
-            while shape == Shape::Map {
-                at.push("NAME".into());
-                shape = shape_at::<T>(&at);
-            }
-            if let Shape::Struct(name, fields) = shape {
-                if !stop.contains(name) {
-                    todo.push((at, name, fields));
-                }
-            }
-        }
-    }
-    keys.sort_by(|a, b| a.path.cmp(&b.path));
-    keys
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Shape {
-    Leaf,
-    Map,
-    Struct(&'static str, &'static [&'static str]),
-}
-
-fn shape_at<T: DeserializeOwned>(path: &[String]) -> Shape {
-    let mut found = Shape::Leaf;
-    let _ = T::deserialize(Probe {
-        path,
-        found: &mut found,
-    });
-    found
-}
-
-struct Probe<'a> {
-    path: &'a [String],
-    found: &'a mut Shape,
-}
-
-fn stop() -> de::value::Error {
-    de::Error::custom("probe ends here")
-}
-
-impl<'de> Deserializer<'de> for Probe<'_> {
-    type Error = de::value::Error;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
-        *self.found = Shape::Leaf;
-        Err(stop())
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        match self.path.split_first() {
-            None => {
-                *self.found = Shape::Struct(name, fields);
-                Err(stop())
-            }
-            Some((key, rest)) => visitor.visit_map(OneEntry::new(key, rest, self.found)),
-        }
-    }
-
-    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        match self.path.split_first() {
-            None => {
-                *self.found = Shape::Map;
-                Err(stop())
-            }
-            Some((key, rest)) => visitor.visit_map(OneEntry::new(key, rest, self.found)),
-        }
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_some(self)
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    /// A list's elements are described like the list's key.
-    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
-        visitor.visit_seq(OneElement(Some(self)))
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
-        bytes byte_buf unit unit_struct tuple tuple_struct enum identifier
-        ignored_any
-    }
-}
-
-/// A map of one entry: the next key of the path, then a probe for the rest.
-struct OneEntry<'a> {
-    key: Option<&'a str>,
-    value: Option<Probe<'a>>,
-}
-
-impl<'a> OneEntry<'a> {
-    fn new(key: &'a str, rest: &'a [String], found: &'a mut Shape) -> Self {
-        OneEntry {
-            key: Some(key),
-            value: Some(Probe { path: rest, found }),
-        }
-    }
-}
-
-impl<'de> MapAccess<'de> for OneEntry<'_> {
-    type Error = de::value::Error;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, Self::Error> {
-        match self.key.take() {
-            Some(key) => seed
-                .deserialize(de::value::StrDeserializer::<Self::Error>::new(key))
-                .map(Some),
-            None => Ok(None),
-        }
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(
-        &mut self,
-        seed: V,
-    ) -> Result<V::Value, Self::Error> {
-        seed.deserialize(self.value.take().ok_or_else(stop)?)
-    }
-}
-
-struct OneElement<'a>(Option<Probe<'a>>);
-
-impl<'de> SeqAccess<'de> for OneElement<'_> {
-    type Error = de::value::Error;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, Self::Error> {
-        match self.0.take() {
-            Some(probe) => seed.deserialize(probe).map(Some),
-            None => Ok(None),
-        }
-    }
-}
-
-/// Prints every key path per section (`cargo test --test config_reference
-/// -- --ignored --nocapture dump`): a start for a new section's table.
+/// Prints every key path per section (`cargo test --test integration
+/// config_reference::dump -- --ignored --nocapture`): a start for a new
+/// section's table.
 #[test]
 #[ignore]
 fn dump() {
