@@ -9,9 +9,11 @@
 
 mod support;
 
+mod architecture;
 mod certifyclouds_to_webhook;
 mod chaos;
 mod cli;
+mod config_reference;
 mod dead_letter_full;
 mod dlq_replay;
 mod hec_throughput;

@@ -15,18 +15,17 @@
 //! request sent before it came back and had its id noted (a reissued id
 //! takes the entry from the older request, which is sent again).
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::deliver::{classify, Answer, HecReply};
+use super::ack_table::{AckTable, RequestAcks};
+use super::answer::{classify, Answer, HecReply};
+use super::inner::{Inner, Trouble, CHANNEL_HEADER};
 use super::metrics::HEC_METRICS;
-use super::{Inner, Trouble, CHANNEL_HEADER};
 use crate::sink::delivery::{send_http, Sent};
 
 /// Ack ids per ack query, so one query stays a small request.
@@ -34,107 +33,12 @@ const MAX_ACKS_PER_QUERY: usize = 1000;
 /// Ack ids named in one "never acknowledged" log line.
 const IDS_PER_LOG_LINE: usize = 20;
 
-struct AckEntry {
-    /// Tells this request from a later one that got the same id (ids
-    /// restart when HEC does).
-    generation: u64,
-    issued: Instant,
-    confirms: Arc<watch::Sender<bool>>,
-}
-
-/// Ack ids being asked about, by id.
-#[derive(Default)]
-pub(super) struct AckTable {
-    waiting: HashMap<u64, AckEntry>,
-    generation: u64,
-}
-
-/// Event requests on their way whose ack id is not known yet, by sequence
-/// number: the ones an ack answer may be about.
-#[derive(Default)]
-struct OpenPosts {
-    next: u64,
-    open: BTreeSet<u64>,
-}
-
-pub(super) struct PostsInFlight(watch::Sender<OpenPosts>);
-
-impl Default for PostsInFlight {
-    fn default() -> Self {
-        PostsInFlight(watch::Sender::new(OpenPosts::default()))
-    }
-}
-
-/// One event request on its way; dropped once its answer (and ack id) has
-/// been noted, or when it failed or was cancelled.
-pub(super) struct PostInFlight<'a> {
-    posts: &'a PostsInFlight,
-    seq: u64,
-}
-
-impl PostsInFlight {
-    /// Call right before the request is sent.
-    pub(super) fn begin(&self) -> PostInFlight<'_> {
-        let mut seq = 0;
-        self.0.send_modify(|p| {
-            seq = p.next;
-            p.next += 1;
-            p.open.insert(seq);
-        });
-        PostInFlight { posts: self, seq }
-    }
-
-    /// Waits until every request begun so far has come back. Bounded by the
-    /// request timeout.
-    async fn settled(&self) {
-        let horizon = self.0.borrow().next;
-        let mut rx = self.0.subscribe();
-        let _ = rx
-            .wait_for(|p| p.open.first().is_none_or(|first| *first >= horizon))
-            .await;
-    }
-}
-
-impl Drop for PostInFlight<'_> {
-    fn drop(&mut self) {
-        let seq = self.seq;
-        self.posts.0.send_modify(|p| {
-            p.open.remove(&seq);
-        });
-    }
-}
-
-/// What confirms one request's events: any ack id it got reading true.
-pub(super) struct RequestAcks {
-    confirmed: Arc<watch::Sender<bool>>,
-    /// (ack id, generation) of every send of the request.
-    ids: Vec<(u64, u64)>,
-    first_issued: Option<Instant>,
-}
-
-impl Default for RequestAcks {
-    fn default() -> Self {
-        RequestAcks {
-            confirmed: Arc::new(watch::Sender::new(false)),
-            ids: Vec::new(),
-            first_issued: None,
-        }
-    }
-}
-
-impl RequestAcks {
-    /// Whether an ack of an earlier send read true meanwhile.
-    pub(super) fn confirmed(&self) -> bool {
-        *self.confirmed.borrow()
-    }
-}
-
 impl Inner {
     fn set_pending_gauge(&self, table: &AckTable) {
         HEC_METRICS
             .acks_pending
             .with_label_values(&[&self.delivery.name])
-            .set(table.waiting.len() as i64);
+            .set(table.len() as i64);
     }
 
     /// Notes that HEC just issued ack `id` (before the request counts as
@@ -142,7 +46,7 @@ impl Inner {
     /// and HEC's answers about the id are now the new request's.
     pub(super) fn note_issued(&self, id: u64) {
         let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        if table.waiting.remove(&id).is_some() {
+        if table.remove_reissued(id) {
             HEC_METRICS
                 .acks_expired
                 .with_label_values(&[&self.delivery.name])
@@ -161,38 +65,24 @@ impl Inner {
     /// Asks about ack `id` (just issued for a send of `acks`'s request)
     /// until it reads true or twice `ack_timeout` passes.
     pub(super) fn watch_ack(&self, acks: &mut RequestAcks, id: u64) {
-        let now = Instant::now();
         {
             let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            table.generation += 1;
-            let generation = table.generation;
-            // An entry with the same id is from before a HEC restart: that
-            // request no longer hears of it and is sent again at its timeout.
-            table.waiting.insert(
-                id,
-                AckEntry {
-                    generation,
-                    issued: now,
-                    confirms: acks.confirmed.clone(),
-                },
-            );
-            acks.ids.push((id, generation));
+            table.watch(acks, id, Instant::now());
             self.set_pending_gauge(&table);
         }
-        acks.first_issued.get_or_insert(now);
         self.ack_wake.notify_one();
     }
 
     /// Waits until an ack of the request reads true (true), or until
     /// `ack_timeout` passes (false: send again).
     pub(super) async fn wait_for_ack(&self, acks: &RequestAcks) -> bool {
-        let mut rx = acks.confirmed.subscribe();
+        let mut rx = acks.subscribe();
         let acked = tokio::select! {
             r = rx.wait_for(|confirmed| *confirmed) => r.is_ok(),
             _ = tokio::time::sleep(self.cfg.ack_timeout) => false,
         };
         if acked {
-            if let Some(since) = acks.first_issued {
+            if let Some(since) = acks.first_issued() {
                 HEC_METRICS
                     .ack_latency
                     .with_label_values(&[&self.delivery.name])
@@ -210,19 +100,11 @@ impl Inner {
     /// Stops asking about the request's ack ids (it is confirmed, or its
     /// events were split into other requests).
     pub(super) fn forget_acks(&self, acks: RequestAcks) {
-        if acks.ids.is_empty() {
+        if !acks.has_ids() {
             return;
         }
         let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, generation) in acks.ids {
-            if table
-                .waiting
-                .get(&id)
-                .is_some_and(|e| e.generation == generation)
-            {
-                table.waiting.remove(&id);
-            }
-        }
+        table.forget(acks);
         self.set_pending_gauge(&table);
     }
 
@@ -232,17 +114,8 @@ impl Inner {
         let horizon = self.cfg.ack_timeout * 2;
         let expired: Vec<u64> = {
             let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut expired: Vec<u64> = table
-                .waiting
-                .iter()
-                .filter(|(_, e)| e.issued.elapsed() > horizon)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in &expired {
-                table.waiting.remove(id);
-            }
+            let expired = table.expire(horizon);
             self.set_pending_gauge(&table);
-            expired.sort_unstable();
             expired
         };
         if expired.is_empty() {
@@ -321,18 +194,7 @@ impl Inner {
                     Trouble::Endpoint,
                 ]);
                 let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-                for (id, generation) in ids {
-                    if acks.get(&id.to_string()) == Some(&true)
-                        && table
-                            .waiting
-                            .get(id)
-                            .is_some_and(|e| e.generation == *generation)
-                    {
-                        if let Some(entry) = table.waiting.remove(id) {
-                            entry.confirms.send_replace(true);
-                        }
-                    }
-                }
+                table.confirm(ids, &acks);
                 self.set_pending_gauge(&table);
             }
             _ => {
@@ -364,11 +226,7 @@ impl Inner {
 pub(super) async fn ack_poller(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
         loop {
-            let empty = inner
-                .acks
-                .lock()
-                .map(|t| t.waiting.is_empty())
-                .unwrap_or(false);
+            let empty = inner.acks.lock().map(|t| t.is_empty()).unwrap_or(false);
             if !empty {
                 break;
             }
@@ -382,16 +240,7 @@ pub(super) async fn ack_poller(inner: Arc<Inner>, stop: CancellationToken) {
             _ = tokio::time::sleep(inner.cfg.ack_poll_interval) => {}
         }
         inner.expire_acks();
-        let ids: Vec<(u64, u64)> = {
-            let table = inner.acks.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ids: Vec<(u64, u64)> = table
-                .waiting
-                .iter()
-                .map(|(id, e)| (*id, e.generation))
-                .collect();
-            ids.sort_unstable();
-            ids
-        };
+        let ids = inner.acks.lock().unwrap_or_else(|p| p.into_inner()).ids();
         for chunk in ids.chunks(MAX_ACKS_PER_QUERY) {
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -10,8 +10,8 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
-use super::deliver::{classify, Answer, HecReply};
-use super::{Inner, Trouble, CHANNEL_HEADER};
+use super::answer::{classify, Answer, HecReply};
+use super::inner::{Inner, Trouble, CHANNEL_HEADER};
 use crate::sink::delivery::{send_http, snippet, Sent};
 
 impl Inner {

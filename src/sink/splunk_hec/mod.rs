@@ -37,80 +37,35 @@
 //! channel are fine) reports a wrong token or `indexer_ack` setting before
 //! the first event is sent.
 
+mod ack_table;
 mod acks;
+mod answer;
 mod config;
 mod deliver;
 mod encode;
 mod health;
+mod inner;
 mod metrics;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
 
 use async_trait::async_trait;
 use reqwest::header::HeaderValue;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use super::delivery::{Delivery, Readiness};
-use super::{BatchConfig, Sink, SinkCommon, SinkContext};
+use super::{Sink, SinkCommon, SinkContext};
 use crate::event::Event;
-use crate::secret::{Secret, SecretSource};
-use acks::{ack_poller, AckTable, PostsInFlight};
-use config::auth_value;
+use ack_table::{AckTable, PostsInFlight};
+use acks::ack_poller;
 pub use config::{Compression, SplunkHecConfig};
 use deliver::EventRequests;
 use encode::Envelope;
 use health::health_loop;
-use metrics::HEC_METRICS;
-
-const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
-
-/// Why the sink is not ready; each kind is set and cleared by what can tell.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Trouble {
-    Health,
-    Token,
-    /// Codes 10, 11, 14.
-    AckSetting,
-    /// Accepted without an ackId while `indexer_ack` is on; only an ackId
-    /// or a working ack query clears it.
-    AckMissing,
-    Endpoint,
-}
-
-struct Inner {
-    cfg: SplunkHecConfig,
-    batch: BatchConfig,
-    client: reqwest::Client,
-    event_url: url::Url,
-    ack_url: url::Url,
-    health_url: url::Url,
-    channel: HeaderValue,
-    token_source: SecretSource,
-    token: RwLock<Secret>,
-    envelope: Envelope,
-    /// Name, retry, readiness and dead letters, for the delivery loop.
-    delivery: Delivery<Trouble>,
-    acks: Mutex<AckTable>,
-    ack_wake: Notify,
-    /// Set once the startup health round has an answer (or gave up): event
-    /// requests wait for it, so a load balancer's stickiness cookie is in
-    /// the jar before the first event goes out and every request, and its
-    /// ack queries, land on the same indexer.
-    warmed: tokio::sync::watch::Sender<bool>,
-    /// Event requests whose ack id is not known yet.
-    posts: PostsInFlight,
-    permits: Semaphore,
-    /// No event request before this instant: a Retry-After pauses the
-    /// whole sink, not only the request that got it.
-    paused_until: Mutex<Option<Instant>>,
-    /// Whether an event request went out on the channel (the ack probe
-    /// asks about id 0, which is only safe before).
-    sent_any: AtomicBool,
-}
+use inner::Inner;
 
 pub struct SplunkHecSink {
     inner: Arc<Inner>,
@@ -199,30 +154,6 @@ impl SplunkHecSink {
         }
         info!(sink = %inner.delivery.name, channel = %channel, indexer_ack = inner.cfg.indexer_ack, "Splunk HEC sink ready to send");
         Ok(SplunkHecSink { inner, stop })
-    }
-}
-
-impl Inner {
-    fn auth(&self) -> Option<HeaderValue> {
-        let token = self.token.read().unwrap_or_else(|p| p.into_inner());
-        auth_value(&token)
-    }
-
-    /// Re-reads the token, in case it was rotated.
-    fn reload_token(&self) {
-        match self.token_source.load() {
-            Ok(t) => *self.token.write().unwrap_or_else(|p| p.into_inner()) = t,
-            Err(e) => {
-                error!(sink = %self.delivery.name, error = %e, "cannot re-read the HEC token")
-            }
-        }
-    }
-
-    fn count(&self, endpoint: &str, code: &str) {
-        HEC_METRICS
-            .requests
-            .with_label_values(&[&self.delivery.name, endpoint, code])
-            .inc();
     }
 }
 

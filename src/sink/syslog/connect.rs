@@ -2,14 +2,21 @@
 //! RELP), with the timeouts and error texts an operator can act on.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio_rustls::TlsConnector;
 use tracing::info;
 
+use super::config::{SyslogConfig, Target, Transport};
 use super::encode::Frames;
+use super::metrics::SYSLOG_METRICS;
 use super::stream::StreamConn;
-use super::{relp, SyslogSink, Transport, SYSLOG_METRICS};
+use super::{relp, tls};
+use crate::config::TlsConfig;
 
 /// An open connection to the receiver.
 pub(super) enum Conn {
@@ -18,7 +25,44 @@ pub(super) enum Conn {
     Relp(relp::RelpConn),
 }
 
-impl SyslogSink {
+/// Opens connections to the receiver of one sink, and counts the
+/// reconnects.
+pub(super) struct Connector {
+    name: Arc<str>,
+    target: Target,
+    connect_timeout: Duration,
+    /// RELP: how long the session open may take.
+    timeout: Duration,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connected_before: AtomicBool,
+}
+
+impl Connector {
+    /// `path` is the sink's key path, for errors.
+    pub(super) fn new(
+        name: Arc<str>,
+        target: &Target,
+        cfg: &SyslogConfig,
+        tls: &TlsConfig,
+        path: &str,
+    ) -> anyhow::Result<Connector> {
+        let tls = if target.transport == Transport::Tls {
+            let name = tls::server_name(&target.host)
+                .map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
+            Some((tls::connector(tls, path)?, name))
+        } else {
+            None
+        };
+        Ok(Connector {
+            name,
+            target: target.clone(),
+            connect_timeout: cfg.connect_timeout,
+            timeout: cfg.timeout,
+            tls,
+            connected_before: AtomicBool::new(false),
+        })
+    }
+
     /// Opens the connection of the configured transport.
     pub(super) async fn connect(&self) -> Result<Conn, String> {
         let conn = match self.target.transport {
@@ -52,7 +96,7 @@ impl SyslogSink {
                     return Err("TLS is not configured".into());
                 };
                 let handshake = connector.connect(name.clone(), tcp);
-                let stream = match tokio::time::timeout(self.cfg.connect_timeout, handshake).await {
+                let stream = match tokio::time::timeout(self.connect_timeout, handshake).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) if crate::tls::advice(&e).is_some() => {
                         return Err(format!(
@@ -84,7 +128,7 @@ impl SyslogSink {
             }
             Transport::Relp => {
                 let tcp = self.connect_tcp().await?;
-                let session = relp::RelpConn::open(tcp, self.cfg.timeout)
+                let session = relp::RelpConn::open(tcp, self.timeout)
                     .await
                     .map_err(|e| format!("{e} ({})", self.target))?;
                 Conn::Relp(session)
@@ -107,7 +151,7 @@ impl SyslogSink {
             .trim_start_matches('[')
             .trim_end_matches(']');
         let lookup = tokio::net::lookup_host((host, self.target.port));
-        match tokio::time::timeout(self.cfg.connect_timeout, lookup).await {
+        match tokio::time::timeout(self.connect_timeout, lookup).await {
             Ok(Ok(mut addrs)) => addrs
                 .next()
                 .ok_or_else(|| format!("{} resolves to no address", self.target.host)),
@@ -118,12 +162,11 @@ impl SyslogSink {
 
     async fn connect_tcp(&self) -> Result<TcpStream, String> {
         let addr = self.resolve().await?;
-        let tcp =
-            match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
-                Err(_) => return Err(format!("connecting to {} timed out", self.target)),
-            };
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", self.target)),
+            Err(_) => return Err(format!("connecting to {} timed out", self.target)),
+        };
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }

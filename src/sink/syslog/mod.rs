@@ -33,16 +33,15 @@
 mod config;
 mod connect;
 mod encode;
+mod metrics;
 pub mod relp;
 mod replay;
 mod stream;
 mod tls;
 
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use prometheus::{IntCounterVec, Opts};
 use tracing::{info, warn};
 
 use super::delivery::{count_confirmed, count_failed};
@@ -52,52 +51,10 @@ use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
 pub use config::{Body, Format, Framing, SyslogConfig, Target, Transport};
-use connect::{send_udp, Conn};
+use connect::{send_udp, Conn, Connector};
 pub use encode::{Encoder, Frames, SD_VALUE_MAX};
+use metrics::SYSLOG_METRICS;
 use stream::{close_gracefully, send_stream, StreamError};
-
-/// Sink-specific metrics, labelled by sink.
-struct SyslogMetrics {
-    frames: IntCounterVec,
-    bytes: IntCounterVec,
-    reconnects: IntCounterVec,
-    truncated: IntCounterVec,
-    refused: IntCounterVec,
-}
-
-static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
-    let c = |name: &str, help: &str| {
-        metrics().register(
-            IntCounterVec::new(
-                Opts::new(format!("auditrelay_syslog_{name}"), help),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        )
-    };
-    SyslogMetrics {
-        frames: c(
-            "frames_sent_total",
-            "Syslog messages confirmed (written and acknowledged as the transport allows).",
-        ),
-        bytes: c(
-            "bytes_sent_total",
-            "Bytes of confirmed syslog frames, framing included.",
-        ),
-        reconnects: c(
-            "reconnects_total",
-            "Syslog connections opened again after a failure or a close by the receiver.",
-        ),
-        truncated: c(
-            "truncated_total",
-            "Syslog messages whose body was cut to max_message_size.",
-        ),
-        refused: c(
-            "relp_refused_total",
-            "RELP messages the receiver answered with a non-200 rsp.",
-        ),
-    }
-});
 
 /// Longest wait for the receiver's close at a stop or reload.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -131,12 +88,8 @@ pub struct SyslogSink {
     cfg: SyslogConfig,
     common: SinkCommon,
     encoder: Encoder,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls::pki_types::ServerName<'static>,
-    )>,
+    connector: Connector,
     state: tokio::sync::Mutex<State>,
-    connected_before: AtomicBool,
     health: Health,
     dead_letters: DeadLetters,
     state_dir: std::path::PathBuf,
@@ -156,13 +109,8 @@ impl SyslogSink {
             .unwrap_or_else(|| target.default_max_message());
         let encoder =
             Encoder::new(&cfg, framing, max).map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        let tls = if target.transport == Transport::Tls {
-            let name = tls::server_name(&target.host)
-                .map_err(|e| anyhow::anyhow!("{path}.address: {e}"))?;
-            Some((tls::connector(&common.tls, &path)?, name))
-        } else {
-            None
-        };
+        let connector =
+            Connector::new(ctx.name.as_str().into(), &target, &cfg, &common.tls, &path)?;
         if target.transport == Transport::Udp {
             info!(sink = %ctx.name, "syslog over UDP is best effort: datagrams lost on the way are not noticed");
         }
@@ -174,9 +122,8 @@ impl SyslogSink {
             cfg,
             common: common.clone(),
             encoder,
-            tls,
+            connector,
             state: tokio::sync::Mutex::new(State::default()),
-            connected_before: AtomicBool::new(false),
             health: ctx.health,
             dead_letters: ctx.dead_letters,
             state_dir: ctx.state_dir,
@@ -247,7 +194,7 @@ impl SyslogSink {
         let mut refusals = vec![0u32; events.len()];
         loop {
             if state.conn.is_none() {
-                match self.connect().await {
+                match self.connector.connect().await {
                     Ok(c) => state.conn = Some(c),
                     Err(why) => {
                         self.failed(source, events.len(), &why, &mut backoff).await;
@@ -487,7 +434,8 @@ impl Sink for SyslogSink {
     /// connect, TLS handshake with certificate checks, RELP `open`. UDP
     /// only proves the address resolves.
     async fn healthcheck(&self) -> anyhow::Result<()> {
-        self.connect()
+        self.connector
+            .connect()
             .await
             .map(drop)
             .map_err(|e| anyhow::anyhow!(e))

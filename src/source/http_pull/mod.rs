@@ -26,9 +26,10 @@ use tracing::{info, warn};
 
 use super::pull::{snippet, After, Fetcher, Next, TimeFormat, Walker, WindowState};
 use super::{Source, SourceContext};
-use crate::event::{Batch, FieldExtractor, FieldPath};
+use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 use crate::secret::Secret;
+use page::PageReader;
 use template::{render, render_json, Vars};
 
 /// What a request is, once the templates are filled.
@@ -45,10 +46,7 @@ pub struct HttpPullSource {
     endpoint: url::Url,
     headers: HeaderMap,
     auth_header: HeaderName,
-    extractor: FieldExtractor,
-    items_path: Option<FieldPath>,
-    token_path: Option<FieldPath>,
-    limit_path: Option<FieldPath>,
+    page: PageReader,
 }
 
 impl HttpPullSource {
@@ -66,20 +64,7 @@ impl HttpPullSource {
         }
         let auth_header = HeaderName::from_bytes(cfg.auth_header.as_bytes())
             .map_err(|e| anyhow::anyhow!("{path}.auth_header: {e}"))?;
-        let items_path = match cfg.items_path.as_deref() {
-            None | Some("") | Some(".") => None,
-            Some(p) => {
-                Some(FieldPath::parse(p).map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?)
-            }
-        };
-        let optional_path = |p: &Option<String>, key: &str| {
-            p.as_deref()
-                .map(FieldPath::parse)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("{path}.pagination.{key}: {e}"))
-        };
-        let token_path = optional_path(&cfg.pagination.token_path, "token_path")?;
-        let limit_path = optional_path(&cfg.pagination.limit_path, "limit_path")?;
+        let page = PageReader::new(&cfg, endpoint.clone(), &path)?;
         let state = WindowState::load(
             &ctx.name,
             ctx.checkpoint.as_deref(),
@@ -102,16 +87,25 @@ impl HttpPullSource {
             "http_pull source ready"
         );
         Ok(HttpPullSource {
-            extractor: common.extractor(&path)?,
             cfg,
             walk,
             endpoint,
             headers,
             auth_header,
-            items_path,
-            token_path,
-            limit_path,
+            page,
         })
+    }
+
+    /// The events of one page and where the walk goes next, or why the
+    /// page is not understood (also the entry point of fuzzing and the
+    /// corpus test). `asked` is the URL the page was requested with.
+    pub(crate) fn parse_page(
+        &self,
+        body: &bytes::Bytes,
+        headers: &HeaderMap,
+        asked: &url::Url,
+    ) -> Result<(Vec<Event>, Next), String> {
+        self.page.parse(body, headers, asked, self.walk.cursor())
     }
 
     /// The request of the current page (waiting for the next pass first).

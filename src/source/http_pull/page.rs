@@ -5,9 +5,8 @@ use bytes::Bytes;
 use reqwest::header::HeaderMap;
 use serde_json::value::RawValue;
 
-use super::config::Mode;
-use super::HttpPullSource;
-use crate::event::{scalar_text, Event};
+use super::config::{HttpPullConfig, Mode, PaginationConfig};
+use crate::event::{scalar_text, Event, FieldExtractor, FieldPath};
 use crate::source::pull::{find_items, page_is_last, snippet, Next};
 
 const ITEM_CANDIDATES: &[&str] = &[
@@ -45,15 +44,57 @@ pub fn link_next(headers: &HeaderMap, base: &url::Url) -> Option<url::Url> {
     None
 }
 
-impl HttpPullSource {
+/// What reading a page needs of the config, checked once at start.
+pub(super) struct PageReader {
+    pagination: PaginationConfig,
+    page_size: u32,
+    /// Where the source's requests go: a next link elsewhere is refused.
+    endpoint: url::Url,
+    extractor: FieldExtractor,
+    items_path: Option<FieldPath>,
+    token_path: Option<FieldPath>,
+    limit_path: Option<FieldPath>,
+}
+
+impl PageReader {
+    /// `path` is the section's key path, for errors.
+    pub(super) fn new(
+        cfg: &HttpPullConfig,
+        endpoint: url::Url,
+        path: &str,
+    ) -> anyhow::Result<PageReader> {
+        let items_path = match cfg.items_path.as_deref() {
+            None | Some("") | Some(".") => None,
+            Some(p) => {
+                Some(FieldPath::parse(p).map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?)
+            }
+        };
+        let optional_path = |p: &Option<String>, key: &str| {
+            p.as_deref()
+                .map(FieldPath::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{path}.pagination.{key}: {e}"))
+        };
+        Ok(PageReader {
+            token_path: optional_path(&cfg.pagination.token_path, "token_path")?,
+            limit_path: optional_path(&cfg.pagination.limit_path, "limit_path")?,
+            extractor: cfg.common.extractor(path)?,
+            pagination: cfg.pagination.clone(),
+            page_size: cfg.page_size,
+            endpoint,
+            items_path,
+        })
+    }
+
     /// The events of one page and where the walk goes next, or why the
-    /// page is not understood (also the entry point of fuzzing and the
-    /// corpus test). `asked` is the URL the page was requested with.
-    pub(crate) fn parse_page(
+    /// page is not understood. `asked` is the URL the page was requested
+    /// with, `cursor` the walk's position it was asked at.
+    pub(super) fn parse(
         &self,
         body: &Bytes,
         headers: &HeaderMap,
         asked: &url::Url,
+        cursor: Option<&str>,
     ) -> Result<(Vec<Event>, Next), String> {
         let root = serde_json::from_slice::<&RawValue>(body)
             .map_err(|e| format!("body is not JSON ({e}): {}", snippet(body)))?;
@@ -64,7 +105,7 @@ impl HttpPullSource {
             "items",
             true,
         )?;
-        let next = self.next(root, headers, asked, items.len())?;
+        let next = self.next(root, headers, asked, cursor, items.len())?;
         let events = items
             .into_iter()
             .map(|i| self.extractor.event(body, i))
@@ -78,10 +119,10 @@ impl HttpPullSource {
         root: &RawValue,
         headers: &HeaderMap,
         asked: &url::Url,
+        cursor: Option<&str>,
         returned: usize,
     ) -> Result<Next, String> {
-        let p = &self.cfg.pagination;
-        let cursor = self.walk.cursor().map(String::from);
+        let p = &self.pagination;
         Ok(match p.mode {
             Mode::None => Next::Done,
             Mode::Offset | Mode::Page => {
@@ -90,7 +131,7 @@ impl HttpPullSource {
                     .as_ref()
                     .and_then(|lp| lp.lookup(root))
                     .and_then(|v| scalar_text(v)?.parse::<usize>().ok());
-                let asked = self.cfg.page_size as usize;
+                let asked = self.page_size as usize;
                 if page_is_last(p.stop, asked, returned, echoed) {
                     Next::Done
                 } else if p.mode == Mode::Offset {

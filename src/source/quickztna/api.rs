@@ -7,14 +7,10 @@ use serde::Serializer;
 use serde_json::value::RawValue;
 use tracing::warn;
 
-use super::{Endpoint, Format, QuickztnaConfig};
+use super::config::{Endpoint, Format, QuickztnaConfig};
 use crate::event::{Event, FieldExtractor, FieldPath};
 use crate::source::pull::{snippet, Fetcher, Reply};
 
-/// Most entries `/api/export` returns (the Loki query's hard limit).
-pub const EXPORT_CAP: usize = 10_000;
-/// Most entries `/api/audit?mode=recent` returns.
-pub const AUDIT_MAX_LIMIT: u32 = 5_000;
 /// How far back `/api/audit?mode=recent` looks.
 const AUDIT_WINDOW_DAYS: i64 = 14;
 /// Extra lookback on top of the window, so a server clock somewhat behind

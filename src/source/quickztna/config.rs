@@ -4,9 +4,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::api::{AUDIT_MAX_LIMIT, EXPORT_CAP};
 use crate::config::Problems;
 use crate::source::pull::{PullConfig, PullDefaults, PullKind};
+
+/// Most entries `/api/export` returns (the Loki query's hard limit).
+pub const EXPORT_CAP: usize = 10_000;
+/// Most entries `/api/audit?mode=recent` returns.
+pub const AUDIT_MAX_LIMIT: u32 = 5_000;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]

@@ -25,10 +25,13 @@ pub mod api;
 mod config;
 pub mod journal;
 mod poller;
+mod reader;
 pub mod window;
 
-pub use api::{csv_events, AUDIT_MAX_LIMIT, EXPORT_CAP};
-pub use config::{Endpoint, Format, Quickztna, QuickztnaConfig, MIN_JOURNAL_BYTES};
+pub use api::csv_events;
+pub use config::{
+    Endpoint, Format, Quickztna, QuickztnaConfig, AUDIT_MAX_LIMIT, EXPORT_CAP, MIN_JOURNAL_BYTES,
+};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -56,7 +59,7 @@ pub struct QuickztnaSource {
 #[allow(clippy::large_enum_variant)] // one per source, built once
 enum Mode {
     /// Polls into the journal on its own; batches come out of the journal.
-    Journal(journal::Reader),
+    Journal(reader::Reader),
     /// Polls when the pipeline asks for a page.
     Direct(Direct),
 }
@@ -117,7 +120,7 @@ impl QuickztnaSource {
         let journal_dir = journal::dir(&ctx.state_dir, &ctx.name);
         let mode = if cfg.journal {
             let journal = Journal::open(&ctx.state_dir, &ctx.name, cfg.max_journal_bytes)?;
-            Mode::Journal(journal::start(journal::Parts {
+            Mode::Journal(reader::start(reader::Parts {
                 api,
                 window,
                 journal,

@@ -1,193 +1,11 @@
-//! The shape of src/: no import cycle between its files, and files of a
-//! readable size.
-//!
-//! Reads the source text only (no build of the crate): finds the module
-//! tree from `lib.rs` and `main.rs` through their `mod` lines, the paths
-//! each file names (`use crate::…`, `super::…`, `self::…`, a child module,
-//! `auditrelay::…` from the binary), and resolves each to the file that
-//! defines the item, following `pub use` re-exports. Declaring a child
-//! module is not a dependency; naming an item is.
+//! The import graph between the files of src/: the module tree of each
+//! crate, the paths each file names, and the file each path leads to.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Files of src/ may be this long at most (the issue's bound).
-const MAX_LINES: usize = 700;
-
-/// Directories whose files still import each other in a cycle, excused
-/// while other branches of issue 15 split them (splunk_hec into
-/// config/encode/ack/deliver, quickztna onto the pull core). A cycle is
-/// excused only when all its files lie in one of them; remove an entry as
-/// soon as its cycle is gone (`excused_cycles_still_exist` says when).
-const EXCUSED_CYCLE_DIRS: &[&str] = &["sink/splunk_hec/", "source/quickztna/"];
-
-#[test]
-fn no_import_cycle_between_files_of_src() {
-    let graph = Graph::read(&src_dir());
-    assert!(
-        graph.files.len() > 20,
-        "found only {} files; is the module walk broken?",
-        graph.files.len()
-    );
-    let cycles: Vec<String> = graph
-        .cycles()
-        .into_iter()
-        .filter(|c| excused_by(c).is_none())
-        .collect();
-    assert!(
-        cycles.is_empty(),
-        "import cycles between files of src/ (each edge names the path that makes it):\n{}",
-        cycles.join("\n")
-    );
-}
-
-#[test]
-fn excused_cycles_still_exist() {
-    let cycles = Graph::read(&src_dir()).cycles();
-    for dir in EXCUSED_CYCLE_DIRS {
-        assert!(
-            cycles.iter().any(|c| excused_by(c) == Some(dir)),
-            "{dir} has no import cycle any more: remove it from EXCUSED_CYCLE_DIRS"
-        );
-    }
-}
-
-/// The excused directory holding every file of a cycle, if any.
-fn excused_by(cycle: &str) -> Option<&'static str> {
-    let files: Vec<&str> = cycle
-        .split_whitespace()
-        .filter(|w| w.ends_with(".rs"))
-        .collect();
-    EXCUSED_CYCLE_DIRS
-        .iter()
-        .copied()
-        .find(|dir| files.iter().all(|f| f.starts_with(dir)))
-}
-
-/// The resolver must see the edges it is there to check, or the test
-/// above would pass on a graph without edges.
-#[test]
-fn graph_sees_known_dependencies() {
-    let graph = Graph::read(&src_dir());
-    for (from, to) in [
-        ("source/veza.rs", "config/mod.rs"),
-        ("sink/webhook.rs", "sink/component.rs"),
-        ("source/mod.rs", "source/veza.rs"),
-        ("main.rs", "daemon.rs"),
-    ] {
-        let (from, to) = (PathBuf::from(from), PathBuf::from(to));
-        assert!(
-            graph.edges.get(&from).is_some_and(|e| e.contains_key(&to)),
-            "no edge {} -> {}; edges of {}: {:?}",
-            from.display(),
-            to.display(),
-            from.display(),
-            graph.edges.get(&from).map(|e| e.keys().collect::<Vec<_>>())
-        );
-    }
-}
-
-#[test]
-fn cycle_detection_names_the_cycle() {
-    let mut graph = Graph::default();
-    for (a, b) in [
-        ("a.rs", "b.rs"),
-        ("b.rs", "c.rs"),
-        ("c.rs", "a.rs"),
-        ("c.rs", "d.rs"),
-    ] {
-        graph
-            .edges
-            .entry(PathBuf::from(a))
-            .or_default()
-            .insert(PathBuf::from(b), format!("crate::{}", &b[..1]));
-    }
-    let cycles = graph.cycles();
-    assert_eq!(cycles.len(), 1, "{cycles:?}");
-    assert!(
-        cycles[0].contains("a.rs") && cycles[0].contains("b.rs") && cycles[0].contains("c.rs"),
-        "{}",
-        cycles[0]
-    );
-    assert!(!cycles[0].contains("d.rs"), "{}", cycles[0]);
-}
-
-/// A config that implements `SourceType`/`SinkType` but has no line in
-/// the registration macro would be silently unknown to `type`.
-#[test]
-fn every_component_type_is_registered() {
-    for (dir, trait_name, registry) in [
-        ("source", "SourceType", "register_sources"),
-        ("sink", "SinkType", "register_sinks"),
-    ] {
-        let root = src_dir().join(dir);
-        let module = tokenize(&fs::read_to_string(root.join("mod.rs")).unwrap_or_default());
-        let registered: Vec<&String> = module
-            .windows(3)
-            .position(|w| w[0] == registry && w[1] == "!" && w[2] == "{")
-            .map(|start| module[start..].iter().take_while(|t| *t != "}").collect())
-            .unwrap_or_default();
-        let mut implemented = Vec::new();
-        for file in rust_files(&root) {
-            let tokens = tokenize(&fs::read_to_string(&file).unwrap_or_default());
-            for i in 0..tokens.len().saturating_sub(2) {
-                if tokens[i] == trait_name && tokens[i + 1] == "for" && tokens[i - 1] != "dyn" {
-                    implemented.push((file.clone(), tokens[i + 2].clone()));
-                }
-            }
-        }
-        assert!(
-            implemented.len() >= 5,
-            "found only {implemented:?} implementing {trait_name}"
-        );
-        for (file, config) in implemented {
-            assert!(
-                registered.contains(&&config),
-                "{} implements {trait_name} for {config}, which has no line in {registry}! of {dir}/mod.rs",
-                file.display()
-            );
-        }
-    }
-}
-
-#[test]
-#[ignore = "until the splits of the other session-4 branches are merged (issue 15)"]
-fn no_file_of_src_is_longer_than_the_bound() {
-    let mut long = Vec::new();
-    for file in rust_files(&src_dir()) {
-        let lines = fs::read_to_string(&file).map_or(0, |t| t.lines().count());
-        if lines > MAX_LINES {
-            long.push(format!("{} ({lines} lines)", file.display()));
-        }
-    }
-    assert!(
-        long.is_empty(),
-        "files over {MAX_LINES} lines: {}",
-        long.join(", ")
-    );
-}
-
-fn src_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
-}
-
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(rust_files(&path));
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-    out.sort();
-    out
-}
+use super::tokens::{is_ident, tokenize};
 
 /// A module of one crate: its path from the crate root and its file.
 #[derive(Clone, Debug)]
@@ -197,11 +15,11 @@ struct Module {
 }
 
 #[derive(Default)]
-struct Graph {
+pub(super) struct Graph {
     /// Files relative to src/.
-    files: BTreeSet<PathBuf>,
+    pub(super) files: BTreeSet<PathBuf>,
     /// from -> to -> the first path in `from` that names something of `to`.
-    edges: BTreeMap<PathBuf, BTreeMap<PathBuf, String>>,
+    pub(super) edges: BTreeMap<PathBuf, BTreeMap<PathBuf, String>>,
 }
 
 /// One crate (the library or the binary): module path -> file.
@@ -262,7 +80,7 @@ impl Crate {
 }
 
 impl Graph {
-    fn read(src: &Path) -> Self {
+    pub(super) fn read(src: &Path) -> Self {
         let lib = Crate::read(src, "lib.rs");
         let bin = Crate::read(src, "main.rs");
         let mut graph = Graph::default();
@@ -293,7 +111,7 @@ impl Graph {
     }
 
     /// Each strongly connected set of files, as one cycle through it.
-    fn cycles(&self) -> Vec<String> {
+    pub(super) fn cycles(&self) -> Vec<String> {
         let nodes: BTreeSet<&PathBuf> = self
             .edges
             .iter()
@@ -385,129 +203,12 @@ impl Graph {
     }
 }
 
-/// Rust source as tokens: identifiers, `::`, and single punctuation
-/// characters, without comments, strings and character literals.
-fn tokenize(text: &str) -> Vec<String> {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if c == '/' && next == Some('/') {
-            while i < chars.len() && chars[i] != '\n' {
-                i += 1;
-            }
-        } else if c == '/' && next == Some('*') {
-            let mut depth = 0;
-            while i < chars.len() {
-                if chars[i] == '/' && chars.get(i + 1) == Some(&'*') {
-                    depth += 1;
-                    i += 2;
-                } else if chars[i] == '*' && chars.get(i + 1) == Some(&'/') {
-                    depth -= 1;
-                    i += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    i += 1;
-                }
-            }
-        } else if let Some(end) = raw_string_end(&chars, i) {
-            i = end;
-        } else if c == 'b' && next == Some('"') {
-            i = string_end(&chars, i + 1);
-        } else if c == '"' {
-            i = string_end(&chars, i);
-        } else if c == '\'' {
-            // A character literal ('x', '\n', '\u{7f}'), or a lifetime.
-            if next == Some('\\') {
-                let mut j = i + 2;
-                while j < chars.len() && chars[j] != '\'' {
-                    j += 1;
-                }
-                i = j + 1;
-            } else if chars.get(i + 2) == Some(&'\'') {
-                i += 3;
-            } else {
-                i += 1;
-            }
-        } else if c.is_alphanumeric() || c == '_' {
-            let start = i;
-            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
-                i += 1;
-            }
-            out.push(chars[start..i].iter().collect());
-        } else if c == ':' && next == Some(':') {
-            out.push("::".into());
-            i += 2;
-        } else {
-            if !c.is_whitespace() {
-                out.push(c.to_string());
-            }
-            i += 1;
-        }
-    }
-    out
-}
-
-/// The index after a string starting with the quote at `i`.
-fn string_end(chars: &[char], mut i: usize) -> usize {
-    i += 1;
-    while i < chars.len() {
-        match chars[i] {
-            '\\' => i += 2,
-            '"' => return i + 1,
-            _ => i += 1,
-        }
-    }
-    i
-}
-
-/// The index after a raw string (`r"…"`, `br#"…"#`) starting at `i`, if
-/// one starts there.
-fn raw_string_end(chars: &[char], i: usize) -> Option<usize> {
-    let after_b = if chars[i] == 'b' { i + 1 } else { i };
-    if chars.get(after_b) != Some(&'r') || (i > 0 && is_ident_char(chars[i - 1])) {
-        return None;
-    }
-    let mut j = after_b + 1;
-    let mut hashes = 0;
-    while chars.get(j) == Some(&'#') {
-        hashes += 1;
-        j += 1;
-    }
-    if chars.get(j) != Some(&'"') {
-        return None;
-    }
-    j += 1;
-    while j < chars.len() {
-        if chars[j] == '"' && (1..=hashes).all(|k| chars.get(j + k) == Some(&'#')) {
-            return Some(j + 1 + hashes);
-        }
-        j += 1;
-    }
-    Some(j)
-}
-
 /// An absolute path as written from the crate root.
 fn shown(path: &[String]) -> String {
     match path.first() {
         Some(first) if first == "auditrelay" => path.join("::"),
         _ => format!("crate::{}", path.join("::")),
     }
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_'
-}
-
-fn is_ident(token: &str) -> bool {
-    token
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_alphabetic() || c == '_')
 }
 
 /// Every path the tokens of module `module` name that may lead into the

@@ -1,0 +1,89 @@
+//! What the tasks of one HEC sink share: its config, client, URLs, token,
+//! ack bookkeeping and readiness. The tasks (event requests, the ack
+//! poller, the health loop) add their methods in their own files.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::{Mutex, RwLock};
+use std::time::Instant;
+
+use reqwest::header::HeaderValue;
+use tokio::sync::{Notify, Semaphore};
+use tracing::error;
+
+use super::ack_table::{AckTable, PostsInFlight};
+use super::config::{auth_value, SplunkHecConfig};
+use super::encode::Envelope;
+use super::metrics::HEC_METRICS;
+use crate::secret::{Secret, SecretSource};
+use crate::sink::delivery::Delivery;
+use crate::sink::BatchConfig;
+
+pub(super) const CHANNEL_HEADER: &str = "X-Splunk-Request-Channel";
+
+/// Why the sink is not ready; each kind is set and cleared by what can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Trouble {
+    Health,
+    Token,
+    /// Codes 10, 11, 14.
+    AckSetting,
+    /// Accepted without an ackId while `indexer_ack` is on; only an ackId
+    /// or a working ack query clears it.
+    AckMissing,
+    Endpoint,
+}
+
+pub(super) struct Inner {
+    pub(super) cfg: SplunkHecConfig,
+    pub(super) batch: BatchConfig,
+    pub(super) client: reqwest::Client,
+    pub(super) event_url: url::Url,
+    pub(super) ack_url: url::Url,
+    pub(super) health_url: url::Url,
+    pub(super) channel: HeaderValue,
+    pub(super) token_source: SecretSource,
+    pub(super) token: RwLock<Secret>,
+    pub(super) envelope: Envelope,
+    /// Name, retry, readiness and dead letters, for the delivery loop.
+    pub(super) delivery: Delivery<Trouble>,
+    pub(super) acks: Mutex<AckTable>,
+    pub(super) ack_wake: Notify,
+    /// Set once the startup health round has an answer (or gave up): event
+    /// requests wait for it, so a load balancer's stickiness cookie is in
+    /// the jar before the first event goes out and every request, and its
+    /// ack queries, land on the same indexer.
+    pub(super) warmed: tokio::sync::watch::Sender<bool>,
+    /// Event requests whose ack id is not known yet.
+    pub(super) posts: PostsInFlight,
+    pub(super) permits: Semaphore,
+    /// No event request before this instant: a Retry-After pauses the
+    /// whole sink, not only the request that got it.
+    pub(super) paused_until: Mutex<Option<Instant>>,
+    /// Whether an event request went out on the channel (the ack probe
+    /// asks about id 0, which is only safe before).
+    pub(super) sent_any: AtomicBool,
+}
+
+impl Inner {
+    pub(super) fn auth(&self) -> Option<HeaderValue> {
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner());
+        auth_value(&token)
+    }
+
+    /// Re-reads the token, in case it was rotated.
+    pub(super) fn reload_token(&self) {
+        match self.token_source.load() {
+            Ok(t) => *self.token.write().unwrap_or_else(|p| p.into_inner()) = t,
+            Err(e) => {
+                error!(sink = %self.delivery.name, error = %e, "cannot re-read the HEC token")
+            }
+        }
+    }
+
+    pub(super) fn count(&self, endpoint: &str, code: &str) {
+        HEC_METRICS
+            .requests
+            .with_label_values(&[&self.delivery.name, endpoint, code])
+            .inc();
+    }
+}
