@@ -34,6 +34,20 @@ pub type Run = Range<usize>;
 /// trouble reports not ready: one 503 is weather, three are an outage.
 const FAILURES_BEFORE_UNREADY: u32 = 3;
 
+/// The longest wait a server's Retry-After gets when `retry.max` is
+/// shorter: a longer one is more likely garbled than meant, and would stall
+/// the sink (with `/readyz` still ready) for as long as it says.
+pub const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// How long to honour a server's Retry-After: at least `retry.initial` (a
+/// `0`, or a date in the past, would resend at once, in a loop) and at most
+/// the longer of `retry.max` and [`LONGEST_RETRY_AFTER`].
+pub fn server_wait(after: Duration, retry: RetryConfig) -> Duration {
+    after
+        .max(retry.initial)
+        .min(retry.max.max(LONGEST_RETRY_AFTER))
+}
+
 /// How the destination answered one request, as the sink understands it.
 #[derive(Debug)]
 pub enum Verdict<T: 'static> {
@@ -217,7 +231,10 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
                 }
                 Verdict::Retry { why, after } => {
                     failed("retry");
-                    let delay = after.unwrap_or_else(|| backoff.next_delay());
+                    let delay = match after {
+                        Some(after) => server_wait(after, self.retry),
+                        None => backoff.next_delay(),
+                    };
                     warn!(sink = %self.name, error = %why, retry_in_s = delay.as_secs_f64(), "delivery failed; retrying");
                     failures_in_a_row += 1;
                     if let Some(t) = self.failing {

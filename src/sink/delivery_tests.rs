@@ -214,6 +214,60 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
     assert_eq!(sink.attempts().len(), 2);
 }
 
+/// `Retry-After: 0` (or an HTTP date in the past) must not turn a busy
+/// receiver's answers into a request loop without any wait.
+#[tokio::test]
+async fn a_retry_after_of_zero_still_waits_the_least_backoff() {
+    let (_dir, health, mut d) = setup("dl_retry_after_zero");
+    d.retry.initial = Duration::from_millis(100);
+    d.retry.max = Duration::from_millis(100);
+    let sink = Scripted::new(&health, |_, tries| match tries {
+        0..=2 => Verdict::Retry {
+            why: "HTTP 503".into(),
+            after: Some(Duration::ZERO),
+        },
+        _ => confirmed(),
+    });
+    let started = Instant::now();
+    d.deliver(&sink, "src", &events(1), vec![0..1])
+        .await
+        .unwrap();
+    assert_eq!(sink.attempts().len(), 4);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "three answers of Retry-After 0 were resent after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A server's wait is honoured from `retry.initial` up to the longer of
+/// `retry.max` and an hour: a garbled or hostile Retry-After neither
+/// stalls the sink for ever nor overflows a deadline.
+#[test]
+fn a_retry_after_is_bounded() {
+    let retry = RetryConfig {
+        initial: Duration::from_millis(100),
+        max: Duration::from_secs(5),
+    };
+    assert_eq!(server_wait(Duration::ZERO, retry), retry.initial);
+    assert_eq!(
+        server_wait(Duration::from_secs(30), retry),
+        Duration::from_secs(30)
+    );
+    assert_eq!(
+        server_wait(Duration::from_secs(u64::MAX), retry),
+        LONGEST_RETRY_AFTER
+    );
+    let long = RetryConfig {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(7200),
+    };
+    assert_eq!(
+        server_wait(Duration::from_secs(u64::MAX), long),
+        Duration::from_secs(7200)
+    );
+}
+
 #[tokio::test]
 async fn refusals_halve_down_to_the_one_event_which_is_dead_lettered() {
     let (dir, health, d) = setup("dl_halve");

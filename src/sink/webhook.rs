@@ -369,15 +369,17 @@ impl RetryLogic for WebhookSink {
 #[async_trait]
 impl Sink for WebhookSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        let (default_events, default_bytes) = match self.cfg.encoding {
-            Encoding::Single => (1, usize::MAX),
-            _ => (500, 4 * 1024 * 1024),
-        };
+        // A `single` request's body is one event, whatever `batch` says: a
+        // longer run would be confirmed with only its first event sent.
+        if self.cfg.encoding == Encoding::Single {
+            let runs = (0..events.len()).map(|i| i..i + 1).collect();
+            return self.delivery.deliver(self, source, events, runs).await;
+        }
         let mut start = 0;
         let runs = self
             .common
             .batch
-            .chunks(events, default_events, default_bytes)
+            .chunks(events, 500, 4 * 1024 * 1024)
             .into_iter()
             .map(|chunk| {
                 start += chunk.len();

@@ -393,3 +393,25 @@ retry = {{ initial = "20ms", max = "100ms" }}
     );
     assert_eq!(hook.unique_count(), LIMIT);
 }
+
+/// `encoding = "single"` sends one event per request whatever `batch` says:
+/// a run of several events must never be confirmed by a request that
+/// carried only its first one.
+#[tokio::test]
+async fn single_encoding_sends_every_event_even_with_a_larger_batch() {
+    let hook = WebhookReceiver::start(WebhookConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, dl, _) = build(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nencoding = \"single\"\nbatch = {{ max_events = 10 }}",
+            hook.url()
+        ),
+    );
+    sink.deliver("s", &events(25)).await.unwrap();
+    assert_eq!(hook.unique_count(), 25, "confirmed events never sent");
+    assert_eq!(hook.stats().requests, 25);
+    assert!(!dl.path().exists());
+}

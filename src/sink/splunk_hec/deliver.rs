@@ -17,7 +17,7 @@ use super::config::Compression;
 use super::encode::Encoded;
 use super::inner::{Inner, Trouble, CHANNEL_HEADER};
 use crate::event::Event;
-use crate::sink::delivery::{send_http, RetryLogic, Run, Sent, Verdict};
+use crate::sink::delivery::{send_http, server_wait, RetryLogic, Run, Sent, Verdict};
 
 /// The troubles a confirmed request proves gone: the token and endpoint
 /// always; the `indexer_ack` setting when the answer carried an ack id (or
@@ -108,7 +108,11 @@ impl Inner {
     /// Honours a Retry-After for every request of the sink.
     pub(super) fn pause_for(&self, answer: &Answer) {
         if let Answer::Retry(_, Some(after)) = answer {
-            let until = Instant::now() + *after;
+            let wait = server_wait(*after, self.delivery.retry);
+            // Bounded above, but `retry.max` may be absurd: no overflow.
+            let Some(until) = Instant::now().checked_add(wait) else {
+                return;
+            };
             let mut paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
             *paused = Some(paused.map_or(until, |p| p.max(until)));
         }
@@ -217,5 +221,53 @@ impl Inner {
             }
             (false, _) => Verdict::Confirmed { fixed: FIXED_ALL },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Retry-After of u64::MAX seconds is a number HEC (or a proxy in
+    /// front of it) can send: the sink-wide pause must neither overflow
+    /// (a panic from network input) nor last for ever.
+    #[tokio::test]
+    async fn a_huge_retry_after_pauses_the_sink_for_a_bounded_time() {
+        use figment::providers::Format;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k3n").unwrap();
+        let toml = |text: String| figment::Figment::from(figment::providers::Toml::string(&text));
+        let cfg: super::super::SplunkHecConfig = toml(format!(
+            "endpoint = \"http://127.0.0.1:1\"\ntoken_file = \"{}\"",
+            token.display()
+        ))
+        .extract()
+        .unwrap();
+        let common: crate::sink::SinkCommon = toml("inputs = []".into()).extract().unwrap();
+        let health = crate::health::Health::default();
+        let sink = super::super::SplunkHecSink::new(
+            cfg,
+            &common,
+            crate::sink::SinkContext {
+                name: "hec_huge_retry_after".into(),
+                state_dir: dir.path().to_path_buf(),
+                health: health.clone(),
+                dead_letters: crate::sink::DeadLetters::new(dir.path(), "hec_huge_retry_after"),
+            },
+        )
+        .unwrap();
+        let inner = &sink.inner;
+        inner.pause_for(&Answer::Retry(
+            "HTTP 429".into(),
+            Some(std::time::Duration::from_secs(u64::MAX)),
+        ));
+        let until = inner.paused_until.lock().unwrap().expect("paused");
+        let longest = crate::sink::delivery::LONGEST_RETRY_AFTER;
+        assert!(
+            until <= Instant::now() + longest,
+            "paused beyond {longest:?}"
+        );
+        assert!(until > Instant::now(), "Retry-After not honoured at all");
     }
 }

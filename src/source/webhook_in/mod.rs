@@ -27,9 +27,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use self::auth::Auth;
-pub use self::body::parse_events;
 #[cfg(feature = "fuzzing")]
 pub(crate) use self::body::gunzip;
+pub use self::body::parse_events;
 pub(crate) use self::body::record_event;
 pub use self::config::WebhookInConfig;
 use self::listener::{serve, tls_acceptor};
