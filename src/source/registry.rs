@@ -29,26 +29,16 @@ macro_rules! register_sources {
                 fig: &figment::Figment,
                 path: &str,
             ) -> Result<Self, Vec<$crate::config::Problem>> {
-                let problem = |message: String| {
-                    vec![$crate::config::Problem {
-                        path: format!("{path}.type"),
-                        message,
-                    }]
-                };
-                let available = KINDS.join(", ");
-                let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
-                    problem(format!(
-                        "required key is missing or not a string (one of: {available})"
-                    ))
-                })?;
+                let kind = $crate::config::read_type(fig, path, KINDS)?;
                 $(
                     if kind == <$config as $crate::source::SourceType>::KIND {
                         return <$config as $crate::source::SourceType>::read(fig, path)
                             .map(SourceConfig::$variant);
                     }
                 )+
-                Err(problem(format!(
-                    "unknown source type \"{kind}\" (available: {available})"
+                Err($crate::config::type_problem(path, format!(
+                    "unknown source type \"{kind}\" (available: {})",
+                    KINDS.join(", ")
                 )))
             }
 

@@ -56,7 +56,8 @@ use tracing::{error, info};
 
 use super::delivery::{Delivery, Readiness};
 use super::{BatchConfig, Sink, SinkCommon, SinkContext};
-use crate::event::Event;
+use crate::config::{parse_url, require_positive, Problems};
+use crate::event::{Event, FieldPath};
 use crate::secret::{Secret, SecretSource};
 use acks::{ack_poller, AckTable, PostsInFlight};
 use config::auth_value;
@@ -268,8 +269,74 @@ impl Sink for SplunkHecSink {
 impl super::SinkType for SplunkHecConfig {
     const KIND: &'static str = "splunk_hec";
 
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut crate::config::Problems) {
-        SplunkHecConfig::validate(self, path, problems)
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        let key = format!("{path}.endpoint");
+        if let Some(url) = parse_url(&self.endpoint, &key, problems) {
+            if url.path().contains("/services/collector") {
+                problems.push(
+                    &key,
+                    "give the collector's base URL (e.g. https://splunk.example:8088); \
+                     the sink adds /services/collector/event itself",
+                );
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                problems.push(&key, "must not have a query or fragment");
+            }
+        }
+        let keys = self.token_keys();
+        let required = "required: the HEC token (token_file, token_env or token_credential)";
+        if let Some(token) = keys.validate("token", path, Some(required), problems) {
+            if auth_value(&token).is_none() {
+                let key = keys
+                    .source("token")
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "token_file".to_string(), |s| s.key("token"));
+                problems.push(
+                    format!("{path}.{key}"),
+                    "the token holds characters an HTTP header cannot carry",
+                );
+            }
+        }
+        for (k, v) in [
+            ("host", &self.host),
+            ("source", &self.source),
+            ("sourcetype", &self.sourcetype),
+            ("index", &self.index),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                problems.push(
+                    format!("{path}.{k}"),
+                    "must not be empty (leave it out for the token's default)",
+                );
+            }
+        }
+        for (name, field_path) in &self.fields {
+            if name.trim().is_empty() {
+                problems.push(format!("{path}.fields"), "a field name is empty");
+            }
+            if let Err(e) = FieldPath::parse(field_path) {
+                problems.push(format!("{path}.fields.{name}"), e);
+            }
+        }
+        for (k, d) in [
+            ("ack_timeout", self.ack_timeout),
+            ("ack_poll_interval", self.ack_poll_interval),
+            ("timeout", self.timeout),
+            ("auth_retry", self.auth_retry),
+            ("health_check_interval", self.health_check_interval),
+        ] {
+            require_positive(d, &format!("{path}.{k}"), problems);
+        }
+        if self.indexer_ack && self.ack_poll_interval >= self.ack_timeout {
+            problems.push(
+                format!("{path}.ack_poll_interval"),
+                "must be shorter than ack_timeout, or no ack is ever asked for in time",
+            );
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            problems.push(format!("{path}.concurrency"), "must be between 1 and 256");
+        }
     }
 
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {

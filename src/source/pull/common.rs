@@ -18,18 +18,51 @@ use serde::Deserialize;
 
 use super::fetch::FetcherConfig;
 use super::rate_limit::RateLimitConfig;
+use super::window::WindowState;
 use crate::config::{
-    extract_section, figment_problems, parse_url, require_positive, struct_fields, Problem,
-    Problems, RetryConfig, TlsConfig,
+    extract_section, figment_problems, parse_url, read_both, require_positive, struct_fields,
+    Problem, Problems, RetryConfig, TlsConfig,
 };
 use crate::event::FieldExtractor;
 use crate::health::Health;
 use crate::secret::{SecretKeys, SecretSource};
-use crate::source::{Paths, StartAt};
+use crate::source::{Paths, Source, SourceContext, SourceType, StartAt};
 
-/// A pull source type: its own keys (`Self`) and its shared-key defaults.
-pub trait PullKind: DeserializeOwned + Clone + Debug {
+/// A pull source type: its own keys (`Self`), its shared-key defaults and
+/// what only it knows (its checks, its checkpoint, its source). Every
+/// `PullConfig<K>` is a [`SourceType`] through it: the shared keys are read
+/// and checked here, the vendor file implements only this.
+pub trait PullKind: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The value of `type` that selects this source.
+    const KIND: &'static str;
+
     const DEFAULTS: PullDefaults;
+
+    /// Reports the values of its own keys serde accepts but the source
+    /// cannot use; the shared keys (`common`) are checked already.
+    /// Required, so a forgotten check cannot pass silently.
+    fn validate(&self, path: &str, common: &PullCommon, problems: &mut Problems);
+
+    /// The state `auditrelay checkpoint set` writes (exactly one of `token`
+    /// and `time` is given). By default that of a window walk
+    /// ([`WindowState`]), which resumes at a time and has no page token.
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        if token.is_some() {
+            return Err("this source has no durable page token; use --time <RFC 3339>".into());
+        }
+        let state = WindowState {
+            resume_at: time,
+            ..Default::default()
+        };
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+
+    /// The running source, resuming from `ctx.checkpoint`.
+    fn build(config: &PullConfig<Self>, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>>;
 }
 
 /// What a source assumes for the shared keys it is not given.
@@ -180,16 +213,53 @@ impl<K> Deref for PullConfig<K> {
     }
 }
 
-impl<K: PullKind> PullConfig<K> {
-    /// Reads `path` of `fig` (`""`: the whole figment). Every unknown key
-    /// and bad value is reported with its key path.
-    pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
-        Self::read(fig, path, true)
+impl<K: PullKind> SourceType for PullConfig<K> {
+    const KIND: &'static str = K::KIND;
+
+    fn read(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
+        Self::read_section(fig, path, true)
     }
 
-    /// Reads the section; `strict` reports unknown keys, else they are
-    /// ignored (as serde does for a struct without `deny_unknown_fields`).
-    fn read(fig: &Figment, path: &str, strict: bool) -> Result<Self, Vec<Problem>> {
+    /// Checks the shared keys, then the source's own.
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        let (c, d) = (&self.common, &K::DEFAULTS);
+        parse_url(&c.url, &format!("{path}.url"), problems);
+        c.token_keys()
+            .validate("token", path, d.token_missing, problems);
+        if d.window {
+            if let Err(e) = StartAt::parse(&c.start_at) {
+                problems.push(format!("{path}.start_at"), e);
+            }
+            require_positive(c.poll_interval, &format!("{path}.poll_interval"), problems);
+        }
+        require_positive(c.timeout, &format!("{path}.timeout"), problems);
+        c.id_path.validate(&format!("{path}.id_path"), problems);
+        c.time_path.validate(&format!("{path}.time_path"), problems);
+        c.type_path.validate(&format!("{path}.type_path"), problems);
+        c.retry.validate(path, problems);
+        c.tls.validate(path, problems);
+        self.own.validate(path, c, problems);
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        self.own.manual_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        K::build(self, ctx)
+    }
+}
+
+impl<K: PullKind> PullConfig<K> {
+    /// Reads the section at `path` (`""`: the whole figment), reporting bad
+    /// values with their key path; `strict` reports unknown keys too, else
+    /// they are ignored (as serde does for a struct without
+    /// `deny_unknown_fields`).
+    fn read_section(fig: &Figment, path: &str, strict: bool) -> Result<Self, Vec<Problem>> {
         let window = K::DEFAULTS.window;
         let own = if strict {
             extract_section::<K>(fig, path, &[&Self::shared_keys(), &["type"]])
@@ -214,26 +284,11 @@ impl<K: PullKind> PullConfig<K> {
             }
             list
         });
-        match (common, own) {
-            (Ok(keys), Ok(own)) => Ok(PullConfig {
-                common: keys.resolve(&K::DEFAULTS),
-                own,
-            }),
-            (c, o) => {
-                let mut all = Vec::new();
-                if let Err(e) = o {
-                    all.extend(e);
-                }
-                if let Err(e) = c {
-                    for p in e {
-                        if !all.contains(&p) {
-                            all.push(p);
-                        }
-                    }
-                }
-                Err(all)
-            }
-        }
+        let (own, keys) = read_both(own, common)?;
+        Ok(PullConfig {
+            common: keys.resolve(&K::DEFAULTS),
+            own,
+        })
     }
 
     /// The shared keys this source takes.
@@ -250,26 +305,6 @@ impl<K: PullKind> PullConfig<K> {
         let mut all = Self::shared_keys();
         all.extend(struct_fields::<K>());
         all
-    }
-
-    /// Checks the shared keys; the source checks its own after this.
-    pub fn validate_common(&self, path: &str, problems: &mut Problems) {
-        let (c, d) = (&self.common, &K::DEFAULTS);
-        parse_url(&c.url, &format!("{path}.url"), problems);
-        c.token_keys()
-            .validate("token", path, d.token_missing, problems);
-        if d.window {
-            if let Err(e) = StartAt::parse(&c.start_at) {
-                problems.push(format!("{path}.start_at"), e);
-            }
-            require_positive(c.poll_interval, &format!("{path}.poll_interval"), problems);
-        }
-        require_positive(c.timeout, &format!("{path}.timeout"), problems);
-        c.id_path.validate(&format!("{path}.id_path"), problems);
-        c.time_path.validate(&format!("{path}.time_path"), problems);
-        c.type_path.validate(&format!("{path}.type_path"), problems);
-        c.retry.validate(path, problems);
-        c.tls.validate(path, problems);
     }
 
     /// The request loop settings of source `name` (rate limits by status
@@ -313,33 +348,14 @@ impl<K: PullKind> PullConfig<K> {
     }
 }
 
-/// A source's stored checkpoint (`None` without one), or an error that
-/// says how to reset it. `what` names what it should be ("a Veza cursor").
-pub fn read_checkpoint<T: DeserializeOwned>(
-    name: &str,
-    bytes: Option<&[u8]>,
-    what: &str,
-) -> anyhow::Result<Option<T>> {
-    bytes
-        .map(|b| {
-            serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {name} is not {what} ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {name}`"
-                )
-            })
-        })
-        .transpose()
-}
-
 /// Configs read from any serde format (JSON in tests and fuzzing) get the
-/// same defaults as [`PullConfig::from_figment`]; unknown keys are ignored,
+/// same defaults as a section of the config file; unknown keys are ignored,
 /// as serde does for a struct that does not deny them.
 impl<'de, K: PullKind> Deserialize<'de> for PullConfig<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let dict = figment::value::Dict::deserialize(d)?;
         let fig = Figment::from(figment::providers::Serialized::defaults(dict));
-        Self::read(&fig, "", false).map_err(|problems| {
+        Self::read_section(&fig, "", false).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             D::Error::custom(list.join("; "))
         })
