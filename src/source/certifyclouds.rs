@@ -81,9 +81,7 @@ impl PullKind for Certifyclouds {
             );
         }
         if let Some(p) = &self.items_path {
-            if let Err(e) = FieldPath::parse(p) {
-                problems.push(format!("{path}.items_path"), e);
-            }
+            FieldPath::check(p, &format!("{path}.items_path"), problems);
         }
     }
 
@@ -128,9 +126,8 @@ impl CertifycloudsSource {
         let items_path = cfg
             .items_path
             .as_deref()
-            .map(FieldPath::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
+            .map(|p| FieldPath::of_key(p, &format!("{path}.items_path")))
+            .transpose()?;
         let state = WindowState::load(
             &ctx.name,
             ctx.checkpoint.as_deref(),

@@ -75,9 +75,8 @@ impl KafkaSink {
         let key = cfg
             .key_field
             .as_deref()
-            .map(FieldPath::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{path}.key_field: {e}"))?;
+            .map(|p| FieldPath::of_key(p, &format!("{path}.key_field")))
+            .transpose()?;
         let producer: FutureProducer = cfg
             .client_config(&ctx.name)
             .map_err(|e| anyhow::anyhow!("{path}.librdkafka_secret_files: {e}"))?
@@ -397,9 +396,7 @@ impl super::SinkType for KafkaConfig {
             problems.push(format!("{path}.topic"), e);
         }
         if let Some(k) = &self.key_field {
-            if let Err(e) = FieldPath::parse(k) {
-                problems.push(format!("{path}.key_field"), e);
-            }
+            FieldPath::check(k, &format!("{path}.key_field"), problems);
         }
         if self.message_timeout.is_zero() {
             problems.push(format!("{path}.message_timeout"), "must be greater than 0");

@@ -315,9 +315,7 @@ impl super::SinkType for SplunkHecConfig {
             if name.trim().is_empty() {
                 problems.push(format!("{path}.fields"), "a field name is empty");
             }
-            if let Err(e) = FieldPath::parse(field_path) {
-                problems.push(format!("{path}.fields.{name}"), e);
-            }
+            FieldPath::check(field_path, &format!("{path}.fields.{name}"), problems);
         }
         for (k, d) in [
             ("ack_timeout", self.ack_timeout),

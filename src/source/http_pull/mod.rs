@@ -72,9 +72,7 @@ impl HttpPullSource {
             .map_err(|e| anyhow::anyhow!("{path}.auth_header: {e}"))?;
         let items_path = match cfg.items_path.as_deref() {
             None | Some("") | Some(".") => None,
-            Some(p) => {
-                Some(FieldPath::parse(p).map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?)
-            }
+            Some(p) => Some(FieldPath::of_key(p, &format!("{path}.items_path"))?),
         };
         let optional_path = |p: &Option<String>, key: &str| {
             p.as_deref()
@@ -343,9 +341,7 @@ impl PullKind for HttpPull {
                     );
                 }
                 if let Some(tp) = &p.token_path {
-                    if let Err(e) = FieldPath::parse(tp) {
-                        problems.push(format!("{path}.pagination.token_path"), e);
-                    }
+                    FieldPath::check(tp, &format!("{path}.pagination.token_path"), problems);
                 }
                 if let Some(h) = &p.token_header {
                     if HeaderName::from_bytes(h.as_bytes()).is_err() {
@@ -363,9 +359,7 @@ impl PullKind for HttpPull {
             _ => {}
         }
         if let Some(lp) = &p.limit_path {
-            if let Err(e) = FieldPath::parse(lp) {
-                problems.push(format!("{path}.pagination.limit_path"), e);
-            }
+            FieldPath::check(lp, &format!("{path}.pagination.limit_path"), problems);
             if !matches!(p.mode, Mode::Offset | Mode::Page) {
                 problems.push(
                     format!("{path}.pagination.limit_path"),
@@ -384,9 +378,7 @@ impl PullKind for HttpPull {
         }
         if let Some(ip) = &self.items_path {
             if !ip.is_empty() && ip != "." {
-                if let Err(e) = FieldPath::parse(ip) {
-                    problems.push(format!("{path}.items_path"), e);
-                }
+                FieldPath::check(ip, &format!("{path}.items_path"), problems);
             }
         }
         self.rate_limit.validate(path, problems);

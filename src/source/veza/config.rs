@@ -82,8 +82,6 @@ pub fn validate_page_keys(
         ("items_path", items_path),
         ("next_token_path", next_token_path),
     ] {
-        if let Err(e) = FieldPath::parse(value) {
-            problems.push(format!("{path}.{key}"), e);
-        }
+        FieldPath::check(value, &format!("{path}.{key}"), problems);
     }
 }

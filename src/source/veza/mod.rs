@@ -92,10 +92,9 @@ impl VezaSource {
         let path = format!("sources.{}", ctx.name);
         let common = &cfg.common;
         let endpoint = common.endpoint(&cfg.path, &path)?;
-        let items_path = FieldPath::parse(&cfg.items_path)
-            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
-        let next_token_path = FieldPath::parse(&cfg.next_token_path)
-            .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
+        let items_path = FieldPath::of_key(&cfg.items_path, &format!("{path}.items_path"))?;
+        let next_token_path =
+            FieldPath::of_key(&cfg.next_token_path, &format!("{path}.next_token_path"))?;
         let stored: StoredState =
             read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a Veza cursor")?
                 .unwrap_or_default();
