@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::IntGaugeVec;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{debug, error, info, warn};
@@ -38,15 +38,10 @@ use crate::metrics::metrics;
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 static FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    metrics().register(
-        IntGaugeVec::new(
-            Opts::new(
-                "auditrelay_dead_letter_full",
-                "1 while a sink's dead-letter file is at its size cap (the sink then stops confirming).",
-            ),
-            &["sink"],
-        )
-        .expect("metric definition is valid"),
+    metrics().gauge_vec(
+        "auditrelay_dead_letter_full",
+        "1 while a sink's dead-letter file is at its size cap (the sink then stops confirming).",
+        &["sink"],
     )
 });
 

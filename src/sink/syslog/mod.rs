@@ -42,7 +42,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use tracing::{info, warn};
 
 use super::delivery::{count_confirmed, count_failed};
@@ -69,13 +69,7 @@ struct SyslogMetrics {
 
 static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
     let c = |name: &str, help: &str| {
-        metrics().register(
-            IntCounterVec::new(
-                Opts::new(format!("auditrelay_syslog_{name}"), help),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        )
+        metrics().counter_vec(&format!("auditrelay_syslog_{name}"), help, &["sink"])
     };
     SyslogMetrics {
         frames: c(
@@ -554,15 +548,11 @@ impl super::SinkType for SyslogConfig {
         };
         self.fields.validate(path, problems);
         if let Some(p) = &self.severity_field {
-            if let Err(e) = FieldPath::parse(p) {
-                problems.push(format!("{path}.severity_field"), e);
-            }
+            FieldPath::check(p, &format!("{path}.severity_field"), problems);
         }
         for (key, p) in &self.extra_fields {
             let at = format!("{path}.extra_fields.{key}");
-            if let Err(e) = FieldPath::parse(p) {
-                problems.push(&at, e);
-            }
+            FieldPath::check(p, &at, problems);
             match self.body {
                 Body::Json => problems.push(
                     &at,

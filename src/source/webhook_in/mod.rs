@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use axum::http::HeaderName;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -44,15 +44,11 @@ use crate::metrics::metrics;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 static SPOOL_CORRUPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_spool_corrupt_total",
-            "Damaged spool regions skipped (logged with file and offset).",
-        ),
+    metrics().counter_vec(
+        "auditrelay_webhook_in_spool_corrupt_total",
+        "Damaged spool regions skipped (logged with file and offset).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 pub struct WebhookInSource {

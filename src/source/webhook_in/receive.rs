@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use tracing::{debug, error, warn};
 
 use super::auth::Auth;
@@ -25,27 +25,19 @@ use crate::metrics::metrics;
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_requests_total",
-            "Requests to a webhook_in listener by outcome (accepted, unauthorized, bad_request, too_large, unsupported, timeout, spool_full, spool_error, not_found, method_not_allowed).",
-        ),
+    metrics().counter_vec(
+        "auditrelay_webhook_in_requests_total",
+        "Requests to a webhook_in listener by outcome (accepted, unauthorized, bad_request, too_large, unsupported, timeout, spool_full, spool_error, not_found, method_not_allowed).",
         &["source", "outcome"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 pub(super) static SPOOL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_spool_bytes",
-            "Bytes of a webhook_in spool on disk (received, not yet committed and removed).",
-        ),
+    metrics().gauge_vec(
+        "auditrelay_webhook_in_spool_bytes",
+        "Bytes of a webhook_in spool on disk (received, not yet committed and removed).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(g)
 });
 
 /// What every request of one listener needs.
