@@ -414,16 +414,19 @@ mod tests {
         assert_eq!(DeadLetters::read(dl.path()).unwrap().records.len(), 1);
     }
 
-    #[test]
-    fn torn_lines_are_kept_apart() {
+    /// A dead-letter file holding `text`, read back.
+    fn read_text(text: &str) -> DeadLetterFile {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.ndjson");
-        std::fs::write(
-            &p,
+        std::fs::write(&p, text).unwrap();
+        DeadLetters::read(&p).unwrap()
+    }
+
+    #[test]
+    fn torn_lines_are_kept_apart() {
+        let f = read_text(
             "{\"time\":\"t\",\"source\":\"s\",\"error\":\"e\",\"event\":{}}\n{\"time\":\"t\",\"sou",
-        )
-        .unwrap();
-        let f = DeadLetters::read(&p).unwrap();
+        );
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.unreadable.len(), 1);
         assert_eq!(f.unreadable[0].0, 2);
@@ -446,16 +449,11 @@ mod tests {
 
     #[test]
     fn a_line_fused_from_a_torn_and_a_whole_record_keeps_the_whole_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.ndjson");
         // Written by an earlier version: no newline after the torn part. The
         // event of the whole record holds a `time` field of its own.
-        std::fs::write(
-            &p,
+        let f = read_text(
             "{\"time\":\"t\",\"sou{\"time\":\"t2\",\"source\":\"s\",\"id\":\"9\",\"error\":\"e\",\"event\":{\"time\":\"x\"}}\n",
-        )
-        .unwrap();
-        let f = DeadLetters::read(&p).unwrap();
+        );
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.records[0].id.as_deref(), Some("9"));
         assert_eq!(
