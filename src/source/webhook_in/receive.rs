@@ -73,6 +73,18 @@ impl Shared {
         debug!(source = %self.name, status = status.as_u16(), reason = %message, "webhook_in refused a request");
         answer(status, message)
     }
+
+    /// A 503 that tells the sender when to try again: the receiver cannot
+    /// store events now (`outcome` says why).
+    fn unavailable(&self, outcome: &str, message: &str, retry_after: &'static str) -> Response {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let mut r = self.refuse(outcome, status, message.into());
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static(retry_after),
+        );
+        r
+    }
 }
 
 pub(super) async fn receive(
@@ -207,16 +219,11 @@ pub(super) async fn receive(
         }
         Ok((Err(AppendError::Full { used, max }), _)) => {
             warn!(source = %shared.name, used, max, "spool full: refusing pushes (503) until the sinks catch up");
-            let mut r = shared.refuse(
+            shared.unavailable(
                 "spool_full",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the receiver's queue is full; retry later".into(),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("30"),
-            );
-            r
+                "the receiver's queue is full; retry later",
+                "30",
+            )
         }
         Ok((Err(AppendError::Io(e)), _)) => {
             let reason = format!(
@@ -225,16 +232,11 @@ pub(super) async fn receive(
             );
             error!(source = %shared.name, "{reason}");
             shared.health.set_unready(&health_key, reason);
-            let mut r = shared.refuse(
+            shared.unavailable(
                 "spool_error",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the receiver cannot store events right now; retry later".into(),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("5"),
-            );
-            r
+                "the receiver cannot store events right now; retry later",
+                "5",
+            )
         }
         Err(e) => {
             error!(source = %shared.name, error = %e, "spool task failed");
