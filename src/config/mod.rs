@@ -5,6 +5,7 @@
 //! which sits above sources and sinks; this module sits below them.
 
 mod introspect;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
 pub use introspect::struct_fields;
+pub(crate) use registry::kinds_enum;
 
 /// One problem found in a config, with the key path it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]

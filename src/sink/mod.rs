@@ -50,7 +50,7 @@ impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
         let kind = read_type(fig, path, KINDS)?;
         let available = KINDS.join(", ");
-        let kind_result = match SinkKind::read(&kind, fig, path) {
+        let kind_result = match SinkKind::read_kind(&kind, fig, path) {
             Some(result) => result,
             None if PLANNED.contains(&kind.as_str()) => Err(type_problem(
                 path,
