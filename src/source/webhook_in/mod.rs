@@ -169,14 +169,7 @@ impl WebhookInSource {
         if self.pos.segment <= self.oldest {
             return;
         }
-        let committed = match self.store.load(&self.name) {
-            Ok(Some(b)) => serde_json::from_slice::<Pos>(&b).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                warn!(source = %self.name, error = %e, "cannot read the committed spool position");
-                None
-            }
-        };
+        let committed = self.store.committed::<Pos>(&self.name, "spool position");
         let Some(committed) = committed else { return };
         match self.spool.release(committed) {
             Ok(n) => {
