@@ -28,25 +28,7 @@ pub use walk::{After, Walker};
 pub use window::{chrono_of, Next, Pass, WindowState};
 
 #[cfg(test)]
-pub(crate) mod test_support {
-    use bytes::Bytes;
-    use chrono::{DateTime, Utc};
-
-    use crate::event::Event;
-
-    pub fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-    }
-
-    pub fn ev(id: Option<&str>, time: &str, raw: &str) -> Event {
-        Event {
-            raw: Bytes::from(raw.to_string()),
-            id: id.map(Into::into),
-            time: Some(t(time)),
-            kind: None,
-        }
-    }
-}
+pub(crate) mod test_support;
 
 #[cfg(test)]
 mod tests;
