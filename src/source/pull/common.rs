@@ -5,6 +5,11 @@
 //!
 //! Some defaults differ per API (Veza polls every 5s, QuickZTNA every
 //! 60s): each source states its own in [`PullKind::DEFAULTS`].
+//!
+//! A vendor file implements [`PullKind`] (its `type`, defaults, checks and
+//! source); the one `SourceType` impl here makes every `PullConfig<K>` a
+//! registrable source, so nothing about the shared keys is written per
+//! source.
 
 use std::fmt::Debug;
 use std::ops::Deref;
