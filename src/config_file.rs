@@ -290,47 +290,40 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
         problems.push("sinks", "no sink configured (add a [sinks.NAME] section)");
     }
 
-    let mut sources = BTreeMap::new();
-    for name in top.sources.keys() {
-        let path = format!("sources.{name}");
-        check_name(name, &path, &mut problems);
-        match SourceConfig::from_figment(&fig, &path) {
-            Ok(cfg) => {
-                cfg.validate(&path, &mut problems);
-                sources.insert(name.clone(), cfg);
-            }
-            Err(list) => problems.extend(list),
-        }
-    }
-
-    let mut sinks = BTreeMap::new();
-    for name in top.sinks.keys() {
-        let path = format!("sinks.{name}");
-        check_name(name, &path, &mut problems);
-        match SinkConfig::from_figment(&fig, &path) {
-            Ok(cfg) => {
-                cfg.validate(&path, &mut problems);
-                for (i, input) in cfg.common.inputs.iter().enumerate() {
-                    if !top.sources.contains_key(input) {
-                        let known: Vec<&str> = top.sources.keys().map(String::as_str).collect();
-                        problems.push(
-                            format!("{path}.inputs[{i}]"),
-                            format!(
-                                "\"{input}\" names no source (sources: {})",
-                                if known.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    known.join(", ")
-                                }
-                            ),
-                        );
-                    }
+    let sources = read_sections(
+        &fig,
+        "sources",
+        top.sources.keys(),
+        &mut problems,
+        SourceConfig::from_figment,
+        SourceConfig::validate,
+    );
+    let sinks = read_sections(
+        &fig,
+        "sinks",
+        top.sinks.keys(),
+        &mut problems,
+        SinkConfig::from_figment,
+        |cfg, path, problems| {
+            cfg.validate(path, problems);
+            for (i, input) in cfg.common.inputs.iter().enumerate() {
+                if !top.sources.contains_key(input) {
+                    let known: Vec<&str> = top.sources.keys().map(String::as_str).collect();
+                    problems.push(
+                        format!("{path}.inputs[{i}]"),
+                        format!(
+                            "\"{input}\" names no source (sources: {})",
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
                 }
-                sinks.insert(name.clone(), cfg);
             }
-            Err(list) => problems.extend(list),
-        }
-    }
+        },
+    );
     for name in top.sources.keys() {
         if !sinks.values().any(|s| s.common.inputs.contains(name)) && !sinks.is_empty() {
             problems.push(
@@ -389,6 +382,31 @@ impl Config {
 }
 
 /// Component names become file names and metric labels: keep them plain.
+/// Every `[table.NAME]` section, read by `read` and checked by `check`;
+/// the ones that could be read, by name.
+fn read_sections<'a, T>(
+    fig: &Figment,
+    table: &str,
+    names: impl Iterator<Item = &'a String>,
+    problems: &mut Problems,
+    read: fn(&Figment, &str) -> Result<T, Vec<Problem>>,
+    check: impl Fn(&T, &str, &mut Problems),
+) -> BTreeMap<String, T> {
+    let mut sections = BTreeMap::new();
+    for name in names {
+        let path = format!("{table}.{name}");
+        check_name(name, &path, problems);
+        match read(fig, &path) {
+            Ok(cfg) => {
+                check(&cfg, &path, problems);
+                sections.insert(name.clone(), cfg);
+            }
+            Err(list) => problems.extend(list),
+        }
+    }
+    sections
+}
+
 fn check_name(name: &str, path: &str, problems: &mut Problems) {
     let ok = !name.is_empty()
         && name.len() <= 64

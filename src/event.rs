@@ -57,6 +57,19 @@ impl FieldPath {
         Ok(FieldPath(segs))
     }
 
+    /// The value of the config key at `key` (its full path), for building
+    /// a component: the error names the key.
+    pub fn of_key(text: &str, key: &str) -> anyhow::Result<Self> {
+        Self::parse(text).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+    }
+
+    /// Reports the value of the config key at `key` when it is not a path.
+    pub fn check(text: &str, key: &str, problems: &mut crate::config::Problems) {
+        if let Err(e) = Self::parse(text) {
+            problems.push(key, e);
+        }
+    }
+
     pub fn first(&self) -> &str {
         &self.0[0]
     }

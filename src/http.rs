@@ -266,6 +266,19 @@ pub fn describe_error(e: reqwest::Error) -> String {
     out
 }
 
+/// Why a request got no answer, for a log line and a retry: what failed
+/// (timed out, connection failed) and [`describe_error`].
+pub fn no_answer(e: reqwest::Error) -> String {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    format!("{what}: {}", describe_error(e))
+}
+
 /// Parses `Retry-After` (delay seconds or an HTTP date) into a wait from now.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers

@@ -50,6 +50,9 @@ pub struct Metrics {
     committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
+/// What a metric definition that fails to build is: a bug in its literal.
+const VALID: &str = "metric definition is valid";
+
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(format!("auditrelay_{name}"), help), labels)
         .expect("metric definition is valid");
@@ -210,6 +213,30 @@ impl Metrics {
             tracing::error!(error = %e, "metric registration failed");
         }
         collector
+    }
+
+    /// A component's own counter, registered. `name` is the full name
+    /// (`auditrelay_…`), so a search for a metric an alert uses finds it.
+    pub fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(Opts::new(name, help), labels).expect(VALID))
+    }
+
+    /// A component's own gauge, registered (see [`Metrics::counter_vec`]).
+    pub fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect(VALID))
+    }
+
+    /// A component's own histogram with buckets fit for what it measures,
+    /// registered (see [`Metrics::counter_vec`]).
+    pub fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> HistogramVec {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect(VALID))
     }
 
     /// Creates a source's series at zero, so dashboards and `increase()`

@@ -324,17 +324,19 @@ mod tests {
         assert!(src.load().unwrap_err().contains("is empty"));
     }
 
+    /// The key paths of the inline secrets of a config written as TOML.
+    fn find(toml: &str) -> Vec<String> {
+        use figment::providers::{Format, Toml};
+        let tree: figment::value::Value = figment::Figment::from(Toml::string(toml))
+            .extract()
+            .unwrap();
+        let mut keys = Vec::new();
+        inline_secrets(&tree, "", &mut keys);
+        keys
+    }
+
     #[test]
     fn a_config_holds_secrets_only_where_a_value_is_one() {
-        use figment::providers::{Format, Toml};
-        let find = |toml: &str| {
-            let tree: figment::value::Value = figment::Figment::from(Toml::string(toml))
-                .extract()
-                .unwrap();
-            let mut keys = Vec::new();
-            inline_secrets(&tree, "", &mut keys);
-            keys
-        };
         // The shipped configs, and one with secrets in *_file keys: nothing.
         for shipped in [
             include_str!("../config/demo.toml"),
@@ -371,15 +373,6 @@ mod tests {
 
     #[test]
     fn inline_secrets_under_other_names_are_found_too() {
-        use figment::providers::{Format, Toml};
-        let find = |toml: &str| {
-            let tree: figment::value::Value = figment::Figment::from(Toml::string(toml))
-                .extract()
-                .unwrap();
-            let mut keys = Vec::new();
-            inline_secrets(&tree, "", &mut keys);
-            keys
-        };
         let keys = find(
             "[sinks.bus.librdkafka]\n\"sasl.password\" = \"pw\"\n\
              \"sasl.oauthbearer.client.secret\" = \"s\"\n\"linger.ms\" = 5\n\

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use crate::config::Problems;
 use crate::event::{get_field, scalar_text, Batch, Event, FieldExtractor};
 use crate::source::pull::{
-    find_items, snippet, After, Fetcher, Next, PullConfig, PullDefaults, PullKind, TimeFormat,
-    Walker, WindowState,
+    find_items, snippet, After, Fetcher, Next, PullCommon, PullConfig, PullDefaults, PullKind,
+    TimeFormat, Walker, WindowState,
 };
 use crate::source::{Source, SourceContext};
 
@@ -36,6 +36,8 @@ fn default_page_size() -> u32 {
 }
 
 impl PullKind for Acme {
+    const KIND: &'static str = "acme";
+
     // Only what differs from the usual defaults.
     const DEFAULTS: PullDefaults = PullDefaults {
         poll_interval: Duration::from_secs(15),
@@ -43,14 +45,15 @@ impl PullKind for Acme {
         token_missing: Some("Acme needs an API key: set token_file, token_env or token_credential"),
         ..PullDefaults::BASE
     };
-}
 
-impl AcmeConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
+    fn validate(&self, path: &str, _common: &PullCommon, problems: &mut Problems) {
         if !(1..=1000).contains(&self.page_size) {
             problems.push(format!("{path}.page_size"), "must be between 1 and 1000");
         }
+    }
+
+    fn build(config: &AcmeConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(AcmeSource::new(config.clone(), ctx)?))
     }
 }
 
@@ -135,6 +138,7 @@ impl Source for AcmeSource {
 mod tests {
     use super::*;
     use crate::health::Health;
+    use crate::source::SourceType;
 
     fn config(extra: serde_json::Value) -> AcmeConfig {
         let mut cfg = serde_json::json!({"url": "http://127.0.0.1:9", "token_file": "/dev/null"});
@@ -146,17 +150,20 @@ mod tests {
 
     #[test]
     fn defaults_are_acmes_and_bad_keys_say_where() {
-        let cfg = config(serde_json::json!({"page_size": 0}));
+        let cfg = config(serde_json::json!({"page_size": 0, "timeout": "0s"}));
         assert_eq!(cfg.common.poll_interval, Duration::from_secs(15));
         assert_eq!(
             cfg.common.overlap,
             Duration::from_secs(300),
             "the usual default"
         );
+        // `SourceType::validate`, which every `PullConfig<K>` has: the
+        // shared keys, then `Acme::validate`.
         let mut problems = Problems::default();
         cfg.validate("sources.acme", &mut problems);
         let text = format!("{problems:?}");
         assert!(text.contains("sources.acme.page_size"), "{text}");
+        assert!(text.contains("sources.acme.timeout"), "{text}");
     }
 
     #[test]

@@ -87,6 +87,21 @@ impl CheckpointStore {
         self.dir.join(format!("{source}.checkpoint"))
     }
 
+    /// The committed state of `source` as a `T`, for a source that frees
+    /// what the pipeline has confirmed (`what` names it in the log): `None`
+    /// while there is none, or when it cannot be read (logged; the freeing
+    /// waits, nothing is lost).
+    pub fn committed<T: serde::de::DeserializeOwned>(&self, source: &str, what: &str) -> Option<T> {
+        match self.load(source) {
+            Ok(Some(b)) => serde_json::from_slice(&b).ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(source, error = %e, "cannot read the committed {what}");
+                None
+            }
+        }
+    }
+
     /// The stored state of `source`, or `None` when it has never committed.
     pub fn load(&self, source: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
         let path = self.path(source);

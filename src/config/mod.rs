@@ -5,6 +5,7 @@
 //! which sits above sources and sinks; this module sits below them.
 
 mod introspect;
+mod registry;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,6 +17,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::Deserialize;
 
 pub use introspect::struct_fields;
+pub(crate) use registry::kinds_enum;
 
 /// One problem found in a config, with the key path it is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,6 +194,48 @@ fn join_path(prefix: &str, key: &str) -> String {
     } else {
         format!("{prefix}.{key}")
     }
+}
+
+/// A section read as two structs (a component's own keys and the keys its
+/// kind shares): both, or every problem of both once, the first's first
+/// (both reads may report the same bad key).
+pub fn read_both<A, B>(
+    first: Result<A, Vec<Problem>>,
+    second: Result<B, Vec<Problem>>,
+) -> Result<(A, B), Vec<Problem>> {
+    match (first, second) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => {
+            let mut all = a.err().unwrap_or_default();
+            for p in b.err().unwrap_or_default() {
+                if !all.contains(&p) {
+                    all.push(p);
+                }
+            }
+            Err(all)
+        }
+    }
+}
+
+/// The `type` of the section at `path`, which names one of `kinds`.
+pub fn read_type(fig: &Figment, path: &str, kinds: &[&str]) -> Result<String, Vec<Problem>> {
+    fig.extract_inner(&format!("{path}.type")).map_err(|_| {
+        type_problem(
+            path,
+            format!(
+                "required key is missing or not a string (one of: {})",
+                kinds.join(", ")
+            ),
+        )
+    })
+}
+
+/// A problem with the `type` of the section at `path`.
+pub fn type_problem(path: &str, message: String) -> Vec<Problem> {
+    vec![Problem {
+        path: format!("{path}.type"),
+        message,
+    }]
 }
 
 /// Flattens figment's (possibly chained) errors into problems with key paths.

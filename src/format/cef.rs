@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::IpAddr;
 
 use super::shorten;
-use super::siem::SiemEvent;
+use super::siem::{header, KeyValues, SiemEvent};
 
 /// Keys this encoder writes itself; extra fields may not reuse them.
 pub const RESERVED_KEYS: &[&str] = &[
@@ -59,11 +59,8 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
         out.push(b'|');
     }
     let _ = write!(out, "{}|", e.severity.siem_scale());
-    let mut ext = Extensions {
-        out,
-        first: true,
-        cap,
-    };
+    // Values escape `=`, so one can never start a new key.
+    let mut ext = KeyValues::new(out, b' ', b'=', cap);
     if let Some(t) = e.time {
         ext.put("rt", &t.timestamp_millis().to_string());
     }
@@ -98,50 +95,6 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     ext.put("cs2", e.source);
     for (k, v) in e.extra {
         ext.put(k, v);
-    }
-}
-
-struct Extensions<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
-    cap: usize,
-}
-
-impl Extensions<'_> {
-    fn opt(&mut self, key: &str, value: Option<&str>) {
-        if let Some(v) = value {
-            self.put(key, v);
-        }
-    }
-
-    fn put(&mut self, key: &str, value: &str) {
-        if !self.first {
-            self.out.push(b' ');
-        }
-        self.first = false;
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.push(b'=');
-        for b in shorten::capped(value, self.cap).bytes() {
-            match b {
-                b'\\' => self.out.extend_from_slice(b"\\\\"),
-                b'=' => self.out.extend_from_slice(b"\\="),
-                b'\n' => self.out.extend_from_slice(b"\\n"),
-                b'\r' => self.out.extend_from_slice(b"\\r"),
-                _ => self.out.push(b),
-            }
-        }
-    }
-}
-
-/// Header escaping; newlines are not allowed in the header at all.
-fn header(out: &mut Vec<u8>, value: &str) {
-    for b in value.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'|' => out.extend_from_slice(b"\\|"),
-            b'\n' | b'\r' => out.push(b' '),
-            _ => out.push(b),
-        }
     }
 }
 

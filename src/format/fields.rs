@@ -141,9 +141,7 @@ impl FieldMap {
     pub fn validate(&self, path: &str, problems: &mut Problems) {
         for (role, list) in self.roles() {
             for (i, p) in list.iter().enumerate() {
-                if let Err(e) = FieldPath::parse(p) {
-                    problems.push(format!("{path}.fields.{role}[{i}]"), e);
-                }
+                FieldPath::check(p, &format!("{path}.fields.{role}[{i}]"), problems);
             }
         }
     }

@@ -11,7 +11,7 @@
 use std::net::IpAddr;
 
 use super::shorten;
-use super::siem::SiemEvent;
+use super::siem::{header, KeyValues, SiemEvent};
 use super::syslog::writable_time;
 
 /// `devTime` is written as RFC 3339 UTC with milliseconds; this is the Java
@@ -98,12 +98,10 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     out.push(b'|');
     out.extend_from_slice(declare(delim).as_bytes());
     out.push(b'|');
-    let mut attrs = Attrs {
-        out,
-        delim,
-        first: true,
-        cap,
-    };
+    // ASCII, checked by parse_delimiter; values escape it, so one can
+    // never end an attribute.
+    let d = delim as u8;
+    let mut attrs = KeyValues::new(out, d, d, cap);
     // A time devTimeFormat cannot read is left out: QRadar then uses the
     // time it received the event.
     if let Some(t) = e.time.and_then(writable_time) {
@@ -139,55 +137,6 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     attrs.put("source", e.source);
     for (k, v) in e.extra {
         attrs.put(k, v);
-    }
-}
-
-struct Attrs<'a> {
-    out: &'a mut Vec<u8>,
-    delim: char,
-    first: bool,
-    cap: usize,
-}
-
-impl Attrs<'_> {
-    fn opt(&mut self, key: &str, value: Option<&str>) {
-        if let Some(v) = value {
-            self.put(key, v);
-        }
-    }
-
-    fn put(&mut self, key: &str, value: &str) {
-        let d = self.delim as u8; // ASCII, checked by parse_delimiter
-        if !self.first {
-            self.out.push(d);
-        }
-        self.first = false;
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.push(b'=');
-        for b in shorten::capped(value, self.cap).bytes() {
-            match b {
-                b'\\' => self.out.extend_from_slice(b"\\\\"),
-                b'\n' => self.out.extend_from_slice(b"\\n"),
-                b'\r' => self.out.extend_from_slice(b"\\r"),
-                b'\t' if d == b'\t' => self.out.extend_from_slice(b"\\t"),
-                _ if b == d => {
-                    self.out.push(b'\\');
-                    self.out.push(b);
-                }
-                _ => self.out.push(b),
-            }
-        }
-    }
-}
-
-fn header(out: &mut Vec<u8>, value: &str) {
-    for b in value.bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'|' => out.extend_from_slice(b"\\|"),
-            b'\n' | b'\r' => out.push(b' '),
-            _ => out.push(b),
-        }
     }
 }
 

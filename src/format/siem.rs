@@ -1,9 +1,11 @@
 //! What the SIEM bodies (CEF, LEEF) are built from: one event's identity,
-//! its audit facts and the product names the SIEM keys its parsers on.
+//! its audit facts and the product names the SIEM keys its parsers on; and
+//! how both write their header fields and `key=value` lists.
 
 use chrono::{DateTime, Utc};
 
 use super::fields::AuditFacts;
+use super::shorten;
 use super::syslog::Severity;
 
 pub struct SiemEvent<'a> {
@@ -19,4 +21,69 @@ pub struct SiemEvent<'a> {
     pub facts: &'a AuditFacts,
     /// Configured extra keys with their values, in order.
     pub extra: &'a [(String, String)],
+}
+
+/// Writes a header field: `\` and `|` escaped; a header may hold no line
+/// break, so one becomes a space.
+pub fn header(out: &mut Vec<u8>, value: &str) {
+    for b in value.bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'|' => out.extend_from_slice(b"\\|"),
+            b'\n' | b'\r' => out.push(b' '),
+            _ => out.push(b),
+        }
+    }
+}
+
+/// The `key=value` list of a record. Values are cut to `cap` bytes (see
+/// [`shorten::capped`]) before they are escaped, so escapes stay whole:
+/// `\` before a backslash and before `escaped`, line breaks as `\n`/`\r`
+/// (and a tab as `\t` when it is the escaped byte).
+pub struct KeyValues<'a> {
+    out: &'a mut Vec<u8>,
+    separator: u8,
+    escaped: u8,
+    first: bool,
+    cap: usize,
+}
+
+impl<'a> KeyValues<'a> {
+    pub fn new(out: &'a mut Vec<u8>, separator: u8, escaped: u8, cap: usize) -> Self {
+        KeyValues {
+            out,
+            separator,
+            escaped,
+            first: true,
+            cap,
+        }
+    }
+
+    pub fn opt(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.put(key, v);
+        }
+    }
+
+    pub fn put(&mut self, key: &str, value: &str) {
+        if !self.first {
+            self.out.push(self.separator);
+        }
+        self.first = false;
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'=');
+        for b in shorten::capped(value, self.cap).bytes() {
+            match b {
+                b'\\' => self.out.extend_from_slice(b"\\\\"),
+                b'\n' => self.out.extend_from_slice(b"\\n"),
+                b'\r' => self.out.extend_from_slice(b"\\r"),
+                b'\t' if b == self.escaped => self.out.extend_from_slice(b"\\t"),
+                _ if b == self.escaped => {
+                    self.out.push(b'\\');
+                    self.out.push(b);
+                }
+                _ => self.out.push(b),
+            }
+        }
+    }
 }

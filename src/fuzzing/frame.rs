@@ -11,6 +11,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::event::{parse_time, Event};
+use crate::format::shorten::{is_marked_prefix, is_shortened};
 use crate::format::syslog::cut;
 use crate::sink::syslog::{Body, Encoder, Format, Framing, SyslogConfig, SD_VALUE_MAX};
 use bodies::{read_cef, read_leef};
@@ -273,49 +274,16 @@ fn check_shortened_json(raw: &[u8], body: &[u8]) {
     }
     let whole: serde_json::Value = serde_json::from_slice(raw).expect("shortened values of JSON");
     assert!(
-        json_shape(&whole, &cut),
+        is_shortened(&whole, &cut),
         "the shortened body is not the event with values cut"
     );
-}
-
-fn json_shape(whole: &serde_json::Value, cut: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (whole, cut) {
-        (Value::String(w), Value::String(c)) => marked_prefix(w, c),
-        (Value::Array(w), Value::Array(c)) => {
-            w.len() == c.len() && w.iter().zip(c).all(|(a, b)| json_shape(a, b))
-        }
-        (Value::Object(w), Value::Object(c)) => {
-            w.len() == c.len()
-                && w.iter()
-                    .all(|(k, a)| c.get(k).is_some_and(|b| json_shape(a, b)))
-        }
-        _ => whole == cut,
-    }
-}
-
-/// `cut` is `whole`, or a prefix of it followed by the truncation marker.
-/// (JSON values are compared decoded: the marker counts escaped bytes, so
-/// only its shape is checked there.)
-fn marked_prefix(whole: &str, cut: &str) -> bool {
-    if whole == cut {
-        return true;
-    }
-    let Some(at) = cut.rfind("…[truncated ") else {
-        return false;
-    };
-    whole.starts_with(&cut[..at])
-        && cut[at..]
-            .strip_prefix("…[truncated ")
-            .and_then(|m| m.strip_suffix(" bytes]"))
-            .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n > 0))
 }
 
 fn same_or_marked(cut: &[String], whole: &[String], what: &str) {
     assert_eq!(cut.len(), whole.len(), "{what}: fields");
     for (c, w) in cut.iter().zip(whole) {
         assert!(
-            c == w || (marked_prefix(w, c) && c.len() < w.len()),
+            c == w || (is_marked_prefix(w, c) && c.len() < w.len()),
             "{what}: {c:?} is not {w:?} cut and marked"
         );
     }

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
-use prometheus::{IntGaugeVec, Opts};
+use prometheus::IntGaugeVec;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tracing::{debug, error, info, warn};
@@ -38,15 +38,10 @@ use crate::metrics::metrics;
 pub const DEFAULT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 static FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    metrics().register(
-        IntGaugeVec::new(
-            Opts::new(
-                "auditrelay_dead_letter_full",
-                "1 while a sink's dead-letter file is at its size cap (the sink then stops confirming).",
-            ),
-            &["sink"],
-        )
-        .expect("metric definition is valid"),
+    metrics().gauge_vec(
+        "auditrelay_dead_letter_full",
+        "1 while a sink's dead-letter file is at its size cap (the sink then stops confirming).",
+        &["sink"],
     )
 });
 
@@ -419,16 +414,19 @@ mod tests {
         assert_eq!(DeadLetters::read(dl.path()).unwrap().records.len(), 1);
     }
 
-    #[test]
-    fn torn_lines_are_kept_apart() {
+    /// A dead-letter file holding `text`, read back.
+    fn read_text(text: &str) -> DeadLetterFile {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.ndjson");
-        std::fs::write(
-            &p,
+        std::fs::write(&p, text).unwrap();
+        DeadLetters::read(&p).unwrap()
+    }
+
+    #[test]
+    fn torn_lines_are_kept_apart() {
+        let f = read_text(
             "{\"time\":\"t\",\"source\":\"s\",\"error\":\"e\",\"event\":{}}\n{\"time\":\"t\",\"sou",
-        )
-        .unwrap();
-        let f = DeadLetters::read(&p).unwrap();
+        );
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.unreadable.len(), 1);
         assert_eq!(f.unreadable[0].0, 2);
@@ -451,16 +449,11 @@ mod tests {
 
     #[test]
     fn a_line_fused_from_a_torn_and_a_whole_record_keeps_the_whole_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.ndjson");
         // Written by an earlier version: no newline after the torn part. The
         // event of the whole record holds a `time` field of its own.
-        std::fs::write(
-            &p,
+        let f = read_text(
             "{\"time\":\"t\",\"sou{\"time\":\"t2\",\"source\":\"s\",\"id\":\"9\",\"error\":\"e\",\"event\":{\"time\":\"x\"}}\n",
-        )
-        .unwrap();
-        let f = DeadLetters::read(&p).unwrap();
+        );
         assert_eq!(f.records.len(), 1);
         assert_eq!(f.records[0].id.as_deref(), Some("9"));
         assert_eq!(

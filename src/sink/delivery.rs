@@ -370,16 +370,7 @@ pub async fn send_http(req: reqwest::RequestBuilder) -> Sent {
                 body: resp.bytes().await,
             }
         }
-        Err(e) => {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else if e.is_connect() {
-                "connection failed"
-            } else {
-                "request failed"
-            };
-            Sent::NoAnswer(format!("{what}: {}", crate::http::describe_error(e)))
-        }
+        Err(e) => Sent::NoAnswer(crate::http::no_answer(e)),
     }
 }
 

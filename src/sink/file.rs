@@ -41,14 +41,20 @@ fn default_fsync() -> bool {
     true
 }
 
-impl FileConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
+impl super::SinkType for FileConfig {
+    const KIND: &'static str = "file";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
         if self.path.as_os_str().is_empty() {
             problems.push(format!("{path}.path"), "must not be empty");
         }
         if self.rotate_bytes == 0 {
             problems.push(format!("{path}.rotate_bytes"), "must be greater than 0");
         }
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(FileSink::new(self.clone(), common, ctx)?))
     }
 }
 
@@ -227,18 +233,6 @@ impl Sink for FileSink {
             .map_err(|e| {
                 anyhow::anyhow!("cannot open {} for writing: {e}", self.cfg.path.display())
             })
-    }
-}
-
-impl super::SinkType for FileConfig {
-    const KIND: &'static str = "file";
-
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
-        FileConfig::validate(self, path, problems)
-    }
-
-    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
-        Ok(Box::new(FileSink::new(self.clone(), common, ctx)?))
     }
 }
 

@@ -25,7 +25,7 @@ pub use common::{BatchConfig, FilterConfig, OnUnavailable, SinkCommon};
 pub use component::{Sink, SinkContext, SinkType};
 pub use dead_letter::DeadLetters;
 
-use crate::config::{figment_problems, Problem, Problems};
+use crate::config::{figment_problems, read_both, read_type, type_problem, Problem, Problems};
 
 registry::register_sinks! {
     Stdout(stdout::StdoutConfig),
@@ -48,26 +48,20 @@ pub struct SinkConfig {
 
 impl SinkConfig {
     pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
-        let type_problem = |message: String| {
-            vec![Problem {
-                path: format!("{path}.type"),
-                message,
-            }]
-        };
+        let kind = read_type(fig, path, KINDS)?;
         let available = KINDS.join(", ");
-        let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
-            type_problem(format!(
-                "required key is missing or not a string (one of: {available})"
-            ))
-        })?;
-        let kind_result = match SinkKind::read(&kind, fig, path) {
+        let kind_result = match SinkKind::read_kind(&kind, fig, path) {
             Some(result) => result,
-            None if PLANNED.contains(&kind.as_str()) => Err(type_problem(format!(
+            None if PLANNED.contains(&kind.as_str()) => Err(type_problem(
+                path,
+                format!(
                 "sink type \"{kind}\" is not available in this version (available: {available})"
-            ))),
-            None => Err(type_problem(format!(
-                "unknown sink type \"{kind}\" (available: {available})"
-            ))),
+            ),
+            )),
+            None => Err(type_problem(
+                path,
+                format!("unknown sink type \"{kind}\" (available: {available})"),
+            )),
         };
         // Shared keys are read without the unknown-key check: the kind's
         // section read above already reported every unknown key once.
@@ -81,23 +75,8 @@ impl SinkConfig {
             }
             list
         });
-        match (common, kind_result) {
-            (Ok(common), Ok(kind)) => Ok(SinkConfig { common, kind }),
-            (c, k) => {
-                let mut all = Vec::new();
-                if let Err(e) = k {
-                    all.extend(e);
-                }
-                if let Err(e) = c {
-                    for p in e {
-                        if !all.contains(&p) {
-                            all.push(p);
-                        }
-                    }
-                }
-                Err(all)
-            }
-        }
+        let (kind, common) = read_both(kind_result, common)?;
+        Ok(SinkConfig { common, kind })
     }
 
     pub fn validate(&self, path: &str, problems: &mut Problems) {

@@ -128,8 +128,12 @@ impl WebhookConfig {
             ),
         ]
     }
+}
 
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
+impl super::SinkType for WebhookConfig {
+    const KIND: &'static str = "webhook";
+
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
         parse_url(&self.url, &format!("{path}.url"), problems);
         if reqwest::Method::from_bytes(self.method.as_bytes()).is_err() {
             problems.push(
@@ -168,6 +172,10 @@ impl WebhookConfig {
             );
         }
         require_positive(self.timeout, &format!("{path}.timeout"), problems);
+    }
+
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        Ok(Box::new(WebhookSink::new(self.clone(), common, ctx)?))
     }
 }
 
@@ -403,17 +411,5 @@ impl Sink for WebhookSink {
             .await
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!("{}", crate::http::describe_error(e)))
-    }
-}
-
-impl super::SinkType for WebhookConfig {
-    const KIND: &'static str = "webhook";
-
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
-        WebhookConfig::validate(self, path, problems)
-    }
-
-    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
-        Ok(Box::new(WebhookSink::new(self.clone(), common, ctx)?))
     }
 }

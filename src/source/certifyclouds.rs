@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, info};
 
 use super::pull::{
-    find_items, page_is_last, snippet, After, Fetcher, PullConfig, PullDefaults, PullKind, Stop,
-    TimeFormat, Walker, WindowState,
+    find_items, page_is_last, snippet, After, Fetcher, PullCommon, PullConfig, PullDefaults,
+    PullKind, Stop, TimeFormat, Walker, WindowState,
 };
 use super::{Source, SourceContext};
 use crate::config::Problems;
@@ -60,10 +60,34 @@ pub struct Certifyclouds {
 }
 
 impl PullKind for Certifyclouds {
+    const KIND: &'static str = "certifyclouds";
+
     const DEFAULTS: PullDefaults = PullDefaults {
         token_missing: Some("the CertifyClouds API needs a bearer token: set token_file, token_env or token_credential"),
         ..PullDefaults::BASE
     };
+
+    fn validate(&self, path: &str, _common: &PullCommon, problems: &mut Problems) {
+        if !self.path.starts_with('/') {
+            problems.push(format!("{path}.path"), "must start with /");
+        }
+        if !(1..=10_000).contains(&self.page_size) {
+            problems.push(format!("{path}.page_size"), "must be between 1 and 10000");
+        }
+        if matches!(self.time_format, TimeFormat::Unix | TimeFormat::UnixMs) {
+            problems.push(
+                format!("{path}.time_format"),
+                "start_date/end_date are ISO 8601: use rfc3339, rfc3339_seconds or date",
+            );
+        }
+        if let Some(p) = &self.items_path {
+            FieldPath::check(p, &format!("{path}.items_path"), problems);
+        }
+    }
+
+    fn build(config: &CertifycloudsConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(CertifycloudsSource::new(config.clone(), ctx)?))
+    }
 }
 
 fn default_path() -> String {
@@ -86,29 +110,6 @@ fn advice(status: u16, body: &str) -> String {
 /// Where the entries may be when `items_path` is not set.
 const ITEM_CANDIDATES: &[&str] = &["entries", "items", "data", "results", "audit_entries"];
 
-impl CertifycloudsConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
-        if !self.path.starts_with('/') {
-            problems.push(format!("{path}.path"), "must start with /");
-        }
-        if !(1..=10_000).contains(&self.page_size) {
-            problems.push(format!("{path}.page_size"), "must be between 1 and 10000");
-        }
-        if matches!(self.time_format, TimeFormat::Unix | TimeFormat::UnixMs) {
-            problems.push(
-                format!("{path}.time_format"),
-                "start_date/end_date are ISO 8601: use rfc3339, rfc3339_seconds or date",
-            );
-        }
-        if let Some(p) = &self.items_path {
-            if let Err(e) = FieldPath::parse(p) {
-                problems.push(format!("{path}.items_path"), e);
-            }
-        }
-    }
-}
-
 pub struct CertifycloudsSource {
     cfg: CertifycloudsConfig,
     walk: Walker,
@@ -125,9 +126,8 @@ impl CertifycloudsSource {
         let items_path = cfg
             .items_path
             .as_deref()
-            .map(FieldPath::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
+            .map(|p| FieldPath::of_key(p, &format!("{path}.items_path")))
+            .transpose()?;
         let state = WindowState::load(
             &ctx.name,
             ctx.checkpoint.as_deref(),
@@ -227,29 +227,5 @@ impl Source for CertifycloudsSource {
                 return Ok(Some(batch));
             }
         }
-    }
-}
-
-impl super::SourceType for CertifycloudsConfig {
-    const KIND: &'static str = "certifyclouds";
-
-    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
-        Self::from_figment(fig, path)
-    }
-
-    fn validate(&self, path: &str, problems: &mut Problems) {
-        CertifycloudsConfig::validate(self, path, problems)
-    }
-
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        super::pull::manual_window_checkpoint(token, time)
-    }
-
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(CertifycloudsSource::new(self.clone(), ctx)?))
     }
 }

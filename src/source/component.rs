@@ -38,6 +38,25 @@ pub struct SourceContext {
     pub state_dir: std::path::PathBuf,
 }
 
+/// A source's stored checkpoint (`None` without one), or an error that
+/// says how to reset it. `what` names what it should be ("a Veza cursor").
+pub fn read_checkpoint<T: DeserializeOwned>(
+    name: &str,
+    bytes: Option<&[u8]>,
+    what: &str,
+) -> anyhow::Result<Option<T>> {
+    bytes
+        .map(|b| {
+            serde_json::from_slice(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "checkpoint of source {name} is not {what} ({e}); reset it with \
+                     `auditrelay checkpoint reset --source {name}`"
+                )
+            })
+        })
+        .transpose()
+}
+
 /// The config of one source type (`[sources.NAME]` with `type = KIND`).
 /// Implementing it and adding one line to `register_sources!` in
 /// `source/mod.rs` is all a new source needs outside its own file.

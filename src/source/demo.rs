@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Source, SourceContext};
+use super::{read_checkpoint, Source, SourceContext, SourceType};
 use crate::config::Problems;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
@@ -35,11 +35,33 @@ fn default_batch_size() -> usize {
     100
 }
 
-impl DemoConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
+impl SourceType for DemoConfig {
+    const KIND: &'static str = "demo";
+
+    fn validate(&self, path: &str, problems: &mut Problems) {
         if !(1..=100_000).contains(&self.batch_size) {
             problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
         }
+    }
+
+    /// `--token N`: the sequence number to continue at.
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        if time.is_some() {
+            return Err("the demo source has no time cursor; use --token <sequence number>".into());
+        }
+        let next = token
+            .ok_or("give --token <sequence number>")?
+            .parse::<u64>()
+            .map_err(|e| format!("--token must be a sequence number: {e}"))?;
+        serde_json::to_vec(&State { next }).map_err(|e| e.to_string())
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(DemoSource::new(self.clone(), ctx)?))
     }
 }
 
@@ -60,17 +82,8 @@ pub struct DemoSource {
 
 impl DemoSource {
     pub fn new(cfg: DemoConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let state: State = match &ctx.checkpoint {
-            Some(b) => serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {} is not a demo cursor ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {}`",
-                    ctx.name,
-                    ctx.name
-                )
-            })?,
-            None => State::default(),
-        };
+        let state: State = read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a demo cursor")?
+            .unwrap_or_default();
         ctx.health.register(&format!("source.{}", ctx.name));
         Ok(DemoSource {
             name: ctx.name.as_str().into(),
@@ -84,21 +97,6 @@ impl DemoSource {
                 .unwrap_or_default(),
         })
     }
-}
-
-/// `auditrelay checkpoint set --token N`: the sequence number to continue at.
-pub fn manual_checkpoint(
-    token: Option<String>,
-    time: Option<DateTime<Utc>>,
-) -> Result<Vec<u8>, String> {
-    if time.is_some() {
-        return Err("the demo source has no time cursor; use --token <sequence number>".into());
-    }
-    let next = token
-        .ok_or("give --token <sequence number>")?
-        .parse::<u64>()
-        .map_err(|e| format!("--token must be a sequence number: {e}"))?;
-    serde_json::to_vec(&State { next }).map_err(|e| e.to_string())
 }
 
 #[async_trait]
@@ -286,26 +284,6 @@ fn write_event(buf: &mut Vec<u8>, seq: u64, time: DateTime<Utc>) -> anyhow::Resu
     });
     serde_json::to_writer(&mut *buf, &event)?;
     Ok(())
-}
-
-impl super::SourceType for DemoConfig {
-    const KIND: &'static str = "demo";
-
-    fn validate(&self, path: &str, problems: &mut Problems) {
-        DemoConfig::validate(self, path, problems)
-    }
-
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        manual_checkpoint(token, time)
-    }
-
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(DemoSource::new(self.clone(), ctx)?))
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ pub mod veza;
 pub mod veza_list;
 pub mod webhook_in;
 
-pub use component::{Source, SourceContext, SourceType};
+pub use component::{read_checkpoint, Source, SourceContext, SourceType};
 pub use keys::{Paths, StartAt};
 
 registry::register_sources! {

@@ -2,26 +2,19 @@
 //! `[sources.NAME]` config enum and its dispatch are generated.
 
 /// Generates `SourceConfig` (one variant per registered [`SourceType`]),
-/// `KINDS`, and the methods that read, validate and build a source by its
-/// `type`. Each line is `Variant(module::ConfigType)`; `KINDS` (and so the
-/// list of error messages) keeps the order of the lines.
+/// `KINDS` and `kind()` (see `config::kinds_enum!`), and the methods that
+/// read, validate and build a source by its `type`. Each line is
+/// `Variant(module::ConfigType)`; `KINDS` (and so the list of error
+/// messages) keeps the order of the lines.
 ///
 /// [`SourceType`]: super::SourceType
 macro_rules! register_sources {
     ($($variant:ident($config:ty)),+ $(,)?) => {
-        /// `[sources.NAME]`, by `type`.
-        #[derive(Clone, Debug)]
-        #[allow(clippy::large_enum_variant)] // built once at startup
-        pub enum SourceConfig {
-            $($variant($config),)+
+        $crate::config::kinds_enum! {
+            /// `[sources.NAME]`, by `type`.
+            SourceConfig: $crate::source::SourceType, "a source type is registered twice",
+            $($variant($config)),+
         }
-
-        /// The `type` of every source this build provides, in registration order.
-        pub const KINDS: &[&str] = &[$(<$config as $crate::source::SourceType>::KIND,)+];
-        const _: () = assert!(
-            $crate::config::all_distinct(KINDS),
-            "a source type is registered twice"
-        );
 
         impl SourceConfig {
             /// Reads `[sources.NAME]` at `path` as the type its `type` key names.
@@ -29,34 +22,16 @@ macro_rules! register_sources {
                 fig: &figment::Figment,
                 path: &str,
             ) -> Result<Self, Vec<$crate::config::Problem>> {
-                let problem = |message: String| {
-                    vec![$crate::config::Problem {
-                        path: format!("{path}.type"),
-                        message,
-                    }]
-                };
-                let available = KINDS.join(", ");
-                let kind: String = fig.extract_inner(&format!("{path}.type")).map_err(|_| {
-                    problem(format!(
-                        "required key is missing or not a string (one of: {available})"
+                let kind = $crate::config::read_type(fig, path, KINDS)?;
+                Self::read_kind(&kind, fig, path).unwrap_or_else(|| {
+                    Err($crate::config::type_problem(
+                        path,
+                        format!(
+                            "unknown source type \"{kind}\" (available: {})",
+                            KINDS.join(", ")
+                        ),
                     ))
-                })?;
-                $(
-                    if kind == <$config as $crate::source::SourceType>::KIND {
-                        return <$config as $crate::source::SourceType>::read(fig, path)
-                            .map(SourceConfig::$variant);
-                    }
-                )+
-                Err(problem(format!(
-                    "unknown source type \"{kind}\" (available: {available})"
-                )))
-            }
-
-            /// The `type` this source was configured with.
-            pub fn kind(&self) -> &'static str {
-                match self {
-                    $(SourceConfig::$variant(_) => <$config as $crate::source::SourceType>::KIND,)+
-                }
+                })
             }
 
             pub fn validate(&self, path: &str, problems: &mut $crate::config::Problems) {

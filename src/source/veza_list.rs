@@ -20,11 +20,11 @@ use serde_json::value::RawValue;
 use tracing::{info, warn};
 
 use super::pull::{
-    count_fresh, dedup_key, fresh, read_checkpoint, report_before_window, snippet, Fetcher,
-    PullConfig, PullDefaults, PullKind, SeenSet,
+    count_fresh, dedup_key, fresh, report_before_window, snippet, Fetcher, PullCommon, PullConfig,
+    PullDefaults, PullKind, SeenSet,
 };
 use super::veza::{self, VezaConfig};
-use super::{Paths, Source, SourceContext, StartAt};
+use super::{read_checkpoint, Paths, Source, SourceContext, StartAt};
 use crate::config::Problems;
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
 
@@ -60,7 +60,21 @@ pub struct VezaList {
 /// The list endpoint reports completion times.
 const TIME_PATH: &[&str] = &["ended_at", "timestamp"];
 
+impl VezaList {
+    /// The range of this config, at `now`.
+    pub fn range(&self, now: DateTime<Utc>) -> Result<Range, String> {
+        let from = parse_bound(&self.from, now).map_err(|e| format!("from: {e}"))?;
+        let to = match &self.to {
+            Some(t) => parse_bound(t, now).map_err(|e| format!("to: {e}"))?,
+            None => now,
+        };
+        Range::check(from, to, now)
+    }
+}
+
 impl PullKind for VezaList {
+    const KIND: &'static str = "veza_list";
+
     const DEFAULTS: PullDefaults = PullDefaults {
         id_path: veza::ID_PATH,
         time_path: TIME_PATH,
@@ -69,6 +83,32 @@ impl PullKind for VezaList {
         token_missing: Some(veza::TOKEN_MISSING),
         ..PullDefaults::BASE
     };
+
+    fn validate(&self, path: &str, _common: &PullCommon, problems: &mut Problems) {
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        veza::validate_page_keys(path, self.page_size, &self.path, names, problems);
+        if let Err(e) = self.range(Utc::now()) {
+            problems.push(format!("{path}.from"), e);
+        }
+    }
+
+    fn manual_checkpoint(
+        &self,
+        _token: Option<String>,
+        _time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        Err(
+            "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
+                .into(),
+        )
+    }
+
+    /// The daemon's backfill: the stored range, else the config's.
+    fn build(config: &VezaListConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        let label = ctx.name.clone();
+        let source = VezaListSource::new(config.clone(), ctx, &label, None)?;
+        Ok(Box::new(source))
+    }
 }
 
 fn default_from() -> String {
@@ -137,25 +177,6 @@ impl VezaListConfig {
             },
         }
     }
-
-    /// The range of this config, at `now`.
-    pub fn range(&self, now: DateTime<Utc>) -> Result<Range, String> {
-        let from = parse_bound(&self.from, now).map_err(|e| format!("from: {e}"))?;
-        let to = match &self.to {
-            Some(t) => parse_bound(t, now).map_err(|e| format!("to: {e}"))?,
-            None => now,
-        };
-        Range::check(from, to, now)
-    }
-
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
-        let names = [&self.token_param, &self.items_path, &self.next_token_path];
-        veza::validate_page_keys(path, self.page_size, &self.path, names, problems);
-        if let Err(e) = self.range(Utc::now()) {
-            problems.push(format!("{path}.from"), e);
-        }
-    }
 }
 
 /// The checkpoint of a backfill.
@@ -207,10 +228,9 @@ impl VezaListSource {
         let path = format!("sources.{label}");
         let common = &cfg.common;
         let url = common.endpoint(&cfg.path, &path)?;
-        let items_path = FieldPath::parse(&cfg.items_path)
-            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
-        let next_token_path = FieldPath::parse(&cfg.next_token_path)
-            .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
+        let items_path = FieldPath::of_key(&cfg.items_path, &format!("{path}.items_path"))?;
+        let next_token_path =
+            FieldPath::of_key(&cfg.next_token_path, &format!("{path}.next_token_path"))?;
         let stored: Option<State> = read_checkpoint(
             &ctx.name,
             ctx.checkpoint.as_deref(),
@@ -375,39 +395,6 @@ impl Source for VezaListSource {
                 fetched_at: Instant::now(),
             }));
         }
-    }
-}
-
-impl super::SourceType for VezaListConfig {
-    const KIND: &'static str = "veza_list";
-
-    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
-        Self::from_figment(fig, path)
-    }
-
-    fn validate(&self, path: &str, problems: &mut Problems) {
-        VezaListConfig::validate(self, path, problems)
-    }
-
-    fn manual_checkpoint(
-        &self,
-        _token: Option<String>,
-        _time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        Err(
-            "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
-                .into(),
-        )
-    }
-
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        let label = ctx.name.clone();
-        Ok(Box::new(VezaListSource::new(
-            self.clone(),
-            ctx,
-            &label,
-            None,
-        )?))
     }
 }
 

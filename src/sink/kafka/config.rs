@@ -7,9 +7,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use serde::Deserialize;
 
-use super::topic::TopicTemplate;
 use crate::config::Problems;
-use crate::event::FieldPath;
 use crate::secret::SecretSource;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -122,47 +120,13 @@ impl KafkaConfig {
         }
         Ok(c)
     }
-
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
-            problems.push(
-                format!("{path}.brokers"),
-                "list at least one broker as host:port",
-            );
-        }
-        if let Err(e) = TopicTemplate::parse(&self.topic) {
-            problems.push(format!("{path}.topic"), e);
-        }
-        if let Some(k) = &self.key_field {
-            if let Err(e) = FieldPath::parse(k) {
-                problems.push(format!("{path}.key_field"), e);
-            }
-        }
-        if self.message_timeout.is_zero() {
-            problems.push(format!("{path}.message_timeout"), "must be greater than 0");
-        }
-        self.validate_acks(path, problems);
-        // librdkafka itself checks every property name and value.
-        let sink = path.rsplit('.').next().unwrap_or("kafka");
-        match self.client_config(sink) {
-            Err(e) => problems.push(format!("{path}.librdkafka_secret_files"), e),
-            Ok(c) => {
-                if let Err(e) = c.create_native_config() {
-                    problems.push(
-                        format!("{path}.librdkafka"),
-                        format!("librdkafka rejects the settings: {e}"),
-                    );
-                }
-            }
-        }
-    }
 }
 
 impl KafkaConfig {
     /// The idempotent producer needs every in-sync replica's ack; librdkafka
     /// only finds the conflict when the producer is created (at run time),
     /// so an `acks` override other than `all` is a config error here.
-    fn validate_acks(&self, path: &str, problems: &mut Problems) {
+    pub(super) fn validate_acks(&self, path: &str, problems: &mut Problems) {
         let idempotent = match self.librdkafka.get("enable.idempotence") {
             Some(v) => v.render().trim().eq_ignore_ascii_case("true"),
             None => self.idempotence,
@@ -191,20 +155,26 @@ impl KafkaConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::{SinkCommon, SinkType};
+
+    fn check(cfg: &KafkaConfig) -> Problems {
+        let common: SinkCommon = serde_json::from_str(r#"{"inputs":["x"]}"#).unwrap();
+        let mut p = Problems::default();
+        cfg.validate("sinks.bus", &common, &mut p);
+        p
+    }
 
     #[test]
     fn librdkafka_rejects_unknown_properties_at_validate() {
         let mut cfg: KafkaConfig =
             serde_json::from_str(r#"{"brokers":["127.0.0.1:9092"],"topic":"t"}"#).unwrap();
-        let mut p = Problems::default();
-        cfg.validate("sinks.bus", &mut p);
+        let p = check(&cfg);
         assert!(p.is_empty(), "{p:?}");
         cfg.librdkafka
             .insert("no.such.property".into(), PropertyValue::Text("1".into()));
         cfg.librdkafka
             .insert("linger.ms".into(), PropertyValue::Integer(10));
-        let mut p = Problems::default();
-        cfg.validate("sinks.bus", &mut p);
+        let p = check(&cfg);
         let list = p.into_vec();
         assert_eq!(list.len(), 1);
         assert_eq!(list[0].path, "sinks.bus.librdkafka");
@@ -221,8 +191,7 @@ mod tests {
             serde_json::from_str(r#"{"brokers":["127.0.0.1:9092"],"topic":"t"}"#).unwrap();
         cfg.librdkafka
             .insert("acks".into(), PropertyValue::Integer(1));
-        let mut p = Problems::default();
-        cfg.validate("sinks.bus", &mut p);
+        let p = check(&cfg);
         let list = p.into_vec();
         assert_eq!(list.len(), 1, "{list:?}");
         assert_eq!(list[0].path, "sinks.bus.librdkafka.acks");
@@ -237,24 +206,21 @@ mod tests {
             PropertyValue::Integer(-1),
         ] {
             cfg.librdkafka.insert("acks".into(), ok);
-            let mut p = Problems::default();
-            cfg.validate("sinks.bus", &mut p);
+            let p = check(&cfg);
             assert!(p.is_empty(), "{p:?}");
         }
         cfg.librdkafka.insert(
             "request.required.acks".into(),
             PropertyValue::Text("0".into()),
         );
-        let mut p = Problems::default();
-        cfg.validate("sinks.bus", &mut p);
+        let p = check(&cfg);
         assert_eq!(
             p.into_vec()[0].path,
             "sinks.bus.librdkafka.request.required.acks"
         );
 
         cfg.idempotence = false;
-        let mut p = Problems::default();
-        cfg.validate("sinks.bus", &mut p);
+        let p = check(&cfg);
         assert!(
             p.is_empty(),
             "without idempotence any acks is allowed: {p:?}"

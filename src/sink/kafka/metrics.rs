@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 
 use crate::metrics::metrics;
 
@@ -16,49 +16,28 @@ pub(super) struct KafkaMetrics {
 pub(super) static KAFKA_METRICS: LazyLock<KafkaMetrics> = LazyLock::new(|| {
     let m = metrics();
     KafkaMetrics {
-        produced: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_kafka_messages_produced_total",
-                    "Messages handed to the Kafka producer (resends included).",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        produced: m.counter_vec(
+            "auditrelay_kafka_messages_produced_total",
+            "Messages handed to the Kafka producer (resends included).",
+            &["sink"],
         ),
-        in_flight: m.register(
-            IntGaugeVec::new(
-                Opts::new(
-                    "auditrelay_kafka_messages_in_flight",
-                    "Messages awaiting a delivery report.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        in_flight: m.gauge_vec(
+            "auditrelay_kafka_messages_in_flight",
+            "Messages awaiting a delivery report.",
+            &["sink"],
         ),
-        delivery_seconds: m.register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "auditrelay_kafka_delivery_latency_seconds",
-                    "Time from producing a message to its delivery report.",
-                )
-                .buckets(vec![
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    120.0,
-                ]),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        delivery_seconds: m.histogram_vec(
+            "auditrelay_kafka_delivery_latency_seconds",
+            "Time from producing a message to its delivery report.",
+            &["sink"],
+            &[
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
+            ],
         ),
-        rebuilds: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_kafka_producer_rebuilds_total",
-                    "Producers rebuilt after a fatal error.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        rebuilds: m.counter_vec(
+            "auditrelay_kafka_producer_rebuilds_total",
+            "Producers rebuilt after a fatal error.",
+            &["sink"],
         ),
     }
 });

@@ -18,7 +18,7 @@ use serde_json::value::RawValue;
 use tracing::{error, info, warn};
 
 use super::{Sink, SinkCommon, SinkContext};
-use crate::config::RetryConfig;
+use crate::config::{Problems, RetryConfig};
 use crate::event::{scalar_text, Event, FieldPath};
 use crate::health::Health;
 use crate::metrics::metrics;
@@ -75,9 +75,8 @@ impl KafkaSink {
         let key = cfg
             .key_field
             .as_deref()
-            .map(FieldPath::parse)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{path}.key_field: {e}"))?;
+            .map(|p| FieldPath::of_key(p, &format!("{path}.key_field")))
+            .transpose()?;
         let producer: FutureProducer = cfg
             .client_config(&ctx.name)
             .map_err(|e| anyhow::anyhow!("{path}.librdkafka_secret_files: {e}"))?
@@ -386,8 +385,36 @@ async fn watch_brokers(
 impl super::SinkType for KafkaConfig {
     const KIND: &'static str = "kafka";
 
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut crate::config::Problems) {
-        KafkaConfig::validate(self, path, problems)
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
+            problems.push(
+                format!("{path}.brokers"),
+                "list at least one broker as host:port",
+            );
+        }
+        if let Err(e) = TopicTemplate::parse(&self.topic) {
+            problems.push(format!("{path}.topic"), e);
+        }
+        if let Some(k) = &self.key_field {
+            FieldPath::check(k, &format!("{path}.key_field"), problems);
+        }
+        if self.message_timeout.is_zero() {
+            problems.push(format!("{path}.message_timeout"), "must be greater than 0");
+        }
+        self.validate_acks(path, problems);
+        // librdkafka itself checks every property name and value.
+        let sink = path.rsplit('.').next().unwrap_or("kafka");
+        match self.client_config(sink) {
+            Err(e) => problems.push(format!("{path}.librdkafka_secret_files"), e),
+            Ok(c) => {
+                if let Err(e) = c.create_native_config() {
+                    problems.push(
+                        format!("{path}.librdkafka"),
+                        format!("librdkafka rejects the settings: {e}"),
+                    );
+                }
+            }
+        }
     }
 
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{HistogramVec, IntCounterVec, IntGaugeVec};
 
 use crate::metrics::metrics;
 
@@ -17,59 +17,32 @@ pub(super) struct HecMetrics {
 pub(super) static HEC_METRICS: LazyLock<HecMetrics> = LazyLock::new(|| {
     let m = metrics();
     HecMetrics {
-        requests: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_hec_requests_total",
-                    "Splunk HEC requests by endpoint (event, ack, health) and HEC code \
+        requests: m.counter_vec(
+            "auditrelay_hec_requests_total",
+            "Splunk HEC requests by endpoint (event, ack, health) and HEC code \
                      (http_<status> when the answer has none, network when there was no answer).",
-                ),
-                &["sink", "endpoint", "code"],
-            )
-            .expect("metric definition is valid"),
+            &["sink", "endpoint", "code"],
         ),
-        acks_pending: m.register(
-            IntGaugeVec::new(
-                Opts::new(
-                    "auditrelay_hec_acks_pending",
-                    "HEC requests accepted and waiting for their indexer acknowledgment.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        acks_pending: m.gauge_vec(
+            "auditrelay_hec_acks_pending",
+            "HEC requests accepted and waiting for their indexer acknowledgment.",
+            &["sink"],
         ),
-        ack_latency: m.register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "auditrelay_hec_ack_latency_seconds",
-                    "Time from HEC accepting a request to its ack reading true.",
-                )
-                .buckets(vec![
-                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
-                ]),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        ack_latency: m.histogram_vec(
+            "auditrelay_hec_ack_latency_seconds",
+            "Time from HEC accepting a request to its ack reading true.",
+            &["sink"],
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,],
         ),
-        ack_timeouts: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_hec_ack_timeouts_total",
-                    "HEC requests not acknowledged within ack_timeout, sent again.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        ack_timeouts: m.counter_vec(
+            "auditrelay_hec_ack_timeouts_total",
+            "HEC requests not acknowledged within ack_timeout, sent again.",
+            &["sink"],
         ),
-        acks_expired: m.register(
-            IntCounterVec::new(
-                Opts::new(
-                    "auditrelay_hec_acks_expired_total",
-                    "HEC ack ids given up on: not true within twice ack_timeout, or issued again after an indexer restart.",
-                ),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
+        acks_expired: m.counter_vec(
+            "auditrelay_hec_acks_expired_total",
+            "HEC ack ids given up on: not true within twice ack_timeout, or issued again after an indexer restart.",
+            &["sink"],
         ),
     }
 });

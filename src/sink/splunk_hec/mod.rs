@@ -58,9 +58,11 @@ use tracing::info;
 
 use super::delivery::{Delivery, Readiness};
 use super::{Sink, SinkCommon, SinkContext};
-use crate::event::Event;
+use crate::config::{parse_url, require_positive, Problems};
+use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
 use acks::ack_poller;
+use config::auth_value;
 pub use config::{Compression, SplunkHecConfig};
 use deliver::EventRequests;
 use encode::Envelope;
@@ -199,11 +201,125 @@ impl Sink for SplunkHecSink {
 impl super::SinkType for SplunkHecConfig {
     const KIND: &'static str = "splunk_hec";
 
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut crate::config::Problems) {
-        SplunkHecConfig::validate(self, path, problems)
+    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+        let key = format!("{path}.endpoint");
+        if let Some(url) = parse_url(&self.endpoint, &key, problems) {
+            if url.path().contains("/services/collector") {
+                problems.push(
+                    &key,
+                    "give the collector's base URL (e.g. https://splunk.example:8088); \
+                     the sink adds /services/collector/event itself",
+                );
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                problems.push(&key, "must not have a query or fragment");
+            }
+        }
+        let keys = self.token_keys();
+        let required = "required: the HEC token (token_file, token_env or token_credential)";
+        if let Some(token) = keys.validate("token", path, Some(required), problems) {
+            if auth_value(&token).is_none() {
+                let key = keys
+                    .source("token")
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| "token_file".to_string(), |s| s.key("token"));
+                problems.push(
+                    format!("{path}.{key}"),
+                    "the token holds characters an HTTP header cannot carry",
+                );
+            }
+        }
+        for (k, v) in [
+            ("host", &self.host),
+            ("source", &self.source),
+            ("sourcetype", &self.sourcetype),
+            ("index", &self.index),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                problems.push(
+                    format!("{path}.{k}"),
+                    "must not be empty (leave it out for the token's default)",
+                );
+            }
+        }
+        for (name, field_path) in &self.fields {
+            if name.trim().is_empty() {
+                problems.push(format!("{path}.fields"), "a field name is empty");
+            }
+            FieldPath::check(field_path, &format!("{path}.fields.{name}"), problems);
+        }
+        for (k, d) in [
+            ("ack_timeout", self.ack_timeout),
+            ("ack_poll_interval", self.ack_poll_interval),
+            ("timeout", self.timeout),
+            ("auth_retry", self.auth_retry),
+            ("health_check_interval", self.health_check_interval),
+        ] {
+            require_positive(d, &format!("{path}.{k}"), problems);
+        }
+        if self.indexer_ack && self.ack_poll_interval >= self.ack_timeout {
+            problems.push(
+                format!("{path}.ack_poll_interval"),
+                "must be shorter than ack_timeout, or no ack is ever asked for in time",
+            );
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            problems.push(format!("{path}.concurrency"), "must be between 1 and 256");
+        }
     }
 
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
         Ok(Box::new(SplunkHecSink::new(self.clone(), common, ctx)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::answer::Answer;
+
+    /// A Retry-After of u64::MAX seconds is a number HEC (or a proxy in
+    /// front of it) can send: the sink-wide pause must neither overflow
+    /// (a panic from network input) nor last for ever.
+    #[tokio::test]
+    async fn a_huge_retry_after_pauses_the_sink_for_a_bounded_time() {
+        use figment::providers::Format;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "t0k3n").unwrap();
+        let toml = |text: String| figment::Figment::from(figment::providers::Toml::string(&text));
+        let cfg: super::SplunkHecConfig = toml(format!(
+            "endpoint = \"http://127.0.0.1:1\"\ntoken_file = \"{}\"",
+            token.display()
+        ))
+        .extract()
+        .unwrap();
+        let common: crate::sink::SinkCommon = toml("inputs = []".into()).extract().unwrap();
+        let health = crate::health::Health::default();
+        let sink = super::SplunkHecSink::new(
+            cfg,
+            &common,
+            crate::sink::SinkContext {
+                name: "hec_huge_retry_after".into(),
+                state_dir: dir.path().to_path_buf(),
+                health: health.clone(),
+                dead_letters: crate::sink::DeadLetters::new(dir.path(), "hec_huge_retry_after"),
+            },
+        )
+        .unwrap();
+        let inner = &sink.inner;
+        inner.pause_for(&Answer::Retry(
+            "HTTP 429".into(),
+            Some(Duration::from_secs(u64::MAX)),
+        ));
+        let until = inner.paused_until.lock().unwrap().expect("paused");
+        let longest = crate::sink::delivery::LONGEST_RETRY_AFTER;
+        assert!(
+            until <= Instant::now() + longest,
+            "paused beyond {longest:?}"
+        );
+        assert!(until > Instant::now(), "Retry-After not honoured at all");
     }
 }

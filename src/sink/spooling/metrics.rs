@@ -2,8 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::core::Collector;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 
 use crate::metrics::metrics;
 
@@ -16,8 +15,10 @@ pub(super) struct SpoolMetrics {
 }
 
 pub(super) static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
-    let gauge = |name: &str, help: &str| per_sink(IntGaugeVec::new, name, help);
-    let counter = |name: &str, help: &str| per_sink(IntCounterVec::new, name, help);
+    let m = metrics();
+    let name = |short: &str| format!("auditrelay_sink_spool_{short}");
+    let gauge = |short: &str, help: &str| m.gauge_vec(&name(short), help, &["sink"]);
+    let counter = |short: &str, help: &str| m.counter_vec(&name(short), help, &["sink"]);
     SpoolMetrics {
         bytes: gauge(
             "bytes",
@@ -41,13 +42,3 @@ pub(super) static SPOOL_METRICS: LazyLock<SpoolMetrics> = LazyLock::new(|| {
         ),
     }
 });
-
-/// `auditrelay_sink_spool_<name>`, one series per sink, registered.
-fn per_sink<M: Collector + Clone + 'static>(
-    new: fn(Opts, &[&str]) -> prometheus::Result<M>,
-    name: &str,
-    help: &str,
-) -> M {
-    let opts = Opts::new(format!("auditrelay_sink_spool_{name}"), help);
-    metrics().register(new(opts, &["sink"]).expect("metric definition is valid"))
-}

@@ -46,7 +46,9 @@ use tracing::{info, warn};
 
 use super::delivery::{count_confirmed, count_failed};
 use super::{DeadLetters, Sink, SinkCommon, SinkContext};
-use crate::event::Event;
+use crate::config::{require_positive, Problems, TlsConfig};
+use crate::event::{Event, FieldPath};
+use crate::format::{cef, leef, rfc5424};
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
@@ -442,11 +444,112 @@ impl Sink for SyslogSink {
     }
 }
 
+/// Largest UDP payload over IPv4.
+const UDP_MAX: usize = 65_507;
+/// Smallest limit that always leaves room for the header and SD element.
+const MESSAGE_MIN: usize = 1024;
+
 impl super::SinkType for SyslogConfig {
     const KIND: &'static str = "syslog";
 
-    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut crate::config::Problems) {
-        SyslogConfig::validate(self, path, common, problems)
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems) {
+        let target = match Target::parse(&self.address) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("{path}.address"), e);
+                None
+            }
+        };
+        if let Some(t) = &target {
+            if self.framing.is_some() && matches!(t.transport, Transport::Udp | Transport::Relp) {
+                problems.push(
+                    format!("{path}.framing"),
+                    "applies to tcp:// and tls:// only (UDP sends one message per datagram, RELP frames messages itself)",
+                );
+            }
+            if t.transport != Transport::Tls && common.tls != TlsConfig::default() {
+                problems.push(format!("{path}.tls"), "applies to tls:// addresses only");
+            }
+            if let Some(max) = self.max_message_size {
+                let upper = if t.transport == Transport::Udp {
+                    UDP_MAX
+                } else {
+                    16 * 1024 * 1024
+                };
+                if !(MESSAGE_MIN..=upper).contains(&max) {
+                    problems.push(
+                        format!("{path}.max_message_size"),
+                        format!("must be between {MESSAGE_MIN} and {upper} for this transport"),
+                    );
+                }
+            }
+        }
+        if rfc5424::token(&self.app_name, rfc5424::APP_NAME_MAX) == "-" {
+            problems.push(format!("{path}.app_name"), "must not be empty");
+        }
+        if !rfc5424::valid_sd_id(&self.sd_id) {
+            problems.push(
+                format!("{path}.sd_id"),
+                "must be 1-32 printable ASCII characters without space, =, ] or \" (e.g. auditrelay@32473)",
+            );
+        }
+        let delimiter = match leef::parse_delimiter(&self.leef_delimiter) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                problems.push(format!("{path}.leef_delimiter"), e);
+                None
+            }
+        };
+        self.fields.validate(path, problems);
+        if let Some(p) = &self.severity_field {
+            FieldPath::check(p, &format!("{path}.severity_field"), problems);
+        }
+        for (key, p) in &self.extra_fields {
+            let at = format!("{path}.extra_fields.{key}");
+            FieldPath::check(p, &at, problems);
+            match self.body {
+                Body::Json => problems.push(
+                    &at,
+                    "extra_fields apply to body = \"cef\" or \"leef\" (the JSON body is the whole event)",
+                ),
+                Body::Cef if !cef::valid_key(key) || cef::RESERVED_KEYS.contains(&key.as_str()) => {
+                    problems.push(
+                        &at,
+                        format!(
+                            "not a free CEF extension key (letters/digits; not one of {})",
+                            cef::RESERVED_KEYS.join(", ")
+                        ),
+                    )
+                }
+                Body::Leef
+                    if key.is_empty()
+                        || key.contains(['=', ' ', '\t', '\n', '|'])
+                        || delimiter.is_some_and(|d| key.contains(d))
+                        || leef::RESERVED_KEYS.contains(&key.as_str()) =>
+                {
+                    problems.push(
+                        &at,
+                        format!(
+                            "not a free LEEF attribute name (no =, spaces or the delimiter; not one of {})",
+                            leef::RESERVED_KEYS.join(", ")
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+        if !(1..=4096).contains(&self.relp_window) {
+            problems.push(format!("{path}.relp_window"), "must be between 1 and 4096");
+        }
+        if self.relp_max_refusals == 0 {
+            problems.push(format!("{path}.relp_max_refusals"), "must be at least 1");
+        }
+        require_positive(self.timeout, &format!("{path}.timeout"), problems);
+        require_positive(
+            self.connect_timeout,
+            &format!("{path}.connect_timeout"),
+            problems,
+        );
     }
 
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {

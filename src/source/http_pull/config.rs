@@ -2,14 +2,11 @@
 
 use std::collections::BTreeMap;
 
-use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::template::{body_strings, placeholders, PLACEHOLDERS};
-use crate::config::Problems;
-use crate::event::FieldPath;
-use crate::source::pull::{PullConfig, PullDefaults, PullKind, RateLimitConfig, TimeFormat};
+use super::template::body_strings;
+use crate::source::pull::{PullConfig, RateLimitConfig, TimeFormat};
 
 pub use crate::source::pull::Stop;
 
@@ -92,15 +89,6 @@ pub struct HttpPull {
     pub rate_limit: RateLimitConfig,
 }
 
-impl PullKind for HttpPull {
-    const DEFAULTS: PullDefaults = PullDefaults {
-        id_path: &["event_id", "id"],
-        time_path: &["timestamp", "time", "created_at", "event_time"],
-        type_path: &["action", "event_type", "type"],
-        ..PullDefaults::BASE
-    };
-}
-
 fn default_method() -> String {
     "GET".into()
 }
@@ -114,8 +102,9 @@ fn default_page_size() -> u32 {
     100
 }
 
-impl HttpPullConfig {
-    fn templates(&self) -> Vec<(String, &str)> {
+impl HttpPull {
+    /// Every template string, by the key it is written under.
+    pub(super) fn templates(&self) -> Vec<(String, &str)> {
         let mut out: Vec<(String, &str)> = self
             .query
             .iter()
@@ -127,117 +116,5 @@ impl HttpPullConfig {
             out.extend(strings.into_iter().map(|s| ("body".to_string(), s)));
         }
         out
-    }
-
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
-        if !self.path.starts_with('/') {
-            problems.push(format!("{path}.path"), "must start with /");
-        }
-        let method = self.method.to_ascii_uppercase();
-        if method != "GET" && method != "POST" {
-            problems.push(format!("{path}.method"), "must be GET or POST");
-        }
-        for (key, h) in std::iter::once(("auth_header".to_string(), &self.auth_header))
-            .chain(self.headers.keys().map(|k| (format!("headers.{k}"), k)))
-        {
-            if HeaderName::from_bytes(h.as_bytes()).is_err() {
-                problems.push(
-                    format!("{path}.{key}"),
-                    format!("\"{h}\" is not a header name"),
-                );
-            }
-        }
-        for (k, v) in &self.headers {
-            if HeaderValue::from_str(v).is_err() {
-                problems.push(format!("{path}.headers.{k}"), "not a valid header value");
-            }
-        }
-        if let Some(body) = &self.body {
-            if !body.is_object() {
-                problems.push(format!("{path}.body"), "must be a table (a JSON object)");
-            }
-            if method == "GET" {
-                problems.push(format!("{path}.body"), "a body needs method = \"POST\"");
-            }
-        }
-        let mut uses_cursor = false;
-        for (key, t) in self.templates() {
-            for name in placeholders(t) {
-                if !PLACEHOLDERS.contains(&name) {
-                    problems.push(
-                        format!("{path}.{key}"),
-                        format!(
-                            "unknown placeholder {{{name}}} (known: {{since}}, {{until}}, {{cursor}}, {{page_size}})"
-                        ),
-                    );
-                }
-                uses_cursor |= name == "cursor";
-            }
-        }
-        let p = &self.pagination;
-        match p.mode {
-            Mode::Token | Mode::Offset | Mode::Page if !uses_cursor => problems.push(
-                format!("{path}.query"),
-                format!(
-                    "pagination.mode = \"{}\" needs {{cursor}} in a query or body template",
-                    format!("{:?}", p.mode).to_lowercase()
-                ),
-            ),
-            Mode::Token => {
-                if p.token_path.is_some() == p.token_header.is_some() {
-                    problems.push(
-                        format!("{path}.pagination"),
-                        "token mode needs exactly one of token_path and token_header",
-                    );
-                }
-                if let Some(tp) = &p.token_path {
-                    if let Err(e) = FieldPath::parse(tp) {
-                        problems.push(format!("{path}.pagination.token_path"), e);
-                    }
-                }
-                if let Some(h) = &p.token_header {
-                    if HeaderName::from_bytes(h.as_bytes()).is_err() {
-                        problems.push(
-                            format!("{path}.pagination.token_header"),
-                            format!("\"{h}\" is not a header name"),
-                        );
-                    }
-                }
-            }
-            Mode::Link if method != "GET" => problems.push(
-                format!("{path}.pagination.mode"),
-                "link pagination follows URLs with GET; set method = \"GET\"",
-            ),
-            _ => {}
-        }
-        if let Some(lp) = &p.limit_path {
-            if let Err(e) = FieldPath::parse(lp) {
-                problems.push(format!("{path}.pagination.limit_path"), e);
-            }
-            if !matches!(p.mode, Mode::Offset | Mode::Page) {
-                problems.push(
-                    format!("{path}.pagination.limit_path"),
-                    "only applies to mode = \"offset\" or \"page\"",
-                );
-            }
-        }
-        if p.mode != Mode::Token && (p.token_path.is_some() || p.token_header.is_some()) {
-            problems.push(
-                format!("{path}.pagination"),
-                "token_path/token_header only apply to mode = \"token\"",
-            );
-        }
-        if !(1..=100_000).contains(&self.page_size) {
-            problems.push(format!("{path}.page_size"), "must be between 1 and 100000");
-        }
-        if let Some(ip) = &self.items_path {
-            if !ip.is_empty() && ip != "." {
-                if let Err(e) = FieldPath::parse(ip) {
-                    problems.push(format!("{path}.items_path"), e);
-                }
-            }
-        }
-        self.rate_limit.validate(path, problems);
     }
 }

@@ -24,13 +24,17 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::pull::{snippet, After, Fetcher, Next, TimeFormat, Walker, WindowState};
+use super::pull::{
+    snippet, After, Fetcher, Next, PullCommon, PullDefaults, PullKind, TimeFormat, Walker,
+    WindowState,
+};
 use super::{Source, SourceContext};
-use crate::event::{Batch, Event};
+use crate::config::Problems;
+use crate::event::{Batch, Event, FieldPath};
 use crate::metrics::metrics;
 use crate::secret::Secret;
 use page::PageReader;
-use template::{render, render_json, Vars};
+use template::{placeholders, render, render_json, Vars, PLACEHOLDERS};
 
 /// What a request is, once the templates are filled.
 #[derive(Clone)]
@@ -261,26 +265,122 @@ impl Source for HttpPullSource {
     }
 }
 
-impl super::SourceType for HttpPullConfig {
+impl PullKind for HttpPull {
     const KIND: &'static str = "http_pull";
 
-    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
-        Self::from_figment(fig, path)
+    const DEFAULTS: PullDefaults = PullDefaults {
+        id_path: &["event_id", "id"],
+        time_path: &["timestamp", "time", "created_at", "event_time"],
+        type_path: &["action", "event_type", "type"],
+        ..PullDefaults::BASE
+    };
+
+    fn validate(&self, path: &str, _common: &PullCommon, problems: &mut Problems) {
+        if !self.path.starts_with('/') {
+            problems.push(format!("{path}.path"), "must start with /");
+        }
+        let method = self.method.to_ascii_uppercase();
+        if method != "GET" && method != "POST" {
+            problems.push(format!("{path}.method"), "must be GET or POST");
+        }
+        for (key, h) in std::iter::once(("auth_header".to_string(), &self.auth_header))
+            .chain(self.headers.keys().map(|k| (format!("headers.{k}"), k)))
+        {
+            if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                problems.push(
+                    format!("{path}.{key}"),
+                    format!("\"{h}\" is not a header name"),
+                );
+            }
+        }
+        for (k, v) in &self.headers {
+            if HeaderValue::from_str(v).is_err() {
+                problems.push(format!("{path}.headers.{k}"), "not a valid header value");
+            }
+        }
+        if let Some(body) = &self.body {
+            if !body.is_object() {
+                problems.push(format!("{path}.body"), "must be a table (a JSON object)");
+            }
+            if method == "GET" {
+                problems.push(format!("{path}.body"), "a body needs method = \"POST\"");
+            }
+        }
+        let mut uses_cursor = false;
+        for (key, t) in self.templates() {
+            for name in placeholders(t) {
+                if !PLACEHOLDERS.contains(&name) {
+                    problems.push(
+                        format!("{path}.{key}"),
+                        format!(
+                            "unknown placeholder {{{name}}} (known: {{since}}, {{until}}, {{cursor}}, {{page_size}})"
+                        ),
+                    );
+                }
+                uses_cursor |= name == "cursor";
+            }
+        }
+        let p = &self.pagination;
+        match p.mode {
+            Mode::Token | Mode::Offset | Mode::Page if !uses_cursor => problems.push(
+                format!("{path}.query"),
+                format!(
+                    "pagination.mode = \"{}\" needs {{cursor}} in a query or body template",
+                    format!("{:?}", p.mode).to_lowercase()
+                ),
+            ),
+            Mode::Token => {
+                if p.token_path.is_some() == p.token_header.is_some() {
+                    problems.push(
+                        format!("{path}.pagination"),
+                        "token mode needs exactly one of token_path and token_header",
+                    );
+                }
+                if let Some(tp) = &p.token_path {
+                    FieldPath::check(tp, &format!("{path}.pagination.token_path"), problems);
+                }
+                if let Some(h) = &p.token_header {
+                    if HeaderName::from_bytes(h.as_bytes()).is_err() {
+                        problems.push(
+                            format!("{path}.pagination.token_header"),
+                            format!("\"{h}\" is not a header name"),
+                        );
+                    }
+                }
+            }
+            Mode::Link if method != "GET" => problems.push(
+                format!("{path}.pagination.mode"),
+                "link pagination follows URLs with GET; set method = \"GET\"",
+            ),
+            _ => {}
+        }
+        if let Some(lp) = &p.limit_path {
+            FieldPath::check(lp, &format!("{path}.pagination.limit_path"), problems);
+            if !matches!(p.mode, Mode::Offset | Mode::Page) {
+                problems.push(
+                    format!("{path}.pagination.limit_path"),
+                    "only applies to mode = \"offset\" or \"page\"",
+                );
+            }
+        }
+        if p.mode != Mode::Token && (p.token_path.is_some() || p.token_header.is_some()) {
+            problems.push(
+                format!("{path}.pagination"),
+                "token_path/token_header only apply to mode = \"token\"",
+            );
+        }
+        if !(1..=100_000).contains(&self.page_size) {
+            problems.push(format!("{path}.page_size"), "must be between 1 and 100000");
+        }
+        if let Some(ip) = &self.items_path {
+            if !ip.is_empty() && ip != "." {
+                FieldPath::check(ip, &format!("{path}.items_path"), problems);
+            }
+        }
+        self.rate_limit.validate(path, problems);
     }
 
-    fn validate(&self, path: &str, problems: &mut crate::config::Problems) {
-        HttpPullConfig::validate(self, path, problems)
-    }
-
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        super::pull::manual_window_checkpoint(token, time)
-    }
-
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(HttpPullSource::new(self.clone(), ctx)?))
+    fn build(config: &HttpPullConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(HttpPullSource::new(config.clone(), ctx)?))
     }
 }

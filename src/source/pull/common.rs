@@ -5,6 +5,11 @@
 //!
 //! Some defaults differ per API (Veza polls every 5s, QuickZTNA every
 //! 60s): each source states its own in [`PullKind::DEFAULTS`].
+//!
+//! A vendor file implements [`PullKind`] (its `type`, defaults, checks and
+//! source); the one `SourceType` impl here makes every `PullConfig<K>` a
+//! registrable source, so nothing about the shared keys is written per
+//! source.
 
 use std::fmt::Debug;
 use std::ops::Deref;
@@ -18,18 +23,51 @@ use serde::Deserialize;
 
 use super::fetch::FetcherConfig;
 use super::rate_limit::RateLimitConfig;
+use super::window::WindowState;
 use crate::config::{
-    extract_section, figment_problems, parse_url, require_positive, struct_fields, Problem,
-    Problems, RetryConfig, TlsConfig,
+    extract_section, figment_problems, parse_url, read_both, require_positive, struct_fields,
+    Problem, Problems, RetryConfig, TlsConfig,
 };
 use crate::event::FieldExtractor;
 use crate::health::Health;
 use crate::secret::{SecretKeys, SecretSource};
-use crate::source::{Paths, StartAt};
+use crate::source::{Paths, Source, SourceContext, SourceType, StartAt};
 
-/// A pull source type: its own keys (`Self`) and its shared-key defaults.
-pub trait PullKind: DeserializeOwned + Clone + Debug {
+/// A pull source type: its own keys (`Self`), its shared-key defaults and
+/// what only it knows (its checks, its checkpoint, its source). Every
+/// `PullConfig<K>` is a [`SourceType`] through it: the shared keys are read
+/// and checked here, the vendor file implements only this.
+pub trait PullKind: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
+    /// The value of `type` that selects this source.
+    const KIND: &'static str;
+
     const DEFAULTS: PullDefaults;
+
+    /// Reports the values of its own keys serde accepts but the source
+    /// cannot use; the shared keys (`common`) are checked already.
+    /// Required, so a forgotten check cannot pass silently.
+    fn validate(&self, path: &str, common: &PullCommon, problems: &mut Problems);
+
+    /// The state `auditrelay checkpoint set` writes (exactly one of `token`
+    /// and `time` is given). By default that of a window walk
+    /// ([`WindowState`]), which resumes at a time and has no page token.
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        if token.is_some() {
+            return Err("this source has no durable page token; use --time <RFC 3339>".into());
+        }
+        let state = WindowState {
+            resume_at: time,
+            ..Default::default()
+        };
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
+    }
+
+    /// The running source, resuming from `ctx.checkpoint`.
+    fn build(config: &PullConfig<Self>, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>>;
 }
 
 /// What a source assumes for the shared keys it is not given.
@@ -180,72 +218,15 @@ impl<K> Deref for PullConfig<K> {
     }
 }
 
-impl<K: PullKind> PullConfig<K> {
-    /// Reads `path` of `fig` (`""`: the whole figment). Every unknown key
-    /// and bad value is reported with its key path.
-    pub fn from_figment(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
-        Self::read(fig, path, true)
+impl<K: PullKind> SourceType for PullConfig<K> {
+    const KIND: &'static str = K::KIND;
+
+    fn read(fig: &Figment, path: &str) -> Result<Self, Vec<Problem>> {
+        Self::read_section(fig, path, true)
     }
 
-    /// Reads the section; `strict` reports unknown keys, else they are
-    /// ignored (as serde does for a struct without `deny_unknown_fields`).
-    fn read(fig: &Figment, path: &str, strict: bool) -> Result<Self, Vec<Problem>> {
-        let window = K::DEFAULTS.window;
-        let own = if strict {
-            extract_section::<K>(fig, path, &[&Self::shared_keys(), &["type"]])
-        } else {
-            extract::<K>(fig, path)
-        };
-        // Shared keys are read without the unknown-key check: the section
-        // read above already reported every unknown key once. A source
-        // without a window reads them without the window keys, which it
-        // reported as unknown: a bad value there must not stop serde
-        // before the shared keys after it.
-        let common = if window {
-            extract::<PullKeys>(fig, path)
-        } else {
-            extract_without::<PullKeys>(fig, path, WINDOW_KEYS)
-        };
-        match (common, own) {
-            (Ok(keys), Ok(own)) => Ok(PullConfig {
-                common: keys.resolve(&K::DEFAULTS),
-                own,
-            }),
-            (c, o) => {
-                let mut all = Vec::new();
-                if let Err(e) = o {
-                    all.extend(e);
-                }
-                if let Err(e) = c {
-                    for p in e {
-                        if !all.contains(&p) {
-                            all.push(p);
-                        }
-                    }
-                }
-                Err(all)
-            }
-        }
-    }
-
-    /// The shared keys this source takes.
-    pub fn shared_keys() -> Vec<&'static str> {
-        struct_fields::<PullKeys>()
-            .iter()
-            .copied()
-            .filter(|k| K::DEFAULTS.window || !WINDOW_KEYS.contains(k))
-            .collect()
-    }
-
-    /// Every key of the section: shared ones, then the source's own.
-    pub fn keys() -> Vec<&'static str> {
-        let mut all = Self::shared_keys();
-        all.extend(struct_fields::<K>());
-        all
-    }
-
-    /// Checks the shared keys; the source checks its own after this.
-    pub fn validate_common(&self, path: &str, problems: &mut Problems) {
+    /// Checks the shared keys, then the source's own.
+    fn validate(&self, path: &str, problems: &mut Problems) {
         let (c, d) = (&self.common, &K::DEFAULTS);
         parse_url(&c.url, &format!("{path}.url"), problems);
         c.token_keys()
@@ -262,6 +243,65 @@ impl<K: PullKind> PullConfig<K> {
         c.type_path.validate(&format!("{path}.type_path"), problems);
         c.retry.validate(path, problems);
         c.tls.validate(path, problems);
+        self.own.validate(path, c, problems);
+    }
+
+    fn manual_checkpoint(
+        &self,
+        token: Option<String>,
+        time: Option<DateTime<Utc>>,
+    ) -> Result<Vec<u8>, String> {
+        self.own.manual_checkpoint(token, time)
+    }
+
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        K::build(self, ctx)
+    }
+}
+
+impl<K: PullKind> PullConfig<K> {
+    /// Reads the section at `path` (`""`: the whole figment), reporting bad
+    /// values with their key path; `strict` reports unknown keys too, else
+    /// they are ignored (as serde does for a struct without
+    /// `deny_unknown_fields`).
+    fn read_section(fig: &Figment, path: &str, strict: bool) -> Result<Self, Vec<Problem>> {
+        let window = K::DEFAULTS.window;
+        let own = if strict {
+            extract_section::<K>(fig, path, &[&Self::shared_keys(), &["type"]])
+        } else {
+            extract::<K>(fig, path)
+        };
+        // Shared keys are read without the unknown-key check: the section
+        // read above already reported every unknown key once. A source
+        // without a window reads them without the window keys, which it
+        // reported as unknown: a bad value there must not stop serde
+        // before the shared keys after it.
+        let common = if window {
+            extract::<PullKeys>(fig, path)
+        } else {
+            extract_without::<PullKeys>(fig, path, WINDOW_KEYS)
+        };
+        let (own, keys) = read_both(own, common)?;
+        Ok(PullConfig {
+            common: keys.resolve(&K::DEFAULTS),
+            own,
+        })
+    }
+
+    /// The shared keys this source takes.
+    pub fn shared_keys() -> Vec<&'static str> {
+        struct_fields::<PullKeys>()
+            .iter()
+            .copied()
+            .filter(|k| K::DEFAULTS.window || !WINDOW_KEYS.contains(k))
+            .collect()
+    }
+
+    /// Every key of the section: shared ones, then the source's own.
+    pub fn keys() -> Vec<&'static str> {
+        let mut all = Self::shared_keys();
+        all.extend(struct_fields::<K>());
+        all
     }
 
     /// The request loop settings of source `name` (rate limits by status
@@ -305,33 +345,14 @@ impl<K: PullKind> PullConfig<K> {
     }
 }
 
-/// A source's stored checkpoint (`None` without one), or an error that
-/// says how to reset it. `what` names what it should be ("a Veza cursor").
-pub fn read_checkpoint<T: DeserializeOwned>(
-    name: &str,
-    bytes: Option<&[u8]>,
-    what: &str,
-) -> anyhow::Result<Option<T>> {
-    bytes
-        .map(|b| {
-            serde_json::from_slice(b).map_err(|e| {
-                anyhow::anyhow!(
-                    "checkpoint of source {name} is not {what} ({e}); reset it with \
-                     `auditrelay checkpoint reset --source {name}`"
-                )
-            })
-        })
-        .transpose()
-}
-
 /// Configs read from any serde format (JSON in tests and fuzzing) get the
-/// same defaults as [`PullConfig::from_figment`]; unknown keys are ignored,
+/// same defaults as a section of the config file; unknown keys are ignored,
 /// as serde does for a struct that does not deny them.
 impl<'de, K: PullKind> Deserialize<'de> for PullConfig<K> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let dict = figment::value::Dict::deserialize(d)?;
         let fig = Figment::from(figment::providers::Serialized::defaults(dict));
-        Self::read(&fig, "", false).map_err(|problems| {
+        Self::read_section(&fig, "", false).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             D::Error::custom(list.join("; "))
         })

@@ -176,15 +176,7 @@ impl Fetcher {
             let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
-                    let what = if e.is_timeout() {
-                        "timed out"
-                    } else if e.is_connect() {
-                        "connection failed"
-                    } else {
-                        "request failed"
-                    };
-                    self.retry_later(&format!("{what}: {}", crate::http::describe_error(e)))
-                        .await;
+                    self.retry_later(&crate::http::no_answer(e)).await;
                     continue;
                 }
             };

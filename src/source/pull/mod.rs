@@ -19,13 +19,13 @@ pub mod rate_limit;
 pub mod walk;
 pub mod window;
 
-pub use common::{read_checkpoint, PullCommon, PullConfig, PullDefaults, PullKind};
+pub use common::{PullCommon, PullConfig, PullDefaults, PullKind};
 pub use dedup::{count_fresh, dedup_key, fresh, report_before_window, Fresh, SeenSet};
 pub use fetch::{snippet, AuthAdvice, Fetcher, FetcherConfig, Reply, Verdict};
 pub use paging::{find_items, page_is_last, Stop, TimeFormat};
 pub use rate_limit::RateLimitConfig;
 pub use walk::{After, Walker};
-pub use window::{chrono_of, manual_window_checkpoint, Next, Pass, WindowState};
+pub use window::{chrono_of, Next, Pass, WindowState};
 
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use super::common::read_checkpoint;
 use super::dedup::{dedup_key, fresh, Fresh, SeenSet};
 use crate::event::Event;
+use crate::source::read_checkpoint;
 
 /// A duration as a chrono duration (saturating).
 pub fn chrono_of(d: Duration) -> chrono::Duration {
@@ -209,21 +209,6 @@ impl WindowState {
             (a, b) => a.or(b),
         }
     }
-}
-
-/// `auditrelay checkpoint set --time T` for a window-polled source.
-pub fn manual_window_checkpoint(
-    token: Option<String>,
-    time: Option<DateTime<Utc>>,
-) -> Result<Vec<u8>, String> {
-    if token.is_some() {
-        return Err("this source has no durable page token; use --time <RFC 3339>".into());
-    }
-    let state = WindowState {
-        resume_at: time,
-        ..Default::default()
-    };
-    serde_json::to_vec(&state).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

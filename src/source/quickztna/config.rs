@@ -1,11 +1,8 @@
 //! The keys of a `quickztna` source and their checks.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 
-use crate::config::Problems;
-use crate::source::pull::{PullConfig, PullDefaults, PullKind};
+use crate::source::pull::PullConfig;
 
 /// Most entries `/api/export` returns (the Loki query's hard limit).
 pub const EXPORT_CAP: usize = 10_000;
@@ -64,19 +61,6 @@ pub struct Quickztna {
     pub max_journal_bytes: u64,
 }
 
-impl PullKind for Quickztna {
-    const DEFAULTS: PullDefaults = PullDefaults {
-        timeout: Duration::from_secs(120),
-        auth_retry: Duration::from_secs(60),
-        poll_interval: Duration::from_secs(60),
-        overlap: Duration::from_secs(600),
-        time_path: &["created_at"],
-        type_path: &["action"],
-        token_missing: Some("QuickZTNA needs a token (an org admin's for endpoint = \"export\"): set token_file, token_env or token_credential"),
-        ..PullDefaults::BASE
-    };
-}
-
 /// Smallest `max_journal_bytes`: room for a few appends of entries.
 pub const MIN_JOURNAL_BYTES: u64 = 64 << 10;
 
@@ -101,65 +85,4 @@ fn default_export_path() -> String {
 }
 fn default_audit_path() -> String {
     "/api/audit".into()
-}
-
-impl QuickztnaConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
-        if self.org_id.trim().is_empty() {
-            problems.push(format!("{path}.org_id"), "must not be empty");
-        }
-        if self.endpoint == Endpoint::Audit {
-            if self.format == Format::Csv {
-                problems.push(
-                    format!("{path}.format"),
-                    "csv is only available with endpoint = \"export\"",
-                );
-            }
-            if !(1..=AUDIT_MAX_LIMIT).contains(&self.limit) {
-                problems.push(
-                    format!("{path}.limit"),
-                    format!(
-                        "{} is out of range 1..=5000 (the API's maximum)",
-                        self.limit
-                    ),
-                );
-            }
-        }
-        if !(1..=100_000).contains(&self.batch_size) {
-            problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
-        }
-        if !(1..=1_000_000).contains(&self.export_cap) {
-            problems.push(
-                format!("{path}.export_cap"),
-                format!("{} is out of range 1..=1000000", self.export_cap),
-            );
-        }
-        if self.common.recent_ids < self.export_cap {
-            problems.push(
-                format!("{path}.recent_ids"),
-                format!(
-                    "must be at least export_cap ({}): one full response",
-                    self.export_cap
-                ),
-            );
-        }
-        for (key, p) in [
-            ("export_path", &self.export_path),
-            ("audit_path", &self.audit_path),
-        ] {
-            if !p.starts_with('/') {
-                problems.push(format!("{path}.{key}"), "must start with /");
-            }
-        }
-        if self.max_journal_bytes < MIN_JOURNAL_BYTES {
-            problems.push(
-                format!("{path}.max_journal_bytes"),
-                format!(
-                    "{} is below the minimum of {MIN_JOURNAL_BYTES} bytes",
-                    self.max_journal_bytes
-                ),
-            );
-        }
-    }
 }

@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointStore;
@@ -55,39 +55,27 @@ const MAX_SEGMENT_BYTES: u64 = 16 << 20;
 const POLLER_STATE: &str = "poller";
 
 pub(super) static JOURNAL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "auditrelay_quickztna_journal_bytes",
-            "Bytes of a QuickZTNA source's journal on disk (polled, not yet delivered and removed).",
-        ),
+    metrics().gauge_vec(
+        "auditrelay_quickztna_journal_bytes",
+        "Bytes of a QuickZTNA source's journal on disk (polled, not yet delivered and removed).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(g)
 });
 
 pub(super) static JOURNAL_FULL: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "auditrelay_quickztna_journal_full",
-            "1 while a QuickZTNA source does not poll because its journal reached max_journal_bytes (its sinks are not taking events).",
-        ),
+    metrics().gauge_vec(
+        "auditrelay_quickztna_journal_full",
+        "1 while a QuickZTNA source does not poll because its journal reached max_journal_bytes (its sinks are not taking events).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(g)
 });
 
 pub(super) static JOURNAL_DAMAGED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_quickztna_journal_damaged_total",
-            "Damaged stretches of a QuickZTNA source's journal skipped when read (a record failing its checksum, or a cut segment end): the entries there are lost. The log line \"damaged journal data skipped\" names file and offset.",
-        ),
+    metrics().counter_vec(
+        "auditrelay_quickztna_journal_damaged_total",
+        "Damaged stretches of a QuickZTNA source's journal skipped when read (a record failing its checksum, or a cut segment end): the entries there are lost. The log line \"damaged journal data skipped\" names file and offset.",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 /// The pipeline checkpoint of a journaled source.

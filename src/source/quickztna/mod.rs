@@ -41,8 +41,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use super::pull::{Fetcher, WindowState};
+use super::pull::{Fetcher, PullCommon, PullDefaults, PullKind, WindowState};
 use super::{Source, SourceContext};
+use crate::config::Problems;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 use api::Api;
@@ -240,27 +241,80 @@ impl Source for QuickztnaSource {
     }
 }
 
-impl super::SourceType for QuickztnaConfig {
+impl PullKind for Quickztna {
     const KIND: &'static str = "quickztna";
 
-    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
-        Self::from_figment(fig, path)
+    const DEFAULTS: PullDefaults = PullDefaults {
+        timeout: Duration::from_secs(120),
+        auth_retry: Duration::from_secs(60),
+        poll_interval: Duration::from_secs(60),
+        overlap: Duration::from_secs(600),
+        time_path: &["created_at"],
+        type_path: &["action"],
+        token_missing: Some("QuickZTNA needs a token (an org admin's for endpoint = \"export\"): set token_file, token_env or token_credential"),
+        ..PullDefaults::BASE
+    };
+
+    fn validate(&self, path: &str, common: &PullCommon, problems: &mut Problems) {
+        if self.org_id.trim().is_empty() {
+            problems.push(format!("{path}.org_id"), "must not be empty");
+        }
+        if self.endpoint == Endpoint::Audit {
+            if self.format == Format::Csv {
+                problems.push(
+                    format!("{path}.format"),
+                    "csv is only available with endpoint = \"export\"",
+                );
+            }
+            if !(1..=AUDIT_MAX_LIMIT).contains(&self.limit) {
+                problems.push(
+                    format!("{path}.limit"),
+                    format!(
+                        "{} is out of range 1..=5000 (the API's maximum)",
+                        self.limit
+                    ),
+                );
+            }
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
+        }
+        if !(1..=1_000_000).contains(&self.export_cap) {
+            problems.push(
+                format!("{path}.export_cap"),
+                format!("{} is out of range 1..=1000000", self.export_cap),
+            );
+        }
+        if common.recent_ids < self.export_cap {
+            problems.push(
+                format!("{path}.recent_ids"),
+                format!(
+                    "must be at least export_cap ({}): one full response",
+                    self.export_cap
+                ),
+            );
+        }
+        for (key, p) in [
+            ("export_path", &self.export_path),
+            ("audit_path", &self.audit_path),
+        ] {
+            if !p.starts_with('/') {
+                problems.push(format!("{path}.{key}"), "must start with /");
+            }
+        }
+        if self.max_journal_bytes < MIN_JOURNAL_BYTES {
+            problems.push(
+                format!("{path}.max_journal_bytes"),
+                format!(
+                    "{} is below the minimum of {MIN_JOURNAL_BYTES} bytes",
+                    self.max_journal_bytes
+                ),
+            );
+        }
     }
 
-    fn validate(&self, path: &str, problems: &mut crate::config::Problems) {
-        QuickztnaConfig::validate(self, path, problems)
-    }
-
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        super::pull::manual_window_checkpoint(token, time)
-    }
-
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(QuickztnaSource::new(self.clone(), ctx)?))
+    fn build(config: &QuickztnaConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(QuickztnaSource::new(config.clone(), ctx)?))
     }
 }
 

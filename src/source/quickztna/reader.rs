@@ -178,14 +178,9 @@ impl Reader {
         if self.pos.segment <= self.oldest {
             return;
         }
-        let committed = match self.pipeline_store.load(&self.name) {
-            Ok(Some(b)) => serde_json::from_slice::<JournalCheckpoint>(&b).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                warn!(source = %self.name, error = %e, "cannot read the committed journal position");
-                None
-            }
-        };
+        let committed = self
+            .pipeline_store
+            .committed::<JournalCheckpoint>(&self.name, "journal position");
         let Some(committed) = committed else { return };
         match self.journal.spool.remove_before(committed.journal.segment) {
             Ok(n) => {

@@ -6,6 +6,7 @@ use super::journal::{Journal, JournalCheckpoint, Resume};
 use crate::disk_queue::Pos;
 use crate::event::{FieldExtractor, FieldPath};
 use crate::source::pull::WindowState;
+use crate::source::SourceType;
 
 fn extractor() -> FieldExtractor {
     FieldExtractor::new(

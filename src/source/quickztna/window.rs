@@ -7,7 +7,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use tracing::{debug, warn};
 
 use super::api::Answer;
@@ -18,15 +18,11 @@ use crate::source::gap;
 use crate::source::pull::{chrono_of, count_fresh, dedup_key, fresh, Fetcher, WindowState};
 
 static CAPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_quickztna_capped_responses_total",
-            "QuickZTNA responses that held exactly the entry cap (10000 for export, limit for audit): older entries of the window may be missing (a real loss is also counted in auditrelay_source_gaps_total).",
-        ),
+    metrics().counter_vec(
+        "auditrelay_quickztna_capped_responses_total",
+        "QuickZTNA responses that held exactly the entry cap (10000 for export, limit for audit): older entries of the window may be missing (a real loss is also counted in auditrelay_source_gaps_total).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 pub struct Window {

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use crate::config::Problems;
 use crate::event::FieldPath;
-use crate::source::pull::{PullConfig, PullDefaults, PullKind};
+use crate::source::pull::PullConfig;
 
 /// `[sources.NAME]` with `type = "veza"`.
 pub type VezaConfig = PullConfig<Veza>;
@@ -34,18 +34,6 @@ pub const TOKEN_MISSING: &str =
 pub const ID_PATH: &[&str] = &["request_id", "id"];
 pub const TYPE_PATH: &[&str] = &["type", "event_type", "intent", "endpoint", "action"];
 
-impl PullKind for Veza {
-    const DEFAULTS: PullDefaults = PullDefaults {
-        poll_interval: std::time::Duration::from_secs(5),
-        recent_ids: 5000,
-        id_path: ID_PATH,
-        time_path: &["persisted_at", "ended_at", "timestamp"],
-        type_path: TYPE_PATH,
-        token_missing: Some(TOKEN_MISSING),
-        ..PullDefaults::BASE
-    };
-}
-
 pub fn default_page_size() -> u32 {
     1000
 }
@@ -60,14 +48,6 @@ pub fn default_items_path() -> String {
 }
 pub fn default_next_token_path() -> String {
     "next_page_token".into()
-}
-
-impl VezaConfig {
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        self.validate_common(path, problems);
-        let names = [&self.token_param, &self.items_path, &self.next_token_path];
-        validate_page_keys(path, self.page_size, &self.path, names, problems);
-    }
 }
 
 /// Checks the page keys both Veza endpoints take: `page_size`, `path`,
@@ -102,8 +82,6 @@ pub fn validate_page_keys(
         ("items_path", items_path),
         ("next_token_path", next_token_path),
     ] {
-        if let Err(e) = FieldPath::parse(value) {
-            problems.push(format!("{path}.{key}"), e);
-        }
+        FieldPath::check(value, &format!("{path}.{key}"), problems);
     }
 }

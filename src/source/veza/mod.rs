@@ -30,8 +30,11 @@ use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::pull::dedup::KeysOnly;
-use super::pull::{chrono_of, dedup_key, read_checkpoint, Fetcher, RateLimitConfig, SeenSet};
-use super::{Source, SourceContext};
+use super::pull::{
+    chrono_of, dedup_key, Fetcher, PullCommon, PullDefaults, PullKind, RateLimitConfig, SeenSet,
+};
+use super::{read_checkpoint, Source, SourceContext};
+use crate::config::Problems;
 use crate::event::{Batch, Event, FieldExtractor, FieldPath};
 use crate::metrics::metrics;
 
@@ -89,10 +92,9 @@ impl VezaSource {
         let path = format!("sources.{}", ctx.name);
         let common = &cfg.common;
         let endpoint = common.endpoint(&cfg.path, &path)?;
-        let items_path = FieldPath::parse(&cfg.items_path)
-            .map_err(|e| anyhow::anyhow!("{path}.items_path: {e}"))?;
-        let next_token_path = FieldPath::parse(&cfg.next_token_path)
-            .map_err(|e| anyhow::anyhow!("{path}.next_token_path: {e}"))?;
+        let items_path = FieldPath::of_key(&cfg.items_path, &format!("{path}.items_path"))?;
+        let next_token_path =
+            FieldPath::of_key(&cfg.next_token_path, &format!("{path}.next_token_path"))?;
         let stored: StoredState =
             read_checkpoint(&ctx.name, ctx.checkpoint.as_deref(), "a Veza cursor")?
                 .unwrap_or_default();
@@ -346,43 +348,42 @@ impl Source for VezaSource {
     }
 }
 
-/// The checkpoint `auditrelay checkpoint set` writes: resume from a page
-/// token, or from a time (exactly, without overlap).
-pub fn manual_checkpoint(
-    token: Option<String>,
-    time: Option<DateTime<Utc>>,
-) -> Result<Vec<u8>, String> {
-    let none = SeenSet::new(1);
-    let state = StateView {
-        token: &token,
-        resume_at: &time,
-        newest_time: &None,
-        dedup_until: &None,
-        recent_ids: none.keys_only(),
-    };
-    serde_json::to_vec(&state).map_err(|e| e.to_string())
-}
-
-impl super::SourceType for VezaConfig {
+impl PullKind for Veza {
     const KIND: &'static str = "veza";
 
-    fn read(fig: &figment::Figment, path: &str) -> Result<Self, Vec<crate::config::Problem>> {
-        Self::from_figment(fig, path)
+    const DEFAULTS: PullDefaults = PullDefaults {
+        poll_interval: std::time::Duration::from_secs(5),
+        recent_ids: 5000,
+        id_path: ID_PATH,
+        time_path: &["persisted_at", "ended_at", "timestamp"],
+        type_path: TYPE_PATH,
+        token_missing: Some(TOKEN_MISSING),
+        ..PullDefaults::BASE
+    };
+
+    fn validate(&self, path: &str, _common: &PullCommon, problems: &mut Problems) {
+        let names = [&self.token_param, &self.items_path, &self.next_token_path];
+        validate_page_keys(path, self.page_size, &self.path, names, problems);
     }
 
-    fn validate(&self, path: &str, problems: &mut crate::config::Problems) {
-        VezaConfig::validate(self, path, problems)
-    }
-
+    /// Resumes from a page token, or from a time (exactly, without overlap).
     fn manual_checkpoint(
         &self,
         token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
+        time: Option<DateTime<Utc>>,
     ) -> Result<Vec<u8>, String> {
-        manual_checkpoint(token, time)
+        let none = SeenSet::new(1);
+        let state = StateView {
+            token: &token,
+            resume_at: &time,
+            newest_time: &None,
+            dedup_until: &None,
+            recent_ids: none.keys_only(),
+        };
+        serde_json::to_vec(&state).map_err(|e| e.to_string())
     }
 
-    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
-        Ok(Box::new(VezaSource::new(self.clone(), ctx)?))
+    fn build(config: &VezaConfig, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        Ok(Box::new(VezaSource::new(config.clone(), ctx)?))
     }
 }

@@ -1,12 +1,10 @@
-//! The keys of a `webhook_in` source and their checks.
+//! The keys of a `webhook_in` source (checked by its `SourceType` impl).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use axum::http::HeaderName;
 use serde::Deserialize;
 
-use crate::config::{Problems, TlsConfig};
+use crate::config::TlsConfig;
 use crate::secret::SecretKeys;
 use crate::source::Paths;
 
@@ -102,91 +100,6 @@ impl WebhookInConfig {
             credential: self.hmac_secret_credential.clone(),
         }
     }
-
-    pub fn validate(&self, path: &str, problems: &mut Problems) {
-        if let Err(e) = self.listen.parse::<SocketAddr>() {
-            problems.push(
-                format!("{path}.listen"),
-                format!("not an address:port: {e}"),
-            );
-        }
-        if !self.path.starts_with('/') {
-            problems.push(format!("{path}.path"), "must start with /");
-        }
-        let mut any_auth = false;
-        for (stem, keys) in [
-            ("token", self.token_keys()),
-            ("hmac_secret", self.hmac_keys()),
-        ] {
-            match keys.source(stem) {
-                Ok(Some(src)) => {
-                    any_auth = true;
-                    if let Err(e) = src.load() {
-                        problems.push(format!("{path}.{}", src.key(stem)), e);
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => problems.push(path, e),
-            }
-        }
-        if !any_auth {
-            problems.push(
-                format!("{path}.token_file"),
-                "a listener must authenticate its senders: set token_file (bearer) and/or hmac_secret_file (body signature), or their _env/_credential forms",
-            );
-        }
-        if HeaderName::from_bytes(self.signature_header.as_bytes()).is_err() {
-            problems.push(
-                format!("{path}.signature_header"),
-                format!("\"{}\" is not a header name", self.signature_header),
-            );
-        }
-        self.tls.validate(path, problems);
-        if self.tls.insecure_skip_verify {
-            problems.push(
-                format!("{path}.tls.insecure_skip_verify"),
-                "does not apply to a listener",
-            );
-        }
-        if self.tls.ca_file.is_some() && self.tls.cert_file.is_none() {
-            problems.push(
-                format!("{path}.tls.ca_file"),
-                "client certificates need HTTPS: set tls.cert_file and tls.key_file too",
-            );
-        }
-        if !(1024..=1 << 30).contains(&self.max_body_bytes) {
-            problems.push(
-                format!("{path}.max_body_bytes"),
-                "must be between 1024 and 1073741824",
-            );
-        }
-        if !(1..=100_000).contains(&self.batch_size) {
-            problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
-        }
-        if self.segment_bytes < 4096 {
-            problems.push(format!("{path}.segment_bytes"), "must be at least 4096");
-        }
-        if self.max_spool_bytes < 2 * self.max_body_bytes as u64 {
-            problems.push(
-                format!("{path}.max_spool_bytes"),
-                "must be at least twice max_body_bytes",
-            );
-        } else if self.max_spool_bytes < self.segment_bytes + self.max_body_bytes as u64 {
-            problems.push(
-                format!("{path}.max_spool_bytes"),
-                format!(
-                    "must be at least segment_bytes + max_body_bytes ({} bytes): a smaller spool \
-                     fills before its segment rotates",
-                    self.segment_bytes + self.max_body_bytes as u64
-                ),
-            );
-        }
-        self.id_path.validate(&format!("{path}.id_path"), problems);
-        self.time_path
-            .validate(&format!("{path}.time_path"), problems);
-        self.type_path
-            .validate(&format!("{path}.type_path"), problems);
-    }
 }
 
 #[cfg(test)]
@@ -195,6 +108,7 @@ mod tests {
     use figment::Figment;
 
     use super::*;
+    use crate::config::Problems;
     use crate::source::SourceType;
 
     #[test]

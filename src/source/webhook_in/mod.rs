@@ -21,7 +21,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use prometheus::{IntCounterVec, Opts};
+use axum::http::HeaderName;
+use prometheus::IntCounterVec;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -45,15 +46,11 @@ use crate::metrics::metrics;
 const BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 static SPOOL_CORRUPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_spool_corrupt_total",
-            "Damaged spool regions skipped (logged with file and offset).",
-        ),
+    metrics().counter_vec(
+        "auditrelay_webhook_in_spool_corrupt_total",
+        "Damaged spool regions skipped (logged with file and offset).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 pub struct WebhookInSource {
@@ -174,14 +171,7 @@ impl WebhookInSource {
         if self.pos.segment <= self.oldest {
             return;
         }
-        let committed = match self.store.load(&self.name) {
-            Ok(Some(b)) => serde_json::from_slice::<Pos>(&b).ok(),
-            Ok(None) => None,
-            Err(e) => {
-                warn!(source = %self.name, error = %e, "cannot read the committed spool position");
-                None
-            }
-        };
+        let committed = self.store.committed::<Pos>(&self.name, "spool position");
         let Some(committed) = committed else { return };
         match self.spool.release(committed) {
             Ok(n) => {
@@ -252,31 +242,105 @@ impl Source for WebhookInSource {
     }
 }
 
-/// `auditrelay checkpoint set` has no meaning for a push source.
-pub fn manual_checkpoint(
-    _token: Option<String>,
-    _time: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<Vec<u8>, String> {
-    Err(
-        "webhook_in drains its local spool; there is no cursor to set \
-         (`checkpoint reset` drains the spool again from its oldest segment)"
-            .into(),
-    )
-}
-
 impl super::SourceType for WebhookInConfig {
     const KIND: &'static str = "webhook_in";
 
     fn validate(&self, path: &str, problems: &mut Problems) {
-        WebhookInConfig::validate(self, path, problems)
+        if let Err(e) = self.listen.parse::<SocketAddr>() {
+            problems.push(
+                format!("{path}.listen"),
+                format!("not an address:port: {e}"),
+            );
+        }
+        if !self.path.starts_with('/') {
+            problems.push(format!("{path}.path"), "must start with /");
+        }
+        let mut any_auth = false;
+        for (stem, keys) in [
+            ("token", self.token_keys()),
+            ("hmac_secret", self.hmac_keys()),
+        ] {
+            match keys.source(stem) {
+                Ok(Some(src)) => {
+                    any_auth = true;
+                    if let Err(e) = src.load() {
+                        problems.push(format!("{path}.{}", src.key(stem)), e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(path, e),
+            }
+        }
+        if !any_auth {
+            problems.push(
+                format!("{path}.token_file"),
+                "a listener must authenticate its senders: set token_file (bearer) and/or hmac_secret_file (body signature), or their _env/_credential forms",
+            );
+        }
+        if HeaderName::from_bytes(self.signature_header.as_bytes()).is_err() {
+            problems.push(
+                format!("{path}.signature_header"),
+                format!("\"{}\" is not a header name", self.signature_header),
+            );
+        }
+        self.tls.validate(path, problems);
+        if self.tls.insecure_skip_verify {
+            problems.push(
+                format!("{path}.tls.insecure_skip_verify"),
+                "does not apply to a listener",
+            );
+        }
+        if self.tls.ca_file.is_some() && self.tls.cert_file.is_none() {
+            problems.push(
+                format!("{path}.tls.ca_file"),
+                "client certificates need HTTPS: set tls.cert_file and tls.key_file too",
+            );
+        }
+        if !(1024..=1 << 30).contains(&self.max_body_bytes) {
+            problems.push(
+                format!("{path}.max_body_bytes"),
+                "must be between 1024 and 1073741824",
+            );
+        }
+        if !(1..=100_000).contains(&self.batch_size) {
+            problems.push(format!("{path}.batch_size"), "must be between 1 and 100000");
+        }
+        if self.segment_bytes < 4096 {
+            problems.push(format!("{path}.segment_bytes"), "must be at least 4096");
+        }
+        if self.max_spool_bytes < 2 * self.max_body_bytes as u64 {
+            problems.push(
+                format!("{path}.max_spool_bytes"),
+                "must be at least twice max_body_bytes",
+            );
+        } else if self.max_spool_bytes < self.segment_bytes + self.max_body_bytes as u64 {
+            problems.push(
+                format!("{path}.max_spool_bytes"),
+                format!(
+                    "must be at least segment_bytes + max_body_bytes ({} bytes): a smaller spool \
+                     fills before its segment rotates",
+                    self.segment_bytes + self.max_body_bytes as u64
+                ),
+            );
+        }
+        self.id_path.validate(&format!("{path}.id_path"), problems);
+        self.time_path
+            .validate(&format!("{path}.time_path"), problems);
+        self.type_path
+            .validate(&format!("{path}.type_path"), problems);
     }
 
+    /// A push source has no cursor to set.
     fn manual_checkpoint(
         &self,
-        token: Option<String>,
-        time: Option<chrono::DateTime<chrono::Utc>>,
+        _token: Option<String>,
+        _time: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<Vec<u8>, String> {
-        manual_checkpoint(token, time)
+        Err(
+            "webhook_in drains its local spool; there is no cursor to set \
+             (`checkpoint reset` drains the spool again from its oldest segment)"
+                .into(),
+        )
     }
 
     fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {

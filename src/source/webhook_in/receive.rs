@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
 use tracing::{debug, error, warn};
 
 use super::auth::Auth;
@@ -25,27 +25,19 @@ use crate::metrics::metrics;
 const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(super) static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let c = IntCounterVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_requests_total",
-            "Requests to a webhook_in listener by outcome (accepted, unauthorized, bad_request, too_large, unsupported, timeout, spool_full, spool_error, not_found, method_not_allowed).",
-        ),
+    metrics().counter_vec(
+        "auditrelay_webhook_in_requests_total",
+        "Requests to a webhook_in listener by outcome (accepted, unauthorized, bad_request, too_large, unsupported, timeout, spool_full, spool_error, not_found, method_not_allowed).",
         &["source", "outcome"],
     )
-    .expect("metric definition is valid");
-    metrics().register(c)
 });
 
 pub(super) static SPOOL_BYTES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    let g = IntGaugeVec::new(
-        Opts::new(
-            "auditrelay_webhook_in_spool_bytes",
-            "Bytes of a webhook_in spool on disk (received, not yet committed and removed).",
-        ),
+    metrics().gauge_vec(
+        "auditrelay_webhook_in_spool_bytes",
+        "Bytes of a webhook_in spool on disk (received, not yet committed and removed).",
         &["source"],
     )
-    .expect("metric definition is valid");
-    metrics().register(g)
 });
 
 /// What every request of one listener needs.
@@ -80,6 +72,18 @@ impl Shared {
         self.count(outcome);
         debug!(source = %self.name, status = status.as_u16(), reason = %message, "webhook_in refused a request");
         answer(status, message)
+    }
+
+    /// A 503 that tells the sender when to try again: the receiver cannot
+    /// store events now (`outcome` says why).
+    fn unavailable(&self, outcome: &str, message: &str, retry_after: &'static str) -> Response {
+        let status = StatusCode::SERVICE_UNAVAILABLE;
+        let mut r = self.refuse(outcome, status, message.into());
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from_static(retry_after),
+        );
+        r
     }
 }
 
@@ -215,16 +219,11 @@ pub(super) async fn receive(
         }
         Ok((Err(AppendError::Full { used, max }), _)) => {
             warn!(source = %shared.name, used, max, "spool full: refusing pushes (503) until the sinks catch up");
-            let mut r = shared.refuse(
+            shared.unavailable(
                 "spool_full",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the receiver's queue is full; retry later".into(),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("30"),
-            );
-            r
+                "the receiver's queue is full; retry later",
+                "30",
+            )
         }
         Ok((Err(AppendError::Io(e)), _)) => {
             let reason = format!(
@@ -233,16 +232,11 @@ pub(super) async fn receive(
             );
             error!(source = %shared.name, "{reason}");
             shared.health.set_unready(&health_key, reason);
-            let mut r = shared.refuse(
+            shared.unavailable(
                 "spool_error",
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the receiver cannot store events right now; retry later".into(),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                HeaderValue::from_static("5"),
-            );
-            r
+                "the receiver cannot store events right now; retry later",
+                "5",
+            )
         }
         Err(e) => {
             error!(source = %shared.name, error = %e, "spool task failed");

@@ -168,12 +168,7 @@ async fn a_batch_larger_than_the_spool_keeps_its_place_in_line() {
 async fn an_empty_newest_segment_or_a_bad_position_does_not_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let health = Health::default();
-    {
-        let (dead, _gate) = GatedSink::new(false);
-        let sink = open(dir.path(), dead, 64 << 20, &health);
-        sink.deliver("s", &events(&["a"])).await.unwrap();
-        sink.deliver("s", &events(&["b"])).await.unwrap();
-    }
+    spool_while_down(dir.path(), &["a", "b"], &health).await;
     let spool = spool_dir(dir.path(), "spooled");
     // A crash between creating a segment and writing its header.
     std::fs::write(spool.join("00000000000000000002.spool"), b"audit").unwrap();
@@ -195,11 +190,7 @@ async fn an_empty_newest_segment_or_a_bad_position_does_not_stop_the_start() {
 async fn a_sink_switched_back_to_block_still_delivers_its_spool_first() {
     let dir = tempfile::tempdir().unwrap();
     let health = Health::default();
-    {
-        let (dead, _gate) = GatedSink::new(false);
-        let sink = open(dir.path(), dead, 64 << 20, &health);
-        sink.deliver("s", &events(&["a"])).await.unwrap();
-    }
+    spool_while_down(dir.path(), &["a"], &health).await;
     let (inner, _gate) = GatedSink::new(true);
     let sink = SpoolingSink::open(
         "spooled",

@@ -98,6 +98,16 @@ fn open(dir: &Path, inner: Arc<dyn Sink>, max_bytes: u64, health: &Health) -> Sp
     .unwrap()
 }
 
+/// Spools `ids` (one batch each) while the inner sink never confirms, then
+/// drops that instance: what a restart finds in the spool.
+async fn spool_while_down(dir: &Path, ids: &[&str], health: &Health) {
+    let (dead, _gate) = GatedSink::new(false);
+    let sink = open(dir, dead, 64 << 20, health);
+    for id in ids {
+        sink.deliver("s", &events(&[id])).await.unwrap();
+    }
+}
+
 /// A sink whose delivery never ends (e.g. waiting for room in its full
 /// dead-letter file); says when a delivery of it is given up.
 struct StuckSink {
@@ -212,12 +222,7 @@ async fn a_late_sink_is_spooled_then_drained_in_order_without_duplicates() {
 async fn spooled_batches_survive_a_restart_and_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let health = Health::default();
-    {
-        let (dead, _gate) = GatedSink::new(false);
-        let sink = open(dir.path(), dead, 64 << 20, &health);
-        sink.deliver("s", &events(&["a"])).await.unwrap();
-        sink.deliver("s", &events(&["b"])).await.unwrap();
-    }
+    spool_while_down(dir.path(), &["a", "b"], &health).await;
     // A crash in the middle of an append leaves half a record.
     let segment = spool_dir(dir.path(), "spooled").join("00000000000000000001.spool");
     let mut data = std::fs::read(&segment).unwrap();
