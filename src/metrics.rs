@@ -348,3 +348,36 @@ pub fn metrics() -> &'static Metrics {
 pub fn observe_since(h: &Histogram, since: std::time::Instant) {
     h.observe(since.elapsed().as_secs_f64());
 }
+
+/// Declares a component's own metrics: a struct with one field per metric
+/// and a lazily registered static holding it. Each row is
+/// `field: counter | gauge | histogram(full name, help, labels[, buckets])`,
+/// so the name an alert uses stays greppable and the registration stays in
+/// one place.
+macro_rules! component_metrics {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident in $instance:ident {
+            $($field:ident: $kind:ident($($arg:expr),+ $(,)?)),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $($vis $field: $crate::metrics::component_metrics!(@type $kind),)+
+        }
+
+        $vis static $instance: std::sync::LazyLock<$name> = std::sync::LazyLock::new(|| {
+            let m = $crate::metrics::metrics();
+            $name {
+                $($field: $crate::metrics::component_metrics!(@new m $kind $($arg),+),)+
+            }
+        });
+    };
+    (@type counter) => { prometheus::IntCounterVec };
+    (@type gauge) => { prometheus::IntGaugeVec };
+    (@type histogram) => { prometheus::HistogramVec };
+    (@new $m:ident counter $($arg:expr),+) => { $m.counter_vec($($arg),+) };
+    (@new $m:ident gauge $($arg:expr),+) => { $m.gauge_vec($($arg),+) };
+    (@new $m:ident histogram $($arg:expr),+) => { $m.histogram_vec($($arg),+) };
+}
+pub(crate) use component_metrics;

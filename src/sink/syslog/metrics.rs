@@ -1,50 +1,32 @@
 //! The syslog sink's own metrics, labelled by sink.
 
-use std::sync::LazyLock;
-
-use prometheus::{IntCounterVec, Opts};
-
-use crate::metrics::metrics;
-
-/// Sink-specific metrics, labelled by sink.
-pub(super) struct SyslogMetrics {
-    pub(super) frames: IntCounterVec,
-    pub(super) bytes: IntCounterVec,
-    pub(super) reconnects: IntCounterVec,
-    pub(super) truncated: IntCounterVec,
-    pub(super) refused: IntCounterVec,
-}
-
-pub(super) static SYSLOG_METRICS: LazyLock<SyslogMetrics> = LazyLock::new(|| {
-    let c = |name: &str, help: &str| {
-        metrics().register(
-            IntCounterVec::new(
-                Opts::new(format!("auditrelay_syslog_{name}"), help),
-                &["sink"],
-            )
-            .expect("metric definition is valid"),
-        )
-    };
-    SyslogMetrics {
-        frames: c(
-            "frames_sent_total",
+crate::metrics::component_metrics! {
+    /// Sink-specific metrics, labelled by sink.
+    pub(super) struct SyslogMetrics in SYSLOG_METRICS {
+        frames: counter(
+            "auditrelay_syslog_frames_sent_total",
             "Syslog messages confirmed (written and acknowledged as the transport allows).",
+            &["sink"],
         ),
-        bytes: c(
-            "bytes_sent_total",
+        bytes: counter(
+            "auditrelay_syslog_bytes_sent_total",
             "Bytes of confirmed syslog frames, framing included.",
+            &["sink"],
         ),
-        reconnects: c(
-            "reconnects_total",
+        reconnects: counter(
+            "auditrelay_syslog_reconnects_total",
             "Syslog connections opened again after a failure or a close by the receiver.",
+            &["sink"],
         ),
-        truncated: c(
-            "truncated_total",
+        truncated: counter(
+            "auditrelay_syslog_truncated_total",
             "Syslog messages whose body was cut to max_message_size.",
+            &["sink"],
         ),
-        refused: c(
-            "relp_refused_total",
+        refused: counter(
+            "auditrelay_syslog_relp_refused_total",
             "RELP messages the receiver answered with a non-200 rsp.",
+            &["sink"],
         ),
     }
-});
+}
