@@ -142,6 +142,12 @@ fn delivered(sink: &str) -> u64 {
         .get()
 }
 
+/// Every backoff wait of `d` is exactly `wait`.
+fn fixed_backoff(d: &mut Delivery<Trouble>, wait: Duration) {
+    d.retry.initial = wait;
+    d.retry.max = wait;
+}
+
 /// How long delivering `n` events as one run took; it must succeed.
 async fn timed_delivery(d: &Delivery<Trouble>, sink: &Scripted, n: usize) -> Duration {
     let started = Instant::now();
@@ -225,8 +231,7 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
 #[tokio::test]
 async fn a_retry_after_of_zero_still_waits_the_least_backoff() {
     let (_dir, health, mut d) = setup("dl_retry_after_zero");
-    d.retry.initial = Duration::from_millis(100);
-    d.retry.max = Duration::from_millis(100);
+    fixed_backoff(&mut d, Duration::from_millis(100));
     let sink = Scripted::new(&health, |_, tries| match tries {
         0..=2 => Verdict::Retry {
             why: "HTTP 503".into(),
@@ -339,8 +344,7 @@ async fn auth_wait_sets_its_trouble_waits_at_least_auth_retry_and_calls_back() {
 #[tokio::test]
 async fn unconfirmed_resends_at_once_keeping_the_memory() {
     let (_dir, health, mut d) = setup("dl_unconfirmed");
-    d.retry.initial = Duration::from_secs(60);
-    d.retry.max = Duration::from_secs(60);
+    fixed_backoff(&mut d, Duration::from_secs(60));
     let sink = Scripted::new(&health, |_, tries| match tries {
         0 | 1 => Verdict::Unconfirmed {
             why: "no ack".into(),
