@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Seek, SeekFrom};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -10,6 +11,31 @@ use super::segment::{list_segments, read_record, segment_name, RecordError, MAGI
 use super::{Chunk, DiskQueue, Pos};
 
 impl DiskQueue {
+    /// [`Self::read`] on a blocking thread, so file reads do not stall the
+    /// runtime; errors name the queue as `what` ("spool", "journal") and its
+    /// directory.
+    pub async fn read_off_runtime<Q>(
+        owner: Arc<Q>,
+        pos: Pos,
+        max_records: usize,
+        max_bytes: usize,
+        what: &str,
+    ) -> anyhow::Result<Chunk>
+    where
+        Q: AsRef<DiskQueue> + Send + Sync + 'static,
+    {
+        let queue = owner.clone();
+        tokio::task::spawn_blocking(move || {
+            AsRef::<DiskQueue>::as_ref(&*queue).read(pos, max_records, max_bytes)
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{what} read task failed: {e}"))?
+        .map_err(|e| {
+            let dir = AsRef::<DiskQueue>::as_ref(&*owner).dir().display();
+            anyhow::anyhow!("cannot read the {what} {dir}: {e}")
+        })
+    }
+
     /// The position of the oldest record on disk.
     pub fn start(&self) -> io::Result<Pos> {
         let first = list_segments(&self.dir)?
@@ -104,5 +130,11 @@ impl DiskQueue {
             }
         }
         Ok(out)
+    }
+}
+
+impl AsRef<DiskQueue> for DiskQueue {
+    fn as_ref(&self) -> &DiskQueue {
+        self
     }
 }

@@ -142,6 +142,21 @@ fn delivered(sink: &str) -> u64 {
         .get()
 }
 
+/// Every backoff wait of `d` is exactly `wait`.
+fn fixed_backoff(d: &mut Delivery<Trouble>, wait: Duration) {
+    d.retry.initial = wait;
+    d.retry.max = wait;
+}
+
+/// How long delivering `n` events as one run took; it must succeed.
+async fn timed_delivery(d: &Delivery<Trouble>, sink: &Scripted, n: usize) -> Duration {
+    let started = Instant::now();
+    d.deliver(sink, "src", &events(n), vec![0..n])
+        .await
+        .unwrap();
+    started.elapsed()
+}
+
 fn dead_lettered(dir: &std::path::Path, sink: &str) -> Vec<String> {
     let path = DeadLetters::path_for(dir, sink);
     DeadLetters::read(&path)
@@ -205,12 +220,9 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
         },
         _ => confirmed(),
     });
-    let started = Instant::now();
-    d.deliver(&sink, "src", &events(1), vec![0..1])
-        .await
-        .unwrap();
+    let took = timed_delivery(&d, &sink, 1).await;
     // The backoff alone would wait 2 ms at most.
-    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(took >= Duration::from_millis(300));
     assert_eq!(sink.attempts().len(), 2);
 }
 
@@ -219,8 +231,7 @@ async fn retry_after_is_honoured_instead_of_the_backoff() {
 #[tokio::test]
 async fn a_retry_after_of_zero_still_waits_the_least_backoff() {
     let (_dir, health, mut d) = setup("dl_retry_after_zero");
-    d.retry.initial = Duration::from_millis(100);
-    d.retry.max = Duration::from_millis(100);
+    fixed_backoff(&mut d, Duration::from_millis(100));
     let sink = Scripted::new(&health, |_, tries| match tries {
         0..=2 => Verdict::Retry {
             why: "HTTP 503".into(),
@@ -228,15 +239,11 @@ async fn a_retry_after_of_zero_still_waits_the_least_backoff() {
         },
         _ => confirmed(),
     });
-    let started = Instant::now();
-    d.deliver(&sink, "src", &events(1), vec![0..1])
-        .await
-        .unwrap();
+    let took = timed_delivery(&d, &sink, 1).await;
     assert_eq!(sink.attempts().len(), 4);
     assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "three answers of Retry-After 0 were resent after {:?}",
-        started.elapsed()
+        took >= Duration::from_millis(300),
+        "three answers of Retry-After 0 were resent after {took:?}"
     );
 }
 
@@ -325,11 +332,8 @@ async fn auth_wait_sets_its_trouble_waits_at_least_auth_retry_and_calls_back() {
         },
         _ => confirmed(),
     });
-    let started = Instant::now();
-    d.deliver(&sink, "src", &events(3), vec![0..3])
-        .await
-        .unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(200));
+    let took = timed_delivery(&d, &sink, 3).await;
+    assert!(took >= Duration::from_millis(200));
     assert_eq!(sink.auth_waits.load(Ordering::Relaxed), 1);
     let seen = sink.seen_ready.lock().unwrap().clone();
     assert_eq!(seen, vec![None, Some("endpoint refuses the token".into())]);
@@ -340,8 +344,7 @@ async fn auth_wait_sets_its_trouble_waits_at_least_auth_retry_and_calls_back() {
 #[tokio::test]
 async fn unconfirmed_resends_at_once_keeping_the_memory() {
     let (_dir, health, mut d) = setup("dl_unconfirmed");
-    d.retry.initial = Duration::from_secs(60);
-    d.retry.max = Duration::from_secs(60);
+    fixed_backoff(&mut d, Duration::from_secs(60));
     let sink = Scripted::new(&health, |_, tries| match tries {
         0 | 1 => Verdict::Unconfirmed {
             why: "no ack".into(),

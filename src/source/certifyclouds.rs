@@ -202,13 +202,10 @@ impl Source for CertifycloudsSource {
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
         loop {
             let query = self.query().await;
-            let reply = match self.walk.fetcher.get_json(&self.url, &query).await {
-                Ok(r) => r,
-                Err(refused) => {
-                    let hint = "check url, path, filters and page_size";
-                    self.walk.fetcher.give_up_for_now(&refused, hint).await;
-                    continue;
-                }
+            let reply = self.walk.fetcher.get_json(&self.url, &query).await;
+            let hint = "check url, path, filters and page_size";
+            let Some(reply) = self.walk.fetcher.accepted(reply, hint).await else {
+                continue;
             };
             let (events, echoed) = match self.parse_page_and_limit(&reply.body) {
                 Ok(page) => page,

@@ -333,14 +333,9 @@ impl Source for VezaListSource {
             let query: Vec<(String, String)> =
                 query.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
             let reply = self.fetcher.get_json(&self.url, &query).await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(refused) => {
-                    self.fetcher
-                        .give_up_for_now(&refused, "check url, the range and page_size")
-                        .await;
-                    continue;
-                }
+            let hint = "check url, the range and page_size";
+            let Some(reply) = self.fetcher.accepted(reply, hint).await else {
+                continue;
             };
             let (mut events, next) = match self.parse_page(&reply.body) {
                 Ok(x) => x,

@@ -283,6 +283,18 @@ impl Fetcher {
         sleep(delay).await;
     }
 
+    /// The reply of an accepted request; after a refusal, `None` once
+    /// [`Self::give_up_for_now`] has waited (the caller asks again).
+    pub async fn accepted(&mut self, reply: Result<Reply, Reply>, hint: &str) -> Option<Reply> {
+        match reply {
+            Ok(reply) => Some(reply),
+            Err(refused) => {
+                self.give_up_for_now(&refused, hint).await;
+                None
+            }
+        }
+    }
+
     async fn refused_token(&mut self, status: u16, body: &[u8]) {
         self.count("unauthorized");
         let Some(src) = self.cfg.token_source.clone() else {

@@ -74,14 +74,9 @@ impl Api {
                 .fetcher
                 .send(move |c, t| build_request(&cfg, &url, c, t, days))
                 .await;
-            let reply = match reply {
-                Ok(r) => r,
-                Err(refused) => {
-                    self.fetcher
-                        .give_up_for_now(&refused, "check url, org_id and endpoint")
-                        .await;
-                    continue;
-                }
+            let hint = "check url, org_id and endpoint";
+            let Some(reply) = self.fetcher.accepted(reply, hint).await else {
+                continue;
             };
             match self.parse(&reply.body) {
                 Parsed::Page(events, count) => {

@@ -125,6 +125,12 @@ pub struct Journal {
     pub(super) max_bytes: u64,
 }
 
+impl AsRef<DiskQueue> for Journal {
+    fn as_ref(&self) -> &DiskQueue {
+        &self.spool
+    }
+}
+
 impl Journal {
     pub fn open(state_dir: &Path, name: &str, max_bytes: u64) -> anyhow::Result<Journal> {
         let dir = dir(state_dir, name);

@@ -19,7 +19,7 @@ use super::journal::{
 use super::poller::Poller;
 use super::window::Window;
 use crate::checkpoint::CheckpointStore;
-use crate::disk_queue::{Pos, Tail};
+use crate::disk_queue::{DiskQueue, Pos, Tail};
 use crate::event::{Batch, Event, FieldExtractor};
 use crate::metrics::metrics;
 use crate::source::pull::WindowState;
@@ -203,17 +203,15 @@ impl Reader {
     pub async fn next_batch(&mut self) -> anyhow::Result<Batch> {
         loop {
             self.tail.borrow_and_update();
-            let (journal, pos, n) = (self.journal.clone(), self.pos, self.batch_size);
-            let chunk =
-                tokio::task::spawn_blocking(move || journal.spool.read(pos, n, BATCH_BYTES))
-                    .await
-                    .map_err(|e| anyhow::anyhow!("journal read task failed: {e}"))?
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot read the journal {}: {e}",
-                            self.journal.spool.dir().display()
-                        )
-                    })?;
+            let journal = self.journal.clone();
+            let chunk = DiskQueue::read_off_runtime(
+                journal,
+                self.pos,
+                self.batch_size,
+                BATCH_BYTES,
+                "journal",
+            )
+            .await?;
             for what in &chunk.skipped {
                 JOURNAL_DAMAGED.with_label_values(&[&self.name]).inc();
                 error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");

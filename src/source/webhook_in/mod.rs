@@ -202,13 +202,10 @@ impl Source for WebhookInSource {
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
         loop {
             self.tail.borrow_and_update();
-            let (spool, pos, n) = (self.spool.clone(), self.pos, self.batch_size);
-            let chunk = tokio::task::spawn_blocking(move || spool.read(pos, n, BATCH_BYTES))
-                .await
-                .map_err(|e| anyhow::anyhow!("spool read task failed: {e}"))?
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot read the spool {}: {e}", self.spool.dir().display())
-                })?;
+            let spool = self.spool.clone();
+            let chunk =
+                DiskQueue::read_off_runtime(spool, self.pos, self.batch_size, BATCH_BYTES, "spool")
+                    .await?;
             for what in &chunk.skipped {
                 SPOOL_CORRUPT.with_label_values(&[&self.name]).inc();
                 error!(source = %self.name, "damaged spool data skipped: {what}");

@@ -46,6 +46,21 @@ async fn wait_direct(sink: &SpoolingSink) {
     panic!("the spool never emptied");
 }
 
+/// A 16 MiB spool going directly to a closed sink that fails source `s`
+/// fast; the guard keeps the spool directory.
+async fn spool_of_16_mib() -> (
+    tempfile::TempDir,
+    Arc<ScriptSink>,
+    watch::Sender<bool>,
+    SpoolingSink,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let (inner, gate) = script(vec!["s"]);
+    let sink = open(dir.path(), inner.clone(), 16 << 20, &Health::default());
+    wait_direct(&sink).await;
+    (dir, inner, gate, sink)
+}
+
 async fn got_at_least(inner: &ScriptSink, n: usize) -> usize {
     for _ in 0..1000 {
         if inner.got.lock().unwrap().len() >= n {
@@ -105,10 +120,7 @@ async fn a_late_attempt_meeting_a_full_spool_does_not_deadlock() {
 
 #[tokio::test]
 async fn delivered_batches_in_the_newest_segment_do_not_keep_the_spool_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inner, gate) = script(vec!["s"]);
-    let sink = open(dir.path(), inner.clone(), 16 << 20, &Health::default());
-    wait_direct(&sink).await;
+    let (_dir, inner, gate, sink) = spool_of_16_mib().await;
     sink.deliver("s", &padded(&["x1"], 900 << 10))
         .await
         .unwrap();
@@ -141,10 +153,7 @@ async fn delivered_batches_in_the_newest_segment_do_not_keep_the_spool_full() {
 
 #[tokio::test]
 async fn a_batch_larger_than_the_spool_keeps_its_place_in_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let (inner, gate) = script(vec!["s"]);
-    let sink = open(dir.path(), inner.clone(), 16 << 20, &Health::default());
-    wait_direct(&sink).await;
+    let (_dir, inner, gate, sink) = spool_of_16_mib().await;
     sink.deliver("s", &events(&["first"])).await.unwrap(); // fails fast: spooled
     gate.send(true).unwrap();
     // 20 events of 1 MiB: cut into records that fit, in order.
