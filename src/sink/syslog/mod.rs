@@ -388,8 +388,6 @@ impl SyslogSink {
     }
 }
 
-/// One datagram per message.
-
 #[async_trait]
 impl Sink for SyslogSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
