@@ -24,7 +24,7 @@ use tracing::warn;
 
 use super::ack_table::{AckTable, RequestAcks};
 use super::answer::{classify, Answer, HecReply};
-use super::inner::{Inner, Trouble, CHANNEL_HEADER};
+use super::inner::{Inner, Trouble, CHANNEL_HEADER, FIXED_ALL};
 use super::metrics::HEC_METRICS;
 use crate::sink::delivery::{send_http, Sent};
 
@@ -187,12 +187,7 @@ impl Inner {
                 if acks.values().any(|v| *v) {
                     self.posts.settled().await;
                 }
-                self.delivery.readiness.clear(&[
-                    Trouble::Token,
-                    Trouble::AckSetting,
-                    Trouble::AckMissing,
-                    Trouble::Endpoint,
-                ]);
+                self.delivery.readiness.clear(FIXED_ALL);
                 let mut table = self.acks.lock().unwrap_or_else(|p| p.into_inner());
                 table.confirm(ids, &acks);
                 self.set_pending_gauge(&table);

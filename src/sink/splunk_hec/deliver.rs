@@ -15,19 +15,12 @@ use super::ack_table::RequestAcks;
 use super::answer::{classify, Answer};
 use super::config::Compression;
 use super::encode::Encoded;
-use super::inner::{Inner, Trouble, CHANNEL_HEADER};
+use super::inner::{Inner, Trouble, CHANNEL_HEADER, FIXED_ALL};
 use crate::event::Event;
 use crate::sink::delivery::{send_http, server_wait, RetryLogic, Run, Sent, Verdict};
 
-/// The troubles a confirmed request proves gone: the token and endpoint
-/// always; the `indexer_ack` setting when the answer carried an ack id (or
-/// acknowledgment is off).
-const FIXED_ALL: &[Trouble] = &[
-    Trouble::Token,
-    Trouble::Endpoint,
-    Trouble::AckSetting,
-    Trouble::AckMissing,
-];
+/// A request confirmed on acceptance alone, with acknowledgment on: the
+/// token and endpoint are fine, the `indexer_ack` setting is not proven.
 const FIXED_TOKEN_ENDPOINT: &[Trouble] = &[Trouble::Token, Trouble::Endpoint];
 
 impl Inner {

@@ -33,6 +33,16 @@ pub(super) enum Trouble {
     Endpoint,
 }
 
+/// The troubles a confirmed request (or a working ack query) proves gone:
+/// the token and endpoint always; the `indexer_ack` setting when the answer
+/// carried an ack id (or acknowledgment is off).
+pub(super) const FIXED_ALL: &[Trouble] = &[
+    Trouble::Token,
+    Trouble::Endpoint,
+    Trouble::AckSetting,
+    Trouble::AckMissing,
+];
+
 pub(super) struct Inner {
     pub(super) cfg: SplunkHecConfig,
     pub(super) batch: BatchConfig,
