@@ -155,7 +155,11 @@ impl KafkaSink {
     /// Produces the given events once and reports each one's fate.
     async fn produce_once(&self, source: &str, events: &[&Event]) -> Vec<Fate> {
         let (producer, _) = self.producer();
+        // Labelled once per call, not once per message.
         let km = &*KAFKA_METRICS;
+        let produced = km.produced.with_label_values(&[&self.name]);
+        let in_flight = km.in_flight.with_label_values(&[&self.name]);
+        let delivery_seconds = km.delivery_seconds.with_label_values(&[&self.name]);
         let mut pending = Vec::with_capacity(events.len());
         for event in events {
             let parsed: Option<&RawValue> = if self.key.is_some() || !self.topic.is_fixed() {
@@ -200,8 +204,8 @@ impl KafkaSink {
                     Err((e, _)) => break Err(e),
                 }
             };
-            km.produced.with_label_values(&[&self.name]).inc();
-            km.in_flight.with_label_values(&[&self.name]).inc();
+            produced.inc();
+            in_flight.inc();
             pending.push((started, outcome));
         }
         let mut fates = Vec::with_capacity(pending.len());
@@ -214,12 +218,10 @@ impl KafkaSink {
                 },
                 Err(e) => Err(e),
             };
-            km.in_flight.with_label_values(&[&self.name]).dec();
+            in_flight.dec();
             fates.push(match result {
                 Ok(()) => {
-                    km.delivery_seconds
-                        .with_label_values(&[&self.name])
-                        .observe(started.elapsed().as_secs_f64());
+                    delivery_seconds.observe(started.elapsed().as_secs_f64());
                     Fate::Delivered
                 }
                 Err(e) => self.classify(&producer, e),
