@@ -265,7 +265,7 @@ impl WebhookSink {
         })
     }
 
-    fn encode(&self, events: &[Event]) -> anyhow::Result<(Vec<u8>, &'static str)> {
+    fn encode(&self, events: &[Event]) -> anyhow::Result<Body> {
         let (body, content_type) = match self.cfg.encoding {
             Encoding::JsonArray => (ndjson::array(events), "application/json"),
             Encoding::Ndjson => (ndjson::lines(events), "application/x-ndjson"),
@@ -274,19 +274,20 @@ impl WebhookSink {
                 "application/json",
             ),
         };
-        if self.cfg.compression == Compression::Gzip {
-            return Ok((crate::format::gzip(&body)?, content_type));
-        }
-        Ok((body, content_type))
+        let body = if self.cfg.compression == Compression::Gzip {
+            crate::format::gzip(&body)?
+        } else {
+            body
+        };
+        Ok((body.into(), content_type))
     }
 
-    /// One request with `events`, its answer classified.
-    async fn post(&self, events: &[Event]) -> anyhow::Result<Verdict<Trouble>> {
-        let (body, content_type) = self.encode(events)?;
+    /// One request with a run's encoded body, its answer classified.
+    async fn post(&self, (body, content_type): &Body) -> anyhow::Result<Verdict<Trouble>> {
         let mut req = self
             .client
             .request(self.method.clone(), self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, content_type);
+            .header(reqwest::header::CONTENT_TYPE, *content_type);
         if self.cfg.compression == Compression::Gzip {
             req = req.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }
@@ -301,11 +302,11 @@ impl WebhookSink {
         if let Some(key) = &self.hmac_key {
             let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
                 .map_err(|e| anyhow::anyhow!("HMAC key: {e}"))?;
-            mac.update(&body);
+            mac.update(body);
             let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
             req = req.header(self.cfg.hmac_header.as_str(), sig);
         }
-        let (status, retry_after, body) = match send_http(req.body(body)).await {
+        let (status, retry_after, body) = match send_http(req.body(body.clone())).await {
             Sent::Answer {
                 status,
                 retry_after,
@@ -354,19 +355,30 @@ fn refused(why: String, advice: &str) -> Verdict<Trouble> {
     }
 }
 
+/// A run's request body (encoded and compressed) and its content type.
+type Body = (bytes::Bytes, &'static str);
+
 #[async_trait]
 impl RetryLogic for WebhookSink {
     type Trouble = Trouble;
-    type Memory = ();
+    /// The run's body, encoded once and sent again as is on every retry.
+    type Memory = Option<Body>;
 
     async fn attempt(
         &self,
         _source: &str,
         events: &[Event],
         run: Run,
-        _: &mut (),
+        body: &mut Option<Body>,
     ) -> Verdict<Trouble> {
-        self.post(&events[run]).await.unwrap_or_else(Verdict::Fatal)
+        let body = match body {
+            Some(b) => b,
+            None => match self.encode(&events[run]) {
+                Ok(b) => body.insert(b),
+                Err(e) => return Verdict::Fatal(e),
+            },
+        };
+        self.post(body).await.unwrap_or_else(Verdict::Fatal)
     }
 
     async fn after_auth_wait(&self, _: Trouble) {
