@@ -133,11 +133,9 @@ impl<T: Copy + Ord> Readiness<T> {
     fn update(&self, f: impl FnOnce(&mut BTreeMap<T, String>)) {
         let mut map = self.troubles.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut map);
-        if map.is_empty() {
-            self.health.set_ready(&self.key);
-        } else {
-            let reason: Vec<&str> = map.values().map(String::as_str).collect();
-            self.health.set_unready(&self.key, reason.join("; "));
+        match joined(&map) {
+            None => self.health.set_ready(&self.key),
+            Some(reasons) => self.health.set_unready(&self.key, reasons),
         }
     }
 
@@ -162,13 +160,17 @@ impl<T: Copy + Ord> Readiness<T> {
 
     /// Every trouble's reason, joined; `None` when ready.
     pub fn reasons(&self) -> Option<String> {
-        let map = self.troubles.lock().unwrap_or_else(|p| p.into_inner());
-        if map.is_empty() {
-            return None;
-        }
-        let reasons: Vec<&str> = map.values().map(String::as_str).collect();
-        Some(reasons.join("; "))
+        joined(&self.troubles.lock().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// Every trouble's reason, joined; `None` when there is none.
+fn joined<T>(map: &BTreeMap<T, String>) -> Option<String> {
+    if map.is_empty() {
+        return None;
+    }
+    let reasons: Vec<&str> = map.values().map(String::as_str).collect();
+    Some(reasons.join("; "))
 }
 
 /// The parts of a sink the delivery loop works with.
