@@ -102,11 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stopping_since = Instant::now();
                     error!(source = %name, error = %why, timeout_s = timeout.as_secs_f64(), "pipeline died; stopping the other pipelines and exiting non-zero");
                     notify(&[NotifyState::Stopping, NotifyState::Status("a pipeline died; stopping")]);
-                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
-                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
-                    if !aborted.is_empty() {
-                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
-                    }
+                    watchdog.keep_pinging(running.drain_all(timeout)).await;
                     died = Some(anyhow::anyhow!("the pipeline of source {name} died: {why}"));
                     break;
                 }
@@ -128,11 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stopping_since = Instant::now();
                     info!(signal, timeout_s = timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
                     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
-                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
-                    if !aborted.is_empty() {
-                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
-                    }
+                    watchdog.keep_pinging(running.drain_all(timeout)).await;
                     break;
                 }
                 Signal::Reload => {
