@@ -381,7 +381,6 @@ impl Config {
     }
 }
 
-/// Component names become file names and metric labels: keep them plain.
 /// Every `[table.NAME]` section, read by `read` and checked by `check`;
 /// the ones that could be read, by name.
 fn read_sections<'a, T>(
@@ -407,6 +406,7 @@ fn read_sections<'a, T>(
     sections
 }
 
+/// Component names become file names and metric labels: keep them plain.
 fn check_name(name: &str, path: &str, problems: &mut Problems) {
     let ok = !name.is_empty()
         && name.len() <= 64

@@ -58,10 +58,7 @@ pub struct CheckpointStore {
 impl CheckpointStore {
     /// Opens (and creates) `state_dir/checkpoints`.
     pub fn open(state_dir: &Path) -> io::Result<Self> {
-        let dir = state_dir.join("checkpoints");
-        fs::create_dir_all(&dir)?;
-        remove_stale_temp_files(&dir);
-        Ok(CheckpointStore { dir })
+        Self::in_dir(&state_dir.join("checkpoints"))
     }
 
     /// Opens `state_dir/checkpoints` to read only: nothing is created or

@@ -17,6 +17,8 @@ use crate::source::SourceContext;
 pub struct Daemon {
     pub pipelines: Vec<SourcePipeline>,
     pub sinks: BTreeMap<String, Arc<dyn Sink>>,
+    /// The checkpoint store the pipelines commit to.
+    pub store: CheckpointStore,
     /// Held for the daemon's lifetime.
     pub lock: StateLock,
 }
@@ -142,11 +144,12 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
     Ok(Daemon {
         pipelines,
         sinks,
+        store,
         lock,
     })
 }
 
-pub(super) fn open_store(config: &Config) -> anyhow::Result<CheckpointStore> {
+fn open_store(config: &Config) -> anyhow::Result<CheckpointStore> {
     CheckpointStore::open(&config.state_dir)
         .map_err(|e| anyhow::anyhow!("state_dir: cannot use {}: {e}", config.state_dir.display()))
 }

@@ -30,7 +30,6 @@ use tracing::{error, info, warn};
 use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
-use build::open_store;
 pub use build::{build, build_pipeline, build_running_sink, build_sink, build_sinks, Daemon};
 use running::{close_sinks, Finished, Running};
 pub use signals::hold_signals;
@@ -47,7 +46,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     crate::secret::warn_if_config_exposed(&config.file);
     let health = Health::default();
     let daemon = build(&config, &health)?;
-    let store = open_store(&config)?;
     let stop_server = CancellationToken::new();
     let (addr, server) =
         crate::server::start(config.listen, health.clone(), stop_server.clone()).await?;
@@ -65,6 +63,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let Daemon {
         pipelines,
         sinks,
+        store,
         lock,
     } = daemon;
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
@@ -103,11 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stopping_since = Instant::now();
                     error!(source = %name, error = %why, timeout_s = timeout.as_secs_f64(), "pipeline died; stopping the other pipelines and exiting non-zero");
                     notify(&[NotifyState::Stopping, NotifyState::Status("a pipeline died; stopping")]);
-                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
-                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
-                    if !aborted.is_empty() {
-                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
-                    }
+                    watchdog.keep_pinging(running.drain_all(timeout)).await;
                     died = Some(anyhow::anyhow!("the pipeline of source {name} died: {why}"));
                     break;
                 }
@@ -129,11 +124,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     stopping_since = Instant::now();
                     info!(signal, timeout_s = timeout.as_secs_f64(), "stopping: no new fetches; draining batches in flight");
                     notify(&[NotifyState::Stopping, NotifyState::Status("draining")]);
-                    let all: Vec<String> = running.pipelines.keys().cloned().collect();
-                    let aborted = watchdog.keep_pinging(running.drain(&all, timeout)).await;
-                    if !aborted.is_empty() {
-                        warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
-                    }
+                    watchdog.keep_pinging(running.drain_all(timeout)).await;
                     break;
                 }
                 Signal::Reload => {

@@ -134,6 +134,15 @@ impl Running {
         }
         aborted
     }
+
+    /// Drains every pipeline (a stop), warning about the aborted ones.
+    pub(super) async fn drain_all(&mut self, timeout: Duration) {
+        let all: Vec<String> = self.pipelines.keys().cloned().collect();
+        let aborted = self.drain(&all, timeout).await;
+        if !aborted.is_empty() {
+            warn!(sources = ?aborted, "shutdown_timeout reached; unconfirmed batches will be sent again at the next start");
+        }
+    }
 }
 
 /// Longest wait for sinks to close their connections at a stop or reload.
