@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use super::dedup::{dedup_key, fresh, Fresh, SeenSet};
+use super::dedup::{dedup_key, fresh, fresh_except, Fresh, SeenSet};
 use crate::event::Event;
 use crate::source::read_checkpoint;
 
@@ -126,14 +126,8 @@ impl WindowState {
         let Some(pass) = &self.pass else {
             return fresh(&self.seen, events, None);
         };
-        let mut f = fresh(&self.seen, events, Some(pass.start));
-        if !pass.recent.is_empty() {
-            let before = f.events.len();
-            f.events
-                .retain(|e| !pass.recent.iter().any(|r| *r == dedup_key(e)));
-            f.repeated += (before - f.events.len()) as u64;
-        }
-        f
+        let recent: HashSet<&str> = pass.recent.iter().map(String::as_str).collect();
+        fresh_except(&self.seen, |k| recent.contains(k), events, Some(pass.start))
     }
 
     /// Records a page's new events as delivered and moves the cursor; the
