@@ -101,13 +101,19 @@ impl WindowState {
         Ok(state)
     }
 
-    /// The pass in progress, or a new one over `[watermark - overlap, now]`.
-    pub fn pass(&mut self, overlap: Duration, start_at: DateTime<Utc>) -> &mut Pass {
-        let start = match (self.watermark, self.resume_at) {
+    /// Where the next window starts: the watermark minus the overlap, else
+    /// the time set by `checkpoint set --time`, else `start_at`.
+    pub fn next_start(&self, overlap: Duration, start_at: DateTime<Utc>) -> DateTime<Utc> {
+        match (self.watermark, self.resume_at) {
             (Some(w), _) => w - chrono_of(overlap),
             (None, Some(r)) => r,
             (None, None) => start_at,
-        };
+        }
+    }
+
+    /// The pass in progress, or a new one over `[watermark - overlap, now]`.
+    pub fn pass(&mut self, overlap: Duration, start_at: DateTime<Utc>) -> &mut Pass {
+        let start = self.next_start(overlap, start_at);
         self.pass.get_or_insert_with(|| Pass {
             start,
             end: Utc::now(),
