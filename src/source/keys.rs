@@ -70,9 +70,7 @@ impl StartAt {
         match self {
             StartAt::Time(t) => *t,
             StartAt::Now => now,
-            StartAt::Ago(d) => {
-                now - chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::days(36500))
-            }
+            StartAt::Ago(d) => now - crate::source::pull::chrono_of(*d),
         }
     }
 }

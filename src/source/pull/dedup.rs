@@ -192,6 +192,17 @@ pub struct Fresh {
 /// Picks the new events of a response without recording them yet: the
 /// caller records each batch's ids as it builds that batch's checkpoint.
 pub fn fresh(seen: &SeenSet, events: Vec<Event>, window_start: Option<DateTime<Utc>>) -> Fresh {
+    fresh_except(seen, |_| false, events, window_start)
+}
+
+/// [`fresh`], also dropping (as repeated) the events whose key `also_seen`
+/// holds: one key per event, looked up once.
+pub(super) fn fresh_except(
+    seen: &SeenSet,
+    also_seen: impl Fn(&str) -> bool,
+    events: Vec<Event>,
+    window_start: Option<DateTime<Utc>>,
+) -> Fresh {
     let mut out = Fresh {
         events: Vec::with_capacity(events.len()),
         repeated: 0,
@@ -209,7 +220,7 @@ pub fn fresh(seen: &SeenSet, events: Vec<Event>, window_start: Option<DateTime<U
             }
         }
         let key = dedup_key(&ev);
-        if seen.contains(&key) || !here.insert(key.into_owned()) {
+        if seen.contains(&key) || also_seen(&key) || !here.insert(key.into_owned()) {
             out.repeated += 1;
             continue;
         }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tracing::error;
 
-use super::dedup::{dedup_key, fresh, Fresh, SeenSet};
+use super::dedup::{dedup_key, fresh, fresh_except, Fresh, SeenSet};
 use crate::event::Event;
 use crate::source::read_checkpoint;
 
@@ -101,13 +101,19 @@ impl WindowState {
         Ok(state)
     }
 
-    /// The pass in progress, or a new one over `[watermark - overlap, now]`.
-    pub fn pass(&mut self, overlap: Duration, start_at: DateTime<Utc>) -> &mut Pass {
-        let start = match (self.watermark, self.resume_at) {
+    /// Where the next window starts: the watermark minus the overlap, else
+    /// the time set by `checkpoint set --time`, else `start_at`.
+    pub fn next_start(&self, overlap: Duration, start_at: DateTime<Utc>) -> DateTime<Utc> {
+        match (self.watermark, self.resume_at) {
             (Some(w), _) => w - chrono_of(overlap),
             (None, Some(r)) => r,
             (None, None) => start_at,
-        };
+        }
+    }
+
+    /// The pass in progress, or a new one over `[watermark - overlap, now]`.
+    pub fn pass(&mut self, overlap: Duration, start_at: DateTime<Utc>) -> &mut Pass {
+        let start = self.next_start(overlap, start_at);
         self.pass.get_or_insert_with(|| Pass {
             start,
             end: Utc::now(),
@@ -126,14 +132,8 @@ impl WindowState {
         let Some(pass) = &self.pass else {
             return fresh(&self.seen, events, None);
         };
-        let mut f = fresh(&self.seen, events, Some(pass.start));
-        if !pass.recent.is_empty() {
-            let before = f.events.len();
-            f.events
-                .retain(|e| !pass.recent.iter().any(|r| *r == dedup_key(e)));
-            f.repeated += (before - f.events.len()) as u64;
-        }
-        f
+        let recent: HashSet<&str> = pass.recent.iter().map(String::as_str).collect();
+        fresh_except(&self.seen, |k| recent.contains(k), events, Some(pass.start))
     }
 
     /// Records a page's new events as delivered and moves the cursor; the

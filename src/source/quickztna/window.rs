@@ -43,11 +43,7 @@ impl Window {
 
     /// Where the window of the next poll starts.
     pub fn next_start(&self) -> DateTime<Utc> {
-        match (self.state.watermark, self.state.resume_at) {
-            (Some(w), _) => w - chrono_of(self.overlap),
-            (None, Some(r)) => r,
-            (None, None) => self.start,
-        }
+        self.state.next_start(self.overlap, self.start)
     }
 
     /// The entries of `answer` not taken before, oldest first. An answer
