@@ -5,12 +5,14 @@
 /// Generates enum `$name` (one variant per line `Variant(ConfigType)`, each
 /// config implementing `$component`, whose `KIND` is its `type` value),
 /// `KINDS` in the order of the lines, a compile-time check that no `type`
-/// is registered twice, `read_kind()` and `kind()`.
+/// is registered twice, `read_kind()`, `kind()`, and `component()`: the
+/// config as `&dyn $dyn` (the object-safe half of `$component`), so
+/// dispatch is written once instead of as one match per method.
 macro_rules! kinds_enum {
     (
         $(#[$meta:meta])*
-        $name:ident: $component:path, $twice:literal,
-        $($variant:ident($config:ty)),+
+        $name:ident: $component:path as $dyn:path,
+        $($variant:ident($config:ty)),+ $(,)?
     ) => {
         $(#[$meta])*
         #[derive(Clone, Debug)]
@@ -21,7 +23,10 @@ macro_rules! kinds_enum {
 
         /// The `type` of every one this build provides, in registration order.
         pub const KINDS: &[&str] = &[$(<$config as $component>::KIND,)+];
-        const _: () = assert!($crate::config::all_distinct(KINDS), $twice);
+        const _: () = assert!(
+            $crate::config::all_distinct(KINDS),
+            concat!("a type is registered twice in ", stringify!($name))
+        );
 
         impl $name {
             /// Reads the section at `path` as the registered type `kind`,
@@ -44,6 +49,13 @@ macro_rules! kinds_enum {
             pub fn kind(&self) -> &'static str {
                 match self {
                     $($name::$variant(_) => <$config as $component>::KIND,)+
+                }
+            }
+
+            /// The configured component, whatever its type.
+            fn component(&self) -> &dyn $dyn {
+                match self {
+                    $($name::$variant(c) => c,)+
                 }
             }
         }

@@ -6,10 +6,9 @@
 //! can never start a new key or a new line.
 
 use std::io::Write;
-use std::net::IpAddr;
 
 use super::shorten;
-use super::siem::{header, KeyValues, SiemEvent};
+use super::siem::{header, product_header, KeyValues, SiemEvent};
 
 /// Keys this encoder writes itself; extra fields may not reuse them.
 pub const RESERVED_KEYS: &[&str] = &[
@@ -50,10 +49,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     out.extend_from_slice(b"CEF:0|");
     // Name: the last path segment of RPC/URL-style types (`DeleteUser`).
     let name = kind.rsplit('/').find(|s| !s.is_empty()).unwrap_or(kind);
-    for field in [e.vendor, e.product, e.version] {
-        header(out, field);
-        out.push(b'|');
-    }
+    product_header(out, e);
     for field in [kind, name] {
         header(out, &shorten::capped(field, cap));
         out.push(b'|');
@@ -68,20 +64,9 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     let f = e.facts;
     ext.opt("suser", f.actor.as_deref());
     ext.opt("suid", f.actor_id.as_deref());
-    if let Some(ip) = f.source_ip.as_deref() {
-        // `src` must be an IP address for ArcSight; anything else is a host.
-        let key = if ip.parse::<IpAddr>().is_ok() {
-            "src"
-        } else {
-            "shost"
-        };
-        ext.put(key, ip);
-    }
-    match f.success {
-        Some(true) => ext.put("outcome", "success"),
-        Some(false) => ext.put("outcome", "failure"),
-        None => {}
-    }
+    // `src` must be an IP address for ArcSight; anything else is a host.
+    ext.address("src", "shost", f.source_ip.as_deref());
+    ext.outcome("outcome", f.success);
     ext.opt("act", f.action.as_deref());
     ext.opt("requestMethod", f.method.as_deref());
     ext.opt("request", f.url.as_deref());
@@ -93,9 +78,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     }
     ext.put("cs2Label", "source");
     ext.put("cs2", e.source);
-    for (k, v) in e.extra {
-        ext.put(k, v);
-    }
+    ext.extra(e.extra);
 }
 
 #[cfg(test)]

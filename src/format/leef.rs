@@ -8,10 +8,8 @@
 //! therefore never contains a bare delimiter or newline that could end an
 //! attribute or the line.
 
-use std::net::IpAddr;
-
 use super::shorten;
-use super::siem::{header, KeyValues, SiemEvent};
+use super::siem::{header, product_header, KeyValues, SiemEvent};
 use super::syslog::writable_time;
 
 /// `devTime` is written as RFC 3339 UTC with milliseconds; this is the Java
@@ -90,10 +88,7 @@ pub fn write(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char) {
 /// the cut comes before escaping, so escapes stay whole.
 pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usize) {
     out.extend_from_slice(b"LEEF:2.0|");
-    for field in [e.vendor, e.product, e.version] {
-        header(out, field);
-        out.push(b'|');
-    }
+    product_header(out, e);
     header(out, &shorten::capped(e.event_type.unwrap_or("audit"), cap));
     out.push(b'|');
     out.extend_from_slice(declare(delim).as_bytes());
@@ -115,19 +110,8 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     let f = e.facts;
     attrs.opt("usrName", f.actor.as_deref());
     attrs.opt("userId", f.actor_id.as_deref());
-    if let Some(ip) = f.source_ip.as_deref() {
-        let key = if ip.parse::<IpAddr>().is_ok() {
-            "src"
-        } else {
-            "identHostName"
-        };
-        attrs.put(key, ip);
-    }
-    match f.success {
-        Some(true) => attrs.put("outcome", "success"),
-        Some(false) => attrs.put("outcome", "failure"),
-        None => {}
-    }
+    attrs.address("src", "identHostName", f.source_ip.as_deref());
+    attrs.outcome("outcome", f.success);
     attrs.opt("status", f.outcome_raw.as_deref());
     attrs.opt("reason", f.reason.as_deref());
     attrs.opt("method", f.method.as_deref());
@@ -135,9 +119,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     attrs.opt("userAgent", f.user_agent.as_deref());
     attrs.opt("requestId", e.id);
     attrs.put("source", e.source);
-    for (k, v) in e.extra {
-        attrs.put(k, v);
-    }
+    attrs.extra(e.extra);
 }
 
 #[cfg(test)]

@@ -36,6 +36,14 @@ pub fn header(out: &mut Vec<u8>, value: &str) {
     }
 }
 
+/// Writes the header fields naming the product, each followed by `|`.
+pub fn product_header(out: &mut Vec<u8>, e: &SiemEvent<'_>) {
+    for field in [e.vendor, e.product, e.version] {
+        header(out, field);
+        out.push(b'|');
+    }
+}
+
 /// The `key=value` list of a record. Values are cut to `cap` bytes (see
 /// [`shorten::capped`]) before they are escaped, so escapes stay whole:
 /// `\` before a backslash and before `escaped`, line breaks as `\n`/`\r`
@@ -56,6 +64,34 @@ impl<'a> KeyValues<'a> {
             escaped,
             first: true,
             cap,
+        }
+    }
+
+    /// A source address: under `ip_key` when it parses as an IP address
+    /// (what the SIEM's address field accepts), else under `host_key`.
+    pub fn address(&mut self, ip_key: &str, host_key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            let key = if v.parse::<std::net::IpAddr>().is_ok() {
+                ip_key
+            } else {
+                host_key
+            };
+            self.put(key, v);
+        }
+    }
+
+    /// `success` or `failure`, when the event says which.
+    pub fn outcome(&mut self, key: &str, success: Option<bool>) {
+        self.opt(
+            key,
+            success.map(|ok| if ok { "success" } else { "failure" }),
+        );
+    }
+
+    /// The configured extra keys, in order.
+    pub fn extra(&mut self, extra: &[(String, String)]) {
+        for (k, v) in extra {
+            self.put(k, v);
         }
     }
 

@@ -81,3 +81,19 @@ pub trait SinkType: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
     /// The running sink.
     fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>>;
 }
+
+/// The methods of [`SinkType`] that need no `Self` type, callable on a
+/// config of any registered type (`SinkKind::component()`).
+pub trait AnySink {
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems);
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>>;
+}
+
+impl<T: SinkType> AnySink for T {
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems) {
+        SinkType::validate(self, path, common, problems)
+    }
+    fn build(&self, common: &SinkCommon, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
+        SinkType::build(self, common, ctx)
+    }
+}

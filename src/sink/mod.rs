@@ -22,7 +22,7 @@ pub mod webhook;
 use figment::Figment;
 
 pub use common::{BatchConfig, FilterConfig, OnUnavailable, SinkCommon};
-pub use component::{Sink, SinkContext, SinkType};
+pub use component::{AnySink, Sink, SinkContext, SinkType};
 pub use dead_letter::DeadLetters;
 
 use crate::config::{figment_problems, read_both, read_type, type_problem, Problem, Problems};
@@ -99,10 +99,10 @@ impl SinkConfig {
                 );
             }
         }
-        self.kind.validate(path, &self.common, problems);
+        self.kind.component().validate(path, &self.common, problems);
     }
 
     pub fn build(&self, ctx: SinkContext) -> anyhow::Result<Box<dyn Sink>> {
-        self.kind.build(&self.common, ctx)
+        self.kind.component().build(&self.common, ctx)
     }
 }

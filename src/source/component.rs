@@ -57,6 +57,29 @@ pub fn read_checkpoint<T: DeserializeOwned>(
         .transpose()
 }
 
+/// Where `auditrelay checkpoint set` puts a source: `--token` or `--time`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManualPosition {
+    Token(String),
+    Time(DateTime<Utc>),
+}
+
+impl ManualPosition {
+    pub fn token(&self) -> Option<&str> {
+        match self {
+            ManualPosition::Token(t) => Some(t),
+            ManualPosition::Time(_) => None,
+        }
+    }
+
+    pub fn time(&self) -> Option<DateTime<Utc>> {
+        match self {
+            ManualPosition::Token(_) => None,
+            ManualPosition::Time(t) => Some(*t),
+        }
+    }
+}
+
 /// The config of one source type (`[sources.NAME]` with `type = KIND`).
 /// Implementing it and adding one line to `register_sources!` in
 /// `source/mod.rs` is all a new source needs outside its own file.
@@ -74,14 +97,29 @@ pub trait SourceType: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
     /// Reports the values serde accepts but this source cannot use.
     fn validate(&self, path: &str, problems: &mut Problems);
 
-    /// The state `auditrelay checkpoint set` writes for this source type;
-    /// exactly one of `token` and `time` is given.
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String>;
+    /// The state `auditrelay checkpoint set` writes for this source type.
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String>;
 
     /// The running source, resuming from `ctx.checkpoint`.
     fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>>;
+}
+
+/// The methods of [`SourceType`] that need no `Self` type, callable on a
+/// config of any registered type (`SourceConfig::component()`).
+pub trait AnySource {
+    fn validate(&self, path: &str, problems: &mut Problems);
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String>;
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>>;
+}
+
+impl<T: SourceType> AnySource for T {
+    fn validate(&self, path: &str, problems: &mut Problems) {
+        SourceType::validate(self, path, problems)
+    }
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String> {
+        SourceType::manual_checkpoint(self, at)
+    }
+    fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {
+        SourceType::build(self, ctx)
+    }
 }

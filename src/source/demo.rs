@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{read_checkpoint, Source, SourceContext, SourceType};
+use super::{read_checkpoint, ManualPosition, Source, SourceContext, SourceType};
 use crate::config::Problems;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
@@ -45,16 +45,11 @@ impl SourceType for DemoConfig {
     }
 
     /// `--token N`: the sequence number to continue at.
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        if time.is_some() {
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String> {
+        let ManualPosition::Token(token) = at else {
             return Err("the demo source has no time cursor; use --token <sequence number>".into());
-        }
+        };
         let next = token
-            .ok_or("give --token <sequence number>")?
             .parse::<u64>()
             .map_err(|e| format!("--token must be a sequence number: {e}"))?;
         serde_json::to_vec(&State { next }).map_err(|e| e.to_string())

@@ -20,7 +20,9 @@ pub mod veza;
 pub mod veza_list;
 pub mod webhook_in;
 
-pub use component::{read_checkpoint, Source, SourceContext, SourceType};
+pub use component::{
+    read_checkpoint, AnySource, ManualPosition, Source, SourceContext, SourceType,
+};
 pub use keys::{Paths, StartAt};
 
 registry::register_sources! {

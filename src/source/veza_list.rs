@@ -24,7 +24,7 @@ use super::pull::{
     PullDefaults, PullKind, SeenSet,
 };
 use super::veza::{self, VezaConfig};
-use super::{read_checkpoint, Paths, Source, SourceContext, StartAt};
+use super::{read_checkpoint, ManualPosition, Paths, Source, SourceContext, StartAt};
 use crate::config::Problems;
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
 
@@ -92,11 +92,7 @@ impl PullKind for VezaList {
         }
     }
 
-    fn manual_checkpoint(
-        &self,
-        _token: Option<String>,
-        _time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String> {
+    fn manual_checkpoint(&self, _at: ManualPosition) -> Result<Vec<u8>, String> {
         Err(
             "a veza_list source walks a fixed range; use `auditrelay backfill` for another range"
                 .into(),

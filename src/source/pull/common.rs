@@ -31,7 +31,7 @@ use crate::config::{
 use crate::event::FieldExtractor;
 use crate::health::Health;
 use crate::secret::{SecretKeys, SecretSource};
-use crate::source::{Paths, Source, SourceContext, SourceType, StartAt};
+use crate::source::{ManualPosition, Paths, Source, SourceContext, SourceType, StartAt};
 
 /// A pull source type: its own keys (`Self`), its shared-key defaults and
 /// what only it knows (its checks, its checkpoint, its source). Every
@@ -48,19 +48,14 @@ pub trait PullKind: DeserializeOwned + Clone + Debug + Send + Sync + 'static {
     /// Required, so a forgotten check cannot pass silently.
     fn validate(&self, path: &str, common: &PullCommon, problems: &mut Problems);
 
-    /// The state `auditrelay checkpoint set` writes (exactly one of `token`
-    /// and `time` is given). By default that of a window walk
+    /// The state `auditrelay checkpoint set` writes. By default that of a window walk
     /// ([`WindowState`]), which resumes at a time and has no page token.
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        if token.is_some() {
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String> {
+        let ManualPosition::Time(time) = at else {
             return Err("this source has no durable page token; use --time <RFC 3339>".into());
-        }
+        };
         let state = WindowState {
-            resume_at: time,
+            resume_at: Some(time),
             ..Default::default()
         };
         serde_json::to_vec(&state).map_err(|e| e.to_string())
@@ -246,12 +241,8 @@ impl<K: PullKind> SourceType for PullConfig<K> {
         self.own.validate(path, c, problems);
     }
 
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String> {
-        self.own.manual_checkpoint(token, time)
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String> {
+        self.own.manual_checkpoint(at)
     }
 
     fn build(&self, ctx: SourceContext) -> anyhow::Result<Box<dyn Source>> {

@@ -33,7 +33,7 @@ use super::pull::dedup::KeysOnly;
 use super::pull::{
     chrono_of, dedup_key, Fetcher, PullCommon, PullDefaults, PullKind, RateLimitConfig, SeenSet,
 };
-use super::{read_checkpoint, Source, SourceContext};
+use super::{read_checkpoint, ManualPosition, Source, SourceContext};
 use crate::config::Problems;
 use crate::event::{Batch, Event, FieldExtractor, FieldPath};
 use crate::metrics::metrics;
@@ -367,15 +367,11 @@ impl PullKind for Veza {
     }
 
     /// Resumes from a page token, or from a time (exactly, without overlap).
-    fn manual_checkpoint(
-        &self,
-        token: Option<String>,
-        time: Option<DateTime<Utc>>,
-    ) -> Result<Vec<u8>, String> {
+    fn manual_checkpoint(&self, at: ManualPosition) -> Result<Vec<u8>, String> {
         let none = SeenSet::new(1);
         let state = StateView {
-            token: &token,
-            resume_at: &time,
+            token: &at.token().map(str::to_owned),
+            resume_at: &at.time(),
             newest_time: &None,
             dedup_until: &None,
             recent_ids: none.keys_only(),

@@ -35,7 +35,7 @@ pub(crate) use self::body::record_event;
 pub use self::config::WebhookInConfig;
 use self::listener::{serve, tls_acceptor};
 use self::receive::{receive, Shared, REQUESTS, SPOOL_BYTES};
-use super::{Paths, Source, SourceContext};
+use super::{ManualPosition, Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Problems;
 use crate::disk_queue::{DiskQueue, Pos, Tail};
@@ -328,11 +328,7 @@ impl super::SourceType for WebhookInConfig {
     }
 
     /// A push source has no cursor to set.
-    fn manual_checkpoint(
-        &self,
-        _token: Option<String>,
-        _time: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Result<Vec<u8>, String> {
+    fn manual_checkpoint(&self, _at: ManualPosition) -> Result<Vec<u8>, String> {
         Err(
             "webhook_in drains its local spool; there is no cursor to set \
              (`checkpoint reset` drains the spool again from its oldest segment)"
