@@ -65,7 +65,7 @@ pub struct ServerConfig {
     /// Also write the metrics to this file (node_exporter's textfile
     /// collector), for hosts where no scrape port may be opened.
     pub metrics_textfile: Option<PathBuf>,
-    #[serde(default = "default_textfile_interval", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<15>", with = "humantime_serde")]
     pub metrics_textfile_interval: Duration,
 }
 
@@ -74,13 +74,9 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             metrics_textfile: None,
-            metrics_textfile_interval: default_textfile_interval(),
+            metrics_textfile_interval: crate::config::secs::<15>(),
         }
     }
-}
-
-fn default_textfile_interval() -> Duration {
-    Duration::from_secs(15)
 }
 
 fn default_listen() -> String {
@@ -178,7 +174,7 @@ pub struct TopLevel {
     log_format: LogFormat,
     #[serde(default = "default_log_level")]
     log_level: String,
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     shutdown_timeout: Duration,
     #[serde(default)]
     pipeline: PipelineConfig,
@@ -194,10 +190,6 @@ fn default_state_dir() -> PathBuf {
 
 fn default_log_level() -> String {
     "info".to_string()
-}
-
-fn default_shutdown_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 
 /// The figment layers for a config file.
@@ -256,7 +248,7 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
                 server: ServerConfig::default(),
                 log_format: LogFormat::default(),
                 log_level: default_log_level(),
-                shutdown_timeout: default_shutdown_timeout(),
+                shutdown_timeout: crate::config::secs::<30>(),
                 pipeline: PipelineConfig::default(),
                 sources: names("sources"),
                 sinks: names("sinks"),
@@ -293,37 +285,38 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
     let sources = read_sections(
         &fig,
         "sources",
-        top.sources.keys(),
+        &top.sources,
         &mut problems,
         SourceConfig::from_figment,
-        SourceConfig::validate,
     );
+    for (name, cfg) in &sources {
+        cfg.validate(&format!("sources.{name}"), &mut problems);
+    }
     let sinks = read_sections(
         &fig,
         "sinks",
-        top.sinks.keys(),
+        &top.sinks,
         &mut problems,
         SinkConfig::from_figment,
-        |cfg, path, problems| {
-            cfg.validate(path, problems);
-            for (i, input) in cfg.common.inputs.iter().enumerate() {
-                if !top.sources.contains_key(input) {
-                    let known: Vec<&str> = top.sources.keys().map(String::as_str).collect();
-                    problems.push(
-                        format!("{path}.inputs[{i}]"),
-                        format!(
-                            "\"{input}\" names no source (sources: {})",
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
-                }
-            }
-        },
     );
+    for (name, cfg) in &sinks {
+        let path = format!("sinks.{name}");
+        cfg.validate(&path, &mut problems);
+        for (i, input) in cfg.common.inputs.iter().enumerate() {
+            if !top.sources.contains_key(input) {
+                let known: Vec<&str> = top.sources.keys().map(String::as_str).collect();
+                let known = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                };
+                problems.push(
+                    format!("{path}.inputs[{i}]"),
+                    format!("\"{input}\" names no source (sources: {known})"),
+                );
+            }
+        }
+    }
     for name in top.sources.keys() {
         if !sinks.values().any(|s| s.common.inputs.contains(name)) && !sinks.is_empty() {
             problems.push(
@@ -381,23 +374,21 @@ impl Config {
     }
 }
 
-/// Every `[table.NAME]` section, read by `read` and checked by `check`;
+/// Every `[table.NAME]` section with its name checked, read by `read`;
 /// the ones that could be read, by name.
-fn read_sections<'a, T>(
+fn read_sections<T, V>(
     fig: &Figment,
     table: &str,
-    names: impl Iterator<Item = &'a String>,
+    names: &BTreeMap<String, V>,
     problems: &mut Problems,
     read: fn(&Figment, &str) -> Result<T, Vec<Problem>>,
-    check: impl Fn(&T, &str, &mut Problems),
 ) -> BTreeMap<String, T> {
     let mut sections = BTreeMap::new();
-    for name in names {
+    for name in names.keys() {
         let path = format!("{table}.{name}");
         check_name(name, &path, problems);
         match read(fig, &path) {
             Ok(cfg) => {
-                check(&cfg, &path, problems);
                 sections.insert(name.clone(), cfg);
             }
             Err(list) => problems.extend(list),

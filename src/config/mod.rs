@@ -99,21 +99,32 @@ impl TlsConfig {
     }
 }
 
+/// A default of `N` seconds, written at the key it belongs to:
+/// `#[serde(default = "crate::config::secs::<30>")]`.
+pub fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+/// A default of `true` (`#[serde(default = "crate::config::yes")]`).
+pub fn yes() -> bool {
+    true
+}
+
 /// Exponential backoff bounds for transient failures.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
-    #[serde(default = "default_retry_initial", with = "humantime_serde")]
+    #[serde(default = "secs::<1>", with = "humantime_serde")]
     pub initial: Duration,
-    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    #[serde(default = "secs::<300>", with = "humantime_serde")]
     pub max: Duration,
 }
 
 impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
-            initial: default_retry_initial(),
-            max: default_retry_max(),
+            initial: secs::<1>(),
+            max: secs::<300>(),
         }
     }
 }
@@ -130,14 +141,6 @@ impl RetryConfig {
             );
         }
     }
-}
-
-fn default_retry_initial() -> Duration {
-    Duration::from_secs(1)
-}
-
-fn default_retry_max() -> Duration {
-    Duration::from_secs(300)
 }
 
 /// Reads the section at `path` as `T`, reporting type errors with their full

@@ -101,14 +101,11 @@ mod tests {
             &SiemEvent {
                 vendor: "Ve|za",
                 product: "Audit",
-                version: "1",
                 event_type: Some("/svc/Do\\It"),
                 id: Some("r1"),
-                time: None,
                 source: "veza",
                 severity: Severity::WARNING,
-                facts: &facts,
-                extra: &[],
+                ..SiemEvent::with_facts(&facts)
             },
         );
         assert_eq!(

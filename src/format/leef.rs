@@ -126,7 +126,6 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
 mod tests {
     use super::*;
     use crate::format::fields::AuditFacts;
-    use crate::format::syslog::Severity;
 
     #[test]
     fn delimiters() {
@@ -149,16 +148,8 @@ mod tests {
             write(
                 &mut out,
                 &SiemEvent {
-                    vendor: "V",
-                    product: "P",
-                    version: "1",
-                    event_type: None,
-                    id: None,
                     time: Some(t),
-                    source: "s",
-                    severity: Severity::INFO,
-                    facts: &facts,
-                    extra: &[],
+                    ..SiemEvent::with_facts(&facts)
                 },
                 '^',
             );
@@ -185,13 +176,8 @@ mod tests {
                 vendor: "Veza",
                 product: "Audit",
                 version: "1|2",
-                event_type: None,
-                id: None,
-                time: None,
-                source: "s",
-                severity: Severity::INFO,
-                facts: &facts,
                 extra: &[("cs1".into(), "v".into())],
+                ..SiemEvent::with_facts(&facts)
             },
             '^',
         );

@@ -23,6 +23,25 @@ pub struct SiemEvent<'a> {
     pub extra: &'a [(String, String)],
 }
 
+impl<'a> SiemEvent<'a> {
+    /// An event with only `facts`, for tests to fill in what they check.
+    #[cfg(test)]
+    pub fn with_facts(facts: &'a AuditFacts) -> Self {
+        SiemEvent {
+            vendor: "V",
+            product: "P",
+            version: "1",
+            event_type: None,
+            id: None,
+            time: None,
+            source: "s",
+            severity: Severity::INFO,
+            facts,
+            extra: &[],
+        }
+    }
+}
+
 /// Writes a header field: `\` and `|` escaped; a header may hold no line
 /// break, so one becomes a space.
 pub fn header(out: &mut Vec<u8>, value: &str) {

@@ -31,7 +31,7 @@ pub struct SinkCommon {
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
     /// How long a delivery may go unconfirmed before its batch is spooled.
-    #[serde(default = "default_spool_after", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub spool_after: Duration,
     /// Cap of the on-disk spool; when full the sources wait, as with `block`.
     #[serde(default = "default_spool_max_bytes")]
@@ -40,10 +40,6 @@ pub struct SinkCommon {
 
 fn default_dead_letter_max_bytes() -> u64 {
     dead_letter::DEFAULT_MAX_BYTES
-}
-
-fn default_spool_after() -> Duration {
-    Duration::from_secs(30)
 }
 
 fn default_spool_max_bytes() -> u64 {

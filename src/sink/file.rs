@@ -27,7 +27,7 @@ pub struct FileConfig {
     /// Rotated files kept (`path.1` … `path.N`).
     #[serde(default = "default_rotate_keep")]
     pub rotate_keep: usize,
-    #[serde(default = "default_fsync")]
+    #[serde(default = "crate::config::yes")]
     pub fsync: bool,
 }
 
@@ -36,9 +36,6 @@ fn default_rotate_bytes() -> u64 {
 }
 fn default_rotate_keep() -> usize {
     5
-}
-fn default_fsync() -> bool {
-    true
 }
 
 impl super::SinkType for FileConfig {

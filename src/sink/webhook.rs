@@ -76,10 +76,10 @@ pub struct WebhookConfig {
     pub hmac_secret_credential: Option<String>,
     #[serde(default = "default_hmac_header")]
     pub hmac_header: String,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub timeout: Duration,
     /// Least wait between attempts while the endpoint refuses the credentials.
-    #[serde(default = "default_auth_retry", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub auth_retry: Duration,
     /// Which 307/308 redirects are followed (301/302/303 never are).
     #[serde(default)]
@@ -91,12 +91,6 @@ fn default_method() -> String {
 }
 fn default_hmac_header() -> String {
     "X-Auditrelay-Signature".into()
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_auth_retry() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl WebhookConfig {
@@ -236,15 +230,11 @@ impl WebhookSink {
         let url = url::Url::parse(&cfg.url).map_err(|e| anyhow::anyhow!("{path}.url: {e}"))?;
         let method = reqwest::Method::from_bytes(cfg.method.as_bytes())
             .map_err(|_| anyhow::anyhow!("{path}.method: not an HTTP method"))?;
-        let client = crate::http::client_with(
-            &common.tls,
-            cfg.timeout,
-            &path,
-            crate::http::ClientOptions {
-                redirects: cfg.follow_redirects,
-                cookies: false,
-            },
-        )?;
+        let options = crate::http::ClientOptions {
+            redirects: cfg.follow_redirects,
+            cookies: false,
+        };
+        let client = crate::http::client_with(&common.tls, cfg.timeout, &path, options)?;
         let delivery = Delivery {
             name: ctx.name.as_str().into(),
             retry: common.retry,

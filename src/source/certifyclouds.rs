@@ -52,7 +52,7 @@ pub struct Certifyclouds {
     pub time_format: TimeFormat,
     /// Send `end_date` (the instant the pass began) so entries newer than
     /// the pass do not shift its pages.
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::yes")]
     pub send_end_date: bool,
     /// Where the entries are in the answer; unset = a top-level array, or
     /// the first array among `entries`, `items`, `data`, `results`.
@@ -96,9 +96,6 @@ fn default_path() -> String {
 fn default_page_size() -> u32 {
     500
 }
-fn default_true() -> bool {
-    true
-}
 
 fn advice(status: u16, body: &str) -> String {
     format!(
@@ -120,7 +117,7 @@ pub struct CertifycloudsSource {
 
 impl CertifycloudsSource {
     pub fn new(cfg: CertifycloudsConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let path = format!("sources.{}", ctx.name);
+        let path = ctx.key_path();
         let common = &cfg.common;
         let url = common.endpoint(&cfg.path, &path)?;
         let items_path = cfg
@@ -128,12 +125,7 @@ impl CertifycloudsSource {
             .as_deref()
             .map(|p| FieldPath::of_key(p, &format!("{path}.items_path")))
             .transpose()?;
-        let state = WindowState::load(
-            &ctx.name,
-            ctx.checkpoint.as_deref(),
-            "CertifyClouds",
-            common.recent_ids,
-        )?;
+        let state = WindowState::of_context(&ctx, "CertifyClouds", common.recent_ids)?;
         let fetcher = Fetcher::new(cfg.fetcher_config(&ctx.name, &ctx.health, &path, advice)?)?;
         let walk = Walker::new(fetcher, state, common, common.start(&path)?);
         info!(source = %walk.name, resume = walk.resume(), "certifyclouds source ready");

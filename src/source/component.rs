@@ -38,6 +38,13 @@ pub struct SourceContext {
     pub state_dir: std::path::PathBuf,
 }
 
+impl SourceContext {
+    /// The source's config key path (`sources.NAME`), for error messages.
+    pub fn key_path(&self) -> String {
+        format!("sources.{}", self.name)
+    }
+}
+
 /// A source's stored checkpoint (`None` without one), or an error that
 /// says how to reset it. `what` names what it should be ("a Veza cursor").
 pub fn read_checkpoint<T: DeserializeOwned>(

@@ -65,14 +65,14 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub compression: Compression,
     /// librdkafka's `enable.idempotence`; on by default (implies acks=all).
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::yes")]
     pub idempotence: bool,
     /// How long librdkafka keeps trying one message before reporting it
     /// failed (it is then sent again: nothing is dropped).
-    #[serde(default = "default_message_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<120>", with = "humantime_serde")]
     pub message_timeout: Duration,
     /// How often broker connectivity is checked for `/readyz`.
-    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub health_interval: Duration,
     /// Properties passed to librdkafka verbatim (SASL, SSL, linger, batch
     /// sizes…); they override the settings above.
@@ -82,16 +82,6 @@ pub struct KafkaConfig {
     /// (`"sasl.password" = "/run/secrets/kafka_password"`).
     #[serde(default)]
     pub librdkafka_secret_files: BTreeMap<String, std::path::PathBuf>,
-}
-
-fn default_true() -> bool {
-    true
-}
-fn default_message_timeout() -> Duration {
-    Duration::from_secs(120)
-}
-fn default_health_interval() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl KafkaConfig {

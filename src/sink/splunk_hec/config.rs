@@ -36,45 +36,30 @@ pub struct SplunkHecConfig {
     pub fields: BTreeMap<String, String>,
     #[serde(default)]
     pub indexer_ack: bool,
-    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<300>", with = "humantime_serde")]
     pub ack_timeout: Duration,
-    #[serde(default = "default_ack_poll_interval", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<10>", with = "humantime_serde")]
     pub ack_poll_interval: Duration,
     #[serde(default)]
     pub compression: Compression,
     /// Event requests in flight at once for this sink.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub timeout: Duration,
     /// Least wait between attempts while HEC refuses the token or the
     /// `indexer_ack` setting.
-    #[serde(default = "default_auth_retry", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub auth_retry: Duration,
-    #[serde(default = "default_health_check_interval", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub health_check_interval: Duration,
     /// Which 307/308 redirects are followed (301/302/303 never are).
     #[serde(default)]
     pub follow_redirects: crate::http::FollowRedirects,
 }
 
-fn default_ack_timeout() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_ack_poll_interval() -> Duration {
-    Duration::from_secs(10)
-}
 fn default_concurrency() -> usize {
     4
-}
-fn default_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_auth_retry() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_health_check_interval() -> Duration {
-    Duration::from_secs(30)
 }
 
 impl SplunkHecConfig {

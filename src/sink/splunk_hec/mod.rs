@@ -110,15 +110,11 @@ impl SplunkHecSink {
         let channel = uuid::Uuid::new_v4().to_string();
         let mut ack_url = join("services/collector/ack")?;
         ack_url.query_pairs_mut().append_pair("channel", &channel);
-        let client = crate::http::client_with(
-            &common.tls,
-            cfg.timeout,
-            &path,
-            crate::http::ClientOptions {
-                redirects: cfg.follow_redirects,
-                cookies: true,
-            },
-        )?;
+        let options = crate::http::ClientOptions {
+            redirects: cfg.follow_redirects,
+            cookies: true,
+        };
+        let client = crate::http::client_with(&common.tls, cfg.timeout, &path, options)?;
         let envelope = Envelope::new(&cfg).map_err(|e| anyhow::anyhow!("{path}.{e}"))?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("{path}: the sink needs a running async runtime"))?;

@@ -70,7 +70,7 @@ pub struct SyslogConfig {
     /// SD-ID of the element carrying id, source and type.
     #[serde(default = "d_sd_id")]
     pub sd_id: String,
-    #[serde(default = "d_true")]
+    #[serde(default = "crate::config::yes")]
     pub structured_data: bool,
     /// Largest message (without framing); longer bodies are cut.
     /// Default: 2048 on UDP, 8192 otherwise.
@@ -89,10 +89,10 @@ pub struct SyslogConfig {
     /// More CEF extension keys / LEEF attributes: `{ cs3 = "identity.session_id" }`.
     #[serde(default)]
     pub extra_fields: BTreeMap<String, String>,
-    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<10>", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Bound on writing a batch and on waiting for its acknowledgement.
-    #[serde(default = "d_timeout", with = "humantime_serde")]
+    #[serde(default = "crate::config::secs::<30>", with = "humantime_serde")]
     pub timeout: Duration,
     /// RELP messages in flight before waiting for acknowledgements.
     #[serde(default = "d_relp_window")]
@@ -122,9 +122,6 @@ fn d_app_name() -> String {
 fn d_sd_id() -> String {
     "auditrelay@32473".into()
 }
-fn d_true() -> bool {
-    true
-}
 fn d_vendor() -> String {
     "auditrelay".into()
 }
@@ -133,12 +130,6 @@ fn d_product_version() -> String {
 }
 fn d_leef_delimiter() -> String {
     "^".into()
-}
-fn d_connect_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn d_timeout() -> Duration {
-    Duration::from_secs(30)
 }
 fn d_relp_window() -> usize {
     128

@@ -55,7 +55,7 @@ pub struct HttpPullSource {
 
 impl HttpPullSource {
     pub fn new(cfg: HttpPullConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let path = format!("sources.{}", ctx.name);
+        let path = ctx.key_path();
         let common = &cfg.common;
         let endpoint = common.endpoint(&cfg.path, &path)?;
         let mut headers = HeaderMap::new();
@@ -69,12 +69,7 @@ impl HttpPullSource {
         let auth_header = HeaderName::from_bytes(cfg.auth_header.as_bytes())
             .map_err(|e| anyhow::anyhow!("{path}.auth_header: {e}"))?;
         let page = PageReader::new(&cfg, endpoint.clone(), &path)?;
-        let state = WindowState::load(
-            &ctx.name,
-            ctx.checkpoint.as_deref(),
-            "http_pull",
-            common.recent_ids,
-        )?;
+        let state = WindowState::of_context(&ctx, "http_pull", common.recent_ids)?;
         let advice = |status, body: &str| {
             format!(
                 "the API refused the credentials with HTTP {status} ({body}): the token is \

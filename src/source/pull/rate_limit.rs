@@ -19,7 +19,7 @@ pub struct RateLimitConfig {
     #[serde(default = "default_rl_statuses")]
     pub status_codes: Vec<u16>,
     /// Honour `Retry-After` (seconds or an HTTP date).
-    #[serde(default = "default_true")]
+    #[serde(default = "crate::config::yes")]
     pub retry_after: bool,
     /// Header with the time the limit resets: epoch seconds, or seconds from
     /// now when small (`reset_format`).
@@ -47,9 +47,6 @@ impl Default for RateLimitConfig {
 
 fn default_rl_statuses() -> Vec<u16> {
     vec![429]
-}
-fn default_true() -> bool {
-    true
 }
 fn default_reset_header() -> Option<String> {
     Some("X-RateLimit-Reset".into())

@@ -35,6 +35,10 @@ fn common(kind: &str, extra: &str) -> PullCommon {
     }
 }
 
+/// The keys quickztna and http_pull cannot do without.
+const ZTNA_KEYS: &str = "org_id = \"o\"\n";
+const PULL_KEYS: &str = "path = \"/e\"\npagination = { mode = \"none\" }\n";
+
 /// (poll_interval, overlap, recent_ids, timeout, auth_retry)
 fn timing(c: &PullCommon) -> (Duration, Duration, usize, Duration, Duration) {
     (
@@ -65,32 +69,34 @@ fn each_source_keeps_its_own_defaults() {
     assert_eq!(c.time_path, Paths::of(&["ended_at", "timestamp"]));
     assert_eq!((c.timeout, c.auth_retry), (secs(30), secs(30)));
 
-    let c = common("quickztna", "org_id = \"o\"\n");
+    let one = |p: &str| Paths::One(p.into());
+    let window_sources = [
+        // (type, required keys, [poll, overlap, timeout, auth_retry] in s, type_path)
+        ("quickztna", ZTNA_KEYS, [60, 600, 120, 60], one("action")),
+        ("certifyclouds", "", [30, 300, 30, 30], one("event_type")),
+        (
+            "http_pull",
+            PULL_KEYS,
+            [30, 300, 30, 30],
+            Paths::of(&["action", "event_type", "type"]),
+        ),
+    ];
+    for (kind, keys, [poll, overlap, timeout, auth_retry], type_path) in window_sources {
+        let c = common(kind, keys);
+        let expected = [poll, overlap, timeout, auth_retry].map(secs);
+        let got = [c.poll_interval, c.overlap, c.timeout, c.auth_retry];
+        assert_eq!(
+            (got, c.recent_ids, c.type_path),
+            (expected, 50_000, type_path),
+            "{kind}"
+        );
+    }
+    assert_eq!(common("quickztna", ZTNA_KEYS).time_path, one("created_at"));
+    assert_eq!(common("certifyclouds", "").id_path, one("id"));
     assert_eq!(
-        timing(&c),
-        (secs(60), secs(600), 50_000, secs(120), secs(60))
+        common("http_pull", PULL_KEYS).id_path,
+        Paths::of(&["event_id", "id"])
     );
-    assert_eq!(c.time_path, Paths::One("created_at".into()));
-    assert_eq!(c.type_path, Paths::One("action".into()));
-
-    let c = common("certifyclouds", "");
-    assert_eq!(
-        timing(&c),
-        (secs(30), secs(300), 50_000, secs(30), secs(30))
-    );
-    assert_eq!(c.id_path, Paths::One("id".into()));
-    assert_eq!(c.type_path, Paths::One("event_type".into()));
-
-    let c = common(
-        "http_pull",
-        "path = \"/e\"\npagination = { mode = \"none\" }\n",
-    );
-    assert_eq!(
-        timing(&c),
-        (secs(30), secs(300), 50_000, secs(30), secs(30))
-    );
-    assert_eq!(c.id_path, Paths::of(&["event_id", "id"]));
-    assert_eq!(c.type_path, Paths::of(&["action", "event_type", "type"]));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use tracing::error;
 
 use super::dedup::{dedup_key, fresh, fresh_except, Fresh, SeenSet};
 use crate::event::Event;
-use crate::source::read_checkpoint;
+use crate::source::{read_checkpoint, SourceContext};
 
 /// A duration as a chrono duration (saturating).
 pub fn chrono_of(d: Duration) -> chrono::Duration {
@@ -85,6 +85,12 @@ pub enum Next {
 }
 
 impl WindowState {
+    /// Reads the checkpoint a source was built with; `kind` names the
+    /// source type in the error.
+    pub fn of_context(ctx: &SourceContext, kind: &str, cap: usize) -> anyhow::Result<Self> {
+        Self::load(&ctx.name, ctx.checkpoint.as_deref(), kind, cap)
+    }
+
     /// Reads a checkpoint; `kind` names the source type in the error.
     pub fn load(
         ctx_name: &str,

@@ -54,7 +54,7 @@ pub struct Quickztna {
     #[serde(default = "default_audit_path")]
     pub audit_path: String,
     /// Poll into a local journal whatever the sinks do (see [`super::journal`]).
-    #[serde(default = "default_journal")]
+    #[serde(default = "crate::config::yes")]
     pub journal: bool,
     /// Size at which the journal stops taking entries and polling pauses.
     #[serde(default = "default_max_journal_bytes")]
@@ -64,9 +64,6 @@ pub struct Quickztna {
 /// Smallest `max_journal_bytes`: room for a few appends of entries.
 pub const MIN_JOURNAL_BYTES: u64 = 64 << 10;
 
-fn default_journal() -> bool {
-    true
-}
 fn default_max_journal_bytes() -> u64 {
     1 << 30
 }

@@ -76,7 +76,7 @@ struct Direct {
 
 impl QuickztnaSource {
     pub fn new(cfg: QuickztnaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let path = format!("sources.{}", ctx.name);
+        let path = ctx.key_path();
         let rel = match cfg.endpoint {
             Endpoint::Export => &cfg.export_path,
             Endpoint::Audit => &cfg.audit_path,

@@ -89,7 +89,7 @@ pub struct VezaSource {
 
 impl VezaSource {
     pub fn new(cfg: VezaConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let path = format!("sources.{}", ctx.name);
+        let path = ctx.key_path();
         let common = &cfg.common;
         let endpoint = common.endpoint(&cfg.path, &path)?;
         let items_path = FieldPath::of_key(&cfg.items_path, &format!("{path}.items_path"))?;

@@ -75,7 +75,7 @@ impl Drop for WebhookInSource {
 
 impl WebhookInSource {
     pub fn new(cfg: WebhookInConfig, ctx: SourceContext) -> anyhow::Result<Self> {
-        let path = format!("sources.{}", ctx.name);
+        let path = ctx.key_path();
         let name: Arc<str> = ctx.name.as_str().into();
         let auth = Auth::load(&cfg, &path)?;
         let parse =
