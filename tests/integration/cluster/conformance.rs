@@ -16,7 +16,7 @@ pub fn config(etcd: &Etcd, id: &str, name: &str, ttl: Duration) -> ClusterConfig
         lease_ttl: ttl,
         etcd: Some(EtcdConfig {
             endpoints: vec![etcd.endpoint()],
-            prefix: "/conformance".to_string(),
+            prefix: "/auditrelay-test".to_string(),
             tls: None,
             username: None,
             password_file: None,

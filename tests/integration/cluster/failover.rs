@@ -45,7 +45,7 @@ instance_id = "{id}"
 lease_ttl = "{TTL_S}s"
 [cluster.etcd]
 endpoints = ["{etcd}"]
-prefix = "/e2e"
+prefix = "/auditrelay-test"
 [sources.demo]
 type = "demo"
 rate = 400
@@ -244,7 +244,7 @@ async fn etcd_down_the_owner_steps_down_and_resumes_when_it_returns() {
     let limit = 6000;
     let mut a = Node::new("a", &etcd, "outage", limit);
     a.start();
-    until("a owning", Duration::from_secs(15), || a.owns().await).await;
+    until("a owning", Duration::from_secs(15), || a.owns()).await;
     let out = a.out();
     until("a delivering", Duration::from_secs(20), || {
         let out = out.clone();
@@ -260,7 +260,7 @@ async fn etcd_down_the_owner_steps_down_and_resumes_when_it_returns() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(seqs(&a.out()).len(), frozen, "delivered events while not owning");
     etcd.resume().await;
-    until("a owning again", Duration::from_secs(TTL_S + 10), || a.owns().await).await;
+    until("a owning again", Duration::from_secs(TTL_S + 10), || a.owns()).await;
     let out = a.out();
     until("every event delivered", Duration::from_secs(60), || {
         let p = out.clone();
