@@ -43,7 +43,10 @@ pub fn run(action: ClusterAction) -> ExitCode {
             if view.members.len() == 1 { "" } else { "s" },
             view.members.join(", ")
         );
-        println!("{:<24} {:<20} {:<20} checkpoint", "source", "owner", "preferred");
+        println!(
+            "{:<24} {:<20} {:<20} checkpoint",
+            "source", "owner", "preferred"
+        );
         for source in cfg.sources.keys() {
             let owner = view.owners.get(source).map(String::as_str).unwrap_or("-");
             let preferred = rank(source, &view.members)

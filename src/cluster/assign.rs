@@ -117,7 +117,11 @@ mod tests {
             }
             assert_eq!(rank(&src, &three), rank(&src, &three));
         }
-        assert_eq!(counts.len(), 3, "every member wins some of 60 sources: {counts:?}");
+        assert_eq!(
+            counts.len(),
+            3,
+            "every member wins some of 60 sources: {counts:?}"
+        );
     }
 
     fn inputs<'a>(
@@ -143,15 +147,22 @@ mod tests {
     #[test]
     fn an_unowned_source_goes_to_its_preferred_member_then_to_anyone() {
         let sources = s(12);
-        let members: BTreeMap<String, Duration> =
-            [("a", 60), ("b", 60)].map(|(m, d)| (m.to_string(), Duration::from_secs(d))).into();
+        let members: BTreeMap<String, Duration> = [("a", 60), ("b", 60)]
+            .map(|(m, d)| (m.to_string(), Duration::from_secs(d)))
+            .into();
         let (no_owners, none) = (BTreeMap::new(), BTreeMap::new());
         let a = decide(&inputs("a", &sources, &no_owners, &members, &none, &none));
         let b = decide(&inputs("b", &sources, &no_owners, &members, &none, &none));
-        assert_eq!(a.len() + b.len(), 12, "each source claimed by exactly one at first");
+        assert_eq!(
+            a.len() + b.len(),
+            12,
+            "each source claimed by exactly one at first"
+        );
         assert!(a.keys().all(|k| !b.contains_key(k)));
-        let waited: BTreeMap<String, Duration> =
-            sources.iter().map(|s| (s.clone(), Duration::from_secs(3))).collect();
+        let waited: BTreeMap<String, Duration> = sources
+            .iter()
+            .map(|s| (s.clone(), Duration::from_secs(3)))
+            .collect();
         let a_late = decide(&inputs("a", &sources, &no_owners, &members, &waited, &none));
         assert_eq!(a_late.len(), 12, "after the grace anyone takes an orphan");
     }
@@ -159,30 +170,56 @@ mod tests {
     #[test]
     fn an_owner_hands_over_only_to_a_settled_member_after_holding_long_enough() {
         let sources = s(12);
-        let owners: BTreeMap<String, String> =
-            sources.iter().map(|s| (s.clone(), "a".to_string())).collect();
-        let held: BTreeMap<String, Duration> =
-            sources.iter().map(|s| (s.clone(), Duration::from_secs(60))).collect();
+        let owners: BTreeMap<String, String> = sources
+            .iter()
+            .map(|s| (s.clone(), "a".to_string()))
+            .collect();
+        let held: BTreeMap<String, Duration> = sources
+            .iter()
+            .map(|s| (s.clone(), Duration::from_secs(60)))
+            .collect();
         let none = BTreeMap::new();
-        let fresh: BTreeMap<String, Duration> =
-            [("a", 60), ("b", 1)].map(|(m, d)| (m.to_string(), Duration::from_secs(d))).into();
-        assert!(decide(&inputs("a", &sources, &owners, &fresh, &none, &held)).is_empty(), "b just appeared: keep everything");
-        let settled: BTreeMap<String, Duration> =
-            [("a", 60), ("b", 30)].map(|(m, d)| (m.to_string(), Duration::from_secs(d))).into();
+        let fresh: BTreeMap<String, Duration> = [("a", 60), ("b", 1)]
+            .map(|(m, d)| (m.to_string(), Duration::from_secs(d)))
+            .into();
+        assert!(
+            decide(&inputs("a", &sources, &owners, &fresh, &none, &held)).is_empty(),
+            "b just appeared: keep everything"
+        );
+        let settled: BTreeMap<String, Duration> = [("a", 60), ("b", 30)]
+            .map(|(m, d)| (m.to_string(), Duration::from_secs(d)))
+            .into();
         let moves = decide(&inputs("a", &sources, &owners, &settled, &none, &held));
-        let to_b = sources.iter().filter(|s| rank(s, settled.keys())[0] == "b").count();
+        let to_b = sources
+            .iter()
+            .filter(|s| rank(s, settled.keys())[0] == "b")
+            .count();
         assert!(to_b > 0);
         assert_eq!(moves.len(), to_b, "exactly b's preferred sources move");
         assert!(moves.values().all(|d| *d == Decision::Handover));
-        let just_taken: BTreeMap<String, Duration> =
-            sources.iter().map(|s| (s.clone(), Duration::from_secs(1))).collect();
-        assert!(decide(&inputs("a", &sources, &owners, &settled, &none, &just_taken)).is_empty(), "no move right after a takeover");
+        let just_taken: BTreeMap<String, Duration> = sources
+            .iter()
+            .map(|s| (s.clone(), Duration::from_secs(1)))
+            .collect();
+        assert!(
+            decide(&inputs(
+                "a",
+                &sources,
+                &owners,
+                &settled,
+                &none,
+                &just_taken
+            ))
+            .is_empty(),
+            "no move right after a takeover"
+        );
     }
 
     #[test]
     fn a_member_not_yet_live_decides_nothing() {
         let sources = s(3);
-        let members: BTreeMap<String, Duration> = [("b".to_string(), Duration::from_secs(9))].into();
+        let members: BTreeMap<String, Duration> =
+            [("b".to_string(), Duration::from_secs(9))].into();
         let (no_owners, none) = (BTreeMap::new(), BTreeMap::new());
         assert!(decide(&inputs("a", &sources, &no_owners, &members, &none, &none)).is_empty());
     }

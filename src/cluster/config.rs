@@ -73,8 +73,7 @@ impl ClusterConfig {
             );
         }
         let id = self.instance_id();
-        if id.is_empty() || id.len() > 253 || id.contains('/') || id.chars().any(char::is_control)
-        {
+        if id.is_empty() || id.len() > 253 || id.contains('/') || id.chars().any(char::is_control) {
             problems.push(
                 format!("{path}.instance_id"),
                 "must be 1-253 characters without '/' (the host name is used when unset)",
@@ -174,6 +173,12 @@ fn plain_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// The longest an engine request may take: a third of the lease, so a
+/// renewal that hangs still leaves time for the next attempt.
+pub fn request_timeout(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(500))
+}
+
 /// The host name (`gethostname(2)`), or "" when it cannot be read.
 pub fn host_name() -> String {
     let mut buf = [0u8; 256];
@@ -191,7 +196,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> ClusterConfig {
-        let fig = figment::Figment::new().merge(<figment::providers::Toml as figment::providers::Format>::string(text));
+        let fig = figment::Figment::new()
+            .merge(<figment::providers::Toml as figment::providers::Format>::string(text));
         fig.extract_inner("cluster").expect("parses")
     }
 
@@ -208,7 +214,10 @@ mod tests {
         );
         assert_eq!(problems(&cfg), Vec::<String>::new());
         assert_eq!(cfg.lease_ttl, Duration::from_secs(10));
-        assert_eq!(cfg.etcd.as_ref().map(|e| e.prefix.as_str()), Some("/auditrelay"));
+        assert_eq!(
+            cfg.etcd.as_ref().map(|e| e.prefix.as_str()),
+            Some("/auditrelay")
+        );
         assert_eq!(cfg.instance_id(), host_name());
     }
 
@@ -234,9 +243,13 @@ mod tests {
     #[test]
     fn etcd_without_its_section_and_kubernetes_are_refused() {
         let cfg = parse("[cluster]\nbackend = \"etcd\"\nname = \"p\"\n");
-        assert!(problems(&cfg).join("\n").contains("cluster.etcd: backend = \"etcd\" needs"));
+        assert!(problems(&cfg)
+            .join("\n")
+            .contains("cluster.etcd: backend = \"etcd\" needs"));
         let cfg = parse("[cluster]\nbackend = \"kubernetes\"\nname = \"p\"\n[cluster.kubernetes]\nnamespace = \"siem\"\n");
-        assert!(problems(&cfg).join("\n").contains("cluster.backend: the kubernetes backend"));
+        assert!(problems(&cfg)
+            .join("\n")
+            .contains("cluster.backend: the kubernetes backend"));
     }
 
     #[test]
@@ -246,6 +259,11 @@ mod tests {
              username = \"u\"\npassword_file = \"/nonexistent/etcd-password\"\n",
         );
         let p = problems(&cfg).join("\n");
-        assert!(p.contains("cluster.etcd.password_file: cannot read secret file /nonexistent/etcd-password"), "{p}");
+        assert!(
+            p.contains(
+                "cluster.etcd.password_file: cannot read secret file /nonexistent/etcd-password"
+            ),
+            "{p}"
+        );
     }
 }

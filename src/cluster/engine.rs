@@ -1,13 +1,8 @@
 //! What a coordination engine must offer; etcd implements it (and a
 //! Kubernetes Lease backend would). The conformance tests run against it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use async_trait::async_trait;
-
-use super::config::{ClusterBackend, ClusterConfig};
+use std::collections::BTreeMap;
 
 /// Proof of owning a source, checked by the engine at every checkpoint
 /// write (etcd: the owner key's create revision).
@@ -61,21 +56,4 @@ pub trait Engine: Send + Sync + 'static {
     async fn leave(&self);
     /// Where `source`'s checkpoint lives, for messages.
     fn describe(&self, source: &str) -> String;
-}
-
-/// Connects to the engine of `cfg` (lazily: an engine down at startup is
-/// retried by the membership loop, not a startup error).
-pub async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Arc<dyn Engine>> {
-    match cfg.backend {
-        ClusterBackend::Etcd => Ok(Arc::new(super::etcd::EtcdEngine::connect(cfg).await?)),
-        ClusterBackend::Kubernetes => {
-            anyhow::bail!("cluster.backend: the kubernetes backend is not available in this build")
-        }
-    }
-}
-
-/// The longest an engine request may take: a third of the lease, so a
-/// renewal that hangs still leaves time for the next attempt.
-pub fn request_timeout(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(500))
 }

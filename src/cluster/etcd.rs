@@ -10,8 +10,8 @@ use etcd_client::{
 };
 use tokio::sync::Mutex;
 
-use super::config::{ClusterConfig, EtcdConfig};
-use super::engine::{request_timeout, Engine, EngineError, Fence, View};
+use super::config::{request_timeout, ClusterConfig, EtcdConfig};
+use super::engine::{Engine, EngineError, Fence, View};
 
 pub struct EtcdEngine {
     cfg: EtcdConfig,
@@ -61,7 +61,9 @@ impl EtcdEngine {
                 .cfg
                 .password()
                 .map_err(EngineError::Unreachable)?
-                .ok_or_else(|| EngineError::Unreachable("cluster.etcd.password_file unset".into()))?;
+                .ok_or_else(|| {
+                    EngineError::Unreachable("cluster.etcd.password_file unset".into())
+                })?;
             o = o.with_user(user.clone(), password.expose().to_string());
         }
         if let Some(tls) = &self.cfg.tls {
@@ -219,7 +221,9 @@ impl Engine for EtcdEngine {
 
     async fn load(&self, source: &str) -> Result<Option<Vec<u8>>, EngineError> {
         let mut client = self.client().await?;
-        let resp = self.call(client.get(self.checkpoint_key(source), None)).await?;
+        let resp = self
+            .call(client.get(self.checkpoint_key(source), None))
+            .await?;
         Ok(resp.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
@@ -227,7 +231,11 @@ impl Engine for EtcdEngine {
         let mut client = self.client().await?;
         let txn = Txn::new()
             .when(self.owner_is(source, fence))
-            .and_then([TxnOp::put(self.checkpoint_key(source), state.to_vec(), None)]);
+            .and_then([TxnOp::put(
+                self.checkpoint_key(source),
+                state.to_vec(),
+                None,
+            )]);
         let resp = self.call(client.txn(txn)).await?;
         if resp.succeeded() {
             Ok(())
@@ -238,7 +246,9 @@ impl Engine for EtcdEngine {
 
     async fn reset(&self, source: &str) -> Result<bool, EngineError> {
         let mut client = self.client().await?;
-        let resp = self.call(client.delete(self.checkpoint_key(source), None)).await?;
+        let resp = self
+            .call(client.delete(self.checkpoint_key(source), None))
+            .await?;
         Ok(resp.deleted() > 0)
     }
 

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use super::assign::{decide, Decision, Inputs};
 use super::config::ClusterConfig;
-use super::engine::{connect, Engine, EngineError, View};
+use super::connect::connect;
+use super::engine::{Engine, EngineError, View};
 use super::metrics::{init_source, ENGINE_REACHABLE, LEADERSHIP_CHANGES, SOURCE_OWNED};
 use super::store::{EngineCheckpoints, Holdings};
 use crate::checkpoint::RemoteCheckpoints;
@@ -213,19 +214,17 @@ impl Member {
                     return;
                 }
             },
-            Some(at) if now.duration_since(at) >= self.ttl / 3 => {
-                match self.engine.renew().await {
-                    Ok(()) => self.renewed_at = Some(now),
-                    Err(EngineError::Expired) => {
-                        self.step_down("the lease expired");
-                        return;
-                    }
-                    Err(e) => {
-                        self.reachable(false);
-                        warn!(error = %e, "cluster: cannot renew the lease");
-                    }
+            Some(at) if now.duration_since(at) >= self.ttl / 3 => match self.engine.renew().await {
+                Ok(()) => self.renewed_at = Some(now),
+                Err(EngineError::Expired) => {
+                    self.step_down("the lease expired");
+                    return;
                 }
-            }
+                Err(e) => {
+                    self.reachable(false);
+                    warn!(error = %e, "cluster: cannot renew the lease");
+                }
+            },
             Some(_) => {}
         }
         if let Some(at) = self.renewed_at {
@@ -292,7 +291,9 @@ impl Member {
             })
             .collect();
         let since = |m: &BTreeMap<String, Instant>| -> BTreeMap<String, Duration> {
-            m.iter().map(|(k, t)| (k.clone(), now.duration_since(*t))).collect()
+            m.iter()
+                .map(|(k, t)| (k.clone(), now.duration_since(*t)))
+                .collect()
         };
         let members = since(&self.first_seen);
         let unowned_for = since(&self.unowned_since);
@@ -350,8 +351,13 @@ impl Member {
         self.handing_over.remove(source);
         if had {
             SOURCE_OWNED.with_label_values(&[source]).set(0);
-            LEADERSHIP_CHANGES.with_label_values(&[source, "lost"]).inc();
-            warn!(source, why, "cluster: lost the source; stopping its pipeline");
+            LEADERSHIP_CHANGES
+                .with_label_values(&[source, "lost"])
+                .inc();
+            warn!(
+                source,
+                why, "cluster: lost the source; stopping its pipeline"
+            );
             let _ = self.changes.send(Change::Lost(source.to_string()));
         }
     }

@@ -16,6 +16,7 @@
 
 mod assign;
 mod config;
+mod connect;
 mod engine;
 mod etcd;
 mod manager;
@@ -28,7 +29,8 @@ use figment::Figment;
 
 pub use assign::{rank, Decision};
 pub use config::{host_name, ClusterBackend, ClusterConfig, EtcdConfig, KubernetesConfig};
-pub use engine::{connect, Engine, EngineError, Fence, View};
+pub use connect::connect;
+pub use engine::{Engine, EngineError, Fence, View};
 pub use manager::{Change, Cluster};
 pub use store::EngineCheckpoints;
 

@@ -69,7 +69,8 @@ impl EngineCheckpoints {
 
 impl RemoteCheckpoints for EngineCheckpoints {
     fn load(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
-        self.block(self.engine.load(source)).map_err(|e| e.to_string())
+        self.block(self.engine.load(source))
+            .map_err(|e| e.to_string())
     }
 
     fn save(&self, source: &str, state: &[u8]) -> io::Result<()> {

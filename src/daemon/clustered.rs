@@ -17,7 +17,8 @@ impl Running {
             Change::Acquired(name) => {
                 if self.pipelines.contains_key(&name) {
                     // A stop not yet seen: never two pipelines of one source.
-                    self.drain(std::slice::from_ref(&name), Duration::ZERO).await;
+                    self.drain(std::slice::from_ref(&name), Duration::ZERO)
+                        .await;
                 }
                 if !cluster.owns(&name) {
                     return;
@@ -35,7 +36,9 @@ impl Running {
             Change::Lost(name) => {
                 // Not a drain: its commits are refused already, and whatever
                 // it still sends the new owner sends again.
-                let aborted = self.drain(std::slice::from_ref(&name), Duration::ZERO).await;
+                let aborted = self
+                    .drain(std::slice::from_ref(&name), Duration::ZERO)
+                    .await;
                 if !aborted.is_empty() {
                     warn!(source = %name, "pipeline stopped: this instance no longer owns the source");
                 }

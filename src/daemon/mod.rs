@@ -71,7 +71,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Under [cluster], pipelines start as the membership loop acquires sources.
     let (cluster, mut changes) = match &config.cluster {
         Some(cfg) => {
-            let (cluster, changes) = Cluster::start(cfg, config.sources.keys().cloned().collect()).await?;
+            let (cluster, changes) =
+                Cluster::start(cfg, config.sources.keys().cloned().collect()).await?;
             store = store.with_remote(cluster.checkpoints());
             info!(member = %cfg.instance_id(), cluster = %cfg.name, "cluster mode: sources run while this instance owns them");
             (Some(cluster), Some(changes))

@@ -83,7 +83,10 @@ path = "{d}/out.ndjson"
 
     async fn metric(&self, series: &str) -> f64 {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
-        http_get(&url).await.map(|(_, b)| metric_value(&b, series)).unwrap_or(-1.0)
+        http_get(&url)
+            .await
+            .map(|(_, b)| metric_value(&b, series))
+            .unwrap_or(-1.0)
     }
 
     async fn owns(&self) -> bool {
@@ -116,7 +119,10 @@ where
 {
     let start = Instant::now();
     while !cond().await {
-        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     start.elapsed()
@@ -138,8 +144,14 @@ async fn committed(engine: &dyn Engine) -> Option<u64> {
 }
 
 async fn owner_and_standby<'a>(a: &'a mut Node, b: &'a mut Node) -> (&'a mut Node, &'a mut Node) {
-    until("one owner", Duration::from_secs(15), || async { a.owns().await || b.owns().await }).await;
-    assert!(!(a.owns().await && b.owns().await), "two owners of one source");
+    until("one owner", Duration::from_secs(15), || async {
+        a.owns().await || b.owns().await
+    })
+    .await;
+    assert!(
+        !(a.owns().await && b.owns().await),
+        "two owners of one source"
+    );
     if a.owns().await {
         (a, b)
     } else {
@@ -151,12 +163,20 @@ async fn owner_and_standby<'a>(a: &'a mut Node, b: &'a mut Node) -> (&'a mut Nod
 async fn sigkill_of_the_owner_the_standby_owns_within_lease_ttl_plus_2s_and_nothing_is_lost() {
     let etcd = Etcd::start().await;
     let limit = 4000;
-    let (mut a, mut b) = (Node::new("a", &etcd, "kill", limit), Node::new("b", &etcd, "kill", limit));
+    let (mut a, mut b) = (
+        Node::new("a", &etcd, "kill", limit),
+        Node::new("b", &etcd, "kill", limit),
+    );
     a.start();
     b.start();
     let (owner, standby) = owner_and_standby(&mut a, &mut b).await;
-    let (_, ready) = http_get(&format!("http://127.0.0.1:{}/readyz", standby.port)).await.expect("readyz");
-    assert!(!ready.contains("\"ready\":false"), "a standby stays ready: {ready}");
+    let (_, ready) = http_get(&format!("http://127.0.0.1:{}/readyz", standby.port))
+        .await
+        .expect("readyz");
+    assert!(
+        !ready.contains("\"ready\":false"),
+        "a standby stays ready: {ready}"
+    );
     let out = owner.out();
     until("the owner delivering", Duration::from_secs(20), || {
         let out = out.clone();
@@ -164,7 +184,10 @@ async fn sigkill_of_the_owner_the_standby_owns_within_lease_ttl_plus_2s_and_noth
     })
     .await;
     owner.daemon.as_mut().expect("running").kill().await;
-    let took = until("the standby owning", Duration::from_secs(TTL_S + 6), || standby.owns()).await;
+    let took = until("the standby owning", Duration::from_secs(TTL_S + 6), || {
+        standby.owns()
+    })
+    .await;
     assert!(
         took <= Duration::from_secs(TTL_S + 2),
         "standby took {took:?} (lease_ttl {TTL_S}s + 2s allowed)\n{}",
@@ -177,35 +200,60 @@ async fn sigkill_of_the_owner_the_standby_owns_within_lease_ttl_plus_2s_and_noth
     })
     .await;
     let (owner, standby) = (&*owner, &*standby);
-    assert_eq!(missing(&[owner, standby], limit), Vec::<u64>::new(), "events lost");
+    assert_eq!(
+        missing(&[owner, standby], limit),
+        Vec::<u64>::new(),
+        "events lost"
+    );
     // Duplicates: at most what the killed owner had delivered past its last
     // commit (≤ max_in_flight pages), not the whole stream twice.
-    let dup = seqs(&owner.out()).intersection(&seqs(&standby.out())).count();
+    let dup = seqs(&owner.out())
+        .intersection(&seqs(&standby.out()))
+        .count();
     assert!(dup <= 4 * 40 + 40, "{dup} events delivered by both");
-    assert!(standby.metric("auditrelay_cluster_leadership_changes_total{change=\"acquired\",source=\"demo\"}").await >= 1.0);
+    assert!(
+        standby
+            .metric(
+                "auditrelay_cluster_leadership_changes_total{change=\"acquired\",source=\"demo\"}"
+            )
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_owner_past_its_lease_is_replaced_and_cannot_move_the_checkpoint_back() {
     let etcd = Etcd::start().await;
     let limit = 4000;
-    let (mut a, mut b) = (Node::new("a", &etcd, "pause", limit), Node::new("b", &etcd, "pause", limit));
+    let (mut a, mut b) = (
+        Node::new("a", &etcd, "pause", limit),
+        Node::new("b", &etcd, "pause", limit),
+    );
     a.start();
     b.start();
-    let watcher = auditrelay::cluster::connect(&config(&etcd, "watcher", "pause", Duration::from_secs(3)))
-        .await
-        .expect("connect");
+    let watcher =
+        auditrelay::cluster::connect(&config(&etcd, "watcher", "pause", Duration::from_secs(3)))
+            .await
+            .expect("connect");
     let prefix_ok = {
         let (owner, standby) = owner_and_standby(&mut a, &mut b).await;
-        until("a first commit", Duration::from_secs(20), || async { committed(&*watcher).await.is_some() }).await;
+        until("a first commit", Duration::from_secs(20), || async {
+            committed(&*watcher).await.is_some()
+        })
+        .await;
         owner.signal(libc::SIGSTOP);
-        let took = until("the standby owning", Duration::from_secs(TTL_S + 6), || standby.owns()).await;
+        let took = until("the standby owning", Duration::from_secs(TTL_S + 6), || {
+            standby.owns()
+        })
+        .await;
         assert!(took <= Duration::from_secs(TTL_S + 2), "took {took:?}");
         // Let the new owner commit past the paused one, then wake it up.
         let at_takeover = committed(&*watcher).await.unwrap_or(0);
-        until("the new owner committing", Duration::from_secs(20), || async {
-            committed(&*watcher).await.unwrap_or(0) > at_takeover
-        })
+        until(
+            "the new owner committing",
+            Duration::from_secs(20),
+            || async { committed(&*watcher).await.unwrap_or(0) > at_takeover },
+        )
         .await;
         owner.signal(libc::SIGCONT);
         // Watch the checkpoint while the woken owner notices it lost.
@@ -215,11 +263,16 @@ async fn a_paused_owner_past_its_lease_is_replaced_and_cannot_move_the_checkpoin
             let now = committed(&*watcher).await.unwrap_or(last);
             in_order &= now >= last;
             last = last.max(now);
-            let lost = "auditrelay_cluster_leadership_changes_total{change=\"lost\",source=\"demo\"}";
+            let lost =
+                "auditrelay_cluster_leadership_changes_total{change=\"lost\",source=\"demo\"}";
             if owner.metric(lost).await >= 1.0 {
                 break;
             }
-            assert!(woke.elapsed() < Duration::from_secs(10), "the woken owner never stopped\n{}", owner.log());
+            assert!(
+                woke.elapsed() < Duration::from_secs(10),
+                "the woken owner never stopped\n{}",
+                owner.log()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(!owner.owns().await, "the woken owner gave the source up");
@@ -233,7 +286,9 @@ async fn a_paused_owner_past_its_lease_is_replaced_and_cannot_move_the_checkpoin
     .await;
     assert_eq!(missing(&[&a, &b], limit), Vec::<u64>::new(), "events lost");
     for n in [&a, &b] {
-        let fenced = n.metric("auditrelay_cluster_fenced_commits_total{source=\"demo\"}").await;
+        let fenced = n
+            .metric("auditrelay_cluster_fenced_commits_total{source=\"demo\"}")
+            .await;
         assert!(fenced >= 0.0, "{}: the fenced-commit series exists", n.id);
     }
 }
@@ -252,15 +307,34 @@ async fn etcd_down_the_owner_steps_down_and_resumes_when_it_returns() {
     })
     .await;
     etcd.stop().await;
-    let stepped = until("a stepping down", Duration::from_secs(TTL_S + 3), || async { !a.owns().await }).await;
-    assert!(stepped <= Duration::from_secs(TTL_S), "stepped down after {stepped:?}, past its lease");
-    assert_eq!(a.metric("auditrelay_cluster_engine_reachable{backend=\"etcd\"}").await, 0.0);
+    let stepped = until(
+        "a stepping down",
+        Duration::from_secs(TTL_S + 3),
+        || async { !a.owns().await },
+    )
+    .await;
+    assert!(
+        stepped <= Duration::from_secs(TTL_S),
+        "stepped down after {stepped:?}, past its lease"
+    );
+    assert_eq!(
+        a.metric("auditrelay_cluster_engine_reachable{backend=\"etcd\"}")
+            .await,
+        0.0
+    );
     // Stopped means stopped: nothing more is delivered without the engine.
     let frozen = seqs(&a.out()).len();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(seqs(&a.out()).len(), frozen, "delivered events while not owning");
+    assert_eq!(
+        seqs(&a.out()).len(),
+        frozen,
+        "delivered events while not owning"
+    );
     etcd.resume().await;
-    until("a owning again", Duration::from_secs(TTL_S + 10), || a.owns()).await;
+    until("a owning again", Duration::from_secs(TTL_S + 10), || {
+        a.owns()
+    })
+    .await;
     let out = a.out();
     until("every event delivered", Duration::from_secs(60), || {
         let p = out.clone();

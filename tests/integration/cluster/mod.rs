@@ -4,3 +4,5 @@
 
 mod conformance;
 mod failover;
+mod membership;
+mod validate;
