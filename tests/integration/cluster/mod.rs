@@ -5,4 +5,5 @@
 mod conformance;
 mod failover;
 mod membership;
+mod rebalance;
 mod validate;
