@@ -72,3 +72,74 @@ async fn a_commit_after_the_source_was_taken_is_refused_counted_and_stops_the_pi
     );
     cluster.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_status_lists_members_owners_and_checkpoints() {
+    let etcd = Etcd::start().await;
+    let cfg = config(&etcd, "status-a", "status", Duration::from_secs(3));
+    let (cluster, mut changes) = Cluster::start(&cfg, vec!["demo".into()])
+        .await
+        .expect("start");
+    assert_eq!(next(&mut changes).await, Change::Acquired("demo".into()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path())
+        .expect("store")
+        .with_remote(cluster.checkpoints());
+    tokio::task::spawn_blocking(move || store.save("demo", br#"{"next":4242}"#))
+        .await
+        .expect("join")
+        .expect("commit");
+    let file = dir.path().join("c.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+state_dir = "{d}/state"
+[cluster]
+backend = "etcd"
+name = "status"
+instance_id = "someone-else"
+[cluster.etcd]
+endpoints = ["{e}"]
+prefix = "/auditrelay-test"
+[sources.demo]
+type = "demo"
+[sources.idle]
+type = "demo"
+[sinks.out]
+type = "stdout"
+inputs = ["demo", "idle"]
+"#,
+            d = dir.path().display(),
+            e = etcd.endpoint()
+        ),
+    )
+    .expect("config");
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_auditrelay"))
+        .args(["cluster", "status", "--config"])
+        .arg(&file)
+        .output()
+        .await
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 member: status-a"), "{text}");
+    let demo = text
+        .lines()
+        .find(|l| l.starts_with("demo "))
+        .expect("a demo line");
+    assert!(
+        demo.contains("status-a") && demo.contains(r#"{"next":4242}"#),
+        "{demo}"
+    );
+    let idle = text
+        .lines()
+        .find(|l| l.starts_with("idle "))
+        .expect("an idle line");
+    assert!(idle.contains(" - ") && idle.contains("(none"), "{idle}");
+    cluster.leave().await;
+}
