@@ -339,8 +339,8 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
     }
 
     let cluster = crate::cluster::read_config(&fig, top.cluster.is_some(), &mut problems);
-    if let Some(cluster) = &cluster {
-        crate::cluster::check_shareable(&sources, &sinks, cluster, &mut problems);
+    if cluster.is_some() {
+        crate::cluster::check_shareable(&sources, &sinks, &mut problems);
     }
 
     if !problems.is_empty() {

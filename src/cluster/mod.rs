@@ -61,7 +61,6 @@ pub fn read_config(fig: &Figment, present: bool, problems: &mut Problems) -> Opt
 pub fn check_shareable(
     sources: &BTreeMap<String, SourceConfig>,
     sinks: &BTreeMap<String, SinkConfig>,
-    _cluster: &ClusterConfig,
     problems: &mut Problems,
 ) {
     for (name, sink) in sinks {
