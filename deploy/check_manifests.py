@@ -53,6 +53,14 @@ def check_pod(spec, where, tailer):
             need("persistentVolumeClaim" in state, cw, "state must be on a PersistentVolumeClaim")
 
 
+def config_has_cluster(directory):
+    path = directory / "auditrelay.toml"
+    try:
+        return "cluster" in tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
 def check_doc(doc, where):
     for key in ("apiVersion", "kind"):
         need(key in doc, where, f"missing {key}")
@@ -74,12 +82,18 @@ def check_doc(doc, where):
     need(doc.get("metadata", {}).get("name"), where, "missing metadata.name")
     if kind == "Deployment":
         spec = doc.get("spec", {})
-        need(spec.get("replicas") == 1, where, "replicas must be 1 (one tailer per source)")
-        need(spec.get("strategy", {}).get("type") == "Recreate", where, "strategy must be Recreate")
+        clustered = pathlib.Path(where).parent.name == "cluster"
+        if clustered:
+            # Ownership through [cluster] decides who tails a source.
+            need(spec.get("replicas", 1) >= 2, where, "a clustered Deployment needs at least 2 replicas")
+            need(config_has_cluster(pathlib.Path(where).parent), where, "auditrelay.toml next to it must have [cluster]")
+        else:
+            need(spec.get("replicas") == 1, where, "replicas must be 1 (one tailer per source)")
+            need(spec.get("strategy", {}).get("type") == "Recreate", where, "strategy must be Recreate")
         sel = spec.get("selector", {}).get("matchLabels", {})
         labels = spec.get("template", {}).get("metadata", {}).get("labels", {})
         need(sel and all(labels.get(k) == v for k, v in sel.items()), where, "selector must match template labels")
-        tailer = "sidecar" not in where
+        tailer = "sidecar" not in where and not clustered
         check_pod(spec.get("template", {}).get("spec", {}), where, tailer)
 
 

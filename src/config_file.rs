@@ -122,6 +122,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub sources: BTreeMap<String, SourceConfig>,
     pub sinks: BTreeMap<String, SinkConfig>,
+    /// `[cluster]`: sources shared with other instances (None = all here).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
     /// Each section as written (file and environment merged), to tell on a
     /// reload which sources and sinks changed.
     pub sections: Sections,
@@ -182,6 +184,8 @@ pub struct TopLevel {
     sources: BTreeMap<String, IgnoredAny>,
     #[serde(default)]
     sinks: BTreeMap<String, IgnoredAny>,
+    #[serde(default)]
+    cluster: Option<IgnoredAny>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -252,6 +256,7 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
                 pipeline: PipelineConfig::default(),
                 sources: names("sources"),
                 sinks: names("sinks"),
+                cluster: fig.find_value("cluster").ok().map(|_| IgnoredAny),
             }
         }
     };
@@ -326,6 +331,11 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
         }
     }
 
+    let cluster = crate::cluster::read_config(&fig, top.cluster.is_some(), &mut problems);
+    if cluster.is_some() {
+        crate::cluster::check_shareable(&sources, &sinks, &mut problems);
+    }
+
     if !problems.is_empty() {
         return Err(fail(problems.into_vec()));
     }
@@ -345,6 +355,7 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
         pipeline: top.pipeline,
         sources,
         sinks,
+        cluster,
     })
 }
 

@@ -8,6 +8,7 @@
 
 pub mod backfill;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod config_file;
 pub mod daemon;

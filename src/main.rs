@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 use auditrelay::config_file::DEFAULT_CONFIG_PATH;
 use cli::checkpoint::CheckpointAction;
+use cli::cluster::ClusterAction;
 use cli::dlq::DlqAction;
 use cli::{load, with_runtime};
 
@@ -43,6 +44,11 @@ enum Command {
     Checkpoint {
         #[command(subcommand)]
         action: CheckpointAction,
+    },
+    /// A [cluster]'s members, source owners and checkpoints.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
     },
     /// Inspect or re-send a sink's dead letters.
     Dlq {
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         }
         Command::Checkpoint { action } => cli::checkpoint::run(action),
         Command::Dlq { action } => cli::dlq::run(action),
+        Command::Cluster { action } => cli::cluster::run(action),
         Command::Probe { url } => cli::probe::run(&url),
         Command::SendTest {
             config,

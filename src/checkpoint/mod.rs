@@ -13,13 +13,16 @@
 //! two must never write into, or rename away, each other's file.
 
 mod lock;
+mod remote;
 
 pub use lock::StateLock;
+pub use remote::RemoteCheckpoints;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Numbers the temp files of this process.
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -37,6 +40,12 @@ pub enum CheckpointError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot read checkpoint of source \"{source_name}\" from {place}: {why}")]
+    Remote {
+        place: String,
+        why: String,
+        source_name: String,
+    },
     #[error(
         "checkpoint {path} is corrupt ({why}); nothing was changed. Inspect it, then either \
          restore it from a backup or remove it to restart source \"{source_name}\" from its \
@@ -53,6 +62,8 @@ pub enum CheckpointError {
 #[derive(Clone, Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
+    /// Source checkpoints kept elsewhere (a cluster's engine), not in `dir`.
+    remote: Option<Arc<dyn RemoteCheckpoints>>,
 }
 
 impl CheckpointStore {
@@ -67,6 +78,7 @@ impl CheckpointStore {
     pub fn open_for_reading(state_dir: &Path) -> Self {
         CheckpointStore {
             dir: state_dir.join("checkpoints"),
+            remote: None,
         }
     }
 
@@ -77,7 +89,14 @@ impl CheckpointStore {
         remove_stale_temp_files(dir);
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
+            remote: None,
         })
+    }
+
+    /// The same store with source checkpoints kept in `remote` instead.
+    pub fn with_remote(mut self, remote: Arc<dyn RemoteCheckpoints>) -> Self {
+        self.remote = Some(remote);
+        self
     }
 
     pub fn path(&self, source: &str) -> PathBuf {
@@ -101,6 +120,13 @@ impl CheckpointStore {
 
     /// The stored state of `source`, or `None` when it has never committed.
     pub fn load(&self, source: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
+        if let Some(remote) = &self.remote {
+            return remote.load(source).map_err(|why| CheckpointError::Remote {
+                place: remote.describe(source),
+                why,
+                source_name: source.to_string(),
+            });
+        }
         let path = self.path(source);
         let data = match fs::read(&path) {
             Ok(d) => d,
@@ -118,6 +144,9 @@ impl CheckpointStore {
 
     /// Replaces the state of `source` atomically and durably.
     pub fn save(&self, source: &str, state: &[u8]) -> io::Result<()> {
+        if let Some(remote) = &self.remote {
+            return remote.save(source, state);
+        }
         let path = self.path(source);
         let temp_dir = self.dir.join(TEMP_DIR);
         fs::create_dir_all(&temp_dir)?;
@@ -145,6 +174,9 @@ impl CheckpointStore {
 
     /// Removes the checkpoint of `source`; the source restarts from `start_at`.
     pub fn reset(&self, source: &str) -> io::Result<bool> {
+        if let Some(remote) = &self.remote {
+            return remote.reset(source);
+        }
         match fs::remove_file(self.path(source)) {
             Ok(()) => {
                 File::open(&self.dir)?.sync_all()?;

@@ -51,6 +51,16 @@ pub fn run(action: CheckpointAction) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if cfg.cluster.is_some() {
+        // The files of state_dir are not the checkpoints of a cluster.
+        eprintln!(
+            "error: {} has [cluster]: its checkpoints live in the cluster's engine; \
+             see them with `auditrelay cluster status --config {}`",
+            config_path.display(),
+            config_path.display()
+        );
+        return ExitCode::FAILURE;
+    }
     let Some(source_cfg) = cfg.sources.get(&source) else {
         eprintln!(
             "error: no source named \"{source}\" in {}",

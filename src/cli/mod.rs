@@ -17,6 +17,7 @@ macro_rules! or_exit {
 
 pub mod backfill;
 pub mod checkpoint;
+pub mod cluster;
 pub mod dlq;
 pub mod probe;
 pub mod send_test;

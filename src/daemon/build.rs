@@ -138,7 +138,8 @@ pub fn build(config: &Config, health: &Health) -> anyhow::Result<Daemon> {
         sinks.insert(name.clone(), build_running_sink(config, name, health)?);
     }
     let mut pipelines = Vec::new();
-    for name in config.sources.keys() {
+    // Under [cluster] a pipeline starts when its source is acquired.
+    for name in config.sources.keys().filter(|_| config.cluster.is_none()) {
         pipelines.push(build_pipeline(config, name, &sinks, &store, health)?);
     }
     Ok(Daemon {

@@ -10,6 +10,7 @@
 //! neither loses nor repeats events while the sinks are healthy.
 
 mod build;
+mod clustered;
 mod plan;
 mod reload;
 mod running;
@@ -27,6 +28,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
@@ -63,9 +65,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let Daemon {
         pipelines,
         sinks,
-        store,
+        mut store,
         lock,
     } = daemon;
+    // Under [cluster], pipelines start as the membership loop acquires sources.
+    let (cluster, mut changes) = match &config.cluster {
+        Some(cfg) => {
+            let (cluster, changes) =
+                Cluster::start(cfg, config.sources.keys().cloned().collect()).await?;
+            store = store.with_remote(cluster.checkpoints());
+            info!(member = %cfg.instance_id(), cluster = %cfg.name, "cluster mode: sources run while this instance owns them");
+            (Some(cluster), Some(changes))
+        }
+        None => (None, None),
+    };
     let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
     let mut running = Running {
         config,
@@ -106,7 +119,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     died = Some(anyhow::anyhow!("the pipeline of source {name} died: {why}"));
                     break;
                 }
-                if current && running.idle() {
+                if current && running.idle() && cluster.is_none() {
                     info!("every source finished");
                     stopping_since = Instant::now();
                     // Spooled batches are confirmed but not yet delivered.
@@ -127,13 +140,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     watchdog.keep_pinging(running.drain_all(timeout)).await;
                     break;
                 }
+                Signal::Reload if cluster.is_some() => {
+                    warn!("SIGHUP ignored under [cluster]: restart the instance to change its config (the others take its sources meanwhile)");
+                }
                 Signal::Reload => {
                     info!(file = %running.config.file.display(), "SIGHUP: reloading the config");
                     watchdog.keep_pinging(running.reload()).await;
                 }
             },
+            Some(change) = next_change(&mut changes) => {
+                if let Some(cluster) = &cluster {
+                    watchdog.keep_pinging(running.follow_cluster(cluster, change)).await;
+                }
+            }
             _ = watchdog.tick() => notify(&[NotifyState::Watchdog]),
         }
+    }
+    if let Some(cluster) = &cluster {
+        // Pipelines are drained: free the sources for the others at once.
+        cluster.leave().await;
     }
     let close_by = stopping_since + running.config.shutdown_timeout;
     watchdog
@@ -150,6 +175,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     info!("auditrelay stopped");
     Ok(())
+}
+
+/// The next cluster change, or never when not clustered.
+async fn next_change(
+    changes: &mut Option<mpsc::UnboundedReceiver<crate::cluster::Change>>,
+) -> Option<crate::cluster::Change> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn unix_now() -> f64 {

@@ -13,6 +13,7 @@ mod architecture;
 mod certifyclouds_to_webhook;
 mod chaos;
 mod cli;
+mod cluster;
 mod config_reference;
 mod dead_letter_full;
 mod dlq_replay;

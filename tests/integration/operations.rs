@@ -301,8 +301,10 @@ async fn metrics_pass_promtool_and_match_dashboard_and_alerts() {
                 continue;
             }
             // Metrics of sinks not configured here are registered lazily.
-            // So are those of sources not configured here.
+            // So are those of sources not configured here, and the
+            // cluster's without [cluster].
             if base.starts_with("auditrelay_quickztna_")
+                || base.starts_with("auditrelay_cluster_")
                 || base.starts_with("auditrelay_webhook_in_")
                 || base.starts_with("auditrelay_kafka_")
                 || base.starts_with("auditrelay_hec_")

@@ -38,6 +38,7 @@ fn sections() -> Vec<Section> {
         section::<TopLevel>("Top level"),
         section::<ServerConfig>("`[server]`"),
         section::<PipelineConfig>("`[pipeline]`"),
+        section::<auditrelay::cluster::ClusterConfig>("`[cluster]`"),
         // Tables documented once and only named by their key elsewhere.
         section::<RetryConfig>("`retry` table"),
         section::<TlsConfig>("`tls` table"),

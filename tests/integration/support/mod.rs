@@ -11,6 +11,7 @@
 
 pub mod certifyclouds_fake;
 pub mod daemon;
+pub mod etcd;
 pub mod harness;
 pub mod hec_fake;
 pub mod http1;

@@ -1,0 +1,153 @@
+//! The engine contract, on a real etcd: exclusive ownership, fenced
+//! checkpoint writes, expiry of a member that stops renewing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use auditrelay::cluster::{ClusterBackend, ClusterConfig, Engine, EngineError, EtcdConfig};
+
+use crate::support::etcd::{self, Etcd};
+
+pub fn config(etcd: &Etcd, id: &str, name: &str, ttl: Duration) -> ClusterConfig {
+    ClusterConfig {
+        backend: ClusterBackend::Etcd,
+        name: name.to_string(),
+        instance_id: Some(id.to_string()),
+        lease_ttl: ttl,
+        etcd: Some(EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            prefix: "/auditrelay-test".to_string(),
+            tls: None,
+            username: None,
+            password_file: None,
+        }),
+        kubernetes: None,
+    }
+}
+
+async fn engine(etcd: &Etcd, id: &str) -> Arc<dyn Engine> {
+    let cfg = config(etcd, id, "c", Duration::from_secs(3));
+    let e = auditrelay::cluster::connect(&cfg).await.expect("connect");
+    e.join().await.expect("join");
+    e
+}
+
+#[tokio::test]
+async fn ownership_is_exclusive_and_a_stale_owner_cannot_commit() {
+    if !etcd::available() {
+        panic!("etcd is not installed: apt-get install etcd-server (see .ci/run)");
+    }
+    let etcd = Etcd::start().await;
+    let a = engine(&etcd, "a").await;
+    let b = engine(&etcd, "b").await;
+    let view = a.view().await.expect("view");
+    assert_eq!(view.members.len(), 2, "{view:?}");
+
+    let fence_a = a.acquire("veza").await.expect("acquire").expect("free");
+    assert_eq!(
+        b.acquire("veza").await.expect("acquire"),
+        None,
+        "one owner at a time"
+    );
+    a.save("veza", &fence_a, br#"{"next":100}"#)
+        .await
+        .expect("owner commits");
+    let b_fake = auditrelay::cluster::Fence {
+        token: fence_a.token,
+    };
+    assert!(
+        matches!(
+            b.save("veza", &b_fake, br#"{"next":1}"#).await,
+            Err(EngineError::Fenced)
+        ),
+        "a non-owner's write is refused even with the owner's token"
+    );
+
+    // a stops renewing (paused): its lease expires and b takes over.
+    let since = Instant::now();
+    let fence_b = loop {
+        assert!(since.elapsed() < Duration::from_secs(8), "b never acquired");
+        if let Some(f) = b.acquire("veza").await.expect("acquire") {
+            break f;
+        }
+        b.renew().await.expect("b renews");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        since.elapsed() <= Duration::from_secs(3 + 2),
+        "took {:?}",
+        since.elapsed()
+    );
+    assert_ne!(fence_a, fence_b);
+    assert_eq!(
+        b.load("veza").await.expect("load").as_deref(),
+        Some(&br#"{"next":100}"#[..]),
+        "the new owner resumes where the old one committed"
+    );
+    b.save("veza", &fence_b, br#"{"next":200}"#)
+        .await
+        .expect("new owner commits");
+
+    // a wakes up and commits late: rejected, the history stays in order.
+    assert!(matches!(
+        a.save("veza", &fence_a, br#"{"next":150}"#).await,
+        Err(EngineError::Fenced)
+    ));
+    assert!(
+        matches!(a.renew().await, Err(EngineError::Expired)),
+        "a learns its lease is gone"
+    );
+    assert_eq!(
+        b.load("veza").await.expect("load").as_deref(),
+        Some(&br#"{"next":200}"#[..])
+    );
+
+    // Releasing frees the source at once; a releases nothing it lost.
+    a.release("veza", &fence_a).await.expect("no-op release");
+    assert_eq!(
+        a.view()
+            .await
+            .expect("view")
+            .owners
+            .get("veza")
+            .map(String::as_str),
+        Some("b")
+    );
+    b.release("veza", &fence_b).await.expect("release");
+    assert!(!b.view().await.expect("view").owners.contains_key("veza"));
+    b.leave().await;
+    let members = a.view().await.expect("view").members;
+    assert!(
+        !members.contains(&"b".to_string()),
+        "a left member is gone at once: {members:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_is_an_error_not_a_hang() {
+    let etcd = Etcd::start().await;
+    let a = engine(&etcd, "a").await;
+    let mut etcd = etcd;
+    etcd.stop().await;
+    let started = Instant::now();
+    let renewed = a.renew().await;
+    assert!(
+        matches!(renewed, Err(EngineError::Unreachable(_))),
+        "{renewed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by the request timeout: {:?}",
+        started.elapsed()
+    );
+    etcd.resume().await;
+    // Back within the lease: the same membership goes on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match a.renew().await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "renewal never recovered: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
