@@ -333,3 +333,59 @@ async fn a_restart_sends_each_sink_only_the_runs_it_had_not_confirmed() {
         "a committed page leaves nothing in the progress log"
     );
 }
+
+/// Notes the size of the progress log at every call, then confirms.
+struct LogWatchingSink {
+    log: std::path::PathBuf,
+    largest: AtomicUsize,
+}
+
+#[async_trait]
+impl Sink for LogWatchingSink {
+    async fn deliver(&self, _source: &str, _events: &[Event]) -> anyhow::Result<()> {
+        let len = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
+        self.largest.fetch_max(len, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn the_progress_log_is_compacted_as_checkpoints_move() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("store");
+    // 1,500 pages of 100 events, one record of ~1.6 KB each: ~2.4 MB of
+    // confirmations in all, far more than what is ever uncommitted.
+    let pages = (0..1500)
+        .map(|p| {
+            page(
+                (0..100)
+                    .map(|i| event(Some(&format!("{p}-{i}")), i, 40))
+                    .collect(),
+                p,
+            )
+        })
+        .collect();
+    let sink = Arc::new(LogWatchingSink {
+        log: store.progress_path("src"),
+        largest: AtomicUsize::new(0),
+    });
+    let (mut p, _) = pipeline(&store, pages, Vec::new(), 1 << 20);
+    p.routes = vec![Route {
+        sink_name: "watched".into(),
+        sink: sink.clone(),
+        filter: FilterConfig::default(),
+        health: Health::default(),
+        request: RequestSize::WHOLE,
+    }];
+    tokio::time::timeout(Duration::from_secs(60), p.run(CancellationToken::new()))
+        .await
+        .expect("finishes")
+        .expect("no failure");
+    let largest = sink.largest.load(Ordering::SeqCst);
+    assert!(largest > 0, "the log exists while pages are in flight");
+    assert!(
+        largest < 1 << 20,
+        "the log holds uncommitted pages only, not all confirmations: {largest} bytes"
+    );
+    assert!(store.load_progress("src").expect("readable").is_empty());
+}
