@@ -17,7 +17,7 @@ use crate::config::RetryConfig;
 use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
-use crate::pipeline::{Route, SourcePipeline};
+use crate::pipeline::{RequestSize, Route, SourcePipeline};
 use crate::source::veza_list::{Range, VezaListConfig, VezaListSource};
 use crate::source::{SourceConfig, SourceContext};
 
@@ -97,6 +97,7 @@ pub async fn run(
             sink,
             filter: s.common.filter.clone(),
             health: health.clone(),
+            request: RequestSize::of(s),
         });
     }
     if routes.is_empty() {
@@ -123,6 +124,7 @@ pub async fn run(
         routes,
         store: store.clone(),
         max_in_flight: config.pipeline.max_in_flight,
+        max_in_flight_bytes: config.pipeline.max_in_flight_bytes,
         retry: RetryConfig::default(),
     };
     // Events of the range handed to the sinks: read minus repeats dropped.

@@ -86,10 +86,18 @@ fn default_listen() -> String {
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Pages of one source that may be on their way to the sinks at once;
-    /// bounds memory (≈ max_in_flight × page size).
+    /// Pages of one source that may be on their way to the sinks at once.
+    /// Memory is bounded by `max_in_flight_bytes`; this count only caps the
+    /// bookkeeping, so it is high enough that confirmation latency (HEC
+    /// acks) does not become a throughput ceiling.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// Bytes of events (raw JSON) of one source on their way to the sinks
+    /// at once: the source fetches ahead only while less is in flight, so
+    /// memory stays bounded whatever the page size. One page larger than
+    /// the budget still goes alone.
+    #[serde(default = "default_max_in_flight_bytes")]
+    pub max_in_flight_bytes: u64,
     /// Backoff for local failures: checkpoint writes, a sink that cannot
     /// make progress.
     #[serde(default)]
@@ -100,14 +108,25 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             max_in_flight: default_max_in_flight(),
+            max_in_flight_bytes: default_max_in_flight_bytes(),
             retry: RetryConfig::default(),
         }
     }
 }
 
 fn default_max_in_flight() -> usize {
-    4
+    64
 }
+
+/// 32 MiB of events: a 10,000-event page run (~1.2 KiB an event, ~12 MiB
+/// a page) stays under 64 MiB of RSS with the copies sinks make.
+fn default_max_in_flight_bytes() -> u64 {
+    32 << 20
+}
+
+/// The least `pipeline.max_in_flight_bytes`: below it every page waits for
+/// the one before, which is what `max_in_flight = 1` is for.
+pub const MIN_IN_FLIGHT_BYTES: u64 = 64 << 10;
 
 /// The whole daemon configuration, validated.
 #[derive(Clone, Debug)]
@@ -272,6 +291,15 @@ fn from_figment(fig: Figment, path: &Path) -> Result<Config, ConfigError> {
     }
     if top.pipeline.max_in_flight == 0 {
         problems.push("pipeline.max_in_flight", "must be at least 1");
+    }
+    if top.pipeline.max_in_flight_bytes < MIN_IN_FLIGHT_BYTES {
+        problems.push(
+            "pipeline.max_in_flight_bytes",
+            format!(
+                "{} bytes is too small; use at least {MIN_IN_FLIGHT_BYTES} (64 KiB)",
+                top.pipeline.max_in_flight_bytes
+            ),
+        );
     }
     top.pipeline.retry.validate("pipeline", &mut problems);
     if top.shutdown_timeout.is_zero() {

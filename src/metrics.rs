@@ -47,6 +47,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_time: prometheus::Gauge,
+    /// Events a refetched batch did not send to a sink that had confirmed
+    /// them before a restart (the progress log): duplicates avoided.
+    pub events_skipped_confirmed: IntCounterVec,
     committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -185,6 +188,7 @@ impl Metrics {
             config_reloads: counter(&r, "config_reloads_total", "Config reloads (SIGHUP) by outcome: ok (applied), error (rejected or failed; the running config stays).", &["outcome"]),
             config_last_reload_successful: reload_ok,
             config_last_reload_success_time: reload_time,
+            events_skipped_confirmed: counter(&r, "events_skipped_confirmed_total", "Events of batches refetched after a restart that were not sent to a sink again because it had confirmed them before (duplicates avoided).", &["sink", "source"]),
             registry: r,
             committed_times: Mutex::new(HashMap::new()),
         };
@@ -274,6 +278,7 @@ impl Metrics {
             &self.events_delivered,
             &self.events_failed,
             &self.events_dead_lettered,
+            &self.events_skipped_confirmed,
         ] {
             c.with_label_values(&[sink, source]);
         }

@@ -13,9 +13,11 @@
 //! two must never write into, or rename away, each other's file.
 
 mod lock;
+mod progress;
 mod remote;
 
 pub use lock::StateLock;
+pub use progress::{record_len, EventKey, ProgressLog, ProgressRecord};
 pub use remote::RemoteCheckpoints;
 
 use std::fs::{self, File, OpenOptions};
@@ -172,8 +174,29 @@ impl CheckpointStore {
         File::open(&self.dir)?.sync_all()
     }
 
+    /// The progress log of `source` (see [`ProgressLog`]).
+    pub fn progress_path(&self, source: &str) -> PathBuf {
+        self.dir.join(format!("{source}.progress"))
+    }
+
+    /// The records of `source`'s progress log, oldest first (none if absent).
+    pub fn load_progress(&self, source: &str) -> io::Result<Vec<ProgressRecord>> {
+        progress::load(&self.progress_path(source), source)
+    }
+
+    /// Opens `source`'s progress log for appending, creating it when absent.
+    pub fn open_progress(&self, source: &str) -> io::Result<ProgressLog> {
+        ProgressLog::open(
+            &self.dir,
+            self.progress_path(source),
+            self.dir.join(TEMP_DIR),
+        )
+    }
+
     /// Removes the checkpoint of `source`; the source restarts from `start_at`.
     pub fn reset(&self, source: &str) -> io::Result<bool> {
+        // A source started over sends everything again.
+        progress::remove(&self.progress_path(source))?;
         if let Some(remote) = &self.remote {
             return remote.reset(source);
         }
@@ -265,8 +288,19 @@ mod tests {
         store.save("veza", br#"{"token":"a"}"#).unwrap();
         store.save("veza", br#"{"token":"b"}"#).unwrap();
         assert_eq!(store.load("veza").unwrap().unwrap(), br#"{"token":"b"}"#);
+        let mut progress = store.open_progress("veza").unwrap();
+        let confirmed = ProgressRecord {
+            sink: "hec".into(),
+            keys: vec![[7; 16]],
+        };
+        progress.append(std::slice::from_ref(&confirmed)).unwrap();
+        assert_eq!(store.load_progress("veza").unwrap(), vec![confirmed]);
         assert!(store.reset("veza").unwrap());
         assert!(store.load("veza").unwrap().is_none());
+        assert!(
+            store.load_progress("veza").unwrap().is_empty(),
+            "a reset source sends everything again"
+        );
     }
 
     #[test]

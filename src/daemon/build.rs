@@ -8,7 +8,7 @@ use crate::checkpoint::{CheckpointStore, StateLock};
 use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
-use crate::pipeline::{Route, SourcePipeline};
+use crate::pipeline::{RequestSize, Route, SourcePipeline};
 use crate::sink::spooling::{spool_dir, SpoolingSink};
 use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
@@ -115,6 +115,7 @@ pub fn build_pipeline(
                 sink: sink.clone(),
                 filter: s.common.filter.clone(),
                 health: health.clone(),
+                request: RequestSize::of(s),
             });
         }
     }
@@ -124,6 +125,7 @@ pub fn build_pipeline(
         routes,
         store: store.clone(),
         max_in_flight: config.pipeline.max_in_flight,
+        max_in_flight_bytes: config.pipeline.max_in_flight_bytes,
         retry: config.pipeline.retry,
     })
 }

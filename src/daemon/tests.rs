@@ -47,6 +47,7 @@ async fn a_pipeline_that_panics_is_reported_as_failed() {
         routes: Vec::new(),
         store,
         max_in_flight: 1,
+        max_in_flight_bytes: 1 << 20,
         retry: Default::default(),
     });
     let finished = tokio::time::timeout(Duration::from_secs(10), finished_rx.recv())

@@ -3,15 +3,21 @@
 //! ```text
 //!  source ──page──▶ batch n ──▶ every routed sink, concurrently ──▶ confirmed
 //!                   batch n+1 ─▶ …                                      │
-//!                   (≤ max_in_flight batches)                           ▼
-//!                                           commit in order: checkpoint of the
+//!                   (≤ max_in_flight batches,                           ▼
+//!                    ≤ max_in_flight_bytes)   commit in order: checkpoint of the
 //!                                           newest batch whose predecessors and
 //!                                           itself every sink confirmed
 //! ```
 //!
-//! A permit per batch bounds memory: the source is not asked for another page
-//! while `max_in_flight` batches wait for their sinks, so a slow or dead sink
+//! The bytes of the batches in flight bound memory ([`budget`]): the source
+//! is not asked for another page while `max_in_flight_bytes` of events (or
+//! `max_in_flight` batches) wait for their sinks, so a slow or dead sink
 //! pauses the source instead of growing a queue.
+//!
+//! Each sink gets a batch in runs of at most one of its requests, and each
+//! confirmed run is recorded in the source's progress log ([`progress`]):
+//! after a crash, the batches refetched from the checkpoint skip what a sink
+//! had confirmed, so a restart re-sends only the runs that were unconfirmed.
 //!
 //! A sink that panics in `deliver` has not confirmed anything: the panic is
 //! caught, counted (`auditrelay_sink_panics_total`), logged with the sink's
@@ -19,12 +25,14 @@
 //! the usual backoff. A committer that dies ends the pipeline with an error
 //! the daemon acts on (it never commits past a batch it did not see).
 
-use std::any::Any;
-use std::panic::AssertUnwindSafe;
+mod budget;
+mod deliver;
+mod progress;
+mod request;
+mod route;
+
 use std::sync::Arc;
 use std::time::Duration;
-
-use futures_util::FutureExt;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
@@ -33,22 +41,15 @@ use tracing::{error, info, warn};
 
 use crate::checkpoint::CheckpointStore;
 use crate::config::RetryConfig;
-use crate::event::{Batch, Event};
-use crate::health::Health;
 use crate::metrics::metrics;
 use crate::retry::Backoff;
-use crate::sink::{FilterConfig, Sink};
 use crate::source::Source;
-
-/// One sink a source's events go to.
-#[derive(Clone)]
-pub struct Route {
-    pub sink_name: Arc<str>,
-    pub sink: Arc<dyn Sink>,
-    pub filter: FilterConfig,
-    /// Where a panicking sink is marked unready (`sink.NAME.delivery`).
-    pub health: Health,
-}
+use budget::{ByteBudget, Charge};
+use deliver::{deliver_everywhere, Delivery};
+pub use progress::event_key;
+use progress::{Notes, Progress};
+pub use request::RequestSize;
+pub use route::{panic_message, Route};
 
 /// Everything the pipeline of one source needs.
 pub struct SourcePipeline {
@@ -57,14 +58,17 @@ pub struct SourcePipeline {
     pub routes: Vec<Route>,
     pub store: CheckpointStore,
     pub max_in_flight: usize,
+    /// Bytes of events in flight before the source waits (`max_in_flight_bytes`).
+    pub max_in_flight_bytes: u64,
     /// Backoff for local failures (checkpoint writes, sink errors).
     pub retry: RetryConfig,
 }
 
 struct InFlight {
-    batch: Arc<Batch>,
-    delivery: JoinHandle<()>,
+    delivery: Delivery,
+    join: JoinHandle<()>,
     _permit: OwnedSemaphorePermit,
+    _bytes: Charge,
 }
 
 /// A pipeline aborted after its drain timed out (a reload) takes its
@@ -72,7 +76,7 @@ struct InFlight {
 /// its replacement started from the checkpoint.
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.delivery.abort();
+        self.join.abort();
     }
 }
 
@@ -98,18 +102,28 @@ impl SourcePipeline {
             routes,
             store,
             max_in_flight,
+            max_in_flight_bytes,
             retry,
         } = self;
         let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
+        let budget = ByteBudget::new(max_in_flight_bytes);
+        // Past twice what was in flight before a crash, every batch of then
+        // has come back: what did not match is given up.
+        let mut progress = Progress::start(
+            &store,
+            &name,
+            max_in_flight_bytes.saturating_mul(2),
+            (max_in_flight as u64).saturating_mul(2),
+        );
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
         let routes: Arc<[Route]> = routes.into();
         let mut committer = AbortOnDrop(tokio::spawn(commit_in_order(
             name.clone(),
             rx,
             store,
-            routes.clone(),
-            retry,
+            progress.notes(),
         )));
+        let mut seq = 0u64;
         let in_flight = metrics().in_flight_batches.with_label_values(&[&name]);
         let mut backoff = Backoff::new(retry);
         // Per route, the completion of the previous batch's delivery, so
@@ -124,6 +138,10 @@ impl SourcePipeline {
                     Err(_) => break,
                 },
             };
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = budget.room() => {}
+            }
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
                 b = source.next_batch() => b,
@@ -145,22 +163,28 @@ impl SourcePipeline {
             };
             backoff.reset();
             in_flight.inc();
+            let bytes = budget.charge(batch.events.iter().map(|e| e.raw.len() as u64).sum());
+            seq += 1;
+            let plan = Arc::new(progress.plan(seq, &batch, &routes));
             let mut chain = Vec::with_capacity(routes.len());
             for prev in previous.iter_mut() {
                 let (done_tx, done_rx) = oneshot::channel();
                 chain.push((prev.replace(done_rx), done_tx));
             }
-            let delivery = tokio::spawn(deliver_everywhere(
-                batch.clone(),
-                routes.clone(),
-                chain,
+            let delivery = Delivery {
+                batch,
+                plan,
+                routes: routes.clone(),
                 retry,
-            ));
+                notes: progress.notes(),
+            };
+            let join = tokio::spawn(deliver_everywhere(delivery.clone(), chain));
             if tx
                 .send(InFlight {
-                    batch,
                     delivery,
+                    join,
                     _permit: permit,
+                    _bytes: bytes,
                 })
                 .is_err()
             {
@@ -171,7 +195,10 @@ impl SourcePipeline {
         // No new fetches from here on; a listening source stops listening.
         source.close().await;
         match (&mut committer.0).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                progress.finish().await;
+                Ok(())
+            }
             Err(e) => {
                 let why = if e.is_panic() {
                     panic_message(e.into_panic().as_ref())
@@ -187,139 +214,31 @@ impl SourcePipeline {
     }
 }
 
-/// The text of a panic payload, for the log.
-pub fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic without a message".to_string())
-}
-
-/// For each route: the previous batch's completion to wait for (ordered
-/// sinks only) and the signal of this batch's completion.
-type Chain = Vec<(Option<oneshot::Receiver<()>>, oneshot::Sender<()>)>;
-
-/// Delivers a batch to every routed sink at once; returns when all confirmed.
-async fn deliver_everywhere(
-    batch: Arc<Batch>,
-    routes: Arc<[Route]>,
-    chain: Chain,
-    retry: RetryConfig,
-) {
-    let mut set = tokio::task::JoinSet::new();
-    let mut chain = chain.into_iter();
-    for route in routes.iter() {
-        let (batch, route) = (batch.clone(), route.clone());
-        let (prev, done) = chain.next().unwrap_or_else(|| (None, oneshot::channel().0));
-        set.spawn(async move {
-            if let Some(prev) = prev.filter(|_| route.sink.ordered()) {
-                // An error only means the previous delivery task is gone.
-                let _ = prev.await;
-            }
-            deliver_to(&batch, &route, retry).await;
-            let _ = done.send(());
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        // A route task that panicked outside the sink did not deliver: the
-        // panic goes on to the committer, which delivers the batch again.
-        if let Err(e) = joined {
-            if e.is_panic() {
-                std::panic::resume_unwind(e.into_panic());
-            }
-        }
-    }
-}
-
-async fn deliver_to(batch: &Batch, route: &Route, retry: RetryConfig) {
-    let filtered: Vec<Event>;
-    let events: &[Event] = if route.filter.is_empty() {
-        &batch.events
-    } else {
-        filtered = batch
-            .events
-            .iter()
-            .filter(|e| route.filter.accepts(e.kind.as_deref()))
-            .cloned()
-            .collect();
-        &filtered
-    };
-    if events.is_empty() {
-        return;
-    }
-    let mut backoff = Backoff::new(retry);
-    // Only a panic needs the name: no allocation per batch otherwise.
-    let component = || format!("sink.{}.delivery", route.sink_name);
-    let mut panicked = false;
-    loop {
-        let attempt = AssertUnwindSafe(route.sink.deliver(&batch.source, events))
-            .catch_unwind()
-            .await;
-        match attempt {
-            Ok(Ok(())) => {
-                metrics()
-                    .sink_batch_seconds
-                    .with_label_values(&[&route.sink_name])
-                    .observe(batch.fetched_at.elapsed().as_secs_f64());
-                if panicked {
-                    route.health.remove(&component());
-                }
-                return;
-            }
-            Err(payload) => {
-                panicked = true;
-                let why = panic_message(payload.as_ref());
-                metrics()
-                    .sink_panics
-                    .with_label_values(&[&route.sink_name])
-                    .inc();
-                route.health.set_unready(
-                    &component(),
-                    format!("sink {} panicked while delivering: {why}", route.sink_name),
-                );
-                let delay = backoff.next_delay();
-                error!(sink = %route.sink_name, source = %batch.source, panic = %why, retry_in_s = delay.as_secs_f64(), "sink panicked (a bug); the batch counts as not delivered; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Ok(Err(e)) => {
-                let delay = backoff.next_delay();
-                error!(sink = %route.sink_name, source = %batch.source, error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "sink cannot make progress; retrying the batch");
-                tokio::time::sleep(delay).await;
-            }
-        }
-    }
-}
-
 /// Waits for batches in fetch order and persists each one's checkpoint once
 /// it is confirmed: the checkpoint never passes an unconfirmed batch.
 async fn commit_in_order(
     name: Arc<str>,
     mut rx: mpsc::UnboundedReceiver<InFlight>,
     store: CheckpointStore,
-    routes: Arc<[Route]>,
-    retry: RetryConfig,
+    notes: Notes,
 ) {
     let m = metrics();
     let in_flight = m.in_flight_batches.with_label_values(&[&name]);
     while let Some(mut item) = rx.recv().await {
         // A panicking sink is a bug; never commit past it, deliver again.
+        let retry = item.delivery.retry;
         let mut redeliver = Backoff::new(retry);
-        while let Err(e) = (&mut item.delivery).await {
+        while let Err(e) = (&mut item.join).await {
             let delay = redeliver.next_delay();
             error!(source = %name, error = %e, retry_in_s = delay.as_secs_f64(), "delivery task failed; delivering the batch again");
             tokio::time::sleep(delay).await;
-            item.delivery = tokio::spawn(deliver_everywhere(
-                item.batch.clone(),
-                routes.clone(),
-                Vec::new(),
-                retry,
-            ));
+            item.join = tokio::spawn(deliver_everywhere(item.delivery.clone(), Vec::new()));
         }
+        let batch = item.delivery.batch.clone();
         let mut backoff = Backoff::new(retry);
         loop {
             let (writer, source) = (store.clone(), name.clone());
-            let state = item.batch.checkpoint.clone();
+            let state = batch.checkpoint.clone();
             let saved = tokio::task::spawn_blocking(move || writer.save(&source, &state)).await;
             match saved {
                 Ok(Ok(())) => {
@@ -340,12 +259,13 @@ async fn commit_in_order(
                 }
             }
         }
-        if let Some(t) = item.batch.newest_time {
+        notes.committed(item.delivery.plan.seq);
+        if let Some(t) = batch.newest_time {
             m.set_committed_time(&name, t);
         }
         m.commit_latency_seconds
             .with_label_values(&[&name])
-            .observe(item.batch.fetched_at.elapsed().as_secs_f64());
+            .observe(batch.fetched_at.elapsed().as_secs_f64());
         in_flight.dec();
     }
 }

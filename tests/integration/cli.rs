@@ -461,3 +461,36 @@ fn checkpoint_show_leaves_a_running_daemons_temp_files_alone() {
         "checkpoint show removed the temp file of another process's write"
     );
 }
+
+#[test]
+fn validate_names_a_too_small_in_flight_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("budget.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"
+state_dir = "{}"
+[pipeline]
+max_in_flight_bytes = 1000
+[sources.d]
+type = "demo"
+[sinks.out]
+type = "stdout"
+inputs = ["d"]
+"#,
+            dir.path().display()
+        ),
+    );
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("pipeline.max_in_flight_bytes: 1000 bytes is too small"),
+        "{err}"
+    );
+}

@@ -107,6 +107,11 @@ pub struct VezaFakeConfig {
     pub default_wait: Duration,
     /// Delay of a `slow` answer.
     pub slow_delay: Duration,
+    /// Answer a request inside an announced cool-down with another rate
+    /// limit, as real gateways do, instead of serving it (it is counted as
+    /// a violation either way). A client that never read the announcement
+    /// (killed right after it was sent) then learns it at once.
+    pub refuse_during_cooldown: bool,
     /// `reset`: end with a TCP RST (true) or a FIN (false) after the partial body.
     pub reset_with_rst: bool,
     pub token_at_end: TokenAtEnd,
@@ -134,6 +139,7 @@ impl Default for VezaFakeConfig {
             retry_after_secs: 1,
             default_wait: Duration::from_secs(60),
             slow_delay: Duration::from_secs(2),
+            refuse_during_cooldown: false,
             reset_with_rst: true,
             token_at_end: TokenAtEnd::Token,
             empty_id_every: 0,
@@ -234,6 +240,7 @@ struct Tuning {
     retry_after_secs: u64,
     default_wait: Duration,
     slow_delay: Duration,
+    refuse_during_cooldown: bool,
 }
 
 pub struct VezaState {
@@ -300,6 +307,7 @@ impl VezaFake {
                 retry_after_secs: cfg.retry_after_secs,
                 default_wait: cfg.default_wait,
                 slow_delay: cfg.slow_delay,
+                refuse_during_cooldown: cfg.refuse_during_cooldown,
             },
             rng: StdRng::seed_from_u64(cfg.seed),
             cooldown: Cooldown::default(),
@@ -715,6 +723,8 @@ impl VezaExport {
         // A rate-limit answer is never slow: the gateway answers at once, and
         // a cool-down announced in an answer the client timed out on (or
         // never read) could not be obeyed.
+        let refuse = rec.during_cooldown && st.tuning.refuse_during_cooldown;
+        let rate_limit = rate_limit || refuse;
         let slow = slow && !rate_limit;
         rec.slow = slow;
         let delay = slow.then_some(st.tuning.slow_delay);

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::*;
+use crate::event::{Batch, Event};
+use crate::health::Health;
+use crate::sink::{FilterConfig, Sink};
 
 /// Panics on its first `panics` deliveries (`usize::MAX`: always), then
 /// records what it receives.
@@ -78,9 +81,11 @@ fn pipeline(
             sink,
             filter: FilterConfig::default(),
             health: health.clone(),
+            request: RequestSize::WHOLE,
         }],
         store: store.clone(),
         max_in_flight: 2,
+        max_in_flight_bytes: 1 << 20,
         retry: RetryConfig {
             initial: Duration::from_millis(5),
             max: Duration::from_millis(20),
@@ -166,3 +171,5 @@ async fn a_sink_that_always_panics_is_unready_backs_off_and_is_never_committed_p
         "never committed past"
     );
 }
+
+mod resume;

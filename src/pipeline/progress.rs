@@ -1,0 +1,350 @@
+//! Sub-page commit positions: which events of the uncommitted batches each
+//! sink confirmed, kept in the source's progress log
+//! ([`CheckpointStore::open_progress`]), so that after a crash the batches
+//! refetched from the checkpoint skip, per sink, what that sink already has.
+//!
+//! Events are told apart by [`event_key`] (their id, else their bytes),
+//! counted, not merely marked: a page may hold the same event twice, and a
+//! confirmation skips only as many copies as were confirmed. A skipped
+//! event still counts as delivered for the commit.
+//!
+//! Only true claims are ever written, after the sink confirmed (a spooling
+//! sink confirms once the batch is in its fsynced spool), so whatever goes
+//! wrong with the log (a lost append, a torn tail, a reload's old pipeline
+//! writing beside the new one) costs duplicates, never events.
+//!
+//! A writer thread per source owns the file: appends are grouped (one
+//! fdatasync for all confirmations that arrived meanwhile) and nobody waits
+//! for them; after commits the log is compacted to the records of batches
+//! not yet committed, so it stays as small as what is in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::route::Route;
+use crate::checkpoint::{record_len, CheckpointStore, EventKey, ProgressLog, ProgressRecord};
+use crate::event::{Batch, Event};
+use crate::metrics::metrics;
+
+/// Compact the log only past this size (and when it is mostly obsolete).
+const COMPACT_MIN_BYTES: u64 = 256 << 10;
+
+/// The identity of an event across refetches: its id when it has a
+/// non-blank one, else its bytes.
+pub fn event_key(ev: &Event) -> EventKey {
+    let mut h = Sha256::new();
+    match ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
+        Some(id) => {
+            h.update(b"id\0");
+            h.update(id.as_bytes());
+        }
+        None => {
+            h.update(b"raw\0");
+            h.update(&ev.raw);
+        }
+    }
+    let digest = h.finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// What one batch sends to each route, after filters and skips.
+#[derive(Debug)]
+pub struct Plan {
+    pub seq: u64,
+    pub keys: Vec<EventKey>,
+    /// Per route (in route order): indices into the batch's events.
+    pub send: Vec<Vec<u32>>,
+}
+
+/// A message to the writer thread.
+enum Note {
+    /// A sink confirmed these events of batch `seq`: append.
+    Confirmed {
+        seq: u64,
+        sink: Arc<str>,
+        keys: Vec<EventKey>,
+    },
+    /// Events of batch `seq` skipped for `sink` thanks to an inherited
+    /// record: already in the log, now owned by this batch.
+    Skipped {
+        seq: u64,
+        sink: Arc<str>,
+        keys: Vec<EventKey>,
+    },
+    /// Batches up to `seq` are committed: their records are obsolete.
+    Committed { seq: u64 },
+    /// Inherited records no refetched event matched are given up.
+    DropInherited,
+}
+
+/// Where deliveries and the committer report to the writer.
+#[derive(Clone)]
+pub struct Notes(mpsc::UnboundedSender<Note>);
+
+impl Notes {
+    pub fn confirmed(&self, seq: u64, sink: &Arc<str>, keys: Vec<EventKey>) {
+        // Gone writer: the pipeline is being torn down; only a skip is lost.
+        let _ = self.0.send(Note::Confirmed {
+            seq,
+            sink: sink.clone(),
+            keys,
+        });
+    }
+
+    pub fn committed(&self, seq: u64) {
+        let _ = self.0.send(Note::Committed { seq });
+    }
+}
+
+type Counts = HashMap<Arc<str>, HashMap<EventKey, u32>>;
+
+/// The fetch side of the progress: confirmations inherited from before the
+/// restart, matched against the batches as they are fetched.
+pub struct Progress {
+    source: Arc<str>,
+    inherited: Counts,
+    /// Inherited confirmations not matched yet.
+    unmatched: usize,
+    /// Once this many bytes or batches were fetched, the batches of before
+    /// the restart have all come back: the unmatched rest is given up.
+    horizon_bytes: u64,
+    horizon_batches: u64,
+    notes: Notes,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// Reads the log of `source` and starts its writer. A log that cannot
+    /// be read or written is logged and costs only duplicates.
+    pub fn start(
+        store: &CheckpointStore,
+        source: &Arc<str>,
+        horizon_bytes: u64,
+        horizon_batches: u64,
+    ) -> Self {
+        let records = store.load_progress(source).unwrap_or_else(|e| {
+            warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot read the progress log; batches refetched after the restart go to every sink again");
+            Vec::new()
+        });
+        let mut inherited: Counts = HashMap::new();
+        let mut unmatched = 0;
+        for r in records {
+            let counts = inherited.entry(r.sink.into()).or_default();
+            for k in r.keys {
+                *counts.entry(k).or_default() += 1;
+                unmatched += 1;
+            }
+        }
+        let log = store.open_progress(source).map_err(|e| {
+            warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot open the progress log; a restart will send whole uncommitted pages again");
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer {
+            source: source.clone(),
+            log: log.ok(),
+            inherited: inherited.clone(),
+            live: BTreeMap::new(),
+            live_bytes: 0,
+            failing: false,
+        };
+        let writer = tokio::task::spawn_blocking(move || writer.run(rx));
+        Progress {
+            source: source.clone(),
+            inherited,
+            unmatched,
+            horizon_bytes,
+            horizon_batches,
+            notes: Notes(tx),
+            writer,
+        }
+    }
+
+    /// Waits for the writer to have written everything, once every other
+    /// [`Notes`] is gone (the deliveries and the committer ended), so a
+    /// pipeline started next (a reload) reads a settled log.
+    pub async fn finish(self) {
+        drop(self.notes);
+        if let Err(e) = self.writer.await {
+            warn!(source = %self.source, error = %e, "progress log writer failed");
+        }
+    }
+
+    pub fn notes(&self) -> Notes {
+        self.notes.clone()
+    }
+
+    /// Decides what batch `seq` sends to each route: the events its filter
+    /// takes, less those the sink confirmed before the restart.
+    pub fn plan(&mut self, seq: u64, batch: &Batch, routes: &[Route]) -> Plan {
+        let keys: Vec<EventKey> = batch.events.iter().map(event_key).collect();
+        let mut send = Vec::with_capacity(routes.len());
+        for route in routes {
+            let mut inherited = self.inherited.get_mut(&route.sink_name);
+            let mut to_send = Vec::with_capacity(batch.events.len());
+            let mut skipped = Vec::new();
+            for (i, ev) in batch.events.iter().enumerate() {
+                if !route.filter.is_empty() && !route.filter.accepts(ev.kind.as_deref()) {
+                    continue;
+                }
+                let confirmed = inherited
+                    .as_deref_mut()
+                    .and_then(|counts| counts.get_mut(&keys[i]))
+                    .filter(|n| **n > 0);
+                match confirmed {
+                    Some(n) => {
+                        *n -= 1;
+                        skipped.push(keys[i]);
+                    }
+                    None => to_send.push(i as u32),
+                }
+            }
+            if !skipped.is_empty() {
+                self.unmatched = self.unmatched.saturating_sub(skipped.len());
+                metrics()
+                    .events_skipped_confirmed
+                    .with_label_values(&[&route.sink_name, &self.source])
+                    .inc_by(skipped.len() as u64);
+                let _ = self.notes.0.send(Note::Skipped {
+                    seq,
+                    sink: route.sink_name.clone(),
+                    keys: skipped,
+                });
+            }
+            send.push(to_send);
+        }
+        if !self.inherited.is_empty() {
+            let bytes: u64 = batch.events.iter().map(|e| e.raw.len() as u64).sum();
+            self.horizon_bytes = self.horizon_bytes.saturating_sub(bytes);
+            self.horizon_batches = self.horizon_batches.saturating_sub(1);
+            if self.unmatched == 0 || self.horizon_bytes == 0 || self.horizon_batches == 0 {
+                self.inherited.clear();
+                let _ = self.notes.0.send(Note::DropInherited);
+            }
+        }
+        Plan { seq, keys, send }
+    }
+}
+
+/// The thread that owns the progress log.
+struct Writer {
+    source: Arc<str>,
+    log: Option<ProgressLog>,
+    /// Inherited confirmations still worth keeping through a compaction.
+    inherited: Counts,
+    /// Records of batches not yet committed, by batch.
+    live: BTreeMap<u64, Vec<ProgressRecord>>,
+    live_bytes: u64,
+    /// Whether the last write failed (logged once per streak).
+    failing: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Note>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut appends = Vec::new();
+            let mut committed = false;
+            let mut next = Some(first);
+            while let Some(note) = next {
+                committed |= self.take(note, &mut appends);
+                next = rx.try_recv().ok();
+            }
+            if !appends.is_empty() {
+                self.write(|log| log.append(&appends));
+            }
+            if committed {
+                self.compact(false);
+            }
+        }
+        // Stopped: only what is still uncommitted stays for the next start.
+        self.compact(true);
+    }
+
+    /// Applies a note; true when it was a commit.
+    fn take(&mut self, note: Note, appends: &mut Vec<ProgressRecord>) -> bool {
+        match note {
+            Note::Confirmed { seq, sink, keys } => {
+                let record = ProgressRecord {
+                    sink: sink.to_string(),
+                    keys,
+                };
+                appends.push(record.clone());
+                self.keep(seq, record);
+                false
+            }
+            Note::Skipped { seq, sink, keys } => {
+                if let Some(counts) = self.inherited.get_mut(&sink) {
+                    for k in &keys {
+                        if let Some(n) = counts.get_mut(k) {
+                            *n = n.saturating_sub(1);
+                        }
+                    }
+                }
+                let record = ProgressRecord {
+                    sink: sink.to_string(),
+                    keys,
+                };
+                self.keep(seq, record);
+                false
+            }
+            Note::Committed { seq } => {
+                let rest = self.live.split_off(&(seq + 1));
+                for r in std::mem::replace(&mut self.live, rest).values().flatten() {
+                    self.live_bytes -= record_len(&r.sink, r.keys.len());
+                }
+                true
+            }
+            Note::DropInherited => {
+                self.inherited.clear();
+                false
+            }
+        }
+    }
+
+    fn keep(&mut self, seq: u64, record: ProgressRecord) {
+        self.live_bytes += record_len(&record.sink, record.keys.len());
+        self.live.entry(seq).or_default().push(record);
+    }
+
+    /// Rewrites the log to what still matters, when most of it is obsolete
+    /// (or `always`, at the end).
+    fn compact(&mut self, always: bool) {
+        let Some(log) = &self.log else { return };
+        let obsolete = log.len() > COMPACT_MIN_BYTES && log.len() > 2 * self.live_bytes;
+        if !(obsolete || always && !log.is_empty()) {
+            return;
+        }
+        let mut records: Vec<ProgressRecord> = self
+            .inherited
+            .iter()
+            .map(|(sink, counts)| ProgressRecord {
+                sink: sink.to_string(),
+                keys: counts
+                    .iter()
+                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
+                    .collect(),
+            })
+            .filter(|r| !r.keys.is_empty())
+            .collect();
+        records.extend(self.live.values().flatten().cloned());
+        self.write(|log| log.rewrite(&records));
+    }
+
+    fn write(&mut self, op: impl FnOnce(&mut ProgressLog) -> std::io::Result<()>) {
+        let Some(log) = self.log.as_mut() else { return };
+        match op(log) {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    warn!(source = %self.source, file = %log.path().display(), error = %e, "cannot write the progress log; a restart may send confirmed events again");
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
