@@ -19,6 +19,7 @@ mod dlq_replay;
 mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;
+mod ocsf;
 mod offset_paging_under_change;
 mod operations;
 mod quickztna_journal;

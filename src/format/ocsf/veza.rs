@@ -80,7 +80,8 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
         api["request"] = json!({ "uid": id });
     }
     m.set("api", Some(api));
-    let src = endpoint(text(ev, "client.ip")).unwrap_or_else(|| json!({}));
+    // Required by API Activity: a call without a usable address says so.
+    let src = endpoint(text(ev, "client.ip")).unwrap_or_else(|| json!({"name": "unknown"}));
     if let Some(ua) = text(ev, "client.user_agent") {
         m.set(
             "http_request",
