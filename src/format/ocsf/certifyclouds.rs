@@ -13,8 +13,8 @@
 
 use serde_json::{json, Value};
 
+use super::build::{authentication, endpoint, text, user, verb_activity, Mapped};
 use super::schema::{self, account, severity};
-use super::{authentication, endpoint, text, user, verb_activity, Mapped};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let event_type = text(ev, "event_type")?;

@@ -4,8 +4,8 @@
 
 use serde_json::json;
 
+use super::build::Mapped;
 use super::schema;
-use super::Mapped;
 use crate::event::Event;
 
 pub(super) fn map(event: &Event) -> Mapped {

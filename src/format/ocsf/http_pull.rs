@@ -15,8 +15,8 @@
 
 use serde_json::{json, Value};
 
+use super::build::{authentication, endpoint, outcome_status, text, user, verb_activity, Mapped};
 use super::schema::{self, account, severity, status};
-use super::{authentication, endpoint, outcome_status, text, user, verb_activity, Mapped};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let action = text(ev, "action")?;

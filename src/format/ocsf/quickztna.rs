@@ -9,8 +9,8 @@
 
 use serde_json::{json, Value};
 
+use super::build::{authentication, text, user, verb_activity, Mapped};
 use super::schema::{self, account};
-use super::{authentication, text, user, verb_activity, Mapped};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let action = text(ev, "action")?;

@@ -15,8 +15,8 @@
 
 use serde_json::{json, Value};
 
+use super::build::{authentication, endpoint, millis, text, user, verb_activity, Mapped};
 use super::schema::{self, account, crud, severity, status};
-use super::{authentication, endpoint, millis, text, user, verb_activity, Mapped};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let endpoint_path = text(ev, "endpoint")?;

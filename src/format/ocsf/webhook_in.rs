@@ -12,8 +12,8 @@
 
 use serde_json::{json, Value};
 
+use super::build::{endpoint, text, user, Mapped};
 use super::schema::{self, finding, severity};
-use super::{endpoint, text, user, Mapped};
 
 const FINDING_WORDS: [&str; 6] = [
     "violation",

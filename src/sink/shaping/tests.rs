@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
@@ -204,4 +205,64 @@ fn an_unreadable_key_file_is_reported_without_its_contents() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].path, "sinks.out.redact_key_file");
     assert!(list[0].message.contains("is empty"), "{}", list[0].message);
+}
+
+/// Records what it is handed.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<Event>>);
+
+#[async_trait]
+impl Sink for Recorder {
+    async fn deliver(&self, _source: &str, events: &[Event]) -> anyhow::Result<()> {
+        self.0.lock().unwrap().extend_from_slice(events);
+        Ok(())
+    }
+}
+
+fn daemon_config(sink_keys: &str) -> crate::config_file::Config {
+    crate::config_file::load_str(&format!(
+        "state_dir = \"/nonexistent\"\n[sources.s]\ntype = \"demo\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"s\"]\n{sink_keys}\n"
+    ))
+    .expect("valid config")
+}
+
+#[tokio::test]
+async fn the_daemon_shapes_only_sinks_with_a_shaping_key() {
+    let inner: Arc<dyn Sink> = Arc::new(Recorder::default());
+    let config = daemon_config("");
+    let kinds = crate::daemon::source_kinds(&config);
+    let built = crate::daemon::with_shaping(&config, "out", inner.clone(), kinds).unwrap();
+    assert!(
+        Arc::ptr_eq(&built, &inner),
+        "raw mode: the sink itself, no step in front"
+    );
+
+    let recorder = Arc::new(Recorder::default());
+    let config = daemon_config("schema = \"ocsf\"\nocsf_raw = \"unmapped\"");
+    let kinds = crate::daemon::source_kinds(&config);
+    assert_eq!(kinds.get("s").map(String::as_str), Some("demo"));
+    let built = crate::daemon::with_shaping(&config, "out", recorder.clone(), kinds).unwrap();
+    assert!(!Arc::ptr_eq(&built, &(recorder.clone() as Arc<dyn Sink>)));
+    built.deliver("s", &[event(r#"{"a":1}"#)]).await.unwrap();
+    let got = recorder.0.lock().unwrap().clone();
+    let v: Value = serde_json::from_slice(&got[0].raw).unwrap();
+    assert_eq!(v["class_uid"], json!(0));
+    assert_eq!(v["unmapped"], json!({"a": 1}));
+    assert_eq!(got[0].id.as_deref(), Some("req-1"));
+}
+
+#[test]
+fn loading_a_config_reports_shaping_problems_with_their_key_paths() {
+    let err = crate::config_file::load_str(
+        "state_dir = \"/nonexistent\"\n[sources.s]\ntype = \"demo\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"s\"]\nredact_mode = \"hmac\"\nredact = [\"a\"]\nschema = \"json\"\n",
+    )
+    .expect_err("bad shaping keys");
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert!(paths.contains(&"sinks.out.schema"), "{paths:?}");
+    let err = crate::config_file::load_str(
+        "state_dir = \"/nonexistent\"\n[sources.s]\ntype = \"demo\"\n[sinks.out]\ntype = \"stdout\"\ninputs = [\"s\"]\nredact_mode = \"hmac\"\nredact = [\"a\"]\n",
+    )
+    .expect_err("hmac without a key file");
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["sinks.out.redact_key_file"]);
 }
