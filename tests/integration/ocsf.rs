@@ -431,3 +431,115 @@ batch_size = 50"#
     assert_eq!(class_of("p5"), Some(0));
     assert_shaped(&events, &[0, 2004, 3002, 3004]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn splunk_hec_sourcetype_defaults_to_the_ocsf_class() {
+    use support::daemon::{free_port, Daemon};
+    use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
+    let veza = VezaFake::start(VezaFakeConfig {
+        api_token: "veza-hec-ocsf".into(),
+        initial_events: 120,
+        max_page_size: 37,
+        token_at_end: TokenAtEnd::Missing,
+        empty_id_every: 9,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hec = HecFake::start(HecFakeConfig {
+        token: "hec-ocsf-token".into(),
+        id_field: "unmapped.fake_ref".into(),
+        ack: true,
+        faults: HecFaults {
+            ack_delay: Duration::from_millis(50),
+            busy: 0.1,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    std::fs::write(p("veza_token"), "veza-hec-ocsf").unwrap();
+    std::fs::write(p("hec_token"), "hec-ocsf-token\n").unwrap();
+    let config = p("auditrelay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+state_dir = "{state}"
+log_format = "json"
+[server]
+listen = "127.0.0.1:{port}"
+[sources.veza]
+type = "veza"
+url = "{veza}"
+token_file = "{dir}/veza_token"
+page_size = 100
+start_at = "-24h"
+poll_interval = "50ms"
+retry = {{ initial = "20ms", max = "300ms" }}
+[sinks.splunk]
+type = "splunk_hec"
+inputs = ["veza"]
+endpoint = "{hec}"
+token_file = "{dir}/hec_token"
+indexer_ack = true
+ack_poll_interval = "50ms"
+batch = {{ max_events = 25 }}
+retry = {{ initial = "20ms", max = "300ms" }}
+schema = "ocsf"
+ocsf_raw = "unmapped"
+redact = ["identity.email"]
+"#,
+            state = p("state").display(),
+            port = free_port(),
+            dir = dir.path().display(),
+            veza = veza.url(),
+            hec = hec.url(),
+        ),
+    )
+    .unwrap();
+    let log = p("daemon.log");
+    let mut daemon = Daemon::spawn(&config, &log);
+    let all = veza.all_ids();
+    let arrived = hec
+        .wait_for_unique(all.len(), Duration::from_secs(60))
+        .await;
+    let tail = support::harness::tail(&log, 30);
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(20))
+            .await
+            .is_some_and(|s| s.success()),
+        "{tail}"
+    );
+    assert!(
+        arrived,
+        "{} of {} events indexed\n{tail}",
+        hec.unique_count(),
+        all.len()
+    );
+    let indexed = hec.indexed();
+    let events: Vec<Value> = indexed
+        .iter()
+        .map(|i| serde_json::from_str(&i.event_raw).expect("OCSF JSON"))
+        .collect();
+    assert_valid(&events);
+    for (i, e) in indexed.iter().zip(&events) {
+        let class = e["class_name"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .replace(' ', "_");
+        assert_eq!(
+            i.envelope["sourcetype"],
+            format!("ocsf:{class}"),
+            "{}",
+            i.envelope
+        );
+        assert!(!i.event_raw.contains('@'), "{}", i.event_raw);
+    }
+    assert!(classes(&events).len() >= 3, "{:?}", classes(&events));
+}
