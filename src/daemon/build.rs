@@ -92,7 +92,7 @@ pub fn with_shaping(
             &format!("sinks.{name}"),
             Arc::new(source_kinds),
         )? {
-            Some(shaper) => Arc::new(ShapingSink::new(sink, shaper)),
+            Some(shaper) => Arc::new(ShapingSink::new(name, sink, shaper)),
             None => sink,
         },
     )

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::Value;
 use support::certifyclouds_fake::{CertifycloudsFake, CertifycloudsFakeConfig, Echo};
-use support::harness::{wait_for_all, Setup};
+use support::harness::{metric_value, wait_for_all, Setup};
 use support::ocsf_schema::assert_valid;
 use support::pull_fake::{PullFake, PullFakeConfig, PullMode};
 use support::quickztna_fake::{QuickztnaFake, QuickztnaFakeConfig};
@@ -409,6 +409,17 @@ batch_size = 50"#
     }
     let ids: Vec<String> = (1..=5).map(|i| format!("p{i}")).collect();
     wait_for_all(&ids, &hook, &setup).await;
+    let metrics = setup.metrics().await;
+    let series = |class: &str| {
+        metric_value(
+            &metrics,
+            &format!(
+                "auditrelay_ocsf_events_total{{class=\"{class}\",sink=\"hook\",source=\"push\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("detection_finding"), 2.0, "{metrics}");
+    assert_eq!(series("base_event"), 1.0, "{metrics}");
     assert!(
         daemon
             .terminate(Duration::from_secs(20))

@@ -10,6 +10,7 @@
 //! Then `add_fields` is added: at the top level of a raw event, as
 //! `metadata.tags` of an OCSF one.
 
+mod metrics;
 mod paths;
 
 use std::collections::BTreeMap;
@@ -86,10 +87,15 @@ impl Shaper {
     /// The event rewritten; an event that is not JSON is kept as it is in
     /// raw mode (there is no field to change) and wrapped in OCSF mode.
     pub fn shape(&self, source: &str, event: &Event) -> Event {
+        self.shape_classed(source, event).0
+    }
+
+    /// [`Self::shape`], and the OCSF class it was given (`schema = "ocsf"`).
+    fn shape_classed(&self, source: &str, event: &Event) -> (Event, Option<String>) {
         let parsed = serde_json::from_slice::<Value>(&event.raw).ok();
         let mut original = match (parsed, self.schema) {
             (Some(v), _) => v,
-            (None, Schema::Raw) => return event.clone(),
+            (None, Schema::Raw) => return (event.clone(), None),
             (None, Schema::Ocsf) => Value::String(String::from_utf8_lossy(&event.raw).into_owned()),
         };
         let mut pending = Vec::new();
@@ -104,6 +110,7 @@ impl Shaper {
                 pending_drop.push(p);
             }
         }
+        let mut class = None;
         let out = match self.schema {
             Schema::Raw => {
                 for (p, v) in &self.add {
@@ -129,13 +136,15 @@ impl Shaper {
                         .collect();
                     out["metadata"]["tags"] = Value::Array(tags);
                 }
+                class = out["class_name"].as_str().map(ocsf::class_slug);
                 out
             }
         };
-        Event {
+        let shaped = Event {
             raw: Bytes::from(serde_json::to_vec(&out).unwrap_or_else(|_| event.raw.to_vec())),
             ..event.clone()
-        }
+        };
+        (shaped, class)
     }
 
     fn keep_original(&self, out: &mut Value, original: Value) {
@@ -236,23 +245,43 @@ pub fn validate(common: &SinkCommon, path: &str, problems: &mut Problems) {
 
 /// A sink that receives its events shaped.
 pub struct ShapingSink {
+    name: String,
     inner: Arc<dyn Sink>,
     shaper: Shaper,
 }
 
 impl ShapingSink {
-    pub fn new(inner: Arc<dyn Sink>, shaper: Shaper) -> ShapingSink {
-        ShapingSink { inner, shaper }
+    pub fn new(name: &str, inner: Arc<dyn Sink>, shaper: Shaper) -> ShapingSink {
+        ShapingSink {
+            name: name.to_string(),
+            inner,
+            shaper,
+        }
     }
 }
 
 #[async_trait]
 impl Sink for ShapingSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        let mut classes: BTreeMap<String, u64> = BTreeMap::new();
         let shaped: Vec<Event> = events
             .iter()
-            .map(|e| self.shaper.shape(source, e))
+            .map(|e| {
+                let (shaped, class) = self.shaper.shape_classed(source, e);
+                if let Some(class) = class {
+                    *classes.entry(class).or_default() += 1;
+                }
+                shaped
+            })
             .collect();
+        // Counted when handed to the sink (a batch the pipeline retries is
+        // counted again, like the sink's own request metrics).
+        for (class, n) in classes {
+            metrics::SHAPING_METRICS
+                .ocsf_events
+                .with_label_values(&[&self.name, source, &class])
+                .inc_by(n);
+        }
         self.inner.deliver(source, &shaped).await
     }
 

@@ -249,6 +249,11 @@ async fn the_daemon_shapes_only_sinks_with_a_shaping_key() {
     assert_eq!(v["class_uid"], json!(0));
     assert_eq!(v["unmapped"], json!({"a": 1}));
     assert_eq!(got[0].id.as_deref(), Some("req-1"));
+    let counted = metrics::SHAPING_METRICS
+        .ocsf_events
+        .with_label_values(&["out", "s", "base_event"])
+        .get();
+    assert_eq!(counted, 1);
 }
 
 #[test]
