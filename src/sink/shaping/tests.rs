@@ -271,3 +271,16 @@ fn loading_a_config_reports_shaping_problems_with_their_key_paths() {
     let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
     assert_eq!(paths, vec!["sinks.out.redact_key_file"]);
 }
+
+#[test]
+fn kafka_topic_class_placeholder_needs_the_ocsf_schema() {
+    let config = |keys: &str| {
+        crate::config_file::load_str(&format!(
+            "state_dir = \"/nonexistent\"\n[sources.s]\ntype = \"demo\"\n[sinks.k]\ntype = \"kafka\"\ninputs = [\"s\"]\nbrokers = [\"127.0.0.1:9092\"]\ntopic = \"ocsf.{{class}}\"\n{keys}\n"
+        ))
+    };
+    let err = config("").expect_err("{class} without schema = \"ocsf\"");
+    let paths: Vec<&str> = err.problems.iter().map(|p| p.path.as_str()).collect();
+    assert_eq!(paths, vec!["sinks.k.topic"]);
+    assert!(config("schema = \"ocsf\"").is_ok());
+}
