@@ -89,8 +89,12 @@ pub async fn run(
             continue;
         }
         // Exactly as the daemon builds it (dead-letter cap included), but
-        // never behind a spool: a backfill waits for its sinks.
+        // never behind a spool: a backfill waits for its sinks. Its events
+        // are shaped as the daemon's are (they come from the list API).
+        let mut kinds = crate::daemon::source_kinds(config);
+        kinds.insert(key.clone(), "veza_list".into());
         let sink = crate::daemon::build_sink(config, sink_name, &health)?;
+        let sink = crate::daemon::with_shaping(config, sink_name, sink, kinds)?;
         metrics().init_route(sink_name, name);
         routes.push(Route {
             sink_name: sink_name.as_str().into(),

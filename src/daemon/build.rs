@@ -9,6 +9,7 @@ use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::pipeline::{RequestSize, Route, SourcePipeline};
+use crate::sink::shaping::{Shaper, ShapingSink};
 use crate::sink::spooling::{spool_dir, SpoolingSink};
 use crate::sink::{DeadLetters, OnUnavailable, Sink, SinkContext};
 use crate::source::SourceContext;
@@ -53,9 +54,51 @@ pub fn build_sink(config: &Config, name: &str, health: &Health) -> anyhow::Resul
 }
 
 /// Builds one sink for the daemon: as [`build_sink`], behind its spool when
-/// `on_unavailable = "spool"` (one-shot commands talk to the sink itself).
+/// `on_unavailable = "spool"` (one-shot commands talk to the sink itself),
+/// and behind its event shaping when a shaping key is set (so the spool and
+/// the dead-letter file hold shaped, redacted events).
 /// Must run inside the runtime: the spool starts its drainer.
 pub fn build_running_sink(
+    config: &Config,
+    name: &str,
+    health: &Health,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let sink = build_spooled_sink(config, name, health)?;
+    with_shaping(config, name, sink, source_kinds(config))
+}
+
+/// Each source's type by name, for the OCSF mapping of its events.
+pub fn source_kinds(config: &Config) -> BTreeMap<String, String> {
+    config
+        .sources
+        .iter()
+        .map(|(n, s)| (n.clone(), s.kind().to_string()))
+        .collect()
+}
+
+/// `sink` behind the event shaping of sink `name`, when it has any.
+pub fn with_shaping(
+    config: &Config,
+    name: &str,
+    sink: Arc<dyn Sink>,
+    source_kinds: BTreeMap<String, String>,
+) -> anyhow::Result<Arc<dyn Sink>> {
+    let Some(cfg) = config.sinks.get(name) else {
+        return Ok(sink);
+    };
+    Ok(
+        match Shaper::new(
+            &cfg.common,
+            &format!("sinks.{name}"),
+            Arc::new(source_kinds),
+        )? {
+            Some(shaper) => Arc::new(ShapingSink::new(name, sink, shaper)),
+            None => sink,
+        },
+    )
+}
+
+fn build_spooled_sink(
     config: &Config,
     name: &str,
     health: &Health,

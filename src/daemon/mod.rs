@@ -32,7 +32,10 @@ use crate::cluster::Cluster;
 use crate::config_file::Config;
 use crate::health::Health;
 use crate::metrics::metrics;
-pub use build::{build, build_pipeline, build_running_sink, build_sink, build_sinks, Daemon};
+pub use build::{
+    build, build_pipeline, build_running_sink, build_sink, build_sinks, source_kinds, with_shaping,
+    Daemon,
+};
 use running::{close_sinks, Finished, Running};
 pub use signals::hold_signals;
 use signals::{Signal, Signals};

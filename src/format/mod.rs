@@ -6,6 +6,7 @@ pub mod cef;
 pub mod fields;
 pub mod leef;
 pub mod ndjson;
+pub mod ocsf;
 pub mod rfc3164;
 pub mod rfc5424;
 pub mod shorten;

@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::dead_letter;
@@ -36,6 +39,72 @@ pub struct SinkCommon {
     /// Cap of the on-disk spool; when full the sources wait, as with `block`.
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// What each event is turned into before encoding: itself (`raw`,
+    /// byte for byte) or an OCSF event (`ocsf`).
+    #[serde(default)]
+    pub schema: Schema,
+    /// Where an OCSF event keeps the original (`schema = "ocsf"` only).
+    #[serde(default)]
+    pub ocsf_raw: OcsfRaw,
+    /// Dotted paths whose values are replaced before the event leaves.
+    #[serde(default)]
+    pub redact: Vec<String>,
+    /// `mask` (`"[REDACTED]"`) or `hmac` (HMAC-SHA256 hex, for correlation).
+    #[serde(default)]
+    pub redact_mode: RedactMode,
+    /// The HMAC key of `redact_mode = "hmac"` (a secret).
+    #[serde(default)]
+    pub redact_key_file: Option<PathBuf>,
+    /// Dotted paths removed before the event leaves.
+    #[serde(default)]
+    pub drop_fields: Vec<String>,
+    /// Static fields added to every event (tenant, environment).
+    #[serde(default)]
+    pub add_fields: BTreeMap<String, serde_json::Value>,
+}
+
+impl SinkCommon {
+    /// Whether any key asks for events to be reshaped; when none does the
+    /// sink is handed the events as received, at no cost.
+    pub fn shapes_events(&self) -> bool {
+        self.schema != Schema::Raw
+            || !self.redact.is_empty()
+            || !self.drop_fields.is_empty()
+            || !self.add_fields.is_empty()
+    }
+}
+
+/// `sinks.NAME.schema`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schema {
+    /// The event as the API sent it.
+    #[default]
+    Raw,
+    /// The event mapped by its source's OCSF mapping.
+    Ocsf,
+}
+
+/// `sinks.NAME.ocsf_raw`: where the original goes in an OCSF event.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OcsfRaw {
+    /// `raw_data`, the original's JSON text.
+    #[default]
+    RawData,
+    /// `unmapped`, the original as an object.
+    Unmapped,
+    /// Not kept.
+    None,
+}
+
+/// `sinks.NAME.redact_mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactMode {
+    #[default]
+    Mask,
+    Hmac,
 }
 
 fn default_dead_letter_max_bytes() -> u64 {

@@ -13,6 +13,7 @@ pub mod delivery;
 pub mod file;
 pub mod kafka;
 mod registry;
+pub mod shaping;
 pub mod splunk_hec;
 pub mod spooling;
 pub mod stdout;
@@ -21,7 +22,9 @@ pub mod webhook;
 
 use figment::Figment;
 
-pub use common::{BatchConfig, FilterConfig, OnUnavailable, SinkCommon};
+pub use common::{
+    BatchConfig, FilterConfig, OcsfRaw, OnUnavailable, RedactMode, Schema, SinkCommon,
+};
 pub use component::{AnySink, Sink, SinkContext, SinkType};
 pub use dead_letter::DeadLetters;
 
@@ -99,6 +102,7 @@ impl SinkConfig {
                 );
             }
         }
+        shaping::validate(&self.common, path, problems);
         self.kind.component().validate(path, &self.common, problems);
     }
 

@@ -21,6 +21,7 @@ mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;
 mod kill_duplicates;
+mod ocsf;
 mod offset_paging_under_change;
 mod operations;
 mod quickztna_journal;

@@ -387,15 +387,20 @@ async fn watch_brokers(
 impl super::SinkType for KafkaConfig {
     const KIND: &'static str = "kafka";
 
-    fn validate(&self, path: &str, _common: &SinkCommon, problems: &mut Problems) {
+    fn validate(&self, path: &str, common: &SinkCommon, problems: &mut Problems) {
         if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
             problems.push(
                 format!("{path}.brokers"),
                 "list at least one broker as host:port",
             );
         }
-        if let Err(e) = TopicTemplate::parse(&self.topic) {
-            problems.push(format!("{path}.topic"), e);
+        match TopicTemplate::parse(&self.topic) {
+            Err(e) => problems.push(format!("{path}.topic"), e),
+            Ok(t) if t.uses_class() && common.schema != crate::sink::Schema::Ocsf => problems.push(
+                format!("{path}.topic"),
+                "{class} is the OCSF class of an event: it needs schema = \"ocsf\"",
+            ),
+            Ok(_) => {}
         }
         if let Some(k) = &self.key_field {
             FieldPath::check(k, &format!("{path}.key_field"), problems);

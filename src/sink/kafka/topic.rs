@@ -2,7 +2,8 @@
 
 use serde_json::value::RawValue;
 
-use crate::event::{scalar_text, Event, FieldPath};
+use crate::event::{get_field, scalar_text, Event, FieldPath};
+use crate::format::ocsf::class_slug;
 
 /// A topic name with per-event placeholders.
 #[derive(Clone, Debug)]
@@ -10,6 +11,8 @@ enum Piece {
     Text(String),
     Type,
     Source,
+    /// The OCSF class of an event shaped with `schema = "ocsf"`.
+    Class,
     Field(FieldPath),
 }
 
@@ -34,6 +37,7 @@ impl TopicTemplate {
             pieces.push(match name {
                 "type" => Piece::Type,
                 "source" => Piece::Source,
+                "class" => Piece::Class,
                 _ => Piece::Field(FieldPath::parse(name).map_err(|e| format!("\"{text}\": {e}"))?),
             });
             rest = &rest[open + close + 1..];
@@ -46,6 +50,10 @@ impl TopicTemplate {
 
     pub(super) fn is_fixed(&self) -> bool {
         self.0.iter().all(|p| matches!(p, Piece::Text(_)))
+    }
+
+    pub(super) fn uses_class(&self) -> bool {
+        self.0.iter().any(|p| matches!(p, Piece::Class))
     }
 
     pub(super) fn render(&self, source: &str, event: &Event, parsed: Option<&RawValue>) -> String {
@@ -62,6 +70,17 @@ impl TopicTemplate {
                         .unwrap_or("unknown"),
                 ),
                 Piece::Source => out.push_str(source),
+                Piece::Class => {
+                    let name = parsed
+                        .and_then(|r| get_field(r, "class_name"))
+                        .and_then(scalar_text);
+                    out.push_str(
+                        name.as_deref()
+                            .map(class_slug)
+                            .as_deref()
+                            .unwrap_or("unknown"),
+                    );
+                }
                 Piece::Field(path) => {
                     let v = parsed.and_then(|r| path.lookup(r)).and_then(scalar_text);
                     out.push_str(v.as_deref().map(topic_safe).as_deref().unwrap_or("unknown"));
@@ -106,5 +125,15 @@ mod tests {
         );
         assert!(TopicTemplate::parse("audit.{type").is_err());
         assert!(TopicTemplate::parse("fixed").unwrap().is_fixed());
+        let t = TopicTemplate::parse("ocsf.{class}").unwrap();
+        assert!(t.uses_class());
+        let ocsf = Event {
+            raw: Bytes::from_static(br#"{"class_uid":6003,"class_name":"API Activity"}"#),
+            ..ev.clone()
+        };
+        let raw: &RawValue = serde_json::from_slice(&ocsf.raw).unwrap();
+        assert_eq!(t.render("veza", &ocsf, Some(raw)), "ocsf.api_activity");
+        let raw: &RawValue = serde_json::from_slice(&ev.raw).unwrap();
+        assert_eq!(t.render("veza", &ev, Some(raw)), "ocsf.unknown");
     }
 }

@@ -23,6 +23,20 @@ pub(super) struct Envelope {
     sourcetype: Option<String>,
     index: Option<String>,
     fields: Vec<(String, FieldPath)>,
+    /// `schema = "ocsf"` without a `sourcetype`: each event's is
+    /// `ocsf:<class>`, from its `class_name`.
+    ocsf_sourcetype: bool,
+}
+
+/// `"ocsf:api_activity"` (JSON-encoded) for an OCSF event of that class.
+fn ocsf_sourcetype(raw: &[u8]) -> Option<String> {
+    let object = serde_json::from_slice::<&RawValue>(raw).ok()?;
+    let name: String =
+        serde_json::from_str(crate::event::get_field(object, "class_name")?.get()).ok()?;
+    Some(json_string(&format!(
+        "ocsf:{}",
+        crate::format::ocsf::class_slug(&name)
+    )))
 }
 
 pub(super) fn json_string(s: &str) -> String {
@@ -86,7 +100,14 @@ impl Envelope {
             sourcetype: cfg.sourcetype.as_deref().map(json_string),
             index: cfg.index.as_deref().map(json_string),
             fields,
+            ocsf_sourcetype: false,
         })
+    }
+
+    /// Each event's `sourcetype` is `ocsf:<class>` unless one is configured.
+    pub(super) fn with_ocsf_sourcetype(mut self) -> Self {
+        self.ocsf_sourcetype = self.sourcetype.is_none();
+        self
     }
 
     /// Appends one event's envelope; `source` is JSON-encoded already.
@@ -98,10 +119,17 @@ impl Envelope {
             out.push(b',');
         }
         let source = self.source.as_deref().unwrap_or(source);
+        let class_sourcetype = self
+            .ocsf_sourcetype
+            .then(|| ocsf_sourcetype(&e.raw))
+            .flatten();
         for (key, value) in [
             ("host", self.host.as_deref()),
             ("source", Some(source)),
-            ("sourcetype", self.sourcetype.as_deref()),
+            (
+                "sourcetype",
+                self.sourcetype.as_deref().or(class_sourcetype.as_deref()),
+            ),
             ("index", self.index.as_deref()),
         ] {
             if let Some(v) = value {
@@ -283,5 +311,25 @@ mod tests {
         assert_eq!(enc.runs(&b), vec![0..2, 2..3, 3..4, 4..5]);
         let b = BatchConfig::default();
         assert_eq!(enc.runs(&b), vec![0..5]);
+    }
+
+    #[test]
+    fn ocsf_events_default_their_sourcetype_to_their_class() {
+        let ocsf = r#"{"class_uid":2004,"class_name":"Detection Finding"}"#;
+        let write = |env: &Envelope, raw: &str| {
+            let mut out = Vec::new();
+            env.write(&mut out, &json_string("veza"), &event(raw, None));
+            String::from_utf8(out).unwrap()
+        };
+        let env = Envelope::new(&config("")).unwrap().with_ocsf_sourcetype();
+        assert!(write(&env, ocsf).contains(r#""sourcetype":"ocsf:detection_finding","#));
+        // Not an OCSF event (a Base Event always has a class_name): no sourcetype.
+        assert!(!write(&env, r#"{"a":1}"#).contains("sourcetype"));
+        let env = Envelope::new(&config("sourcetype = \"mine\""))
+            .unwrap()
+            .with_ocsf_sourcetype();
+        assert!(write(&env, ocsf).contains(r#""sourcetype":"mine","#));
+        let raw_mode = Envelope::new(&config("")).unwrap();
+        assert!(!write(&raw_mode, ocsf).contains("sourcetype"));
     }
 }

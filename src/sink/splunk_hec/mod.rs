@@ -115,7 +115,10 @@ impl SplunkHecSink {
             cookies: true,
         };
         let client = crate::http::client_with(&common.tls, cfg.timeout, &path, options)?;
-        let envelope = Envelope::new(&cfg).map_err(|e| anyhow::anyhow!("{path}.{e}"))?;
+        let mut envelope = Envelope::new(&cfg).map_err(|e| anyhow::anyhow!("{path}.{e}"))?;
+        if common.schema == crate::sink::Schema::Ocsf {
+            envelope = envelope.with_ocsf_sourcetype();
+        }
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|_| anyhow::anyhow!("{path}: the sink needs a running async runtime"))?;
         let inner = Arc::new(Inner {

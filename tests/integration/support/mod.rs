@@ -16,6 +16,7 @@ pub mod harness;
 pub mod hec_fake;
 pub mod http1;
 pub mod kafka;
+pub mod ocsf_schema;
 pub mod paged;
 pub mod pull_fake;
 pub mod quickztna_fake;

@@ -1,0 +1,104 @@
+//! Dotted paths applied to a parsed event: every match is visited, a path
+//! through an array applies to each element, and a path that matches
+//! nothing does nothing (an event without the field is not an error).
+
+use serde_json::{Map, Value};
+
+/// Calls `f` on every value at `path` in `v`; returns whether any matched.
+pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        f(v);
+        return true;
+    };
+    match v {
+        Value::Object(map) => match map.get_mut(first) {
+            Some(child) => for_each(child, rest, f),
+            None => false,
+        },
+        Value::Array(items) => {
+            let mut any = false;
+            for item in items {
+                any |= for_each(item, path, f);
+            }
+            any
+        }
+        _ => false,
+    }
+}
+
+/// Removes every value at `path`; returns whether any was there.
+pub(super) fn remove(v: &mut Value, path: &[String]) -> bool {
+    let Some((last, parent)) = path.split_last() else {
+        return false;
+    };
+    let mut any = false;
+    for_each(v, parent, &mut |p| any |= remove_key(p, last));
+    any
+}
+
+fn remove_key(v: &mut Value, key: &str) -> bool {
+    match v {
+        Value::Object(map) => map.remove(key).is_some(),
+        Value::Array(items) => items
+            .iter_mut()
+            .fold(false, |any, item| remove_key(item, key) | any),
+        _ => false,
+    }
+}
+
+/// Sets `path` to `value`, making the objects on the way; a value in the
+/// way that is not an object is left alone (the field is not added).
+pub(super) fn set(v: &mut Value, path: &[String], value: Value) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let Value::Object(map) = v else {
+        return;
+    };
+    if rest.is_empty() {
+        map.insert(first.clone(), value);
+        return;
+    }
+    let child = map
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    set(child, rest, value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn p(s: &str) -> Vec<String> {
+        s.split('.').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn visits_through_arrays_and_ignores_missing_paths() {
+        let mut v = json!({"users": [{"email": "a"}, {"email": "b"}, {"name": "c"}], "n": 1});
+        let mut seen = Vec::new();
+        assert!(for_each(&mut v, &p("users.email"), &mut |x| seen.push(x.clone())));
+        assert_eq!(seen, vec![json!("a"), json!("b")]);
+        assert!(!for_each(&mut v, &p("n.deeper"), &mut |_| panic!(
+            "no match"
+        )));
+        assert!(!for_each(&mut v, &p("missing.path"), &mut |_| panic!(
+            "no match"
+        )));
+    }
+
+    #[test]
+    fn removes_and_sets() {
+        let mut v = json!({"a": {"b": 1, "c": 2}, "l": [{"x": 1}, {"x": 2, "y": 3}], "s": "text"});
+        assert!(remove(&mut v, &p("a.b")));
+        assert!(remove(&mut v, &p("l.x")));
+        assert!(!remove(&mut v, &p("a.zzz")));
+        set(&mut v, &p("tags.env"), json!("prod"));
+        set(&mut v, &p("s.inner"), json!(1));
+        assert_eq!(
+            v,
+            json!({"a": {"c": 2}, "l": [{}, {"y": 3}], "s": "text", "tags": {"env": "prod"}})
+        );
+    }
+}
