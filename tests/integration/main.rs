@@ -19,6 +19,8 @@ mod dlq_replay;
 mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;
+mod oauth2_client;
+mod oauth2_pull;
 mod offset_paging_under_change;
 mod operations;
 mod quickztna_journal;
