@@ -243,6 +243,7 @@ fn inline_secrets(value: &figment::value::Value, prefix: &str, out: &mut Vec<Str
                     "_header",
                     "_path",
                     "_scheme",
+                    "_url",
                 ]
                 .iter()
                 .any(|s| lower.ends_with(s));

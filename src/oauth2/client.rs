@@ -258,18 +258,16 @@ impl TokenClient {
     }
 
     async fn request(&self) -> Result<AccessToken, Failure> {
-        let secret = self.secret_source.load().map_err(|e| {
-            Failure::Refused(format!("cannot read the client secret: {e}"))
-        })?;
+        let secret = self
+            .secret_source
+            .load()
+            .map_err(|e| Failure::Refused(format!("cannot read the client secret: {e}")))?;
         let req = self.build(&secret);
         let started = Instant::now();
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Failure::Transient {
-                why: format!("token endpoint: {}", crate::http::no_answer(e)),
-                after: None,
-            })?;
+        let resp = req.send().await.map_err(|e| Failure::Transient {
+            why: format!("token endpoint: {}", crate::http::no_answer(e)),
+            after: None,
+        })?;
         let status = resp.status().as_u16();
         let after = crate::http::retry_after(resp.headers());
         let body = resp.bytes().await.map_err(|e| Failure::Transient {
@@ -318,7 +316,10 @@ impl TokenClient {
                 let enc = |s: &str| {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
-                form(req.basic_auth(enc(&cfg.client_id), Some(enc(secret.expose()))), &fields)
+                form(
+                    req.basic_auth(enc(&cfg.client_id), Some(enc(secret.expose()))),
+                    &fields,
+                )
             }
             ClientAuth::Body => {
                 fields.push(("client_id", &cfg.client_id));
@@ -436,7 +437,11 @@ fn health_key(component: &str) -> String {
     let singular = component
         .strip_prefix("sources.")
         .map(|n| format!("source.{n}"))
-        .or_else(|| component.strip_prefix("sinks.").map(|n| format!("sink.{n}")))
+        .or_else(|| {
+            component
+                .strip_prefix("sinks.")
+                .map(|n| format!("sink.{n}"))
+        })
         .unwrap_or_else(|| component.to_string());
     format!("{singular}.oauth2")
 }

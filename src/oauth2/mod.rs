@@ -6,6 +6,7 @@
 mod client;
 mod config;
 mod metrics;
+pub mod probe;
 
 pub use client::{AccessToken, Failure, TokenClient, TokenClientOptions};
 pub use config::{validate_exclusive, ClientAuth, OAuth2Config};

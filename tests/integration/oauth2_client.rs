@@ -75,7 +75,11 @@ async fn each_client_auth_gets_a_token_the_way_the_server_wants_it() {
         .await;
         let secret = TokenEndpointConfig::default().client_secret;
         let c = client(&ep, auth, &secret, &format!("sources.auth_{auth}"));
-        let token = c.client.fetch().await.unwrap_or_else(|e| panic!("{auth}: {e}"));
+        let token = c
+            .client
+            .fetch()
+            .await
+            .unwrap_or_else(|e| panic!("{auth}: {e}"));
         assert!(ep.issued().accepts(token.secret.expose()), "{auth}");
         let stats = ep.stats();
         assert_eq!(stats.auth_seen, [mode], "{auth}");
@@ -83,7 +87,9 @@ async fn each_client_auth_gets_a_token_the_way_the_server_wants_it() {
         assert_eq!(fields["grant_type"], "client_credentials");
         assert_eq!(fields["scope"], "audit.read");
         assert_eq!(fields["resource"], "audit");
-        assert!(token.expires_in().is_some_and(|d| d > Duration::from_secs(3500)));
+        assert!(token
+            .expires_in()
+            .is_some_and(|d| d > Duration::from_secs(3500)));
     }
 }
 
@@ -94,7 +100,12 @@ async fn concurrent_requests_share_one_refresh() {
         ..Default::default()
     })
     .await;
-    let c = client(&ep, "basic", &TokenEndpointConfig::default().client_secret, "sources.crowd");
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.crowd",
+    );
     let tokens = futures_util::future::join_all((0..20).map(|_| c.client.token())).await;
     assert_eq!(ep.stats().requests, 1, "a stampede on the token endpoint");
     assert!(tokens.iter().all(|t| t.secret == tokens[0].secret));
@@ -118,7 +129,12 @@ async fn a_token_is_renewed_before_it_expires() {
         ..Default::default()
     })
     .await;
-    let c = client(&ep, "basic", &TokenEndpointConfig::default().client_secret, "sources.short");
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.short",
+    );
     let first = c.client.token().await;
     assert_eq!(c.client.token().await.secret, first.secret);
     // Half the lifetime is the largest margin: renewed after 1 s, while
@@ -137,7 +153,12 @@ async fn unavailable_answers_are_retried_after_retry_after() {
         ..Default::default()
     })
     .await;
-    let c = client(&ep, "basic", &TokenEndpointConfig::default().client_secret, "sources.busy");
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.busy",
+    );
     match c.client.fetch().await {
         Err(Failure::Transient { after, why }) => {
             assert_eq!(after, Some(Duration::from_secs(1)));
@@ -187,7 +208,12 @@ async fn a_token_without_expires_in_is_kept_until_refused() {
         ..Default::default()
     })
     .await;
-    let c = client(&ep, "basic", &TokenEndpointConfig::default().client_secret, "sources.forever");
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.forever",
+    );
     let first = c.client.token().await;
     assert!(first.expires_in().is_none());
     assert_eq!(c.client.token().await.secret, first.secret);

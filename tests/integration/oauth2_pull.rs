@@ -61,7 +61,11 @@ async fn hook() -> WebhookReceiver {
 
 /// The daemon with every log line down to trace.
 fn spawn_traced(setup: &Setup) -> Daemon {
-    Daemon::spawn_with_env(&setup.config, &setup.log(), &[("RUST_LOG", Path::new("trace"))])
+    Daemon::spawn_with_env(
+        &setup.config,
+        &setup.log(),
+        &[("RUST_LOG", Path::new("trace"))],
+    )
 }
 
 /// What must never be in a log: the client secret (also as Basic
@@ -115,7 +119,8 @@ async fn oauth2_tokens_expiring_every_3s_across_sigkills_lose_nothing() {
         let mut daemon = spawn_traced(&setup);
         let before = hook.stats().requests;
         assert!(
-            hook.wait_for_requests(before + 1, Duration::from_secs(30)).await,
+            hook.wait_for_requests(before + 1, Duration::from_secs(30))
+                .await,
             "no progress in round {round}:\n{}",
             setup.tail(30)
         );
@@ -144,7 +149,10 @@ async fn oauth2_tokens_expiring_every_3s_across_sigkills_lose_nothing() {
         .success());
 
     let tokens = ep.stats();
-    assert!(tokens.issued > issued, "no renewal while running: {tokens:?}");
+    assert!(
+        tokens.issued > issued,
+        "no renewal while running: {tokens:?}"
+    );
     assert_eq!(tokens.invalid_client, 0, "{tokens:?}");
     assert_eq!(tokens.bad_request, 0, "{tokens:?}");
     assert!(tokens.unavailable > 0, "503s never exercised: {tokens:?}");
@@ -210,4 +218,72 @@ async fn a_refused_client_turns_readyz_unready_until_the_provider_accepts_it() {
     let log = setup.log_text();
     assert!(log.contains("the OAuth2 token endpoint refused the client"));
     assert_no_secret(&log, &ep);
+}
+
+/// `auditrelay validate [--online]` on the config of `setup`.
+async fn validate(setup: &Setup, online: bool) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_auditrelay"));
+    cmd.arg("validate").arg("--config").arg(&setup.config);
+    if online {
+        cmd.arg("--online");
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("validate finishes")
+        .expect("validate runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_checks_the_oauth2_table_and_online_fetches_a_token() {
+    let ep = TokenEndpoint::start(TokenEndpointConfig {
+        client_secret: CLIENT_SECRET.into(),
+        audience: Some("https://api.zaita.example".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fake = PullFake::start(PullFakeConfig::default()).await.unwrap();
+    let hook = hook().await;
+    let setup = Setup::new("zaita", &source(&fake, &ep), &hook);
+    setup.write("client_secret", CLIENT_SECRET);
+    let (ok, out) = validate(&setup, true).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("sources.zaita.oauth2: token fetched (expires in"),
+        "{out}"
+    );
+    assert!(!out.contains(CLIENT_SECRET));
+    for token in ep.issued().all() {
+        assert!(!out.contains(&token));
+    }
+
+    setup.write("client_secret", "not-the-secret");
+    let (ok, out) = validate(&setup, true).await;
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("sources.zaita.oauth2: TOKEN REQUEST FAILED"),
+        "{out}"
+    );
+    assert!(out.contains("invalid_client"), "{out}");
+    assert!(!out.contains("not-the-secret"), "{out}");
+
+    // A static token too, and a bad token_url: both named by key path.
+    let text = std::fs::read_to_string(&setup.config).unwrap();
+    let text = text
+        .replace(
+            "type = \"http_pull\"",
+            "type = \"http_pull\"\ntoken_file = \"/dev/null\"",
+        )
+        .replace(&ep.token_url(), "ftp://token.example/");
+    std::fs::write(&setup.config, text).unwrap();
+    let (ok, out) = validate(&setup, false).await;
+    assert!(!ok, "{out}");
+    assert!(out.contains("sources.zaita.token_file"), "{out}");
+    assert!(out.contains("sources.zaita.oauth2.token_url"), "{out}");
 }

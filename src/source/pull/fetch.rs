@@ -15,8 +15,8 @@ use super::rate_limit::{read_cooldown, write_cooldown, RateLimitConfig};
 use crate::config::RetryConfig;
 use crate::health::Health;
 use crate::metrics::metrics;
-use crate::retry::{with_jitter, Backoff};
 use crate::oauth2::{AccessToken, TokenClient};
+use crate::retry::{with_jitter, Backoff};
 use crate::secret::{Secret, SecretSource};
 
 /// A response the caller gets to see: a 2xx, or a refusal the request loop

@@ -189,7 +189,7 @@ impl TokenApi {
             return oauth_error(405, "invalid_request", "the token endpoint takes POST");
         }
         if let Some(n) = st.cfg.unavailable_every {
-            if st.stats.requests % n == 0 {
+            if st.stats.requests.is_multiple_of(n) {
                 st.stats.unavailable += 1;
                 return oauth_error(503, "temporarily_unavailable", "try again")
                     .with_header("Retry-After", "1");
@@ -262,12 +262,24 @@ impl TokenApi {
         }
         if fields.get("grant_type").map(String::as_str) != Some("client_credentials") {
             st.stats.bad_request += 1;
-            return oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials");
+            return oauth_error(
+                400,
+                "unsupported_grant_type",
+                "grant_type must be client_credentials",
+            );
         }
         let scope = fields.get("scope").cloned().unwrap_or_default();
-        if scope.split(' ').filter(|s| !s.is_empty()).any(|s| !cfg.scopes.iter().any(|k| k == s)) {
+        if scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .any(|s| !cfg.scopes.iter().any(|k| k == s))
+        {
             st.stats.bad_request += 1;
-            return oauth_error(400, "invalid_scope", "the client may not ask for this scope");
+            return oauth_error(
+                400,
+                "invalid_scope",
+                "the client may not ask for this scope",
+            );
         }
         if cfg.audience.is_some() && fields.get("audience") != cfg.audience.as_ref() {
             st.stats.bad_request += 1;
