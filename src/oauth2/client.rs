@@ -389,7 +389,10 @@ impl TokenClient {
                 Some(d) => format!("{error}: {d}"),
                 None => error,
             },
-            _ => crate::source::pull::fetch::snippet(body),
+            _ => {
+                let end = body.len().min(300);
+                String::from_utf8_lossy(&body[..end]).replace(['\n', '\r'], " ")
+            }
         };
         text.replace(secret.expose(), "***")
     }
