@@ -329,7 +329,12 @@ impl WebhookSink {
         }
         client.refused(&access).await;
         let access = client.token().await;
-        self.post_with(body, Some(&access.secret)).await
+        let verdict = self.post_with(body, Some(&access.secret)).await?;
+        if matches!(&verdict, Verdict::AuthWait { why, .. } if why.starts_with("HTTP 401")) {
+            // Refused twice: the attempt after `auth_retry` starts afresh.
+            client.refused(&access).await;
+        }
+        Ok(verdict)
     }
 
     /// [`Self::post`] with `access` as the bearer token when given.

@@ -21,6 +21,7 @@ mod http_pull_to_webhook;
 mod kafka_sink;
 mod oauth2_client;
 mod oauth2_pull;
+mod oauth2_webhook;
 mod offset_paging_under_change;
 mod operations;
 mod quickztna_journal;
