@@ -21,7 +21,8 @@ use support::webhook_receiver::{WebhookConfig, WebhookReceiver};
 
 const CLIENT_SECRET: &str = "zaita-Client-SECRET-4b9d:/+";
 
-fn source(fake: &PullFake, ep: &TokenEndpoint) -> String {
+/// The source section, authenticating at the token endpoint as `client_auth`.
+fn source_with(fake: &PullFake, ep: &TokenEndpoint, client_auth: &str) -> String {
     format!(
         r#"type = "http_pull"
 url = "{url}"
@@ -44,10 +45,15 @@ client_id = "auditrelay-test"
 client_secret_file = "{{dir}}/client_secret"
 scopes = ["audit.read"]
 audience = "https://api.zaita.example"
+client_auth = "{client_auth}"
 "#,
         url = fake.url(),
         token_url = ep.token_url(),
     )
+}
+
+fn source(fake: &PullFake, ep: &TokenEndpoint) -> String {
+    source_with(fake, ep, "basic")
 }
 
 async fn hook() -> WebhookReceiver {
@@ -174,8 +180,11 @@ async fn oauth2_tokens_expiring_every_3s_across_sigkills_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_client_turns_readyz_unready_until_the_provider_accepts_it() {
     let ep = TokenEndpoint::start(TokenEndpointConfig {
-        // The provider expects another secret than the file holds.
+        // The provider expects another secret than the file holds, in a
+        // JSON body: the secret travels in the body, which must not reach
+        // a trace line either.
         client_secret: "rotated-at-the-provider".into(),
+        auth: support::token_endpoint::ClientAuth::Json,
         audience: Some("https://api.zaita.example".into()),
         ..Default::default()
     })
@@ -189,7 +198,7 @@ async fn a_refused_client_turns_readyz_unready_until_the_provider_accepts_it() {
     .unwrap();
     let hook = hook().await;
     let expected = fake.add_aged(15, Duration::from_secs(60));
-    let setup = Setup::new("zaita", &source(&fake, &ep), &hook);
+    let setup = Setup::new("zaita", &source_with(&fake, &ep, "json"), &hook);
     setup.write("client_secret", CLIENT_SECRET);
     let mut daemon = spawn_traced(&setup);
     let reason = wait_unready(&setup, Duration::from_secs(20))
