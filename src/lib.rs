@@ -22,6 +22,7 @@ pub mod health;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod oauth2;
 pub mod pipeline;
 pub mod retry;
 pub mod secret;

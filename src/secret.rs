@@ -243,9 +243,12 @@ fn inline_secrets(value: &figment::value::Value, prefix: &str, out: &mut Vec<Str
                     "_header",
                     "_path",
                     "_scheme",
+                    "_url",
                 ]
                 .iter()
                 .any(|s| lower.ends_with(s));
+                // `oauth2.client_auth` names a method (`basic`, `body`, `json`).
+                let names_something = names_something || lower == "client_auth";
                 // `fields`, `extra_fields`: names of event fields, values paths.
                 let field_map = prefix.ends_with("fields");
                 // A template placeholder such as `"{cursor}"` is no secret.

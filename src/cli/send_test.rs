@@ -24,6 +24,22 @@ pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
         let sinks = or_exit!(auditrelay::daemon::build_sinks(&cfg, &health));
         let event = auditrelay::source::demo::send_test_event();
         let mut ok = true;
+        let fig = auditrelay::config_file::figment(path);
+        for component in auditrelay::oauth2::probe::components_with_oauth2(&fig, true) {
+            if only
+                .as_ref()
+                .is_some_and(|o| component != format!("sinks.{o}"))
+            {
+                continue;
+            }
+            match auditrelay::oauth2::probe::probe(&fig, &component).await {
+                Ok(what) => println!("{component}.oauth2: {what}"),
+                Err(e) => {
+                    ok = false;
+                    println!("{component}.oauth2: TOKEN REQUEST FAILED: {e}");
+                }
+            }
+        }
         for (name, sink) in sinks
             .iter()
             .filter(|(n, _)| only.as_ref().is_none_or(|o| o == *n))

@@ -1,5 +1,6 @@
 //! `auditrelay validate [--online]`: the config's problems with their key
-//! paths, and with `--online` whether every sink answers now.
+//! paths, and with `--online` whether every sink answers now and every `oauth2` table
+//! gets a token.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -30,6 +31,16 @@ pub fn run(path: &Path, online: bool) -> ExitCode {
                 Err(_) => {
                     ok = false;
                     println!("sinks.{name}: UNREACHABLE: no answer within 15s");
+                }
+            }
+        }
+        let fig = auditrelay::config_file::figment(path);
+        for component in auditrelay::oauth2::probe::components_with_oauth2(&fig, false) {
+            match auditrelay::oauth2::probe::probe(&fig, &component).await {
+                Ok(what) => println!("{component}.oauth2: {what}"),
+                Err(e) => {
+                    ok = false;
+                    println!("{component}.oauth2: TOKEN REQUEST FAILED: {e}");
                 }
             }
         }

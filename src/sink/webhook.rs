@@ -65,6 +65,8 @@ pub struct WebhookConfig {
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
     pub token_credential: Option<String>,
+    /// OAuth2 client credentials: a bearer token fetched and renewed.
+    pub oauth2: Option<crate::oauth2::OAuth2Config>,
     /// Basic auth user; the password comes from `password_file`/`_env`.
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
@@ -159,6 +161,17 @@ impl super::SinkType for WebhookConfig {
                 "basic auth needs both username and password_file (or password_env)",
             );
         }
+        let [(_, token_keys), ..] = self.secret_keys();
+        crate::oauth2::validate_exclusive(self.oauth2.as_ref(), &token_keys, path, problems);
+        if let Some(o) = &self.oauth2 {
+            o.validate(&format!("{path}.oauth2"), problems);
+            if self.username.is_some() {
+                problems.push(
+                    format!("{path}.username"),
+                    "choose oauth2 or basic (username/password_*), not both",
+                );
+            }
+        }
         if have.contains_key("token") && self.username.is_some() {
             problems.push(
                 format!("{path}.token_file"),
@@ -177,6 +190,7 @@ enum Auth {
     None,
     Bearer(SecretSource, Secret),
     Basic(String, Secret),
+    OAuth2(std::sync::Arc<crate::oauth2::TokenClient>),
 }
 
 pub struct WebhookSink {
@@ -217,7 +231,22 @@ impl WebhookSink {
                 }
             };
         let [(_, token_keys), (_, password_keys), (_, hmac_keys)] = cfg.secret_keys();
-        let auth = if let Some((src, s)) = load("token", &token_keys)? {
+        let bearer = load("token", &token_keys)?;
+        if bearer.is_some() && cfg.oauth2.is_some() {
+            anyhow::bail!("{path}: set either token_* or the oauth2 table, not both");
+        }
+        let auth = if let Some(o) = &cfg.oauth2 {
+            Auth::OAuth2(std::sync::Arc::new(crate::oauth2::TokenClient::new(
+                o.clone(),
+                crate::oauth2::TokenClientOptions {
+                    component: path.clone(),
+                    http: crate::http::client(&common.tls, cfg.timeout, &path)?,
+                    health: Some(ctx.health.clone()),
+                    retry: common.retry,
+                    auth_retry: cfg.auth_retry,
+                },
+            )?))
+        } else if let Some((src, s)) = bearer {
             Auth::Bearer(src, s)
         } else if let (Some(user), Some((_, pw))) =
             (&cfg.username, load("password", &password_keys)?)
@@ -272,8 +301,38 @@ impl WebhookSink {
         Ok((body.into(), content_type))
     }
 
-    /// One request with a run's encoded body, its answer classified.
-    async fn post(&self, (body, content_type): &Body) -> anyhow::Result<Verdict<Trouble>> {
+    /// One request with a run's encoded body, its answer classified; with
+    /// OAuth2, a refused access token is replaced and the request sent
+    /// once more at once.
+    async fn post(&self, body: &Body) -> anyhow::Result<Verdict<Trouble>> {
+        let oauth2 = match &*self.auth.read().await {
+            Auth::OAuth2(client) => Some(client.clone()),
+            _ => None,
+        };
+        let Some(client) = oauth2 else {
+            return self.post_with(body, None).await;
+        };
+        let access = client.token().await;
+        let verdict = self.post_with(body, Some(&access.secret)).await?;
+        if !matches!(&verdict, Verdict::AuthWait { why, .. } if why.starts_with("HTTP 401")) {
+            return Ok(verdict);
+        }
+        client.refused(&access).await;
+        let access = client.token().await;
+        let verdict = self.post_with(body, Some(&access.secret)).await?;
+        if matches!(&verdict, Verdict::AuthWait { why, .. } if why.starts_with("HTTP 401")) {
+            // Refused twice: the attempt after `auth_retry` starts afresh.
+            client.refused(&access).await;
+        }
+        Ok(verdict)
+    }
+
+    /// [`Self::post`] with `access` as the bearer token when given.
+    async fn post_with(
+        &self,
+        (body, content_type): &Body,
+        access: Option<&Secret>,
+    ) -> anyhow::Result<Verdict<Trouble>> {
         let mut req = self
             .client
             .request(self.method.clone(), self.url.clone())
@@ -288,6 +347,10 @@ impl WebhookSink {
             Auth::None => {}
             Auth::Bearer(_, t) => req = req.bearer_auth(t.expose()),
             Auth::Basic(u, p) => req = req.basic_auth(u, Some(p.expose())),
+            Auth::OAuth2(_) => {}
+        }
+        if let Some(t) = access {
+            req = req.bearer_auth(t.expose());
         }
         if let Some(key) = &self.hmac_key {
             let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())

@@ -190,7 +190,7 @@ fn shipped_source_examples_validate() {
         (
             "config/zaita.toml",
             &[
-                "AUDITRELAY_SOURCES__ZAITA__TOKEN_FILE",
+                "AUDITRELAY_SOURCES__ZAITA__OAUTH2__CLIENT_SECRET_FILE",
                 "AUDITRELAY_SINKS__HOOK__HMAC_SECRET_FILE",
             ],
         ),

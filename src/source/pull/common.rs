@@ -118,6 +118,8 @@ pub struct PullCommon {
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
     pub token_credential: Option<String>,
+    /// OAuth2 client credentials instead of a static token.
+    pub oauth2: Option<crate::oauth2::OAuth2Config>,
     /// Request timeout.
     pub timeout: Duration,
     /// Least wait between attempts while the API refuses the token.
@@ -147,6 +149,7 @@ struct PullKeys {
     token_file: Option<PathBuf>,
     token_env: Option<String>,
     token_credential: Option<String>,
+    oauth2: Option<crate::oauth2::OAuth2Config>,
     #[serde(default, with = "humantime_serde::option")]
     timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde::option")]
@@ -181,6 +184,7 @@ impl PullKeys {
             token_file: self.token_file,
             token_env: self.token_env,
             token_credential: self.token_credential,
+            oauth2: self.oauth2,
             timeout: self.timeout.unwrap_or(d.timeout),
             auth_retry: self.auth_retry.unwrap_or(d.auth_retry),
             retry: self.retry,
@@ -224,8 +228,13 @@ impl<K: PullKind> SourceType for PullConfig<K> {
     fn validate(&self, path: &str, problems: &mut Problems) {
         let (c, d) = (&self.common, &K::DEFAULTS);
         parse_url(&c.url, &format!("{path}.url"), problems);
+        let token_missing = d.token_missing.filter(|_| c.oauth2.is_none());
         c.token_keys()
-            .validate("token", path, d.token_missing, problems);
+            .validate("token", path, token_missing, problems);
+        crate::oauth2::validate_exclusive(c.oauth2.as_ref(), &c.token_keys(), path, problems);
+        if let Some(o) = &c.oauth2 {
+            o.validate(&format!("{path}.oauth2"), problems);
+        }
         if d.window {
             if let Err(e) = StartAt::parse(&c.start_at) {
                 problems.push(format!("{path}.start_at"), e);
@@ -306,10 +315,25 @@ impl<K: PullKind> PullConfig<K> {
         advice: impl Fn(u16, &str) -> String + Send + Sync + 'static,
     ) -> anyhow::Result<FetcherConfig> {
         let c = &self.common;
+        let client = crate::http::client(&c.tls, c.timeout, path)?;
+        let oauth2 = match &c.oauth2 {
+            Some(o) => Some(std::sync::Arc::new(crate::oauth2::TokenClient::new(
+                o.clone(),
+                crate::oauth2::TokenClientOptions {
+                    component: path.to_string(),
+                    http: client.clone(),
+                    health: Some(health.clone()),
+                    retry: c.retry,
+                    auth_retry: c.auth_retry,
+                },
+            )?)),
+            None => None,
+        };
         Ok(FetcherConfig {
             name: name.into(),
-            client: crate::http::client(&c.tls, c.timeout, path)?,
+            client,
             token_source: self.token_source(path)?,
+            oauth2,
             health: health.clone(),
             retry: c.retry,
             auth_retry: c.auth_retry,
@@ -329,7 +353,10 @@ impl<K: PullKind> PullConfig<K> {
             .token_keys()
             .source("token")
             .map_err(|e| anyhow::anyhow!("{path}: {e}"))?;
-        if src.is_none() && K::DEFAULTS.token_missing.is_some() {
+        if src.is_some() && self.common.oauth2.is_some() {
+            anyhow::bail!("{path}: set either a static token or the oauth2 table, not both");
+        }
+        if src.is_none() && self.common.oauth2.is_none() && K::DEFAULTS.token_missing.is_some() {
             anyhow::bail!("{path}.token_file: no token configured");
         }
         Ok(src)

@@ -15,6 +15,7 @@ use super::rate_limit::{read_cooldown, write_cooldown, RateLimitConfig};
 use crate::config::RetryConfig;
 use crate::health::Health;
 use crate::metrics::metrics;
+use crate::oauth2::{AccessToken, TokenClient};
 use crate::retry::{with_jitter, Backoff};
 use crate::secret::{Secret, SecretSource};
 
@@ -49,6 +50,8 @@ pub struct FetcherConfig {
     pub name: Arc<str>,
     pub client: reqwest::Client,
     pub token_source: Option<SecretSource>,
+    /// Fetches the bearer token instead of `token_source`.
+    pub oauth2: Option<Arc<TokenClient>>,
     pub health: Health,
     pub retry: RetryConfig,
     pub auth_retry: Duration,
@@ -65,6 +68,8 @@ pub struct FetcherConfig {
 pub struct Fetcher {
     cfg: FetcherConfig,
     token: Option<Secret>,
+    /// The OAuth2 token `token` holds, to retire it when refused.
+    access: Option<AccessToken>,
     backoff: Backoff,
     /// No request may be sent before this instant.
     cooldown_until: Option<Instant>,
@@ -87,6 +92,7 @@ impl Fetcher {
         Ok(Fetcher {
             backoff: Backoff::new(cfg.retry),
             token,
+            access: None,
             cooldown_until,
             cfg,
         })
@@ -166,10 +172,18 @@ impl Fetcher {
         F: Fn(&reqwest::Client, Option<&Secret>) -> reqwest::RequestBuilder,
         C: Fn(u16, &[u8]) -> Option<Verdict>,
     {
+        // A refused OAuth2 token is replaced once at once; refused again,
+        // the client itself is the problem.
+        let mut renewed = false;
         loop {
             if let Some(until) = self.cooldown_until {
                 tokio::time::sleep_until(until.into()).await;
                 self.cooldown_until = None;
+            }
+            if let Some(client) = &self.cfg.oauth2 {
+                let access = client.token().await;
+                self.token = Some(access.secret.clone());
+                self.access = Some(access);
             }
             let started = Instant::now();
             let sent = build(&self.cfg.client, self.token.as_ref()).send().await;
@@ -209,6 +223,9 @@ impl Fetcher {
                     return Ok(reply);
                 }
                 Some(Verdict::RateLimited) => self.pause(&reply),
+                Some(Verdict::Unauthorized) if self.cfg.oauth2.is_some() => {
+                    renewed = self.refused_access(status, &reply.body, renewed).await;
+                }
                 Some(Verdict::Unauthorized) => self.refused_token(status, &reply.body).await,
                 Some(Verdict::Retry(why)) => self.retry_later(&why).await,
                 Some(Verdict::Refused(outcome)) => {
@@ -293,6 +310,30 @@ impl Fetcher {
                 None
             }
         }
+    }
+
+    /// The API refused the OAuth2 access token: retire it; the first time
+    /// retry at once with a new one, after that report and wait
+    /// `auth_retry`. Returns whether the next refusal is a repeat.
+    async fn refused_access(&mut self, status: u16, body: &[u8], renewed: bool) -> bool {
+        self.count("unauthorized");
+        if let (Some(client), Some(used)) = (&self.cfg.oauth2, self.access.take()) {
+            client.refused(&used).await;
+        }
+        self.token = None;
+        if !renewed {
+            return true;
+        }
+        let reason = format!(
+            "{} (with an OAuth2 access token just issued by the oauth2.token_url of sources.{}: \
+             check the client's scopes, audience and permissions)",
+            (self.cfg.advice)(status, &snippet(body)),
+            self.cfg.name
+        );
+        error!(source = %self.cfg.name, "{reason}");
+        self.cfg.health.set_unready(&self.health_key(), reason);
+        sleep(self.backoff.next_delay().max(self.cfg.auth_retry)).await;
+        false
     }
 
     async fn refused_token(&mut self, status: u16, body: &[u8]) {

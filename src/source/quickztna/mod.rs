@@ -93,6 +93,7 @@ impl QuickztnaSource {
             let mut fetcher = cfg.fetcher_config(&name, &ctx.health, &path, advice)?;
             if !with_token {
                 fetcher.token_source = None;
+                fetcher.oauth2 = None;
             }
             Fetcher::new(fetcher)
         };

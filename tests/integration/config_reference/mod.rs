@@ -42,6 +42,7 @@ fn sections() -> Vec<Section> {
         // Tables documented once and only named by their key elsewhere.
         section::<RetryConfig>("`retry` table"),
         section::<TlsConfig>("`tls` table"),
+        section::<auditrelay::oauth2::OAuth2Config>("`oauth2` table"),
         section::<BatchConfig>("`batch` table (sinks)"),
         section::<FilterConfig>("`filter` table (sinks)"),
         section::<SinkCommon>("Keys of every sink").sharing(["type"]),

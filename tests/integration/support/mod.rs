@@ -7,7 +7,8 @@
 //! each of them is its vendor's request and response shape on top of it.
 //! `hec_fake` is a fake Splunk HTTP Event Collector; `tls` generates a CA
 //! and puts a TLS front before any fake; `rsyslog` runs a real rsyslogd with
-//! a generated config. `daemon` runs the real binary.
+//! a generated config. `daemon` runs the real binary. `token_endpoint` is
+//! an OAuth2 token endpoint whose access tokens `pull_fake` can require.
 
 pub mod certifyclouds_fake;
 pub mod daemon;
@@ -25,6 +26,7 @@ pub mod rsyslog;
 pub mod sink;
 pub mod syslog_receiver;
 pub mod tls;
+pub mod token_endpoint;
 pub mod veza_events;
 pub mod veza_fake;
 pub mod veza_list_fake;

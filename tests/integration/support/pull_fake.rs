@@ -77,6 +77,9 @@ pub struct PullFakeConfig {
     pub empty_id_every: u64,
     /// A next token / link on every page, also past the end.
     pub token_on_empty: bool,
+    /// Accept the OAuth2 access tokens of a token endpoint fake (while
+    /// unexpired) instead of `token`.
+    pub access_tokens: Option<super::token_endpoint::Issued>,
 }
 
 impl Default for PullFakeConfig {
@@ -96,6 +99,7 @@ impl Default for PullFakeConfig {
             insert_budget: 0,
             empty_id_every: 0,
             token_on_empty: false,
+            access_tokens: None,
         }
     }
 }
@@ -291,7 +295,15 @@ impl Pull {
     }
 
     fn decide(&self, st: &mut PullState, req: &Request) -> Response {
-        if paged::bearer(req) != Some(self.cfg.token.as_str()) {
+        if let Some(issued) = &self.cfg.access_tokens {
+            if !paged::bearer(req).is_some_and(|t| issued.accepts(t)) {
+                st.stats.unauthorized += 1;
+                return error(401, "invalid_token").with_header(
+                    "WWW-Authenticate",
+                    "Bearer error=\"invalid_token\", error_description=\"expired or unknown\"",
+                );
+            }
+        } else if paged::bearer(req) != Some(self.cfg.token.as_str()) {
             st.stats.unauthorized += 1;
             return error(401, "machine account authentication failed");
         }

@@ -58,6 +58,9 @@ pub struct WebhookConfig {
     pub id_field: String,
     /// Exact `Authorization` value required, e.g. `Bearer s3cret` or `Basic ...`.
     pub expect_authorization: Option<String>,
+    /// When set, `Authorization: Bearer <token>` with an unexpired access
+    /// token of this token endpoint fake (401 `invalid_token` otherwise).
+    pub access_tokens: Option<super::token_endpoint::Issued>,
     /// When set, requests must carry `<hmac_header>: sha256=<lowercase hex of
     /// HMAC-SHA256(secret, body as sent, i.e. before gzip decoding)>`.
     pub hmac_secret: Option<Vec<u8>>,
@@ -75,6 +78,7 @@ impl Default for WebhookConfig {
             seed: 1,
             id_field: "request_id".into(),
             expect_authorization: None,
+            access_tokens: None,
             hmac_secret: None,
             hmac_header: DEFAULT_SIGNATURE_HEADER.into(),
             retry_after_secs: 1,
@@ -519,6 +523,16 @@ impl Shared {
             if req.header("authorization") != Some(expected.as_str()) {
                 st.stats.auth_failures += 1;
                 return error(401, "missing or wrong Authorization");
+            }
+        }
+        if let Some(issued) = &self.cfg.access_tokens {
+            let bearer = req
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "));
+            if !bearer.is_some_and(|t| issued.accepts(t)) {
+                st.stats.auth_failures += 1;
+                return error(401, "invalid_token")
+                    .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"");
             }
         }
         if let Some(secret) = &self.cfg.hmac_secret {
