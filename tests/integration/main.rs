@@ -16,6 +16,7 @@ mod cli;
 mod config_reference;
 mod dead_letter_full;
 mod dlq_replay;
+mod hec_ack_polling;
 mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;

@@ -147,6 +147,7 @@ impl SplunkHecSink {
             permits: Semaphore::new(cfg.concurrency.max(1)),
             paused_until: Mutex::new(None),
             sent_any: AtomicBool::new(false),
+            id0_gate: tokio::sync::RwLock::new(()),
             cfg,
         });
         let stop = CancellationToken::new();
