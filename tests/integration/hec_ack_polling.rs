@@ -64,3 +64,76 @@ async fn the_probe_asking_about_ack_id_0_never_takes_the_first_requests_ack() {
     assert_eq!(stats.accepted_requests, 1, "{stats:?}");
     assert_eq!(fake.unique_count(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_requests_await_acks_at_once_and_are_confirmed_soon_after_their_acks_read_true() {
+    // Acks read true 1 s after each request; the poll ceiling is an hour.
+    // A fixed poll interval would ask first after an hour; polls that start
+    // soon after each request and back off confirm all within seconds.
+    let fake = ack_fake(HecFaults {
+        ack_min_delay: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_many_pending",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"1h\"\nack_timeout = \"2h\"\n\
+         batch = { max_events = 25 }\nconcurrency = 4",
+    );
+    let requests = 40;
+    // 40 pages of one request each in flight at once (the pipeline's
+    // byte budget allows that many), 4 event requests on the wire at a time.
+    crate::splunk_hec_sink::deliver_concurrently(&b.sink, events(25 * requests), requests).await;
+    let stats = fake.stats();
+    assert_eq!(fake.unique_count(), 25 * requests);
+    assert_eq!(stats.accepted_requests, requests as u64, "{stats:?}");
+    assert_eq!(stats.acks_true, requests as u64, "{stats:?}");
+    // Batched: one ack query asked about many pending requests, so far
+    // more than `concurrency` requests awaited their acks at once.
+    assert!(stats.largest_ack_query > 4, "{stats:?}");
+    // Backing off while acks are slow: a few queries per request at most,
+    // not one every few milliseconds.
+    assert!(stats.ack_queries <= 4 * requests as u64, "{stats:?}");
+    assert_eq!(
+        crate::splunk_hec_sink::metric("auditrelay_hec_acks_pending{sink=\"hec_many_pending\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_ack_is_asked_about_soon_then_less_and_less_often() {
+    // One request whose ack reads true after 2 s, and an hour's ceiling:
+    // asked at about 0.1, 0.3, 0.7, 1.5 and 3.1 s. Polling at the first
+    // interval throughout would ask 20 times, a fixed hour never in time.
+    let fake = ack_fake(HecFaults {
+        ack_min_delay: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_backoff",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"1h\"\nack_timeout = \"2h\"",
+    );
+    crate::splunk_hec_sink::wait_ready(&b, |ready, _| ready).await;
+    assert!(fake.wait_until(LONG, |s| s.ack_queries >= 1).await);
+    let before = fake.stats().ack_queries;
+    tokio::time::timeout(LONG, b.sink.deliver("veza", &events(3)))
+        .await
+        .expect("the ack was not asked about again before the ceiling")
+        .unwrap();
+    let asked = fake.stats().ack_queries - before;
+    assert!((2..=10).contains(&asked), "{asked} ack queries");
+    assert!(
+        crate::splunk_hec_sink::metric(
+            "auditrelay_hec_ack_latency_seconds_count{sink=\"hec_backoff\"}"
+        ) >= 1.0
+    );
+}

@@ -955,6 +955,7 @@ endpoint = "https://splunk.example:8088/services/collector/event"
 indexer_ack = true
 ack_timeout = "5s"
 ack_poll_interval = "10s"
+ack_first_poll = "0s"
 concurrency = 0
 fields = { user = "identity..email" }
 "#,
@@ -968,6 +969,7 @@ fields = { user = "identity..email" }
         "sinks.splunk.token_file: required",
         "sinks.splunk.ack_poll_interval: must be shorter than ack_timeout",
         "sinks.splunk.concurrency: must be between 1 and 256",
+        "sinks.splunk.ack_first_poll:",
         "sinks.splunk.fields.user:",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
