@@ -137,3 +137,38 @@ async fn a_slow_ack_is_asked_about_soon_then_less_and_less_often() {
         ) >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_acks_and_the_age_of_the_oldest_are_metrics() {
+    let fake = ack_fake(HecFaults {
+        hold_acks: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let b = build(
+        dir.path(),
+        "hec_ack_age",
+        &fake.url(),
+        TOKEN,
+        "indexer_ack = true\nack_poll_interval = \"40ms\"\nack_timeout = \"1h\"\n\
+         batch = { max_events = 10 }",
+    );
+    let sink = b.sink.clone();
+    let task = tokio::spawn(async move { sink.deliver("veza", &events(30)).await });
+    assert!(fake.wait_until(LONG, |s| s.largest_ack_query >= 3).await);
+    let asked = fake.stats().ack_queries;
+    assert!(fake.wait_until(LONG, |s| s.ack_queries >= asked + 2).await);
+    let pending = "auditrelay_hec_acks_pending{sink=\"hec_ack_age\"}";
+    let age = "auditrelay_hec_oldest_pending_ack_age_seconds{sink=\"hec_ack_age\"}";
+    assert_eq!(crate::splunk_hec_sink::metric(pending), 3.0);
+    assert!(crate::splunk_hec_sink::metric(age) > 0.0);
+    fake.set_hold_acks(false);
+    tokio::time::timeout(LONG, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(crate::splunk_hec_sink::metric(pending), 0.0);
+    assert_eq!(crate::splunk_hec_sink::metric(age), 0.0);
+}
