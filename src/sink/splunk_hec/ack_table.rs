@@ -226,7 +226,7 @@ impl AckTable {
     /// a query), whose next ask is pushed back; then, while fewer than
     /// `per_query`, ids not yet due (asking costs nothing extra, and they
     /// keep their schedule). In chunks of `per_query` ids, due ids first.
-    pub(super) fn to_ask(&mut self, now: Instant, per_query: usize) -> Vec<(u64, u64)> {
+    pub(super) fn due_for_query(&mut self, now: Instant, per_query: usize) -> Vec<(u64, u64)> {
         let soon = now + self.schedule.first / 2;
         let ceiling = self.schedule.ceiling;
         let mut due = Vec::new();
@@ -286,11 +286,14 @@ mod tests {
         let mut acks = RequestAcks::default();
         t.watch(&mut acks, 7, t0);
         assert_eq!(t.next_due(), Some(t0 + 100 * MS));
-        assert!(t.to_ask(t0 + 10 * MS, 1000).is_empty(), "asked before due");
+        assert!(
+            t.due_for_query(t0 + 10 * MS, 1000).is_empty(),
+            "asked before due"
+        );
         let mut now = t0 + 100 * MS;
         let mut waits = Vec::new();
         for _ in 0..6 {
-            assert_eq!(t.to_ask(now, 1000), vec![(7, 1)]);
+            assert_eq!(t.due_for_query(now, 1000), vec![(7, 1)]);
             let next = t.next_due().unwrap();
             waits.push((next - now).as_millis());
             now = next;
@@ -306,7 +309,10 @@ mod tests {
         t.watch(&mut a, 1, t0);
         t.watch(&mut b, 2, t0 + 40 * MS); // due within half the first wait
         t.watch(&mut c, 3, t0 + 90 * MS);
-        assert_eq!(t.to_ask(t0 + 100 * MS, 1000), vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(
+            t.due_for_query(t0 + 100 * MS, 1000),
+            vec![(1, 1), (2, 2), (3, 3)]
+        );
         // 1 and 2 were due (or nearly): next at +200 ms; 3 keeps its time.
         assert_eq!(t.next_due(), Some(t0 + 190 * MS));
         assert_eq!(t.oldest_age(t0 + 100 * MS), 100 * MS);
@@ -322,7 +328,7 @@ mod tests {
             let at = if i < 3 { t0 } else { t0 + 500 * MS };
             t.watch(a, i as u64, at);
         }
-        let asked = t.to_ask(t0 + 100 * MS, 2);
+        let asked = t.due_for_query(t0 + 100 * MS, 2);
         // Three due ids take two queries of two; one late id fills the second.
         assert_eq!(asked, vec![(0, 1), (1, 2), (2, 3), (3, 4)]);
     }
@@ -333,7 +339,7 @@ mod tests {
         let t0 = Instant::now();
         let mut a = RequestAcks::default();
         t.watch(&mut a, 4, t0);
-        let asked = t.to_ask(t0 + 100 * MS, 1000);
+        let asked = t.due_for_query(t0 + 100 * MS, 1000);
         t.confirm(&asked, &HashMap::from([("4".to_string(), true)]));
         assert!(a.confirmed());
         assert_eq!(t.next_due(), None);

@@ -262,7 +262,7 @@ pub(super) async fn ack_poller(inner: Arc<Inner>, stop: CancellationToken) {
                 .oldest_pending_ack_age
                 .with_label_values(&[&inner.delivery.name])
                 .set(table.oldest_age(now).as_secs_f64());
-            table.to_ask(now, MAX_ACKS_PER_QUERY)
+            table.due_for_query(now, MAX_ACKS_PER_QUERY)
         };
         for chunk in ids.chunks(MAX_ACKS_PER_QUERY) {
             tokio::select! {
