@@ -230,6 +230,11 @@ impl Metrics {
         self.register(IntGaugeVec::new(Opts::new(name, help), labels).expect(VALID))
     }
 
+    /// A component's own gauge of a fractional value (seconds, ratios).
+    pub fn float_gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+        self.register(prometheus::GaugeVec::new(Opts::new(name, help), labels).expect(VALID))
+    }
+
     /// A component's own histogram with buckets fit for what it measures,
     /// registered (see [`Metrics::counter_vec`]).
     pub fn histogram_vec(
@@ -381,8 +386,10 @@ macro_rules! component_metrics {
     (@type counter) => { prometheus::IntCounterVec };
     (@type gauge) => { prometheus::IntGaugeVec };
     (@type histogram) => { prometheus::HistogramVec };
+    (@type float_gauge) => { prometheus::GaugeVec };
     (@new $m:ident counter $($arg:expr),+) => { $m.counter_vec($($arg),+) };
     (@new $m:ident gauge $($arg:expr),+) => { $m.gauge_vec($($arg),+) };
     (@new $m:ident histogram $($arg:expr),+) => { $m.histogram_vec($($arg),+) };
+    (@new $m:ident float_gauge $($arg:expr),+) => { $m.float_gauge_vec($($arg),+) };
 }
 pub(crate) use component_metrics;

@@ -17,6 +17,8 @@ mod cluster;
 mod config_reference;
 mod dead_letter_full;
 mod dlq_replay;
+mod hec_ack_polling;
+mod hec_ack_throughput;
 mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;

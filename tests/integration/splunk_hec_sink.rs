@@ -18,10 +18,10 @@ use support::hec_fake::{HecFake, HecFakeConfig, HecFaults, STICKY_COOKIE};
 use support::redirect::Redirect;
 use support::tls::{TestPki, TlsFront};
 
-const TOKEN: &str = "7c1e0a52-6a0b-4b8e-9f0d-3c2b1a0f9e8d";
-const LONG: Duration = Duration::from_secs(60);
+pub(crate) const TOKEN: &str = "7c1e0a52-6a0b-4b8e-9f0d-3c2b1a0f9e8d";
+pub(crate) const LONG: Duration = Duration::from_secs(60);
 
-fn events(n: usize) -> Vec<Event> {
+pub(crate) fn events(n: usize) -> Vec<Event> {
     (0..n)
         .map(|i| {
             let time = Utc.timestamp_opt(1_767_225_600 + i as i64, 123_456_789).unwrap();
@@ -39,8 +39,8 @@ fn events(n: usize) -> Vec<Event> {
         .collect()
 }
 
-struct Built {
-    sink: Arc<dyn Sink>,
+pub(crate) struct Built {
+    pub(crate) sink: Arc<dyn Sink>,
     dead_letters: DeadLetters,
     health: Health,
     key: String,
@@ -63,7 +63,7 @@ impl Built {
 }
 
 /// Builds sink `name` (names are unique per test: metrics are per process).
-fn build(dir: &Path, name: &str, endpoint: &str, token: &str, extra: &str) -> Built {
+pub(crate) fn build(dir: &Path, name: &str, endpoint: &str, token: &str, extra: &str) -> Built {
     std::fs::write(dir.join("hec_token"), format!("{token}\n")).unwrap();
     let cfg_path = dir.join("c.toml");
     std::fs::write(
@@ -96,7 +96,7 @@ fn build(dir: &Path, name: &str, endpoint: &str, token: &str, extra: &str) -> Bu
     }
 }
 
-fn metric(name_and_labels: &str) -> f64 {
+pub(crate) fn metric(name_and_labels: &str) -> f64 {
     auditrelay::metrics::metrics()
         .render()
         .lines()
@@ -109,7 +109,7 @@ fn metric(name_and_labels: &str) -> f64 {
 
 /// Delivers `events` as `batches` concurrent deliver calls, like the
 /// pipeline with several pages in flight.
-async fn deliver_concurrently(sink: &Arc<dyn Sink>, events: Vec<Event>, batches: usize) {
+pub(crate) async fn deliver_concurrently(sink: &Arc<dyn Sink>, events: Vec<Event>, batches: usize) {
     let per = events.len().div_ceil(batches);
     let mut tasks = tokio::task::JoinSet::new();
     for chunk in events.chunks(per) {
@@ -127,7 +127,7 @@ async fn deliver_concurrently(sink: &Arc<dyn Sink>, events: Vec<Event>, batches:
 }
 
 /// Waits (bounded) until the sink's readiness satisfies `f`.
-async fn wait_ready(b: &Built, f: impl Fn(bool, &str) -> bool) -> (bool, String) {
+pub(crate) async fn wait_ready(b: &Built, f: impl Fn(bool, &str) -> bool) -> (bool, String) {
     for _ in 0..400 {
         let (ready, reason) = b.ready();
         if f(ready, &reason) {
@@ -955,6 +955,7 @@ endpoint = "https://splunk.example:8088/services/collector/event"
 indexer_ack = true
 ack_timeout = "5s"
 ack_poll_interval = "10s"
+ack_first_poll = "0s"
 concurrency = 0
 fields = { user = "identity..email" }
 "#,
@@ -968,6 +969,7 @@ fields = { user = "identity..email" }
         "sinks.splunk.token_file: required",
         "sinks.splunk.ack_poll_interval: must be shorter than ack_timeout",
         "sinks.splunk.concurrency: must be between 1 and 256",
+        "sinks.splunk.ack_first_poll:",
         "sinks.splunk.fields.user:",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");

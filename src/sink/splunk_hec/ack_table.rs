@@ -13,14 +13,28 @@ struct AckEntry {
     /// restart when HEC does).
     generation: u64,
     issued: Instant,
+    /// When the id is next due to be asked about, and the wait after that.
+    due: Instant,
+    wait: Duration,
     confirms: Arc<watch::Sender<bool>>,
 }
 
-/// Ack ids being asked about, by id.
-#[derive(Default)]
+/// When ack ids are asked about: `first` after they were issued, then
+/// twice as long after each `false`, never longer than `ceiling`. An ack
+/// that comes fast is seen fast; one that comes slowly costs few queries.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct PollSchedule {
+    pub(super) first: Duration,
+    pub(super) ceiling: Duration,
+}
+
+/// Ack ids being asked about, by id. Not capped: every entry belongs to a
+/// request in flight (or to an earlier send of one, until twice
+/// `ack_timeout`), so what is in flight bounds it.
 pub(super) struct AckTable {
     waiting: HashMap<u64, AckEntry>,
     generation: u64,
+    schedule: PollSchedule,
 }
 
 /// Event requests on their way whose ack id is not known yet, by sequence
@@ -119,6 +133,14 @@ impl RequestAcks {
 }
 
 impl AckTable {
+    pub(super) fn new(schedule: PollSchedule) -> Self {
+        AckTable {
+            waiting: HashMap::new(),
+            generation: 0,
+            schedule,
+        }
+    }
+
     /// How many ack ids are asked about.
     pub(super) fn len(&self) -> usize {
         self.waiting.len()
@@ -141,11 +163,14 @@ impl AckTable {
         let generation = self.generation;
         // An entry with the same id is from before a HEC restart: that
         // request no longer hears of it and is sent again at its timeout.
+        let wait = self.schedule.first;
         self.waiting.insert(
             id,
             AckEntry {
                 generation,
                 issued: now,
+                due: now + wait,
+                wait,
                 confirms: acks.confirmed.clone(),
             },
         );
@@ -182,15 +207,45 @@ impl AckTable {
         expired
     }
 
-    /// Every id asked about with its generation, in order.
-    pub(super) fn ids(&self) -> Vec<(u64, u64)> {
-        let mut ids: Vec<(u64, u64)> = self
-            .waiting
-            .iter()
-            .map(|(id, e)| (*id, e.generation))
-            .collect();
-        ids.sort_unstable();
-        ids
+    /// When the next id is due to be asked about.
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        self.waiting.values().map(|e| e.due).min()
+    }
+
+    /// How long ago the oldest id still asked about was issued.
+    pub(super) fn oldest_age(&self, now: Instant) -> Duration {
+        self.waiting
+            .values()
+            .map(|e| now.saturating_duration_since(e.issued))
+            .max()
+            .unwrap_or_default()
+    }
+
+    /// The ids (with generations) to ask about at `now`: every id due (or
+    /// due within half the first wait, so ids issued close together share
+    /// a query), whose next ask is pushed back; then, while fewer than
+    /// `per_query`, ids not yet due (asking costs nothing extra, and they
+    /// keep their schedule). In chunks of `per_query` ids, due ids first.
+    pub(super) fn due_for_query(&mut self, now: Instant, per_query: usize) -> Vec<(u64, u64)> {
+        let soon = now + self.schedule.first / 2;
+        let ceiling = self.schedule.ceiling;
+        let mut due = Vec::new();
+        let mut later = Vec::new();
+        for (id, e) in &mut self.waiting {
+            if e.due <= soon {
+                e.wait = e.wait.saturating_mul(2).min(ceiling);
+                e.due = now + e.wait;
+                due.push((*id, e.generation));
+            } else {
+                later.push((e.due, *id, e.generation));
+            }
+        }
+        due.sort_unstable();
+        // What the last chunk of due ids leaves free (none when none is due).
+        let room = (per_query - due.len() % per_query) % per_query;
+        later.sort_unstable();
+        due.extend(later.into_iter().take(room).map(|(_, id, g)| (id, g)));
+        due
     }
 
     /// Confirms the requests of `ids` (asked about in one query) whose ack
@@ -208,5 +263,86 @@ impl AckTable {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn table() -> AckTable {
+        AckTable::new(PollSchedule {
+            first: 100 * MS,
+            ceiling: 1000 * MS,
+        })
+    }
+
+    #[test]
+    fn an_id_is_asked_about_first_soon_then_twice_as_late_up_to_the_ceiling() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let mut acks = RequestAcks::default();
+        t.watch(&mut acks, 7, t0);
+        assert_eq!(t.next_due(), Some(t0 + 100 * MS));
+        assert!(
+            t.due_for_query(t0 + 10 * MS, 1000).is_empty(),
+            "asked before due"
+        );
+        let mut now = t0 + 100 * MS;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            assert_eq!(t.due_for_query(now, 1000), vec![(7, 1)]);
+            let next = t.next_due().unwrap();
+            waits.push((next - now).as_millis());
+            now = next;
+        }
+        assert_eq!(waits, [200, 400, 800, 1000, 1000, 1000]);
+    }
+
+    #[test]
+    fn ids_not_yet_due_ride_along_and_keep_their_schedule() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let (mut a, mut b, mut c) = Default::default();
+        t.watch(&mut a, 1, t0);
+        t.watch(&mut b, 2, t0 + 40 * MS); // due within half the first wait
+        t.watch(&mut c, 3, t0 + 90 * MS);
+        assert_eq!(
+            t.due_for_query(t0 + 100 * MS, 1000),
+            vec![(1, 1), (2, 2), (3, 3)]
+        );
+        // 1 and 2 were due (or nearly): next at +200 ms; 3 keeps its time.
+        assert_eq!(t.next_due(), Some(t0 + 190 * MS));
+        assert_eq!(t.oldest_age(t0 + 100 * MS), 100 * MS);
+    }
+
+    #[test]
+    fn due_ids_come_first_and_fill_whole_queries() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let mut acks: Vec<RequestAcks> = (0..5).map(|_| RequestAcks::default()).collect();
+        for (i, a) in acks.iter_mut().enumerate() {
+            // ids 0..3 early, 3..5 late
+            let at = if i < 3 { t0 } else { t0 + 500 * MS };
+            t.watch(a, i as u64, at);
+        }
+        let asked = t.due_for_query(t0 + 100 * MS, 2);
+        // Three due ids take two queries of two; one late id fills the second.
+        assert_eq!(asked, vec![(0, 1), (1, 2), (2, 3), (3, 4)]);
+    }
+
+    #[test]
+    fn a_confirmed_id_leaves_the_schedule() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let mut a = RequestAcks::default();
+        t.watch(&mut a, 4, t0);
+        let asked = t.due_for_query(t0 + 100 * MS, 1000);
+        t.confirm(&asked, &HashMap::from([("4".to_string(), true)]));
+        assert!(a.confirmed());
+        assert_eq!(t.next_due(), None);
+        assert_eq!(t.oldest_age(t0), Duration::ZERO);
     }
 }

@@ -1,6 +1,13 @@
 //! Indexer acknowledgment: the ack ids requests got, one poller asking HEC
 //! about all of them, and what confirms a request.
 //!
+//! Each id is asked about soon after it was issued (`ack_first_poll`),
+//! then twice as late after each `false`, at most `ack_poll_interval`
+//! apart; whenever one is due, the query also asks about every other
+//! pending id of the channel. Requests awaiting acks hold no request
+//! permit (`concurrency` bounds only requests on the wire), so as many
+//! await their acks as the pipeline has in flight.
+//!
 //! A request not acknowledged within `ack_timeout` is sent again, and gets
 //! a new ack id; its earlier ids are still asked about until twice
 //! `ack_timeout` after they were issued, so an ack that comes late still
@@ -34,11 +41,19 @@ const MAX_ACKS_PER_QUERY: usize = 1000;
 const IDS_PER_LOG_LINE: usize = 20;
 
 impl Inner {
+    /// The age of the oldest is set by the poller, which looks at every
+    /// entry anyway; here only once none is left.
     fn set_pending_gauge(&self, table: &AckTable) {
         HEC_METRICS
             .acks_pending
             .with_label_values(&[&self.delivery.name])
             .set(table.len() as i64);
+        if table.is_empty() {
+            HEC_METRICS
+                .oldest_pending_ack_age
+                .with_label_values(&[&self.delivery.name])
+                .set(0.0);
+        }
     }
 
     /// Notes that HEC just issued ack `id` (before the request counts as
@@ -216,26 +231,39 @@ impl Inner {
     }
 }
 
-/// One poller per sink: every `ack_poll_interval` while ids wait, one
-/// query (per 1000 ids) about all of them.
+/// One poller per sink: whenever an id is due (see [`PollSchedule`]), one
+/// query (per 1000 ids) about every id asked about.
+///
+/// [`PollSchedule`]: super::ack_table::PollSchedule
 pub(super) async fn ack_poller(inner: Arc<Inner>, stop: CancellationToken) {
     loop {
-        loop {
-            let empty = inner.acks.lock().map(|t| t.is_empty()).unwrap_or(false);
-            if !empty {
-                break;
+        let next = inner
+            .acks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_due();
+        // A new id may be due before the one waited for: look again.
+        let wait_for_due = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
             }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = inner.ack_wake.notified() => {}
-            }
-        }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(inner.cfg.ack_poll_interval) => {}
+            _ = inner.ack_wake.notified() => continue,
+            _ = wait_for_due => {}
         }
         inner.expire_acks();
-        let ids = inner.acks.lock().unwrap_or_else(|p| p.into_inner()).ids();
+        let now = Instant::now();
+        let ids = {
+            let mut table = inner.acks.lock().unwrap_or_else(|p| p.into_inner());
+            HEC_METRICS
+                .oldest_pending_ack_age
+                .with_label_values(&[&inner.delivery.name])
+                .set(table.oldest_age(now).as_secs_f64());
+            table.due_for_query(now, MAX_ACKS_PER_QUERY)
+        };
         for chunk in ids.chunks(MAX_ACKS_PER_QUERY) {
             tokio::select! {
                 _ = stop.cancelled() => return,

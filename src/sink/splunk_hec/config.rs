@@ -7,6 +7,7 @@ use std::time::Duration;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
 
+use super::ack_table::PollSchedule;
 use crate::secret::{Secret, SecretKeys};
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -38,8 +39,13 @@ pub struct SplunkHecConfig {
     pub indexer_ack: bool,
     #[serde(default = "crate::config::secs::<300>", with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// The longest wait between two questions about a pending ack (the
+    /// wait doubles from `ack_first_poll` while the ack reads false).
     #[serde(default = "crate::config::secs::<10>", with = "humantime_serde")]
     pub ack_poll_interval: Duration,
+    /// How soon after a request is accepted its ack is first asked about.
+    #[serde(default = "default_ack_first_poll", with = "humantime_serde")]
+    pub ack_first_poll: Duration,
     #[serde(default)]
     pub compression: Compression,
     /// Event requests in flight at once for this sink.
@@ -58,11 +64,23 @@ pub struct SplunkHecConfig {
     pub follow_redirects: crate::http::FollowRedirects,
 }
 
+fn default_ack_first_poll() -> Duration {
+    Duration::from_millis(100)
+}
 fn default_concurrency() -> usize {
     4
 }
 
 impl SplunkHecConfig {
+    /// When acks are asked about; a first poll above the ceiling is the
+    /// ceiling.
+    pub(super) fn poll_schedule(&self) -> PollSchedule {
+        PollSchedule {
+            first: self.ack_first_poll.min(self.ack_poll_interval),
+            ceiling: self.ack_poll_interval,
+        }
+    }
+
     pub(super) fn token_keys(&self) -> SecretKeys {
         SecretKeys {
             file: self.token_file.clone(),

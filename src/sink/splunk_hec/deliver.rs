@@ -50,7 +50,11 @@ impl Inner {
                 _ => break,
             }
         }
-        self.sent_any.store(true, Ordering::Relaxed);
+        if !self.sent_any.load(Ordering::Acquire) {
+            // Waits while the probe asks about id 0 (bounded by its timeout).
+            let _gate = self.id0_gate.read().await;
+            self.sent_any.store(true, Ordering::Release);
+        }
         let mut req = self
             .client
             .post(self.event_url.clone())

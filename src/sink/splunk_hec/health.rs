@@ -146,8 +146,11 @@ impl Inner {
         }
         // With acknowledgment, also ask the ack endpoint: a token with
         // acknowledgment off answers code 14. Only before the first event
-        // request, when id 0 cannot be a real request's.
-        if self.cfg.indexer_ack && !self.sent_any.load(Ordering::Relaxed) {
+        // request, when id 0 cannot be a real request's; the gate keeps
+        // event requests back until the answer is in (an ack reads true
+        // only once: this question would take a request's `true`).
+        let _gate = self.id0_gate.write().await;
+        if self.cfg.indexer_ack && !self.sent_any.load(Ordering::Acquire) {
             let sent = self.ack_query(auth, &b"{\"acks\":[0]}"[..]).send().await;
             let (status, body) = match sent {
                 Ok(r) => (r.status().as_u16(), r.bytes().await.unwrap_or_default()),

@@ -72,6 +72,10 @@ pub(super) struct Inner {
     /// Whether an event request went out on the channel (the ack probe
     /// asks about id 0, which is only safe before).
     pub(super) sent_any: AtomicBool,
+    /// Held exclusively by the probe while it asks about id 0, shared by an
+    /// event request while it sets `sent_any`: no request can get id 0
+    /// while the probe's question (which would take its `true`) is out.
+    pub(super) id0_gate: tokio::sync::RwLock<()>,
 }
 
 impl Inner {

@@ -29,5 +29,10 @@ crate::metrics::component_metrics! {
             "HEC ack ids given up on: not true within twice ack_timeout, or issued again after an indexer restart.",
             &["sink"],
         ),
+        oldest_pending_ack_age: float_gauge(
+            "auditrelay_hec_oldest_pending_ack_age_seconds",
+            "Age of the oldest HEC ack id still asked about (0 when none is), set at every ack poll.",
+            &["sink"],
+        ),
     }
 }

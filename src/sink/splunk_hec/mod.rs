@@ -7,7 +7,9 @@
 //! has the events, not yet indexed). With `indexer_ack` every request is
 //! sent on this sink's channel (a GUID in `X-Splunk-Request-Channel`), its
 //! `ackId` is recorded, and one poller per sink asks
-//! `/services/collector/ack` about every pending id each `ack_poll_interval`.
+//! `/services/collector/ack` about every pending id, first
+//! `ack_first_poll` after a request, then backing off to at most
+//! `ack_poll_interval` while its ack reads false.
 //! A request counts as confirmed only once its ack reads `true`; one not
 //! acknowledged within `ack_timeout` is sent again (an indexer can lose
 //! data, and an ack reads true only once, so "no answer" means "resend"),
@@ -139,13 +141,14 @@ impl SplunkHecSink {
                 dead_letters: ctx.dead_letters,
                 failing: None,
             },
-            acks: Mutex::new(AckTable::default()),
+            acks: Mutex::new(AckTable::new(cfg.poll_schedule())),
             ack_wake: Notify::new(),
             warmed: tokio::sync::watch::Sender::new(false),
             posts: PostsInFlight::default(),
             permits: Semaphore::new(cfg.concurrency.max(1)),
             paused_until: Mutex::new(None),
             sent_any: AtomicBool::new(false),
+            id0_gate: tokio::sync::RwLock::new(()),
             cfg,
         });
         let stop = CancellationToken::new();
@@ -251,6 +254,7 @@ impl super::SinkType for SplunkHecConfig {
         for (k, d) in [
             ("ack_timeout", self.ack_timeout),
             ("ack_poll_interval", self.ack_poll_interval),
+            ("ack_first_poll", self.ack_first_poll),
             ("timeout", self.timeout),
             ("auth_retry", self.auth_retry),
             ("health_check_interval", self.health_check_interval),

@@ -25,6 +25,7 @@
 //! - Faults: busy (503 code 9), rate limited by a load balancer (429 with
 //!   Retry-After), events treated as unparseable by id (code 6), acks that
 //!   read true only after `ack_min_delay` (later than a client's timeout),
+//!   ack queries answered only after `ack_query_delay`,
 //!   redirects of every collector path (see `redirect`: 301/302/303 to a
 //!   login page answering 200 HTML, 307/308 to `/moved/...`, served as usual).
 //! - [`HecFake::restart`]: the indexer restarts; every channel forgets its
@@ -85,6 +86,10 @@ pub struct HecFaults {
     /// handled (indexed, ack id issued): a slow path back to the client,
     /// during which ack queries on other connections are answered.
     pub event_answer_delay: Duration,
+    /// Ack queries are answered (and their acks read) only this long after
+    /// they arrived: an indexer slow to answer, while event requests on
+    /// other connections go on.
+    pub ack_query_delay: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -145,6 +150,10 @@ pub struct HecStats {
     pub lost_requests: u64,
     pub lost_events: u64,
     pub ack_queries: u64,
+    /// Ack queries that arrived (counted before `ack_query_delay`).
+    pub ack_queries_received: u64,
+    /// Most ack ids asked about in one ack query.
+    pub largest_ack_query: usize,
     /// Ack ids answered true.
     pub acks_true: u64,
     /// Ack ids asked about that were unknown (never issued or already true).
@@ -369,6 +378,17 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
             }
             Err(_) => return,
         };
+        if req.path().contains("/collector/ack") {
+            let delay = {
+                let mut st = shared.lock();
+                st.stats.ack_queries_received += 1;
+                st.cfg.faults.ack_query_delay
+            };
+            shared.progress.send_modify(|n| *n += 1);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+        }
         let resp = shared.handle(&req);
         let delay = shared.lock().cfg.faults.event_answer_delay;
         if !delay.is_zero() && req.path().contains("/collector/event") {
@@ -689,6 +709,7 @@ impl Shared {
         else {
             return hec(400, 6, "Invalid data format");
         };
+        st.stats.largest_ack_query = st.stats.largest_ack_query.max(ids.len());
         let now = Instant::now();
         let channel = channel.unwrap_or_default();
         let hold = st.cfg.faults.hold_acks;
