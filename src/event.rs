@@ -446,6 +446,38 @@ mod tests {
     }
 
     #[test]
+    fn top_index_answers_like_a_lookup_in_the_whole_event() {
+        let events = [
+            r#"{"status":{"grpc_code":"DENIED"},"x":[1,{"status":2}],"status":{"grpc_code":"OK"}}"#,
+            " {\"st\\u0061tus\" : {\"grpc_code\":7} , \"sev\":\"warning\"} ",
+            r#"{}"#,
+        ];
+        let paths = [
+            FieldPath::parse("status.grpc_code").unwrap(),
+            FieldPath::parse("sev").unwrap(),
+            FieldPath::parse("x").unwrap(),
+        ];
+        for e in events {
+            let whole: &RawValue = serde_json::from_str(e).unwrap();
+            let index = TopIndex::of(e.as_bytes()).expect("an object");
+            for p in &paths {
+                assert_eq!(
+                    index.lookup(p).map(RawValue::get),
+                    p.lookup(whole).map(RawValue::get),
+                    "{p} in {e}"
+                );
+            }
+        }
+        for not_an_object in ["[1]", "\"s\"", "{\"a\":1", "{\"a\":1} x"] {
+            assert!(
+                TopIndex::of(not_an_object.as_bytes()).is_none(),
+                "{not_an_object}"
+            );
+        }
+        assert!(TopIndex::of(b"{\"a\":\"\xff\"}").is_none(), "not UTF-8");
+    }
+
+    #[test]
     fn bad_paths_are_rejected() {
         assert!(FieldPath::parse("a..b").is_err());
         assert!(FieldPath::parse("").is_err());
