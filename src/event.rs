@@ -138,20 +138,25 @@ impl FieldExtractor {
     pub fn event(&self, page: &Bytes, item: &RawValue) -> Event {
         let text = item.get();
         let raw = slice_of(page, text.as_bytes());
-        let top = match TopFields::scan(item, &self.wanted) {
-            Some(top) if text.starts_with('{') => top,
-            _ => {
-                return Event {
-                    raw,
-                    id: None,
-                    time: None,
-                    kind: None,
-                }
-            }
+        let fields = match TopFields::scan(item, &self.wanted) {
+            Some(top) if text.starts_with('{') => self.from_top(&top.found),
+            _ => Extracted::default(),
         };
+        fields.into_event(raw)
+    }
+
+    /// Whether a top-level member of this name is read by some path.
+    pub fn wants(&self, key: &str) -> bool {
+        self.wanted.iter().any(|w| w == key)
+    }
+
+    /// The id, time and type from an object's wanted top-level members
+    /// (name and value, in order; the first of a name counts).
+    pub fn from_top(&self, top: &[(Cow<'_, str>, &RawValue)]) -> Extracted {
+        let get = |key: &str| top.iter().find(|(k, _)| k == key).map(|(_, v)| *v);
         let find = |paths: &[FieldPath]| {
             paths.iter().find_map(|p| {
-                top.get(p.first())
+                get(p.first())
                     .and_then(|v| p.lookup_from(v))
                     .filter(|v| v.get() != "null")
             })
@@ -162,19 +167,35 @@ impl FieldExtractor {
             .id
             .iter()
             .find_map(|p| {
-                top.get(p.first())
+                get(p.first())
                     .and_then(|v| p.lookup_from(v))
                     .and_then(scalar_text)
                     .filter(|t| !t.trim().is_empty())
             })
-            .map(Cow::into_owned);
+            .map(|t| Arc::from(&*t));
         let time = find(&self.time).and_then(parse_time);
-        let kind = find(&self.kind).and_then(scalar_text).map(Cow::into_owned);
+        let kind = find(&self.kind)
+            .and_then(scalar_text)
+            .map(|t| Arc::from(&*t));
+        Extracted { id, time, kind }
+    }
+}
+
+/// What a source extracts from an event besides its bytes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extracted {
+    pub id: Option<Arc<str>>,
+    pub time: Option<DateTime<Utc>>,
+    pub kind: Option<Arc<str>>,
+}
+
+impl Extracted {
+    pub fn into_event(self, raw: Bytes) -> Event {
         Event {
             raw,
-            id: id.map(Arc::from),
-            time,
-            kind: kind.map(Arc::from),
+            id: self.id,
+            time: self.time,
+            kind: self.kind,
         }
     }
 }
@@ -229,17 +250,18 @@ struct TopFields<'a> {
 impl<'a> TopFields<'a> {
     fn scan(object: &'a RawValue, wanted: &[String]) -> Option<Self> {
         let mut de = serde_json::Deserializer::from_str(object.get());
-        let found = de.deserialize_map(CollectVisitor { wanted }).ok()?;
+        let found = de
+            .deserialize_map(CollectVisitor {
+                wanted: Some(wanted),
+            })
+            .ok()?;
         Some(TopFields { found })
-    }
-
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.found.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 }
 
+/// Collects an object's members: those named in `wanted`, or all.
 struct CollectVisitor<'w> {
-    wanted: &'w [String],
+    wanted: Option<&'w [String]>,
 }
 
 impl<'de> Visitor<'de> for CollectVisitor<'_> {
@@ -252,7 +274,7 @@ impl<'de> Visitor<'de> for CollectVisitor<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = Vec::new();
         while let Some(key) = map.next_key::<CowKey<'de>>()? {
-            if self.wanted.iter().any(|w| *w == key.0) {
+            if self.wanted.is_none_or(|w| w.iter().any(|w| *w == key.0)) {
                 let v: &'de RawValue = map.next_value()?;
                 found.push((key.0, v));
             } else {
@@ -282,6 +304,34 @@ impl<'de> Deserialize<'de> for CowKey<'de> {
             }
         }
         d.deserialize_str(V)
+    }
+}
+
+/// The top-level members of one event object, found in one pass: several
+/// lookups in the same event (severity, outcome, extra fields) then read
+/// only the members they need instead of scanning the event each time.
+pub struct TopIndex<'a> {
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> TopIndex<'a> {
+    /// The index of `raw`; `None` when it is not one JSON object.
+    pub fn of(raw: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(raw).ok()?;
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_str(text);
+        let members = de.deserialize_map(CollectVisitor { wanted: None }).ok()?;
+        de.end().ok()?;
+        Some(TopIndex { members })
+    }
+
+    /// Like [`FieldPath::lookup`] on the whole event: the first member of
+    /// the path's first name, then the rest of the path inside it.
+    pub fn lookup(&self, path: &FieldPath) -> Option<&'a RawValue> {
+        let top = self.members.iter().find(|(k, _)| k == path.first())?.1;
+        path.lookup_from(top)
     }
 }
 
@@ -393,6 +443,38 @@ mod tests {
             "a blank id is no id"
         );
         assert_eq!(ex.event(&page, items[2]).id.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn top_index_answers_like_a_lookup_in_the_whole_event() {
+        let events = [
+            r#"{"status":{"grpc_code":"DENIED"},"x":[1,{"status":2}],"status":{"grpc_code":"OK"}}"#,
+            " {\"st\\u0061tus\" : {\"grpc_code\":7} , \"sev\":\"warning\"} ",
+            r#"{}"#,
+        ];
+        let paths = [
+            FieldPath::parse("status.grpc_code").unwrap(),
+            FieldPath::parse("sev").unwrap(),
+            FieldPath::parse("x").unwrap(),
+        ];
+        for e in events {
+            let whole: &RawValue = serde_json::from_str(e).unwrap();
+            let index = TopIndex::of(e.as_bytes()).expect("an object");
+            for p in &paths {
+                assert_eq!(
+                    index.lookup(p).map(RawValue::get),
+                    p.lookup(whole).map(RawValue::get),
+                    "{p} in {e}"
+                );
+            }
+        }
+        for not_an_object in ["[1]", "\"s\"", "{\"a\":1", "{\"a\":1} x"] {
+            assert!(
+                TopIndex::of(not_an_object.as_bytes()).is_none(),
+                "{not_an_object}"
+            );
+        }
+        assert!(TopIndex::of(b"{\"a\":\"\xff\"}").is_none(), "not UTF-8");
     }
 
     #[test]

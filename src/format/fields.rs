@@ -201,11 +201,12 @@ impl Fields {
 }
 
 impl Fields {
-    /// The outcome status straight from the raw event, without parsing all
-    /// of it (severity mapping for JSON bodies needs nothing else).
-    pub fn outcome_raw(&self, event: &serde_json::value::RawValue) -> Option<String> {
+    /// The outcome status straight from the raw event's index, without
+    /// parsing all of it (severity mapping for JSON bodies needs nothing else).
+    pub fn outcome_raw(&self, event: &crate::event::TopIndex<'_>) -> Option<String> {
         self.outcome.iter().find_map(|p| {
-            p.lookup(event)
+            event
+                .lookup(p)
                 .and_then(crate::event::scalar_text)
                 .filter(|t| !t.is_empty())
                 .map(|t| t.into_owned())

@@ -16,11 +16,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::ops::Range;
 
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{Body, Format, Framing, SyslogConfig};
-use crate::event::{scalar_text, Event, FieldPath};
+use crate::event::{scalar_text, Event, FieldPath, TopIndex};
 use crate::format::fields::{is_success, lookup, text_of, AuditFacts, Fields};
 use crate::format::siem::SiemEvent;
 use crate::format::syslog::{cut_escaped, pri, short_name, Facility, Severity};
@@ -178,9 +177,10 @@ impl Encoder {
             None => AuditFacts::default(),
         };
         let severity = if self.parse && self.body == Body::Json {
-            match serde_json::from_slice::<&RawValue>(&event.raw) {
-                Ok(raw) => self.severity_raw(raw),
-                Err(_) => self.severity,
+            // One pass over the event for every severity input.
+            match TopIndex::of(&event.raw) {
+                Some(index) => self.severity_raw(&index),
+                None => self.severity,
             }
         } else {
             self.severity_of(parsed.as_ref(), &facts)
@@ -292,9 +292,9 @@ impl Encoder {
     }
 
     /// [`Encoder::severity_of`] on the raw event.
-    fn severity_raw(&self, raw: &RawValue) -> Severity {
+    fn severity_raw(&self, raw: &TopIndex<'_>) -> Severity {
         if let Some(path) = &self.severity_field {
-            if let Some(text) = path.lookup(raw).and_then(scalar_text) {
+            if let Some(text) = raw.lookup(path).and_then(scalar_text) {
                 if let Some(s) = self.mapped(&text) {
                     return s;
                 }

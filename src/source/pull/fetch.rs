@@ -134,7 +134,7 @@ impl Fetcher {
         &mut self,
         url: &url::Url,
         query: &[(K, String)],
-        classify: impl Fn(u16, &[u8]) -> Option<Verdict>,
+        classify: impl FnMut(u16, &[u8]) -> Option<Verdict>,
     ) -> Result<Reply, Reply> {
         let pairs: Vec<(&str, &str)> = query
             .iter()
@@ -167,10 +167,10 @@ impl Fetcher {
 
     /// [`Fetcher::send`], with each answer first read by `classify`: its
     /// verdict, when it has one, overrides what the status says.
-    pub async fn send_classified<F, C>(&mut self, build: F, classify: C) -> Result<Reply, Reply>
+    pub async fn send_classified<F, C>(&mut self, build: F, mut classify: C) -> Result<Reply, Reply>
     where
         F: Fn(&reqwest::Client, Option<&Secret>) -> reqwest::RequestBuilder,
-        C: Fn(u16, &[u8]) -> Option<Verdict>,
+        C: FnMut(u16, &[u8]) -> Option<Verdict>,
     {
         // A refused OAuth2 token is replaced once at once; refused again,
         // the client itself is the problem.

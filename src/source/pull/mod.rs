@@ -16,6 +16,7 @@ pub mod dedup;
 pub mod fetch;
 pub mod paging;
 pub mod rate_limit;
+pub mod scan;
 pub mod walk;
 pub mod window;
 

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 
 use crate::event::FieldPath;
+use crate::source::pull::scan::PageScan;
 use crate::source::pull::{snippet, Verdict};
 
 /// What an answer of the export endpoint means, beyond its status (see
@@ -11,12 +12,14 @@ use crate::source::pull::{snippet, Verdict};
 /// is `None` (so is a 429, which the fetcher knows). ResourceExhausted in
 /// the body is a rate limit whatever the status; a rejected page token
 /// (400 or gRPC code 3) is handed back, counted `token_rejected` when a
-/// token was sent.
+/// token was sent. `page` is the one-pass scan of a 2xx body (the caller
+/// keeps it, so the page is not read again).
 pub fn verdict(
     items_path: &FieldPath,
     sent_token: bool,
     status: u16,
     body: &[u8],
+    page: Option<&Result<PageScan, String>>,
 ) -> Option<Verdict> {
     if status == 429 {
         return None;
@@ -25,10 +28,10 @@ pub fn verdict(
     if success {
         // The common case: a whole JSON page. Anything else in a 2xx is
         // either a gRPC error passed through the gateway or a broken body.
-        match serde_json::from_slice::<&serde_json::value::RawValue>(body) {
-            Ok(root) if items_path.lookup(root).is_some() => return None,
-            Ok(_) => {}
-            Err(e) => {
+        match page {
+            Some(Ok(scan)) if scan.has_items() => return None,
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => {
                 return Some(Verdict::Retry(format!(
                     "HTTP {status}: body is not valid JSON ({e}, {} bytes received)",
                     body.len()

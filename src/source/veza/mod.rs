@@ -25,11 +25,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use tokio::time::sleep;
 use tracing::{debug, info, warn};
 
 use super::pull::dedup::KeysOnly;
+use super::pull::scan::{scan_page, Items, PageScan};
 use super::pull::{
     chrono_of, dedup_key, Fetcher, PullCommon, PullDefaults, PullKind, RateLimitConfig, SeenSet,
 };
@@ -162,22 +162,25 @@ impl VezaSource {
         query
     }
 
-    /// Turns a page into a batch, updating the cursor state.
-    fn accept_page(&mut self, body: Bytes) -> anyhow::Result<Option<Batch>> {
-        let root: &RawValue = serde_json::from_slice(&body)?;
-        let next_token = self
-            .next_token_path
-            .lookup(root)
-            .and_then(|v| {
-                serde_json::from_str::<Option<String>>(v.get())
-                    .ok()
-                    .flatten()
-            })
-            .filter(|t| !t.is_empty());
-        let items: Vec<&RawValue> = match self.items_path.lookup(root) {
-            Some(v) => serde_json::from_str(v.get())
-                .map_err(|e| anyhow::anyhow!("\"{}\" is not an array: {e}", self.items_path))?,
-            None => Vec::new(),
+    /// Scans a page once (see [`scan_page`]).
+    fn scan(&self, body: &[u8]) -> Result<PageScan, String> {
+        scan_page(
+            body,
+            &self.items_path,
+            Some(&self.next_token_path),
+            &self.extractor,
+        )
+    }
+
+    /// Turns a scanned page into a batch, updating the cursor state.
+    fn accept_page(&mut self, body: Bytes, page: PageScan) -> anyhow::Result<Option<Batch>> {
+        let next_token = page.next_token;
+        let items = match page.items {
+            Items::List(items) => items,
+            Items::Missing => Vec::new(),
+            Items::NotArray(e) => {
+                anyhow::bail!("\"{}\" is not an array: {e}", self.items_path)
+            }
         };
         if items.is_empty() {
             if self.token.is_none() && next_token.is_some() {
@@ -194,7 +197,7 @@ impl VezaSource {
         let mut batch_newest: Option<DateTime<Utc>> = None;
         let (mut dups, mut dropped) = (0u64, 0u64);
         for item in items {
-            let ev = self.extractor.event(&body, item);
+            let ev = item.into_event(&body);
             if let (Some(until), Some(t)) = (self.dedup_until, ev.time) {
                 if t > until {
                     debug!(source = %self.name, "past the overlap window; de-duplication off");
@@ -271,13 +274,14 @@ impl VezaSource {
     #[doc(hidden)]
     pub fn parse_response(&mut self, status: u16, body: Bytes) -> Option<Vec<Event>> {
         let sent_token = self.token.is_some();
-        let page = (200..300).contains(&status)
-            && grpc::verdict(&self.items_path, sent_token, status, &body).is_none();
-        if !page {
+        let scan = (200..300).contains(&status).then(|| self.scan(&body));
+        if !(200..300).contains(&status)
+            || grpc::verdict(&self.items_path, sent_token, status, &body, scan.as_ref()).is_some()
+        {
             return None;
         }
-        match self.accept_page(body) {
-            Ok(Some(batch)) => Some(batch.events),
+        match scan.and_then(Result::ok).map(|p| self.accept_page(body, p)) {
+            Some(Ok(Some(batch))) => Some(batch.events),
             _ => Some(Vec::new()),
         }
     }
@@ -311,24 +315,43 @@ impl Source for VezaSource {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
             let sent_token = self.token.is_some();
-            let items_path = &self.items_path;
+            // The scan of the 2xx answer that became the reply (each answer
+            // is classified before the next request).
+            let mut scanned: Option<(usize, PageScan)> = None;
+            let (items_path, token_path, extractor) =
+                (&self.items_path, &self.next_token_path, &self.extractor);
+            let classify = |status: u16, body: &[u8]| {
+                let scan = (200..300)
+                    .contains(&status)
+                    .then(|| scan_page(body, items_path, Some(token_path), extractor));
+                let verdict = grpc::verdict(items_path, sent_token, status, body, scan.as_ref());
+                scanned = match (&verdict, scan) {
+                    (None, Some(Ok(page))) => Some((body.as_ptr() as usize, page)),
+                    _ => None,
+                };
+                verdict
+            };
             let reply = self
                 .fetcher
-                .get_json_classified(&self.endpoint, &query, |status, body| {
-                    grpc::verdict(items_path, sent_token, status, body)
-                })
+                .get_json_classified(&self.endpoint, &query, classify)
                 .await;
             match reply {
-                Ok(page) => match self.accept_page(page.body)? {
-                    Some(batch) => {
-                        self.fetcher.count_answer(true);
-                        return Ok(Some(batch));
+                Ok(page) => {
+                    let scan = match scanned.take() {
+                        Some((at, scan)) if at == page.body.as_ptr() as usize => scan,
+                        _ => self.scan(&page.body).map_err(|e| anyhow::anyhow!(e))?,
+                    };
+                    match self.accept_page(page.body, scan)? {
+                        Some(batch) => {
+                            self.fetcher.count_answer(true);
+                            return Ok(Some(batch));
+                        }
+                        None => {
+                            self.fetcher.count_answer(false);
+                            sleep(self.cfg.common.poll_interval).await;
+                        }
                     }
-                    None => {
-                        self.fetcher.count_answer(false);
-                        sleep(self.cfg.common.poll_interval).await;
-                    }
-                },
+                }
                 Err(refused)
                     if sent_token && grpc::refused_token(refused.status, &refused.body) =>
                 {
