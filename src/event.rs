@@ -369,20 +369,21 @@ pub fn get_field<'a>(object: &'a RawValue, key: &str) -> Option<&'a RawValue> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn paths(list: &[&str]) -> Vec<FieldPath> {
-        list.iter().map(|p| FieldPath::parse(p).unwrap()).collect()
-    }
-
-    fn extractor() -> FieldExtractor {
+impl FieldExtractor {
+    /// Veza's default id, time and type paths, for tests.
+    pub(crate) fn veza_defaults() -> Self {
+        let paths = |list: &[&str]| list.iter().map(|p| FieldPath::parse(p).unwrap()).collect();
         FieldExtractor::new(
             paths(&["request_id", "id"]),
             paths(&["persisted_at", "ended_at", "timestamp"]),
             paths(&["endpoint", "intent", "meta.type"]),
         )
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn extracts_from_both_veza_shapes_and_slices_the_page() {
@@ -391,7 +392,7 @@ mod tests {
                  {"id":42,"timestamp":1690359797.5,"intent":"login"}]"#,
         );
         let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
-        let ex = extractor();
+        let ex = FieldExtractor::veza_defaults();
         let a = ex.event(&page, items[0]);
         assert_eq!(a.id.as_deref(), Some("r1"));
         assert_eq!(a.kind.as_deref(), Some("/x"));
@@ -414,7 +415,7 @@ mod tests {
     fn nested_paths_and_escaped_keys() {
         let page = Bytes::from_static(br#"{"me\u0074a":{"type":"auth.login"},"id":"a\"b"}"#);
         let item: &RawValue = serde_json::from_slice(&page).unwrap();
-        let e = extractor().event(&page, item);
+        let e = FieldExtractor::veza_defaults().event(&page, item);
         assert_eq!(e.kind.as_deref(), Some("auth.login"));
         assert_eq!(e.id.as_deref(), Some("a\"b"));
     }
@@ -423,7 +424,7 @@ mod tests {
     fn non_objects_pass_through_and_missing_fields_are_none() {
         let page = Bytes::from_static(br#"[1, {"x":null}, {"request_id":null,"id":"fallback"}]"#);
         let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
-        let ex = extractor();
+        let ex = FieldExtractor::veza_defaults();
         let n = ex.event(&page, items[0]);
         assert_eq!(&n.raw[..], b"1");
         assert!(n.id.is_none());

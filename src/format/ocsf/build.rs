@@ -111,6 +111,25 @@ pub(super) fn outcome_status(word: &str) -> u32 {
     }
 }
 
+/// Account Change (3001) of the user a verb acted on (`created`, `disabled`…);
+/// a user the event does not name is `unknown`, as the class requires one.
+pub(super) fn account_change(verb: &str, target: Option<Value>) -> Mapped {
+    use schema::account;
+    let activity = match verb_activity(verb) {
+        Some(schema::crud::CREATE) => account::CREATE,
+        Some(schema::crud::DELETE) => account::DELETE,
+        Some(schema::crud::ENABLE) => account::ENABLE,
+        Some(schema::crud::DISABLE) => account::DISABLE,
+        _ => schema::ACTIVITY_OTHER,
+    };
+    let mut m = Mapped::new(schema::ACCOUNT_CHANGE, activity);
+    m.set(
+        "user",
+        Some(target.unwrap_or_else(|| json!({"name": "unknown"}))),
+    );
+    m
+}
+
 /// The CRUD-like activity a verb names (`created`, `renew`, `revoked`…).
 pub(super) fn verb_activity(verb: &str) -> Option<u32> {
     use schema::crud::*;

@@ -13,7 +13,7 @@
 
 use serde_json::{json, Value};
 
-use super::build::{authentication, endpoint, text, user, verb_activity, Mapped};
+use super::build::{account_change, authentication, endpoint, text, user, verb_activity, Mapped};
 use super::schema::{self, account, severity};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
@@ -43,17 +43,7 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
         }
         m
     } else if noun == "user" {
-        let activity = match verb_activity(verb) {
-            Some(schema::crud::CREATE) => account::CREATE,
-            Some(schema::crud::DELETE) => account::DELETE,
-            _ => schema::ACTIVITY_OTHER,
-        };
-        let mut m = Mapped::new(schema::ACCOUNT_CHANGE, activity);
-        m.set(
-            "user",
-            Some(user(text(ev, "resource.id"), None).unwrap_or_else(|| json!({"name": "unknown"}))),
-        );
-        m
+        account_change(verb, user(text(ev, "resource.id"), None))
     } else {
         let activity = verb_activity(verb).unwrap_or(schema::ACTIVITY_OTHER);
         let mut m = Mapped::new(schema::ENTITY_MANAGEMENT, activity);

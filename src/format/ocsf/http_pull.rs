@@ -15,8 +15,10 @@
 
 use serde_json::{json, Value};
 
-use super::build::{authentication, endpoint, outcome_status, text, user, verb_activity, Mapped};
-use super::schema::{self, account, severity, status};
+use super::build::{
+    account_change, authentication, endpoint, outcome_status, text, user, verb_activity, Mapped,
+};
+use super::schema::{self, severity, status};
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let action = text(ev, "action")?;
@@ -28,22 +30,10 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let mut m = if let Some(m) = authentication(verb, actor_user.clone(), "auditrelay") {
         m
     } else if noun == "user" || text(ev, "resource.type") == Some("user") {
-        let activity = match verb_activity(verb) {
-            Some(schema::crud::CREATE) => account::CREATE,
-            Some(schema::crud::DELETE) => account::DELETE,
-            Some(schema::crud::ENABLE) => account::ENABLE,
-            Some(schema::crud::DISABLE) => account::DISABLE,
-            _ => schema::ACTIVITY_OTHER,
-        };
-        let mut m = Mapped::new(schema::ACCOUNT_CHANGE, activity);
-        m.set(
-            "user",
-            Some(
-                user(text(ev, "resource.id"), text(ev, "resource.name"))
-                    .unwrap_or_else(|| json!({"name": "unknown"})),
-            ),
-        );
-        m
+        account_change(
+            verb,
+            user(text(ev, "resource.id"), text(ev, "resource.name")),
+        )
     } else {
         let activity = verb_activity(verb).unwrap_or(schema::ACTIVITY_OTHER);
         let mut m = Mapped::new(schema::ENTITY_MANAGEMENT, activity);

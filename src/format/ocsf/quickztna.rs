@@ -9,8 +9,8 @@
 
 use serde_json::{json, Value};
 
-use super::build::{authentication, text, user, verb_activity, Mapped};
-use super::schema::{self, account};
+use super::build::{account_change, authentication, text, user, verb_activity, Mapped};
+use super::schema;
 
 pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let action = text(ev, "action")?;
@@ -21,19 +21,7 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let mut m = if noun == "auth" {
         authentication(verb, actor_user.clone(), "QuickZTNA")?
     } else if resource_type == Some("user") || noun == "user" {
-        let activity = match verb_activity(verb) {
-            Some(schema::crud::CREATE) => account::CREATE,
-            Some(schema::crud::DELETE) => account::DELETE,
-            Some(schema::crud::ENABLE) => account::ENABLE,
-            Some(schema::crud::DISABLE) => account::DISABLE,
-            _ => schema::ACTIVITY_OTHER,
-        };
-        let mut m = Mapped::new(schema::ACCOUNT_CHANGE, activity);
-        m.set(
-            "user",
-            Some(user(resource_id, None).unwrap_or_else(|| json!({"name": "unknown"}))),
-        );
-        m
+        account_change(verb, user(resource_id, None))
     } else {
         let activity = verb_activity(verb).unwrap_or(schema::ACTIVITY_OTHER);
         let mut m = Mapped::new(schema::ENTITY_MANAGEMENT, activity);

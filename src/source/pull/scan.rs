@@ -349,18 +349,6 @@ impl<'de> Visitor<'de> for ItemObject<'_, '_> {
 mod tests {
     use super::*;
 
-    fn paths(list: &[&str]) -> Vec<FieldPath> {
-        list.iter().map(|p| FieldPath::parse(p).unwrap()).collect()
-    }
-
-    fn extractor() -> FieldExtractor {
-        FieldExtractor::new(
-            paths(&["request_id", "id"]),
-            paths(&["persisted_at", "ended_at", "timestamp"]),
-            paths(&["endpoint", "intent", "meta.type"]),
-        )
-    }
-
     fn p(s: &str) -> FieldPath {
         FieldPath::parse(s).unwrap()
     }
@@ -385,14 +373,20 @@ mod tests {
             .lookup(root)
             .map(|v| serde_json::from_str(v.get()).unwrap())
             .unwrap_or_default();
-        let ex = extractor();
+        let ex = FieldExtractor::veza_defaults();
         (list.iter().map(|i| ex.event(body, i)).collect(), next)
     }
 
     fn same(body: &str, items: &str, token: &str) {
         let body = Bytes::copy_from_slice(body.as_bytes());
         let (items, token) = (p(items), p(token));
-        let scan = scan_page(&body, &items, Some(&token), &extractor()).unwrap();
+        let scan = scan_page(
+            &body,
+            &items,
+            Some(&token),
+            &FieldExtractor::veza_defaults(),
+        )
+        .unwrap();
         let (want, next) = reference(&body, &items, &token);
         assert_eq!(scan.next_token, next, "token of {body:?}");
         let got: Vec<Event> = match scan.items {
@@ -446,7 +440,7 @@ mod tests {
 
     #[test]
     fn not_json_not_an_array_and_missing() {
-        let ex = extractor();
+        let ex = FieldExtractor::veza_defaults();
         let err = scan_page(br#"{"values":[{"a":1},]}"#, &p("values"), None, &ex).unwrap_err();
         assert!(err.contains("line 1"), "{err}");
         assert!(scan_page(b"{\"values\":[\"\xff\"]}", &p("values"), None, &ex).is_err());
