@@ -189,7 +189,18 @@ impl Member {
                 }
                 _ = interval.tick() => {}
             }
-            self.step().await;
+            // An engine that stops answering makes every request hang for
+            // its timeout: the step may not outlive the lease deadline.
+            match self.renewed_at.map(|at| self.deadline(at)) {
+                Some(deadline) => {
+                    let bounded = tokio::time::timeout_at(deadline.into(), self.step());
+                    if bounded.await.is_err() {
+                        self.reachable(false);
+                        self.step_down("the engine did not answer before the lease deadline");
+                    }
+                }
+                None => self.step().await,
+            }
         }
     }
 
@@ -202,6 +213,11 @@ impl Member {
     async fn step(&mut self) {
         self.forget_released();
         let now = Instant::now();
+        if self.renewed_at.is_some_and(|at| now >= self.deadline(at)) {
+            // Woken late (a paused process): stop before anything else.
+            self.step_down("the lease could not be renewed in time");
+            return;
+        }
         match self.renewed_at {
             None => match self.engine.join().await {
                 Ok(()) => {
