@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::assign::{decide, Decision, Inputs};
 use super::config::ClusterConfig;
 use super::connect::connect;
-use super::engine::{Engine, EngineError, View};
+use super::engine::{Engine, EngineError, Fence, View};
 use super::metrics::{init_source, ENGINE_REACHABLE, LEADERSHIP_CHANGES, SOURCE_OWNED};
 use super::store::{EngineCheckpoints, Holdings};
 use crate::checkpoint::RemoteCheckpoints;
@@ -34,7 +34,7 @@ pub enum Change {
 pub struct Cluster {
     engine: Arc<dyn Engine>,
     holdings: Holdings,
-    fenced_tx: mpsc::UnboundedSender<String>,
+    fenced_tx: mpsc::UnboundedSender<(String, Fence)>,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     backend: &'static str,
@@ -177,14 +177,20 @@ impl Member {
         renewed_at + self.ttl - self.ttl / 4
     }
 
-    async fn run(mut self, mut fenced: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut fenced: mpsc::UnboundedReceiver<(String, Fence)>,
+        stop: CancellationToken,
+    ) {
         let mut interval = tokio::time::interval(self.tick());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(source) = fenced.recv() => {
-                    self.lose(&source, "its checkpoint write was fenced");
+                Some((source, fence)) = fenced.recv() => {
+                    if self.holds(&source, &fence) {
+                        self.lose(&source, "its checkpoint write was fenced");
+                    }
                     continue;
                 }
                 _ = interval.tick() => {}
@@ -260,6 +266,15 @@ impl Member {
         self.reachable(true);
         self.follow(&view);
         self.act(&view).await;
+    }
+
+    /// Whether `source` is held with `fence` still (not lost and taken
+    /// again since).
+    fn holds(&self, source: &str, fence: &Fence) -> bool {
+        self.holdings
+            .lock()
+            .map(|h| h.get(source) == Some(fence))
+            .unwrap_or(false)
     }
 
     /// Sources given up through [`Cluster::handed_over`].

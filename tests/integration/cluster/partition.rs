@@ -1,9 +1,12 @@
 //! The membership loop behind a misbehaving link to a real etcd
 //! ([`EngineLink`]): an owner cut off from the engine stops its pipelines
-//! before the engine may give the source to another instance.
+//! before the engine may give the source to another instance, and a
+//! checkpoint write that arrives late with an old fence does not cost the
+//! ownership taken since.
 
 use std::time::Duration;
 
+use auditrelay::checkpoint::CheckpointStore;
 use auditrelay::cluster::{connect, Change, Cluster};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -53,5 +56,70 @@ async fn a_cut_off_owner_stops_its_pipelines_before_its_lease_can_expire() {
         Change::Acquired("csrc".into()),
         "the link is back: the source is owned again"
     );
+    cluster.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_refusal_of_an_old_fence_does_not_cost_the_ownership_taken_since() {
+    let etcd = Etcd::start().await;
+    let ttl = Duration::from_secs(3);
+    let cfg = config(&etcd, "late-a", "late", ttl);
+    let link = EngineLink::new(connect(&cfg).await.expect("connect"), ttl / 3);
+    let (cluster, mut changes) = Cluster::with_engine(link.clone(), &cfg, vec!["lsrc".into()]);
+    assert_eq!(
+        next(&mut changes, ttl).await,
+        Change::Acquired("lsrc".into())
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path())
+        .expect("store")
+        .with_remote(cluster.checkpoints());
+    let save = |state: &'static [u8]| {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.save("lsrc", state))
+    };
+    save(br#"{"next":10}"#)
+        .await
+        .expect("join")
+        .expect("the owner commits");
+
+    // A commit of the first ownership is slow to arrive...
+    link.hold_writes();
+    let late = save(br#"{"next":20}"#);
+    let mut waiting = link.writes_waiting();
+    tokio::time::timeout(ttl, waiting.wait_for(|n| *n == 1))
+        .await
+        .expect("the write reaches the link")
+        .expect("link alive");
+    // ...while the source is lost (its key gone, as at a lease expiry) and
+    // taken again: a new owner key, a new fence.
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("etcd");
+    raw.delete("/auditrelay-test/late/owners/lsrc", None)
+        .await
+        .expect("delete");
+    assert_eq!(next(&mut changes, ttl).await, Change::Lost("lsrc".into()));
+    assert_eq!(
+        next(&mut changes, ttl).await,
+        Change::Acquired("lsrc".into())
+    );
+    link.release_writes();
+    assert!(
+        late.await.expect("join").is_err(),
+        "the write of the old ownership is refused"
+    );
+
+    // The refusal was about the old ownership; the current one goes on.
+    let after = tokio::time::timeout(2 * ttl, changes.recv()).await;
+    assert!(
+        after.is_err(),
+        "the late refusal changed the current ownership: {after:?}"
+    );
+    assert!(cluster.owns("lsrc"), "the source is still owned here");
+    save(br#"{"next":30}"#)
+        .await
+        .expect("join")
+        .expect("the current owner commits");
     cluster.leave().await;
 }
