@@ -121,7 +121,7 @@ impl Cluster {
                 .with_label_values(&[source, "handed_over"])
                 .inc();
             if let Err(e) = self.engine.release(source, &fence).await {
-                warn!(source, error = %e, "cannot release the source; it is free when the lease expires");
+                warn!(source, error = %e, "cannot release the source; its owner key stays on this instance's lease, so it is taken again and handed over later");
             }
             info!(source, "cluster: source handed over");
         }
@@ -264,8 +264,9 @@ impl Member {
             }
         };
         self.reachable(true);
-        self.follow(&view);
-        self.act(&view).await;
+        let owners = self.owners(&view);
+        self.follow(&view, &owners);
+        self.act(&owners).await;
     }
 
     /// Whether `source` is held with `fence` still (not lost and taken
@@ -288,8 +289,21 @@ impl Member {
         self.handing_over.retain(|s| held.contains(s));
     }
 
+    /// The owners of `view`, less owner keys of this instance it does not
+    /// hold: an acquisition whose answer was lost, a release that failed or
+    /// a key of an earlier lease. They count as free, so this instance
+    /// takes them again (the engine gives back only a key of the current
+    /// lease) instead of leaving them unowned for as long as it lives.
+    fn owners(&self, view: &View) -> BTreeMap<String, String> {
+        view.owners
+            .iter()
+            .filter(|(s, o)| **o != self.me || self.acquired_at.contains_key(*s))
+            .map(|(s, o)| (s.clone(), o.clone()))
+            .collect()
+    }
+
     /// Sources the engine no longer shows as ours are lost.
-    fn follow(&mut self, view: &View) {
+    fn follow(&mut self, view: &View, owners: &BTreeMap<String, String>) {
         let now = Instant::now();
         let held: Vec<String> = self.acquired_at.keys().cloned().collect();
         for s in held {
@@ -301,26 +315,16 @@ impl Member {
         for m in &view.members {
             self.first_seen.entry(m.clone()).or_insert(now);
         }
-        self.unowned_since
-            .retain(|s, _| !view.owners.contains_key(s));
+        self.unowned_since.retain(|s, _| !owners.contains_key(s));
         for s in &self.sources {
-            if !view.owners.contains_key(s) {
+            if !owners.contains_key(s) {
                 self.unowned_since.entry(s.clone()).or_insert(now);
             }
         }
     }
 
-    async fn act(&mut self, view: &View) {
+    async fn act(&mut self, owners: &BTreeMap<String, String>) {
         let now = Instant::now();
-        // An owner key of ours from an earlier lease is not ours to use.
-        let owners: BTreeMap<String, String> = view
-            .owners
-            .iter()
-            .map(|(s, o)| {
-                let stale = *o == self.me && !self.acquired_at.contains_key(s);
-                (s.clone(), if stale { String::new() } else { o.clone() })
-            })
-            .collect();
         let since = |m: &BTreeMap<String, Instant>| -> BTreeMap<String, Duration> {
             m.iter()
                 .map(|(k, t)| (k.clone(), now.duration_since(*t)))
@@ -332,7 +336,7 @@ impl Member {
         let decisions = decide(&Inputs {
             me: &self.me,
             sources: &self.sources,
-            owners: &owners,
+            owners,
             members: &members,
             unowned_for: &unowned_for,
             held_for: &held_for,

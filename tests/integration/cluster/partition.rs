@@ -123,3 +123,30 @@ async fn a_late_refusal_of_an_old_fence_does_not_cost_the_ownership_taken_since(
         .expect("the current owner commits");
     cluster.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_acquisition_whose_answer_was_lost_is_not_an_orphan_for_ever() {
+    let etcd = Etcd::start().await;
+    let ttl = Duration::from_secs(3);
+    let cfg = config(&etcd, "lost-answer-a", "lost-answer", ttl);
+    let link = EngineLink::new(connect(&cfg).await.expect("connect"), ttl / 3);
+    // The engine takes the source for this instance, but the answer times
+    // out: the owner key is on this instance's live lease, renewed on.
+    link.lose_acquire_answers(1);
+    let (cluster, mut changes) = Cluster::with_engine(link.clone(), &cfg, vec!["osrc".into()]);
+    assert_eq!(
+        next(&mut changes, 3 * ttl).await,
+        Change::Acquired("osrc".into()),
+        "the source runs somewhere: here, the only member"
+    );
+    assert!(cluster.owns("osrc"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path())
+        .expect("store")
+        .with_remote(cluster.checkpoints());
+    tokio::task::spawn_blocking(move || store.save("osrc", br#"{"next":1}"#))
+        .await
+        .expect("join")
+        .expect("the owner commits with the adopted key");
+    cluster.leave().await;
+}
