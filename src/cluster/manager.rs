@@ -128,11 +128,17 @@ impl Cluster {
     }
 
     /// Stops the loop and ends the membership (the pipelines are drained
-    /// already): every owned source is free for the others at once.
+    /// already): every owned source is free for the others at once. With
+    /// the engine unreachable each request hangs for its timeout, so the
+    /// releases and the revocation go out together: a stop waits one
+    /// request timeout, not one per source.
     pub async fn leave(&self) {
         self.stop.cancel();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
+            // A step may be waiting on the engine; whatever it took is on
+            // the lease revoked below (or expiring with it).
+            task.abort();
             let _ = task.await;
         }
         let held: Vec<_> = self
@@ -140,11 +146,14 @@ impl Cluster {
             .lock()
             .map(|mut h| std::mem::take(&mut *h).into_iter().collect())
             .unwrap_or_default();
-        for (source, fence) in held {
-            SOURCE_OWNED.with_label_values(&[&source]).set(0);
-            let _ = self.engine.release(&source, &fence).await;
-        }
-        self.engine.leave().await;
+        let releases = held.iter().map(|(source, fence)| {
+            SOURCE_OWNED.with_label_values(&[source]).set(0);
+            self.engine.release(source, fence)
+        });
+        let _ = tokio::join!(
+            futures_util::future::join_all(releases),
+            self.engine.leave()
+        );
         ENGINE_REACHABLE.with_label_values(&[self.backend]).set(0);
     }
 }

@@ -150,3 +150,32 @@ async fn an_acquisition_whose_answer_was_lost_is_not_an_orphan_for_ever() {
         .expect("the owner commits with the adopted key");
     cluster.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leaving_with_the_engine_unreachable_waits_one_request_timeout_not_one_per_source() {
+    let etcd = Etcd::start().await;
+    let ttl = Duration::from_secs(3);
+    let cfg = config(&etcd, "leave-a", "leave", ttl);
+    let link = EngineLink::new(connect(&cfg).await.expect("connect"), ttl / 3);
+    let sources: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    let (cluster, mut changes) = Cluster::with_engine(link.clone(), &cfg, sources.clone());
+    for _ in &sources {
+        assert!(matches!(
+            next(&mut changes, 2 * ttl).await,
+            Change::Acquired(_)
+        ));
+    }
+    // A stop while etcd is unreachable (the pipelines are drained already):
+    // the releases and the revocation each hang for the request timeout.
+    link.set_cut(true);
+    let started = std::time::Instant::now();
+    cluster.leave().await;
+    let took = started.elapsed();
+    assert!(
+        took <= ttl / 3 + Duration::from_millis(500),
+        "leaving took {took:?} for {} sources; a stop must not wait one request \
+         timeout ({:?}) per source",
+        sources.len(),
+        ttl / 3
+    );
+}

@@ -144,9 +144,12 @@ impl Engine for EngineLink {
         self.through(self.inner.reset(source)).await
     }
     async fn leave(&self) {
-        if !self.cut.load(Ordering::SeqCst) {
-            self.inner.leave().await;
+        if self.cut.load(Ordering::SeqCst) {
+            // The revocation hangs, then the client gives up.
+            tokio::time::sleep(self.request_timeout).await;
+            return;
         }
+        self.inner.leave().await;
     }
     fn describe(&self, source: &str) -> String {
         self.inner.describe(source)
