@@ -43,7 +43,9 @@ pub trait Engine: Send + Sync + 'static {
     async fn renew(&self) -> Result<(), EngineError>;
     /// Members, owners and checkpoints now.
     async fn view(&self) -> Result<View, EngineError>;
-    /// Takes `source` if nobody owns it; `None` when someone does.
+    /// Takes `source` if nobody owns it; `None` when someone does. A source
+    /// this instance already owns under its current lease (an acquisition
+    /// whose answer was lost) is taken too, with that ownership's fence.
     async fn acquire(&self, source: &str) -> Result<Option<Fence>, EngineError>;
     /// Gives `source` up, if still owned with this fence.
     async fn release(&self, source: &str, fence: &Fence) -> Result<(), EngineError>;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
-    TlsOptions, Txn, TxnOp,
+    TlsOptions, Txn, TxnOp, TxnOpResponse,
 };
 use tokio::sync::Mutex;
 
@@ -195,13 +195,26 @@ impl Engine for EtcdEngine {
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
-                key,
+                key.clone(),
                 self.id.clone(),
                 Some(PutOptions::new().with_lease(lease)),
-            )]);
+            )])
+            .or_else([TxnOp::get(key, None)]);
         let resp = self.call(client.txn(txn)).await?;
         if !resp.succeeded() {
-            return Ok(None);
+            // Ours already, on the lease we renew: an earlier acquisition
+            // whose answer was lost. Nobody else can take it while the
+            // lease lives, so it is ours to use (its create revision is
+            // the fence) rather than an orphan until the lease ends.
+            let adopted = resp.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
+                    (kv.value() == self.id.as_bytes() && kv.lease() == lease).then(|| Fence {
+                        token: kv.create_revision(),
+                    })
+                }),
+                _ => None,
+            });
+            return Ok(adopted);
         }
         let revision = resp
             .header()

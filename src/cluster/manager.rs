@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use super::assign::{decide, Decision, Inputs};
 use super::config::ClusterConfig;
 use super::connect::connect;
-use super::engine::{Engine, EngineError, View};
+use super::engine::{Engine, EngineError, Fence, View};
 use super::metrics::{init_source, ENGINE_REACHABLE, LEADERSHIP_CHANGES, SOURCE_OWNED};
 use super::store::{EngineCheckpoints, Holdings};
 use crate::checkpoint::RemoteCheckpoints;
@@ -34,7 +34,7 @@ pub enum Change {
 pub struct Cluster {
     engine: Arc<dyn Engine>,
     holdings: Holdings,
-    fenced_tx: mpsc::UnboundedSender<String>,
+    fenced_tx: mpsc::UnboundedSender<(String, Fence)>,
     stop: CancellationToken,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     backend: &'static str,
@@ -121,18 +121,24 @@ impl Cluster {
                 .with_label_values(&[source, "handed_over"])
                 .inc();
             if let Err(e) = self.engine.release(source, &fence).await {
-                warn!(source, error = %e, "cannot release the source; it is free when the lease expires");
+                warn!(source, error = %e, "cannot release the source; its owner key stays on this instance's lease, so it is taken again and handed over later");
             }
             info!(source, "cluster: source handed over");
         }
     }
 
     /// Stops the loop and ends the membership (the pipelines are drained
-    /// already): every owned source is free for the others at once.
+    /// already): every owned source is free for the others at once. With
+    /// the engine unreachable each request hangs for its timeout, so the
+    /// releases and the revocation go out together: a stop waits one
+    /// request timeout, not one per source.
     pub async fn leave(&self) {
         self.stop.cancel();
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         if let Some(task) = task {
+            // A step may be waiting on the engine; whatever it took is on
+            // the lease revoked below (or expiring with it).
+            task.abort();
             let _ = task.await;
         }
         let held: Vec<_> = self
@@ -140,11 +146,14 @@ impl Cluster {
             .lock()
             .map(|mut h| std::mem::take(&mut *h).into_iter().collect())
             .unwrap_or_default();
-        for (source, fence) in held {
-            SOURCE_OWNED.with_label_values(&[&source]).set(0);
-            let _ = self.engine.release(&source, &fence).await;
-        }
-        self.engine.leave().await;
+        let releases = held.iter().map(|(source, fence)| {
+            SOURCE_OWNED.with_label_values(&[source]).set(0);
+            self.engine.release(source, fence)
+        });
+        let _ = tokio::join!(
+            futures_util::future::join_all(releases),
+            self.engine.leave()
+        );
         ENGINE_REACHABLE.with_label_values(&[self.backend]).set(0);
     }
 }
@@ -177,19 +186,36 @@ impl Member {
         renewed_at + self.ttl - self.ttl / 4
     }
 
-    async fn run(mut self, mut fenced: mpsc::UnboundedReceiver<String>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        mut fenced: mpsc::UnboundedReceiver<(String, Fence)>,
+        stop: CancellationToken,
+    ) {
         let mut interval = tokio::time::interval(self.tick());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
-                Some(source) = fenced.recv() => {
-                    self.lose(&source, "its checkpoint write was fenced");
+                Some((source, fence)) = fenced.recv() => {
+                    if self.holds(&source, &fence) {
+                        self.lose(&source, "its checkpoint write was fenced");
+                    }
                     continue;
                 }
                 _ = interval.tick() => {}
             }
-            self.step().await;
+            // An engine that stops answering makes every request hang for
+            // its timeout: the step may not outlive the lease deadline.
+            match self.renewed_at.map(|at| self.deadline(at)) {
+                Some(deadline) => {
+                    let bounded = tokio::time::timeout_at(deadline.into(), self.step());
+                    if bounded.await.is_err() {
+                        self.reachable(false);
+                        self.step_down("the engine did not answer before the lease deadline");
+                    }
+                }
+                None => self.step().await,
+            }
         }
     }
 
@@ -202,6 +228,11 @@ impl Member {
     async fn step(&mut self) {
         self.forget_released();
         let now = Instant::now();
+        if self.renewed_at.is_some_and(|at| now >= self.deadline(at)) {
+            // Woken late (a paused process): stop before anything else.
+            self.step_down("the lease could not be renewed in time");
+            return;
+        }
         match self.renewed_at {
             None => match self.engine.join().await {
                 Ok(()) => {
@@ -242,8 +273,18 @@ impl Member {
             }
         };
         self.reachable(true);
-        self.follow(&view);
-        self.act(&view).await;
+        let owners = self.owners(&view);
+        self.follow(&view, &owners);
+        self.act(&owners).await;
+    }
+
+    /// Whether `source` is held with `fence` still (not lost and taken
+    /// again since).
+    fn holds(&self, source: &str, fence: &Fence) -> bool {
+        self.holdings
+            .lock()
+            .map(|h| h.get(source) == Some(fence))
+            .unwrap_or(false)
     }
 
     /// Sources given up through [`Cluster::handed_over`].
@@ -257,8 +298,21 @@ impl Member {
         self.handing_over.retain(|s| held.contains(s));
     }
 
+    /// The owners of `view`, less owner keys of this instance it does not
+    /// hold: an acquisition whose answer was lost, a release that failed or
+    /// a key of an earlier lease. They count as free, so this instance
+    /// takes them again (the engine gives back only a key of the current
+    /// lease) instead of leaving them unowned for as long as it lives.
+    fn owners(&self, view: &View) -> BTreeMap<String, String> {
+        view.owners
+            .iter()
+            .filter(|(s, o)| **o != self.me || self.acquired_at.contains_key(*s))
+            .map(|(s, o)| (s.clone(), o.clone()))
+            .collect()
+    }
+
     /// Sources the engine no longer shows as ours are lost.
-    fn follow(&mut self, view: &View) {
+    fn follow(&mut self, view: &View, owners: &BTreeMap<String, String>) {
         let now = Instant::now();
         let held: Vec<String> = self.acquired_at.keys().cloned().collect();
         for s in held {
@@ -270,26 +324,16 @@ impl Member {
         for m in &view.members {
             self.first_seen.entry(m.clone()).or_insert(now);
         }
-        self.unowned_since
-            .retain(|s, _| !view.owners.contains_key(s));
+        self.unowned_since.retain(|s, _| !owners.contains_key(s));
         for s in &self.sources {
-            if !view.owners.contains_key(s) {
+            if !owners.contains_key(s) {
                 self.unowned_since.entry(s.clone()).or_insert(now);
             }
         }
     }
 
-    async fn act(&mut self, view: &View) {
+    async fn act(&mut self, owners: &BTreeMap<String, String>) {
         let now = Instant::now();
-        // An owner key of ours from an earlier lease is not ours to use.
-        let owners: BTreeMap<String, String> = view
-            .owners
-            .iter()
-            .map(|(s, o)| {
-                let stale = *o == self.me && !self.acquired_at.contains_key(s);
-                (s.clone(), if stale { String::new() } else { o.clone() })
-            })
-            .collect();
         let since = |m: &BTreeMap<String, Instant>| -> BTreeMap<String, Duration> {
             m.iter()
                 .map(|(k, t)| (k.clone(), now.duration_since(*t)))
@@ -301,7 +345,7 @@ impl Member {
         let decisions = decide(&Inputs {
             me: &self.me,
             sources: &self.sources,
-            owners: &owners,
+            owners,
             members: &members,
             unowned_for: &unowned_for,
             held_for: &held_for,

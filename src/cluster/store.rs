@@ -21,8 +21,9 @@ pub type Holdings = Arc<Mutex<BTreeMap<String, Fence>>>;
 pub struct EngineCheckpoints {
     engine: Arc<dyn Engine>,
     holdings: Holdings,
-    /// Sources whose save was fenced, for the membership loop.
-    fenced: mpsc::UnboundedSender<String>,
+    /// Ownerships (source, fence) whose save was fenced, for the
+    /// membership loop.
+    fenced: mpsc::UnboundedSender<(String, Fence)>,
     runtime: Handle,
 }
 
@@ -36,7 +37,7 @@ impl EngineCheckpoints {
     pub fn new(
         engine: Arc<dyn Engine>,
         holdings: Holdings,
-        fenced: mpsc::UnboundedSender<String>,
+        fenced: mpsc::UnboundedSender<(String, Fence)>,
         runtime: Handle,
     ) -> Self {
         EngineCheckpoints {
@@ -53,9 +54,14 @@ impl EngineCheckpoints {
         tokio::task::block_in_place(|| self.runtime.block_on(f))
     }
 
-    fn refuse(&self, source: &str, why: &str) -> io::Error {
+    /// `fence`: the ownership the write was made under, lost now. A write
+    /// of an older ownership (a late one, after the source was lost and
+    /// taken again) must not end the current one: the loop compares.
+    fn refuse(&self, source: &str, fence: Option<Fence>, why: &str) -> io::Error {
         FENCED_COMMITS.with_label_values(&[source]).inc();
-        let _ = self.fenced.send(source.to_string());
+        if let Some(fence) = fence {
+            let _ = self.fenced.send((source.to_string(), fence));
+        }
         tracing::error!(source, why, "checkpoint write refused: this instance no longer owns the source; stopping its pipeline");
         io::Error::other(format!(
             "checkpoint of source {source} not written: this instance no longer owns it ({why})"
@@ -75,11 +81,13 @@ impl RemoteCheckpoints for EngineCheckpoints {
 
     fn save(&self, source: &str, state: &[u8]) -> io::Result<()> {
         let Some(fence) = self.fence(source) else {
-            return Err(self.refuse(source, "lease expired or source handed over"));
+            return Err(self.refuse(source, None, "lease expired or source handed over"));
         };
         match self.block(self.engine.save(source, &fence, state)) {
             Ok(()) => Ok(()),
-            Err(EngineError::Fenced) => Err(self.refuse(source, "the engine rejected the write")),
+            Err(EngineError::Fenced) => {
+                Err(self.refuse(source, Some(fence), "the engine rejected the write"))
+            }
             Err(e) => Err(io::Error::other(e.to_string())),
         }
     }

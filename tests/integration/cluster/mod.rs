@@ -5,5 +5,6 @@
 mod conformance;
 mod failover;
 mod membership;
+mod partition;
 mod rebalance;
 mod validate;

@@ -12,6 +12,7 @@
 
 pub mod certifyclouds_fake;
 pub mod daemon;
+pub mod engine_link;
 pub mod etcd;
 pub mod harness;
 pub mod hec_fake;
