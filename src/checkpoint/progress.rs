@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// name: a store's start removes only other processes' temp files).
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Identifies an event across refetches (a digest of its id, else of its
-/// bytes); 128 bits, so two different events never share one in practice.
+/// Identifies an event across refetches (a digest of its bytes and id);
+/// 128 bits, so two different events never share one in practice.
 pub type EventKey = [u8; 16];
 
 const MAGIC: &[u8] = b"auditrelay-progress v1\n";

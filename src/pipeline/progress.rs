@@ -3,7 +3,7 @@
 //! ([`CheckpointStore::open_progress`]), so that after a crash the batches
 //! refetched from the checkpoint skip, per sink, what that sink already has.
 //!
-//! Events are told apart by [`event_key`] (their id, else their bytes),
+//! Events are told apart by [`event_key`] (their bytes and id),
 //! counted, not merely marked: a page may hold the same event twice, and a
 //! confirmation skips only as many copies as were confirmed. A skipped
 //! event still counts as delivered for the commit.
@@ -33,20 +33,19 @@ use crate::metrics::metrics;
 /// Compact the log only past this size (and when it is mostly obsolete).
 const COMPACT_MIN_BYTES: u64 = 256 << 10;
 
-/// The identity of an event across refetches: its id when it has a
-/// non-blank one, else its bytes.
+/// The identity of an event across refetches: its bytes, and its id when
+/// it has a non-blank one. Never the id alone: two events sharing an id (an
+/// `id_path` naming a field that is not unique, or a changed `id_path`)
+/// would let one's confirmation skip the other, which was never sent.
 pub fn event_key(ev: &Event) -> EventKey {
     let mut h = Sha256::new();
-    match ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
-        Some(id) => {
-            h.update(b"id\0");
-            h.update(id.as_bytes());
-        }
-        None => {
-            h.update(b"raw\0");
-            h.update(&ev.raw);
-        }
+    if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
+        h.update(b"id\0");
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
     }
+    h.update(b"raw\0");
+    h.update(&ev.raw);
     let digest = h.finalize();
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
