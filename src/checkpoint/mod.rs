@@ -193,10 +193,17 @@ impl CheckpointStore {
         )
     }
 
+    /// Forgets what sinks confirmed of `source`'s uncommitted batches: a
+    /// source moved to another position (`checkpoint set`, `reset`) sends
+    /// everything from there to every sink again.
+    pub fn forget_progress(&self, source: &str) -> io::Result<()> {
+        progress::remove(&self.progress_path(source))
+    }
+
     /// Removes the checkpoint of `source`; the source restarts from `start_at`.
     pub fn reset(&self, source: &str) -> io::Result<bool> {
         // A source started over sends everything again.
-        progress::remove(&self.progress_path(source))?;
+        self.forget_progress(source)?;
         if let Some(remote) = &self.remote {
             return remote.reset(source);
         }
