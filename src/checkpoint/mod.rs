@@ -17,7 +17,9 @@ mod progress;
 mod remote;
 
 pub use lock::StateLock;
-pub use progress::{record_len, EventKey, ProgressLog, ProgressRecord};
+pub use progress::{
+    record_len, remove as remove_progress_log, EventKey, ProgressLog, ProgressRecord,
+};
 pub use remote::RemoteCheckpoints;
 
 use std::fs::{self, File, OpenOptions};

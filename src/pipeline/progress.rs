@@ -76,6 +76,13 @@ enum Note {
         sink: Arc<str>,
         keys: Vec<EventKey>,
     },
+    /// Batches up to `seq` are about to be committed: their records are
+    /// retired in the log (durably, then `done`) before the checkpoint moves,
+    /// or after a crash they would skip later events with the same keys.
+    Retiring {
+        seq: u64,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// Batches up to `seq` are committed: their records are obsolete.
     Committed { seq: u64 },
     /// Inherited records no refetched event matched are given up.
@@ -94,6 +101,15 @@ impl Notes {
             sink: sink.clone(),
             keys,
         });
+    }
+
+    /// Returns once the records of batches up to `seq` are retired in the
+    /// log (or the writer is gone), so the checkpoint may move past them.
+    pub async fn retire(&self, seq: u64) {
+        let (done, retired) = tokio::sync::oneshot::channel();
+        if self.0.send(Note::Retiring { seq, done }).is_ok() {
+            let _ = retired.await;
+        }
     }
 
     pub fn committed(&self, seq: u64) {
@@ -247,14 +263,28 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Note>) {
         while let Some(first) = rx.blocking_recv() {
             let mut appends = Vec::new();
+            let mut retires = Vec::new();
+            let mut dones = Vec::new();
             let mut committed = false;
             let mut next = Some(first);
             while let Some(note) = next {
-                committed |= self.take(note, &mut appends);
+                if let Note::Retiring { seq, done } = note {
+                    retires.extend(self.retire(seq));
+                    dones.push(done);
+                } else {
+                    committed |= self.take(note, &mut appends, &mut retires);
+                }
                 next = rx.try_recv().ok();
             }
-            if !appends.is_empty() {
-                self.write(|log| log.append(&appends));
+            if !appends.is_empty() || !retires.is_empty() {
+                self.write(|log| log.append_both(&appends, &retires));
+                if self.failing && !retires.is_empty() {
+                    // Unretired records could skip events after the commit.
+                    self.give_up_log();
+                }
+            }
+            for done in dones {
+                let _ = done.send(());
             }
             if committed {
                 self.compact(false);
@@ -265,7 +295,12 @@ impl Writer {
     }
 
     /// Applies a note; true when it was a commit.
-    fn take(&mut self, note: Note, appends: &mut Vec<ProgressRecord>) -> bool {
+    fn take(
+        &mut self,
+        note: Note,
+        appends: &mut Vec<ProgressRecord>,
+        retires: &mut Vec<ProgressRecord>,
+    ) -> bool {
         match note {
             Note::Confirmed { seq, sink, keys } => {
                 let record = ProgressRecord {
@@ -291,18 +326,57 @@ impl Writer {
                 self.keep(seq, record);
                 false
             }
+            Note::Retiring { seq, done } => {
+                retires.extend(self.retire(seq));
+                let _ = done.send(());
+                false
+            }
             Note::Committed { seq } => {
-                let rest = self.live.split_off(&(seq + 1));
-                for r in std::mem::replace(&mut self.live, rest).values().flatten() {
-                    self.live_bytes -= record_len(&r.sink, r.keys.len());
-                }
+                self.retire(seq);
                 true
             }
             Note::DropInherited => {
+                retires.extend(self.inherited_records());
                 self.inherited.clear();
                 false
             }
         }
+    }
+
+    /// Takes the records of batches up to `seq` out of the live ones.
+    fn retire(&mut self, seq: u64) -> Vec<ProgressRecord> {
+        let rest = self.live.split_off(&(seq + 1));
+        let done: Vec<ProgressRecord> = std::mem::replace(&mut self.live, rest)
+            .into_values()
+            .flatten()
+            .collect();
+        for r in &done {
+            self.live_bytes -= record_len(&r.sink, r.keys.len());
+        }
+        done
+    }
+
+    /// The log cannot be kept true: removed, and no longer written.
+    fn give_up_log(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        if let Err(e) = crate::checkpoint::remove_progress_log(log.path()) {
+            tracing::error!(source = %self.source, file = %log.path().display(), error = %e, "cannot remove the progress log after a failed write; remove it before the next start, or events confirmed earlier may skip later ones");
+        }
+    }
+
+    /// The inherited confirmations not matched (yet), as records.
+    fn inherited_records(&self) -> Vec<ProgressRecord> {
+        self.inherited
+            .iter()
+            .map(|(sink, counts)| ProgressRecord {
+                sink: sink.to_string(),
+                keys: counts
+                    .iter()
+                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
+                    .collect(),
+            })
+            .filter(|r| !r.keys.is_empty())
+            .collect()
     }
 
     fn keep(&mut self, seq: u64, record: ProgressRecord) {
@@ -318,18 +392,7 @@ impl Writer {
         if !(obsolete || always && !log.is_empty()) {
             return;
         }
-        let mut records: Vec<ProgressRecord> = self
-            .inherited
-            .iter()
-            .map(|(sink, counts)| ProgressRecord {
-                sink: sink.to_string(),
-                keys: counts
-                    .iter()
-                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
-                    .collect(),
-            })
-            .filter(|r| !r.keys.is_empty())
-            .collect();
+        let mut records = self.inherited_records();
         records.extend(self.live.values().flatten().cloned());
         self.write(|log| log.rewrite(&records));
     }

@@ -458,7 +458,12 @@ async fn an_unconfirmed_event_sharing_its_id_with_a_confirmed_one_is_sent_again(
         }
     })
     .await
-    .unwrap_or_else(|_| panic!("no confirmation in the progress log: {:?} received", sink.received.lock().map(|r| r.len())));
+    .unwrap_or_else(|_| {
+        panic!(
+            "no confirmation in the progress log: {:?} received",
+            sink.received.lock().map(|r| r.len())
+        )
+    });
     run.abort();
     let _ = run.await;
     assert_eq!(store.load("src").expect("readable"), None);
@@ -479,5 +484,80 @@ async fn an_unconfirmed_event_sharing_its_id_with_a_confirmed_one_is_sent_again(
             .iter()
             .any(|r| String::from_utf8_lossy(r).contains("login failed")),
         "the event the sink never confirmed is sent after the restart: {received:?}"
+    );
+}
+
+/// Hands out its pages, then waits forever (a source still tailing).
+struct PagesThenWait(VecDeque<Batch>);
+
+#[async_trait]
+impl Source for PagesThenWait {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        match self.0.pop_front() {
+            Some(page) => Ok(Some(page)),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn confirmations_of_a_committed_page_never_skip_a_later_identical_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("store");
+    // An event without an id, the same bytes twice in the stream: two
+    // occurrences (two identical failed logins), in pages 1 and 2.
+    let heartbeat = || Event {
+        raw: Bytes::from_static(b"{\"action\":\"login\",\"outcome\":\"failure\",\"user\":\"bob\"}"),
+        id: None,
+        time: None,
+        kind: None,
+    };
+    let sink = Arc::new(HoldingSink {
+        hold: "never",
+        received: Mutex::new(Vec::new()),
+    });
+    let (mut p, _) = pipeline(&store, Vec::new(), Vec::new(), 1 << 20);
+    p.source = Box::new(PagesThenWait(vec![page(vec![heartbeat()], 1)].into()));
+    p.routes = vec![holding_route(sink.clone())];
+    let run = tokio::spawn(p.run(CancellationToken::new()));
+    let progress = store.progress_path("src");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        // Committed, and the confirmation appended (a header and a record).
+        let appended = || {
+            std::fs::metadata(&progress).map_or(0, |m| m.len())
+                > crate::checkpoint::record_len("hook", 1)
+        };
+        while store.load("src").expect("readable").is_none() || !appended() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("page 1 is confirmed and committed");
+    // What a SIGKILL now leaves on disk: page 1 committed, its confirmation
+    // still in the log (compaction waits for the log to grow).
+    let on_disk = std::fs::read(&progress).expect("the progress log exists");
+    run.abort();
+    let _ = run.await;
+    std::fs::write(&progress, on_disk).expect("restore the killed state");
+
+    let sink = Arc::new(HoldingSink {
+        hold: "never",
+        received: Mutex::new(Vec::new()),
+    });
+    let (mut p, _) = pipeline(
+        &store,
+        vec![page(vec![heartbeat()], 2)],
+        Vec::new(),
+        1 << 20,
+    );
+    p.routes = vec![holding_route(sink.clone())];
+    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
+        .await
+        .expect("the second run finishes")
+        .expect("no failure");
+    assert_eq!(
+        sink.received.lock().expect("not poisoned").len(),
+        1,
+        "the second occurrence (page 2) was never sent: it must not be skipped"
     );
 }
