@@ -17,7 +17,9 @@ mod progress;
 mod remote;
 
 pub use lock::StateLock;
-pub use progress::{record_len, EventKey, ProgressLog, ProgressRecord};
+pub use progress::{
+    record_len, remove as remove_progress_log, EventKey, ProgressLog, ProgressRecord,
+};
 pub use remote::RemoteCheckpoints;
 
 use std::fs::{self, File, OpenOptions};
@@ -193,10 +195,17 @@ impl CheckpointStore {
         )
     }
 
+    /// Forgets what sinks confirmed of `source`'s uncommitted batches: a
+    /// source moved to another position (`checkpoint set`, `reset`) sends
+    /// everything from there to every sink again.
+    pub fn forget_progress(&self, source: &str) -> io::Result<()> {
+        progress::remove(&self.progress_path(source))
+    }
+
     /// Removes the checkpoint of `source`; the source restarts from `start_at`.
     pub fn reset(&self, source: &str) -> io::Result<bool> {
         // A source started over sends everything again.
-        progress::remove(&self.progress_path(source))?;
+        self.forget_progress(source)?;
         if let Some(remote) = &self.remote {
             return remote.reset(source);
         }

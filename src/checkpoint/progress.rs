@@ -11,6 +11,7 @@
 //! rewritten atomically (temp file, fsync, rename) when the pipeline
 //! compacts it after commits, so it only covers uncommitted batches.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,8 +22,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// name: a store's start removes only other processes' temp files).
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// Identifies an event across refetches (a digest of its id, else of its
-/// bytes); 128 bits, so two different events never share one in practice.
+/// Identifies an event across refetches (a digest of its bytes and id);
+/// 128 bits, so two different events never share one in practice.
 pub type EventKey = [u8; 16];
 
 const MAGIC: &[u8] = b"auditrelay-progress v1\n";
@@ -58,7 +59,33 @@ pub fn load(path: &Path, source: &str) -> io::Result<Vec<ProgressRecord>> {
     if let Some(why) = damage {
         tracing::warn!(source, file = %path.display(), why, records = records.len(), "progress log ends in a damaged record; the events after it may be sent again");
     }
-    Ok(records)
+    Ok(net(records))
+}
+
+/// The confirmations less the retired ones (of batches committed since).
+fn net(records: Vec<(ProgressRecord, bool)>) -> Vec<ProgressRecord> {
+    let mut retired: HashMap<(String, EventKey), u32> = HashMap::new();
+    for (r, _) in records.iter().filter(|(_, retired)| *retired) {
+        for k in &r.keys {
+            *retired.entry((r.sink.clone(), *k)).or_default() += 1;
+        }
+    }
+    records
+        .into_iter()
+        .filter(|(_, retired)| !retired)
+        .map(|(mut r, _)| {
+            r.keys
+                .retain(|k| match retired.get_mut(&(r.sink.clone(), *k)) {
+                    Some(n) if *n > 0 => {
+                        *n -= 1;
+                        false
+                    }
+                    _ => true,
+                });
+            r
+        })
+        .filter(|r| !r.keys.is_empty())
+        .collect()
 }
 
 /// Removes the log at `path`, if there is one.
@@ -97,9 +124,24 @@ impl ProgressLog {
 
     /// Appends `records` durably (one write, one fdatasync).
     pub fn append(&mut self, records: &[ProgressRecord]) -> io::Result<()> {
+        self.append_both(records, &[])
+    }
+
+    /// Appends confirmations and retirements durably (one write, one
+    /// fdatasync). A retirement cancels one earlier confirmation of each of
+    /// its keys by its sink: that of a batch about to be committed, which
+    /// must not skip anything after the checkpoint moved past it.
+    pub fn append_both(
+        &mut self,
+        records: &[ProgressRecord],
+        retired: &[ProgressRecord],
+    ) -> io::Result<()> {
         let mut buf = Vec::new();
         for r in records {
-            encode_record(r, &mut buf);
+            encode_record(r, false, &mut buf);
+        }
+        for r in retired {
+            encode_record(r, true, &mut buf);
         }
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
@@ -123,7 +165,7 @@ impl ProgressLog {
         ));
         let mut buf = MAGIC.to_vec();
         for r in records {
-            encode_record(r, &mut buf);
+            encode_record(r, false, &mut buf);
         }
         let written = (|| {
             let mut f = File::create(&tmp)?;
@@ -164,13 +206,18 @@ pub fn record_len(sink: &str, keys: usize) -> u64 {
     (8 + 2 + sink.len() + 4 + keys * KEY_LEN) as u64
 }
 
-fn encode_record(r: &ProgressRecord, out: &mut Vec<u8>) {
+/// The flag of a retirement in a record's key count (confirmations of
+/// older versions never have it).
+const RETIRED: u32 = 1 << 31;
+
+fn encode_record(r: &ProgressRecord, retired: bool, out: &mut Vec<u8>) {
     // Sink names are config keys: far below u16::MAX.
     let name = &r.sink.as_bytes()[..r.sink.len().min(u16::MAX as usize)];
     let mut payload = Vec::with_capacity(2 + name.len() + 4 + r.keys.len() * KEY_LEN);
     payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
     payload.extend_from_slice(name);
-    payload.extend_from_slice(&(r.keys.len() as u32).to_le_bytes());
+    let flag = if retired { RETIRED } else { 0 };
+    payload.extend_from_slice(&(r.keys.len() as u32 | flag).to_le_bytes());
     for k in &r.keys {
         payload.extend_from_slice(k);
     }
@@ -179,8 +226,9 @@ fn encode_record(r: &ProgressRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(&payload);
 }
 
-/// The whole records of a log, and why the read stopped early, if it did.
-fn decode_log(data: &[u8]) -> (Vec<ProgressRecord>, Option<String>) {
+/// The whole records of a log (and whether each is a retirement), and why
+/// the read stopped early, if it did.
+fn decode_log(data: &[u8]) -> (Vec<(ProgressRecord, bool)>, Option<String>) {
     let mut records = Vec::new();
     let Some(mut rest) = data.strip_prefix(MAGIC) else {
         let why = if data.is_empty() {
@@ -204,7 +252,7 @@ fn decode_log(data: &[u8]) -> (Vec<ProgressRecord>, Option<String>) {
     (records, None)
 }
 
-fn decode_record(data: &[u8]) -> Result<(ProgressRecord, usize), String> {
+fn decode_record(data: &[u8]) -> Result<((ProgressRecord, bool), usize), String> {
     let u32_at = |d: &[u8], at: usize| -> Option<u32> {
         d.get(at..at + 4)
             .and_then(|b| b.try_into().ok())
@@ -224,7 +272,9 @@ fn decode_record(data: &[u8]) -> Result<(ProgressRecord, usize), String> {
     let sink = std::str::from_utf8(sink)
         .map_err(|_| "sink name is not UTF-8")?
         .to_string();
-    let count = u32_at(payload, 2 + name_len).ok_or("no key count")? as usize;
+    let count = u32_at(payload, 2 + name_len).ok_or("no key count")?;
+    let retired = count & RETIRED != 0;
+    let count = (count & !RETIRED) as usize;
     let keys_at = 2 + name_len + 4;
     let key_bytes = payload.get(keys_at..).ok_or("no keys")?;
     if key_bytes.len() != count * KEY_LEN {
@@ -238,7 +288,7 @@ fn decode_record(data: &[u8]) -> Result<(ProgressRecord, usize), String> {
             key
         })
         .collect();
-    Ok((ProgressRecord { sink, keys }, 8 + len))
+    Ok(((ProgressRecord { sink, keys }, retired), 8 + len))
 }
 
 #[cfg(test)]

@@ -135,6 +135,15 @@ pub fn run(action: CheckpointAction) -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
+            // Confirmations of the old position must not skip events of the
+            // new one; forgotten first, so a failed save costs duplicates only.
+            if let Err(e) = store.forget_progress(&source) {
+                eprintln!(
+                    "error: cannot remove {}: {e}",
+                    store.progress_path(&source).display()
+                );
+                return ExitCode::FAILURE;
+            }
             match store.save(&source, &state) {
                 Ok(()) => {
                     println!(

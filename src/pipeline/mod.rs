@@ -235,6 +235,8 @@ async fn commit_in_order(
             item.join = tokio::spawn(deliver_everywhere(item.delivery.clone(), Vec::new()));
         }
         let batch = item.delivery.batch.clone();
+        // Its confirmations must not outlive the checkpoint moving past it.
+        notes.retire(item.delivery.plan.seq).await;
         let mut backoff = Backoff::new(retry);
         loop {
             let (writer, source) = (store.clone(), name.clone());

@@ -3,7 +3,7 @@
 //! ([`CheckpointStore::open_progress`]), so that after a crash the batches
 //! refetched from the checkpoint skip, per sink, what that sink already has.
 //!
-//! Events are told apart by [`event_key`] (their id, else their bytes),
+//! Events are told apart by [`event_key`] (their bytes and id),
 //! counted, not merely marked: a page may hold the same event twice, and a
 //! confirmation skips only as many copies as were confirmed. A skipped
 //! event still counts as delivered for the commit.
@@ -33,20 +33,19 @@ use crate::metrics::metrics;
 /// Compact the log only past this size (and when it is mostly obsolete).
 const COMPACT_MIN_BYTES: u64 = 256 << 10;
 
-/// The identity of an event across refetches: its id when it has a
-/// non-blank one, else its bytes.
+/// The identity of an event across refetches: its bytes, and its id when
+/// it has a non-blank one. Never the id alone: two events sharing an id (an
+/// `id_path` naming a field that is not unique, or a changed `id_path`)
+/// would let one's confirmation skip the other, which was never sent.
 pub fn event_key(ev: &Event) -> EventKey {
     let mut h = Sha256::new();
-    match ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
-        Some(id) => {
-            h.update(b"id\0");
-            h.update(id.as_bytes());
-        }
-        None => {
-            h.update(b"raw\0");
-            h.update(&ev.raw);
-        }
+    if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
+        h.update(b"id\0");
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id.as_bytes());
     }
+    h.update(b"raw\0");
+    h.update(&ev.raw);
     let digest = h.finalize();
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
@@ -77,6 +76,13 @@ enum Note {
         sink: Arc<str>,
         keys: Vec<EventKey>,
     },
+    /// Batches up to `seq` are about to be committed: their records are
+    /// retired in the log (durably, then `done`) before the checkpoint moves,
+    /// or after a crash they would skip later events with the same keys.
+    Retiring {
+        seq: u64,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
     /// Batches up to `seq` are committed: their records are obsolete.
     Committed { seq: u64 },
     /// Inherited records no refetched event matched are given up.
@@ -95,6 +101,15 @@ impl Notes {
             sink: sink.clone(),
             keys,
         });
+    }
+
+    /// Returns once the records of batches up to `seq` are retired in the
+    /// log (or the writer is gone), so the checkpoint may move past them.
+    pub async fn retire(&self, seq: u64) {
+        let (done, retired) = tokio::sync::oneshot::channel();
+        if self.0.send(Note::Retiring { seq, done }).is_ok() {
+            let _ = retired.await;
+        }
     }
 
     pub fn committed(&self, seq: u64) {
@@ -248,14 +263,28 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Note>) {
         while let Some(first) = rx.blocking_recv() {
             let mut appends = Vec::new();
+            let mut retires = Vec::new();
+            let mut dones = Vec::new();
             let mut committed = false;
             let mut next = Some(first);
             while let Some(note) = next {
-                committed |= self.take(note, &mut appends);
+                if let Note::Retiring { seq, done } = note {
+                    retires.extend(self.retire(seq));
+                    dones.push(done);
+                } else {
+                    committed |= self.take(note, &mut appends, &mut retires);
+                }
                 next = rx.try_recv().ok();
             }
-            if !appends.is_empty() {
-                self.write(|log| log.append(&appends));
+            if !appends.is_empty() || !retires.is_empty() {
+                self.write(|log| log.append_both(&appends, &retires));
+                if self.failing && !retires.is_empty() {
+                    // Unretired records could skip events after the commit.
+                    self.give_up_log();
+                }
+            }
+            for done in dones {
+                let _ = done.send(());
             }
             if committed {
                 self.compact(false);
@@ -266,7 +295,12 @@ impl Writer {
     }
 
     /// Applies a note; true when it was a commit.
-    fn take(&mut self, note: Note, appends: &mut Vec<ProgressRecord>) -> bool {
+    fn take(
+        &mut self,
+        note: Note,
+        appends: &mut Vec<ProgressRecord>,
+        retires: &mut Vec<ProgressRecord>,
+    ) -> bool {
         match note {
             Note::Confirmed { seq, sink, keys } => {
                 let record = ProgressRecord {
@@ -292,18 +326,57 @@ impl Writer {
                 self.keep(seq, record);
                 false
             }
+            Note::Retiring { seq, done } => {
+                retires.extend(self.retire(seq));
+                let _ = done.send(());
+                false
+            }
             Note::Committed { seq } => {
-                let rest = self.live.split_off(&(seq + 1));
-                for r in std::mem::replace(&mut self.live, rest).values().flatten() {
-                    self.live_bytes -= record_len(&r.sink, r.keys.len());
-                }
+                self.retire(seq);
                 true
             }
             Note::DropInherited => {
+                retires.extend(self.inherited_records());
                 self.inherited.clear();
                 false
             }
         }
+    }
+
+    /// Takes the records of batches up to `seq` out of the live ones.
+    fn retire(&mut self, seq: u64) -> Vec<ProgressRecord> {
+        let rest = self.live.split_off(&(seq + 1));
+        let done: Vec<ProgressRecord> = std::mem::replace(&mut self.live, rest)
+            .into_values()
+            .flatten()
+            .collect();
+        for r in &done {
+            self.live_bytes -= record_len(&r.sink, r.keys.len());
+        }
+        done
+    }
+
+    /// The log cannot be kept true: removed, and no longer written.
+    fn give_up_log(&mut self) {
+        let Some(log) = self.log.take() else { return };
+        if let Err(e) = crate::checkpoint::remove_progress_log(log.path()) {
+            tracing::error!(source = %self.source, file = %log.path().display(), error = %e, "cannot remove the progress log after a failed write; remove it before the next start, or events confirmed earlier may skip later ones");
+        }
+    }
+
+    /// The inherited confirmations not matched (yet), as records.
+    fn inherited_records(&self) -> Vec<ProgressRecord> {
+        self.inherited
+            .iter()
+            .map(|(sink, counts)| ProgressRecord {
+                sink: sink.to_string(),
+                keys: counts
+                    .iter()
+                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
+                    .collect(),
+            })
+            .filter(|r| !r.keys.is_empty())
+            .collect()
     }
 
     fn keep(&mut self, seq: u64, record: ProgressRecord) {
@@ -319,18 +392,7 @@ impl Writer {
         if !(obsolete || always && !log.is_empty()) {
             return;
         }
-        let mut records: Vec<ProgressRecord> = self
-            .inherited
-            .iter()
-            .map(|(sink, counts)| ProgressRecord {
-                sink: sink.to_string(),
-                keys: counts
-                    .iter()
-                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
-                    .collect(),
-            })
-            .filter(|r| !r.keys.is_empty())
-            .collect();
+        let mut records = self.inherited_records();
         records.extend(self.live.values().flatten().cloned());
         self.write(|log| log.rewrite(&records));
     }

@@ -494,3 +494,42 @@ inputs = ["d"]
         "{err}"
     );
 }
+
+/// `checkpoint set` moves a source to another position, usually back to
+/// send a range again: what a sink confirmed before must not be skipped then.
+#[test]
+fn checkpoint_set_forgets_the_confirmations_of_the_progress_log() {
+    use auditrelay::checkpoint::{CheckpointStore, ProgressRecord};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = demo_config(dir.path(), 10);
+    let store = CheckpointStore::open(&dir.path().join("state")).unwrap();
+    let mut log = store.open_progress("demo").unwrap();
+    log.append(&[ProgressRecord {
+        sink: "out".into(),
+        keys: vec![[1; 16]],
+    }])
+    .unwrap();
+    drop(log);
+    let set = auditrelay()
+        .args([
+            "checkpoint",
+            "set",
+            "--source",
+            "demo",
+            "--token",
+            "0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    assert!(
+        store.load_progress("demo").unwrap().is_empty(),
+        "a source set to another position sends its events to every sink again"
+    );
+}

@@ -389,3 +389,175 @@ async fn the_progress_log_is_compacted_as_checkpoints_move() {
     );
     assert!(store.load_progress("src").expect("readable").is_empty());
 }
+
+/// Unordered; confirms every call at once, except those holding an event
+/// whose bytes contain `hold`: those hang forever.
+struct HoldingSink {
+    hold: &'static str,
+    received: Mutex<Vec<Bytes>>,
+}
+
+#[async_trait]
+impl Sink for HoldingSink {
+    async fn deliver(&self, _source: &str, events: &[Event]) -> anyhow::Result<()> {
+        let held = events
+            .iter()
+            .any(|e| String::from_utf8_lossy(&e.raw).contains(self.hold));
+        if held {
+            std::future::pending::<()>().await;
+        }
+        self.received
+            .lock()
+            .expect("not poisoned")
+            .extend(events.iter().map(|e| e.raw.clone()));
+        Ok(())
+    }
+
+    /// As a webhook sink: runs go at once, confirmed in any order.
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
+fn holding_route(sink: Arc<HoldingSink>) -> Route {
+    Route {
+        sink_name: "hook".into(),
+        sink,
+        filter: FilterConfig::default(),
+        health: Health::default(),
+        request: RequestSize {
+            max_events: 1,
+            max_bytes: usize::MAX,
+        },
+    }
+}
+
+#[tokio::test]
+async fn an_unconfirmed_event_sharing_its_id_with_a_confirmed_one_is_sent_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("store");
+    // Two different events with the same id (an id_path naming a field
+    // that is not unique): the sink confirms the second, never the first.
+    let the_page = || {
+        let mut first = event(Some("dup"), 0, 60);
+        first.raw = Bytes::from_static(b"{\"id\":\"dup\",\"what\":\"hold: login failed\"}");
+        let second = event(Some("dup"), 1, 60);
+        page(vec![first, second], 1)
+    };
+    let sink = Arc::new(HoldingSink {
+        hold: "hold",
+        received: Mutex::new(Vec::new()),
+    });
+    let (p, _) = pipeline(&store, vec![the_page()], Vec::new(), 1 << 20);
+    let mut p = p;
+    p.routes = vec![holding_route(sink.clone())];
+    let run = tokio::spawn(p.run(CancellationToken::new()));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while confirmed_by(&store, "hook") < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "no confirmation in the progress log: {:?} received",
+            sink.received.lock().map(|r| r.len())
+        )
+    });
+    run.abort();
+    let _ = run.await;
+    assert_eq!(store.load("src").expect("readable"), None);
+
+    let sink = Arc::new(HoldingSink {
+        hold: "never",
+        received: Mutex::new(Vec::new()),
+    });
+    let (mut p, _) = pipeline(&store, vec![the_page()], Vec::new(), 1 << 20);
+    p.routes = vec![holding_route(sink.clone())];
+    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
+        .await
+        .expect("the second run finishes")
+        .expect("no failure");
+    let received = sink.received.lock().expect("not poisoned").clone();
+    assert!(
+        received
+            .iter()
+            .any(|r| String::from_utf8_lossy(r).contains("login failed")),
+        "the event the sink never confirmed is sent after the restart: {received:?}"
+    );
+}
+
+/// Hands out its pages, then waits forever (a source still tailing).
+struct PagesThenWait(VecDeque<Batch>);
+
+#[async_trait]
+impl Source for PagesThenWait {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        match self.0.pop_front() {
+            Some(page) => Ok(Some(page)),
+            None => std::future::pending().await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn confirmations_of_a_committed_page_never_skip_a_later_identical_event() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("store");
+    // An event without an id, the same bytes twice in the stream: two
+    // occurrences (two identical failed logins), in pages 1 and 2.
+    let heartbeat = || Event {
+        raw: Bytes::from_static(b"{\"action\":\"login\",\"outcome\":\"failure\",\"user\":\"bob\"}"),
+        id: None,
+        time: None,
+        kind: None,
+    };
+    let sink = Arc::new(HoldingSink {
+        hold: "never",
+        received: Mutex::new(Vec::new()),
+    });
+    let (mut p, _) = pipeline(&store, Vec::new(), Vec::new(), 1 << 20);
+    p.source = Box::new(PagesThenWait(vec![page(vec![heartbeat()], 1)].into()));
+    p.routes = vec![holding_route(sink.clone())];
+    let run = tokio::spawn(p.run(CancellationToken::new()));
+    let progress = store.progress_path("src");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        // Committed, and the confirmation appended (a header and a record).
+        let appended = || {
+            std::fs::metadata(&progress).map_or(0, |m| m.len())
+                > crate::checkpoint::record_len("hook", 1)
+        };
+        while store.load("src").expect("readable").is_none() || !appended() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("page 1 is confirmed and committed");
+    // What a SIGKILL now leaves on disk: page 1 committed, its confirmation
+    // still in the log (compaction waits for the log to grow).
+    let on_disk = std::fs::read(&progress).expect("the progress log exists");
+    run.abort();
+    let _ = run.await;
+    std::fs::write(&progress, on_disk).expect("restore the killed state");
+
+    let sink = Arc::new(HoldingSink {
+        hold: "never",
+        received: Mutex::new(Vec::new()),
+    });
+    let (mut p, _) = pipeline(
+        &store,
+        vec![page(vec![heartbeat()], 2)],
+        Vec::new(),
+        1 << 20,
+    );
+    p.routes = vec![holding_route(sink.clone())];
+    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
+        .await
+        .expect("the second run finishes")
+        .expect("no failure");
+    assert_eq!(
+        sink.received.lock().expect("not poisoned").len(),
+        1,
+        "the second occurrence (page 2) was never sent: it must not be skipped"
+    );
+}
