@@ -2,7 +2,67 @@
 //! through an array applies to each element, and a path that matches
 //! nothing does nothing (an event without the field is not an error).
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+/// What an event's bytes are to shaping.
+pub(super) enum Parsed {
+    Value(Value),
+    NotJson,
+    /// JSON, but nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+/// Deepest nesting walked (serde_json's own limit for `Value`).
+const MAX_DEPTH: usize = 128;
+
+/// The event as a `Value`. Sources split pages with `RawValue`, which
+/// accepts numbers `Value` cannot hold (`1e400`): those are kept as the
+/// string of their text, so the rest of the event can still be shaped.
+pub(super) fn parse(raw: &[u8]) -> Parsed {
+    if let Ok(v) = serde_json::from_slice::<Value>(raw) {
+        return Parsed::Value(v);
+    }
+    let Ok(root) = serde_json::from_slice::<&RawValue>(raw) else {
+        return Parsed::NotJson;
+    };
+    match lenient(root, 0) {
+        Some(v) => Parsed::Value(v),
+        None => Parsed::TooDeep,
+    }
+}
+
+fn lenient(raw: &RawValue, depth: usize) -> Option<Value> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+        return Some(v);
+    }
+    let text = raw.get().trim_start();
+    match text.as_bytes().first()? {
+        b'{' => {
+            let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+            let mut map = Map::new();
+            for (k, v) in fields {
+                map.insert(k, lenient(v, depth + 1)?);
+            }
+            Some(Value::Object(map))
+        }
+        b'[' => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            items
+                .into_iter()
+                .map(|v| lenient(v, depth + 1))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array)
+        }
+        b'-' | b'0'..=b'9' => Some(Value::String(text.trim_end().to_string())),
+        _ => None,
+    }
+}
 
 /// Calls `f` on every value at `path` in `v`; returns whether any matched.
 pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) -> bool {

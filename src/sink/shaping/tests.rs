@@ -284,3 +284,46 @@ fn kafka_topic_class_placeholder_needs_the_ocsf_schema() {
     assert_eq!(paths, vec!["sinks.k.topic"]);
     assert!(config("schema = \"ocsf\"").is_ok());
 }
+
+/// Events a source accepts (its pages are split with `RawValue`, which
+/// checks neither number range nor nesting depth) but `Value` cannot parse
+/// must not go out with a redacted field in clear.
+#[test]
+fn an_event_value_cannot_parse_is_still_redacted() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let cases = [
+        r#"{"identity":{"email":"alice@example.com"},"n":1e400}"#.to_string(),
+        format!(r#"{{"identity":{{"email":"alice@example.com"}},"deep":{deep}}}"#),
+    ];
+    for raw in cases {
+        assert!(
+            serde_json::from_str::<&serde_json::value::RawValue>(&raw).is_ok(),
+            "a source accepts it"
+        );
+        for schema in ["raw", "ocsf"] {
+            let shaper = Shaper::new(
+                &common(json!({"schema": schema, "redact": ["identity.email"]})),
+                "sinks.out",
+                kinds(),
+            )
+            .unwrap()
+            .unwrap();
+            let e = shaper.shape("veza", &event(&raw));
+            let out = String::from_utf8_lossy(&e.raw);
+            assert!(
+                !out.contains("alice@"),
+                "schema {schema}: the email went out: {}",
+                &out[..out.len().min(200)]
+            );
+        }
+    }
+    // What could be walked is kept: only the email changed.
+    let (_, v) = shaped(
+        json!({"redact": ["identity.email"]}),
+        r#"{"identity":{"email":"alice@example.com","user_id":"u-1"},"n":1e400}"#,
+    );
+    assert_eq!(
+        v,
+        json!({"identity": {"email": MASK, "user_id": "u-1"}, "n": "1e400"})
+    );
+}
