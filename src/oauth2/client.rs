@@ -389,12 +389,40 @@ impl TokenClient {
                 Some(d) => format!("{error}: {d}"),
                 None => error,
             },
-            _ => {
-                let end = body.len().min(300);
-                String::from_utf8_lossy(&body[..end]).replace(['\n', '\r'], " ")
-            }
+            _ => String::from_utf8_lossy(body).replace(['\n', '\r'], " "),
         };
-        text.replace(secret.expose(), "***")
+        // Blanked before the text is cut, so no piece of it is left.
+        let mut text = self
+            .secret_forms(secret)
+            .iter()
+            .fold(text, |t, form| t.replace(form.as_str(), "***"));
+        if let Some((cut, _)) = text.char_indices().nth(300) {
+            text.truncate(cut);
+        }
+        text
+    }
+
+    /// Every form the secret takes in a token request (as is, form-encoded,
+    /// JSON-escaped, inside the Basic credentials): an endpoint echoing the
+    /// request back shows one of them.
+    fn secret_forms(&self, secret: &Secret) -> Vec<String> {
+        use base64::Engine as _;
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let raw = secret.expose();
+        let json = serde_json::to_string(raw).unwrap_or_default();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(&self.cfg.client_id),
+            enc(raw)
+        ));
+        let mut forms = vec![
+            basic,
+            enc(raw),
+            json.trim_matches('"').to_string(),
+            raw.to_string(),
+        ];
+        forms.retain(|f| !f.is_empty());
+        forms
     }
 
     /// What a refusal means and what to check.

@@ -221,3 +221,56 @@ async fn a_token_without_expires_in_is_kept_until_refused() {
     assert_ne!(c.client.token().await.secret, first.secret);
     assert_eq!(ep.stats().issued, 2);
 }
+
+/// Every way the secret travels in a token request (raw, form-encoded,
+/// JSON-escaped, inside the Basic credentials); `text` holds none of them,
+/// not even a 10-character piece of one.
+fn assert_no_secret(text: &str, client_id: &str, secret: &str, what: &str) {
+    use base64::Engine as _;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let json = serde_json::to_string(secret).unwrap();
+    let forms = [
+        secret.to_string(),
+        enc(secret),
+        json.trim_matches('"').to_string(),
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(client_id),
+            enc(secret)
+        )),
+    ];
+    for form in &forms {
+        let chars: Vec<char> = form.chars().collect();
+        for piece in chars.windows(10) {
+            let piece: String = piece.iter().collect();
+            assert!(
+                !text.contains(&piece),
+                "{what}: the secret (as {form}) shows in: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_endpoint_echoing_the_request_does_not_leak_the_secret() {
+    let ep = endpoint(TokenEndpointConfig {
+        echo_request_on_error: true,
+        ..Default::default()
+    })
+    .await;
+    // Characters each client authentication encodes its own way.
+    let wrong = "wr0ng+Secret/9=\"x&y%z-0123456789";
+    for auth in ["basic", "body", "json"] {
+        let component = format!("sources.echo_{auth}");
+        let c = client(&ep, auth, wrong, &component);
+        let err = c.client.fetch().await.unwrap_err();
+        let Failure::Refused(text) = &err else {
+            panic!("{auth}: not a refusal: {err:?}");
+        };
+        assert!(text.contains("HTTP 40"), "{auth}: {text}");
+        assert_no_secret(text, "auditrelay-test", wrong, auth);
+        let (_, states) = c.health.snapshot();
+        let reason = &states[&format!("source.echo_{auth}.oauth2")].reason;
+        assert_no_secret(reason, "auditrelay-test", wrong, auth);
+    }
+}
