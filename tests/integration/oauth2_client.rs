@@ -274,3 +274,59 @@ async fn a_token_endpoint_echoing_the_request_does_not_leak_the_secret() {
         assert_no_secret(reason, "auditrelay-test", wrong, auth);
     }
 }
+
+#[tokio::test]
+async fn retry_after_zero_does_not_make_a_hot_loop_of_token_requests() {
+    let ep = endpoint(TokenEndpointConfig {
+        unavailable_every: Some(1),
+        unavailable_retry_after: "0".into(),
+        ..Default::default()
+    })
+    .await;
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.retry_after_zero",
+    );
+    let waited = tokio::time::timeout(Duration::from_millis(600), c.client.token()).await;
+    assert!(waited.is_err(), "no token from an endpoint that is down");
+    // Backoff 20ms doubling to 200ms: about 6 requests in 600ms; without
+    // it, one request per round trip (hundreds).
+    let requests = ep.stats().requests;
+    assert!(requests <= 12, "{requests} token requests in 600 ms");
+}
+
+#[tokio::test]
+async fn a_failing_refresh_keeps_the_usable_token_without_hammering_the_endpoint() {
+    let ep = endpoint(TokenEndpointConfig {
+        lifetime: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.refresh_down",
+    );
+    let first = c.client.token().await;
+    // Past half its life (the refresh margin is capped at half), the
+    // endpoint goes down asking for an immediate retry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    {
+        let mut st = ep.state();
+        st.cfg.unavailable_every = Some(1);
+        st.cfg.unavailable_retry_after = "0".into();
+    }
+    let before = ep.stats().requests;
+    for _ in 0..20 {
+        let t = tokio::time::timeout(Duration::from_millis(500), c.client.token())
+            .await
+            .expect("the usable token is handed out while the refresh fails");
+        assert_eq!(t.secret, first.secret);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let requests = ep.stats().requests - before;
+    assert!(requests <= 8, "{requests} token requests in about 0.5 s");
+}

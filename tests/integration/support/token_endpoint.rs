@@ -44,8 +44,12 @@ pub struct TokenEndpointConfig {
     pub audience: Option<String>,
     /// Every answer this much later.
     pub delay: Option<Duration>,
-    /// Every Nth token request is answered 503 with `Retry-After: 1`.
+    /// Every Nth token request is answered 503 with `Retry-After:
+    /// unavailable_retry_after`.
     pub unavailable_every: Option<u64>,
+    /// The `Retry-After` of those answers (`"1"`; `"0"`, as busy gateways
+    /// send, asks for an immediate retry).
+    pub unavailable_retry_after: String,
     pub expires_in_as_string: bool,
     pub omit_expires_in: bool,
     /// Error answers are a text page echoing the request as received
@@ -65,6 +69,7 @@ impl Default for TokenEndpointConfig {
             audience: None,
             delay: None,
             unavailable_every: None,
+            unavailable_retry_after: "1".into(),
             expires_in_as_string: false,
             omit_expires_in: false,
             echo_request_on_error: false,
@@ -212,7 +217,7 @@ impl TokenApi {
             if st.stats.requests.is_multiple_of(n) {
                 st.stats.unavailable += 1;
                 return oauth_error(503, "temporarily_unavailable", "try again")
-                    .with_header("Retry-After", "1");
+                    .with_header("Retry-After", st.cfg.unavailable_retry_after.clone());
             }
         }
         let content_type = req.header("content-type").unwrap_or("");
