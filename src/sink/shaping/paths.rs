@@ -65,16 +65,23 @@ fn lenient(raw: &RawValue, depth: usize) -> Option<Value> {
 }
 
 /// Calls `f` on every value at `path` in `v`; returns whether any matched.
+/// A key with dots (`{"identity.email": …}`, a flattened event) matches
+/// the segments it spells.
 pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) -> bool {
-    let Some((first, rest)) = path.split_first() else {
+    if path.is_empty() {
         f(v);
         return true;
-    };
+    }
     match v {
-        Value::Object(map) => match map.get_mut(first) {
-            Some(child) => for_each(child, rest, f),
-            None => false,
-        },
+        Value::Object(map) => {
+            let mut any = false;
+            for k in 1..=path.len() {
+                if let Some(child) = map.get_mut(&path[..k].join(".")) {
+                    any |= for_each(child, &path[k..], f);
+                }
+            }
+            any
+        }
         Value::Array(items) => {
             let mut any = false;
             for item in items {
@@ -86,22 +93,28 @@ pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Va
     }
 }
 
-/// Removes every value at `path`; returns whether any was there.
+/// Removes every value at `path` (matched as [`for_each`] does); returns
+/// whether any was there.
 pub(super) fn remove(v: &mut Value, path: &[String]) -> bool {
-    let Some((last, parent)) = path.split_last() else {
+    if path.is_empty() {
         return false;
-    };
-    let mut any = false;
-    for_each(v, parent, &mut |p| any |= remove_key(p, last));
-    any
-}
-
-fn remove_key(v: &mut Value, key: &str) -> bool {
+    }
     match v {
-        Value::Object(map) => map.remove(key).is_some(),
+        Value::Object(map) => {
+            let mut any = false;
+            for k in 1..=path.len() {
+                let key = path[..k].join(".");
+                if k == path.len() {
+                    any |= map.remove(&key).is_some();
+                } else if let Some(child) = map.get_mut(&key) {
+                    any |= remove(child, &path[k..]);
+                }
+            }
+            any
+        }
         Value::Array(items) => items
             .iter_mut()
-            .fold(false, |any, item| remove_key(item, key) | any),
+            .fold(false, |any, item| remove(item, path) | any),
         _ => false,
     }
 }
