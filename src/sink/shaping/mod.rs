@@ -147,7 +147,14 @@ impl Shaper {
                         .iter()
                         .map(|(name, v)| json!({"name": name.to_string(), "value": tag_text(v)}))
                         .collect();
-                    out["metadata"]["tags"] = Value::Array(tags);
+                    // `metadata` may have been redacted by a path the
+                    // original lacked: the tags then make a new one.
+                    match out.get_mut("metadata") {
+                        Some(Value::Object(m)) => {
+                            m.insert("tags".into(), Value::Array(tags));
+                        }
+                        _ => out["metadata"] = json!({ "tags": tags }),
+                    }
                 }
                 class = out["class_name"].as_str().map(ocsf::class_slug);
                 out
