@@ -75,14 +75,15 @@ impl std::fmt::Display for Failure {
     }
 }
 
-#[derive(Default)]
 struct Slot {
     current: Option<AccessToken>,
     generation: u64,
     /// While a refresh keeps failing but the token still works: no new
     /// attempt before this instant.
     retry_at: Option<Instant>,
-    backoff_failures: u32,
+    /// Kept across calls: each request finding the refresh due must not
+    /// start the backoff over (and make a token request of its own).
+    backoff: Backoff,
 }
 
 /// What a component hands its token client besides the `oauth2` table.
@@ -139,11 +140,17 @@ impl TokenClient {
             .expires_in
             .with_label_values(&[&opts.component])
             .set(0);
+        let backoff = Backoff::new(opts.retry);
         Ok(TokenClient {
             cfg,
             secret_source,
             opts,
-            slot: Mutex::new(Slot::default()),
+            slot: Mutex::new(Slot {
+                current: None,
+                generation: 0,
+                retry_at: None,
+                backoff,
+            }),
         })
     }
 
@@ -156,7 +163,6 @@ impl TokenClient {
     /// endpoint refuses the client) until there is one; cancel-safe.
     pub async fn token(&self) -> AccessToken {
         let mut slot = self.slot.lock().await;
-        let mut backoff = Backoff::new(self.opts.retry);
         loop {
             let now = Instant::now();
             if let Some(t) = &slot.current {
@@ -172,18 +178,22 @@ impl TokenClient {
                     token.generation = slot.generation;
                     slot.current = Some(token.clone());
                     slot.retry_at = None;
-                    slot.backoff_failures = 0;
+                    slot.backoff.reset();
                     self.gauge(&token);
                     return token;
                 }
                 Err(failure) => {
-                    slot.backoff_failures += 1;
+                    // Never less than the backoff: `Retry-After: 0` from a
+                    // busy endpoint must not make a loop of requests.
+                    let least = slot.backoff.next_delay();
                     let delay = match &failure {
-                        Failure::Transient { after, .. } => after
-                            .map(|a| a.min(self.opts.retry.max))
-                            .unwrap_or_else(|| backoff.next_delay()),
-                        Failure::Refused(_) => backoff.next_delay().max(self.opts.auth_retry),
+                        Failure::Transient { after, .. } => {
+                            after.map_or(least, |a| a.min(self.opts.retry.max).max(least))
+                        }
+                        Failure::Refused(_) => least.max(self.opts.auth_retry),
                     };
+                    // The request took time: the wait starts now.
+                    let now = Instant::now();
                     let usable = slot.current.as_ref().is_some_and(|t| t.usable(now));
                     if usable {
                         // The old token still works: keep using it and try
@@ -389,12 +399,40 @@ impl TokenClient {
                 Some(d) => format!("{error}: {d}"),
                 None => error,
             },
-            _ => {
-                let end = body.len().min(300);
-                String::from_utf8_lossy(&body[..end]).replace(['\n', '\r'], " ")
-            }
+            _ => String::from_utf8_lossy(body).replace(['\n', '\r'], " "),
         };
-        text.replace(secret.expose(), "***")
+        // Blanked before the text is cut, so no piece of it is left.
+        let mut text = self
+            .secret_forms(secret)
+            .iter()
+            .fold(text, |t, form| t.replace(form.as_str(), "***"));
+        if let Some((cut, _)) = text.char_indices().nth(300) {
+            text.truncate(cut);
+        }
+        text
+    }
+
+    /// Every form the secret takes in a token request (as is, form-encoded,
+    /// JSON-escaped, inside the Basic credentials): an endpoint echoing the
+    /// request back shows one of them.
+    fn secret_forms(&self, secret: &Secret) -> Vec<String> {
+        use base64::Engine as _;
+        let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let raw = secret.expose();
+        let json = serde_json::to_string(raw).unwrap_or_default();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(&self.cfg.client_id),
+            enc(raw)
+        ));
+        let mut forms = vec![
+            basic,
+            enc(raw),
+            json.trim_matches('"').to_string(),
+            raw.to_string(),
+        ];
+        forms.retain(|f| !f.is_empty());
+        forms
     }
 
     /// What a refusal means and what to check.

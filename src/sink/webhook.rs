@@ -368,7 +368,24 @@ impl WebhookSink {
             Sent::Redirect { why, .. } => return Ok(refused(why, REDIRECT_ADVICE)),
             Sent::NoAnswer(why) => return Ok(Verdict::Retry { why, after: None }),
         };
-        let why = format!("HTTP {status}: {}", snippet(&body, 300));
+        // A refusal may echo the credentials sent: blanked before the text
+        // is cut and reaches the log and `/readyz`.
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        let sent = match &*self.auth.read().await {
+            Auth::Bearer(_, t) => Some(t.expose().to_string()),
+            Auth::Basic(_, p) => Some(p.expose().to_string()),
+            Auth::None | Auth::OAuth2(_) => None,
+        };
+        for secret in sent
+            .iter()
+            .map(String::as_str)
+            .chain(access.map(Secret::expose))
+        {
+            if !secret.is_empty() {
+                text = text.replace(secret, "***");
+            }
+        }
+        let why = format!("HTTP {status}: {}", snippet(text.as_bytes(), 300));
         Ok(match status {
             200..=299 => Verdict::Confirmed {
                 fixed: &[Trouble::Delivery],

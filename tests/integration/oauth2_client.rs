@@ -221,3 +221,112 @@ async fn a_token_without_expires_in_is_kept_until_refused() {
     assert_ne!(c.client.token().await.secret, first.secret);
     assert_eq!(ep.stats().issued, 2);
 }
+
+/// Every way the secret travels in a token request (raw, form-encoded,
+/// JSON-escaped, inside the Basic credentials); `text` holds none of them,
+/// not even a 10-character piece of one.
+fn assert_no_secret(text: &str, client_id: &str, secret: &str, what: &str) {
+    use base64::Engine as _;
+    let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let json = serde_json::to_string(secret).unwrap();
+    let forms = [
+        secret.to_string(),
+        enc(secret),
+        json.trim_matches('"').to_string(),
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            enc(client_id),
+            enc(secret)
+        )),
+    ];
+    for form in &forms {
+        let chars: Vec<char> = form.chars().collect();
+        for piece in chars.windows(10) {
+            let piece: String = piece.iter().collect();
+            assert!(
+                !text.contains(&piece),
+                "{what}: the secret (as {form}) shows in: {text}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_token_endpoint_echoing_the_request_does_not_leak_the_secret() {
+    let ep = endpoint(TokenEndpointConfig {
+        echo_request_on_error: true,
+        ..Default::default()
+    })
+    .await;
+    // Characters each client authentication encodes its own way.
+    let wrong = "wr0ng+Secret/9=\"x&y%z-0123456789";
+    for auth in ["basic", "body", "json"] {
+        let component = format!("sources.echo_{auth}");
+        let c = client(&ep, auth, wrong, &component);
+        let err = c.client.fetch().await.unwrap_err();
+        let Failure::Refused(text) = &err else {
+            panic!("{auth}: not a refusal: {err:?}");
+        };
+        assert!(text.contains("HTTP 40"), "{auth}: {text}");
+        assert_no_secret(text, "auditrelay-test", wrong, auth);
+        let (_, states) = c.health.snapshot();
+        let reason = &states[&format!("source.echo_{auth}.oauth2")].reason;
+        assert_no_secret(reason, "auditrelay-test", wrong, auth);
+    }
+}
+
+#[tokio::test]
+async fn retry_after_zero_does_not_make_a_hot_loop_of_token_requests() {
+    let ep = endpoint(TokenEndpointConfig {
+        unavailable_every: Some(1),
+        unavailable_retry_after: "0".into(),
+        ..Default::default()
+    })
+    .await;
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.retry_after_zero",
+    );
+    let waited = tokio::time::timeout(Duration::from_millis(600), c.client.token()).await;
+    assert!(waited.is_err(), "no token from an endpoint that is down");
+    // Backoff 20ms doubling to 200ms: about 6 requests in 600ms; without
+    // it, one request per round trip (hundreds).
+    let requests = ep.stats().requests;
+    assert!(requests <= 12, "{requests} token requests in 600 ms");
+}
+
+#[tokio::test]
+async fn a_failing_refresh_keeps_the_usable_token_without_hammering_the_endpoint() {
+    let ep = endpoint(TokenEndpointConfig {
+        lifetime: Duration::from_secs(4),
+        ..Default::default()
+    })
+    .await;
+    let c = client(
+        &ep,
+        "basic",
+        &TokenEndpointConfig::default().client_secret,
+        "sources.refresh_down",
+    );
+    let first = c.client.token().await;
+    // Past half its life (the refresh margin is capped at half), the
+    // endpoint goes down asking for an immediate retry.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    {
+        let mut st = ep.state();
+        st.cfg.unavailable_every = Some(1);
+        st.cfg.unavailable_retry_after = "0".into();
+    }
+    let before = ep.stats().requests;
+    for _ in 0..20 {
+        let t = tokio::time::timeout(Duration::from_millis(500), c.client.token())
+            .await
+            .expect("the usable token is handed out while the refresh fails");
+        assert_eq!(t.secret, first.secret);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let requests = ep.stats().requests - before;
+    assert!(requests <= 8, "{requests} token requests in about 0.5 s");
+}

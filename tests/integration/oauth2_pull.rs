@@ -296,3 +296,43 @@ async fn validate_checks_the_oauth2_table_and_online_fetches_a_token() {
     assert!(out.contains("sources.zaita.token_file"), "{out}");
     assert!(out.contains("sources.zaita.oauth2.token_url"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_echoing_the_access_token_does_not_put_it_in_readyz_or_the_log() {
+    let ep = TokenEndpoint::start(TokenEndpointConfig {
+        client_secret: CLIENT_SECRET.into(),
+        auth: support::token_endpoint::ClientAuth::Json,
+        audience: Some("https://api.zaita.example".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fake = PullFake::start(PullFakeConfig {
+        access_tokens: Some(ep.issued()),
+        forbid_echoing_token: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hook = hook().await;
+    fake.add_aged(5, Duration::from_secs(60));
+    let setup = Setup::new("zaita", &source_with(&fake, &ep, "json"), &hook);
+    setup.write("client_secret", CLIENT_SECRET);
+    let mut daemon = spawn_traced(&setup);
+    let reason = wait_unready(&setup, Duration::from_secs(20))
+        .await
+        .expect("readyz stays ready while the API refuses every token");
+    assert!(reason.contains("403"), "{reason}");
+    for token in ep.issued().all() {
+        assert!(
+            !reason.contains(&token),
+            "access token in /readyz: {reason}"
+        );
+    }
+    assert!(daemon
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("exit")
+        .success());
+    assert_no_secret(&setup.log_text(), &ep);
+}

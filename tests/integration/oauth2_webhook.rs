@@ -113,3 +113,45 @@ async fn a_refused_client_keeps_the_batch_and_names_the_sink() {
     assert_eq!(hook.stats().requests, 0);
     assert!(!dl.path().exists(), "nothing may be dead-lettered");
 }
+
+#[tokio::test]
+async fn a_receiver_echoing_the_access_token_does_not_put_it_in_readyz() {
+    let ep = endpoint(SECRET).await;
+    let hook = WebhookReceiver::start(WebhookConfig {
+        access_tokens: Some(ep.issued()),
+        faults: support::webhook_receiver::WebhookFaults {
+            forbid_echoing_token: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _dl, health) = build(dir.path(), &hook, &ep);
+    let batch = support::sink::events(0, 5);
+    let delivery = sink.deliver("s", &batch);
+    let reason = tokio::select! {
+        _ = delivery => panic!("confirmed though every request was refused"),
+        reason = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let (ready, states) = health.snapshot();
+                if !ready {
+                    if let Some(s) = states.get("sink.oauth_hook") {
+                        return s.reason.clone();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }) => reason.expect("the sink never reported the refusal"),
+    };
+    assert!(reason.contains("HTTP 403"), "{reason}");
+    let tokens = ep.issued().all();
+    assert!(!tokens.is_empty());
+    for t in tokens {
+        assert!(
+            !reason.contains(&t),
+            "the access token shows in /readyz: {reason}"
+        );
+    }
+}

@@ -27,6 +27,8 @@ use crate::config::Problems;
 use crate::event::{Event, FieldPath};
 use crate::format::ocsf;
 use crate::secret::{Secret, SecretSource};
+use paths::Parsed;
+use tracing::warn;
 
 /// What a redacted value becomes with `redact_mode = "mask"`.
 pub const MASK: &str = "[REDACTED]";
@@ -92,11 +94,22 @@ impl Shaper {
 
     /// [`Self::shape`], and the OCSF class it was given (`schema = "ocsf"`).
     fn shape_classed(&self, source: &str, event: &Event) -> (Event, Option<String>) {
-        let parsed = serde_json::from_slice::<Value>(&event.raw).ok();
-        let mut original = match (parsed, self.schema) {
-            (Some(v), _) => v,
-            (None, Schema::Raw) => return (event.clone(), None),
-            (None, Schema::Ocsf) => Value::String(String::from_utf8_lossy(&event.raw).into_owned()),
+        let mut original = match (paths::parse(&event.raw), self.schema) {
+            (Parsed::Value(v), _) => v,
+            (Parsed::NotJson, Schema::Raw) => return (event.clone(), None),
+            (Parsed::NotJson, Schema::Ocsf) => {
+                Value::String(String::from_utf8_lossy(&event.raw).into_owned())
+            }
+            // JSON too deep to walk: a redacted or dropped field may be in
+            // it, so the whole text is redacted rather than sent in clear.
+            (Parsed::TooDeep, _) if !(self.redact.is_empty() && self.drop.is_empty()) => {
+                warn!(source, id = ?event.id, "an event is nested too deeply to redact field by field; redacting all of it");
+                json!({ "auditrelay_unshaped": self.redacted(&Value::String(String::from_utf8_lossy(&event.raw).into_owned())) })
+            }
+            (Parsed::TooDeep, Schema::Raw) => return (event.clone(), None),
+            (Parsed::TooDeep, Schema::Ocsf) => {
+                Value::String(String::from_utf8_lossy(&event.raw).into_owned())
+            }
         };
         let mut pending = Vec::new();
         for p in &self.redact {
@@ -134,7 +147,14 @@ impl Shaper {
                         .iter()
                         .map(|(name, v)| json!({"name": name.to_string(), "value": tag_text(v)}))
                         .collect();
-                    out["metadata"]["tags"] = Value::Array(tags);
+                    // `metadata` may have been redacted by a path the
+                    // original lacked: the tags then make a new one.
+                    match out.get_mut("metadata") {
+                        Some(Value::Object(m)) => {
+                            m.insert("tags".into(), Value::Array(tags));
+                        }
+                        _ => out["metadata"] = json!({ "tags": tags }),
+                    }
                 }
                 class = out["class_name"].as_str().map(ocsf::class_slug);
                 out

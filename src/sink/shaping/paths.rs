@@ -2,19 +2,86 @@
 //! through an array applies to each element, and a path that matches
 //! nothing does nothing (an event without the field is not an error).
 
+use std::collections::BTreeMap;
+
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+/// What an event's bytes are to shaping.
+pub(super) enum Parsed {
+    Value(Value),
+    NotJson,
+    /// JSON, but nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+}
+
+/// Deepest nesting walked (serde_json's own limit for `Value`).
+const MAX_DEPTH: usize = 128;
+
+/// The event as a `Value`. Sources split pages with `RawValue`, which
+/// accepts numbers `Value` cannot hold (`1e400`): those are kept as the
+/// string of their text, so the rest of the event can still be shaped.
+pub(super) fn parse(raw: &[u8]) -> Parsed {
+    if let Ok(v) = serde_json::from_slice::<Value>(raw) {
+        return Parsed::Value(v);
+    }
+    let Ok(root) = serde_json::from_slice::<&RawValue>(raw) else {
+        return Parsed::NotJson;
+    };
+    match lenient(root, 0) {
+        Some(v) => Parsed::Value(v),
+        None => Parsed::TooDeep,
+    }
+}
+
+fn lenient(raw: &RawValue, depth: usize) -> Option<Value> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_str::<Value>(raw.get()) {
+        return Some(v);
+    }
+    let text = raw.get().trim_start();
+    match text.as_bytes().first()? {
+        b'{' => {
+            let fields: BTreeMap<String, &RawValue> = serde_json::from_str(text).ok()?;
+            let mut map = Map::new();
+            for (k, v) in fields {
+                map.insert(k, lenient(v, depth + 1)?);
+            }
+            Some(Value::Object(map))
+        }
+        b'[' => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).ok()?;
+            items
+                .into_iter()
+                .map(|v| lenient(v, depth + 1))
+                .collect::<Option<Vec<_>>>()
+                .map(Value::Array)
+        }
+        b'-' | b'0'..=b'9' => Some(Value::String(text.trim_end().to_string())),
+        _ => None,
+    }
+}
+
 /// Calls `f` on every value at `path` in `v`; returns whether any matched.
+/// A key with dots (`{"identity.email": …}`, a flattened event) matches
+/// the segments it spells.
 pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Value)) -> bool {
-    let Some((first, rest)) = path.split_first() else {
+    if path.is_empty() {
         f(v);
         return true;
-    };
+    }
     match v {
-        Value::Object(map) => match map.get_mut(first) {
-            Some(child) => for_each(child, rest, f),
-            None => false,
-        },
+        Value::Object(map) => {
+            let mut any = false;
+            for k in 1..=path.len() {
+                if let Some(child) = map.get_mut(&path[..k].join(".")) {
+                    any |= for_each(child, &path[k..], f);
+                }
+            }
+            any
+        }
         Value::Array(items) => {
             let mut any = false;
             for item in items {
@@ -26,22 +93,28 @@ pub(super) fn for_each(v: &mut Value, path: &[String], f: &mut dyn FnMut(&mut Va
     }
 }
 
-/// Removes every value at `path`; returns whether any was there.
+/// Removes every value at `path` (matched as [`for_each`] does); returns
+/// whether any was there.
 pub(super) fn remove(v: &mut Value, path: &[String]) -> bool {
-    let Some((last, parent)) = path.split_last() else {
+    if path.is_empty() {
         return false;
-    };
-    let mut any = false;
-    for_each(v, parent, &mut |p| any |= remove_key(p, last));
-    any
-}
-
-fn remove_key(v: &mut Value, key: &str) -> bool {
+    }
     match v {
-        Value::Object(map) => map.remove(key).is_some(),
+        Value::Object(map) => {
+            let mut any = false;
+            for k in 1..=path.len() {
+                let key = path[..k].join(".");
+                if k == path.len() {
+                    any |= map.remove(&key).is_some();
+                } else if let Some(child) = map.get_mut(&key) {
+                    any |= remove(child, &path[k..]);
+                }
+            }
+            any
+        }
         Value::Array(items) => items
             .iter_mut()
-            .fold(false, |any, item| remove_key(item, key) | any),
+            .fold(false, |any, item| remove(item, path) | any),
         _ => false,
     }
 }

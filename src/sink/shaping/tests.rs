@@ -284,3 +284,83 @@ fn kafka_topic_class_placeholder_needs_the_ocsf_schema() {
     assert_eq!(paths, vec!["sinks.k.topic"]);
     assert!(config("schema = \"ocsf\"").is_ok());
 }
+
+/// Events a source accepts (its pages are split with `RawValue`, which
+/// checks neither number range nor nesting depth) but `Value` cannot parse
+/// must not go out with a redacted field in clear.
+#[test]
+fn an_event_value_cannot_parse_is_still_redacted() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let cases = [
+        r#"{"identity":{"email":"alice@example.com"},"n":1e400}"#.to_string(),
+        format!(r#"{{"identity":{{"email":"alice@example.com"}},"deep":{deep}}}"#),
+    ];
+    for raw in cases {
+        assert!(
+            serde_json::from_str::<&serde_json::value::RawValue>(&raw).is_ok(),
+            "a source accepts it"
+        );
+        for schema in ["raw", "ocsf"] {
+            let shaper = Shaper::new(
+                &common(json!({"schema": schema, "redact": ["identity.email"]})),
+                "sinks.out",
+                kinds(),
+            )
+            .unwrap()
+            .unwrap();
+            let e = shaper.shape("veza", &event(&raw));
+            let out = String::from_utf8_lossy(&e.raw);
+            assert!(
+                !out.contains("alice@"),
+                "schema {schema}: the email went out: {}",
+                &out[..out.len().min(200)]
+            );
+        }
+    }
+    // What could be walked is kept: only the email changed.
+    let (_, v) = shaped(
+        json!({"redact": ["identity.email"]}),
+        r#"{"identity":{"email":"alice@example.com","user_id":"u-1"},"n":1e400}"#,
+    );
+    assert_eq!(
+        v,
+        json!({"identity": {"email": MASK, "user_id": "u-1"}, "n": "1e400"})
+    );
+}
+
+/// Flattened events (`{"identity.email": …}`, as ECS-style exporters
+/// send) hold the field under one dotted key: the path names it too.
+#[test]
+fn a_path_matches_a_key_with_dots() {
+    let raw = r#"{"identity.email":"alice@example.com","actor":{"user.email":"alice@example.com","id":"u-1"},"n":{"a.b":{"c":1}}}"#;
+    for schema in ["raw", "ocsf"] {
+        let shaper = Shaper::new(
+            &common(json!({"schema": schema, "redact": ["identity.email", "actor.user.email"], "drop_fields": ["n.a.b.c"]})),
+            "sinks.out",
+            kinds(),
+        )
+        .unwrap()
+        .unwrap();
+        let out = String::from_utf8_lossy(&shaper.shape("veza", &event(raw)).raw).into_owned();
+        assert!(!out.contains("alice@"), "schema {schema}: {out}");
+        assert!(
+            !out.contains(r#"\"c\":1"#) && !out.contains(r#""c":1"#),
+            "schema {schema}: {out}"
+        );
+    }
+}
+
+/// A redacted path some events of a source lack (`metadata`) is tried on
+/// their OCSF event, where it names OCSF's own `metadata`: tagging them
+/// must not panic, and the tags must still be there.
+#[test]
+fn redacting_ocsf_metadata_with_add_fields_does_not_panic() {
+    let (_, v) = shaped(
+        json!({"schema": "ocsf", "redact": ["metadata"], "add_fields": {"tenant": "acme"}}),
+        VEZA,
+    );
+    assert_eq!(
+        v["metadata"]["tags"],
+        json!([{"name": "tenant", "value": "acme"}])
+    );
+}

@@ -244,7 +244,10 @@ impl Fetcher {
         match status {
             200..=299 => None,
             401 | 403 => Some(Verdict::Unauthorized),
-            408 | 500.. => Some(Verdict::Retry(format!("HTTP {status}: {}", snippet(body)))),
+            408 | 500.. => Some(Verdict::Retry(format!(
+                "HTTP {status}: {}",
+                self.shown(body)
+            ))),
             _ => Some(Verdict::Refused("client_error")),
         }
     }
@@ -296,7 +299,7 @@ impl Fetcher {
     /// then wait at least `auth_retry` (the operator must act).
     pub async fn give_up_for_now(&mut self, reply: &Reply, hint: &str) {
         let delay = self.backoff.next_delay().max(self.cfg.auth_retry);
-        error!(source = %self.cfg.name, status = reply.status, response = %snippet(&reply.body), retry_in_s = delay.as_secs_f64(), "the API refused the request; {hint}");
+        error!(source = %self.cfg.name, status = reply.status, response = %self.shown(&reply.body), retry_in_s = delay.as_secs_f64(), "the API refused the request; {hint}");
         sleep(delay).await;
     }
 
@@ -317,6 +320,7 @@ impl Fetcher {
     /// `auth_retry`. Returns whether the next refusal is a repeat.
     async fn refused_access(&mut self, status: u16, body: &[u8], renewed: bool) -> bool {
         self.count("unauthorized");
+        let shown = self.shown(body);
         if let (Some(client), Some(used)) = (&self.cfg.oauth2, self.access.take()) {
             client.refused(&used).await;
         }
@@ -327,7 +331,7 @@ impl Fetcher {
         let reason = format!(
             "{} (with an OAuth2 access token just issued by the oauth2.token_url of sources.{}: \
              check the client's scopes, audience and permissions)",
-            (self.cfg.advice)(status, &snippet(body)),
+            (self.cfg.advice)(status, &shown),
             self.cfg.name
         );
         error!(source = %self.cfg.name, "{reason}");
@@ -338,10 +342,10 @@ impl Fetcher {
 
     async fn refused_token(&mut self, status: u16, body: &[u8]) {
         self.count("unauthorized");
+        let shown = self.shown(body);
         let Some(src) = self.cfg.token_source.clone() else {
             let reason = format!(
-                "the API answered HTTP {status} ({}) and no token is configured; set token_file, token_env or token_credential",
-                snippet(body)
+                "the API answered HTTP {status} ({shown}) and no token is configured; set token_file, token_env or token_credential",
             );
             error!(source = %self.cfg.name, "{reason}");
             self.cfg.health.set_unready(&self.health_key(), reason);
@@ -360,12 +364,24 @@ impl Fetcher {
         }
         let reason = format!(
             "{} (token from {})",
-            (self.cfg.advice)(status, &snippet(body)),
+            (self.cfg.advice)(status, &shown),
             src.describe()
         );
         error!(source = %self.cfg.name, "{reason}");
         self.cfg.health.set_unready(&self.health_key(), reason);
         sleep(self.backoff.next_delay().max(self.cfg.auth_retry)).await;
+    }
+}
+
+impl Fetcher {
+    /// [`snippet`] of an answer, the token sent blanked out first: an API
+    /// refusing a token may echo it.
+    fn shown(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        match self.token.as_ref().map(Secret::expose) {
+            Some(t) if !t.is_empty() => snippet(text.replace(t, "***").as_bytes()),
+            _ => snippet(body),
+        }
     }
 }
 

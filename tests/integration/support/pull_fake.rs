@@ -80,6 +80,9 @@ pub struct PullFakeConfig {
     /// Accept the OAuth2 access tokens of a token endpoint fake (while
     /// unexpired) instead of `token`.
     pub access_tokens: Option<super::token_endpoint::Issued>,
+    /// Answer every request 403 naming the bearer token it came with, as
+    /// APIs refusing a token for its scope sometimes do.
+    pub forbid_echoing_token: bool,
 }
 
 impl Default for PullFakeConfig {
@@ -100,6 +103,7 @@ impl Default for PullFakeConfig {
             empty_id_every: 0,
             token_on_empty: false,
             access_tokens: None,
+            forbid_echoing_token: false,
         }
     }
 }
@@ -295,6 +299,11 @@ impl Pull {
     }
 
     fn decide(&self, st: &mut PullState, req: &Request) -> Response {
+        if self.cfg.forbid_echoing_token {
+            st.stats.unauthorized += 1;
+            let sent = req.header("authorization").unwrap_or("");
+            return error(403, &format!("insufficient_scope for {sent}"));
+        }
         if let Some(issued) = &self.cfg.access_tokens {
             if !paged::bearer(req).is_some_and(|t| issued.accepts(t)) {
                 st.stats.unauthorized += 1;

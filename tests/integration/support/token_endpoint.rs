@@ -44,10 +44,17 @@ pub struct TokenEndpointConfig {
     pub audience: Option<String>,
     /// Every answer this much later.
     pub delay: Option<Duration>,
-    /// Every Nth token request is answered 503 with `Retry-After: 1`.
+    /// Every Nth token request is answered 503 with `Retry-After:
+    /// unavailable_retry_after`.
     pub unavailable_every: Option<u64>,
+    /// The `Retry-After` of those answers (`"1"`; `"0"`, as busy gateways
+    /// send, asks for an immediate retry).
+    pub unavailable_retry_after: String,
     pub expires_in_as_string: bool,
     pub omit_expires_in: bool,
+    /// Error answers are a text page echoing the request as received
+    /// (headers, then body), as debugging gateways and some WAFs send.
+    pub echo_request_on_error: bool,
 }
 
 impl Default for TokenEndpointConfig {
@@ -62,8 +69,10 @@ impl Default for TokenEndpointConfig {
             audience: None,
             delay: None,
             unavailable_every: None,
+            unavailable_retry_after: "1".into(),
             expires_in_as_string: false,
             omit_expires_in: false,
+            echo_request_on_error: false,
         }
     }
 }
@@ -158,6 +167,18 @@ fn oauth_error(status: u16, error: &str, description: &str) -> Response {
     .with_header("Cache-Control", "no-store")
 }
 
+/// The request as a gateway's error page shows it.
+fn echo(req: &Request) -> Vec<u8> {
+    let mut page = format!("Bad request. You sent:\n{} {}\n", req.method, req.target);
+    for (k, v) in &req.headers {
+        page.push_str(&format!("{k}: {v}\n"));
+    }
+    page.push('\n');
+    let mut page = page.into_bytes();
+    page.extend_from_slice(&req.body);
+    page
+}
+
 fn form_decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={s}").as_bytes())
         .next()
@@ -173,7 +194,11 @@ impl PagedApi for TokenApi {
     }
 
     fn answer(&self, st: &mut TokenState, req: &Request) -> Answer {
-        let mut answer: Answer = self.decide(st, req).into();
+        let mut resp = self.decide(st, req);
+        if st.cfg.echo_request_on_error && resp.status >= 400 {
+            resp = Response::new(resp.status, "text/plain", echo(req));
+        }
+        let mut answer: Answer = resp.into();
         answer.delay = st.cfg.delay;
         answer
     }
@@ -192,7 +217,7 @@ impl TokenApi {
             if st.stats.requests.is_multiple_of(n) {
                 st.stats.unavailable += 1;
                 return oauth_error(503, "temporarily_unavailable", "try again")
-                    .with_header("Retry-After", "1");
+                    .with_header("Retry-After", st.cfg.unavailable_retry_after.clone());
             }
         }
         let content_type = req.header("content-type").unwrap_or("");

@@ -48,6 +48,9 @@ pub struct WebhookFaults {
     /// Answer every request (but those for the login page and `/moved/…`)
     /// with this redirect.
     pub redirect: Option<Redirect>,
+    /// Answer every request 403 naming the bearer token it came with, as
+    /// APIs refusing a token for its scope sometimes do.
+    pub forbid_echoing_token: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -518,6 +521,11 @@ impl Shared {
         if req.method != "POST" {
             st.stats.bad_requests += 1;
             return error(405, "only POST is accepted").with_header("Allow", "POST");
+        }
+        if st.faults.forbid_echoing_token {
+            st.stats.auth_failures += 1;
+            let sent = req.header("authorization").unwrap_or("");
+            return error(403, &format!("insufficient_scope for {sent}"));
         }
         if let Some(expected) = &self.cfg.expect_authorization {
             if req.header("authorization") != Some(expected.as_str()) {
