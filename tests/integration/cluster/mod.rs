@@ -4,6 +4,8 @@
 
 mod conformance;
 mod failover;
+mod kubernetes;
 mod membership;
 mod rebalance;
 mod validate;
+
