@@ -119,8 +119,9 @@ impl KubernetesConfig {
             },
             Err(e) => problems.push(format!("{path}.api_url"), e),
         }
+        let https = self.api_url().is_ok_and(|u| u.starts_with("https://"));
         let ca = self.ca_file();
-        if let Err(e) = std::fs::metadata(&ca) {
+        if let (true, Err(e)) = (https, std::fs::metadata(&ca)) {
             problems.push(
                 format!("{path}.ca_file"),
                 format!("cannot read {}: {e}", ca.display()),
@@ -323,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn etcd_without_its_section_and_kubernetes_are_refused() {
+    fn a_backend_without_its_section_is_refused() {
         let cfg = parse("[cluster]\nbackend = \"etcd\"\nname = \"p\"\n");
         assert!(problems(&cfg)
             .join("\n")
@@ -332,6 +333,42 @@ mod tests {
         assert!(problems(&cfg)
             .join("\n")
             .contains("cluster.kubernetes: backend = \"kubernetes\" needs"));
+    }
+
+    #[test]
+    fn kubernetes_values_are_checked_and_named_by_their_key_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "not read at validate").expect("ca");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sa-token-secret\n").expect("token");
+        let good = format!(
+            "[cluster]\nbackend = \"kubernetes\"\nname = \"p\"\n[cluster.kubernetes]\n\
+             namespace = \"siem\"\napi_url = \"https://127.0.0.1:6443\"\nca_file = \"{}\"\n\
+             token_file = \"{}\"\n",
+            ca.display(),
+            token.display()
+        );
+        assert_eq!(problems(&parse(&good)), Vec::<String>::new());
+        let bad = format!(
+            "[cluster]\nbackend = \"kubernetes\"\nname = \"{}\"\n[cluster.kubernetes]\n\
+             namespace = \"Siem_1\"\napi_url = \"ftp://x\"\nca_file = \"/nonexistent/ca.crt\"\n\
+             token_file = \"{}/missing-token\"\n",
+            "n".repeat(64),
+            dir.path().display()
+        );
+        let p = problems(&parse(&bad)).join("\n");
+        for key in [
+            "cluster.kubernetes.namespace:",
+            "cluster.kubernetes.name: must be at most 63",
+            "cluster.kubernetes.api_url: \"ftp://x\"",
+            "cluster.kubernetes.token_file: cannot read secret file",
+        ] {
+            assert!(p.contains(key), "{key} missing in:\n{p}");
+        }
+        // ftp:// is not https: no CA is read, so none is asked for.
+        assert!(!p.contains("ca_file"), "{p}");
+        assert!(!p.contains("sa-token-secret"));
     }
 
     #[test]
