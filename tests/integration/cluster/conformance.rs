@@ -91,6 +91,7 @@ macro_rules! on_every_backend {
         }
     };
 }
+pub(crate) use on_every_backend;
 
 pub fn config(etcd: &Etcd, id: &str, name: &str, ttl: Duration) -> ClusterConfig {
     ClusterConfig {
