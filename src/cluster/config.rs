@@ -49,6 +49,98 @@ pub struct EtcdConfig {
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     pub namespace: String,
+    /// The API server; default: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`.
+    pub api_url: Option<String>,
+    /// CA of the API server; default: the service account's `ca.crt`.
+    pub ca_file: Option<PathBuf>,
+    /// Bearer token, re-read at every request (kubelet rotates it);
+    /// default: the service account's `token`.
+    pub token_file: Option<PathBuf>,
+}
+
+/// Where a pod's service account is mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+impl KubernetesConfig {
+    /// The API server URL, from `api_url` or the in-cluster environment.
+    pub fn api_url(&self) -> Result<String, String> {
+        if let Some(url) = &self.api_url {
+            return Ok(url.trim_end_matches('/').to_string());
+        }
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+            "api_url is unset and KUBERNETES_SERVICE_HOST is not in the environment \
+             (not running in a pod?)"
+                .to_string()
+        })?;
+        let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
+        // An IPv6 service address needs brackets in a URL.
+        let host = if host.contains(':') && !host.starts_with('[') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(format!("https://{host}:{port}"))
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR).join("ca.crt"))
+    }
+
+    pub fn token_file(&self) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR).join("token"))
+    }
+
+    fn validate(&self, path: &str, cluster_name: &str, problems: &mut Problems) {
+        if !dns_label(&self.namespace) {
+            problems.push(
+                format!("{path}.namespace"),
+                "must be a Kubernetes namespace name (1-63 lowercase letters, digits, '-')",
+            );
+        }
+        // The cluster name is a label value on every Lease (at most 63).
+        if cluster_name.len() > 63 {
+            problems.push(
+                format!("{path}.name"),
+                "must be at most 63 characters with backend = \"kubernetes\" (a label value)",
+            );
+        }
+        match self.api_url() {
+            Ok(u) => match url::Url::parse(&u) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {}
+                _ => problems.push(
+                    format!("{path}.api_url"),
+                    format!("\"{u}\" is not an http:// or https:// URL with a host"),
+                ),
+            },
+            Err(e) => problems.push(format!("{path}.api_url"), e),
+        }
+        let https = self.api_url().is_ok_and(|u| u.starts_with("https://"));
+        let ca = self.ca_file();
+        if let (true, Err(e)) = (https, std::fs::metadata(&ca)) {
+            problems.push(
+                format!("{path}.ca_file"),
+                format!("cannot read {}: {e}", ca.display()),
+            );
+        }
+        let token = self.token_file();
+        if let Err(e) = SecretSource::File(token).load() {
+            problems.push(format!("{path}.token_file"), e);
+        }
+    }
+}
+
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 fn default_lease_ttl() -> Duration {
@@ -93,22 +185,13 @@ impl ClusterConfig {
                     "backend = \"etcd\" needs a [cluster.etcd] section with endpoints",
                 ),
             },
-            ClusterBackend::Kubernetes => {
-                match &self.kubernetes {
-                    Some(k) if k.namespace.trim().is_empty() => {
-                        problems.push(format!("{path}.kubernetes.namespace"), "must not be empty")
-                    }
-                    Some(_) => {}
-                    None => problems.push(
-                        format!("{path}.kubernetes"),
-                        "backend = \"kubernetes\" needs a [cluster.kubernetes] section with namespace",
-                    ),
-                }
-                problems.push(
-                    format!("{path}.backend"),
-                    "the kubernetes backend is not available in this build yet; use \"etcd\"",
-                );
-            }
+            ClusterBackend::Kubernetes => match &self.kubernetes {
+                Some(k) => k.validate(&format!("{path}.kubernetes"), &self.name, problems),
+                None => problems.push(
+                    format!("{path}.kubernetes"),
+                    "backend = \"kubernetes\" needs a [cluster.kubernetes] section with namespace",
+                ),
+            },
         }
     }
 }
@@ -241,15 +324,51 @@ mod tests {
     }
 
     #[test]
-    fn etcd_without_its_section_and_kubernetes_are_refused() {
+    fn a_backend_without_its_section_is_refused() {
         let cfg = parse("[cluster]\nbackend = \"etcd\"\nname = \"p\"\n");
         assert!(problems(&cfg)
             .join("\n")
             .contains("cluster.etcd: backend = \"etcd\" needs"));
-        let cfg = parse("[cluster]\nbackend = \"kubernetes\"\nname = \"p\"\n[cluster.kubernetes]\nnamespace = \"siem\"\n");
+        let cfg = parse("[cluster]\nbackend = \"kubernetes\"\nname = \"p\"\n");
         assert!(problems(&cfg)
             .join("\n")
-            .contains("cluster.backend: the kubernetes backend"));
+            .contains("cluster.kubernetes: backend = \"kubernetes\" needs"));
+    }
+
+    #[test]
+    fn kubernetes_values_are_checked_and_named_by_their_key_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca.crt");
+        std::fs::write(&ca, "not read at validate").expect("ca");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "sa-token-secret\n").expect("token");
+        let good = format!(
+            "[cluster]\nbackend = \"kubernetes\"\nname = \"p\"\n[cluster.kubernetes]\n\
+             namespace = \"siem\"\napi_url = \"https://127.0.0.1:6443\"\nca_file = \"{}\"\n\
+             token_file = \"{}\"\n",
+            ca.display(),
+            token.display()
+        );
+        assert_eq!(problems(&parse(&good)), Vec::<String>::new());
+        let bad = format!(
+            "[cluster]\nbackend = \"kubernetes\"\nname = \"{}\"\n[cluster.kubernetes]\n\
+             namespace = \"Siem_1\"\napi_url = \"ftp://x\"\nca_file = \"/nonexistent/ca.crt\"\n\
+             token_file = \"{}/missing-token\"\n",
+            "n".repeat(64),
+            dir.path().display()
+        );
+        let p = problems(&parse(&bad)).join("\n");
+        for key in [
+            "cluster.kubernetes.namespace:",
+            "cluster.kubernetes.name: must be at most 63",
+            "cluster.kubernetes.api_url: \"ftp://x\"",
+            "cluster.kubernetes.token_file: cannot read secret file",
+        ] {
+            assert!(p.contains(key), "{key} missing in:\n{p}");
+        }
+        // ftp:// is not https: no CA is read, so none is asked for.
+        assert!(!p.contains("ca_file"), "{p}");
+        assert!(!p.contains("sa-token-secret"));
     }
 
     #[test]

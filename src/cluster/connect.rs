@@ -11,7 +11,7 @@ pub async fn connect(cfg: &ClusterConfig) -> anyhow::Result<Arc<dyn Engine>> {
     match cfg.backend {
         ClusterBackend::Etcd => Ok(Arc::new(super::etcd::EtcdEngine::connect(cfg).await?)),
         ClusterBackend::Kubernetes => {
-            anyhow::bail!("cluster.backend: the kubernetes backend is not available in this build")
+            Ok(Arc::new(super::kubernetes::KubernetesEngine::connect(cfg)?))
         }
     }
 }

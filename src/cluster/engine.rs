@@ -1,11 +1,12 @@
-//! What a coordination engine must offer; etcd implements it (and a
-//! Kubernetes Lease backend would). The conformance tests run against it.
+//! What a coordination engine must offer; etcd and Kubernetes Leases
+//! implement it. The conformance tests run against it.
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 
 /// Proof of owning a source, checked by the engine at every checkpoint
-/// write (etcd: the owner key's create revision).
+/// write (etcd: the owner key's create revision; Kubernetes: the Lease's
+/// `leaseTransitions` at acquisition, with its `resourceVersion` tracked).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     pub token: i64,

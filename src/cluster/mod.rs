@@ -1,5 +1,5 @@
 //! Several instances, one config: each source has one owner at a time,
-//! chosen on a coordination engine (etcd), and its checkpoint lives in the
+//! chosen on a coordination engine (etcd or Kubernetes Leases), and its checkpoint lives in the
 //! engine, written only while the writer still owns the source (fencing).
 //!
 //! ```text
@@ -19,6 +19,8 @@ mod config;
 mod connect;
 mod engine;
 mod etcd;
+mod kubernetes;
+mod lease_api;
 mod manager;
 mod metrics;
 mod store;

@@ -1,12 +1,97 @@
-//! The engine contract, on a real etcd: exclusive ownership, fenced
-//! checkpoint writes, expiry of a member that stops renewing.
+//! The engine contract, on every backend (a real etcd, and the Kubernetes
+//! Lease API fake): exclusive ownership, fenced checkpoint writes, expiry
+//! of a member that stops renewing, an unreachable engine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use auditrelay::cluster::{ClusterBackend, ClusterConfig, Engine, EngineError, EtcdConfig};
+use auditrelay::cluster::{
+    ClusterBackend, ClusterConfig, Engine, EngineError, EtcdConfig, KubernetesConfig,
+};
 
 use crate::support::etcd::{self, Etcd};
+use crate::support::lease_api::LeaseApiServer;
+
+/// A backend under test, started per test and stopped when dropped.
+pub enum Backend {
+    Etcd(Etcd),
+    Kubernetes(LeaseApiServer),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Etcd,
+    Kubernetes,
+}
+
+pub const NAMESPACE: &str = "siem";
+
+impl Backend {
+    pub async fn start(kind: Kind) -> Backend {
+        match kind {
+            Kind::Etcd => {
+                if !etcd::available() {
+                    panic!("etcd is not installed: apt-get install etcd-server (see .ci/run)");
+                }
+                Backend::Etcd(Etcd::start().await)
+            }
+            Kind::Kubernetes => Backend::Kubernetes(LeaseApiServer::start().await),
+        }
+    }
+
+    pub fn config(&self, id: &str, name: &str, ttl: Duration) -> ClusterConfig {
+        match self {
+            Backend::Etcd(etcd) => config(etcd, id, name, ttl),
+            Backend::Kubernetes(api) => ClusterConfig {
+                backend: ClusterBackend::Kubernetes,
+                name: name.to_string(),
+                instance_id: Some(id.to_string()),
+                lease_ttl: ttl,
+                etcd: None,
+                kubernetes: Some(KubernetesConfig {
+                    namespace: NAMESPACE.to_string(),
+                    api_url: Some(api.url()),
+                    ca_file: Some(api.ca_file()),
+                    token_file: Some(api.token_file()),
+                }),
+            },
+        }
+    }
+
+    /// The engine stops answering (etcd killed; the API server answering
+    /// only after every client gave up).
+    pub async fn outage(&mut self) {
+        match self {
+            Backend::Etcd(etcd) => etcd.stop().await,
+            Backend::Kubernetes(api) => api.set_delay(Some(Duration::from_secs(5))),
+        }
+    }
+
+    pub async fn recover(&mut self) {
+        match self {
+            Backend::Etcd(etcd) => etcd.resume().await,
+            Backend::Kubernetes(api) => api.set_delay(None),
+        }
+    }
+}
+
+/// Runs an `async fn(Kind)` test once per backend.
+macro_rules! on_every_backend {
+    ($test:ident) => {
+        mod $test {
+            use super::Kind;
+            #[tokio::test]
+            async fn etcd() {
+                super::$test(Kind::Etcd).await
+            }
+            #[tokio::test]
+            async fn kubernetes() {
+                super::$test(Kind::Kubernetes).await
+            }
+        }
+    };
+}
+pub(crate) use on_every_backend;
 
 pub fn config(etcd: &Etcd, id: &str, name: &str, ttl: Duration) -> ClusterConfig {
     ClusterConfig {
@@ -25,21 +110,18 @@ pub fn config(etcd: &Etcd, id: &str, name: &str, ttl: Duration) -> ClusterConfig
     }
 }
 
-async fn engine(etcd: &Etcd, id: &str) -> Arc<dyn Engine> {
-    let cfg = config(etcd, id, "c", Duration::from_secs(3));
+async fn engine(backend: &Backend, id: &str) -> Arc<dyn Engine> {
+    let cfg = backend.config(id, "c", Duration::from_secs(3));
     let e = auditrelay::cluster::connect(&cfg).await.expect("connect");
     e.join().await.expect("join");
     e
 }
 
-#[tokio::test]
-async fn ownership_is_exclusive_and_a_stale_owner_cannot_commit() {
-    if !etcd::available() {
-        panic!("etcd is not installed: apt-get install etcd-server (see .ci/run)");
-    }
-    let etcd = Etcd::start().await;
-    let a = engine(&etcd, "a").await;
-    let b = engine(&etcd, "b").await;
+on_every_backend!(ownership_is_exclusive_and_a_stale_owner_cannot_commit);
+async fn ownership_is_exclusive_and_a_stale_owner_cannot_commit(kind: Kind) {
+    let backend = Backend::start(kind).await;
+    let a = engine(&backend, "a").await;
+    let b = engine(&backend, "b").await;
     let view = a.view().await.expect("view");
     assert_eq!(view.members.len(), 2, "{view:?}");
 
@@ -123,12 +205,11 @@ async fn ownership_is_exclusive_and_a_stale_owner_cannot_commit() {
     );
 }
 
-#[tokio::test]
-async fn an_unreachable_engine_is_an_error_not_a_hang() {
-    let etcd = Etcd::start().await;
-    let a = engine(&etcd, "a").await;
-    let mut etcd = etcd;
-    etcd.stop().await;
+on_every_backend!(an_unreachable_engine_is_an_error_not_a_hang);
+async fn an_unreachable_engine_is_an_error_not_a_hang(kind: Kind) {
+    let mut backend = Backend::start(kind).await;
+    let a = engine(&backend, "a").await;
+    backend.outage().await;
     let started = Instant::now();
     let renewed = a.renew().await;
     assert!(
@@ -140,7 +221,7 @@ async fn an_unreachable_engine_is_an_error_not_a_hang() {
         "bounded by the request timeout: {:?}",
         started.elapsed()
     );
-    etcd.resume().await;
+    backend.recover().await;
     // Back within the lease: the same membership goes on.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -1,10 +1,13 @@
-//! `[cluster]` with a real etcd: the engine's contract (conformance, which
-//! a Kubernetes Lease backend must pass too), and whole daemons failing
-//! over (failover.rs). Each test starts its own etcd and kills it at the end.
+//! `[cluster]`: the engine's contract on every backend (conformance: a real
+//! etcd and the Kubernetes Lease API fake), what only the Lease backend has
+//! (kubernetes.rs), and whole daemons failing over on etcd (failover.rs,
+//! veza_failover.rs). Each test starts its own engine and stops it at the end.
 
 mod conformance;
 mod failover;
+mod kubernetes;
 mod membership;
 mod partition;
 mod rebalance;
 mod validate;
+mod veza_failover;

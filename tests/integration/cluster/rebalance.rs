@@ -1,5 +1,5 @@
-//! Three members, a dozen sources, members joining and leaving on a real
-//! etcd: never two owners of a source, every source owned again soon after
+//! Three members, a dozen sources, members joining and leaving, on every
+//! backend: never two owners of a source, every source owned again soon after
 //! a change, sources spread over the members, and quiet once settled.
 
 use std::collections::BTreeMap;
@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use auditrelay::cluster::{Change, Cluster};
 use tokio::task::JoinHandle;
 
-use super::conformance::config;
-use crate::support::etcd::Etcd;
+use super::conformance::{on_every_backend, Backend, Kind};
 
 const TTL: Duration = Duration::from_secs(3);
 
@@ -25,8 +24,8 @@ fn sources() -> Vec<String> {
     (0..12).map(|i| format!("rb-{i}")).collect()
 }
 
-async fn member(etcd: &Etcd, id: &str) -> Member {
-    let cfg = config(etcd, id, "rebalance", TTL);
+async fn member(backend: &Backend, id: &str) -> Member {
+    let cfg = backend.config(id, "rebalance", TTL);
     let (cluster, mut rx) = Cluster::start(&cfg, sources()).await.expect("start");
     let changes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (c, n) = (cluster.clone(), changes.clone());
@@ -88,13 +87,13 @@ async fn watch(members: &BTreeMap<&str, Member>, d: Duration) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_dozen_sources_always_have_exactly_one_owner_as_members_come_and_go() {
-    let etcd = Etcd::start().await;
+on_every_backend!(a_dozen_sources_always_have_exactly_one_owner_as_members_come_and_go);
+async fn a_dozen_sources_always_have_exactly_one_owner_as_members_come_and_go(kind: Kind) {
+    let backend = Backend::start(kind).await;
     let mut members = BTreeMap::new();
-    members.insert("m1", member(&etcd, "m1").await);
-    members.insert("m2", member(&etcd, "m2").await);
-    members.insert("m3", member(&etcd, "m3").await);
+    members.insert("m1", member(&backend, "m1").await);
+    members.insert("m2", member(&backend, "m2").await);
+    members.insert("m3", member(&backend, "m3").await);
     all_owned(&members, TTL * 2).await;
     // Settle: late members become preferred for their share and get it.
     watch(&members, TTL * 3).await;
@@ -143,7 +142,7 @@ async fn a_dozen_sources_always_have_exactly_one_owner_as_members_come_and_go() 
     }
 
     // m2 comes back: it gets its share again after settling, one owner throughout.
-    members.insert("m2", member(&etcd, "m2").await);
+    members.insert("m2", member(&backend, "m2").await);
     watch(&members, TTL * 3).await;
     let back = all_owned(&members, TTL).await;
     assert!(

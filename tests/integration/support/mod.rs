@@ -9,6 +9,7 @@
 //! and puts a TLS front before any fake; `rsyslog` runs a real rsyslogd with
 //! a generated config. `daemon` runs the real binary. `token_endpoint` is
 //! an OAuth2 token endpoint whose access tokens `pull_fake` can require.
+//! `lease_api` is a Kubernetes API server holding Leases, behind TLS.
 
 pub mod certifyclouds_fake;
 pub mod daemon;
@@ -18,6 +19,7 @@ pub mod harness;
 pub mod hec_fake;
 pub mod http1;
 pub mod kafka;
+pub mod lease_api;
 pub mod ocsf_schema;
 pub mod paged;
 pub mod pull_fake;
