@@ -98,7 +98,10 @@ async fn a_revoked_token_is_replaced_at_once_on_events_and_ack_queries() {
     // Every kind of request went through the gateway with the token, and
     // none was refused: the first request already had one.
     for kind in ["event", "ack", "health"] {
-        assert!(passed(&hec, kind) >= 1, "no {kind} request passed: {stats:?}");
+        assert!(
+            passed(&hec, kind) >= 1,
+            "no {kind} request passed: {stats:?}"
+        );
     }
     assert!(stats.gateway_refused.is_empty(), "{stats:?}");
     assert_eq!(ep.stats().issued, 1, "one token shared by every request");
@@ -132,7 +135,10 @@ async fn the_hec_token_travels_in_hec_token_header_beside_the_bearer_token() {
     let header = "X-Splunk-Authorization";
     let hec = hec(ep.issued(), Some(header)).await;
     let dir = tempfile::tempdir().unwrap();
-    let extra = format!("token_file = \"{}/hec_token\"\nhec_token_header = \"{header}\"", dir.path().display());
+    let extra = format!(
+        "token_file = \"{}/hec_token\"\nhec_token_header = \"{header}\"",
+        dir.path().display()
+    );
     let (sink, _, _) = build(dir.path(), "oauth_hec_header", &hec, &ep, &extra);
     sink.deliver("s", &support::sink::events(0, 5))
         .await
@@ -307,7 +313,10 @@ scopes = ["audit.read"]
         "the revocation never reached a request: {stats:?}"
     );
     let tokens = ep.stats();
-    assert!(tokens.issued >= 4, "tokens did not expire under the run: {tokens:?}");
+    assert!(
+        tokens.issued >= 4,
+        "tokens did not expire under the run: {tokens:?}"
+    );
     assert_eq!(tokens.invalid_client, 0, "{tokens:?}");
 
     let text = std::fs::read_to_string(&log).unwrap();
@@ -317,7 +326,10 @@ scopes = ["audit.read"]
         assert!(!text.contains(secret), "a secret is in the log");
     }
     let enc: String = url::form_urlencoded::byte_serialize(CLIENT_SECRET.as_bytes()).collect();
-    assert!(!text.contains(&enc), "the form-encoded client secret is in the log");
+    assert!(
+        !text.contains(&enc),
+        "the form-encoded client secret is in the log"
+    );
     for token in ep.issued().all() {
         assert!(!text.contains(&token), "access token {token} is in the log");
     }
