@@ -24,6 +24,7 @@ mod http_pull_to_webhook;
 mod kafka_sink;
 mod kill_duplicates;
 mod oauth2_client;
+mod oauth2_hec;
 mod oauth2_pull;
 mod oauth2_webhook;
 mod ocsf;

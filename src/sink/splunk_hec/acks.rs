@@ -25,15 +25,16 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::ack_table::{AckTable, RequestAcks};
 use super::answer::{classify, Answer, HecReply};
+use super::auth::Scope;
 use super::inner::{Inner, Trouble, CHANNEL_HEADER, FIXED_ALL};
 use super::metrics::HEC_METRICS;
-use crate::sink::delivery::{send_http, Sent};
+use crate::sink::delivery::Sent;
 
 /// Ack ids per ack query, so one query stays a small request.
 const MAX_ACKS_PER_QUERY: usize = 1000;
@@ -156,31 +157,34 @@ impl Inner {
         );
     }
 
-    /// A request to the ack endpoint on this sink's channel.
-    pub(super) fn ack_query(
-        &self,
-        auth: HeaderValue,
-        body: impl Into<reqwest::Body>,
-    ) -> reqwest::RequestBuilder {
-        self.client
-            .post(self.ack_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CHANNEL_HEADER, self.channel.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
+    /// One request to the ack endpoint on this sink's channel, with the
+    /// sink's credentials; `Err`: a credential no header can carry.
+    pub(super) async fn ack_query(&self, body: bytes::Bytes) -> Result<Sent, String> {
+        let request = || {
+            self.client
+                .post(self.ack_url.clone())
+                .header(CHANNEL_HEADER, self.channel.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        };
+        self.auth.send(Scope::Hec, request).await
     }
 
     /// One ack query for `ids` (with their generations).
     async fn poll_acks(&self, ids: &[(u64, u64)]) {
-        let Some(auth) = self.auth() else {
-            return;
-        };
         let list: Vec<u64> = ids.iter().map(|(id, _)| *id).collect();
         let body = match serde_json::to_vec(&serde_json::json!({ "acks": list })) {
             Ok(b) => b,
             Err(_) => return,
         };
-        let (status, text) = match send_http(self.ack_query(auth, body)).await {
+        let sent = match self.ack_query(body.into()).await {
+            Ok(sent) => sent,
+            Err(why) => {
+                self.delivery.readiness.set(Trouble::Token, why);
+                return;
+            }
+        };
+        let (status, text) = match sent {
             Sent::Answer { status, body, .. } => (status, body.unwrap_or_default()),
             Sent::Redirect { why, label } => {
                 self.count("ack", &label);
@@ -214,7 +218,11 @@ impl Inner {
                     Answer::Token(why) => {
                         self.delivery.readiness.set(
                             Trouble::Token,
-                            format!("HEC refuses the token on ack queries ({why})"),
+                            format!(
+                                "{} on ack queries ({why}); check {}",
+                                self.auth.refusal(),
+                                self.auth.describe()
+                            ),
                         );
                         self.reload_token();
                     }

@@ -26,6 +26,12 @@ pub struct SplunkHecConfig {
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
     pub token_credential: Option<String>,
+    /// OAuth2 client credentials for HEC behind a gateway: `Authorization:
+    /// Bearer <access token>` on every request; the HEC token then optional.
+    pub oauth2: Option<crate::oauth2::OAuth2Config>,
+    /// With `oauth2`: the header carrying `Splunk <HEC token>` for the
+    /// gateway to hand to HEC (none: no HEC token sent).
+    pub hec_token_header: Option<String>,
     /// Envelope metadata; unset keys are left to the token's defaults,
     /// except `source`, which defaults to the auditrelay source name.
     pub host: Option<String>,

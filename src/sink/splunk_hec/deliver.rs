@@ -8,16 +8,17 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE};
+use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use tracing::error;
 
 use super::ack_table::RequestAcks;
 use super::answer::{classify, Answer};
+use super::auth::Scope;
 use super::config::Compression;
 use super::encode::Encoded;
 use super::inner::{Inner, Trouble, CHANNEL_HEADER, FIXED_ALL};
 use crate::event::Event;
-use crate::sink::delivery::{send_http, server_wait, RetryLogic, Run, Sent, Verdict};
+use crate::sink::delivery::{server_wait, RetryLogic, Run, Sent, Verdict};
 
 /// A request confirmed on acceptance alone, with acknowledgment on: the
 /// token and endpoint are fine, the `indexer_ack` setting is not proven.
@@ -26,9 +27,6 @@ const FIXED_TOKEN_ENDPOINT: &[Trouble] = &[Trouble::Token, Trouble::Endpoint];
 impl Inner {
     /// One POST of envelopes to the event endpoint.
     pub(super) async fn post_events(&self, body: Bytes) -> Answer {
-        let Some(auth) = self.auth() else {
-            return Answer::Token("the token holds characters an HTTP header cannot carry".into());
-        };
         let body = if self.cfg.compression == Compression::Gzip {
             match tokio::task::spawn_blocking(move || crate::format::gzip(&body)).await {
                 Ok(Ok(b)) => Bytes::from(b),
@@ -55,19 +53,25 @@ impl Inner {
             let _gate = self.id0_gate.read().await;
             self.sent_any.store(true, Ordering::Release);
         }
-        let mut req = self
-            .client
-            .post(self.event_url.clone())
-            .header(AUTHORIZATION, auth)
-            .header(CONTENT_TYPE, "application/json");
-        if self.cfg.compression == Compression::Gzip {
-            req = req.header(CONTENT_ENCODING, "gzip");
-        }
-        if self.cfg.indexer_ack {
-            req = req.header(CHANNEL_HEADER, self.channel.clone());
-        }
+        let request = || {
+            let mut req = self
+                .client
+                .post(self.event_url.clone())
+                .header(CONTENT_TYPE, "application/json");
+            if self.cfg.compression == Compression::Gzip {
+                req = req.header(CONTENT_ENCODING, "gzip");
+            }
+            if self.cfg.indexer_ack {
+                req = req.header(CHANNEL_HEADER, self.channel.clone());
+            }
+            req.body(body.clone())
+        };
         let _in_flight = self.posts.begin();
-        let (status, retry_after, answer) = match send_http(req.body(body)).await {
+        let sent = match self.auth.send(Scope::Hec, request).await {
+            Ok(sent) => sent,
+            Err(why) => return Answer::Token(why),
+        };
+        let (status, retry_after, answer) = match sent {
             Sent::Answer {
                 status,
                 retry_after,
@@ -145,14 +149,11 @@ impl RetryLogic for EventRequests<'_> {
             Answer::Token(why) => Verdict::AuthWait {
                 trouble: Trouble::Token,
                 reason: format!(
-                    "HEC refuses the token ({why}); put a valid, enabled token in {} \
-                     (re-read before every retry)",
-                    inner.token_source.describe()
+                    "{} ({why}); check {} (re-read before every retry)",
+                    inner.auth.refusal(),
+                    inner.auth.describe()
                 ),
-                log: format!(
-                    "HEC refuses the token; check the token in {}",
-                    inner.token_source.describe()
-                ),
+                log: format!("{}; check {}", inner.auth.refusal(), inner.auth.describe()),
                 why,
             },
             Answer::AckSetting(why) => Verdict::AuthWait {

@@ -6,36 +6,41 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
+use reqwest::header::CONTENT_TYPE;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 
 use super::answer::{classify, Answer, HecReply};
+use super::auth::Scope;
 use super::inner::{Inner, Trouble, CHANNEL_HEADER};
-use crate::sink::delivery::{send_http, snippet, Sent};
+use crate::sink::delivery::{snippet, Sent};
 
 impl Inner {
     /// `GET /services/collector/health`: 200 (code 17) healthy; 503 with
     /// codes 18-20 unhealthy; a 404 means the endpoint has no health check
-    /// (a proxy, an old Splunk), which is not the sink's problem.
+    /// (a proxy, an old Splunk), which is not the sink's problem. Behind
+    /// an OAuth2 gateway it carries the access token like every request.
     pub(super) async fn check_health(&self) {
-        let resp = self.client.get(self.health_url.clone()).send().await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
+        let request = || self.client.get(self.health_url.clone());
+        let (status, body) = match self.auth.send(Scope::Health, request).await {
+            Ok(Sent::Answer { status, body, .. }) => (status, body.unwrap_or_default()),
+            Ok(Sent::Redirect { why, label }) => {
+                self.count("health", &label);
+                let why = format!("HEC health check failed: {why}");
+                self.delivery.readiness.set(Trouble::Health, why);
+                return;
+            }
+            Ok(Sent::NoAnswer(why)) => {
                 self.count("health", "network");
-                self.delivery.readiness.set(
-                    Trouble::Health,
-                    format!(
-                        "HEC health check failed: {}",
-                        crate::http::describe_error(e)
-                    ),
-                );
+                let why = format!("HEC health check failed: {why}");
+                self.delivery.readiness.set(Trouble::Health, why);
+                return;
+            }
+            Err(why) => {
+                self.delivery.readiness.set(Trouble::Token, why);
                 return;
             }
         };
-        let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
         let reply: Option<HecReply> = serde_json::from_slice(&body).ok();
         let code = reply.as_ref().and_then(|r| r.code);
         self.count(
@@ -76,22 +81,26 @@ impl Inner {
         if paused.is_some_and(|t| t > Instant::now()) {
             return false;
         }
-        let Some(auth) = self.auth() else {
-            self.delivery.readiness.set(
-                Trouble::Token,
-                "the token holds characters an HTTP header cannot carry".into(),
-            );
-            return true;
+        let request = || {
+            let req = self
+                .client
+                .post(self.event_url.clone())
+                .header(CONTENT_TYPE, "application/json");
+            let req = if self.cfg.indexer_ack {
+                req.header(CHANNEL_HEADER, self.channel.clone())
+            } else {
+                req
+            };
+            req.body(Vec::new())
         };
-        let mut req = self
-            .client
-            .post(self.event_url.clone())
-            .header(AUTHORIZATION, auth.clone())
-            .header(CONTENT_TYPE, "application/json");
-        if self.cfg.indexer_ack {
-            req = req.header(CHANNEL_HEADER, self.channel.clone());
-        }
-        let (status, retry_after, body) = match send_http(req.body(Vec::new())).await {
+        let sent = match self.auth.send(Scope::Hec, request).await {
+            Ok(sent) => sent,
+            Err(why) => {
+                self.delivery.readiness.set(Trouble::Token, why);
+                return true;
+            }
+        };
+        let (status, retry_after, body) = match sent {
             Sent::Answer {
                 status,
                 retry_after,
@@ -124,11 +133,9 @@ impl Inner {
                 }
             }
             Answer::Token(why) => {
-                let reason = format!(
-                    "HEC refuses the token ({why}); put a valid, enabled token in {}",
-                    self.token_source.describe()
-                );
-                error!(sink = %self.delivery.name, error = %why, token = %self.token_source.describe(), "HEC refuses the token; check the token");
+                let (refusal, check) = (self.auth.refusal(), self.auth.describe());
+                let reason = format!("{refusal} ({why}); check {check}");
+                error!(sink = %self.delivery.name, error = %why, "{refusal}; check {check}");
                 self.delivery.readiness.set(Trouble::Token, reason);
                 return true;
             }
@@ -151,10 +158,16 @@ impl Inner {
         // only once: this question would take a request's `true`).
         let _gate = self.id0_gate.write().await;
         if self.cfg.indexer_ack && !self.sent_any.load(Ordering::Acquire) {
-            let sent = self.ack_query(auth, &b"{\"acks\":[0]}"[..]).send().await;
+            let sent = self
+                .ack_query(bytes::Bytes::from_static(b"{\"acks\":[0]}"))
+                .await;
             let (status, body) = match sent {
-                Ok(r) => (r.status().as_u16(), r.bytes().await.unwrap_or_default()),
-                Err(_) => return false,
+                Ok(Sent::Answer { status, body, .. }) => (status, body.unwrap_or_default()),
+                Ok(Sent::Redirect { label, .. }) => {
+                    self.count("ack", &label);
+                    return true;
+                }
+                Ok(Sent::NoAnswer(_)) | Err(_) => return false,
             };
             if status == 200 {
                 self.count("ack", "0");

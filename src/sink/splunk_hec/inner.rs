@@ -3,18 +3,17 @@
 //! poller, the health loop) add their methods in their own files.
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use reqwest::header::HeaderValue;
 use tokio::sync::{Notify, Semaphore};
-use tracing::error;
 
 use super::ack_table::{AckTable, PostsInFlight};
-use super::config::{auth_value, SplunkHecConfig};
+use super::auth::HecAuth;
+use super::config::SplunkHecConfig;
 use super::encode::Envelope;
 use super::metrics::HEC_METRICS;
-use crate::secret::{Secret, SecretSource};
 use crate::sink::delivery::Delivery;
 use crate::sink::BatchConfig;
 
@@ -51,8 +50,7 @@ pub(super) struct Inner {
     pub(super) ack_url: url::Url,
     pub(super) health_url: url::Url,
     pub(super) channel: HeaderValue,
-    pub(super) token_source: SecretSource,
-    pub(super) token: RwLock<Secret>,
+    pub(super) auth: HecAuth,
     pub(super) envelope: Envelope,
     /// Name, retry, readiness and dead letters, for the delivery loop.
     pub(super) delivery: Delivery<Trouble>,
@@ -79,19 +77,9 @@ pub(super) struct Inner {
 }
 
 impl Inner {
-    pub(super) fn auth(&self) -> Option<HeaderValue> {
-        let token = self.token.read().unwrap_or_else(|p| p.into_inner());
-        auth_value(&token)
-    }
-
-    /// Re-reads the token, in case it was rotated.
+    /// Re-reads the HEC token, in case it was rotated.
     pub(super) fn reload_token(&self) {
-        match self.token_source.load() {
-            Ok(t) => *self.token.write().unwrap_or_else(|p| p.into_inner()) = t,
-            Err(e) => {
-                error!(sink = %self.delivery.name, error = %e, "cannot re-read the HEC token")
-            }
-        }
+        self.auth.reload(&self.delivery.name);
     }
 
     pub(super) fn count(&self, endpoint: &str, code: &str) {

@@ -33,6 +33,10 @@
 //! with the code and text; the rest is delivered. Events HEC took before the
 //! rejected one are sent again, so they may be indexed twice (at least once).
 //!
+//! OAuth2 (`[sinks.NAME.oauth2]`, HEC behind a gateway): every request
+//! carries `Authorization: Bearer <access token>` and the HEC token, if
+//! any, goes in `hec_token_header` (see [`auth`]).
+//!
 //! `GET /services/collector/health` at startup and every
 //! `health_check_interval` feeds `/readyz`, and a startup probe (an empty
 //! request, which HEC answers with code 5 "No data" once the token and
@@ -42,6 +46,7 @@
 mod ack_table;
 mod acks;
 mod answer;
+mod auth;
 mod config;
 mod deliver;
 mod encode;
@@ -50,7 +55,7 @@ mod inner;
 mod metrics;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use reqwest::header::HeaderValue;
@@ -64,7 +69,7 @@ use crate::config::{parse_url, require_positive, Problems};
 use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
 use acks::ack_poller;
-use config::auth_value;
+use auth::HecAuth;
 pub use config::{Compression, SplunkHecConfig};
 use deliver::EventRequests;
 use encode::Envelope;
@@ -89,14 +94,20 @@ impl SplunkHecSink {
         ctx: SinkContext,
     ) -> anyhow::Result<Self> {
         let path = format!("sinks.{}", ctx.name);
-        let token_source = cfg
-            .token_keys()
-            .source("token")
-            .map_err(|e| anyhow::anyhow!("{path}: {e}"))?
-            .ok_or_else(|| anyhow::anyhow!("{path}.token_file: required"))?;
-        let token = token_source
-            .load()
-            .map_err(|e| anyhow::anyhow!("{path}.{}: {e}", token_source.key("token")))?;
+        let oauth2 = match &cfg.oauth2 {
+            Some(o) => Some(crate::oauth2::TokenClient::new(
+                o.clone(),
+                crate::oauth2::TokenClientOptions {
+                    component: path.clone(),
+                    http: crate::http::client(&common.tls, cfg.timeout, &path)?,
+                    health: Some(ctx.health.clone()),
+                    retry: common.retry,
+                    auth_retry: cfg.auth_retry,
+                },
+            )?),
+            None => None,
+        };
+        let auth = HecAuth::new(&cfg, &path, oauth2)?;
         let mut base =
             url::Url::parse(&cfg.endpoint).map_err(|e| anyhow::anyhow!("{path}.endpoint: {e}"))?;
         if !base.path().ends_with('/') {
@@ -130,8 +141,7 @@ impl SplunkHecSink {
             ack_url,
             health_url,
             channel: HeaderValue::from_str(&channel)?,
-            token_source,
-            token: RwLock::new(token),
+            auth,
             envelope,
             delivery: Delivery {
                 name: ctx.name.as_str().into(),
@@ -217,21 +227,7 @@ impl super::SinkType for SplunkHecConfig {
                 problems.push(&key, "must not have a query or fragment");
             }
         }
-        let keys = self.token_keys();
-        let required = "required: the HEC token (token_file, token_env or token_credential)";
-        if let Some(token) = keys.validate("token", path, Some(required), problems) {
-            if auth_value(&token).is_none() {
-                let key = keys
-                    .source("token")
-                    .ok()
-                    .flatten()
-                    .map_or_else(|| "token_file".to_string(), |s| s.key("token"));
-                problems.push(
-                    format!("{path}.{key}"),
-                    "the token holds characters an HTTP header cannot carry",
-                );
-            }
-        }
+        auth::validate(self, path, problems);
         for (k, v) in [
             ("host", &self.host),
             ("source", &self.source),

@@ -37,6 +37,15 @@
 //!   them, so a client that does not send the cookie back never sees its
 //!   acks read true.
 //!
+//! - `gateway`: the collector behind an OAuth2 gateway (API gateway, proxy)
+//!   that lets a request (any path, health included) through only with
+//!   `Authorization: Bearer <access token>` issued by the token-endpoint
+//!   fake and not yet expired or revoked; else 401 with
+//!   `WWW-Authenticate: Bearer error="invalid_token"` and the gateway's own
+//!   JSON (no HEC code). The gateway hands HEC the token from the header
+//!   `hec_token_header` names (as `Authorization`), or, when none, adds
+//!   the right HEC token itself.
+//!
 //! The "index" records every event with its envelope, so tests can check
 //! that each id arrived and what arrived with it.
 
@@ -92,6 +101,15 @@ pub struct HecFaults {
     pub ack_query_delay: Duration,
 }
 
+/// An OAuth2 gateway in front of the collector (see the module doc).
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    pub access_tokens: super::token_endpoint::Issued,
+    /// Header whose value (`Splunk <token>`) the gateway passes to HEC as
+    /// `Authorization`; `None`: the gateway adds the HEC token itself.
+    pub hec_token_header: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct HecFakeConfig {
     pub token: String,
@@ -108,6 +126,8 @@ pub struct HecFakeConfig {
     pub faults: HecFaults,
     /// Behind a load balancer pinning sessions by cookie (see above).
     pub sticky_indexers: bool,
+    /// Behind an OAuth2 gateway (see above).
+    pub gateway: Option<Gateway>,
 }
 
 impl Default for HecFakeConfig {
@@ -122,6 +142,7 @@ impl Default for HecFakeConfig {
             seed: 1,
             faults: HecFaults::default(),
             sticky_indexers: false,
+            gateway: None,
         }
     }
 }
@@ -178,6 +199,12 @@ pub struct HecStats {
     /// With `sticky_indexers`: requests that came without a known cookie
     /// (each went to an indexer of its own).
     pub unpinned_requests: u64,
+    /// Requests the OAuth2 gateway let through, by endpoint (`event`,
+    /// `ack`, `health`).
+    pub gateway_passed: BTreeMap<&'static str, u64>,
+    /// Requests the gateway refused (401) for a missing, unknown, expired
+    /// or revoked access token, by endpoint.
+    pub gateway_refused: BTreeMap<&'static str, u64>,
 }
 
 struct PendingAck {
@@ -489,6 +516,9 @@ impl Shared {
                 return to.answer(req);
             }
         }
+        if let Some(refused) = self.gateway(req, path) {
+            return refused;
+        }
         match path {
             "/services/collector/health" | "/services/collector/health/1.0" => {
                 let mut st = self.lock();
@@ -518,13 +548,57 @@ impl Shared {
         }
     }
 
+    /// The OAuth2 gateway's check: `Some(401)` unless the request carries
+    /// an access token the token endpoint issued and that is still valid.
+    fn gateway(&self, req: &Request, path: &str) -> Option<Response> {
+        let mut st = self.lock();
+        let gateway = st.cfg.gateway.as_ref()?;
+        let endpoint = if path.starts_with("/services/collector/health") {
+            "health"
+        } else if path.starts_with("/services/collector/ack") {
+            "ack"
+        } else {
+            "event"
+        };
+        let valid = req
+            .header("authorization")
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .is_some_and(|t| gateway.access_tokens.accepts(t));
+        let counts = if valid {
+            &mut st.stats.gateway_passed
+        } else {
+            &mut st.stats.gateway_refused
+        };
+        *counts.entry(endpoint).or_default() += 1;
+        (!valid).then(|| {
+            reply(
+                401,
+                json!({"error": "invalid_token",
+                       "error_description": "The access token is missing, invalid or expired"}),
+            )
+            .with_header("WWW-Authenticate", "Bearer error=\"invalid_token\"")
+        })
+    }
+
     /// Token and channel checks shared by the event and ack endpoints.
     fn authorize(&self, st: &mut State, req: &Request) -> Result<Option<String>, Response> {
         if query_param(req, "token").is_some() {
             st.stats.auth_failures += 1;
             return Err(hec(400, 16, "Query string authorization is not enabled"));
         }
-        let Some(auth) = req.header("authorization") else {
+        // Behind the gateway HEC sees what the gateway hands it.
+        let auth = match &st.cfg.gateway {
+            None => req.header("authorization").map(str::to_string),
+            Some(Gateway {
+                hec_token_header: Some(h),
+                ..
+            }) => req.header(h).map(str::to_string),
+            Some(Gateway {
+                hec_token_header: None,
+                ..
+            }) => Some(format!("Splunk {}", st.cfg.token)),
+        };
+        let Some(auth) = auth else {
             st.stats.auth_failures += 1;
             return Err(hec(401, 2, "Token is required"));
         };
