@@ -235,17 +235,10 @@ impl WebhookSink {
         if bearer.is_some() && cfg.oauth2.is_some() {
             anyhow::bail!("{path}: set either token_* or the oauth2 table, not both");
         }
-        let auth = if let Some(o) = &cfg.oauth2 {
-            Auth::OAuth2(std::sync::Arc::new(crate::oauth2::TokenClient::new(
-                o.clone(),
-                crate::oauth2::TokenClientOptions {
-                    component: path.clone(),
-                    http: crate::http::client(&common.tls, cfg.timeout, &path)?,
-                    health: Some(ctx.health.clone()),
-                    retry: common.retry,
-                    auth_retry: cfg.auth_retry,
-                },
-            )?))
+        let timeouts = (cfg.timeout, cfg.auth_retry);
+        let oauth2 = common.oauth2_client(cfg.oauth2.as_ref(), &path, &ctx.health, timeouts)?;
+        let auth = if let Some(client) = oauth2 {
+            Auth::OAuth2(std::sync::Arc::new(client))
         } else if let Some((src, s)) = bearer {
             Auth::Bearer(src, s)
         } else if let (Some(user), Some((_, pw))) =

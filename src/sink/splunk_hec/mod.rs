@@ -94,19 +94,8 @@ impl SplunkHecSink {
         ctx: SinkContext,
     ) -> anyhow::Result<Self> {
         let path = format!("sinks.{}", ctx.name);
-        let oauth2 = match &cfg.oauth2 {
-            Some(o) => Some(crate::oauth2::TokenClient::new(
-                o.clone(),
-                crate::oauth2::TokenClientOptions {
-                    component: path.clone(),
-                    http: crate::http::client(&common.tls, cfg.timeout, &path)?,
-                    health: Some(ctx.health.clone()),
-                    retry: common.retry,
-                    auth_retry: cfg.auth_retry,
-                },
-            )?),
-            None => None,
-        };
+        let timeouts = (cfg.timeout, cfg.auth_retry);
+        let oauth2 = common.oauth2_client(cfg.oauth2.as_ref(), &path, &ctx.health, timeouts)?;
         let auth = HecAuth::new(&cfg, &path, oauth2)?;
         let mut base =
             url::Url::parse(&cfg.endpoint).map_err(|e| anyhow::anyhow!("{path}.endpoint: {e}"))?;
