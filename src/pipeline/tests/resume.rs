@@ -104,6 +104,14 @@ fn page(events: Vec<Event>, after: usize) -> Batch {
     }
 }
 
+/// `pages` pages of `per_page` events of `size` bytes, ids `PAGE-I`.
+fn numbered_pages(pages: usize, per_page: usize, size: usize) -> impl Iterator<Item = Batch> {
+    (0..pages).map(move |p| {
+        let events = (0..per_page).map(|i| event(Some(&format!("{p}-{i}")), i, size));
+        page(events.collect(), p)
+    })
+}
+
 fn route(name: &str, sink: Arc<RecordingSink>, run_events: usize) -> Route {
     Route {
         sink_name: name.into(),
@@ -162,16 +170,7 @@ async fn fetch_ahead_stops_at_the_byte_budget_and_a_page_larger_than_it_still_go
     let store = CheckpointStore::open(dir.path()).expect("store");
     // Ten pages of 1,000 bytes, a budget of 2,500: three in flight at most
     // (the third starts below the budget), although max_in_flight is 64.
-    let pages = (0..10)
-        .map(|p| {
-            page(
-                (0..10)
-                    .map(|i| event(Some(&format!("{p}-{i}")), i, 100))
-                    .collect(),
-                p,
-            )
-        })
-        .collect();
+    let pages = numbered_pages(10, 10, 100).collect();
     let sink = RecordingSink::new(false, 0);
     let (p, fetched) = pipeline(&store, pages, vec![route("held", sink.clone(), 100)], 2_500);
     let run = tokio::spawn(p.run(CancellationToken::new()));
@@ -355,16 +354,7 @@ async fn the_progress_log_is_compacted_as_checkpoints_move() {
     let store = CheckpointStore::open(dir.path()).expect("store");
     // 1,500 pages of 100 events, one record of ~1.6 KB each: ~2.4 MB of
     // confirmations in all, far more than what is ever uncommitted.
-    let pages = (0..1500)
-        .map(|p| {
-            page(
-                (0..100)
-                    .map(|i| event(Some(&format!("{p}-{i}")), i, 40))
-                    .collect(),
-                p,
-            )
-        })
-        .collect();
+    let pages = numbered_pages(1500, 100, 40).collect();
     let sink = Arc::new(LogWatchingSink {
         log: store.progress_path("src"),
         largest: AtomicUsize::new(0),
