@@ -9,6 +9,14 @@
 //!     cargo bench --bench pipeline                 # 3 runs per scenario, medians
 //!     BENCH_PAGES=20 BENCH_RUNS=1 cargo bench --bench pipeline -- file webhook
 //!
+//! `BENCH_DAEMON=/path/to/auditrelay` runs another build of the daemon (not
+//! an `AUDITRELAY_*` name: the daemon reads those as config keys).
+//!
+//! Scenarios: `file`, `webhook`, `kafka`, `syslog` (TCP), `hec` (gzip, the
+//! default), `hecraw` (HEC uncompressed), `hec3` (uncompressed HEC + webhook
+//! + syslog TCP, issue 16's three-sink run), `all` (HEC gzip, webhook,
+//! syslog, Kafka).
+//!
 //! The fake API and the receivers run in this process; the daemon is a child
 //! process, so its RSS and CPU time are its own.
 
@@ -312,6 +320,12 @@ fn restrict(path: &Path) {
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
 }
 
+/// The daemon under test: `BENCH_DAEMON` (to compare another build, e.g.
+/// a copy of the binary of the base commit), else the one cargo just built.
+fn daemon_binary() -> String {
+    std::env::var("BENCH_DAEMON").unwrap_or_else(|_| env!("CARGO_BIN_EXE_auditrelay").to_string())
+}
+
 /// Runs the daemon once for a scenario and measures it.
 async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
     let served = Arc::new(AtomicUsize::new(0));
@@ -324,6 +338,8 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
     let mut kafka = None;
     let want: Vec<&str> = match name {
         "all" => vec!["hec", "webhook", "syslog", "kafka"],
+        // Issue 16's three-sink run: uncompressed HEC, webhook, syslog TCP.
+        "hec3" => vec!["hecraw", "webhook", "syslog"],
         other => vec![other],
     };
     for s in &want {
@@ -340,6 +356,13 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
                 let url = discard_http(r#"{"text":"Success","code":0}"#, wire.clone()).await;
                 sinks += &format!(
                     "[sinks.hec]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\n",
+                    token.display()
+                );
+            }
+            "hecraw" => {
+                let url = discard_http(r#"{"text":"Success","code":0}"#, wire.clone()).await;
+                sinks += &format!(
+                    "[sinks.hecraw]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\ncompression = \"none\"\n",
                     token.display()
                 );
             }
@@ -376,7 +399,7 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
     let started = Instant::now();
     // Reaped with wait4 in `reap`, which also reads its rusage.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_auditrelay"))
+    let child = Command::new(daemon_binary())
         .args(["run", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())
@@ -492,10 +515,12 @@ async fn main() {
         .filter(|a| !a.starts_with('-'))
         .collect();
     let scenarios: Vec<String> = if args.is_empty() {
-        ["file", "webhook", "kafka", "hec", "syslog", "all"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "file", "webhook", "kafka", "hec", "hecraw", "syslog", "hec3", "all",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     } else {
         args
     };
