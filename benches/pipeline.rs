@@ -13,8 +13,8 @@
 //! an `AUDITRELAY_*` name: the daemon reads those as config keys).
 //!
 //! Scenarios: `file`, `webhook`, `kafka`, `syslog` (TCP), `hec` (gzip, the
-//! default), `hecraw` (HEC uncompressed), `hec3` (uncompressed HEC + webhook
-//! + syslog TCP, issue 16's three-sink run), `all` (HEC gzip, webhook,
+//! default), `hecraw` (HEC uncompressed), `hec3` (uncompressed HEC, webhook
+//! and syslog TCP: issue 16's three-sink run), `all` (HEC gzip, webhook,
 //! syslog, Kafka).
 //!
 //! The fake API and the receivers run in this process; the daemon is a child

@@ -223,6 +223,31 @@ impl BatchConfig {
     }
 }
 
+impl SinkCommon {
+    /// The token client of a sink's `oauth2` table (none without one),
+    /// speaking through the sink's `tls` keys and `retry` bounds.
+    pub fn oauth2_client(
+        &self,
+        table: Option<&crate::oauth2::OAuth2Config>,
+        path: &str,
+        health: &crate::health::Health,
+        timeouts: (Duration, Duration),
+    ) -> anyhow::Result<Option<crate::oauth2::TokenClient>> {
+        let Some(table) = table else {
+            return Ok(None);
+        };
+        let (timeout, auth_retry) = timeouts;
+        let options = crate::oauth2::TokenClientOptions {
+            component: path.to_owned(),
+            http: crate::http::client(&self.tls, timeout, path)?,
+            health: Some(health.clone()),
+            retry: self.retry,
+            auth_retry,
+        };
+        crate::oauth2::TokenClient::new(table.clone(), options).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,30 +293,5 @@ mod tests {
         let sizes: Vec<usize> = b.chunks(&events, 0, 0).iter().map(|c| c.len()).collect();
         assert_eq!(sizes, vec![2, 1, 1, 1]);
         assert!(b.chunks(&[], 1, 1).is_empty());
-    }
-}
-
-impl SinkCommon {
-    /// The token client of a sink's `oauth2` table (none without one),
-    /// speaking through the sink's `tls` keys and `retry` bounds.
-    pub fn oauth2_client(
-        &self,
-        table: Option<&crate::oauth2::OAuth2Config>,
-        path: &str,
-        health: &crate::health::Health,
-        timeouts: (Duration, Duration),
-    ) -> anyhow::Result<Option<crate::oauth2::TokenClient>> {
-        let Some(table) = table else {
-            return Ok(None);
-        };
-        let (timeout, auth_retry) = timeouts;
-        let options = crate::oauth2::TokenClientOptions {
-            component: path.to_owned(),
-            http: crate::http::client(&self.tls, timeout, path)?,
-            health: Some(health.clone()),
-            retry: self.retry,
-            auth_retry,
-        };
-        crate::oauth2::TokenClient::new(table.clone(), options).map(Some)
     }
 }
