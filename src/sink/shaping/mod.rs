@@ -112,11 +112,15 @@ impl Shaper {
             }
         };
         let mut pending = Vec::new();
+        let mut hidden = Vec::new();
         for p in &self.redact {
-            if !self.redact_at(&mut original, p) {
+            if !self.redact_at(&mut original, p, &mut hidden) {
                 pending.push(p);
             }
         }
+        // The id and type were read from the event before shaping: when
+        // they are a value just redacted, they go out redacted too.
+        let event = &self.without_hidden(event, &hidden);
         let mut pending_drop = Vec::new();
         for p in &self.drop {
             if !paths::remove(&mut original, p.segments()) {
@@ -135,7 +139,7 @@ impl Shaper {
                 let kind = self.source_kinds.get(source).map_or("", String::as_str);
                 let mut out = ocsf::map(kind, source, &original, event);
                 for p in pending {
-                    self.redact_at(&mut out, p);
+                    self.redact_at(&mut out, p, &mut Vec::new());
                 }
                 for p in pending_drop {
                     paths::remove(&mut out, p.segments());
@@ -187,8 +191,28 @@ impl Shaper {
     }
 
     /// Redacts every value at `path`; returns whether there was one.
-    fn redact_at(&self, v: &mut Value, path: &FieldPath) -> bool {
-        paths::for_each(v, path.segments(), &mut |x| *x = self.redacted(x))
+    /// Redacts every value at `path`, adding the texts it hid to `hidden`.
+    fn redact_at(&self, v: &mut Value, path: &FieldPath, hidden: &mut Vec<String>) -> bool {
+        paths::for_each(v, path.segments(), &mut |x| {
+            hidden.push(tag_text(x));
+            *x = self.redacted(x)
+        })
+    }
+
+    /// `event` with its id and type redacted where they are one of the
+    /// `hidden` texts (an `id_path` or `type_path` on a redacted field).
+    fn without_hidden(&self, event: &Event, hidden: &[String]) -> Event {
+        let hide = |field: &Option<Arc<str>>| match field {
+            Some(text) if hidden.iter().any(|h| h.as_str() == &**text) => {
+                Some(tag_text(&self.redacted(&Value::String(text.to_string()))).into())
+            }
+            other => other.clone(),
+        };
+        Event {
+            id: hide(&event.id),
+            kind: hide(&event.kind),
+            ..event.clone()
+        }
     }
 
     fn redacted(&self, v: &Value) -> Value {

@@ -364,3 +364,27 @@ fn redacting_ocsf_metadata_with_add_fields_does_not_panic() {
         json!([{"name": "tenant", "value": "acme"}])
     );
 }
+
+/// An `id_path` or `type_path` on a redacted field: the value must not
+/// leave through the event's id (syslog SD, Kafka key, dead letters) or
+/// OCSF's `metadata.uid` / `activity_name`.
+#[test]
+fn an_id_or_type_taken_from_a_redacted_field_is_redacted_too() {
+    for schema in ["raw", "ocsf"] {
+        let shaper = Shaper::new(
+            &common(json!({"schema": schema, "redact": ["identity.email", "endpoint"]})),
+            "sinks.out",
+            kinds(),
+        )
+        .unwrap()
+        .expect("a shaping key is set");
+        let mut input = event(VEZA);
+        input.id = Some("alice@example.com".into());
+        let e = shaper.shape("veza", &input);
+        assert_eq!(e.id.as_deref(), Some(MASK), "{schema}");
+        assert_eq!(e.kind.as_deref(), Some(MASK), "{schema}");
+        let text = String::from_utf8_lossy(&e.raw);
+        assert!(!text.contains("alice@example.com"), "{schema}: {text}");
+        assert!(!text.contains("ListUsers"), "{schema}: {text}");
+    }
+}
