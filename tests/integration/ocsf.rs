@@ -182,6 +182,22 @@ redact = ["actor.name", "actor.email", "ip_address", "source_ip"]
 add_fields = { tenant = "acme" }
 "#;
 
+/// Runs the daemon until `hook` has every expected event, stops it
+/// cleanly, and returns what `hook` received.
+async fn deliver_all(setup: &Setup, expected: &[String], hook: &WebhookReceiver) -> Vec<Value> {
+    let mut daemon = setup.spawn();
+    wait_for_all(expected, hook, setup).await;
+    assert!(
+        daemon
+            .terminate(Duration::from_secs(20))
+            .await
+            .is_some_and(|s| s.success()),
+        "{}",
+        setup.tail(20)
+    );
+    hook.events()
+}
+
 fn assert_shaped(events: &[Value], class_list: &[u64]) {
     assert_valid(events);
     let by_class = classes(events);
@@ -241,17 +257,8 @@ retry = {{ initial = "20ms", max = "200ms" }}"#,
     );
     setup.write("cc_token", "cc-ocsf-token");
     append(&setup, OCSF_SINK);
-    let mut daemon = setup.spawn();
-    wait_for_all(&expected, &hook, &setup).await;
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(20))
-            .await
-            .is_some_and(|s| s.success()),
-        "{}",
-        setup.tail(20)
-    );
-    assert_shaped(&hook.events(), &[3002, 3004]);
+    let events = deliver_all(&setup, &expected, &hook).await;
+    assert_shaped(&events, &[3002, 3004]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,17 +293,8 @@ retry = {{ initial = "20ms", max = "200ms" }}"#,
     );
     setup.write("qz_token", "qz-ocsf-admin");
     append(&setup, OCSF_SINK);
-    let mut daemon = setup.spawn();
-    wait_for_all(&expected, &hook, &setup).await;
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(20))
-            .await
-            .is_some_and(|s| s.success()),
-        "{}",
-        setup.tail(20)
-    );
-    assert_shaped(&hook.events(), &[3002, 3004]);
+    let events = deliver_all(&setup, &expected, &hook).await;
+    assert_shaped(&events, &[3002, 3004]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,17 +337,7 @@ retry = {{ initial = "20ms", max = "200ms" }}"#,
     );
     setup.write("token", "zaita-ocsf-token");
     append(&setup, OCSF_SINK);
-    let mut daemon = setup.spawn();
-    wait_for_all(&expected, &hook, &setup).await;
-    assert!(
-        daemon
-            .terminate(Duration::from_secs(20))
-            .await
-            .is_some_and(|s| s.success()),
-        "{}",
-        setup.tail(20)
-    );
-    let events = hook.events();
+    let events = deliver_all(&setup, &expected, &hook).await;
     assert_shaped(&events, &[3002, 3004]);
     assert!(events
         .iter()
