@@ -45,6 +45,11 @@ impl Drainer {
                 let chunk =
                     tokio::task::spawn_blocking(move || reader.spool.read(read_at, 1, usize::MAX))
                         .await;
+                // A stopped drainer records and removes nothing more: what it
+                // read may already be another writer's business.
+                if stop.is_cancelled() {
+                    return;
+                }
                 let chunk = match chunk {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {

@@ -106,6 +106,23 @@ async fn spool_while_down(dir: &Path, ids: &[&str], health: &Health) {
     for id in ids {
         sink.deliver("s", &events(&[id])).await.unwrap();
     }
+    drop(sink);
+    wait_until_released(dir).await;
+}
+
+/// Waits (bounded) until the dropped instance's drainer has let go of the
+/// spool's lock, so a test may tamper with its files.
+async fn wait_until_released(dir: &Path) {
+    let lock = spool_dir(dir, "spooled").join(".lock");
+    let file = std::fs::File::open(&lock).unwrap();
+    for _ in 0..1000 {
+        if file.try_lock().is_ok() {
+            file.unlock().unwrap();
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the dropped instance never let go of {}", lock.display());
 }
 
 /// A sink whose delivery never ends (e.g. waiting for room in its full
