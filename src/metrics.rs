@@ -368,12 +368,12 @@ macro_rules! component_metrics {
     (
         $(#[$meta:meta])*
         $vis:vis struct $name:ident in $instance:ident {
-            $($field:ident: $kind:ident($($arg:expr),+ $(,)?)),+ $(,)?
+            $($(#[$field_meta:meta])* $field:ident: $kind:ident($($arg:expr),+ $(,)?)),+ $(,)?
         }
     ) => {
         $(#[$meta])*
         $vis struct $name {
-            $($vis $field: $crate::metrics::component_metrics!(@type $kind),)+
+            $($(#[$field_meta])* $vis $field: $crate::metrics::component_metrics!(@type $kind),)+
         }
 
         $vis static $instance: std::sync::LazyLock<$name> = std::sync::LazyLock::new(|| {

@@ -14,7 +14,7 @@ use super::assign::{decide, Decision, Inputs};
 use super::config::ClusterConfig;
 use super::connect::connect;
 use super::engine::{Engine, EngineError, Fence, View};
-use super::metrics::{init_source, ENGINE_REACHABLE, LEADERSHIP_CHANGES, SOURCE_OWNED};
+use super::metrics::{init_source, owned, CLUSTER_METRICS};
 use super::store::{EngineCheckpoints, Holdings};
 use crate::checkpoint::RemoteCheckpoints;
 
@@ -115,11 +115,8 @@ impl Cluster {
     /// The pipeline of `source` is drained: give the source up.
     pub async fn handed_over(&self, source: &str) {
         let fence = self.holdings.lock().ok().and_then(|mut h| h.remove(source));
-        SOURCE_OWNED.with_label_values(&[source]).set(0);
+        owned(source, false, fence.as_ref().map(|_| "handed_over"));
         if let Some(fence) = fence {
-            LEADERSHIP_CHANGES
-                .with_label_values(&[source, "handed_over"])
-                .inc();
             if let Err(e) = self.engine.release(source, &fence).await {
                 warn!(source, error = %e, "cannot release the source; its owner key stays on this instance's lease, so it is taken again and handed over later");
             }
@@ -147,14 +144,17 @@ impl Cluster {
             .map(|mut h| std::mem::take(&mut *h).into_iter().collect())
             .unwrap_or_default();
         let releases = held.iter().map(|(source, fence)| {
-            SOURCE_OWNED.with_label_values(&[source]).set(0);
+            owned(source, false, None);
             self.engine.release(source, fence)
         });
         let _ = tokio::join!(
             futures_util::future::join_all(releases),
             self.engine.leave()
         );
-        ENGINE_REACHABLE.with_label_values(&[self.backend]).set(0);
+        CLUSTER_METRICS
+            .engine_reachable
+            .with_label_values(&[self.backend])
+            .set(0);
     }
 }
 
@@ -220,7 +220,8 @@ impl Member {
     }
 
     fn reachable(&self, up: bool) {
-        ENGINE_REACHABLE
+        CLUSTER_METRICS
+            .engine_reachable
             .with_label_values(&[self.backend])
             .set(i64::from(up));
     }
@@ -372,10 +373,7 @@ impl Member {
                     h.insert(source.to_string(), fence);
                 }
                 self.acquired_at.insert(source.to_string(), Instant::now());
-                SOURCE_OWNED.with_label_values(&[source]).set(1);
-                LEADERSHIP_CHANGES
-                    .with_label_values(&[source, "acquired"])
-                    .inc();
+                owned(source, true, Some("acquired"));
                 info!(source, member = %self.me, "cluster: acquired the source");
                 let _ = self.changes.send(Change::Acquired(source.to_string()));
             }
@@ -394,10 +392,7 @@ impl Member {
         self.acquired_at.remove(source);
         self.handing_over.remove(source);
         if had {
-            SOURCE_OWNED.with_label_values(&[source]).set(0);
-            LEADERSHIP_CHANGES
-                .with_label_values(&[source, "lost"])
-                .inc();
+            owned(source, false, Some("lost"));
             warn!(
                 source,
                 why, "cluster: lost the source; stopping its pipeline"

@@ -12,7 +12,7 @@ use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use super::engine::{Engine, EngineError, Fence};
-use super::metrics::FENCED_COMMITS;
+use super::metrics::CLUSTER_METRICS;
 use crate::checkpoint::RemoteCheckpoints;
 
 /// The sources this instance owns now, with their fences.
@@ -58,7 +58,10 @@ impl EngineCheckpoints {
     /// of an older ownership (a late one, after the source was lost and
     /// taken again) must not end the current one: the loop compares.
     fn refuse(&self, source: &str, fence: Option<Fence>, why: &str) -> io::Error {
-        FENCED_COMMITS.with_label_values(&[source]).inc();
+        CLUSTER_METRICS
+            .fenced_commits
+            .with_label_values(&[source])
+            .inc();
         if let Some(fence) = fence {
             let _ = self.fenced.send((source.to_string(), fence));
         }

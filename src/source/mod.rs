@@ -14,6 +14,7 @@ pub mod gap;
 pub mod http_pull;
 mod keys;
 pub mod pull;
+mod queued;
 pub mod quickztna;
 mod registry;
 pub mod veza;

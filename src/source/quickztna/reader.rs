@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use super::api::Api;
 use super::journal::{
@@ -19,11 +19,11 @@ use super::journal::{
 use super::poller::Poller;
 use super::window::Window;
 use crate::checkpoint::CheckpointStore;
-use crate::disk_queue::{DiskQueue, Pos, Tail};
-use crate::event::{Batch, Event, FieldExtractor};
+use crate::disk_queue::{Pos, Tail};
+use crate::event::{Batch, FieldExtractor};
 use crate::metrics::metrics;
 use crate::source::pull::WindowState;
-use crate::source::webhook_in::record_event;
+use crate::source::queued::{events_of, QueueRead};
 
 /// How often an idle reader looks for commits that free journal segments.
 const GC_RECHECK: Duration = Duration::from_millis(250);
@@ -36,7 +36,7 @@ pub struct Reader {
     pos: Pos,
     newest: Option<DateTime<Utc>>,
     extractor: FieldExtractor,
-    batch_size: usize,
+    read: QueueRead,
     pipeline_store: CheckpointStore,
     /// Oldest segment possibly still on disk.
     oldest: u64,
@@ -151,7 +151,7 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
     };
     let poller = runtime.spawn(poller.run());
     Ok(Reader {
-        name,
+        name: name.clone(),
         tail: journal.spool.subscribe(),
         oldest: journal
             .spool
@@ -162,7 +162,13 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
         pos,
         newest,
         extractor,
-        batch_size,
+        read: QueueRead {
+            source: name.clone(),
+            what: "journal",
+            max_records: batch_size,
+            max_bytes: BATCH_BYTES,
+            damaged: &JOURNAL_DAMAGED,
+        },
         pipeline_store,
         room,
         poller,
@@ -203,22 +209,10 @@ impl Reader {
     pub async fn next_batch(&mut self) -> anyhow::Result<Batch> {
         loop {
             self.tail.borrow_and_update();
-            let journal = self.journal.clone();
-            let chunk = DiskQueue::read_off_runtime(
-                journal,
-                self.pos,
-                self.batch_size,
-                BATCH_BYTES,
-                "journal",
-            )
-            .await?;
-            for what in &chunk.skipped {
-                JOURNAL_DAMAGED.with_label_values(&[&self.name]).inc();
-                error!(source = %self.name, "damaged journal data skipped (those entries are lost): {what}");
-            }
-            self.pos = chunk.next;
+            let (records, next) = self.read.records(self.journal.clone(), self.pos).await?;
+            self.pos = next;
             self.collect_garbage();
-            if chunk.records.is_empty() {
+            if records.is_empty() {
                 if self.poller.is_finished() {
                     anyhow::bail!(
                         "the journal poller of source {} stopped; restart the daemon",
@@ -241,11 +235,7 @@ impl Reader {
                 }
                 continue;
             }
-            let events: Vec<Event> = chunk
-                .records
-                .into_iter()
-                .map(|raw| record_event(&self.extractor, raw))
-                .collect();
+            let events = events_of(&self.extractor, records);
             if let Some(t) = events.iter().filter_map(|e| e.time).max() {
                 self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
             }

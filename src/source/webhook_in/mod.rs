@@ -25,7 +25,7 @@ use axum::http::HeaderName;
 use prometheus::IntCounterVec;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use self::auth::Auth;
 #[cfg(feature = "fuzzing")]
@@ -35,11 +35,12 @@ pub(crate) use self::body::record_event;
 pub use self::config::WebhookInConfig;
 use self::listener::{serve, tls_acceptor};
 use self::receive::{receive, Shared, REQUESTS, SPOOL_BYTES};
+use super::queued::{events_of, QueueRead};
 use super::{ManualPosition, Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Problems;
 use crate::disk_queue::{DiskQueue, Pos, Tail};
-use crate::event::{Batch, Event, FieldExtractor};
+use crate::event::{Batch, FieldExtractor};
 use crate::metrics::metrics;
 
 /// About how many bytes of events one batch takes from the spool.
@@ -59,7 +60,7 @@ pub struct WebhookInSource {
     tail: watch::Receiver<Tail>,
     pos: Pos,
     extractor: FieldExtractor,
-    batch_size: usize,
+    read: QueueRead,
     store: CheckpointStore,
     /// Oldest segment possibly still on disk.
     oldest: u64,
@@ -152,13 +153,19 @@ impl WebhookInSource {
             "webhook_in listening"
         );
         Ok(WebhookInSource {
-            name,
+            name: name.clone(),
             tail: spool.subscribe(),
             oldest: spool.start().map(|p| p.segment).unwrap_or(pos.segment),
             spool,
             pos,
             extractor,
-            batch_size: cfg.batch_size,
+            read: QueueRead {
+                source: name.clone(),
+                what: "spool",
+                max_records: cfg.batch_size,
+                max_bytes: BATCH_BYTES,
+                damaged: &SPOOL_CORRUPT,
+            },
             store,
             server,
             local_addr,
@@ -202,17 +209,10 @@ impl Source for WebhookInSource {
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
         loop {
             self.tail.borrow_and_update();
-            let spool = self.spool.clone();
-            let chunk =
-                DiskQueue::read_off_runtime(spool, self.pos, self.batch_size, BATCH_BYTES, "spool")
-                    .await?;
-            for what in &chunk.skipped {
-                SPOOL_CORRUPT.with_label_values(&[&self.name]).inc();
-                error!(source = %self.name, "damaged spool data skipped: {what}");
-            }
-            self.pos = chunk.next;
+            let (records, next) = self.read.records(self.spool.clone(), self.pos).await?;
+            self.pos = next;
             self.collect_garbage();
-            if chunk.records.is_empty() {
+            if records.is_empty() {
                 // Woken by the next append (or never, which is fine).
                 let _ = self.tail.changed().await;
                 continue;
@@ -220,12 +220,8 @@ impl Source for WebhookInSource {
             metrics()
                 .events_fetched
                 .with_label_values(&[&self.name])
-                .inc_by(chunk.records.len() as u64);
-            let events: Vec<Event> = chunk
-                .records
-                .into_iter()
-                .map(|raw| record_event(&self.extractor, raw))
-                .collect();
+                .inc_by(records.len() as u64);
+            let events = events_of(&self.extractor, records);
             let newest_time = events.iter().filter_map(|e| e.time).max();
             let checkpoint = serde_json::to_vec(&self.pos)?;
             return Ok(Some(Batch {

@@ -1,0 +1,50 @@
+//! Sources that deliver from their own on-disk queue (webhook_in's spool,
+//! quickztna's journal) read it the same way: off the runtime, a batch of
+//! records at a time, counting and logging what a damaged segment lost.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prometheus::IntCounterVec;
+use tracing::error;
+
+use super::webhook_in::record_event;
+use crate::disk_queue::{DiskQueue, Pos};
+use crate::event::{Event, FieldExtractor};
+
+/// What a source reads its queue with.
+pub(crate) struct QueueRead {
+    pub source: Arc<str>,
+    /// "spool", "journal": names the queue in errors and logs.
+    pub what: &'static str,
+    pub max_records: usize,
+    pub max_bytes: usize,
+    /// Counts damaged data skipped, by source.
+    pub damaged: &'static IntCounterVec,
+}
+
+impl QueueRead {
+    /// The records at `pos` and the position after them; damaged data in
+    /// between is skipped (those records are lost), counted and logged.
+    pub async fn records<Q>(&self, queue: Arc<Q>, pos: Pos) -> anyhow::Result<(Vec<Bytes>, Pos)>
+    where
+        Q: AsRef<DiskQueue> + Send + Sync + 'static,
+    {
+        let chunk =
+            DiskQueue::read_off_runtime(queue, pos, self.max_records, self.max_bytes, self.what)
+                .await?;
+        for why in &chunk.skipped {
+            self.damaged.with_label_values(&[&self.source]).inc();
+            error!(source = %self.source, "damaged {} data skipped (those records are lost): {why}", self.what);
+        }
+        Ok((chunk.records, chunk.next))
+    }
+}
+
+/// Events out of queued records (bodies as received, one JSON value each).
+pub(crate) fn events_of(extractor: &FieldExtractor, records: Vec<Bytes>) -> Vec<Event> {
+    records
+        .into_iter()
+        .map(|raw| record_event(extractor, raw))
+        .collect()
+}
