@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::{load, with_runtime, EXIT_CONFIG};
 
+/// The source name the test event is delivered under.
+const SEND_TEST_SOURCE: &str = "send-test";
+
 pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
@@ -21,7 +24,7 @@ pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
     auditrelay::logging::init(cfg.log_format, "warn");
     with_runtime(|| async move {
         let health = auditrelay::health::Health::default();
-        let sinks = or_exit!(auditrelay::daemon::build_sinks(&cfg, &health));
+        let sinks = or_exit!(shaped_sinks(&cfg, &health));
         let event = auditrelay::source::demo::send_test_event();
         let mut ok = true;
         let fig = auditrelay::config_file::figment(path);
@@ -47,7 +50,7 @@ pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
             let started = Instant::now();
             let result = tokio::time::timeout(
                 timeout,
-                sink.deliver("send-test", std::slice::from_ref(&event)),
+                sink.deliver(SEND_TEST_SOURCE, std::slice::from_ref(&event)),
             )
             .await;
             match result {
@@ -79,4 +82,24 @@ pub fn run(path: &Path, only: Option<String>, timeout: Duration) -> ExitCode {
             ExitCode::FAILURE
         }
     })
+}
+
+/// The sinks as the daemon shapes their events (`schema`, `redact`, …), so
+/// the test event arrives as the real ones will. The test event has
+/// Veza's shape: it is mapped as a Veza event.
+fn shaped_sinks(
+    cfg: &auditrelay::config_file::Config,
+    health: &auditrelay::health::Health,
+) -> anyhow::Result<std::collections::BTreeMap<String, std::sync::Arc<dyn auditrelay::sink::Sink>>>
+{
+    use auditrelay::daemon::{build_sinks, source_kinds, with_shaping};
+    let mut kinds = source_kinds(cfg);
+    kinds.insert(SEND_TEST_SOURCE.to_string(), "veza".to_string());
+    build_sinks(cfg, health)?
+        .into_iter()
+        .map(|(name, sink)| {
+            let shaped = with_shaping(cfg, &name, sink, kinds.clone())?;
+            Ok((name, shaped))
+        })
+        .collect()
 }

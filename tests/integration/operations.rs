@@ -220,6 +220,35 @@ async fn send_test_reports_each_sink_and_validate_online_checks_reachability() {
     assert!(!stdout.contains("abc123"), "{stdout}");
 }
 
+/// The test event is shaped as the sink's real events are: mapped to OCSF
+/// and redacted, so an operator sees what the SIEM will get.
+#[test]
+fn send_test_shapes_the_event_like_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("state/shaped.ndjson");
+    let cfg = config(
+        dir.path(),
+        free_port(),
+        &format!(
+            "[sinks.shaped]\ntype = \"file\"\ninputs = [\"demo\"]\npath = \"{}\"\nschema = \"ocsf\"\nredact = [\"identity.email\"]\n",
+            out.display()
+        ),
+    );
+    let (code, stdout) = cli(&cfg, &["send-test", "--sink", "shaped", "--timeout", "5s"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    let written = std::fs::read_to_string(&out).unwrap();
+    let event: serde_json::Value = serde_json::from_str(written.trim()).unwrap();
+    assert_eq!(
+        event["class_uid"], 6003,
+        "an OCSF API Activity event: {event}"
+    );
+    assert!(
+        !written.contains("auditrelay@localhost"),
+        "the redacted field left the daemon: {written}"
+    );
+    assert!(written.contains("[REDACTED]"), "{written}");
+}
+
 /// The dashboard and alert rules must only use metrics the daemon exports,
 /// and the exposition must pass `promtool check metrics`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
