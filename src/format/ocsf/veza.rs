@@ -28,8 +28,11 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
     let actor_user = user(text(ev, "identity.user_id"), text(ev, "identity.email"));
     let mut m = if service_short == "AuthService" {
         authentication(operation, actor_user.clone(), "Veza")?
-    } else if service_short == "UserService" && account_activity(operation).is_some() {
-        let mut m = Mapped::new(schema::ACCOUNT_CHANGE, account_activity(operation)?);
+    } else if let Some(activity) = (service_short == "UserService")
+        .then(|| activity_by_prefix(operation, ACCOUNT_ACTIVITIES))
+        .flatten()
+    {
+        let mut m = Mapped::new(schema::ACCOUNT_CHANGE, activity);
         let target = text(ev, "response.value.id").or_else(|| text(ev, "request.id"));
         let name = text(ev, "request.email").or_else(|| text(ev, "request.name"));
         m.set(
@@ -37,7 +40,7 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
             Some(user(target, name).unwrap_or_else(|| json!({"name": operation}))),
         );
         m
-    } else if let Some(activity) = write_activity(operation) {
+    } else if let Some(activity) = activity_by_prefix(operation, WRITE_ACTIVITIES) {
         let mut m = Mapped::new(schema::ENTITY_MANAGEMENT, activity);
         let mut entity = serde_json::Map::new();
         entity.insert("type".into(), json!(entity_type(service_short)));
@@ -127,42 +130,40 @@ pub(super) fn map(ev: &Value) -> Option<Mapped> {
     Some(m)
 }
 
-/// Account Change activities of `UserService` methods.
-fn account_activity(operation: &str) -> Option<u32> {
-    let op = operation.to_ascii_lowercase();
-    [
-        ("create", account::CREATE),
-        ("delete", account::DELETE),
-        ("enable", account::ENABLE),
-        ("disable", account::DISABLE),
-        ("unlock", account::UNLOCK),
-        ("lock", account::LOCK),
-        ("resetpassword", account::PASSWORD_RESET),
-        ("changepassword", account::PASSWORD_CHANGE),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| op.starts_with(prefix))
-    .map(|(_, a)| a)
-}
+/// Account Change activities of `UserService` methods, by prefix.
+const ACCOUNT_ACTIVITIES: &[(&str, u32)] = &[
+    ("create", account::CREATE),
+    ("delete", account::DELETE),
+    ("enable", account::ENABLE),
+    ("disable", account::DISABLE),
+    ("unlock", account::UNLOCK),
+    ("lock", account::LOCK),
+    ("resetpassword", account::PASSWORD_RESET),
+    ("changepassword", account::PASSWORD_CHANGE),
+];
 
-/// Entity Management activities of writing methods (reads are API
-/// Activity).
-fn write_activity(operation: &str) -> Option<u32> {
+/// Entity Management activities of writing methods, by prefix (reads are
+/// API Activity).
+const WRITE_ACTIVITIES: &[(&str, u32)] = &[
+    ("create", crud::CREATE),
+    ("add", crud::CREATE),
+    ("update", crud::UPDATE),
+    ("set", crud::UPDATE),
+    ("rename", crud::UPDATE),
+    ("delete", crud::DELETE),
+    ("remove", crud::DELETE),
+    ("enable", crud::ENABLE),
+    ("disable", crud::DISABLE),
+];
+
+/// The activity of the first prefix of `table` that `operation` starts
+/// with, ignoring case.
+fn activity_by_prefix(operation: &str, table: &[(&str, u32)]) -> Option<u32> {
     let op = operation.to_ascii_lowercase();
-    [
-        ("create", crud::CREATE),
-        ("add", crud::CREATE),
-        ("update", crud::UPDATE),
-        ("set", crud::UPDATE),
-        ("rename", crud::UPDATE),
-        ("delete", crud::DELETE),
-        ("remove", crud::DELETE),
-        ("enable", crud::ENABLE),
-        ("disable", crud::DISABLE),
-    ]
-    .into_iter()
-    .find(|(prefix, _)| op.starts_with(prefix))
-    .map(|(_, a)| a)
+    table
+        .iter()
+        .find(|(prefix, _)| op.starts_with(prefix))
+        .map(|&(_, a)| a)
 }
 
 fn method_activity(method: &str) -> Option<u32> {
