@@ -1,6 +1,7 @@
 //! The `auditrelay` command line.
 
 mod cli;
+mod malloc_tuning;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +92,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    malloc_tuning::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config, online } => cli::validate::run(&config, online),

@@ -2,10 +2,13 @@
 //! events on their way to the sinks, not by a page count that confirmation
 //! latency would turn into a throughput ceiling.
 //!
-//! The source is asked for a page only while less than the budget is in
-//! flight; the page is charged whole once fetched. So memory stays under
-//! the budget plus one page, and a page larger than the whole budget still
-//! goes (alone, once the ones before it are committed): never a deadlock.
+//! The source is asked for a page only while the page it is expected to
+//! return (as large as the previous one) fits beside what is in flight; the
+//! page is charged whole once fetched. So the pages in flight, and the one
+//! being read, stay under the budget as long as pages are of similar size
+//! (a page larger than the previous ones passes it by the difference), and
+//! a page larger than the whole budget still goes (alone, once the ones
+//! before it are committed): never a deadlock.
 
 use std::sync::{Arc, Mutex};
 
@@ -39,14 +42,16 @@ impl ByteBudget {
         *self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits until less than the budget is in flight.
-    pub async fn room(&self) {
+    /// Waits until `expected` more bytes fit in the budget, or nothing is
+    /// in flight (a page larger than the budget goes alone).
+    pub async fn room(&self, expected: u64) {
         loop {
             let freed = self.freed.notified();
             tokio::pin!(freed);
             // Registered before the check, so a release in between wakes us.
             freed.as_mut().enable();
-            if self.used() < self.limit {
+            let used = self.used();
+            if used == 0 || used.saturating_add(expected) <= self.limit {
                 return;
             }
             freed.await;
@@ -84,39 +89,43 @@ mod tests {
     use std::time::Duration;
 
     #[tokio::test]
-    async fn room_waits_while_the_budget_is_spent_and_wakes_on_release() {
+    async fn room_waits_until_the_expected_page_fits_and_wakes_on_release() {
         let budget = ByteBudget::new(100);
-        let a = budget.charge(60);
-        budget.room().await;
+        let a = budget.charge(40);
+        budget.room(60).await;
         let b = budget.charge(60);
-        assert_eq!(budget.in_flight(), 120);
+        assert_eq!(budget.in_flight(), 100);
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.room().await }
+            async move { budget.room(60).await }
         });
         tokio::task::yield_now().await;
         assert!(
             !waiting.is_finished(),
-            "120 of 100 bytes in flight: no room"
+            "100 of 100 bytes in flight: no room for 60 more"
         );
         drop(a);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "60 in flight: 60 more would pass the budget"
+        );
+        drop(b);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("a release makes room")
             .expect("no panic");
-        assert_eq!(budget.in_flight(), 60);
-        drop(b);
         assert_eq!(budget.in_flight(), 0);
     }
 
     #[tokio::test]
     async fn a_batch_larger_than_the_budget_still_goes() {
         let budget = ByteBudget::new(10);
-        budget.room().await;
+        budget.room(1_000).await;
         let big = budget.charge(1_000);
         assert_eq!(budget.in_flight(), 1_000);
         drop(big);
-        tokio::time::timeout(Duration::from_secs(1), budget.room())
+        tokio::time::timeout(Duration::from_secs(1), budget.room(1_000))
             .await
             .expect("room again once it is committed");
     }

@@ -70,11 +70,19 @@ async fn deliver_to(d: &Delivery, index: usize) {
     if picked.is_empty() {
         return;
     }
-    let events: Vec<Event> = picked
-        .iter()
-        .map(|i| d.batch.events[*i as usize].clone())
-        .collect();
-    let runs = route.request.runs(&events);
+    // `picked` is ascending: as long as the batch, it is the whole batch,
+    // borrowed (the common case); a copy of its events otherwise.
+    let copied: Vec<Event>;
+    let events: &[Event] = if picked.len() == d.batch.events.len() {
+        &d.batch.events
+    } else {
+        copied = picked
+            .iter()
+            .map(|i| d.batch.events[*i as usize].clone())
+            .collect();
+        &copied
+    };
+    let runs = route.request.runs(events);
     let confirm = |run: Range<usize>| {
         let keys = picked[run]
             .iter()

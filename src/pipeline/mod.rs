@@ -10,8 +10,9 @@
 //! ```
 //!
 //! The bytes of the batches in flight bound memory ([`budget`]): the source
-//! is not asked for another page while `max_in_flight_bytes` of events (or
-//! `max_in_flight` batches) wait for their sinks, so a slow or dead sink
+//! is not asked for another page unless one as large as the last fits in
+//! `max_in_flight_bytes` beside the events (or `max_in_flight` batches)
+//! waiting for their sinks, so a slow or dead sink
 //! pauses the source instead of growing a queue.
 //!
 //! Each sink gets a batch in runs of at most one of its requests, and each
@@ -124,6 +125,8 @@ impl SourcePipeline {
             progress.notes(),
         )));
         let mut seq = 0u64;
+        // The next page is expected to be as large as the last non-empty one.
+        let mut expected = 0u64;
         let in_flight = metrics().in_flight_batches.with_label_values(&[&name]);
         let mut backoff = Backoff::new(retry);
         // Per route, the completion of the previous batch's delivery, so
@@ -140,7 +143,7 @@ impl SourcePipeline {
             };
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = budget.room() => {}
+                _ = budget.room(expected) => {}
             }
             let next = tokio::select! {
                 _ = stop.cancelled() => break,
@@ -163,7 +166,11 @@ impl SourcePipeline {
             };
             backoff.reset();
             in_flight.inc();
-            let bytes = budget.charge(batch.events.iter().map(|e| e.raw.len() as u64).sum());
+            let page_bytes = batch.events.iter().map(|e| e.raw.len() as u64).sum();
+            if page_bytes > 0 {
+                expected = page_bytes;
+            }
+            let bytes = budget.charge(page_bytes);
             seq += 1;
             let plan = Arc::new(progress.plan(seq, &batch, &routes));
             let mut chain = Vec::with_capacity(routes.len());

@@ -495,6 +495,39 @@ inputs = ["d"]
     );
 }
 
+#[test]
+fn validate_names_a_webhook_concurrency_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hook.toml");
+    write(
+        &cfg,
+        &format!(
+            r#"
+state_dir = "{}"
+[sources.d]
+type = "demo"
+[sinks.hook]
+type = "webhook"
+inputs = ["d"]
+url = "http://127.0.0.1:1/in"
+concurrency = 0
+"#,
+            dir.path().display()
+        ),
+    );
+    let out = auditrelay()
+        .args(["validate", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("sinks.hook.concurrency: must be between 1 and 256"),
+        "{err}"
+    );
+}
+
 /// `checkpoint set` moves a source to another position, usually back to
 /// send a range again: what a sink confirmed before must not be skipped then.
 #[test]

@@ -415,3 +415,40 @@ async fn single_encoding_sends_every_event_even_with_a_larger_batch() {
     assert_eq!(hook.stats().requests, 25);
     assert!(!dl.path().exists());
 }
+
+#[tokio::test]
+async fn concurrency_bounds_the_requests_on_the_wire_across_deliveries() {
+    // The pipeline hands a sink several runs at once (pages in flight ×
+    // runs per page): `concurrency` is what bounds the requests, and so
+    // the request bodies held, whatever the number of callers.
+    let hook = WebhookReceiver::start(WebhookConfig {
+        faults: WebhookFaults {
+            answer_delay: Some(Duration::from_millis(50)),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, _, _) = build(
+        dir.path(),
+        &format!(
+            "url = \"{}\"\nconcurrency = 2\nbatch = {{ max_events = 10 }}",
+            hook.url()
+        ),
+    );
+    let all = events(120);
+    let calls = all.chunks(20).map(|run| sink.deliver("s", run));
+    for done in futures_util::future::join_all(calls).await {
+        done.unwrap();
+    }
+    assert_eq!(hook.unique_count(), 120);
+    let stats = hook.stats();
+    assert_eq!(stats.answering, 0);
+    assert!(
+        stats.most_at_once == 2,
+        "six deliveries at once, concurrency 2: {} requests were on the wire together",
+        stats.most_at_once
+    );
+}

@@ -15,7 +15,7 @@ use super::ack_table::RequestAcks;
 use super::answer::{classify, Answer};
 use super::auth::Scope;
 use super::config::Compression;
-use super::encode::Encoded;
+use super::encode::Sizes;
 use super::inner::{Inner, Trouble, CHANNEL_HEADER, FIXED_ALL};
 use crate::event::Event;
 use crate::sink::delivery::{server_wait, RetryLogic, Run, Sent, Verdict};
@@ -25,17 +25,10 @@ use crate::sink::delivery::{server_wait, RetryLogic, Run, Sent, Verdict};
 const FIXED_TOKEN_ENDPOINT: &[Trouble] = &[Trouble::Token, Trouble::Endpoint];
 
 impl Inner {
-    /// One POST of envelopes to the event endpoint.
-    pub(super) async fn post_events(&self, body: Bytes) -> Answer {
-        let body = if self.cfg.compression == Compression::Gzip {
-            match tokio::task::spawn_blocking(move || crate::format::gzip(&body)).await {
-                Ok(Ok(b)) => Bytes::from(b),
-                Ok(Err(e)) => return Answer::Retry(format!("gzip failed: {e}"), None),
-                Err(e) => return Answer::Retry(format!("gzip task failed: {e}"), None),
-            }
-        } else {
-            body
-        };
+    /// One POST of envelopes to the event endpoint; the body is built
+    /// (and compressed) only once a `concurrency` slot is held, so the
+    /// bodies in memory are those of the requests being sent.
+    pub(super) async fn post_events(&self, encode: impl FnOnce() -> Bytes) -> Answer {
         let Ok(_permit) = self.permits.acquire().await else {
             return Answer::Retry("sink is shutting down".into(), None);
         };
@@ -53,6 +46,16 @@ impl Inner {
             let _gate = self.id0_gate.read().await;
             self.sent_any.store(true, Ordering::Release);
         }
+        let body = encode();
+        let body = if self.cfg.compression == Compression::Gzip {
+            match tokio::task::spawn_blocking(move || crate::format::gzip(&body)).await {
+                Ok(Ok(b)) => Bytes::from(b),
+                Ok(Err(e)) => return Answer::Retry(format!("gzip failed: {e}"), None),
+                Err(e) => return Answer::Retry(format!("gzip task failed: {e}"), None),
+            }
+        } else {
+            body
+        };
         let request = || {
             let mut req = self
                 .client
@@ -120,10 +123,13 @@ impl Inner {
     }
 }
 
-/// The requests of one `deliver` call: its envelopes, sent by run.
+/// The requests of one `deliver` call: its events' envelopes, built and
+/// sent by run.
 pub(super) struct EventRequests<'a> {
     pub(super) inner: &'a Inner,
-    pub(super) enc: &'a Encoded,
+    /// The source's name, JSON-encoded.
+    pub(super) source: &'a str,
+    pub(super) sizes: &'a Sizes,
 }
 
 #[async_trait]
@@ -135,7 +141,7 @@ impl RetryLogic for EventRequests<'_> {
     async fn attempt(
         &self,
         _source: &str,
-        _events: &[Event],
+        events: &[Event],
         run: Run,
         acks: &mut RequestAcks,
     ) -> Verdict<Trouble> {
@@ -143,7 +149,11 @@ impl RetryLogic for EventRequests<'_> {
         if acks.confirmed() {
             return Verdict::Confirmed { fixed: FIXED_ALL };
         }
-        match inner.post_events(self.enc.body(&run)).await {
+        let body = || {
+            let size = self.sizes.bytes(&run);
+            inner.envelope.encode(self.source, &events[run], size)
+        };
+        match inner.post_events(body).await {
             Answer::Accepted { ack_id } => inner.accepted(acks, ack_id).await,
             Answer::Retry(why, after) => Verdict::Retry { why, after },
             Answer::Token(why) => Verdict::AuthWait {

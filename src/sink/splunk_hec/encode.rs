@@ -1,5 +1,5 @@
-//! HEC's event envelopes, written once per delivery into one buffer whose
-//! slices are the request bodies.
+//! HEC's event envelopes: measured once per delivery to cut requests, and
+//! written per request when it is sent.
 
 use std::ops::Range;
 
@@ -173,34 +173,44 @@ impl Envelope {
         out.push(b'}');
     }
 
-    /// The envelopes of `events`, all from `source`.
-    pub(super) fn encode_all(&self, source: &str, events: &[Event]) -> Encoded {
-        let source = json_string(source);
-        let size: usize = events.iter().map(|e| e.raw.len() + 160).sum();
-        let mut buf = Vec::with_capacity(size);
+    /// The envelope sizes of `events`, all from `source` (JSON-encoded),
+    /// to cut requests by; no envelope is kept.
+    pub(super) fn measure(&self, source: &str, events: &[Event]) -> Sizes {
+        let mut scratch = Vec::new();
         let mut offsets = Vec::with_capacity(events.len() + 1);
         offsets.push(0);
+        let mut total = 0;
         for e in events {
-            self.write(&mut buf, &source, e);
-            offsets.push(buf.len());
+            scratch.clear();
+            self.write(&mut scratch, source, e);
+            total += scratch.len();
+            offsets.push(total);
         }
-        Encoded {
-            buf: buf.into(),
-            offsets,
+        Sizes { offsets }
+    }
+
+    /// One request's body: the envelopes of `events`, all from `source`
+    /// (JSON-encoded), `size` bytes as measured. Built when the request is sent, so the bodies in
+    /// memory are those of the requests on the wire, not of every run
+    /// waiting for a send slot.
+    pub(super) fn encode(&self, source: &str, events: &[Event], size: usize) -> Bytes {
+        let mut buf = Vec::with_capacity(size);
+        for e in events {
+            self.write(&mut buf, source, e);
         }
+        buf.into()
     }
 }
 
-/// The envelopes of one `deliver` call in one buffer; a request's body is a
-/// slice of it.
-pub(super) struct Encoded {
-    buf: Bytes,
+/// The cumulative envelope sizes of one `deliver` call's events.
+pub(super) struct Sizes {
     offsets: Vec<usize>,
 }
 
-impl Encoded {
-    pub(super) fn body(&self, r: &Range<usize>) -> Bytes {
-        self.buf.slice(self.offsets[r.start]..self.offsets[r.end])
+impl Sizes {
+    /// The envelope bytes of `r`.
+    pub(super) fn bytes(&self, r: &Range<usize>) -> usize {
+        self.offsets[r.end] - self.offsets[r.start]
     }
 
     /// Runs of at most `max_events` events and `max_bytes` envelope bytes
@@ -299,8 +309,7 @@ mod tests {
 
     #[test]
     fn runs_respect_events_and_envelope_bytes() {
-        let enc = Encoded {
-            buf: Bytes::new(),
+        let enc = Sizes {
             offsets: vec![0, 100, 200, 300, 1300, 1400],
         };
         let b = BatchConfig {

@@ -171,11 +171,18 @@ impl Sink for SplunkHecSink {
         let mut warmed = self.inner.warmed.subscribe();
         let _ = tokio::time::timeout(self.inner.cfg.timeout, warmed.wait_for(|w| *w)).await;
         let inner = &*self.inner;
-        let enc = inner.envelope.encode_all(source, events);
-        let requests = EventRequests { inner, enc: &enc };
-        // Each run on its own, at once: `concurrency` bounds the requests.
+        let json_source = encode::json_string(source);
+        let sizes = inner.envelope.measure(&json_source, events);
+        let requests = EventRequests {
+            inner,
+            source: &json_source,
+            sizes: &sizes,
+        };
+        // Each run on its own, at once: `concurrency` bounds the requests
+        // (and the request bodies built).
         let results = futures_util::future::join_all(
-            enc.runs(&inner.batch)
+            sizes
+                .runs(&inner.batch)
                 .into_iter()
                 .map(|r| inner.delivery.deliver(&requests, source, events, vec![r])),
         )

@@ -273,7 +273,11 @@ impl SyslogSink {
                 Ok(()) => {
                     let (count, bytes) = (frames.spans.len(), frames.buf.len());
                     if self.keeps_window() {
-                        let sent = bytes::Bytes::from(std::mem::take(&mut frames.buf));
+                        // Kept for the window: without its spare capacity
+                        // (a buffer that outgrew its estimate has doubled).
+                        let mut sent = std::mem::take(&mut frames.buf);
+                        sent.shrink_to_fit();
+                        let sent = bytes::Bytes::from(sent);
                         state.window.push(sent.clone(), self.cfg.replay_window);
                         // On disk before the batch counts as confirmed: a
                         // crash from here on cannot lose it. Should that

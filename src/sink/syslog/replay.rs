@@ -234,12 +234,13 @@ fn write_new(dir: &Path, path: &Path, header: &[u8], window: &Window) -> io::Res
             .create(true)
             .truncate(true)
             .open(&tmp)?;
-        let mut buf = header.to_vec();
+        // Record by record: a copy of the whole window (8 MiB by default)
+        // would be held on every rewrite.
+        f.write_all(header)?;
         for b in &window.batches {
-            buf.extend_from_slice(&record_head(b)?);
-            buf.extend_from_slice(b);
+            f.write_all(&record_head(b)?)?;
+            f.write_all(b)?;
         }
-        f.write_all(&buf)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;

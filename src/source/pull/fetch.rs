@@ -196,7 +196,7 @@ impl Fetcher {
             };
             let status = resp.status().as_u16();
             let headers = resp.headers().clone();
-            let body = match resp.bytes().await {
+            let body = match read_body(resp).await {
                 Ok(b) => b,
                 Err(e) => {
                     self.retry_later(&format!(
@@ -383,6 +383,22 @@ impl Fetcher {
             _ => snippet(body),
         }
     }
+}
+
+/// The most a Content-Length may pre-size a body buffer: a larger (or
+/// lying) one grows the buffer as the bytes arrive instead.
+const MAX_PRESIZED_BODY: u64 = 64 << 20;
+
+/// Reads a response body into one buffer, pre-sized from Content-Length:
+/// a page is held once while it is read (`Response::bytes` holds the
+/// received chunks and then their concatenation, twice a 10 MB page).
+async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<Bytes> {
+    let hint = resp.content_length().unwrap_or(0).min(MAX_PRESIZED_BODY);
+    let mut body = Vec::with_capacity(hint as usize);
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(body))
 }
 
 /// The start of a response body for a log line, on one line.

@@ -120,6 +120,10 @@ pub struct ReceiverStats {
     pub server_errors: u64,
     /// 429 drawn by the rate_limit fault.
     pub rate_limited: u64,
+    /// Requests read and not yet answered, now; and the most there were
+    /// at once (how many a sender had on the wire together).
+    pub answering: u64,
+    pub most_at_once: u64,
     /// 503 while `down`.
     pub down: u64,
     /// Redirects answered (`redirect`).
@@ -364,13 +368,20 @@ async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
             }
             Err(ReadError::Closed | ReadError::Io(_)) => return,
         };
+        {
+            let mut state = shared.lock();
+            state.stats.answering += 1;
+            state.stats.most_at_once = state.stats.most_at_once.max(state.stats.answering);
+        }
         let resp = shared.handle(&req);
         let delay = shared.lock().faults.answer_delay;
         if let Some(delay) = delay {
             tokio::time::sleep(delay).await;
         }
         let close = !req.keep_alive;
-        if resp.write(&mut conn.stream, close).await.is_err() || close {
+        let written = resp.write(&mut conn.stream, close).await;
+        shared.lock().stats.answering -= 1;
+        if written.is_err() || close {
             return;
         }
     }
