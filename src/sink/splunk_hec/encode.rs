@@ -323,6 +323,60 @@ mod tests {
     }
 
     #[test]
+    fn bodies_built_per_run_are_the_measured_envelopes_and_stay_under_max_bytes() {
+        // Envelopes of varied size (fields found or not, OCSF classes or
+        // not, with and without time): each request built from its run
+        // alone must be exactly the bytes measured for it, and together
+        // the envelopes of every event once, in order.
+        let cfg = config("fields = { user = \"identity.email\" }");
+        let env = Envelope::new(&cfg).unwrap().with_ocsf_sourcetype();
+        let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        let events: Vec<Event> = (0..300)
+            .map(|i| {
+                let raw = match i % 4 {
+                    0 => format!(r#"{{"n":{i},"identity":{{"email":"u{i}@x"}}}}"#),
+                    1 => format!(
+                        r#"{{"n":{i},"class_name":"API Activity","pad":"{}"}}"#,
+                        "p".repeat(i % 37)
+                    ),
+                    2 => format!(r#"{{"n":{i}}}"#),
+                    _ => format!(r#"{{"n":{i},"big":"{}"}}"#, "b".repeat(400 + i)),
+                };
+                event(&raw, (i % 3 == 0).then_some(t))
+            })
+            .collect();
+        let source = json_string("veza \"eu\"");
+        let sizes = env.measure(&source, &events);
+        let mut whole = Vec::new();
+        for e in &events {
+            env.write(&mut whole, &source, e);
+        }
+        let max_bytes = 1_000;
+        let runs = sizes.runs(&BatchConfig {
+            max_events: Some(7),
+            max_bytes: Some(max_bytes),
+            timeout: None,
+        });
+        let mut sent = Vec::new();
+        let mut next = 0;
+        for run in runs {
+            assert_eq!(run.start, next, "runs cover every event once, in order");
+            next = run.end;
+            let body = env.encode(&source, &events[run.clone()], sizes.bytes(&run));
+            assert_eq!(body.len(), sizes.bytes(&run), "run {run:?}");
+            assert!(run.len() <= 7);
+            assert!(
+                run.len() == 1 || body.len() <= max_bytes,
+                "run {run:?}: {} bytes",
+                body.len()
+            );
+            sent.extend_from_slice(&body);
+        }
+        assert_eq!(next, events.len());
+        assert_eq!(sent, whole);
+    }
+
+    #[test]
     fn ocsf_events_default_their_sourcetype_to_their_class() {
         let ocsf = r#"{"class_uid":2004,"class_name":"Detection Finding"}"#;
         let write = |env: &Envelope, raw: &str| {

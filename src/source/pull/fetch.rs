@@ -401,6 +401,10 @@ async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<Bytes> {
     Ok(Bytes::from(body))
 }
 
+#[cfg(test)]
+#[path = "fetch_body_tests.rs"]
+mod body_tests;
+
 /// The start of a response body for a log line, on one line.
 pub fn snippet(body: &[u8]) -> String {
     let end = body.len().min(300);
