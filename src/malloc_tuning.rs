@@ -10,8 +10,11 @@
 //! are mapped and unmapped on their own, so what is freed goes back to the
 //! system, and fewer heaps bound what small blocks leave behind.
 //!
-//! An operator's `MALLOC_MMAP_THRESHOLD_` / `MALLOC_ARENA_MAX` (glibc's
-//! own variables) win over these.
+//! An operator's setting wins over these: glibc's own variables
+//! (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) or the same tunables in
+//! `GLIBC_TUNABLES` (`glibc.malloc.mmap_threshold`, `glibc.malloc.arena_max`).
+
+use std::ffi::OsString;
 
 /// Blocks this large or larger are mapped on their own.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -24,14 +27,76 @@ const ARENA_MAX: libc::c_int = 2;
 pub fn tune() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
-        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        let env = |name: &str| std::env::var_os(name);
+        if !set_by_operator("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold", env) {
             // SAFETY: mallopt only changes allocator parameters; called
             // before other threads exist.
             unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
         }
-        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        if !set_by_operator("MALLOC_ARENA_MAX", "glibc.malloc.arena_max", env) {
             // SAFETY: as above.
             unsafe { libc::mallopt(libc::M_ARENA_MAX, ARENA_MAX) };
         }
+    }
+}
+
+/// Whether the operator set this allocator parameter, through glibc's
+/// variable `var` or `tunable` in `GLIBC_TUNABLES` (`name=value` pairs
+/// separated by `:`): `mallopt` would override either.
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
+fn set_by_operator(var: &str, tunable: &str, env: impl Fn(&str) -> Option<OsString>) -> bool {
+    if env(var).is_some() {
+        return true;
+    }
+    env("GLIBC_TUNABLES").is_some_and(|list| {
+        list.to_string_lossy().split(':').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(name, _)| name == tunable)
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<OsString> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    const VAR: &str = "MALLOC_ARENA_MAX";
+    const TUNABLE: &str = "glibc.malloc.arena_max";
+
+    #[test]
+    fn the_variable_or_the_tunable_set_by_the_operator_wins() {
+        assert!(!set_by_operator(VAR, TUNABLE, env(&[])));
+        assert!(set_by_operator(VAR, TUNABLE, env(&[(VAR, "8")])));
+        assert!(set_by_operator(
+            VAR,
+            TUNABLE,
+            env(&[("GLIBC_TUNABLES", "glibc.malloc.arena_max=8")])
+        ));
+        assert!(set_by_operator(
+            VAR,
+            TUNABLE,
+            env(&[(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.trim_threshold=1:glibc.malloc.arena_max=8"
+            )])
+        ));
+        // Another tunable, or one whose name only starts the same way.
+        assert!(!set_by_operator(
+            VAR,
+            TUNABLE,
+            env(&[(
+                "GLIBC_TUNABLES",
+                "glibc.malloc.mmap_threshold=1:glibc.malloc.arena_max_x=8"
+            )])
+        ));
     }
 }
