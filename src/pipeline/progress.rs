@@ -25,8 +25,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::pending;
 use super::route::Route;
-use crate::checkpoint::{record_len, CheckpointStore, EventKey, ProgressLog, ProgressRecord};
+use crate::checkpoint::{
+    pending_len, record_len, Appends, CheckpointStore, EventKey, PendingRecord, ProgressLog,
+    ProgressRecord,
+};
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 
@@ -69,6 +73,13 @@ enum Note {
         sink: Arc<str>,
         keys: Vec<EventKey>,
     },
+    /// `sink` sent these events of batch `seq` in a request its destination
+    /// knows by `token`, not confirmed yet: append.
+    Pending { seq: u64, record: PendingRecord },
+    /// Inherited pending requests were resolved: these confirmations join
+    /// the inherited ones, and the log is rewritten without the pending
+    /// records of before the restart.
+    Resolved(Vec<ProgressRecord>),
     /// Events of batch `seq` skipped for `sink` thanks to an inherited
     /// record: already in the log, now owned by this batch.
     Skipped {
@@ -103,6 +114,24 @@ impl Notes {
         });
     }
 
+    /// Records that `sink` sent `keys` of batch `seq` in a request still
+    /// awaiting confirmation, named `token` (see [`Sink::deliver_tracked`]).
+    ///
+    /// [`Sink::deliver_tracked`]: crate::sink::Sink::deliver_tracked
+    pub fn pending(&self, seq: u64, sink: &Arc<str>, token: Vec<u8>, keys: Vec<EventKey>) {
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let record = PendingRecord {
+            sink: sink.to_string(),
+            token,
+            sent_ms,
+            keys,
+        };
+        let _ = self.0.send(Note::Pending { seq, record });
+    }
+
     /// Returns once the records of batches up to `seq` are retired in the
     /// log (or the writer is gone), so the checkpoint may move past them.
     pub async fn retire(&self, seq: u64) {
@@ -130,6 +159,8 @@ pub struct Progress {
     /// the restart have all come back: the unmatched rest is given up.
     horizon_bytes: u64,
     horizon_batches: u64,
+    /// Requests sinks reported pending before the restart, until resolved.
+    pending: Vec<PendingRecord>,
     notes: Notes,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -143,10 +174,11 @@ impl Progress {
         horizon_bytes: u64,
         horizon_batches: u64,
     ) -> Self {
-        let records = store.load_progress(source).unwrap_or_else(|e| {
+        let loaded = store.load_progress_all(source).unwrap_or_else(|e| {
             warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot read the progress log; batches refetched after the restart go to every sink again");
-            Vec::new()
+            Default::default()
         });
+        let (records, pending) = (loaded.confirmed, loaded.pending);
         let mut inherited: Counts = HashMap::new();
         let mut unmatched = 0;
         for r in records {
@@ -165,6 +197,7 @@ impl Progress {
             log: log.ok(),
             inherited: inherited.clone(),
             live: BTreeMap::new(),
+            live_pending: BTreeMap::new(),
             live_bytes: 0,
             failing: false,
         };
@@ -175,6 +208,7 @@ impl Progress {
             unmatched,
             horizon_bytes,
             horizon_batches,
+            pending,
             notes: Notes(tx),
             writer,
         }
@@ -192,6 +226,35 @@ impl Progress {
 
     pub fn notes(&self) -> Notes {
         self.notes.clone()
+    }
+
+    /// Asks the routed sinks about the requests they reported pending
+    /// before the restart (see [`pending`]); what they confirm now is
+    /// skipped like any inherited confirmation. Call before the first
+    /// [`Self::plan`]. Each sink bounds how long it asks.
+    pub async fn resolve_pending(&mut self, routes: &[Route]) {
+        let records = std::mem::take(&mut self.pending);
+        if records.is_empty() {
+            return;
+        }
+        let questions = pending::questions(records, &self.inherited);
+        let sinks = routes
+            .iter()
+            .map(|r| (r.sink_name.clone(), r.sink.clone()))
+            .collect();
+        let confirmed = pending::ask(questions, &sinks).await;
+        for r in &confirmed {
+            let counts = self.inherited.entry(r.sink.as_str().into()).or_default();
+            for k in &r.keys {
+                *counts.entry(*k).or_default() += 1;
+                self.unmatched += 1;
+            }
+            metrics()
+                .events_confirmed_after_restart
+                .with_label_values(&[r.sink.as_str(), &self.source])
+                .inc_by(r.keys.len() as u64);
+        }
+        let _ = self.notes.0.send(Note::Resolved(confirmed));
     }
 
     /// Decides what batch `seq` sends to each route: the events its filter
@@ -254,6 +317,7 @@ struct Writer {
     inherited: Counts,
     /// Records of batches not yet committed, by batch.
     live: BTreeMap<u64, Vec<ProgressRecord>>,
+    live_pending: BTreeMap<u64, Vec<PendingRecord>>,
     live_bytes: u64,
     /// Whether the last write failed (logged once per streak).
     failing: bool,
@@ -262,23 +326,23 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::UnboundedReceiver<Note>) {
         while let Some(first) = rx.blocking_recv() {
-            let mut appends = Vec::new();
-            let mut retires = Vec::new();
+            let mut appends = Appends::default();
             let mut dones = Vec::new();
             let mut committed = false;
             let mut next = Some(first);
             while let Some(note) = next {
                 if let Note::Retiring { seq, done } = note {
-                    retires.extend(self.retire(seq));
+                    self.retire_into(seq, &mut appends);
                     dones.push(done);
                 } else {
-                    committed |= self.take(note, &mut appends, &mut retires);
+                    committed |= self.take(note, &mut appends);
                 }
                 next = rx.try_recv().ok();
             }
-            if !appends.is_empty() || !retires.is_empty() {
-                self.write(|log| log.append_both(&appends, &retires));
-                if self.failing && !retires.is_empty() {
+            if !appends.is_empty() {
+                self.write(|log| log.append_all(&appends));
+                let retired = !appends.retired.is_empty() || !appends.retired_pending.is_empty();
+                if self.failing && retired {
                     // Unretired records could skip events after the commit.
                     self.give_up_log();
                 }
@@ -295,20 +359,33 @@ impl Writer {
     }
 
     /// Applies a note; true when it was a commit.
-    fn take(
-        &mut self,
-        note: Note,
-        appends: &mut Vec<ProgressRecord>,
-        retires: &mut Vec<ProgressRecord>,
-    ) -> bool {
+    fn take(&mut self, note: Note, appends: &mut Appends) -> bool {
         match note {
             Note::Confirmed { seq, sink, keys } => {
                 let record = ProgressRecord {
                     sink: sink.to_string(),
                     keys,
                 };
-                appends.push(record.clone());
+                appends.confirmed.push(record.clone());
                 self.keep(seq, record);
+                false
+            }
+            Note::Pending { seq, record } => {
+                appends.pending.push(record.clone());
+                self.live_bytes += pending_len(&record);
+                self.live_pending.entry(seq).or_default().push(record);
+                false
+            }
+            Note::Resolved(confirmed) => {
+                for r in confirmed {
+                    let counts = self.inherited.entry(r.sink.as_str().into()).or_default();
+                    for k in r.keys {
+                        *counts.entry(k).or_default() += 1;
+                    }
+                }
+                // Before any batch: the log becomes the inherited
+                // confirmations alone (what was pending is settled).
+                self.compact(true);
                 false
             }
             Note::Skipped { seq, sink, keys } => {
@@ -327,33 +404,41 @@ impl Writer {
                 false
             }
             Note::Retiring { seq, done } => {
-                retires.extend(self.retire(seq));
+                self.retire_into(seq, appends);
                 let _ = done.send(());
                 false
             }
             Note::Committed { seq } => {
-                self.retire(seq);
+                self.retire_into(seq, &mut Appends::default());
                 true
             }
             Note::DropInherited => {
-                retires.extend(self.inherited_records());
+                appends.retired.extend(self.inherited_records());
                 self.inherited.clear();
                 false
             }
         }
     }
 
-    /// Takes the records of batches up to `seq` out of the live ones.
-    fn retire(&mut self, seq: u64) -> Vec<ProgressRecord> {
+    /// Takes the records of batches up to `seq` out of the live ones, into
+    /// `appends`' retirements.
+    fn retire_into(&mut self, seq: u64, appends: &mut Appends) {
         let rest = self.live.split_off(&(seq + 1));
-        let done: Vec<ProgressRecord> = std::mem::replace(&mut self.live, rest)
+        for r in std::mem::replace(&mut self.live, rest)
             .into_values()
             .flatten()
-            .collect();
-        for r in &done {
+        {
             self.live_bytes -= record_len(&r.sink, r.keys.len());
+            appends.retired.push(r);
         }
-        done
+        let rest = self.live_pending.split_off(&(seq + 1));
+        for r in std::mem::replace(&mut self.live_pending, rest)
+            .into_values()
+            .flatten()
+        {
+            self.live_bytes -= pending_len(&r);
+            appends.retired_pending.push(r);
+        }
     }
 
     /// The log cannot be kept true: removed, and no longer written.
@@ -394,7 +479,23 @@ impl Writer {
         }
         let mut records = self.inherited_records();
         records.extend(self.live.values().flatten().cloned());
-        self.write(|log| log.rewrite(&records));
+        // A pending record its sink's confirmation of the same batch covers
+        // is settled: only the confirmation is kept.
+        let pending: Vec<PendingRecord> = self
+            .live_pending
+            .iter()
+            .flat_map(|(seq, list)| {
+                let confirmed: Vec<&ProgressRecord> =
+                    self.live.get(seq).into_iter().flatten().collect();
+                list.iter().filter(move |p| {
+                    !confirmed
+                        .iter()
+                        .any(|c| c.sink == p.sink && p.keys.iter().all(|k| c.keys.contains(k)))
+                })
+            })
+            .cloned()
+            .collect();
+        self.write(|log| log.rewrite_all(&records, &pending));
     }
 
     fn write(&mut self, op: impl FnOnce(&mut ProgressLog) -> std::io::Result<()>) {

@@ -28,6 +28,15 @@ pub(super) struct PollSchedule {
     pub(super) ceiling: Duration,
 }
 
+impl PollSchedule {
+    /// The wait before asking again about an ack `age` old: a quarter of
+    /// its age (so an ack ready at t is seen by about 1.25 t, and by t +
+    /// `first` while young), at least `first`, at most `ceiling`.
+    pub(super) fn wait_at(&self, age: Duration) -> Duration {
+        (age / 4).max(self.first).min(self.ceiling)
+    }
+}
+
 /// Ack ids being asked about, by id. Not capped: every entry belongs to a
 /// request in flight (or to an earlier send of one, until twice
 /// `ack_timeout`), so what is in flight bounds it.

@@ -160,10 +160,21 @@ impl Inner {
     /// One request to the ack endpoint on this sink's channel, with the
     /// sink's credentials; `Err`: a credential no header can carry.
     pub(super) async fn ack_query(&self, body: bytes::Bytes) -> Result<Sent, String> {
+        self.ack_query_on(&self.ack_url, &self.channel, body).await
+    }
+
+    /// One request to the ack endpoint `url` about `channel` (an earlier
+    /// run's, after a restart).
+    pub(super) async fn ack_query_on(
+        &self,
+        url: &url::Url,
+        channel: &reqwest::header::HeaderValue,
+        body: bytes::Bytes,
+    ) -> Result<Sent, String> {
         let request = || {
             self.client
-                .post(self.ack_url.clone())
-                .header(CHANNEL_HEADER, self.channel.clone())
+                .post(url.clone())
+                .header(CHANNEL_HEADER, channel.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone())
         };

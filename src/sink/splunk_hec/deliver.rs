@@ -124,6 +124,8 @@ impl Inner {
 pub(super) struct EventRequests<'a> {
     pub(super) inner: &'a Inner,
     pub(super) enc: &'a Encoded,
+    /// Hears of each request accepted with an ack id (see `resolve`).
+    pub(super) pending: crate::sink::PendingReport<'a>,
 }
 
 #[async_trait]
@@ -144,7 +146,12 @@ impl RetryLogic for EventRequests<'_> {
             return Verdict::Confirmed { fixed: FIXED_ALL };
         }
         match inner.post_events(self.enc.body(&run)).await {
-            Answer::Accepted { ack_id } => inner.accepted(acks, ack_id).await,
+            Answer::Accepted { ack_id } => {
+                if let (true, Some(id)) = (inner.cfg.indexer_ack, ack_id) {
+                    (self.pending)(run.clone(), inner.pending_token(id));
+                }
+                inner.accepted(acks, ack_id).await
+            }
             Answer::Retry(why, after) => Verdict::Retry { why, after },
             Answer::Token(why) => Verdict::AuthWait {
                 trouble: Trouble::Token,

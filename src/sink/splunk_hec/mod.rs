@@ -53,6 +53,7 @@ mod encode;
 mod health;
 mod inner;
 mod metrics;
+mod resolve;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -64,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::delivery::{Delivery, Readiness};
-use super::{Sink, SinkCommon, SinkContext};
+use super::{PendingReport, PendingRequest, Sink, SinkCommon, SinkContext};
 use crate::config::{parse_url, require_positive, Problems};
 use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
@@ -163,6 +164,17 @@ impl SplunkHecSink {
 #[async_trait]
 impl Sink for SplunkHecSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        self.deliver_tracked(source, events, &|_, _| {}).await
+    }
+
+    /// Each request accepted with an ack id is reported pending (its
+    /// channel and ack id) until its ack reads true.
+    async fn deliver_tracked(
+        &self,
+        source: &str,
+        events: &[Event],
+        pending: PendingReport<'_>,
+    ) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -172,7 +184,11 @@ impl Sink for SplunkHecSink {
         let _ = tokio::time::timeout(self.inner.cfg.timeout, warmed.wait_for(|w| *w)).await;
         let inner = &*self.inner;
         let enc = inner.envelope.encode_all(source, events);
-        let requests = EventRequests { inner, enc: &enc };
+        let requests = EventRequests {
+            inner,
+            enc: &enc,
+            pending,
+        };
         // Each run on its own, at once: `concurrency` bounds the requests.
         let results = futures_util::future::join_all(
             enc.runs(&inner.batch)
@@ -181,6 +197,10 @@ impl Sink for SplunkHecSink {
         )
         .await;
         results.into_iter().collect()
+    }
+
+    async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {
+        self.inner.resolve_pending(requests).await
     }
 
     /// Splunk indexes by event time; parallel requests give throughput.

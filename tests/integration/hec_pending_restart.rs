@@ -1,0 +1,194 @@
+//! HEC requests awaiting their indexer ack at a SIGKILL: the restart asks
+//! HEC about those ack ids on the old channel before sending the refetched
+//! page, and sends again only what is not acknowledged. HEC answers `true`
+//! once, forgets a channel when the indexer restarts (code 11), and the new
+//! run's ack ids live on a channel of its own.
+
+use crate::support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use auditrelay::checkpoint::CheckpointStore;
+use support::daemon::{free_port, Daemon};
+use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
+use support::veza_fake::{VezaFake, VezaFakeConfig};
+
+const TOTAL: usize = 500;
+const REQUEST: usize = 100;
+const LONG: Duration = Duration::from_secs(60);
+
+struct Setup {
+    _veza: VezaFake,
+    hec: HecFake,
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+}
+
+async fn setup(unknown_channel_error: bool) -> Setup {
+    let veza = VezaFake::start(VezaFakeConfig {
+        initial_events: TOTAL,
+        total_events: TOTAL,
+        seed: 23,
+        max_page_size: TOTAL,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let hec = HecFake::start(HecFakeConfig {
+        ack: true,
+        id_field: "fake_ref".into(),
+        faults: HecFaults {
+            // Indexing stalled: every request awaits its ack at the kill.
+            hold_acks: true,
+            unknown_channel_error,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("veza_token"), "test-veza-token").unwrap();
+    std::fs::write(
+        dir.path().join("hec_token"),
+        "00000000-0000-0000-0000-000000000000",
+    )
+    .unwrap();
+    let cfg = dir.path().join("auditrelay.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+state_dir = "{d}/state"
+log_format = "json"
+[server]
+listen = "127.0.0.1:{port}"
+[sources.veza]
+type = "veza"
+url = "{veza}"
+token_file = "{d}/veza_token"
+page_size = {TOTAL}
+start_at = "-24h"
+poll_interval = "50ms"
+[sinks.hec]
+type = "splunk_hec"
+inputs = ["veza"]
+endpoint = "{hec}"
+token_file = "{d}/hec_token"
+indexer_ack = true
+ack_poll_interval = "200ms"
+ack_timeout = "1h"
+batch = {{ max_events = {REQUEST} }}
+"#,
+            d = dir.path().display(),
+            port = free_port(),
+            veza = veza.url(),
+            hec = hec.url(),
+        ),
+    )
+    .unwrap();
+    Setup {
+        _veza: veza,
+        hec,
+        dir,
+        cfg,
+    }
+}
+
+/// Waits (bounded) until the progress log records `n` pending requests: the
+/// claims a restart can ask about are durable.
+async fn wait_for_pending_records(state: &Path, n: usize) {
+    let store = CheckpointStore::open(state).unwrap();
+    let deadline = Instant::now() + LONG;
+    loop {
+        let pending = store.load_progress_all("veza").unwrap().pending.len();
+        if pending >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pending} of {n} pending records in the progress log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Kills the daemon while all `TOTAL` events await their acks.
+async fn kill_with_every_request_pending(s: &Setup) -> String {
+    let log = s.dir.path().join("daemon.log");
+    let mut daemon = Daemon::spawn(&s.cfg, &log);
+    let requests = (TOTAL / REQUEST) as u64;
+    assert!(
+        s.hec
+            .wait_until(LONG, |st| st.accepted_requests >= requests)
+            .await,
+        "{:?}",
+        s.hec.stats()
+    );
+    wait_for_pending_records(&s.dir.path().join("state"), TOTAL / REQUEST).await;
+    daemon.kill().await;
+    assert_eq!(s.hec.unique_count(), TOTAL);
+    s.hec
+        .last_header("x-splunk-request-channel")
+        .expect("requests carry a channel")
+}
+
+async fn restart_and_deliver_all(s: &Setup) {
+    let log = s.dir.path().join("daemon2.log");
+    let mut daemon = Daemon::spawn(&s.cfg, &log);
+    // Committed: the progress log is compacted to nothing at the stop.
+    let state = s.dir.path().join("state");
+    let store = CheckpointStore::open(&state).unwrap();
+    let deadline = Instant::now() + LONG;
+    while store.load("veza").ok().flatten().is_none() || s.hec.unique_count() < TOTAL {
+        assert!(
+            Instant::now() < deadline,
+            "not committed: {:?}",
+            s.hec.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = daemon.terminate(LONG).await.expect("exit after SIGTERM");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_pending_at_a_sigkill_are_asked_about_and_not_sent_again() {
+    let s = setup(false).await;
+    let old_channel = kill_with_every_request_pending(&s).await;
+    // Indexing resumes while the daemon is down: every old ack reads true
+    // once asked.
+    s.hec.set_hold_acks(false);
+    restart_and_deliver_all(&s).await;
+    let stats = s.hec.stats();
+    assert_eq!(
+        stats.duplicate_events, 0,
+        "events acknowledged before the restart were sent again: {stats:?}"
+    );
+    assert_eq!(stats.accepted_requests, (TOTAL / REQUEST) as u64);
+    assert_eq!(stats.acks_true, (TOTAL / REQUEST) as u64, "{stats:?}");
+    assert!(
+        stats.ack_query_channels.get(&old_channel).copied() > Some(0),
+        "the old channel was never asked about: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_the_restarted_indexer_forgot_gets_its_events_sent_again() {
+    let s = setup(true).await;
+    let old_channel = kill_with_every_request_pending(&s).await;
+    // The indexer restarts too: the old channel and its acks are gone (and
+    // its events, as far as the ack can tell).
+    s.hec.restart();
+    s.hec.set_hold_acks(false);
+    restart_and_deliver_all(&s).await;
+    let stats = s.hec.stats();
+    assert!(stats.unknown_channel_queries >= 1, "{stats:?}");
+    assert!(stats.ack_query_channels.contains_key(&old_channel));
+    // Nothing lost: every event was sent again on the new channel, once.
+    assert_eq!(s.hec.unique_count(), TOTAL);
+    assert_eq!(stats.duplicate_events, TOTAL as u64, "{stats:?}");
+    let new_channel = s.hec.last_header("x-splunk-request-channel").unwrap();
+    assert_ne!(new_channel, old_channel, "a restart must use a new channel");
+}
