@@ -8,8 +8,11 @@
 //! sent on this sink's channel (a GUID in `X-Splunk-Request-Channel`), its
 //! `ackId` is recorded, and one poller per sink asks
 //! `/services/collector/ack` about every pending id, first
-//! `ack_first_poll` after a request, then backing off to at most
-//! `ack_poll_interval` while its ack reads false.
+//! `ack_first_poll` after a request, then after a quarter of the ack's
+//! age, at most `ack_poll_interval` apart, while its ack reads false.
+//! Each request awaiting its ack is reported pending (channel, ack id) to
+//! the source's progress log, and a restart asks HEC about those before
+//! sending them again (see [`resolve`]).
 //! A request counts as confirmed only once its ack reads `true`; one not
 //! acknowledged within `ack_timeout` is sent again (an indexer can lose
 //! data, and an ack reads true only once, so "no answer" means "resend"),
