@@ -15,8 +15,9 @@
 //!
 //! Asking is bounded: an id is asked about until the running sink would
 //! have given up waiting for it (`ack_timeout` after it was sent), and the
-//! whole round ends at most `ack_poll_interval` after it began, asking on
-//! the usual schedule meanwhile.
+//! whole round ends at most the longer of `ack_poll_interval` and
+//! [`ASK_AT_LEAST`] after it began, asking on the usual schedule meanwhile:
+//! a restart waits about as long as one slow ack, not `ack_timeout`.
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime};
@@ -32,6 +33,10 @@ use crate::sink::PendingRequest;
 
 /// Ack ids per ack query.
 const MAX_ACKS_PER_QUERY: usize = 1000;
+/// How long a restart may wait for acks still false, even with a short
+/// `ack_poll_interval`: acks of requests sent just before a crash are
+/// typically ready within a second or two.
+pub(super) const ASK_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What a pending token holds (JSON: readable in a hex dump, and new
 /// fields can be added).
@@ -83,7 +88,7 @@ impl Inner {
             open.entry(token.channel).or_default().push(Open {
                 ack: token.ack,
                 index,
-                until: start + left.min(schedule.ceiling),
+                until: start + left.min(schedule.ceiling.max(ASK_AT_LEAST)),
             });
         }
         let asked = open.values().map(Vec::len).sum::<usize>();
