@@ -8,10 +8,17 @@
 //! heard true (but had not recorded as confirmed) reads false now: sent
 //! again, a duplicate. A channel HEC no longer knows (expired, or the
 //! indexer restarted: code 11) confirms nothing. The new run has a channel
-//! of its own, so its ack ids never meet the old ones. An old channel's id
-//! that the indexer (restarted) issued again to a later request is only
-//! trusted when the log names it once (the pipeline drops tokens claimed
-//! for two different sets of events).
+//! of its own, so its ack ids never meet the old ones.
+//!
+//! An indexer that restarted while the old run was sending issued ids from
+//! 0 again on the old channel, so a `true` for a low id may be a later
+//! request's. Hence (see [`trustworthy`]): a channel whose recorded ids
+//! fall back (a later send with a much lower id) is not trusted at all, nor
+//! is any id below twice `concurrency` (the ids requests on the wire at a
+//! crash could have got from a restarted indexer before any of them was
+//! recorded); and the pipeline drops a token claimed for two different
+//! sets of events. What remains is an indexer restart and a crash within
+//! one progress-log sync of each other, on a channel younger than that.
 //!
 //! Asking is bounded: an id is asked about until the running sink would
 //! have given up waiting for it (`ack_timeout` after it was sent), and the
@@ -59,7 +66,35 @@ enum Reply {
 struct Open {
     ack: u64,
     index: usize,
+    sent: SystemTime,
     until: Instant,
+}
+
+/// Keeps the ids of one old channel whose `true` can only be their own
+/// request's (see the module documentation); why the rest are dropped.
+fn trustworthy(ids: &mut Vec<Open>, concurrency: u64) -> Option<String> {
+    let young = concurrency.saturating_mul(2);
+    ids.sort_by_key(|o| (o.sent, o.ack));
+    let mut highest = None::<u64>;
+    let mut fell_back = None;
+    for o in ids.iter() {
+        if let Some(h) = highest.filter(|h| o.ack.saturating_add(young) <= *h) {
+            fell_back = Some((o.ack, h));
+            break;
+        }
+        highest = highest.max(Some(o.ack));
+    }
+    if let Some((low, high)) = fell_back {
+        ids.clear();
+        return Some(format!(
+            "ack id {low} was issued after id {high}: the indexer restarted meanwhile"
+        ));
+    }
+    let before = ids.len();
+    ids.retain(|o| o.ack >= young);
+    (ids.len() < before).then(|| {
+        format!("ack ids below {young} (twice concurrency) could be a restarted indexer's")
+    })
 }
 
 impl Inner {
@@ -88,9 +123,16 @@ impl Inner {
             open.entry(token.channel).or_default().push(Open {
                 ack: token.ack,
                 index,
+                sent: r.sent,
                 until: start + left.min(schedule.ceiling.max(ASK_AT_LEAST)),
             });
         }
+        for (channel, ids) in open.iter_mut() {
+            if let Some(why) = trustworthy(ids, self.cfg.concurrency as u64) {
+                info!(sink = %self.delivery.name, channel = %channel, reason = %why, "some acks pending before the restart are not asked about; their events are sent again");
+            }
+        }
+        open.retain(|_, ids| !ids.is_empty());
         let asked = open.values().map(Vec::len).sum::<usize>();
         loop {
             for (channel, ids) in open.iter_mut() {
@@ -167,5 +209,52 @@ impl Inner {
                 crate::sink::delivery::snippet(&text, 200)
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn ids(list: &[(u64, u64)]) -> Vec<Open> {
+        list.iter()
+            .enumerate()
+            .map(|(index, (ack, sent_ms))| Open {
+                ack: *ack,
+                index,
+                sent: UNIX_EPOCH + Duration::from_millis(*sent_ms),
+                until: Instant::now(),
+            })
+            .collect()
+    }
+
+    fn acks(list: &[Open]) -> Vec<u64> {
+        list.iter().map(|o| o.ack).collect()
+    }
+
+    #[test]
+    fn ids_of_a_steady_channel_are_trusted_even_a_little_out_of_order() {
+        // Concurrent requests are noted in any order: 41 before 40.
+        let mut list = ids(&[(40, 1001), (41, 1000), (45, 1002), (44, 1003)]);
+        assert_eq!(trustworthy(&mut list, 4), None);
+        assert_eq!(acks(&list), vec![41, 40, 45, 44]);
+    }
+
+    #[test]
+    fn a_channel_whose_ids_fell_back_is_not_trusted() {
+        // 50 and 51, then the indexer restarted and issued 0 and 1 again.
+        let mut list = ids(&[(50, 1000), (51, 1001), (9, 1002), (10, 1003)]);
+        assert!(trustworthy(&mut list, 4).is_some());
+        assert!(list.is_empty());
+    }
+
+    #[test]
+    fn the_first_ids_of_a_channel_are_not_trusted() {
+        // A restarted indexer issues these to requests whose answers may
+        // not have come back before the crash.
+        let mut list = ids(&[(3, 1000), (7, 1001), (8, 1002), (12, 1003)]);
+        assert!(trustworthy(&mut list, 4).is_some());
+        assert_eq!(acks(&list), vec![8, 12]);
     }
 }
