@@ -148,6 +148,18 @@ impl Notes {
 
 type Counts = HashMap<Arc<str>, HashMap<EventKey, u32>>;
 
+/// Set once the pipeline is gone without [`Progress::finish`] (aborted
+/// after a drain timed out): its writer writes nothing more, because the
+/// source's next pipeline may own the log already. Each write holds the
+/// lock, so once the flag is set no write of the old pipeline is under way.
+struct Abandoned(Arc<std::sync::Mutex<bool>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
 /// The fetch side of the progress: confirmations inherited from before the
 /// restart, matched against the batches as they are fetched.
 pub struct Progress {
@@ -163,6 +175,7 @@ pub struct Progress {
     pending: Vec<PendingRecord>,
     notes: Notes,
     writer: tokio::task::JoinHandle<()>,
+    abandoned: Abandoned,
 }
 
 impl Progress {
@@ -192,7 +205,9 @@ impl Progress {
             warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot open the progress log; a restart will send whole uncommitted pages again");
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let abandoned = Abandoned(Arc::default());
         let writer = Writer {
+            abandoned: abandoned.0.clone(),
             source: source.clone(),
             log: log.ok(),
             inherited: inherited.clone(),
@@ -211,6 +226,7 @@ impl Progress {
             pending,
             notes: Notes(tx),
             writer,
+            abandoned,
         }
     }
 
@@ -218,10 +234,19 @@ impl Progress {
     /// [`Notes`] is gone (the deliveries and the committer ended), so a
     /// pipeline started next (a reload) reads a settled log.
     pub async fn finish(self) {
-        drop(self.notes);
-        if let Err(e) = self.writer.await {
-            warn!(source = %self.source, error = %e, "progress log writer failed");
+        let Progress {
+            source,
+            notes,
+            writer,
+            abandoned,
+            ..
+        } = self;
+        drop(notes);
+        if let Err(e) = writer.await {
+            warn!(source = %source, error = %e, "progress log writer failed");
         }
+        // Finished: the flag is only set now, when nothing is left to write.
+        drop(abandoned);
     }
 
     pub fn notes(&self) -> Notes {
@@ -311,6 +336,8 @@ impl Progress {
 
 /// The thread that owns the progress log.
 struct Writer {
+    /// See [`Abandoned`].
+    abandoned: Arc<std::sync::Mutex<bool>>,
     source: Arc<str>,
     log: Option<ProgressLog>,
     /// Inherited confirmations still worth keeping through a compaction.
@@ -443,7 +470,12 @@ impl Writer {
 
     /// The log cannot be kept true: removed, and no longer written.
     fn give_up_log(&mut self) {
+        let abandoned = self.abandoned.clone();
+        let abandoned = abandoned.lock().unwrap_or_else(|p| p.into_inner());
         let Some(log) = self.log.take() else { return };
+        if *abandoned {
+            return;
+        }
         if let Err(e) = crate::checkpoint::remove_progress_log(log.path()) {
             tracing::error!(source = %self.source, file = %log.path().display(), error = %e, "cannot remove the progress log after a failed write; remove it before the next start, or events confirmed earlier may skip later ones");
         }
@@ -499,6 +531,13 @@ impl Writer {
     }
 
     fn write(&mut self, op: impl FnOnce(&mut ProgressLog) -> std::io::Result<()>) {
+        let abandoned = self.abandoned.clone();
+        let abandoned = abandoned.lock().unwrap_or_else(|p| p.into_inner());
+        if *abandoned {
+            // Aborted: the log may be the next pipeline's by now.
+            self.log = None;
+            return;
+        }
         let Some(log) = self.log.as_mut() else { return };
         match op(log) {
             Ok(()) => self.failing = false,
