@@ -118,7 +118,11 @@ impl SourcePipeline {
         );
         // Before the first page: what sinks confirm of their requests
         // pending at the crash is skipped like their confirmations.
-        progress.resolve_pending(&routes).await;
+        // A stop meanwhile skips it (what stays pending costs duplicates).
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = progress.resolve_pending(&routes) => {}
+        }
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
         let routes: Arc<[Route]> = routes.into();
         let mut committer = AbortOnDrop(tokio::spawn(commit_in_order(
