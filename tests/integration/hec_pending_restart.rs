@@ -200,3 +200,90 @@ async fn a_channel_the_restarted_indexer_forgot_gets_its_events_sent_again() {
     let new_channel = s.hec.last_header("x-splunk-request-channel").unwrap();
     assert_ne!(new_channel, old_channel, "a restart must use a new channel");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_hears_true_once_per_ack_and_nothing_from_unknown_channels() {
+    use crate::splunk_hec_sink::{build, events, TOKEN};
+    use auditrelay::sink::PendingRequest;
+    use std::sync::Mutex;
+
+    let hec = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            hold_acks: true,
+            unknown_channel_error: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let extra = "indexer_ack = true\nack_poll_interval = \"100ms\"\nconcurrency = 1\n\
+                 batch = { max_events = 10 }";
+    // The old run: six requests (ack ids 0..5), all awaiting their acks.
+    let old_dir = tempfile::tempdir().unwrap();
+    let old = build(old_dir.path(), "hec_resolve_old", &hec.url(), TOKEN, extra);
+    let tokens = Mutex::new(Vec::new());
+    let reported = tokio::sync::Notify::new();
+    let report = |_range, token| {
+        tokens.lock().unwrap().push(token);
+        reported.notify_one();
+    };
+    let all_reported = async {
+        while tokens.lock().unwrap().len() < 6 {
+            reported.notified().await;
+        }
+    };
+    let sent = events(60);
+    tokio::select! {
+        r = old.sink.deliver_tracked("veza", &sent, &report) => {
+            panic!("confirmed while indexing is stalled: {r:?}")
+        }
+        r = tokio::time::timeout(LONG, all_reported) => r.expect("six requests reported pending"),
+    }
+    let old_channel = hec.last_header("x-splunk-request-channel").unwrap();
+    // The old process is gone; indexing resumes.
+    drop(old);
+    hec.set_hold_acks(false);
+
+    let new_dir = tempfile::tempdir().unwrap();
+    let new = build(new_dir.path(), "hec_resolve_new", &hec.url(), TOKEN, extra);
+    let mut requests: Vec<PendingRequest> = tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| PendingRequest {
+            token: t.clone(),
+            sent: std::time::SystemTime::now(),
+        })
+        .collect();
+    // A channel HEC never knew, and a token that is not HEC's.
+    let unknown = r#"{"channel":"0b7e57c4-0000-4000-8000-000000000001","ack":4}"#;
+    for token in [unknown.as_bytes(), b"not a token"] {
+        requests.push(PendingRequest {
+            token: token.to_vec(),
+            sent: std::time::SystemTime::now(),
+        });
+    }
+    let first = new.sink.resolve_pending(&requests).await;
+    // Ids 0 and 1 (below twice `concurrency`) are not trusted: a restarted
+    // indexer would issue them first. 2..5 read true.
+    assert_eq!(
+        first,
+        vec![false, false, true, true, true, true, false, false]
+    );
+    let stats = hec.stats();
+    assert!(stats.unknown_channel_queries >= 1, "{stats:?}");
+    assert!(stats.ack_query_channels.contains_key(&old_channel));
+    // HEC forgets an ack once it answered true: asked again, nothing
+    // confirms, and the asking is bounded.
+    let started = Instant::now();
+    let second = new.sink.resolve_pending(&requests).await;
+    assert_eq!(second, vec![false; requests.len()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
