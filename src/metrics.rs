@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Events a refetched batch did not send to a sink that had confirmed
     /// them before a restart (the progress log): duplicates avoided.
     pub events_skipped_confirmed: IntCounterVec,
+    /// Events a sink reported pending at a crash (HEC: awaiting their ack)
+    /// whose confirmation the restart obtained (not sent again).
+    pub events_confirmed_after_restart: IntCounterVec,
     committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -189,6 +192,7 @@ impl Metrics {
             config_last_reload_successful: reload_ok,
             config_last_reload_success_time: reload_time,
             events_skipped_confirmed: counter(&r, "events_skipped_confirmed_total", "Events of batches refetched after a restart that were not sent to a sink again because it had confirmed them before (duplicates avoided).", &["sink", "source"]),
+            events_confirmed_after_restart: counter(&r, "events_confirmed_after_restart_total", "Events a sink had sent but not yet confirmed at a crash (HEC: awaiting their indexer ack) that the destination confirmed when asked after the restart (counted also in events_skipped_confirmed_total once skipped).", &["sink", "source"]),
             registry: r,
             committed_times: Mutex::new(HashMap::new()),
         };

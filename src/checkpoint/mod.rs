@@ -18,7 +18,8 @@ mod remote;
 
 pub use lock::StateLock;
 pub use progress::{
-    record_len, remove as remove_progress_log, EventKey, ProgressLog, ProgressRecord,
+    pending_len, record_len, remove as remove_progress_log, Appends, EventKey, LoadedProgress,
+    PendingRecord, ProgressLog, ProgressRecord,
 };
 pub use remote::RemoteCheckpoints;
 
@@ -184,6 +185,11 @@ impl CheckpointStore {
     /// The records of `source`'s progress log, oldest first (none if absent).
     pub fn load_progress(&self, source: &str) -> io::Result<Vec<ProgressRecord>> {
         progress::load(&self.progress_path(source), source)
+    }
+
+    /// The confirmations and pending records of `source`'s progress log.
+    pub fn load_progress_all(&self, source: &str) -> io::Result<LoadedProgress> {
+        progress::load_all(&self.progress_path(source), source)
     }
 
     /// Opens `source`'s progress log for appending, creating it when absent.

@@ -2,8 +2,12 @@
 //! (`<source>.progress`): which events of its not yet committed batches
 //! each sink confirmed, so a restart does not send them to that sink again.
 //!
-//! Every record is a true claim ("sink S confirmed the events with these
-//! keys"), written only after the confirmation. Losing records (a torn
+//! Every record is a true claim, written only after the fact it claims:
+//! "sink S confirmed the events with these keys", or (a pending record)
+//! "sink S sent the events with these keys in a request the destination
+//! knows by this token (HEC: channel and ack id), not confirmed yet". A
+//! pending record never counts as a confirmation: after a restart the sink
+//! is asked about it first ([`crate::sink::Sink::resolve_pending`]). Losing records (a torn
 //! tail, a crash before the append, a compaction racing an append) costs
 //! duplicates, never events: the checkpoint alone decides what is
 //! refetched. The file is an append log of framed records
@@ -36,6 +40,45 @@ pub struct ProgressRecord {
     pub keys: Vec<EventKey>,
 }
 
+/// A sink's claim that it sent the events with `keys` in a request the
+/// destination can still confirm, named by the sink's own `token`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PendingRecord {
+    pub sink: String,
+    pub token: Vec<u8>,
+    /// When the request was sent (ms since the Unix epoch), so a restart
+    /// asks no longer than the sink would have waited for it.
+    pub sent_ms: u64,
+    pub keys: Vec<EventKey>,
+}
+
+/// What a log holds once retirements cancelled what they retire.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadedProgress {
+    pub confirmed: Vec<ProgressRecord>,
+    pub pending: Vec<PendingRecord>,
+}
+
+/// Records to append at once (one write, one fdatasync).
+#[derive(Debug, Default)]
+pub struct Appends {
+    pub confirmed: Vec<ProgressRecord>,
+    pub pending: Vec<PendingRecord>,
+    /// Each cancels one earlier confirmation of each of its keys.
+    pub retired: Vec<ProgressRecord>,
+    /// Each cancels one earlier, identical pending record.
+    pub retired_pending: Vec<PendingRecord>,
+}
+
+impl Appends {
+    pub fn is_empty(&self) -> bool {
+        self.confirmed.is_empty()
+            && self.pending.is_empty()
+            && self.retired.is_empty()
+            && self.retired_pending.is_empty()
+    }
+}
+
 /// The open progress log of one source.
 pub struct ProgressLog {
     path: PathBuf,
@@ -50,16 +93,52 @@ pub struct ProgressLog {
 /// there is no log. A torn or damaged record ends the read (logged): what
 /// follows it is only a lost chance to skip, not a loss.
 pub fn load(path: &Path, source: &str) -> io::Result<Vec<ProgressRecord>> {
+    Ok(load_all(path, source)?.confirmed)
+}
+
+/// The confirmations and pending records of the log at `path` (see
+/// [`load`]).
+pub fn load_all(path: &Path, source: &str) -> io::Result<LoadedProgress> {
     let data = match fs::read(path) {
         Ok(d) => d,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadedProgress::default()),
         Err(e) => return Err(e),
     };
     let (records, damage) = decode_log(&data);
     if let Some(why) = damage {
         tracing::warn!(source, file = %path.display(), why, records = records.len(), "progress log ends in a damaged record; the events after it may be sent again");
     }
-    Ok(net(records))
+    let (mut confirmed, mut pending) = (Vec::new(), Vec::new());
+    for entry in records {
+        match entry {
+            Entry::Confirmed(r, retired) => confirmed.push((r, retired)),
+            Entry::Pending(r, retired) => pending.push((r, retired)),
+        }
+    }
+    Ok(LoadedProgress {
+        confirmed: net(confirmed),
+        pending: net_pending(pending),
+    })
+}
+
+/// The pending records less the retired ones (each retirement cancels one
+/// identical record).
+fn net_pending(records: Vec<(PendingRecord, bool)>) -> Vec<PendingRecord> {
+    let mut retired: HashMap<PendingRecord, u32> = HashMap::new();
+    for (r, _) in records.iter().filter(|(_, retired)| *retired) {
+        *retired.entry(r.clone()).or_default() += 1;
+    }
+    records
+        .into_iter()
+        .filter(|(_, retired)| !retired)
+        .filter_map(|(r, _)| match retired.get_mut(&r) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                None
+            }
+            _ => Some(r),
+        })
+        .collect()
 }
 
 /// The confirmations less the retired ones (of batches committed since).
@@ -143,6 +222,28 @@ impl ProgressLog {
         for r in retired {
             encode_record(r, true, &mut buf);
         }
+        self.write_durably(buf)
+    }
+
+    /// Appends every kind of record durably (one write, one fdatasync).
+    pub fn append_all(&mut self, a: &Appends) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for r in &a.confirmed {
+            encode_record(r, false, &mut buf);
+        }
+        for r in &a.pending {
+            encode_pending(r, false, &mut buf);
+        }
+        for r in &a.retired {
+            encode_record(r, true, &mut buf);
+        }
+        for r in &a.retired_pending {
+            encode_pending(r, true, &mut buf);
+        }
+        self.write_durably(buf)
+    }
+
+    fn write_durably(&mut self, buf: Vec<u8>) -> io::Result<()> {
         self.file.write_all(&buf)?;
         self.file.sync_data()?;
         self.len += buf.len() as u64;
@@ -152,6 +253,15 @@ impl ProgressLog {
     /// Replaces the log by `records` atomically (a crash leaves the old or
     /// the new log), then appends to the new one.
     pub fn rewrite(&mut self, records: &[ProgressRecord]) -> io::Result<()> {
+        self.rewrite_all(records, &[])
+    }
+
+    /// [`Self::rewrite`] with pending records too.
+    pub fn rewrite_all(
+        &mut self,
+        records: &[ProgressRecord],
+        pending: &[PendingRecord],
+    ) -> io::Result<()> {
         fs::create_dir_all(&self.temp_dir)?;
         let name = self
             .path
@@ -166,6 +276,9 @@ impl ProgressLog {
         let mut buf = MAGIC.to_vec();
         for r in records {
             encode_record(r, false, &mut buf);
+        }
+        for r in pending {
+            encode_pending(r, false, &mut buf);
         }
         let written = (|| {
             let mut f = File::create(&tmp)?;
@@ -206,9 +319,48 @@ pub fn record_len(sink: &str, keys: usize) -> u64 {
     (8 + 2 + sink.len() + 4 + keys * KEY_LEN) as u64
 }
 
+/// The bytes one pending record takes in the log.
+pub fn pending_len(r: &PendingRecord) -> u64 {
+    record_len(&r.sink, r.keys.len()) + 2 + r.token.len() as u64 + 8
+}
+
 /// The flag of a retirement in a record's key count (confirmations of
 /// older versions never have it).
 const RETIRED: u32 = 1 << 31;
+/// The flag of a pending record in its key count: the keys are followed by
+/// the token (`len u16 LE`, bytes) and the send time (`u64 LE`, ms). A
+/// version without pending records stops reading at the first one (its
+/// length does not match): only duplicates.
+const PENDING: u32 = 1 << 30;
+
+fn encode_pending(r: &PendingRecord, retired: bool, out: &mut Vec<u8>) {
+    let name = &r.sink.as_bytes()[..r.sink.len().min(u16::MAX as usize)];
+    // Tokens are a few dozen bytes; a longer one is not recorded (a lost
+    // chance to skip, nothing else).
+    let Ok(token_len) = u16::try_from(r.token.len()) else {
+        return;
+    };
+    let mut payload = Vec::with_capacity(pending_len(r) as usize);
+    payload.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    payload.extend_from_slice(name);
+    let flag = PENDING | if retired { RETIRED } else { 0 };
+    payload.extend_from_slice(&(r.keys.len() as u32 | flag).to_le_bytes());
+    for k in &r.keys {
+        payload.extend_from_slice(k);
+    }
+    payload.extend_from_slice(&token_len.to_le_bytes());
+    payload.extend_from_slice(&r.token);
+    payload.extend_from_slice(&r.sent_ms.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+}
+
+/// One decoded record and whether it is a retirement.
+enum Entry {
+    Confirmed(ProgressRecord, bool),
+    Pending(PendingRecord, bool),
+}
 
 fn encode_record(r: &ProgressRecord, retired: bool, out: &mut Vec<u8>) {
     // Sink names are config keys: far below u16::MAX.
@@ -228,7 +380,7 @@ fn encode_record(r: &ProgressRecord, retired: bool, out: &mut Vec<u8>) {
 
 /// The whole records of a log (and whether each is a retirement), and why
 /// the read stopped early, if it did.
-fn decode_log(data: &[u8]) -> (Vec<(ProgressRecord, bool)>, Option<String>) {
+fn decode_log(data: &[u8]) -> (Vec<Entry>, Option<String>) {
     let mut records = Vec::new();
     let Some(mut rest) = data.strip_prefix(MAGIC) else {
         let why = if data.is_empty() {
@@ -252,7 +404,7 @@ fn decode_log(data: &[u8]) -> (Vec<(ProgressRecord, bool)>, Option<String>) {
     (records, None)
 }
 
-fn decode_record(data: &[u8]) -> Result<((ProgressRecord, bool), usize), String> {
+fn decode_record(data: &[u8]) -> Result<(Entry, usize), String> {
     let u32_at = |d: &[u8], at: usize| -> Option<u32> {
         d.get(at..at + 4)
             .and_then(|b| b.try_into().ok())
@@ -274,9 +426,19 @@ fn decode_record(data: &[u8]) -> Result<((ProgressRecord, bool), usize), String>
         .to_string();
     let count = u32_at(payload, 2 + name_len).ok_or("no key count")?;
     let retired = count & RETIRED != 0;
-    let count = (count & !RETIRED) as usize;
+    let pending = count & PENDING != 0;
+    let count = (count & !(RETIRED | PENDING)) as usize;
     let keys_at = 2 + name_len + 4;
-    let key_bytes = payload.get(keys_at..).ok_or("no keys")?;
+    let rest = payload.get(keys_at..).ok_or("no keys")?;
+    let (key_bytes, tail) = if pending {
+        let keys_end = count.checked_mul(KEY_LEN).ok_or("key count overflows")?;
+        let (keys, tail) = rest
+            .split_at_checked(keys_end)
+            .ok_or("pending record shorter than its keys")?;
+        (keys, Some(tail))
+    } else {
+        (rest, None)
+    };
     if key_bytes.len() != count * KEY_LEN {
         return Err(format!("{} key bytes for {count} keys", key_bytes.len()));
     }
@@ -288,81 +450,32 @@ fn decode_record(data: &[u8]) -> Result<((ProgressRecord, bool), usize), String>
             key
         })
         .collect();
-    Ok(((ProgressRecord { sink, keys }, retired), 8 + len))
+    let entry = match tail {
+        None => Entry::Confirmed(ProgressRecord { sink, keys }, retired),
+        Some(tail) => {
+            let token_len = tail
+                .get(..2)
+                .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+                .ok_or("no token length")?;
+            let token = tail.get(2..2 + token_len).ok_or("short token")?.to_vec();
+            let sent = tail.get(2 + token_len..).ok_or("no send time")?;
+            let sent_ms = <[u8; 8]>::try_from(sent)
+                .map(u64::from_le_bytes)
+                .map_err(|_| format!("{} bytes of send time, not 8", sent.len()))?;
+            Entry::Pending(
+                PendingRecord {
+                    sink,
+                    token,
+                    sent_ms,
+                    keys,
+                },
+                retired,
+            )
+        }
+    };
+    Ok((entry, 8 + len))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(sink: &str, keys: &[u8]) -> ProgressRecord {
-        ProgressRecord {
-            sink: sink.into(),
-            keys: keys.iter().map(|b| [*b; 16]).collect(),
-        }
-    }
-
-    fn open(dir: &Path) -> ProgressLog {
-        ProgressLog::open(dir, dir.join("s.progress"), dir.join(".tmp")).unwrap()
-    }
-
-    #[test]
-    fn appends_survive_reopen_and_rewrite_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.progress");
-        assert!(load(&path, "s").unwrap().is_empty());
-        let mut log = open(dir.path());
-        assert!(log.is_empty());
-        log.append(&[record("hec", &[1, 2])]).unwrap();
-        log.append(&[record("hook", &[3]), record("hec", &[4])])
-            .unwrap();
-        drop(log);
-        let mut log = open(dir.path());
-        log.append(&[record("hec", &[5])]).unwrap();
-        assert_eq!(
-            load(&path, "s").unwrap(),
-            vec![
-                record("hec", &[1, 2]),
-                record("hook", &[3]),
-                record("hec", &[4]),
-                record("hec", &[5])
-            ]
-        );
-        log.rewrite(&[record("hook", &[9])]).unwrap();
-        log.append(&[record("hec", &[7])]).unwrap();
-        assert_eq!(
-            load(&path, "s").unwrap(),
-            vec![record("hook", &[9]), record("hec", &[7])]
-        );
-        assert_eq!(log.len(), fs::metadata(&path).unwrap().len());
-        assert_eq!(fs::read_dir(dir.path().join(".tmp")).unwrap().count(), 0);
-        remove(&path).unwrap();
-        assert!(load(&path, "s").unwrap().is_empty());
-        remove(&path).unwrap();
-    }
-
-    #[test]
-    fn a_torn_or_damaged_tail_keeps_the_whole_records_before_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.progress");
-        let mut log = open(dir.path());
-        log.append(&[record("a", &[1]), record("b", &[2, 3])])
-            .unwrap();
-        let whole = fs::read(&path).unwrap();
-        for cut in 1..record_len("b", 2) as usize {
-            fs::write(&path, &whole[..whole.len() - cut]).unwrap();
-            assert_eq!(
-                load(&path, "s").unwrap(),
-                vec![record("a", &[1])],
-                "cut {cut}"
-            );
-        }
-        let mut flipped = whole.clone();
-        let last = flipped.len() - 1;
-        flipped[last] ^= 1;
-        fs::write(&path, &flipped).unwrap();
-        assert_eq!(load(&path, "s").unwrap(), vec![record("a", &[1])]);
-        fs::write(&path, b"garbage").unwrap();
-        assert!(load(&path, "s").unwrap().is_empty());
-    }
-}
+#[path = "progress_tests.rs"]
+mod tests;

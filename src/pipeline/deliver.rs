@@ -18,6 +18,7 @@ use crate::config::RetryConfig;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 use crate::retry::Backoff;
+use crate::sink::PendingReport;
 
 /// Runs of one batch an unordered sink is handed at once.
 const RUNS_AT_ONCE: usize = 16;
@@ -83,6 +84,15 @@ async fn deliver_to(d: &Delivery, index: usize) {
         &copied
     };
     let runs = route.request.runs(events);
+    // A request the sink reports pending: `within` is relative to `run`.
+    let pending = |run: &Range<usize>, within: Range<usize>, token: Vec<u8>| {
+        let from = run.start.saturating_add(within.start);
+        let to = run.start.saturating_add(within.end).min(run.end);
+        if let Some(picked) = picked.get(from..to).filter(|p| !p.is_empty()) {
+            let keys = picked.iter().map(|i| d.plan.keys[*i as usize]).collect();
+            d.notes.pending(d.plan.seq, &route.sink_name, token, keys);
+        }
+    };
     let confirm = |run: Range<usize>| {
         let keys = picked[run]
             .iter()
@@ -92,13 +102,15 @@ async fn deliver_to(d: &Delivery, index: usize) {
     };
     if route.sink.ordered() {
         for run in runs {
-            deliver_run(&d.batch, &events[run.clone()], route, d.retry).await;
+            let report = |within, token| pending(&run, within, token);
+            deliver_run(&d.batch, &events[run.clone()], route, d.retry, &report).await;
             confirm(run);
         }
     } else {
         futures_util::stream::iter(runs)
             .map(|run| async {
-                deliver_run(&d.batch, &events[run.clone()], route, d.retry).await;
+                let report = |within, token| pending(&run, within, token);
+                deliver_run(&d.batch, &events[run.clone()], route, d.retry, &report).await;
                 confirm(run);
             })
             .buffer_unordered(RUNS_AT_ONCE)
@@ -113,13 +125,19 @@ async fn deliver_to(d: &Delivery, index: usize) {
 
 /// Hands `events` to the sink until it confirms them, retrying errors and
 /// panics with backoff.
-async fn deliver_run(batch: &Batch, events: &[Event], route: &Route, retry: RetryConfig) {
+async fn deliver_run(
+    batch: &Batch,
+    events: &[Event],
+    route: &Route,
+    retry: RetryConfig,
+    pending: PendingReport<'_>,
+) {
     let mut backoff = Backoff::new(retry);
     // Only a panic needs the name: no allocation per run otherwise.
     let component = || format!("sink.{}.delivery", route.sink_name);
     let mut panicked = false;
     loop {
-        let attempt = AssertUnwindSafe(route.sink.deliver(&batch.source, events))
+        let attempt = AssertUnwindSafe(route.sink.deliver_tracked(&batch.source, events, pending))
             .catch_unwind()
             .await;
         match attempt {

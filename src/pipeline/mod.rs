@@ -28,6 +28,7 @@
 
 mod budget;
 mod deliver;
+mod pending;
 mod progress;
 mod request;
 mod route;
@@ -116,6 +117,13 @@ impl SourcePipeline {
             max_in_flight_bytes.saturating_mul(2),
             (max_in_flight as u64).saturating_mul(2),
         );
+        // Before the first page: what sinks confirm of their requests
+        // pending at the crash is skipped like their confirmations.
+        // A stop meanwhile skips it (what stays pending costs duplicates).
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = progress.resolve_pending(&routes) => {}
+        }
         let (tx, rx) = mpsc::unbounded_channel::<InFlight>();
         let routes: Arc<[Route]> = routes.into();
         let mut committer = AbortOnDrop(tokio::spawn(commit_in_order(

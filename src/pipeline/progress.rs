@@ -25,8 +25,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::pending;
 use super::route::Route;
-use crate::checkpoint::{record_len, CheckpointStore, EventKey, ProgressLog, ProgressRecord};
+use crate::checkpoint::{CheckpointStore, EventKey, PendingRecord, ProgressRecord};
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 
@@ -69,6 +70,13 @@ enum Note {
         sink: Arc<str>,
         keys: Vec<EventKey>,
     },
+    /// `sink` sent these events of batch `seq` in a request its destination
+    /// knows by `token`, not confirmed yet: append.
+    Pending { seq: u64, record: PendingRecord },
+    /// Inherited pending requests were resolved: these confirmations join
+    /// the inherited ones, and the log is rewritten without the pending
+    /// records of before the restart.
+    Resolved(Vec<ProgressRecord>),
     /// Events of batch `seq` skipped for `sink` thanks to an inherited
     /// record: already in the log, now owned by this batch.
     Skipped {
@@ -103,6 +111,24 @@ impl Notes {
         });
     }
 
+    /// Records that `sink` sent `keys` of batch `seq` in a request still
+    /// awaiting confirmation, named `token` (see [`Sink::deliver_tracked`]).
+    ///
+    /// [`Sink::deliver_tracked`]: crate::sink::Sink::deliver_tracked
+    pub fn pending(&self, seq: u64, sink: &Arc<str>, token: Vec<u8>, keys: Vec<EventKey>) {
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let record = PendingRecord {
+            sink: sink.to_string(),
+            token,
+            sent_ms,
+            keys,
+        };
+        let _ = self.0.send(Note::Pending { seq, record });
+    }
+
     /// Returns once the records of batches up to `seq` are retired in the
     /// log (or the writer is gone), so the checkpoint may move past them.
     pub async fn retire(&self, seq: u64) {
@@ -119,6 +145,18 @@ impl Notes {
 
 type Counts = HashMap<Arc<str>, HashMap<EventKey, u32>>;
 
+/// Set once the pipeline is gone without [`Progress::finish`] (aborted
+/// after a drain timed out): its writer writes nothing more, because the
+/// source's next pipeline may own the log already. Each write holds the
+/// lock, so once the flag is set no write of the old pipeline is under way.
+struct Abandoned(Arc<std::sync::Mutex<bool>>);
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    }
+}
+
 /// The fetch side of the progress: confirmations inherited from before the
 /// restart, matched against the batches as they are fetched.
 pub struct Progress {
@@ -130,8 +168,11 @@ pub struct Progress {
     /// the restart have all come back: the unmatched rest is given up.
     horizon_bytes: u64,
     horizon_batches: u64,
+    /// Requests sinks reported pending before the restart, until resolved.
+    pending: Vec<PendingRecord>,
     notes: Notes,
     writer: tokio::task::JoinHandle<()>,
+    abandoned: Abandoned,
 }
 
 impl Progress {
@@ -143,10 +184,11 @@ impl Progress {
         horizon_bytes: u64,
         horizon_batches: u64,
     ) -> Self {
-        let records = store.load_progress(source).unwrap_or_else(|e| {
+        let loaded = store.load_progress_all(source).unwrap_or_else(|e| {
             warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot read the progress log; batches refetched after the restart go to every sink again");
-            Vec::new()
+            Default::default()
         });
+        let (records, pending) = (loaded.confirmed, loaded.pending);
         let mut inherited: Counts = HashMap::new();
         let mut unmatched = 0;
         for r in records {
@@ -160,11 +202,14 @@ impl Progress {
             warn!(source = %source, file = %store.progress_path(source).display(), error = %e, "cannot open the progress log; a restart will send whole uncommitted pages again");
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let abandoned = Abandoned(Arc::default());
         let writer = Writer {
+            abandoned: abandoned.0.clone(),
             source: source.clone(),
             log: log.ok(),
             inherited: inherited.clone(),
             live: BTreeMap::new(),
+            live_pending: BTreeMap::new(),
             live_bytes: 0,
             failing: false,
         };
@@ -175,8 +220,10 @@ impl Progress {
             unmatched,
             horizon_bytes,
             horizon_batches,
+            pending,
             notes: Notes(tx),
             writer,
+            abandoned,
         }
     }
 
@@ -184,14 +231,52 @@ impl Progress {
     /// [`Notes`] is gone (the deliveries and the committer ended), so a
     /// pipeline started next (a reload) reads a settled log.
     pub async fn finish(self) {
-        drop(self.notes);
-        if let Err(e) = self.writer.await {
-            warn!(source = %self.source, error = %e, "progress log writer failed");
+        let Progress {
+            source,
+            notes,
+            writer,
+            abandoned,
+            ..
+        } = self;
+        drop(notes);
+        if let Err(e) = writer.await {
+            warn!(source = %source, error = %e, "progress log writer failed");
         }
+        // Finished: the flag is only set now, when nothing is left to write.
+        drop(abandoned);
     }
 
     pub fn notes(&self) -> Notes {
         self.notes.clone()
+    }
+
+    /// Asks the routed sinks about the requests they reported pending
+    /// before the restart (see [`pending`]); what they confirm now is
+    /// skipped like any inherited confirmation. Call before the first
+    /// [`Self::plan`]. Each sink bounds how long it asks.
+    pub async fn resolve_pending(&mut self, routes: &[Route]) {
+        let records = std::mem::take(&mut self.pending);
+        if records.is_empty() {
+            return;
+        }
+        let questions = pending::questions(records, &self.inherited);
+        let sinks = routes
+            .iter()
+            .map(|r| (r.sink_name.clone(), r.sink.clone()))
+            .collect();
+        let confirmed = pending::ask(questions, &sinks).await;
+        for r in &confirmed {
+            let counts = self.inherited.entry(r.sink.as_str().into()).or_default();
+            for k in &r.keys {
+                *counts.entry(*k).or_default() += 1;
+                self.unmatched += 1;
+            }
+            metrics()
+                .events_confirmed_after_restart
+                .with_label_values(&[r.sink.as_str(), &self.source])
+                .inc_by(r.keys.len() as u64);
+        }
+        let _ = self.notes.0.send(Note::Resolved(confirmed));
     }
 
     /// Decides what batch `seq` sends to each route: the events its filter
@@ -246,167 +331,6 @@ impl Progress {
     }
 }
 
-/// The thread that owns the progress log.
-struct Writer {
-    source: Arc<str>,
-    log: Option<ProgressLog>,
-    /// Inherited confirmations still worth keeping through a compaction.
-    inherited: Counts,
-    /// Records of batches not yet committed, by batch.
-    live: BTreeMap<u64, Vec<ProgressRecord>>,
-    live_bytes: u64,
-    /// Whether the last write failed (logged once per streak).
-    failing: bool,
-}
-
-impl Writer {
-    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Note>) {
-        while let Some(first) = rx.blocking_recv() {
-            let mut appends = Vec::new();
-            let mut retires = Vec::new();
-            let mut dones = Vec::new();
-            let mut committed = false;
-            let mut next = Some(first);
-            while let Some(note) = next {
-                if let Note::Retiring { seq, done } = note {
-                    retires.extend(self.retire(seq));
-                    dones.push(done);
-                } else {
-                    committed |= self.take(note, &mut appends, &mut retires);
-                }
-                next = rx.try_recv().ok();
-            }
-            if !appends.is_empty() || !retires.is_empty() {
-                self.write(|log| log.append_both(&appends, &retires));
-                if self.failing && !retires.is_empty() {
-                    // Unretired records could skip events after the commit.
-                    self.give_up_log();
-                }
-            }
-            for done in dones {
-                let _ = done.send(());
-            }
-            if committed {
-                self.compact(false);
-            }
-        }
-        // Stopped: only what is still uncommitted stays for the next start.
-        self.compact(true);
-    }
-
-    /// Applies a note; true when it was a commit.
-    fn take(
-        &mut self,
-        note: Note,
-        appends: &mut Vec<ProgressRecord>,
-        retires: &mut Vec<ProgressRecord>,
-    ) -> bool {
-        match note {
-            Note::Confirmed { seq, sink, keys } => {
-                let record = ProgressRecord {
-                    sink: sink.to_string(),
-                    keys,
-                };
-                appends.push(record.clone());
-                self.keep(seq, record);
-                false
-            }
-            Note::Skipped { seq, sink, keys } => {
-                if let Some(counts) = self.inherited.get_mut(&sink) {
-                    for k in &keys {
-                        if let Some(n) = counts.get_mut(k) {
-                            *n = n.saturating_sub(1);
-                        }
-                    }
-                }
-                let record = ProgressRecord {
-                    sink: sink.to_string(),
-                    keys,
-                };
-                self.keep(seq, record);
-                false
-            }
-            Note::Retiring { seq, done } => {
-                retires.extend(self.retire(seq));
-                let _ = done.send(());
-                false
-            }
-            Note::Committed { seq } => {
-                self.retire(seq);
-                true
-            }
-            Note::DropInherited => {
-                retires.extend(self.inherited_records());
-                self.inherited.clear();
-                false
-            }
-        }
-    }
-
-    /// Takes the records of batches up to `seq` out of the live ones.
-    fn retire(&mut self, seq: u64) -> Vec<ProgressRecord> {
-        let rest = self.live.split_off(&(seq + 1));
-        let done: Vec<ProgressRecord> = std::mem::replace(&mut self.live, rest)
-            .into_values()
-            .flatten()
-            .collect();
-        for r in &done {
-            self.live_bytes -= record_len(&r.sink, r.keys.len());
-        }
-        done
-    }
-
-    /// The log cannot be kept true: removed, and no longer written.
-    fn give_up_log(&mut self) {
-        let Some(log) = self.log.take() else { return };
-        if let Err(e) = crate::checkpoint::remove_progress_log(log.path()) {
-            tracing::error!(source = %self.source, file = %log.path().display(), error = %e, "cannot remove the progress log after a failed write; remove it before the next start, or events confirmed earlier may skip later ones");
-        }
-    }
-
-    /// The inherited confirmations not matched (yet), as records.
-    fn inherited_records(&self) -> Vec<ProgressRecord> {
-        self.inherited
-            .iter()
-            .map(|(sink, counts)| ProgressRecord {
-                sink: sink.to_string(),
-                keys: counts
-                    .iter()
-                    .flat_map(|(k, n)| std::iter::repeat_n(*k, *n as usize))
-                    .collect(),
-            })
-            .filter(|r| !r.keys.is_empty())
-            .collect()
-    }
-
-    fn keep(&mut self, seq: u64, record: ProgressRecord) {
-        self.live_bytes += record_len(&record.sink, record.keys.len());
-        self.live.entry(seq).or_default().push(record);
-    }
-
-    /// Rewrites the log to what still matters, when most of it is obsolete
-    /// (or `always`, at the end).
-    fn compact(&mut self, always: bool) {
-        let Some(log) = &self.log else { return };
-        let obsolete = log.len() > COMPACT_MIN_BYTES && log.len() > 2 * self.live_bytes;
-        if !(obsolete || always && !log.is_empty()) {
-            return;
-        }
-        let mut records = self.inherited_records();
-        records.extend(self.live.values().flatten().cloned());
-        self.write(|log| log.rewrite(&records));
-    }
-
-    fn write(&mut self, op: impl FnOnce(&mut ProgressLog) -> std::io::Result<()>) {
-        let Some(log) = self.log.as_mut() else { return };
-        match op(log) {
-            Ok(()) => self.failing = false,
-            Err(e) => {
-                if !self.failing {
-                    warn!(source = %self.source, file = %log.path().display(), error = %e, "cannot write the progress log; a restart may send confirmed events again");
-                }
-                self.failing = true;
-            }
-        }
-    }
-}
+#[path = "progress_writer.rs"]
+mod writer;
+use writer::Writer;

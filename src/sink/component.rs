@@ -2,7 +2,9 @@
 //! [`SinkType`] its config implements to be registered in one line.
 
 use std::fmt::Debug;
+use std::ops::Range;
 use std::path::PathBuf;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use figment::Figment;
@@ -24,6 +26,34 @@ pub trait Sink: Send + Sync {
     /// dead-letter file cannot be written); the pipeline retries the call.
     /// Called concurrently for several batches.
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()>;
+
+    /// [`Self::deliver`], also reporting each request the destination
+    /// accepted but has not confirmed yet: `pending(range, token)` says
+    /// `events[range]` went out in a request the destination knows by
+    /// `token`, which [`Self::resolve_pending`] understands after a restart.
+    /// Only a sink whose destination can be asked later reports anything
+    /// (HEC with indexer acknowledgment); the report is a claim of sending,
+    /// never of confirmation. A sink that confirms before the destination
+    /// has the events (a spool) reports nothing.
+    async fn deliver_tracked(
+        &self,
+        source: &str,
+        events: &[Event],
+        pending: PendingReport<'_>,
+    ) -> anyhow::Result<()> {
+        let _ = pending;
+        self.deliver(source, events).await
+    }
+
+    /// Which of `requests` (reported pending by an earlier run's
+    /// [`Self::deliver_tracked`]) the destination confirms now, one answer
+    /// each, in order. Called once at a start, before the refetched pages
+    /// are delivered; the sink bounds how long it asks. `false` means "send
+    /// again" (duplicates, never loss), so that is the answer whenever in
+    /// doubt, and the default.
+    async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {
+        vec![false; requests.len()]
+    }
 
     /// Whether batches of a source must reach this sink in fetch order. Then
     /// the pipeline hands it one batch of a source at a time; otherwise up
@@ -48,6 +78,18 @@ pub trait Sink: Send + Sync {
     /// caller bounds how long it may take (a cut-off close must leave
     /// nothing worse than an abrupt one).
     async fn close(&self) {}
+}
+
+/// Where [`Sink::deliver_tracked`] reports a request awaiting confirmation:
+/// the events of the call it carried, and the destination's name for it.
+pub type PendingReport<'a> = &'a (dyn Fn(Range<usize>, Vec<u8>) + Send + Sync);
+
+/// A request an earlier run reported pending ([`Sink::deliver_tracked`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingRequest {
+    pub token: Vec<u8>,
+    /// When it was sent (as recorded; the clock may have moved since).
+    pub sent: SystemTime,
 }
 
 /// What a sink is given when it is built.

@@ -157,6 +157,24 @@ retry = {{ initial = "50ms", max = "300ms" }}
         .expect("exit after SIGTERM");
     assert!(status.success());
 
+    // What the restarts asked HEC about (requests awaiting their ack at a
+    // kill) and how many of those read true (not sent again).
+    let (mut asked, mut acknowledged) = (0u64, 0u64);
+    for line in std::fs::read_to_string(&log).unwrap_or_default().lines() {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+            if v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("acks pending before the restart"))
+            {
+                asked += v["asked"].as_u64().unwrap_or(0);
+                acknowledged += v["acknowledged"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    eprintln!(
+        "kill_duplicates: splunk_hec: {asked} requests awaited their ack at a kill, \
+         {acknowledged} of them read true when asked after the restart (not sent again)"
+    );
     let mut syslog_counts: HashMap<String, u64> = HashMap::new();
     for r in &syslog {
         if let Some(id) = r.event_ref().or_else(|| r.sd_param("id")) {

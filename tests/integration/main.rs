@@ -19,6 +19,7 @@ mod dead_letter_full;
 mod dlq_replay;
 mod hec_ack_polling;
 mod hec_ack_throughput;
+mod hec_pending_restart;
 mod hec_throughput;
 mod http_pull_to_webhook;
 mod kafka_sink;

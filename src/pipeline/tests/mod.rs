@@ -172,4 +172,6 @@ async fn a_sink_that_always_panics_is_unready_backs_off_and_is_never_committed_p
     );
 }
 
+mod pending;
+mod reload_race;
 mod resume;

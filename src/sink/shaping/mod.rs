@@ -307,6 +307,16 @@ impl ShapingSink {
 #[async_trait]
 impl Sink for ShapingSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        self.deliver_tracked(source, events, &|_, _| {}).await
+    }
+
+    /// Shaping maps event for event, so the inner sink's ranges are ours.
+    async fn deliver_tracked(
+        &self,
+        source: &str,
+        events: &[Event],
+        pending: crate::sink::PendingReport<'_>,
+    ) -> anyhow::Result<()> {
         let mut classes: BTreeMap<String, u64> = BTreeMap::new();
         let shaped: Vec<Event> = events
             .iter()
@@ -326,7 +336,11 @@ impl Sink for ShapingSink {
                 .with_label_values(&[&self.name, source, &class])
                 .inc_by(n);
         }
-        self.inner.deliver(source, &shaped).await
+        self.inner.deliver_tracked(source, &shaped, pending).await
+    }
+
+    async fn resolve_pending(&self, requests: &[crate::sink::PendingRequest]) -> Vec<bool> {
+        self.inner.resolve_pending(requests).await
     }
 
     fn ordered(&self) -> bool {

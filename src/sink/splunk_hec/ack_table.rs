@@ -20,12 +20,23 @@ struct AckEntry {
 }
 
 /// When ack ids are asked about: `first` after they were issued, then
-/// twice as long after each `false`, never longer than `ceiling`. An ack
-/// that comes fast is seen fast; one that comes slowly costs few queries.
+/// again after a quarter of their age (at least `first`, at most
+/// `ceiling`): an ack ready at t is seen by about max(t + `first`, 1.25 t),
+/// while a slow one costs few queries. A channel is never asked more often
+/// than once per `first`, however many ids wait.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct PollSchedule {
     pub(super) first: Duration,
     pub(super) ceiling: Duration,
+}
+
+impl PollSchedule {
+    /// The wait before asking again about an ack `age` old: a quarter of
+    /// its age (so an ack ready at t is seen by about 1.25 t, and by t +
+    /// `first` while young), at least `first`, at most `ceiling`.
+    pub(super) fn wait_at(&self, age: Duration) -> Duration {
+        (age / 4).max(self.first).min(self.ceiling)
+    }
 }
 
 /// Ack ids being asked about, by id. Not capped: every entry belongs to a
@@ -35,6 +46,8 @@ pub(super) struct AckTable {
     waiting: HashMap<u64, AckEntry>,
     generation: u64,
     schedule: PollSchedule,
+    /// When the channel was last asked (the gap before the next query).
+    last_query: Option<Instant>,
 }
 
 /// Event requests on their way whose ack id is not known yet, by sequence
@@ -138,6 +151,7 @@ impl AckTable {
             waiting: HashMap::new(),
             generation: 0,
             schedule,
+            last_query: None,
         }
     }
 
@@ -207,9 +221,14 @@ impl AckTable {
         expired
     }
 
-    /// When the next id is due to be asked about.
+    /// When the next query is due: when the first id is due, but not
+    /// sooner than `first` after the last query.
     pub(super) fn next_due(&self) -> Option<Instant> {
-        self.waiting.values().map(|e| e.due).min()
+        let due = self.waiting.values().map(|e| e.due).min()?;
+        Some(match self.last_query {
+            Some(last) => due.max(last + self.schedule.first),
+            None => due,
+        })
     }
 
     /// How long ago the oldest id still asked about was issued.
@@ -228,12 +247,13 @@ impl AckTable {
     /// keep their schedule). In chunks of `per_query` ids, due ids first.
     pub(super) fn due_for_query(&mut self, now: Instant, per_query: usize) -> Vec<(u64, u64)> {
         let soon = now + self.schedule.first / 2;
-        let ceiling = self.schedule.ceiling;
+        let schedule = self.schedule;
+        self.last_query = Some(now);
         let mut due = Vec::new();
         let mut later = Vec::new();
         for (id, e) in &mut self.waiting {
             if e.due <= soon {
-                e.wait = e.wait.saturating_mul(2).min(ceiling);
+                e.wait = schedule.wait_at(now.saturating_duration_since(e.issued));
                 e.due = now + e.wait;
                 due.push((*id, e.generation));
             } else {
@@ -280,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn an_id_is_asked_about_first_soon_then_twice_as_late_up_to_the_ceiling() {
+    fn an_ack_is_seen_soon_after_it_is_ready_and_slow_ones_are_asked_less_often() {
         let mut t = table();
         let t0 = Instant::now();
         let mut acks = RequestAcks::default();
@@ -290,15 +310,40 @@ mod tests {
             t.due_for_query(t0 + 10 * MS, 1000).is_empty(),
             "asked before due"
         );
+        let mut asks = Vec::new();
         let mut now = t0 + 100 * MS;
-        let mut waits = Vec::new();
-        for _ in 0..6 {
+        while now < t0 + 20_000 * MS {
             assert_eq!(t.due_for_query(now, 1000), vec![(7, 1)]);
-            let next = t.next_due().unwrap();
-            waits.push((next - now).as_millis());
-            now = next;
+            asks.push(now - t0);
+            now = t.next_due().unwrap();
         }
-        assert_eq!(waits, [200, 400, 800, 1000, 1000, 1000]);
+        let waits: Vec<Duration> = asks.windows(2).map(|w| w[1] - w[0]).collect();
+        // Soon, then less often, never more than the ceiling apart.
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(waits[0], 100 * MS);
+        assert_eq!(*waits.last().unwrap(), 1000 * MS);
+        // An ack ready at `ready` is seen within max(first, ready / 4):
+        // a doubling wait would see an ack ready at 1.7 s only at 3.1 s.
+        for ready in [150, 450, 1000, 1700, 3000, 9000].map(|ms| ms * MS) {
+            let seen = *asks.iter().find(|a| **a >= ready).unwrap();
+            let late = (ready / 4).max(100 * MS);
+            assert!(seen <= ready + late, "ready at {ready:?}, seen at {seen:?}");
+        }
+        // Few questions: 20 s of a slow ack, not one per `first`.
+        assert!(asks.len() <= 40, "{} asks", asks.len());
+    }
+
+    #[test]
+    fn a_channel_is_asked_at_most_once_per_first_wait() {
+        let mut t = table();
+        let t0 = Instant::now();
+        let (mut a, mut b) = Default::default();
+        t.watch(&mut a, 1, t0);
+        assert_eq!(t.due_for_query(t0 + 100 * MS, 1000), vec![(1, 1)]);
+        // A request issued right after the query: its first question waits
+        // for the gap, not only its own first wait.
+        t.watch(&mut b, 2, t0 + 101 * MS - 100 * MS / 2 - MS);
+        assert_eq!(t.next_due(), Some(t0 + 200 * MS));
     }
 
     #[test]
@@ -313,9 +358,18 @@ mod tests {
             t.due_for_query(t0 + 100 * MS, 1000),
             vec![(1, 1), (2, 2), (3, 3)]
         );
-        // 1 and 2 were due (or nearly): next at +200 ms; 3 keeps its time.
-        assert_eq!(t.next_due(), Some(t0 + 190 * MS));
-        assert_eq!(t.oldest_age(t0 + 100 * MS), 100 * MS);
+        // 1 and 2 were due (or nearly): next at +200 ms; 3 keeps its
+        // time (190 ms), which alone would be due then: the next query.
+        t.forget(a);
+        t.forget(b);
+        assert_eq!(t.oldest_age(t0 + 100 * MS), 10 * MS);
+        assert_eq!(
+            t.next_due(),
+            Some(t0 + 200 * MS),
+            "at most one query per first wait"
+        );
+        let late = t0 + 190 * MS + 100 * MS;
+        assert_eq!(t.due_for_query(late, 1000), vec![(3, 3)]);
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! about all of them, and what confirms a request.
 //!
 //! Each id is asked about soon after it was issued (`ack_first_poll`),
-//! then twice as late after each `false`, at most `ack_poll_interval`
-//! apart; whenever one is due, the query also asks about every other
-//! pending id of the channel. Requests awaiting acks hold no request
+//! then again after a quarter of its age (at least `ack_first_poll`, at
+//! most `ack_poll_interval`), so an ack is seen soon after it is ready;
+//! whenever one is due, the query also asks about every other pending id
+//! of the channel, and the channel is asked at most once per
+//! `ack_first_poll` however many ids wait. Requests awaiting acks hold no request
 //! permit (`concurrency` bounds only requests on the wire), so as many
 //! await their acks as the pipeline has in flight.
 //!
@@ -160,10 +162,21 @@ impl Inner {
     /// One request to the ack endpoint on this sink's channel, with the
     /// sink's credentials; `Err`: a credential no header can carry.
     pub(super) async fn ack_query(&self, body: bytes::Bytes) -> Result<Sent, String> {
+        self.ack_query_on(&self.ack_url, &self.channel, body).await
+    }
+
+    /// One request to the ack endpoint `url` about `channel` (an earlier
+    /// run's, after a restart).
+    pub(super) async fn ack_query_on(
+        &self,
+        url: &url::Url,
+        channel: &reqwest::header::HeaderValue,
+        body: bytes::Bytes,
+    ) -> Result<Sent, String> {
         let request = || {
             self.client
-                .post(self.ack_url.clone())
-                .header(CHANNEL_HEADER, self.channel.clone())
+                .post(url.clone())
+                .header(CHANNEL_HEADER, channel.clone())
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone())
         };

@@ -46,7 +46,7 @@ pub struct SplunkHecConfig {
     #[serde(default = "crate::config::secs::<300>", with = "humantime_serde")]
     pub ack_timeout: Duration,
     /// The longest wait between two questions about a pending ack (the
-    /// wait doubles from `ack_first_poll` while the ack reads false).
+    /// wait is a quarter of the ack's age, from `ack_first_poll` up).
     #[serde(default = "crate::config::secs::<10>", with = "humantime_serde")]
     pub ack_poll_interval: Duration,
     /// How soon after a request is accepted its ack is first asked about.

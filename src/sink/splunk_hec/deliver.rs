@@ -130,6 +130,8 @@ pub(super) struct EventRequests<'a> {
     /// The source's name, JSON-encoded.
     pub(super) source: &'a str,
     pub(super) sizes: &'a Sizes,
+    /// Hears of each request accepted with an ack id (see `resolve`).
+    pub(super) pending: crate::sink::PendingReport<'a>,
 }
 
 #[async_trait]
@@ -151,10 +153,17 @@ impl RetryLogic for EventRequests<'_> {
         }
         let body = || {
             let size = self.sizes.bytes(&run);
-            inner.envelope.encode(self.source, &events[run], size)
+            inner
+                .envelope
+                .encode(self.source, &events[run.clone()], size)
         };
         match inner.post_events(body).await {
-            Answer::Accepted { ack_id } => inner.accepted(acks, ack_id).await,
+            Answer::Accepted { ack_id } => {
+                if let (true, Some(id)) = (inner.cfg.indexer_ack, ack_id) {
+                    (self.pending)(run.clone(), inner.pending_token(id));
+                }
+                inner.accepted(acks, ack_id).await
+            }
             Answer::Retry(why, after) => Verdict::Retry { why, after },
             Answer::Token(why) => Verdict::AuthWait {
                 trouble: Trouble::Token,

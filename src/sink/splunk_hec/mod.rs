@@ -8,8 +8,11 @@
 //! sent on this sink's channel (a GUID in `X-Splunk-Request-Channel`), its
 //! `ackId` is recorded, and one poller per sink asks
 //! `/services/collector/ack` about every pending id, first
-//! `ack_first_poll` after a request, then backing off to at most
-//! `ack_poll_interval` while its ack reads false.
+//! `ack_first_poll` after a request, then after a quarter of the ack's
+//! age, at most `ack_poll_interval` apart, while its ack reads false.
+//! Each request awaiting its ack is reported pending (channel, ack id) to
+//! the source's progress log, and a restart asks HEC about those before
+//! sending them again (see [`resolve`]).
 //! A request counts as confirmed only once its ack reads `true`; one not
 //! acknowledged within `ack_timeout` is sent again (an indexer can lose
 //! data, and an ack reads true only once, so "no answer" means "resend"),
@@ -53,6 +56,7 @@ mod encode;
 mod health;
 mod inner;
 mod metrics;
+mod resolve;
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -64,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::delivery::{Delivery, Readiness};
-use super::{Sink, SinkCommon, SinkContext};
+use super::{PendingReport, PendingRequest, Sink, SinkCommon, SinkContext};
 use crate::config::{parse_url, require_positive, Problems};
 use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
@@ -163,6 +167,17 @@ impl SplunkHecSink {
 #[async_trait]
 impl Sink for SplunkHecSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        self.deliver_tracked(source, events, &|_, _| {}).await
+    }
+
+    /// Each request accepted with an ack id is reported pending (its
+    /// channel and ack id) until its ack reads true.
+    async fn deliver_tracked(
+        &self,
+        source: &str,
+        events: &[Event],
+        pending: PendingReport<'_>,
+    ) -> anyhow::Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -177,6 +192,7 @@ impl Sink for SplunkHecSink {
             inner,
             source: &json_source,
             sizes: &sizes,
+            pending,
         };
         // Each run on its own, at once: `concurrency` bounds the requests
         // (and the request bodies built).
@@ -188,6 +204,10 @@ impl Sink for SplunkHecSink {
         )
         .await;
         results.into_iter().collect()
+    }
+
+    async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {
+        self.inner.resolve_pending(requests).await
     }
 
     /// Splunk indexes by event time; parallel requests give throughput.

@@ -265,6 +265,14 @@ impl Sink for SpoolingSink {
         self.inner.ordered()
     }
 
+    // `deliver_tracked` stays the default (nothing reported): a spooled
+    // batch is confirmed at its fsync, so the inner sink's requests are
+    // the drainer's business. What an earlier run (perhaps without the
+    // spool) left pending is a question for the destination itself.
+    async fn resolve_pending(&self, requests: &[crate::sink::PendingRequest]) -> Vec<bool> {
+        self.inner.resolve_pending(requests).await
+    }
+
     async fn healthcheck(&self) -> anyhow::Result<()> {
         self.inner.healthcheck().await
     }

@@ -99,6 +99,11 @@ pub struct HecFaults {
     /// they arrived: an indexer slow to answer, while event requests on
     /// other connections go on.
     pub ack_query_delay: Duration,
+    /// An ack query about a channel this indexer does not know (no event
+    /// request came on it since the indexer started, as after a
+    /// [`HecFake::restart`]) is answered 400 code 11 "Invalid data
+    /// channel", as Splunk answers for an unknown or expired channel.
+    pub unknown_channel_error: bool,
 }
 
 /// An OAuth2 gateway in front of the collector (see the module doc).
@@ -205,6 +210,10 @@ pub struct HecStats {
     /// Requests the gateway refused (401) for a missing, unknown, expired
     /// or revoked access token, by endpoint.
     pub gateway_refused: BTreeMap<&'static str, u64>,
+    /// Ack queries by the channel they asked about.
+    pub ack_query_channels: BTreeMap<String, u64>,
+    /// Ack queries answered code 11 for an unknown channel.
+    pub unknown_channel_queries: u64,
 }
 
 struct PendingAck {
@@ -657,6 +666,10 @@ impl Shared {
             Ok(c) => c,
             Err(resp) => return resp,
         };
+        if let Some(ch) = &channel {
+            // Any request on a channel makes it known to this indexer.
+            st.channels.entry((indexer, ch.clone())).or_default();
+        }
         if let Some(not_before) = st.not_before {
             if Instant::now() < not_before {
                 st.stats.early_retries += 1;
@@ -786,6 +799,16 @@ impl Shared {
         st.stats.largest_ack_query = st.stats.largest_ack_query.max(ids.len());
         let now = Instant::now();
         let channel = channel.unwrap_or_default();
+        *st.stats
+            .ack_query_channels
+            .entry(channel.clone())
+            .or_default() += 1;
+        if st.cfg.faults.unknown_channel_error
+            && !st.channels.contains_key(&(indexer, channel.clone()))
+        {
+            st.stats.unknown_channel_queries += 1;
+            return hec(400, 11, "Invalid data channel");
+        }
         let hold = st.cfg.faults.hold_acks;
         let mut answers = serde_json::Map::new();
         let (mut yes, mut unknown) = (0, 0);

@@ -1,0 +1,210 @@
+//! Requests a sink reported pending at a crash: the restart asks the sink
+//! about them before the refetched page is planned; what it confirms is
+//! skipped, the rest is sent again, and nothing of it outlives the commit.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::super::*;
+use crate::event::{Batch, Event};
+use crate::health::Health;
+use crate::sink::{FilterConfig, PendingReport, PendingRequest, Sink};
+
+/// Reports each call pending (token: the id of its first event); hangs
+/// (never confirms) when `hang`, else confirms. Confirms on restart the
+/// tokens in `acked`, once each (as HEC forgets an ack it reported).
+struct AckingSink {
+    hang: bool,
+    acked: Mutex<HashSet<Vec<u8>>>,
+    asked: Mutex<Vec<PendingRequest>>,
+    received: Mutex<Vec<String>>,
+}
+
+impl AckingSink {
+    fn new(hang: bool, acked: &[&str]) -> Arc<Self> {
+        Arc::new(AckingSink {
+            hang,
+            acked: Mutex::new(acked.iter().map(|t| t.as_bytes().to_vec()).collect()),
+            asked: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for AckingSink {
+    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        self.deliver_tracked(source, events, &|_, _| {}).await
+    }
+
+    async fn deliver_tracked(
+        &self,
+        _source: &str,
+        events: &[Event],
+        pending: PendingReport<'_>,
+    ) -> anyhow::Result<()> {
+        let token = events[0]
+            .id
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes()
+            .to_vec();
+        pending(0..events.len(), token);
+        if self.hang {
+            std::future::pending::<()>().await;
+        }
+        let ids = events
+            .iter()
+            .map(|e| e.id.as_deref().unwrap_or_default().to_string());
+        self.received.lock().expect("not poisoned").extend(ids);
+        Ok(())
+    }
+
+    async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {
+        self.asked
+            .lock()
+            .expect("not poisoned")
+            .extend(requests.iter().cloned());
+        let mut acked = self.acked.lock().expect("not poisoned");
+        requests.iter().map(|r| acked.remove(&r.token)).collect()
+    }
+
+    fn ordered(&self) -> bool {
+        false
+    }
+}
+
+struct Pages(VecDeque<Batch>);
+
+#[async_trait]
+impl Source for Pages {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        Ok(self.0.pop_front())
+    }
+}
+
+/// One page of six events `e0`..`e5`.
+fn the_page() -> Batch {
+    let events = (0..6)
+        .map(|i| Event {
+            raw: Bytes::from(format!("{{\"id\":\"e{i}\"}}")),
+            id: Some(format!("e{i}").into()),
+            time: None,
+            kind: None,
+        })
+        .collect();
+    Batch {
+        source: "src".into(),
+        events,
+        checkpoint: Bytes::from_static(b"{\"after\":1}"),
+        newest_time: None,
+        fetched_at: std::time::Instant::now(),
+    }
+}
+
+fn pipeline(store: &CheckpointStore, sink: Arc<AckingSink>) -> SourcePipeline {
+    SourcePipeline {
+        name: "src".into(),
+        source: Box::new(Pages(VecDeque::from([the_page()]))),
+        routes: vec![Route {
+            sink_name: "hec".into(),
+            sink,
+            filter: FilterConfig::default(),
+            health: Health::default(),
+            // Runs of two: e0 e1 | e2 e3 | e4 e5.
+            request: RequestSize {
+                max_events: 2,
+                max_bytes: usize::MAX,
+            },
+        }],
+        store: store.clone(),
+        max_in_flight: 4,
+        max_in_flight_bytes: 1 << 20,
+        retry: RetryConfig {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        },
+    }
+}
+
+fn received(sink: &AckingSink) -> Vec<String> {
+    let mut r = sink.received.lock().expect("not poisoned").clone();
+    r.sort();
+    r
+}
+
+#[tokio::test]
+async fn a_restart_skips_the_pending_runs_the_sink_confirms_and_sends_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = CheckpointStore::open(dir.path()).expect("store");
+
+    // First run: three requests sent, all awaiting their acks; then a crash.
+    let first = AckingSink::new(true, &[]);
+    let run = tokio::spawn(pipeline(&store, first).run(CancellationToken::new()));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while store
+            .load_progress_all("src")
+            .expect("readable")
+            .pending
+            .len()
+            < 3
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the pending requests reach the progress log");
+    run.abort();
+    let _ = run.await;
+    let loaded = store.load_progress_all("src").expect("readable");
+    assert!(loaded.confirmed.is_empty(), "pending is not confirmed");
+
+    // Second run: the destination acknowledges e0's and e4's requests.
+    let second = AckingSink::new(false, &["e0", "e4"]);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        pipeline(&store, second.clone()).run(CancellationToken::new()),
+    )
+    .await
+    .expect("the second run finishes")
+    .expect("no failure");
+    let mut asked: Vec<Vec<u8>> = second
+        .asked
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|r| r.token.clone())
+        .collect();
+    asked.sort();
+    assert_eq!(asked, vec![b"e0".to_vec(), b"e2".to_vec(), b"e4".to_vec()]);
+    assert_eq!(
+        received(&second),
+        vec!["e2", "e3"],
+        "only the unacknowledged run is sent again"
+    );
+    assert_eq!(
+        store.load("src").expect("readable").as_deref(),
+        Some(&b"{\"after\":1}"[..])
+    );
+    let left = store.load_progress_all("src").expect("readable");
+    assert!(
+        left.confirmed.is_empty() && left.pending.is_empty(),
+        "a committed page leaves nothing in the log: {left:?}"
+    );
+
+    // A third start asks nothing (and the page, were it refetched, would
+    // go out whole: nothing of the committed one may skip it).
+    let third = AckingSink::new(false, &["e2"]);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        pipeline(&store, third.clone()).run(CancellationToken::new()),
+    )
+    .await
+    .expect("the third run finishes")
+    .expect("no failure");
+    assert!(third.asked.lock().expect("not poisoned").is_empty());
+    assert_eq!(received(&third).len(), 6);
+}
