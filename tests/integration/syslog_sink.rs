@@ -930,10 +930,17 @@ async fn frames_a_receiver_lost_around_a_reload_of_the_sink_arrive_after_it() {
     receiver.set_losing(false);
     let before_reload = committed(&state).unwrap();
     daemon.signal(libc::SIGHUP);
+    // The old instance may bring the frames back before it is replaced:
+    // what is asserted below is the state after the reload.
+    assert!(
+        daemon
+            .wait_for_log("config reloaded", Duration::from_secs(30))
+            .await,
+        "{}",
+        daemon.log_text()
+    );
     assert_all_back(&receiver, before_reload, &log).await;
     daemon.kill().await;
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("config reloaded"), "{text}");
     let files: Vec<String> = std::fs::read_dir(state.join("syslog_replay/sys"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1021,8 +1028,14 @@ async fn a_clean_stop_or_reload_resends_nothing_while_a_kill_resends_the_window(
     stop_config(dir.path(), &rs, port, "6s");
     let before_reload = committed(&state).unwrap();
     daemon.signal(libc::SIGHUP);
+    assert!(
+        daemon
+            .wait_for_log("config reloaded", Duration::from_secs(30))
+            .await,
+        "{}",
+        daemon.log_text()
+    );
     wait_committed(&state, before_reload + 100, &daemon).await;
-    assert!(daemon.log_text().contains("config reloaded"));
     let status = daemon.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
     let stopped = committed(&state).unwrap();

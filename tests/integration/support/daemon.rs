@@ -91,6 +91,18 @@ impl Daemon {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (bounded by `within`) until the log holds `text`; whether it did.
+    pub async fn wait_for_log(&self, text: &str, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.log_text().contains(text) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 /// A loopback port that was free a moment ago.

@@ -86,7 +86,8 @@ impl Etcd {
             .expect("spawn etcd (apt-get install etcd-server)");
         self.child = Some(child);
         let health = format!("{}/health", self.endpoint());
-        for _ in 0..200 {
+        // Generous: a loaded 2-core CI machine starts etcd slowly.
+        for _ in 0..400 {
             if let Some((200, body)) = http_get(&health).await {
                 if body.contains("true") {
                     return;
@@ -94,7 +95,7 @@ impl Etcd {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("etcd did not become healthy in 20 s:\n{}", self.log_text());
+        panic!("etcd did not become healthy in 40 s:\n{}", self.log_text());
     }
 
     /// Kills etcd (an outage); `resume` brings it back with its data.
