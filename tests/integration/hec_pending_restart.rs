@@ -287,3 +287,125 @@ async fn a_restart_hears_true_once_per_ack_and_nothing_from_unknown_channels() {
         started.elapsed()
     );
 }
+
+/// Sends `events` to `sink` for `source` in a task of its own, noting the
+/// token of each request reported pending in `tokens`.
+fn send_tracked(
+    sink: &std::sync::Arc<dyn auditrelay::sink::Sink>,
+    source: &'static str,
+    events: Vec<auditrelay::event::Event>,
+    tokens: &std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    reported: &std::sync::Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()> {
+    let (sink, tokens, reported) = (sink.clone(), tokens.clone(), reported.clone());
+    tokio::spawn(async move {
+        let report = |_range, token| {
+            tokens.lock().unwrap().push(token);
+            reported.notify_waiters();
+        };
+        let r = sink.deliver_tracked(source, &events, &report).await;
+        panic!("confirmed while indexing is stalled: {r:?}");
+    })
+}
+
+/// Waits (bounded) until `tokens` holds `n` tokens.
+async fn wait_for_tokens(
+    tokens: &std::sync::Mutex<Vec<Vec<u8>>>,
+    reported: &tokio::sync::Notify,
+    n: usize,
+) {
+    tokio::time::timeout(LONG, async {
+        loop {
+            let notified = reported.notified();
+            if tokens.lock().unwrap().len() >= n {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{n} requests reported pending"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_id_the_restarted_indexer_issued_to_another_source_confirms_nothing() {
+    use crate::splunk_hec_sink::{build, events, TOKEN};
+    use auditrelay::sink::PendingRequest;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::Notify;
+
+    let hec = HecFake::start(HecFakeConfig {
+        token: TOKEN.into(),
+        ack: true,
+        faults: HecFaults {
+            hold_acks: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let extra = "indexer_ack = true\nack_poll_interval = \"100ms\"\nconcurrency = 1\n\
+                 batch = { max_events = 10 }";
+    let old_dir = tempfile::tempdir().unwrap();
+    let old = build(old_dir.path(), "hec_shared_old", &hec.url(), TOKEN, extra);
+    let all = events(60);
+    let reported = Arc::new(Notify::new());
+    let (a_tokens, b_tokens) = (Arc::default(), Arc::default());
+    // Source b: ack ids 0 and 1 on the sink's channel, awaiting their acks.
+    let b1 = send_tracked(&old.sink, "b", all[..20].to_vec(), &b_tokens, &reported);
+    wait_for_tokens(&b_tokens, &reported, 2).await;
+    // Source a: ack id 2, lost by the indexer, which then restarts.
+    hec.set_faults(HecFaults {
+        hold_acks: true,
+        lose: 1.0,
+        ..Default::default()
+    });
+    let a = send_tracked(&old.sink, "a", all[20..30].to_vec(), &a_tokens, &reported);
+    wait_for_tokens(&a_tokens, &reported, 1).await;
+    hec.restart();
+    hec.set_faults(HecFaults {
+        hold_acks: true,
+        ..Default::default()
+    });
+    // Source b goes on sending on the shared channel: the restarted
+    // indexer issues its ids from 0 again; the third is a's old id.
+    let b2 = send_tracked(&old.sink, "b", all[30..60].to_vec(), &b_tokens, &reported);
+    wait_for_tokens(&b_tokens, &reported, 5).await;
+    // The crash: the old process and its poller are gone.
+    for task in [b1, a, b2] {
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+    }
+    drop(old);
+    hec.set_hold_acks(false);
+
+    // Source a's restart knows only its own pending record (source b's
+    // are in b's progress log).
+    let a_token = a_tokens.lock().unwrap()[0].clone();
+    assert!(
+        String::from_utf8_lossy(&a_token).contains("\"ack\":2"),
+        "{}",
+        String::from_utf8_lossy(&a_token)
+    );
+    let new_dir = tempfile::tempdir().unwrap();
+    let new = build(new_dir.path(), "hec_shared_new", &hec.url(), TOKEN, extra);
+    let answers = new
+        .sink
+        .resolve_pending(&[PendingRequest {
+            token: a_token,
+            sent: std::time::SystemTime::now(),
+        }])
+        .await;
+    let counts = hec.counts();
+    let a_indexed = all[20..30]
+        .iter()
+        .filter(|e| counts.contains_key(e.id.as_deref().unwrap()))
+        .count();
+    assert_eq!(a_indexed, 0, "source a's events were lost by the indexer");
+    assert_eq!(
+        answers,
+        vec![false],
+        "source a's lost request counted as acknowledged: its events would never be sent again"
+    );
+}
