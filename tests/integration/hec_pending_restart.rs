@@ -331,7 +331,7 @@ async fn wait_for_tokens(
 async fn an_ack_id_the_restarted_indexer_issued_to_another_source_confirms_nothing() {
     use crate::splunk_hec_sink::{build, events, TOKEN};
     use auditrelay::sink::PendingRequest;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     use tokio::sync::Notify;
 
     let hec = HecFake::start(HecFakeConfig {

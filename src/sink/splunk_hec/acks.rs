@@ -162,7 +162,9 @@ impl Inner {
     /// One request to the ack endpoint on this sink's channel, with the
     /// sink's credentials; `Err`: a credential no header can carry.
     pub(super) async fn ack_query(&self, body: bytes::Bytes) -> Result<Sent, String> {
-        self.ack_query_on(&self.ack_url, &self.channel, body).await
+        let channel = self.channel.get();
+        self.ack_query_on(&self.ack_url_for(&channel), &channel, body)
+            .await
     }
 
     /// One request to the ack endpoint `url` about `channel` (an earlier

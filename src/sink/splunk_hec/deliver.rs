@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
-use tracing::error;
+use reqwest::header::{HeaderValue, CONTENT_ENCODING, CONTENT_TYPE};
+use tracing::{error, warn};
 
 use super::ack_table::RequestAcks;
 use super::answer::{classify, Answer};
@@ -27,8 +27,22 @@ const FIXED_TOKEN_ENDPOINT: &[Trouble] = &[Trouble::Token, Trouble::Endpoint];
 impl Inner {
     /// One POST of envelopes to the event endpoint; the body is built
     /// (and compressed) only once a `concurrency` slot is held, so the
-    /// bodies in memory are those of the requests being sent.
-    pub(super) async fn post_events(&self, encode: impl FnOnce() -> Bytes) -> Answer {
+    /// bodies in memory are those of the requests being sent. Also the
+    /// channel it went out on (its ack id is that channel's).
+    pub(super) async fn post_events(
+        &self,
+        encode: impl FnOnce() -> Bytes,
+    ) -> (Answer, HeaderValue) {
+        let mut channel = self.channel.get();
+        let answer = self.post_events_on(&mut channel, encode).await;
+        (answer, channel)
+    }
+
+    async fn post_events_on(
+        &self,
+        channel: &mut HeaderValue,
+        encode: impl FnOnce() -> Bytes,
+    ) -> Answer {
         let Ok(_permit) = self.permits.acquire().await else {
             return Answer::Retry("sink is shutting down".into(), None);
         };
@@ -46,6 +60,7 @@ impl Inner {
             let _gate = self.id0_gate.read().await;
             self.sent_any.store(true, Ordering::Release);
         }
+        *channel = self.channel.get();
         let body = encode();
         let body = if self.cfg.compression == Compression::Gzip {
             match tokio::task::spawn_blocking(move || crate::format::gzip(&body)).await {
@@ -65,7 +80,7 @@ impl Inner {
                 req = req.header(CONTENT_ENCODING, "gzip");
             }
             if self.cfg.indexer_ack {
-                req = req.header(CHANNEL_HEADER, self.channel.clone());
+                req = req.header(CHANNEL_HEADER, channel.clone());
             }
             req.body(body.clone())
         };
@@ -99,10 +114,15 @@ impl Inner {
                 return Answer::Retry(why, None);
             }
         };
-        let (label, answer) = classify(status, retry_after, &answer);
+        let (label, mut answer) = classify(status, retry_after, &answer);
         self.count("event", &label);
         if let (true, Answer::Accepted { ack_id: Some(id) }) = (self.cfg.indexer_ack, &answer) {
-            self.note_issued(*id);
+            let id = *id;
+            self.note_issued(id);
+            if let Err(why) = self.channel.issued(channel, id) {
+                warn!(sink = %self.delivery.name, ack_id = id, "{why}");
+                answer = Answer::Retry(why, None);
+            }
         }
         // Set while the permit is held, so no other request slips in.
         self.pause_for(&answer);
@@ -157,10 +177,11 @@ impl RetryLogic for EventRequests<'_> {
                 .envelope
                 .encode(self.source, &events[run.clone()], size)
         };
-        match inner.post_events(body).await {
+        let (answer, channel) = inner.post_events(body).await;
+        match answer {
             Answer::Accepted { ack_id } => {
                 if let (true, Some(id)) = (inner.cfg.indexer_ack, ack_id) {
-                    (self.pending)(run.clone(), inner.pending_token(id));
+                    (self.pending)(run.clone(), Inner::pending_token(&channel, id));
                 }
                 inner.accepted(acks, ack_id).await
             }

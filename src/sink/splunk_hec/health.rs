@@ -87,7 +87,7 @@ impl Inner {
                 .post(self.event_url.clone())
                 .header(CONTENT_TYPE, "application/json");
             let req = if self.cfg.indexer_ack {
-                req.header(CHANNEL_HEADER, self.channel.clone())
+                req.header(CHANNEL_HEADER, self.channel.get())
             } else {
                 req
             };

@@ -11,6 +11,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::ack_table::{AckTable, PostsInFlight};
 use super::auth::HecAuth;
+use super::channel::CurrentChannel;
 use super::config::SplunkHecConfig;
 use super::encode::Envelope;
 use super::metrics::HEC_METRICS;
@@ -47,9 +48,10 @@ pub(super) struct Inner {
     pub(super) batch: BatchConfig,
     pub(super) client: reqwest::Client,
     pub(super) event_url: url::Url,
+    /// The ack endpoint, without the `channel` parameter.
     pub(super) ack_url: url::Url,
     pub(super) health_url: url::Url,
-    pub(super) channel: HeaderValue,
+    pub(super) channel: CurrentChannel,
     pub(super) auth: HecAuth,
     pub(super) envelope: Envelope,
     /// Name, retry, readiness and dead letters, for the delivery loop.
@@ -80,6 +82,15 @@ impl Inner {
     /// Re-reads the HEC token, in case it was rotated.
     pub(super) fn reload_token(&self) {
         self.auth.reload(&self.delivery.name);
+    }
+
+    /// The ack endpoint's URL for `channel`.
+    pub(super) fn ack_url_for(&self, channel: &HeaderValue) -> url::Url {
+        let mut url = self.ack_url.clone();
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("channel", channel.to_str().unwrap_or_default());
+        url
     }
 
     pub(super) fn count(&self, endpoint: &str, code: &str) {

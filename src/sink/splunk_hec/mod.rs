@@ -50,6 +50,7 @@ mod ack_table;
 mod acks;
 mod answer;
 mod auth;
+mod channel;
 mod config;
 mod deliver;
 mod encode;
@@ -62,7 +63,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use reqwest::header::HeaderValue;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -74,6 +74,7 @@ use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
 use acks::ack_poller;
 use auth::HecAuth;
+use channel::CurrentChannel;
 pub use config::{Compression, SplunkHecConfig};
 use deliver::EventRequests;
 use encode::Envelope;
@@ -113,9 +114,7 @@ impl SplunkHecSink {
         };
         let event_url = join("services/collector/event")?;
         let health_url = join("services/collector/health")?;
-        let channel = uuid::Uuid::new_v4().to_string();
-        let mut ack_url = join("services/collector/ack")?;
-        ack_url.query_pairs_mut().append_pair("channel", &channel);
+        let ack_url = join("services/collector/ack")?;
         let options = crate::http::ClientOptions {
             redirects: cfg.follow_redirects,
             cookies: true,
@@ -133,7 +132,7 @@ impl SplunkHecSink {
             event_url,
             ack_url,
             health_url,
-            channel: HeaderValue::from_str(&channel)?,
+            channel: CurrentChannel::new(),
             auth,
             envelope,
             delivery: Delivery {
@@ -159,6 +158,8 @@ impl SplunkHecSink {
         if inner.cfg.indexer_ack {
             runtime.spawn(ack_poller(inner.clone(), stop.clone()));
         }
+        let channel = inner.channel.get();
+        let channel = channel.to_str().unwrap_or_default();
         info!(sink = %inner.delivery.name, channel = %channel, indexer_ack = inner.cfg.indexer_ack, "Splunk HEC sink ready to send");
         Ok(SplunkHecSink { inner, stop })
     }

@@ -17,8 +17,13 @@
 //! is any id below twice `concurrency` (the ids requests on the wire at a
 //! crash could have got from a restarted indexer before any of them was
 //! recorded); and the pipeline drops a token claimed for two different
-//! sets of events. What remains is an indexer restart and a crash within
-//! one progress-log sync of each other, on a channel younger than that.
+//! sets of events. Those checks see one source's ids only, while every
+//! source routed to the sink shares its channel: the running sink gives a
+//! channel up at the first id issued on it twice (see `channel`), so an
+//! old channel's ids are reissued only to the few requests on the wire at
+//! the indexer's restart. What remains is an indexer restart and a crash
+//! within one progress-log sync of each other, on a channel younger than
+//! that.
 //!
 //! Asking is bounded: an id is asked about until the running sink would
 //! have given up waiting for it (`ack_timeout` after it was sent), and the
@@ -98,9 +103,9 @@ fn trustworthy(ids: &mut Vec<Open>, concurrency: u64) -> Option<String> {
 }
 
 impl Inner {
-    /// The token of a request that got ack id `ack` on this sink's channel.
-    pub(super) fn pending_token(&self, ack: u64) -> Vec<u8> {
-        let channel = self.channel.to_str().unwrap_or_default().to_string();
+    /// The token of a request that got ack id `ack` on `channel`.
+    pub(super) fn pending_token(channel: &HeaderValue, ack: u64) -> Vec<u8> {
+        let channel = channel.to_str().unwrap_or_default().to_string();
         serde_json::to_vec(&AckToken { channel, ack }).unwrap_or_default()
     }
 
@@ -179,10 +184,7 @@ impl Inner {
         let Ok(header) = HeaderValue::from_str(channel) else {
             return Reply::ChannelGone("not a channel name".into());
         };
-        let mut url = self.ack_url.clone();
-        url.query_pairs_mut()
-            .clear()
-            .append_pair("channel", channel);
+        let url = self.ack_url_for(&header);
         let list: Vec<u64> = ids.iter().map(|o| o.ack).collect();
         let Ok(body) = serde_json::to_vec(&serde_json::json!({ "acks": list })) else {
             return Reply::Failed("cannot encode the ack query".into());
