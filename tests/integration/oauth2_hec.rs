@@ -339,3 +339,47 @@ scopes = ["audit.read"]
         assert!(!text.contains(&token), "access token {token} is in the log");
     }
 }
+
+#[tokio::test]
+async fn asking_about_acks_pending_at_a_crash_is_bounded_while_no_access_token_comes() {
+    // The token endpoint is down (nothing listens): an access token never
+    // comes. The restart's questions must still end, or the source's
+    // pipeline (and every other sink of the source) would wait forever.
+    let ep = endpoint(Duration::from_secs(3600)).await;
+    let hec = hec(ep.issued(), None).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client_secret"), CLIENT_SECRET).unwrap();
+    std::fs::write(dir.path().join("hec_token"), HEC_TOKEN).unwrap();
+    let (sink, _, _) = support::sink::build(
+        dir.path(),
+        "oauth_hec_resolve_bounded",
+        &format!(
+            "type = \"splunk_hec\"\nendpoint = \"{}\"\nindexer_ack = true\n\
+             ack_poll_interval = \"50ms\"\ntimeout = \"1s\"\nauth_retry = \"100ms\"\n\
+             retry = {{ initial = \"10ms\", max = \"50ms\" }}\n\
+             [sinks.oauth_hec_resolve_bounded.oauth2]\n\
+             token_url = \"http://127.0.0.1:{}/token\"\nclient_id = \"auditrelay-test\"\n\
+             client_secret_file = \"{}/client_secret\"\nclient_auth = \"body\"\n",
+            hec.url(),
+            free_port(),
+            dir.path().display()
+        ),
+    );
+    let token = br#"{"channel":"0b7e57c4-0000-4000-8000-000000000001","ack":40}"#;
+    let started = Instant::now();
+    let answers = tokio::time::timeout(
+        Duration::from_secs(30),
+        sink.resolve_pending(&[auditrelay::sink::PendingRequest {
+            token: token.to_vec(),
+            sent: std::time::SystemTime::now(),
+        }]),
+    )
+    .await
+    .expect("the questions about pending acks never ended");
+    assert_eq!(answers, vec![false]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
