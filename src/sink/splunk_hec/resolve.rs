@@ -28,7 +28,8 @@
 //! Asking is bounded: an id is asked about until the running sink would
 //! have given up waiting for it (`ack_timeout` after it was sent), and the
 //! whole round ends at most the longer of `ack_poll_interval` and
-//! [`ASK_AT_LEAST`] after it began, asking on the usual schedule meanwhile:
+//! [`ASK_AT_LEAST`] after it began (plus one `timeout` for a query, or an
+//! access token, still awaited), asking on the usual schedule meanwhile:
 //! a restart waits about as long as one slow ack, not `ack_timeout`.
 
 use std::collections::BTreeMap;
@@ -118,6 +119,10 @@ impl Inner {
         let start = Instant::now();
         let now = SystemTime::now();
         let schedule = self.cfg.poll_schedule();
+        // One query may wait for its answer (or for an access token, which
+        // an OAuth2 gateway's token endpoint may never give) no longer than
+        // the round, plus one `timeout`: the source waits for this.
+        let give_up = start + schedule.ceiling.max(ASK_AT_LEAST) + self.cfg.timeout;
         let mut open: BTreeMap<String, Vec<Open>> = BTreeMap::new();
         for (index, r) in requests.iter().enumerate() {
             let Ok(token) = serde_json::from_slice::<AckToken>(&r.token) else {
@@ -143,7 +148,14 @@ impl Inner {
             for (channel, ids) in open.iter_mut() {
                 let mut gone = None;
                 for chunk in ids.chunks(MAX_ACKS_PER_QUERY) {
-                    match self.ask_old_channel(channel, chunk).await {
+                    let asked = tokio::time::timeout_at(
+                        give_up.into(),
+                        self.ask_old_channel(channel, chunk),
+                    );
+                    let reply = asked.await.unwrap_or_else(|_| {
+                        Reply::Failed("no answer while the restart was asking".into())
+                    });
+                    match reply {
                         Reply::Answers(answers) => {
                             for o in chunk {
                                 if answers.get(&o.ack.to_string()) == Some(&true) {
