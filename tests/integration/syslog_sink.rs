@@ -1021,8 +1021,19 @@ async fn a_clean_stop_or_reload_resends_nothing_while_a_kill_resends_the_window(
     stop_config(dir.path(), &rs, port, "6s");
     let before_reload = committed(&state).unwrap();
     daemon.signal(libc::SIGHUP);
+    // The old pipeline commits until the new one takes over: the log line,
+    // not the checkpoint, says the reload happened (the file is the only
+    // sign from outside: polled, bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !daemon.log_text().contains("config reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload: {}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     wait_committed(&state, before_reload + 100, &daemon).await;
-    assert!(daemon.log_text().contains("config reloaded"));
     let status = daemon.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
     let stopped = committed(&state).unwrap();
