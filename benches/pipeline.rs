@@ -294,7 +294,18 @@ fn delivered(metrics: &str) -> BTreeMap<String, f64> {
     out
 }
 
-/// Reaps the child and returns its own CPU seconds and peak RSS (MiB).
+/// The process's peak RSS so far (MiB), `VmHWM` in `/proc/PID/status`;
+/// `None` once it has exited. Not `wait4`'s `ru_maxrss`: a child spawned
+/// with vfork (as `Command` does) inherits there the peak of the bench
+/// process itself, whose fakes of earlier scenarios grew past the daemon.
+fn peak_rss(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Reaps the child and returns its own CPU seconds and `ru_maxrss` (MiB).
 fn reap(pid: u32) -> (f64, f64) {
     // SAFETY: wait4 on our own child; it fills the structs we own.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -425,9 +436,15 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let elapsed = started.elapsed().as_secs_f64();
+    let mut maxrss = peak_rss(child.id()).unwrap_or(0.0);
     // SAFETY: SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let (cpu, maxrss) = reap(child.id());
+    // Until it has exited (a zombie has no memory left to report).
+    while let Some(peak) = peak_rss(child.id()) {
+        maxrss = maxrss.max(peak);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (cpu, _) = reap(child.id());
     drop(kafka);
     let event_bytes = PageTemplate::new().body.len() as f64;
     Sample {

@@ -40,6 +40,7 @@ mod source_fakes;
 mod source_redirects;
 mod splunk_hec_sink;
 mod support_selftest;
+mod syslog_replay_disk;
 mod syslog_sink;
 mod veza_backfill;
 mod veza_to_kafka;

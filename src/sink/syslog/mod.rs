@@ -68,20 +68,29 @@ const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// yet the receiver never saw them. On a reset (or any failure other than a
 /// clean close) the window is written again on the next connection, before
 /// anything new: at least once across receiver restarts and crashes. The
-/// window is also on disk ([`replay`]), so it survives our own restarts.
+/// window is kept on disk only ([`replay`]), so it survives our own
+/// restarts and costs no memory.
 #[derive(Default)]
 struct State {
     conn: Option<Conn>,
-    window: replay::Window,
     /// The window must be resent before the next batch.
     replay: bool,
-    /// This instance's replay file, opened (and the windows of earlier
-    /// instances adopted) before the first TCP/TLS batch.
+    /// This instance's replay file, which holds the window, opened (and the
+    /// windows of earlier instances adopted) before the first TCP/TLS batch.
     log: Option<Arc<std::sync::Mutex<replay::ReplayLog>>>,
     /// A send was under way; still set when it was cancelled midway (a
     /// reload aborting a pipeline whose drain timed out), and then the
     /// connection may end inside a frame: never write after that.
     sending: bool,
+}
+
+impl State {
+    /// Bytes of frames in the replay window (none before the file is open).
+    fn window_bytes(&self) -> usize {
+        self.log
+            .as_ref()
+            .map_or(0, |log| replay::lock(log).window_bytes())
+    }
 }
 
 pub struct SyslogSink {
@@ -163,7 +172,7 @@ impl SyslogSink {
 
     /// Delivers one run of events, retrying until it is confirmed.
     async fn deliver_run(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        let mut frames = self.encoder.encode_all(source, events);
+        let frames = self.encoder.encode_all(source, events);
         if frames.truncated > 0 {
             SYSLOG_METRICS
                 .truncated
@@ -186,7 +195,7 @@ impl SyslogSink {
             state.conn = None;
             // Dropping the connection without the receiver's close proves
             // nothing, as after a reset: what it acknowledged may be unread.
-            state.replay = !state.window.is_empty();
+            state.replay = state.window_bytes() > 0;
         }
         if self.keeps_window() && state.log.is_none() {
             self.open_replay_log(state).await?;
@@ -211,15 +220,15 @@ impl SyslogSink {
             let result = match conn {
                 Conn::Udp(sock) => send_udp(sock, &frames).await,
                 Conn::Stream(s) => {
-                    let replay: Vec<bytes::Bytes> = if state.replay {
-                        state.window.batches.iter().cloned().collect()
-                    } else {
-                        Vec::new()
+                    // Read back from the file batch by batch while sent.
+                    let mut resend = match &state.log {
+                        Some(log) if state.replay => Some(replay::Resend::new(log.clone())),
+                        _ => None,
                     };
-                    match send_stream(s, &replay, &frames.buf, self.cfg.timeout).await {
+                    match send_stream(s, resend.as_mut(), &frames.buf, self.cfg.timeout).await {
                         Ok(()) => {
                             if state.replay {
-                                info!(sink = %self.name, bytes = state.window.bytes, "resent the frames written before the receiver reset the connection (or before a restart)");
+                                info!(sink = %self.name, bytes = state.window_bytes(), "resent the frames written before the receiver reset the connection (or before a restart)");
                                 state.replay = false;
                             }
                             Ok(())
@@ -227,10 +236,12 @@ impl SyslogSink {
                         Err(StreamError { why, clean }) => {
                             if clean && !state.replay {
                                 // Closed with everything read: nothing to resend.
-                                state.window.clear();
-                                self.persist(&state.log, None, &state.window).await.ok();
+                                self.persist(&state.log, None).await.ok();
                             } else if !clean {
-                                state.replay = !state.window.is_empty();
+                                // Also when the window could not be read
+                                // back: this batch is not confirmed, and the
+                                // next attempt resends the window first.
+                                state.replay = state.window_bytes() > 0;
                             }
                             Err(why)
                         }
@@ -273,16 +284,11 @@ impl SyslogSink {
                 Ok(()) => {
                     let (count, bytes) = (frames.spans.len(), frames.buf.len());
                     if self.keeps_window() {
-                        // Kept for the window: without its spare capacity
-                        // (a buffer that outgrew its estimate has doubled).
-                        let mut sent = std::mem::take(&mut frames.buf);
-                        sent.shrink_to_fit();
-                        let sent = bytes::Bytes::from(sent);
-                        state.window.push(sent.clone(), self.cfg.replay_window);
-                        // On disk before the batch counts as confirmed: a
-                        // crash from here on cannot lose it. Should that
-                        // fail, the batch is not confirmed (sent again).
-                        self.persist(&state.log, Some(sent), &state.window)
+                        // On disk (the window's only copy) before the batch
+                        // counts as confirmed: a crash from here on cannot
+                        // lose it. Should that fail, the batch is not
+                        // confirmed (sent again).
+                        self.persist(&state.log, Some(frames.buf))
                             .await
                             .map_err(|e| anyhow::anyhow!("sinks.{}: {e}", self.name))?;
                     }
@@ -340,38 +346,29 @@ impl SyslogSink {
         for damaged in &adopted.damaged {
             warn!(sink = %self.name, file = %damaged.display(), "replay file ends in a torn or corrupt record (a crash mid-write): the records before it are resent");
         }
-        if !adopted.window.is_empty() {
-            info!(sink = %self.name, bytes = adopted.window.bytes, "resending the replay window of a previous run before the first batch");
-            for b in adopted.window.batches {
-                state.window.push(b, self.cfg.replay_window);
-            }
+        if adopted.bytes > 0 {
+            info!(sink = %self.name, bytes = adopted.bytes, "resending the replay window of a previous run before the first batch");
             state.replay = true;
         }
         state.log = Some(Arc::new(std::sync::Mutex::new(log)));
         Ok(())
     }
 
-    /// Appends `sent` to the replay file, or (`None`) rewrites the file
-    /// with `window`.
+    /// Appends the frames `sent` to the replay window, or (`None`)
+    /// empties it.
     async fn persist(
         &self,
         log: &Option<Arc<std::sync::Mutex<replay::ReplayLog>>>,
-        sent: Option<bytes::Bytes>,
-        window: &replay::Window,
+        sent: Option<Vec<u8>>,
     ) -> Result<(), String> {
         let Some(log) = log.clone() else {
             return Ok(());
         };
-        // Cheap clones (reference counts) for the blocking thread.
-        let snapshot = replay::Window {
-            batches: window.batches.clone(),
-            bytes: window.bytes,
-        };
         let done = tokio::task::spawn_blocking(move || {
-            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let mut log = replay::lock(&log);
             match sent {
-                Some(sent) => log.append(&sent, &snapshot),
-                None => log.rewrite(&snapshot),
+                Some(sent) => log.append(&sent),
+                None => log.clear(),
             }
         })
         .await;
@@ -411,25 +408,24 @@ impl Sink for SyslogSink {
         let Some(Conn::Stream(mut conn)) = state.conn.take() else {
             return;
         };
-        if !self.keeps_window() || state.window.is_empty() {
+        if !self.keeps_window() || state.window_bytes() == 0 {
             let deadline = tokio::time::Instant::now() + self.cfg.timeout.min(CLOSE_WAIT);
             let _ = close_gracefully(&mut conn, deadline).await;
             return;
         }
         if state.sending || state.replay {
-            info!(sink = %self.name, bytes = state.window.bytes, "replay window kept: the connection was not in a state to close cleanly; it is resent at the next start");
+            info!(sink = %self.name, bytes = state.window_bytes(), "replay window kept: the connection was not in a state to close cleanly; it is resent at the next start");
             return;
         }
         let deadline = tokio::time::Instant::now() + self.cfg.timeout.min(CLOSE_WAIT);
         match close_gracefully(&mut conn, deadline).await {
             Ok(()) => {
-                state.window.clear();
-                if self.persist(&state.log, None, &state.window).await.is_ok() {
+                if self.persist(&state.log, None).await.is_ok() {
                     info!(sink = %self.name, receiver = %self.target, "connection closed cleanly by the receiver: it read every frame, nothing to resend");
                 }
             }
             Err(why) => {
-                info!(sink = %self.name, receiver = %self.target, bytes = state.window.bytes, reason = %why, "replay window kept: no proof the receiver read every frame; it is resent at the next start");
+                info!(sink = %self.name, receiver = %self.target, bytes = state.window_bytes(), reason = %why, "replay window kept: no proof the receiver read every frame; it is resent at the next start");
             }
         }
     }

@@ -10,18 +10,26 @@
 //! never confirmed and is ignored. When the file outgrows twice the window
 //! it is rewritten with just the window (temp file, fsync, rename).
 //!
+//! The file is the only copy of the window: memory holds where each batch
+//! of the window is in it (offset and length), and a resend after a reset
+//! reads the frames back batch by batch, checking each record's CRC. A
+//! batch that cannot be read back fails the send it was part of, which is
+//! not confirmed and is tried again, window first (duplicates, never loss).
+//!
 //! An instance holds an `flock` on `INSTANCE.lock` while it lives. A new
 //! instance (after a restart, or the replacement built by a reload) adopts
-//! the files whose lock it can take — their owner is gone — writes their
-//! frames into its own file first, then deletes them, and resends them
+//! the files whose lock it can take — their owner is gone — copies their
+//! records into its own file first, then deletes them, and resends them
 //! before its first batch. Two live instances never share a file, and a
 //! crash at any point costs duplicates, never frames.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
@@ -34,33 +42,43 @@ const MAGIC: &str = "auditrelay-syslog-replay v1 framing=";
 /// Records as in the spool (`[len][crc][frames]`, see [`record_head`]).
 const RECORD_HEAD: usize = crate::disk_queue::RECORD_HEAD as usize;
 
-/// Frames of recent batches, oldest first, at most `cap` bytes (a single
-/// batch larger than `cap` is not kept at all).
+/// Where one batch of the window is: its record starts at `at` in the file
+/// and holds `len` bytes of frames.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Span {
+    at: u64,
+    len: usize,
+}
+
+impl Span {
+    fn end(&self) -> u64 {
+        self.at + (RECORD_HEAD + self.len) as u64
+    }
+}
+
+/// The batches of the window, oldest first, at most `cap` bytes of frames
+/// (a single batch larger than `cap` is not kept at all).
 #[derive(Default)]
-pub struct Window {
-    pub batches: VecDeque<Bytes>,
-    pub bytes: usize,
+struct Window {
+    spans: VecDeque<Span>,
+    bytes: usize,
 }
 
 impl Window {
-    pub fn push(&mut self, frames: Bytes, cap: usize) {
-        self.bytes += frames.len();
-        self.batches.push_back(frames);
+    fn push(&mut self, span: Span, cap: usize) {
+        self.bytes += span.len;
+        self.spans.push_back(span);
         while self.bytes > cap {
-            match self.batches.pop_front() {
-                Some(old) => self.bytes -= old.len(),
+            match self.spans.pop_front() {
+                Some(old) => self.bytes -= old.len,
                 None => break,
             }
         }
     }
 
-    pub fn clear(&mut self) {
-        self.batches.clear();
+    fn clear(&mut self) {
+        self.spans.clear();
         self.bytes = 0;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
     }
 }
 
@@ -70,20 +88,25 @@ pub struct ReplayLog {
     /// The first line of the file.
     header: Vec<u8>,
     path: PathBuf,
+    /// Opened for appending and for reading the window back.
     file: File,
     /// Held for the life of the instance; released by the kernel on a crash.
     _lock: File,
+    /// Where the next record goes (the end of the last whole record).
     file_bytes: u64,
     cap: usize,
+    window: Window,
     /// A write or sync failed: the file may end in part of a record, and
-    /// a record appended after it would never be read back (reading stops
-    /// at the first torn record). The next append rewrites the file.
+    /// a record appended after it would never be read back by a later
+    /// instance (reading stops at the first torn record). The next append
+    /// rewrites the file first.
     torn: bool,
 }
 
-/// Frames found in the files of earlier instances.
+/// What was found in the files of earlier instances.
 pub struct Adopted {
-    pub window: Window,
+    /// Bytes of frames adopted into the window (to resend first).
+    pub bytes: usize,
     /// Files whose last record was torn or failed its checksum.
     pub damaged: Vec<PathBuf>,
     /// Files of another framing (or unreadable), removed unsent.
@@ -98,7 +121,7 @@ pub fn replay_dir(state_dir: &Path, sink: &str) -> PathBuf {
 
 impl ReplayLog {
     /// Creates this instance's file and adopts what earlier instances of
-    /// sink `sink` left behind (already written into the new file).
+    /// sink `sink` left behind (copied into the new file, record by record).
     pub fn open(
         state_dir: &Path,
         sink: &str,
@@ -131,9 +154,25 @@ impl ReplayLog {
         })?;
         fs::rename(&fresh, dir.join(format!("{id}.lock")))?;
         let mut adopted = Adopted {
-            window: Window::default(),
+            bytes: 0,
             damaged: Vec::new(),
             discarded: Vec::new(),
+        };
+        let path = dir.join(format!("{id}.replay"));
+        let tmp = path.with_extension("tmp");
+        let mut out = io::BufWriter::new(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?,
+        );
+        out.write_all(&header)?;
+        let mut copied = Copied {
+            out,
+            at: header.len() as u64,
+            window: Window::default(),
+            cap,
         };
         let mut orphans = Vec::new();
         let mut entries: Vec<PathBuf> = fs::read_dir(&dir)?
@@ -154,16 +193,10 @@ impl ReplayLog {
                 continue; // a live instance (the one a reload replaces, still draining)
             }
             let data = lock_path.with_extension("replay");
-            match fs::read(&data) {
-                Ok(bytes) => match decode(&bytes, &header) {
-                    Some((batches, intact)) => {
-                        if !intact {
-                            adopted.damaged.push(data.clone());
-                        }
-                        for b in batches {
-                            adopted.window.push(b, cap);
-                        }
-                    }
+            match File::open(&data) {
+                Ok(f) => match copied.records_of(f, &header)? {
+                    Some(true) => {}
+                    Some(false) => adopted.damaged.push(data.clone()),
                     None => adopted.discarded.push(data.clone()),
                 },
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -171,18 +204,28 @@ impl ReplayLog {
             }
             orphans.push((lock_path, data, other));
         }
-        let path = dir.join(format!("{id}.replay"));
+        let Copied {
+            out, at, window, ..
+        } = copied;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        adopted.bytes = window.bytes;
         let mut log = ReplayLog {
-            file: write_new(&dir, &path, &header, &adopted.window)?,
+            file: open_for_append(&path)?,
             header,
-            file_bytes: 0,
+            file_bytes: at,
             dir,
             path,
             _lock: lock,
             cap,
+            window,
             torn: false,
         };
-        log.file_bytes = log.file.metadata()?.len();
+        // What the cap left out of the window goes before theirs do: a
+        // later instance adopts just this window.
+        if log.window.spans.front().map_or(at, |s| s.at) > log.header.len() as u64 {
+            log.rewrite()?;
+        }
         // Our file holds their frames now: theirs can go.
         for (lock_path, data, _held) in orphans {
             match fs::remove_file(&data) {
@@ -198,11 +241,11 @@ impl ReplayLog {
         Ok((log, adopted))
     }
 
-    /// Appends a confirmed batch durably; rewrites the file with `window`
-    /// (which already holds `frames`) once it is twice the window's size.
-    pub fn append(&mut self, frames: &[u8], window: &Window) -> io::Result<()> {
+    /// Appends a confirmed batch durably and adds it to the window; first
+    /// rewrites the file with just the window once it is twice its size.
+    pub fn append(&mut self, frames: &[u8]) -> io::Result<()> {
         if self.torn || self.file_bytes > (2 * self.cap as u64).max(1 << 20) {
-            return self.rewrite(window);
+            self.rewrite()?;
         }
         let head = record_head(frames)?;
         self.torn = true;
@@ -210,76 +253,194 @@ impl ReplayLog {
         self.file.write_all(frames)?;
         self.file.sync_data()?;
         self.torn = false;
-        self.file_bytes += (head.len() + frames.len()) as u64;
-        Ok(())
-    }
-
-    /// Replaces the file's contents with `window` (empty after the
-    /// receiver closed cleanly: it read everything).
-    pub fn rewrite(&mut self, window: &Window) -> io::Result<()> {
-        self.file = write_new(&self.dir, &self.path, &self.header, window)?;
-        self.torn = false;
-        self.file_bytes = self.file.metadata()?.len();
-        Ok(())
-    }
-}
-
-/// Writes `window` to `path` through a temp file and a rename, and returns
-/// the file opened for appending.
-fn write_new(dir: &Path, path: &Path, header: &[u8], window: &Window) -> io::Result<File> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        // Record by record: a copy of the whole window (8 MiB by default)
-        // would be held on every rewrite.
-        f.write_all(header)?;
-        for b in &window.batches {
-            f.write_all(&record_head(b)?)?;
-            f.write_all(b)?;
-        }
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()?;
-    OpenOptions::new().append(true).open(path)
-}
-
-/// The batches of a replay file, and whether it was read to its end
-/// without a torn or corrupt record (reading stops at the first one);
-/// `None` when it does not start with `header` (another framing). An empty
-/// file (a crash before its first write) holds nothing.
-fn decode(bytes: &[u8], header: &[u8]) -> Option<(Vec<Bytes>, bool)> {
-    if bytes.is_empty() {
-        return Some((Vec::new(), true));
-    }
-    let mut rest = bytes.strip_prefix(header)?;
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        if rest.len() < RECORD_HEAD {
-            return Some((out, false));
-        }
-        let mut len = [0u8; 4];
-        let mut crc = [0u8; 4];
-        let mut head = &rest[..RECORD_HEAD];
-        // Reading from a slice of the right length cannot fail.
-        if head.read_exact(&mut len).is_err() || head.read_exact(&mut crc).is_err() {
-            return Some((out, false));
-        }
-        let len = u32::from_le_bytes(len) as usize;
-        let Some(frames) = rest.get(RECORD_HEAD..RECORD_HEAD + len) else {
-            return Some((out, false));
+        let span = Span {
+            at: self.file_bytes,
+            len: frames.len(),
         };
-        if crc32fast::hash(frames) != u32::from_le_bytes(crc) {
-            return Some((out, false));
-        }
-        out.push(Bytes::copy_from_slice(frames));
-        rest = &rest[RECORD_HEAD + len..];
+        self.file_bytes = span.end();
+        self.window.push(span, self.cap);
+        Ok(())
     }
-    Some((out, true))
+
+    /// Empties the window, on disk too: the receiver closed cleanly, so it
+    /// read everything.
+    pub fn clear(&mut self) -> io::Result<()> {
+        self.window.clear();
+        self.rewrite()
+    }
+
+    /// Bytes of frames in the window.
+    pub fn window_bytes(&self) -> usize {
+        self.window.bytes
+    }
+
+    /// The frames of the window's `index`th batch (oldest first), read
+    /// back from the file and checked against their record's CRC; `None`
+    /// past the last batch.
+    pub fn read_batch(&self, index: usize) -> io::Result<Option<Bytes>> {
+        let Some(span) = self.window.spans.get(index).copied() else {
+            return Ok(None);
+        };
+        let unreadable = |why: String| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "replay record at offset {} of {} ({} bytes of frames): {why}",
+                    span.at,
+                    self.path.display(),
+                    span.len
+                ),
+            )
+        };
+        let mut record = vec![0u8; RECORD_HEAD + span.len];
+        self.file
+            .read_exact_at(&mut record, span.at)
+            .map_err(|e| unreadable(e.to_string()))?;
+        let frames = &record[RECORD_HEAD..];
+        if record_head(frames)?[..] != record[..RECORD_HEAD] {
+            return Err(unreadable(
+                "length or checksum differs from what was written".into(),
+            ));
+        }
+        Ok(Some(Bytes::from(record).slice(RECORD_HEAD..)))
+    }
+
+    /// Replaces the file with one holding just the window's records,
+    /// copied from the current file (in the kernel, no buffer of ours).
+    fn rewrite(&mut self) -> io::Result<()> {
+        // Until the new file is in place, the next append must try again.
+        self.torn = true;
+        let start = self.header.len() as u64;
+        let (from, to) = match (self.window.spans.front(), self.window.spans.back()) {
+            (Some(first), Some(last)) => (first.at, last.end()),
+            _ => (start, start),
+        };
+        let tmp = self.path.with_extension("tmp");
+        {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            f.write_all(&self.header)?;
+            // The window's records are contiguous: appended one after another.
+            let mut src = &self.file;
+            io::Seek::seek(&mut src, io::SeekFrom::Start(from))?;
+            let copied = io::copy(&mut src.take(to - from), &mut f)?;
+            if copied != to - from {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} ends at {} inside the replay window ({from}..{to})",
+                        self.path.display(),
+                        from + copied
+                    ),
+                ));
+            }
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, &self.path)?;
+        File::open(&self.dir)?.sync_all()?;
+        self.file = open_for_append(&self.path)?;
+        for span in &mut self.window.spans {
+            span.at = span.at - from + start;
+        }
+        self.file_bytes = start + (to - from);
+        self.torn = false;
+        Ok(())
+    }
+}
+
+fn open_for_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).append(true).open(path)
+}
+
+/// The adopted records being copied into a new instance's file.
+struct Copied {
+    out: io::BufWriter<File>,
+    /// Where the next record goes in the new file.
+    at: u64,
+    window: Window,
+    cap: usize,
+}
+
+impl Copied {
+    /// Copies the records of an earlier instance's file, one at a time;
+    /// `Some(intact)`: whether it was read to its end without a torn or
+    /// corrupt record (copying stops at the first one); `None` when it does
+    /// not start with `header` (another framing). An empty file (a crash
+    /// before its first write) holds nothing.
+    fn records_of(&mut self, file: File, header: &[u8]) -> io::Result<Option<bool>> {
+        let mut left = file.metadata()?.len();
+        if left == 0 {
+            return Ok(Some(true));
+        }
+        let mut input = BufReader::new(file);
+        let mut first = vec![0u8; header.len()];
+        if left < header.len() as u64 || input.read_exact(&mut first).is_err() || first != header {
+            return Ok(None);
+        }
+        left -= header.len() as u64;
+        let mut frames = Vec::new();
+        loop {
+            if left == 0 {
+                return Ok(Some(true));
+            }
+            let mut head = [0u8; RECORD_HEAD];
+            if left < RECORD_HEAD as u64 {
+                return Ok(Some(false));
+            }
+            input.read_exact(&mut head)?;
+            left -= RECORD_HEAD as u64;
+            let len = u64::from(u32::from_le_bytes([head[0], head[1], head[2], head[3]]));
+            if len > left {
+                return Ok(Some(false));
+            }
+            frames.resize(len as usize, 0);
+            input.read_exact(&mut frames)?;
+            left -= len;
+            if record_head(&frames)? != head {
+                return Ok(Some(false));
+            }
+            self.out.write_all(&head)?;
+            self.out.write_all(&frames)?;
+            let span = Span {
+                at: self.at,
+                len: frames.len(),
+            };
+            self.at = span.end();
+            self.window.push(span, self.cap);
+        }
+    }
+}
+
+/// The window read back batch by batch for a resend, so at most one batch
+/// of it is in memory.
+pub struct Resend {
+    log: Arc<Mutex<ReplayLog>>,
+    next: usize,
+}
+
+impl Resend {
+    pub fn new(log: Arc<Mutex<ReplayLog>>) -> Self {
+        Resend { log, next: 0 }
+    }
+
+    /// The next batch's frames; `None` after the last one.
+    pub async fn next(&mut self) -> io::Result<Option<Bytes>> {
+        let (log, index) = (self.log.clone(), self.next);
+        let batch = tokio::task::spawn_blocking(move || lock(&log).read_batch(index))
+            .await
+            .map_err(io::Error::other)??;
+        self.next += 1;
+        Ok(batch)
+    }
+}
+
+/// The log, also after a panic elsewhere while it was held (it holds no
+/// invariant a panic could break halfway: `torn` covers a failed write).
+pub fn lock(log: &Mutex<ReplayLog>) -> std::sync::MutexGuard<'_, ReplayLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -288,40 +449,41 @@ mod tests {
 
     const OC: &str = "octet_counting";
 
-    fn frames(w: &Window) -> Vec<&[u8]> {
-        w.batches.iter().map(|b| &b[..]).collect()
+    /// Every batch of the window, read back from the file.
+    fn batches(log: &ReplayLog) -> Vec<Vec<u8>> {
+        (0..)
+            .map_while(|i| log.read_batch(i).unwrap())
+            .map(|b| b.to_vec())
+            .collect()
+    }
+
+    fn one(b: &[u8]) -> Vec<Vec<u8>> {
+        vec![b.to_vec()]
     }
 
     #[test]
     fn a_dead_instance_s_window_is_adopted_once_and_a_live_one_s_never() {
         let dir = tempfile::tempdir().unwrap();
         let (mut first, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        assert!(adopted.window.is_empty());
-        let mut w = Window::default();
+        assert_eq!(adopted.bytes, 0);
         for b in [&b"aaaa"[..], b"bbbb", b"cccc"] {
-            w.push(Bytes::copy_from_slice(b), 100);
-            first.append(b, &w).unwrap();
+            first.append(b).unwrap();
         }
         // A reload builds the new instance while the old one still runs.
         let (second, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        assert!(
-            adopted.window.is_empty(),
-            "the live instance's file is its own"
-        );
+        assert_eq!(adopted.bytes, 0, "the live instance's file is its own");
         drop(second);
         // The old one goes (or is SIGKILLed: the kernel drops its lock).
         drop(first);
         let (third, adopted) = ReplayLog::open(dir.path(), "sys", 6, OC).unwrap();
-        assert_eq!(
-            frames(&adopted.window),
-            [&b"cccc"[..]],
-            "bounded by the window"
-        );
+        assert_eq!(batches(&third), one(b"cccc"), "bounded by the window");
+        assert_eq!(adopted.bytes, 4);
         assert!(adopted.damaged.is_empty());
         drop(third);
         // The third wrote what it adopted into its own file first.
-        let (_fourth, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        assert_eq!(frames(&adopted.window), [&b"cccc"[..]]);
+        let (fourth, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+        assert_eq!(adopted.bytes, 4);
+        assert_eq!(batches(&fourth), one(b"cccc"));
         let left: Vec<_> = fs::read_dir(replay_dir(dir.path(), "sys"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -337,40 +499,92 @@ mod tests {
     fn frames_of_another_framing_are_never_adopted() {
         let dir = tempfile::tempdir().unwrap();
         let (mut lf, _) = ReplayLog::open(dir.path(), "sys", 100, "lf").unwrap();
-        let mut w = Window::default();
-        w.push(Bytes::from_static(b"<134>1 - - - - - - x\n"), 100);
-        lf.append(b"<134>1 - - - - - - x\n", &w).unwrap();
+        lf.append(b"<134>1 - - - - - - x\n").unwrap();
         let lf_file = lf.path.clone();
         drop(lf);
-        let (_oc, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        assert!(adopted.window.is_empty());
+        let (oc, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+        assert_eq!(adopted.bytes, 0);
+        assert!(batches(&oc).is_empty());
         assert_eq!(adopted.discarded, std::slice::from_ref(&lf_file));
         assert!(!lf_file.exists());
     }
 
     #[test]
     fn a_torn_or_corrupt_tail_keeps_the_records_before_it() {
+        for damage in ["torn", "corrupt", "huge length"] {
+            let dir = tempfile::tempdir().unwrap();
+            let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+            for b in [&b"one"[..], b"two"] {
+                log.append(b).unwrap();
+            }
+            let path = log.path.clone();
+            drop(log);
+            let mut bytes = fs::read(&path).unwrap();
+            let last = bytes.len() - RECORD_HEAD - 3;
+            match damage {
+                "torn" => bytes.truncate(bytes.len() - 1),
+                "corrupt" => *bytes.last_mut().unwrap() ^= 1,
+                _ => bytes[last..last + 4].copy_from_slice(&u32::MAX.to_le_bytes()),
+            }
+            fs::write(&path, &bytes).unwrap();
+            let (log, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+            assert_eq!(batches(&log), one(b"one"), "{damage}");
+            assert_eq!(adopted.damaged, [path], "{damage}");
+        }
+    }
+
+    /// The window is kept in the file only: what a resend reads back is
+    /// what was appended, across trimming to the cap and rewrites.
+    #[test]
+    fn the_window_read_back_is_the_last_batches_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let cap = 300_000;
+        let (mut log, _) = ReplayLog::open(dir.path(), "sys", cap, OC).unwrap();
+        let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut rewrites = 0;
+        for i in 0..40u8 {
+            let batch = vec![b'a' + i % 26; 50_000 + usize::from(i) * 1000];
+            let size = log.file_bytes;
+            log.append(&batch).unwrap();
+            if log.file_bytes < size {
+                rewrites += 1;
+            }
+            model.push_back(batch);
+            while model.iter().map(Vec::len).sum::<usize>() > cap {
+                model.pop_front();
+            }
+            assert_eq!(batches(&log), Vec::from(model.clone()), "after batch {i}");
+            assert_eq!(
+                log.window_bytes(),
+                model.iter().map(Vec::len).sum::<usize>()
+            );
+        }
+        assert!(rewrites >= 2, "the file was rewritten: {rewrites}");
+        log.clear().unwrap();
+        assert!(batches(&log).is_empty());
+        assert_eq!(fs::read(&log.path).unwrap(), log.header);
+    }
+
+    /// A record changed on disk after it was written is an error naming
+    /// the file and the offset, never frames sent as if they were ours.
+    #[test]
+    fn a_record_damaged_on_disk_is_not_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        let mut w = Window::default();
-        for b in [&b"one"[..], b"two"] {
-            w.push(Bytes::copy_from_slice(b), 100);
-            log.append(b, &w).unwrap();
-        }
-        let path = log.path.clone();
-        drop(log);
-        let mut bytes = fs::read(&path).unwrap();
-        let whole = bytes.len();
-        bytes.truncate(whole - 1);
-        let header = format!("{MAGIC}{OC}\n").into_bytes();
-        let one = Some((vec![Bytes::from_static(b"one")], false));
-        assert_eq!(decode(&bytes, &header), one);
-        bytes.push(b'X');
-        assert_eq!(decode(&bytes, &header), one);
-        fs::write(&path, &bytes).unwrap();
-        let (_log, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        assert_eq!(frames(&adopted.window), [&b"one"[..]]);
-        assert_eq!(adopted.damaged, [path]);
+        log.append(b"first").unwrap();
+        log.append(b"second").unwrap();
+        let at = log.window.spans[1].at;
+        let f = OpenOptions::new().write(true).open(&log.path).unwrap();
+        f.write_all_at(b"X", at + RECORD_HEAD as u64).unwrap();
+        assert_eq!(log.read_batch(0).unwrap().as_deref(), Some(&b"first"[..]));
+        let e = log.read_batch(1).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("offset {at} of {}", log.path.display())) && e.contains("checksum"),
+            "{e}"
+        );
+        // Cut short (a truncated file): an error too.
+        f.set_len(at + 3).unwrap();
+        assert!(log.read_batch(1).is_err());
     }
 
     /// Runs `name` (an ignored test of this module) in a child process with
@@ -424,27 +638,18 @@ mod tests {
             }
         };
         let (mut log, _) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
-        let mut w = Window::default();
         let (a, b, c) = (vec![b'a'; 100], vec![b'b'; 8000], vec![b'c'; 100]);
-        w.push(Bytes::copy_from_slice(&a), 1 << 20);
-        log.append(&a, &w).unwrap();
+        log.append(&a).unwrap();
         limit(4096);
-        w.push(Bytes::copy_from_slice(&b), 1 << 20);
-        assert!(log.append(&b, &w).is_err(), "over the size limit");
+        assert!(log.append(&b).is_err(), "over the size limit");
         limit(libc::RLIM_INFINITY);
         // Sent again and confirmed this time, then the next batch.
-        w.push(Bytes::copy_from_slice(&b), 1 << 20);
-        log.append(&b, &w).unwrap();
-        w.push(Bytes::copy_from_slice(&c), 1 << 20);
-        log.append(&c, &w).unwrap();
+        log.append(&b).unwrap();
+        log.append(&c).unwrap();
+        assert_eq!(batches(&log), [a.clone(), b.clone(), c.clone()]);
         drop(log);
-        let (_next, adopted) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
-        let got = frames(&adopted.window);
-        assert!(
-            got.contains(&&b[..]) && got.last() == Some(&&c[..]),
-            "{:?}",
-            got.iter().map(|f| f.len()).collect::<Vec<_>>()
-        );
+        let (next, adopted) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
+        assert_eq!(batches(&next), [a, b, c]);
         assert!(adopted.damaged.is_empty(), "{:?}", adopted.damaged);
     }
 
@@ -452,20 +657,15 @@ mod tests {
     fn rewriting_keeps_only_the_window() {
         let dir = tempfile::tempdir().unwrap();
         let (mut log, _) = ReplayLog::open(dir.path(), "sys", 4, OC).unwrap();
-        let mut w = Window::default();
-        let batch = vec![b'x'; 4];
-        w.push(Bytes::copy_from_slice(&batch), 4);
-        log.file_bytes = 2 << 20; // as if it had grown past twice the window
-        log.append(&batch, &w).unwrap();
+        log.append(b"one!").unwrap();
+        log.append(b"two!").unwrap();
+        log.rewrite().unwrap();
         assert_eq!(
             fs::metadata(&log.path).unwrap().len() as usize,
             MAGIC.len() + OC.len() + 1 + RECORD_HEAD + 4
         );
-        w.clear();
-        log.rewrite(&w).unwrap();
-        assert_eq!(
-            fs::read(&log.path).unwrap(),
-            format!("{MAGIC}{OC}\n").as_bytes()
-        );
+        assert_eq!(batches(&log), one(b"two!"));
+        log.append(b"six!").unwrap();
+        assert_eq!(batches(&log), one(b"six!"));
     }
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::replay::Resend;
+
 /// A stream a syslog frame can be written to (TCP or TLS over TCP).
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -31,27 +33,34 @@ impl StreamError {
     }
 }
 
-/// Writes `replay` then `buf`, flushes, and waits until the receiver's TCP
-/// stack has acknowledged every byte, checking that the connection stays
-/// open.
+/// Writes the replay window (read back as it goes) then `buf`, flushes,
+/// and waits until the receiver's TCP stack has acknowledged every byte,
+/// checking that the connection stays open.
 pub(super) async fn send_stream(
     conn: &mut StreamConn,
-    replay: &[bytes::Bytes],
+    replay: Option<&mut Resend>,
     buf: &[u8],
     timeout: Duration,
 ) -> Result<(), StreamError> {
     check_open(conn).await?;
     let deadline = tokio::time::Instant::now() + timeout;
+    let failed = |e: std::io::Error| format!("write failed: {e}");
     let write = async {
-        for old in replay {
-            conn.io.write_all(old).await?;
+        if let Some(resend) = replay {
+            while let Some(old) = resend
+                .next()
+                .await
+                .map_err(|e| format!("cannot read the replay window back to resend it: {e}"))?
+            {
+                conn.io.write_all(&old).await.map_err(failed)?;
+            }
         }
-        conn.io.write_all(buf).await?;
-        conn.io.flush().await
+        conn.io.write_all(buf).await.map_err(failed)?;
+        conn.io.flush().await.map_err(failed)
     };
     match tokio::time::timeout_at(deadline, write).await {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(StreamError::dirty(format!("write failed: {e}"))),
+        Ok(Err(why)) => return Err(StreamError::dirty(why)),
         Err(_) => {
             return Err(StreamError::dirty(format!(
                 "write did not finish within {}",

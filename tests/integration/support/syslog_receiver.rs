@@ -12,7 +12,7 @@
 //! Frames are told apart by their SD `id="…"` parameter. Runs on
 //! 127.0.0.1:0 and stops when dropped.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +34,19 @@ struct Inner {
     /// Ids of frames read and thrown away.
     lost: Mutex<Vec<String>>,
     arrived: Notify,
+    /// Connections being served, and a signal when one ends.
+    open: AtomicUsize,
+    closed: Notify,
+}
+
+/// Counts a connection as open while it is served.
+struct Served(Arc<Inner>);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_waiters();
+    }
 }
 
 pub struct SyslogReceiver {
@@ -54,7 +67,9 @@ impl SyslogReceiver {
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(serve(stream, shared.clone(), reset_rx.clone()));
+                shared.open.fetch_add(1, Ordering::SeqCst);
+                let served = Served(shared.clone());
+                conns.spawn(serve(stream, served, reset_rx.clone()));
             }
         });
         SyslogReceiver {
@@ -80,6 +95,22 @@ impl SyslogReceiver {
     /// Resets (RST) every connection open now.
     pub fn reset_connections(&self) {
         self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Resets every connection open now and waits (at most `within`)
+    /// until each is gone, so the sender's next write finds the reset.
+    pub async fn reset_connections_and_wait(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        self.reset_connections();
+        loop {
+            let closed = self.inner.closed.notified();
+            if self.inner.open.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, closed).await.is_err() {
+                return self.inner.open.load(Ordering::SeqCst) == 0;
+            }
+        }
     }
 
     pub fn lost(&self) -> Vec<String> {
@@ -115,7 +146,13 @@ impl Drop for SyslogReceiver {
     }
 }
 
-async fn serve(mut stream: TcpStream, inner: Arc<Inner>, mut resets: watch::Receiver<u64>) {
+/// Serves one connection; it counts as open until its socket is closed.
+async fn serve(stream: TcpStream, served: Served, resets: watch::Receiver<u64>) {
+    read_frames(stream, served.0.clone(), resets).await;
+    drop(served);
+}
+
+async fn read_frames(mut stream: TcpStream, inner: Arc<Inner>, mut resets: watch::Receiver<u64>) {
     resets.borrow_and_update();
     if inner.stalled.load(Ordering::SeqCst) {
         // Unread data and a close: the kernel resets the connection.
