@@ -18,11 +18,16 @@ use support::syslog_receiver::SyslogReceiver;
 
 /// A TCP syslog sink named `replaydisk` with its own state directory.
 fn build(dir: &Path, port: u16) -> (Arc<dyn Sink>, Health) {
+    build_with(dir, port, "")
+}
+
+/// As [`build`], with `extra` lines in the sink's table.
+fn build_with(dir: &Path, port: u16, extra: &str) -> (Arc<dyn Sink>, Health) {
     let cfg_path = dir.join("config.toml");
     std::fs::write(
         &cfg_path,
         format!(
-            "state_dir = \"{}\"\n[sources.veza]\ntype = \"demo\"\n[sinks.replaydisk]\ntype = \"syslog\"\ninputs = [\"veza\"]\naddress = \"tcp://127.0.0.1:{port}\"\nretry = {{ initial = \"20ms\", max = \"100ms\" }}\ntimeout = \"5s\"\n",
+            "state_dir = \"{}\"\n[sources.veza]\ntype = \"demo\"\n[sinks.replaydisk]\ntype = \"syslog\"\ninputs = [\"veza\"]\naddress = \"tcp://127.0.0.1:{port}\"\nretry = {{ initial = \"20ms\", max = \"100ms\" }}\ntimeout = \"5s\"\n{extra}",
             dir.display()
         ),
     )
@@ -198,4 +203,44 @@ async fn a_window_damaged_on_disk_fails_the_send_until_it_reads_back_whole() {
         }
     }
     assert_eq!(first_arrivals, want);
+}
+
+/// The window cannot be written (here: a rewrite's temp file cannot be
+/// created; in life a full or read-only state_dir): the batch is not
+/// confirmed, and the operator must see the sink is stuck, not only a log
+/// line per retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_cannot_be_written_turns_the_sink_unready() {
+    let receiver = SyslogReceiver::start(false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, health) = build_with(dir.path(), receiver.port, "replay_window = 1000\n");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        sink.deliver("veza", &events("first", 5)),
+    )
+    .await
+    .expect("confirmed")
+    .unwrap();
+    assert!(health.snapshot().1["sink.replaydisk"].ready);
+    std::fs::create_dir(replay_file(dir.path()).with_extension("tmp")).unwrap();
+    // Over 1 MiB of records: an append on the way rewrites the file first.
+    let big: Vec<Event> = events("big", 1000)
+        .into_iter()
+        .map(|mut e| {
+            let id = e.id.as_deref().unwrap().to_string();
+            e.raw = Bytes::from(format!(r#"{{"id":"{id}","pad":"{}"}}"#, "p".repeat(1200)));
+            e
+        })
+        .collect();
+    let failed = tokio::time::timeout(Duration::from_secs(20), sink.deliver("veza", &big))
+        .await
+        .expect("an answer");
+    let e = failed.expect_err("confirmed without its window on disk");
+    assert!(format!("{e:#}").contains("replay window"), "{e:#}");
+    let (_, parts) = health.snapshot();
+    let state = &parts["sink.replaydisk"];
+    assert!(
+        !state.ready && state.reason.contains("replay window"),
+        "{state:?}"
+    );
 }

@@ -198,7 +198,11 @@ impl SyslogSink {
             state.replay = state.window_bytes() > 0;
         }
         if self.keeps_window() && state.log.is_none() {
-            self.open_replay_log(state).await?;
+            if let Err(e) = self.open_replay_log(state).await {
+                self.health
+                    .set_unready(&self.health_key(), format!("{e:#}"));
+                return Err(e);
+            }
         }
         // RELP: which messages are acknowledged, and how often each was refused.
         let mut acked = vec![false; events.len()];
@@ -288,9 +292,13 @@ impl SyslogSink {
                         // counts as confirmed: a crash from here on cannot
                         // lose it. Should that fail, the batch is not
                         // confirmed (sent again).
-                        self.persist(&state.log, Some(frames.buf))
-                            .await
-                            .map_err(|e| anyhow::anyhow!("sinks.{}: {e}", self.name))?;
+                        // The pipeline retries the run (sending it again):
+                        // unready until a batch is confirmed, so a full or
+                        // read-only state_dir is seen, not only logged.
+                        if let Err(e) = self.persist(&state.log, Some(frames.buf)).await {
+                            self.health.set_unready(&self.health_key(), e.clone());
+                            return Err(anyhow::anyhow!("sinks.{}: {e}", self.name));
+                        }
                     }
                     self.confirmed(source, events.len(), count, bytes);
                     return Ok(());
