@@ -668,4 +668,38 @@ mod tests {
         log.append(b"six!").unwrap();
         assert_eq!(batches(&log), one(b"six!"));
     }
+
+    /// Two instances that died (a reload, then a kill) leave two files:
+    /// the later instance's frames are the newer ones, resent last and kept
+    /// when the cap leaves room for one, whatever order the directory lists
+    /// them in.
+    #[test]
+    fn the_later_instance_s_frames_are_adopted_last_and_kept_over_the_cap() {
+        for trial in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            // A directory in use has gaps where removed files were, which
+            // later names fill: listing order is not creation order.
+            let gap = replay_dir(dir.path(), "sys").join("g".repeat(200));
+            fs::create_dir_all(gap.parent().unwrap()).unwrap();
+            fs::write(&gap, b"").unwrap();
+            let (mut older, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+            older.append(b"older").unwrap();
+            fs::remove_file(&gap).unwrap();
+            let (mut newer, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+            newer.append(b"newer").unwrap();
+            drop(older);
+            drop(newer);
+            let (whole, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+            assert_eq!(
+                batches(&whole),
+                [b"older".to_vec(), b"newer".to_vec()],
+                "trial {trial}: oldest instance first"
+            );
+            // Its file holds both now, in that order; a cap of one batch
+            // keeps the newest.
+            drop(whole);
+            let (capped, _) = ReplayLog::open(dir.path(), "sys", 5, OC).unwrap();
+            assert_eq!(batches(&capped), one(b"newer"), "trial {trial}");
+        }
+    }
 }
