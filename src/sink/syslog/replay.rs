@@ -209,6 +209,9 @@ impl ReplayLog {
         } = copied;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, &path)?;
+        // The new name on disk before theirs are removed below: a power
+        // loss in between must not leave the frames under neither.
+        File::open(&dir)?.sync_all()?;
         adopted.bytes = window.bytes;
         let mut log = ReplayLog {
             file: open_for_append(&path)?,
