@@ -8,7 +8,7 @@
 //! request bodies stay resident in whichever heap they came from, so peak
 //! RSS was up to twice the memory in use. Blocks from `MMAP_THRESHOLD` up
 //! are mapped and unmapped on their own, so what is freed goes back to the
-//! system, and a single heap bounds what small blocks leave behind.
+//! system, and two heaps bound what small blocks leave behind.
 //!
 //! An operator's setting wins over these: glibc's own variables
 //! (`MALLOC_MMAP_THRESHOLD_`, `MALLOC_ARENA_MAX`) or the same tunables in
@@ -19,12 +19,13 @@ use std::ffi::OsString;
 /// Blocks this large or larger are mapped on their own.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD: libc::c_int = 256 * 1024;
-/// Heaps for the small blocks of all threads: one. A second heap held
-/// ~5 MiB more at the peak with HEC, webhook and syslog busy (65.9–66.2
-/// against 60.3–61.5 MiB) for ~0.5 µs per event less lock contention
-/// (docs/performance.md).
+/// Heaps for the small blocks of all threads: two. One heap holds ~5 MiB
+/// less at the peak with HEC, webhook and syslog busy (61 against 66 MiB)
+/// but its lock costs 1–5 µs per event there and ~15 % of the throughput
+/// (idle-machine runs in docs/performance.md); `MALLOC_ARENA_MAX=1` trades
+/// that back for the smaller peak.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const ARENA_MAX: libc::c_int = 1;
+const ARENA_MAX: libc::c_int = 2;
 
 /// Applies the settings; call before any other thread starts.
 pub fn tune() {
