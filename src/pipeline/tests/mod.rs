@@ -172,6 +172,71 @@ async fn a_sink_that_always_panics_is_unready_backs_off_and_is_never_committed_p
     );
 }
 
+/// A source serving the given pages, then nothing.
+struct Pages(std::collections::VecDeque<Batch>);
+
+#[async_trait]
+impl crate::source::Source for Pages {
+    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
+        Ok(self.0.pop_front())
+    }
+}
+
+/// Events `e{from}`..`e{to}` (an event's bytes depend only on its id),
+/// committed as `{"after":after}`.
+fn numbered_page(from: usize, to: usize, after: usize) -> Batch {
+    let events = (from..to)
+        .map(|i| Event {
+            raw: Bytes::from(format!("{{\"id\":\"e{i}\"}}")),
+            id: Some(format!("e{i}").into()),
+            time: None,
+            kind: None,
+        })
+        .collect();
+    page(events, after)
+}
+
+/// A page of `events` of source `src`, committed as `{"after":after}`.
+fn page(events: Vec<Event>, after: usize) -> Batch {
+    Batch {
+        source: "src".into(),
+        events,
+        checkpoint: Bytes::from(format!("{{\"after\":{after}}}")),
+        newest_time: None,
+        fetched_at: std::time::Instant::now(),
+    }
+}
+
+/// Source `src` serving `pages` to one sink in runs of two events.
+fn paged_pipeline(
+    store: &CheckpointStore,
+    pages: Vec<Batch>,
+    sink_name: &str,
+    sink: Arc<dyn Sink>,
+) -> SourcePipeline {
+    SourcePipeline {
+        name: "src".into(),
+        source: Box::new(Pages(pages.into())),
+        routes: vec![Route {
+            sink_name: sink_name.into(),
+            sink,
+            filter: FilterConfig::default(),
+            health: Health::default(),
+            request: RequestSize {
+                max_events: 2,
+                max_bytes: usize::MAX,
+            },
+        }],
+        store: store.clone(),
+        max_in_flight: 4,
+        max_in_flight_bytes: 1 << 20,
+        retry: RetryConfig {
+            initial: Duration::from_millis(5),
+            max: Duration::from_millis(20),
+        },
+    }
+}
+
 mod pending;
 mod reload_race;
 mod resume;

@@ -2,16 +2,14 @@
 //! about them before the refetched page is planned; what it confirms is
 //! skipped, the rest is sent again, and nothing of it outlives the commit.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 
 use super::super::*;
-use crate::event::{Batch, Event};
-use crate::health::Health;
-use crate::sink::{FilterConfig, PendingReport, PendingRequest, Sink};
+use crate::event::Event;
+use crate::sink::{PendingReport, PendingRequest, Sink};
 
 /// Reports each call pending (token: the id of its first event); hangs
 /// (never confirms) when `hang`, else confirms. Confirms on restart the
@@ -77,57 +75,9 @@ impl Sink for AckingSink {
     }
 }
 
-struct Pages(VecDeque<Batch>);
-
-#[async_trait]
-impl Source for Pages {
-    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
-        Ok(self.0.pop_front())
-    }
-}
-
-/// One page of six events `e0`..`e5`.
-fn the_page() -> Batch {
-    let events = (0..6)
-        .map(|i| Event {
-            raw: Bytes::from(format!("{{\"id\":\"e{i}\"}}")),
-            id: Some(format!("e{i}").into()),
-            time: None,
-            kind: None,
-        })
-        .collect();
-    Batch {
-        source: "src".into(),
-        events,
-        checkpoint: Bytes::from_static(b"{\"after\":1}"),
-        newest_time: None,
-        fetched_at: std::time::Instant::now(),
-    }
-}
-
+/// Runs of two of one page `e0`..`e5`: e0 e1 | e2 e3 | e4 e5.
 fn pipeline(store: &CheckpointStore, sink: Arc<AckingSink>) -> SourcePipeline {
-    SourcePipeline {
-        name: "src".into(),
-        source: Box::new(Pages(VecDeque::from([the_page()]))),
-        routes: vec![Route {
-            sink_name: "hec".into(),
-            sink,
-            filter: FilterConfig::default(),
-            health: Health::default(),
-            // Runs of two: e0 e1 | e2 e3 | e4 e5.
-            request: RequestSize {
-                max_events: 2,
-                max_bytes: usize::MAX,
-            },
-        }],
-        store: store.clone(),
-        max_in_flight: 4,
-        max_in_flight_bytes: 1 << 20,
-        retry: RetryConfig {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-        },
-    }
+    super::paged_pipeline(store, vec![super::numbered_page(0, 6, 1)], "hec", sink)
 }
 
 fn received(sink: &AckingSink) -> Vec<String> {

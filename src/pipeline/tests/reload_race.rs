@@ -5,17 +5,14 @@
 //! confirmations of pages the new pipeline has committed since would skip
 //! later events with the same keys after the next crash.
 
-use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::super::*;
 use crate::event::{Batch, Event};
-use crate::health::Health;
-use crate::sink::{FilterConfig, Sink};
+use crate::sink::Sink;
 
 /// Confirms its first call; blocks the thread in its second (a sink stuck
 /// in a long synchronous step, which an abort cannot interrupt) until
@@ -47,56 +44,8 @@ impl Sink for StuckSink {
     }
 }
 
-struct Pages(VecDeque<Batch>);
-
-#[async_trait]
-impl Source for Pages {
-    async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
-        Ok(self.0.pop_front())
-    }
-}
-
-/// Events `e{from}`..`e{to}` (an event's bytes depend only on its id).
-fn page(from: usize, to: usize, after: usize) -> Batch {
-    let events = (from..to)
-        .map(|i| Event {
-            raw: Bytes::from(format!("{{\"id\":\"e{i}\"}}")),
-            id: Some(format!("e{i}").into()),
-            time: None,
-            kind: None,
-        })
-        .collect();
-    Batch {
-        source: "src".into(),
-        events,
-        checkpoint: Bytes::from(format!("{{\"after\":{after}}}")),
-        newest_time: None,
-        fetched_at: std::time::Instant::now(),
-    }
-}
-
 fn pipeline(store: &CheckpointStore, pages: Vec<Batch>, sink: Arc<dyn Sink>) -> SourcePipeline {
-    SourcePipeline {
-        name: "src".into(),
-        source: Box::new(Pages(pages.into())),
-        routes: vec![Route {
-            sink_name: "out".into(),
-            sink,
-            filter: FilterConfig::default(),
-            health: Health::default(),
-            request: RequestSize {
-                max_events: 2,
-                max_bytes: usize::MAX,
-            },
-        }],
-        store: store.clone(),
-        max_in_flight: 4,
-        max_in_flight_bytes: 1 << 20,
-        retry: RetryConfig {
-            initial: Duration::from_millis(5),
-            max: Duration::from_millis(20),
-        },
-    }
+    super::paged_pipeline(store, pages, "out", sink)
 }
 
 fn recording() -> Arc<StuckSink> {
@@ -119,7 +68,8 @@ async fn an_aborted_pipeline_never_writes_the_progress_log_of_its_successor() {
     *old.release.lock().expect("not poisoned") = Some(blocked);
     let stuck = old.stuck.notified();
     let run = tokio::spawn(
-        pipeline(&store, vec![page(0, 4, 1)], old.clone()).run(CancellationToken::new()),
+        pipeline(&store, vec![super::numbered_page(0, 4, 1)], old.clone())
+            .run(CancellationToken::new()),
     );
     tokio::time::timeout(Duration::from_secs(10), stuck)
         .await
@@ -139,7 +89,8 @@ async fn an_aborted_pipeline_never_writes_the_progress_log_of_its_successor() {
     let new = recording();
     tokio::time::timeout(
         Duration::from_secs(10),
-        pipeline(&store, vec![page(0, 4, 1)], new.clone()).run(CancellationToken::new()),
+        pipeline(&store, vec![super::numbered_page(0, 4, 1)], new.clone())
+            .run(CancellationToken::new()),
     )
     .await
     .expect("the new pipeline finishes")
@@ -171,7 +122,8 @@ async fn an_aborted_pipeline_never_writes_the_progress_log_of_its_successor() {
     let later = recording();
     tokio::time::timeout(
         Duration::from_secs(10),
-        pipeline(&store, vec![page(0, 4, 2)], later.clone()).run(CancellationToken::new()),
+        pipeline(&store, vec![super::numbered_page(0, 4, 2)], later.clone())
+            .run(CancellationToken::new()),
     )
     .await
     .expect("the later pipeline finishes")

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
 use super::super::*;
+use super::page;
 use crate::event::{Batch, Event};
 use crate::health::Health;
 use crate::sink::{FilterConfig, Sink};
@@ -91,16 +92,6 @@ fn event(id: Option<&str>, n: usize, size: usize) -> Event {
         id: id.map(Into::into),
         time: None,
         kind: None,
-    }
-}
-
-fn page(events: Vec<Event>, after: usize) -> Batch {
-    Batch {
-        source: "src".into(),
-        events,
-        checkpoint: Bytes::from(format!("{{\"after\":{after}}}")),
-        newest_time: None,
-        fetched_at: std::time::Instant::now(),
     }
 }
 
