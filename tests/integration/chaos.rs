@@ -122,12 +122,7 @@ async fn every_id_reaches_every_sink_through_faults_and_kills() {
     std::fs::create_dir_all(&rsyslog_dir).unwrap();
     let mut rsyslog = Rsyslog::start(&rsyslog_dir).await;
 
-    std::fs::write(dir.path().join("veza_token"), "test-veza-token").unwrap();
-    std::fs::write(
-        dir.path().join("hec_token"),
-        "00000000-0000-0000-0000-000000000000",
-    )
-    .unwrap();
+    support::harness::write_default_tokens(dir.path());
     let cfg = dir.path().join("auditrelay.toml");
     std::fs::write(
         &cfg,

@@ -49,12 +49,7 @@ async fn setup(unknown_channel_error: bool) -> Setup {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("veza_token"), "test-veza-token").unwrap();
-    std::fs::write(
-        dir.path().join("hec_token"),
-        "00000000-0000-0000-0000-000000000000",
-    )
-    .unwrap();
+    support::harness::write_default_tokens(dir.path());
     let cfg = dir.path().join("auditrelay.toml");
     std::fs::write(
         &cfg,

@@ -64,12 +64,7 @@ async fn a_sigkill_resends_about_the_requests_in_flight_not_whole_pages() {
     let rsyslog_dir = dir.path().join("rsyslog");
     std::fs::create_dir_all(&rsyslog_dir).unwrap();
     let rsyslog = Rsyslog::start(&rsyslog_dir).await;
-    std::fs::write(dir.path().join("veza_token"), "test-veza-token").unwrap();
-    std::fs::write(
-        dir.path().join("hec_token"),
-        "00000000-0000-0000-0000-000000000000",
-    )
-    .unwrap();
+    support::harness::write_default_tokens(dir.path());
     let cfg = dir.path().join("auditrelay.toml");
     std::fs::write(
         &cfg,

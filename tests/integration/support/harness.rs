@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::daemon::{free_port, http_get, Daemon};
+use super::hec_fake::HecFakeConfig;
+use super::veza_fake::VezaFakeConfig;
 use super::webhook_receiver::WebhookReceiver;
 
 pub struct Setup {
@@ -179,4 +181,12 @@ pub async fn wait_unready(setup: &Setup, within: Duration) -> Option<String> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     None
+}
+
+/// Writes `dir/veza_token` and `dir/hec_token`, the tokens the Veza and HEC
+/// fakes accept by default.
+pub fn write_default_tokens(dir: &Path) {
+    std::fs::write(dir.join("veza_token"), VezaFakeConfig::default().api_token)
+        .expect("write veza_token");
+    std::fs::write(dir.join("hec_token"), HecFakeConfig::default().token).expect("write hec_token");
 }
