@@ -12,10 +12,12 @@
 //! blocking task cannot be stopped) while its replacement writes, and the
 //! two must never write into, or rename away, each other's file.
 
+mod event_key;
 mod lock;
 mod progress;
 mod remote;
 
+pub use event_key::EventKeyer;
 pub use lock::StateLock;
 pub use progress::{
     pending_len, record_len, remove as remove_progress_log, Appends, EventKey, LoadedProgress,
@@ -190,6 +192,14 @@ impl CheckpointStore {
     /// The confirmations and pending records of `source`'s progress log.
     pub fn load_progress_all(&self, source: &str) -> io::Result<LoadedProgress> {
         progress::load_all(&self.progress_path(source), source)
+    }
+
+    /// The key of every source's progress-log event keys (made on first use).
+    pub fn event_keyer(&self) -> io::Result<EventKeyer> {
+        EventKeyer::load_or_create(
+            &self.dir.join(event_key::KEY_FILE),
+            &self.dir.join(TEMP_DIR),
+        )
     }
 
     /// Opens `source`'s progress log for appending, creating it when absent.

@@ -48,7 +48,6 @@ use crate::retry::Backoff;
 use crate::source::Source;
 use budget::{ByteBudget, Charge};
 use deliver::{deliver_everywhere, Delivery};
-pub use progress::event_key;
 use progress::{Notes, Progress};
 pub use request::RequestSize;
 pub use route::{panic_message, Route};

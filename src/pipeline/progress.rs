@@ -3,7 +3,7 @@
 //! ([`CheckpointStore::open_progress`]), so that after a crash the batches
 //! refetched from the checkpoint skip, per sink, what that sink already has.
 //!
-//! Events are told apart by [`event_key`] (their bytes and id),
+//! Events are told apart by their [`EventKeyer`] key (their bytes and id),
 //! counted, not merely marked: a page may hold the same event twice, and a
 //! confirmation skips only as many copies as were confirmed. A skipped
 //! event still counts as delivered for the commit.
@@ -21,37 +21,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::pending;
 use super::route::Route;
-use crate::checkpoint::{CheckpointStore, EventKey, PendingRecord, ProgressRecord};
-use crate::event::{Batch, Event};
+use crate::checkpoint::{CheckpointStore, EventKey, EventKeyer, PendingRecord, ProgressRecord};
+use crate::event::Batch;
 use crate::metrics::metrics;
 
 /// Compact the log only past this size (and when it is mostly obsolete).
 const COMPACT_MIN_BYTES: u64 = 256 << 10;
-
-/// The identity of an event across refetches: its bytes, and its id when
-/// it has a non-blank one. Never the id alone: two events sharing an id (an
-/// `id_path` naming a field that is not unique, or a changed `id_path`)
-/// would let one's confirmation skip the other, which was never sent.
-pub fn event_key(ev: &Event) -> EventKey {
-    let mut h = Sha256::new();
-    if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
-        h.update(b"id\0");
-        h.update((id.len() as u64).to_le_bytes());
-        h.update(id.as_bytes());
-    }
-    h.update(b"raw\0");
-    h.update(&ev.raw);
-    let digest = h.finalize();
-    let mut key = [0u8; 16];
-    key.copy_from_slice(&digest[..16]);
-    key
-}
 
 /// What one batch sends to each route, after filters and skips.
 #[derive(Debug)]
@@ -170,6 +150,7 @@ pub struct Progress {
     horizon_batches: u64,
     /// Requests sinks reported pending before the restart, until resolved.
     pending: Vec<PendingRecord>,
+    keyer: EventKeyer,
     notes: Notes,
     writer: tokio::task::JoinHandle<()>,
     abandoned: Abandoned,
@@ -189,6 +170,10 @@ impl Progress {
             Default::default()
         });
         let (records, pending) = (loaded.confirmed, loaded.pending);
+        let keyer = store.event_keyer().unwrap_or_else(|e| {
+            warn!(source = %source, error = %e, "cannot read or make the event key; what sinks confirmed before this start goes to them again");
+            EventKeyer::random()
+        });
         let mut inherited: Counts = HashMap::new();
         let mut unmatched = 0;
         for r in records {
@@ -221,6 +206,7 @@ impl Progress {
             horizon_bytes,
             horizon_batches,
             pending,
+            keyer,
             notes: Notes(tx),
             writer,
             abandoned,
@@ -282,7 +268,7 @@ impl Progress {
     /// Decides what batch `seq` sends to each route: the events its filter
     /// takes, less those the sink confirmed before the restart.
     pub fn plan(&mut self, seq: u64, batch: &Batch, routes: &[Route]) -> Plan {
-        let keys: Vec<EventKey> = batch.events.iter().map(event_key).collect();
+        let keys: Vec<EventKey> = batch.events.iter().map(|e| self.keyer.key(e)).collect();
         let mut send = Vec::with_capacity(routes.len());
         for route in routes {
             let mut inherited = self.inherited.get_mut(&route.sink_name);

@@ -43,12 +43,23 @@ pub(super) fn json_string(s: &str) -> String {
     serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
 }
 
-/// Epoch seconds with microseconds, HEC's `time` format.
-fn epoch(t: DateTime<Utc>) -> String {
+/// Epoch seconds with microseconds, HEC's `time` format. Written in place:
+/// `format!` here cost 4 % of a HEC run's CPU.
+fn write_epoch(out: &mut Vec<u8>, t: DateTime<Utc>) {
     let micros = t.timestamp_micros();
-    let sign = if micros < 0 { "-" } else { "" };
+    if micros < 0 {
+        out.push(b'-');
+    }
     let abs = micros.unsigned_abs();
-    format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+    out.extend_from_slice(itoa::Buffer::new().format(abs / 1_000_000).as_bytes());
+    let mut fraction = [b'0'; 7];
+    fraction[0] = b'.';
+    let mut rest = abs % 1_000_000;
+    for digit in fraction[1..].iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&fraction);
 }
 
 /// An indexed field's value as HEC takes it: a string or an array of
@@ -112,10 +123,17 @@ impl Envelope {
 
     /// Appends one event's envelope; `source` is JSON-encoded already.
     fn write(&self, out: &mut Vec<u8>, source: &str, e: &Event) {
+        self.write_head(out, source, e);
+        out.extend_from_slice(&e.raw);
+        out.push(b'}');
+    }
+
+    /// The envelope up to the event itself (`…,"event":`).
+    fn write_head(&self, out: &mut Vec<u8>, source: &str, e: &Event) {
         out.push(b'{');
         if let Some(t) = e.time {
             out.extend_from_slice(b"\"time\":");
-            out.extend_from_slice(epoch(t).as_bytes());
+            write_epoch(out, t);
             out.push(b',');
         }
         let source = self.source.as_deref().unwrap_or(source);
@@ -169,8 +187,6 @@ impl Envelope {
             }
         }
         out.extend_from_slice(b"\"event\":");
-        out.extend_from_slice(&e.raw);
-        out.push(b'}');
     }
 
     /// The envelope sizes of `events`, all from `source` (JSON-encoded),
@@ -182,8 +198,9 @@ impl Envelope {
         let mut total = 0;
         for e in events {
             scratch.clear();
-            self.write(&mut scratch, source, e);
-            total += scratch.len();
+            // The event's bytes are copied only when the body is built.
+            self.write_head(&mut scratch, source, e);
+            total += scratch.len() + e.raw.len() + 1;
             offsets.push(total);
         }
         Sizes { offsets }
@@ -257,8 +274,16 @@ mod tests {
             .unwrap()
     }
 
+    fn epoch(t: DateTime<Utc>) -> String {
+        let mut out = Vec::new();
+        write_epoch(&mut out, t);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn epoch_has_microseconds_and_handles_before_1970() {
+        let t = Utc.timestamp_opt(7, 1_000).unwrap();
+        assert_eq!(epoch(t), "7.000001");
         let t = Utc.timestamp_opt(1_690_359_797, 151_080_751).unwrap();
         assert_eq!(epoch(t), "1690359797.151080");
         let t = Utc.timestamp_opt(-5, 250_000_000).unwrap();

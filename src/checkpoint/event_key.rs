@@ -1,0 +1,181 @@
+//! The keys that tell events apart in the progress log (see
+//! `pipeline::progress`): a keyed HighwayHash of each event's id and bytes.
+//!
+//! Hashing every event's bytes is the price of never mistaking one event
+//! for another; SHA-256 made it a sixth of a HEC run's CPU. HighwayHash
+//! costs about a seventh of that, and with its key secret (random, kept in
+//! the state directory, never logged) nobody who writes audit events can
+//! craft one that collides with another, which would let one event's
+//! confirmation skip the other. Should the key change or be lost, earlier
+//! confirmations simply stop matching: duplicates, never loss.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::Path;
+
+use highway::{HighwayHash, HighwayHasher, Key};
+
+use super::progress::EventKey;
+use crate::event::Event;
+
+/// The key file's name, next to the checkpoints: no source's file name
+/// (`<source>.checkpoint`, `<source>.progress`) can take it.
+pub(super) const KEY_FILE: &str = "event-key.secret";
+
+/// Computes [`EventKey`]s under one secret key.
+#[derive(Clone)]
+pub struct EventKeyer(Key);
+
+impl EventKeyer {
+    /// A keyer of a fresh random key (used when the key file cannot be read:
+    /// confirmations recorded before this start are then not recognised).
+    pub fn random() -> Self {
+        EventKeyer(Key(rand::random()))
+    }
+
+    /// The key of `ev`: its bytes, and its id when it has a non-blank one.
+    /// Never the id alone: two events sharing an id (an `id_path` naming a
+    /// field that is not unique, or a changed `id_path`) would let one's
+    /// confirmation skip the other, which was never sent.
+    pub fn key(&self, ev: &Event) -> EventKey {
+        let mut h = HighwayHasher::new(self.0);
+        if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
+            h.append(b"id\0");
+            h.append(&(id.len() as u64).to_le_bytes());
+            h.append(id.as_bytes());
+        }
+        h.append(b"raw\0");
+        h.append(&ev.raw);
+        let [low, high] = h.finalize128();
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&low.to_le_bytes());
+        key[8..].copy_from_slice(&high.to_le_bytes());
+        key
+    }
+
+    /// The key kept at `path`, created (random, mode 0600, fsynced) when
+    /// absent. Two creators racing agree: the file is linked into place
+    /// only if none is there, and the loser reads the winner's.
+    pub fn load_or_create(path: &Path, temp_dir: &Path) -> io::Result<Self> {
+        match fs::read_to_string(path) {
+            Ok(text) => return parse(&text, path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::create_dir_all(temp_dir)?;
+        // Named like the checkpoints' temp files, so a start of this process
+        // never takes it for an earlier crash's leftover.
+        let temp = temp_dir.join(format!("{KEY_FILE}.{}.new", std::process::id()));
+        let fresh = Self::random();
+        let created = (|| {
+            let mut options = OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&temp)?;
+            f.write_all(format(&fresh.0).as_bytes())?;
+            f.sync_all()?;
+            fs::hard_link(&temp, path)
+        })();
+        let _ = fs::remove_file(&temp);
+        match created {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                Ok(fresh)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                parse(&fs::read_to_string(path)?, path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn format(key: &Key) -> String {
+    let mut text: String = key.0.iter().map(|w| format!("{w:016x}")).collect();
+    text.push('\n');
+    text
+}
+
+fn parse(text: &str, path: &Path) -> io::Result<EventKeyer> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}: not an event key (64 hex digits); remove it to have a new one made",
+                path.display()
+            ),
+        )
+    };
+    let text = text.trim();
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut words = [0u64; 4];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = u64::from_str_radix(&text[i * 16..(i + 1) * 16], 16).map_err(|_| bad())?;
+    }
+    Ok(EventKeyer(Key(words)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: Option<&str>, raw: &str) -> Event {
+        Event {
+            raw: bytes::Bytes::copy_from_slice(raw.as_bytes()),
+            id: id.map(Into::into),
+            time: None,
+            kind: None,
+        }
+    }
+
+    #[test]
+    fn keys_tell_apart_ids_bytes_and_a_missing_id() {
+        let keyer = EventKeyer::random();
+        let a = keyer.key(&event(Some("1"), r#"{"a":1}"#));
+        assert_eq!(a, keyer.key(&event(Some("1"), r#"{"a":1}"#)));
+        assert_ne!(a, keyer.key(&event(Some("2"), r#"{"a":1}"#)));
+        assert_ne!(a, keyer.key(&event(Some("1"), r#"{"a":2}"#)));
+        assert_ne!(a, keyer.key(&event(None, r#"{"a":1}"#)));
+        // A blank id is no id.
+        assert_eq!(
+            keyer.key(&event(Some(" "), r#"{"a":1}"#)),
+            keyer.key(&event(None, r#"{"a":1}"#))
+        );
+        // Another key, other keys.
+        assert_ne!(a, EventKeyer::random().key(&event(Some("1"), r#"{"a":1}"#)));
+    }
+
+    #[test]
+    fn the_key_is_made_once_kept_private_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        let temp = dir.path().join(".tmp");
+        let ev = event(Some("1"), "{}");
+        let first = EventKeyer::load_or_create(&path, &temp).unwrap();
+        let again = EventKeyer::load_or_create(&path, &temp).unwrap();
+        assert_eq!(first.key(&ev), again.key(&ev));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert_eq!(fs::read_dir(&temp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_damaged_key_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        fs::write(&path, "not hex\n").unwrap();
+        let e = EventKeyer::load_or_create(&path, &dir.path().join(".tmp"))
+            .err()
+            .expect("a damaged key is refused");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+    }
+}
