@@ -26,6 +26,7 @@ pub mod oauth2;
 pub mod pipeline;
 pub mod retry;
 pub mod secret;
+mod serde_defaults;
 pub mod server;
 pub mod sink;
 pub mod source;

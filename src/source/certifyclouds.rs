@@ -27,6 +27,7 @@ use super::pull::{
 use super::{Source, SourceContext};
 use crate::config::Problems;
 use crate::event::{Batch, Event, FieldExtractor, FieldPath};
+use crate::serde_defaults::serde_defaults;
 
 /// `[sources.NAME]` with `type = "certifyclouds"`.
 pub type CertifycloudsConfig = PullConfig<Certifyclouds>;
@@ -90,11 +91,9 @@ impl PullKind for Certifyclouds {
     }
 }
 
-fn default_path() -> String {
-    "/audit/entries".into()
-}
-fn default_page_size() -> u32 {
-    500
+serde_defaults! {
+    fn default_path() -> String = "/audit/entries".into();
+    fn default_page_size() -> u32 = 500;
 }
 
 fn advice(status: u16, body: &str) -> String {

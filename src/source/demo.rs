@@ -14,6 +14,7 @@ use super::{read_checkpoint, ManualPosition, Source, SourceContext, SourceType};
 use crate::config::Problems;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
+use crate::serde_defaults::serde_defaults;
 
 /// `[sources.NAME]` with `type = "demo"`.
 #[derive(Clone, Debug, Deserialize)]
@@ -28,11 +29,9 @@ pub struct DemoConfig {
     pub limit: Option<u64>,
 }
 
-fn default_rate() -> u64 {
-    5
-}
-fn default_batch_size() -> usize {
-    100
+serde_defaults! {
+    fn default_rate() -> u64 = 5;
+    fn default_batch_size() -> usize = 100;
 }
 
 impl SourceType for DemoConfig {

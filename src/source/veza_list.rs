@@ -27,6 +27,7 @@ use super::veza::{self, VezaConfig};
 use super::{read_checkpoint, ManualPosition, Paths, Source, SourceContext, StartAt};
 use crate::config::Problems;
 use crate::event::{scalar_text, Batch, Event, FieldExtractor, FieldPath};
+use crate::serde_defaults::serde_defaults;
 
 /// How far back the list endpoint serves.
 pub const MAX_AGE_DAYS: i64 = 90;
@@ -107,11 +108,9 @@ impl PullKind for VezaList {
     }
 }
 
-fn default_from() -> String {
-    "-24h".into()
-}
-fn default_path() -> String {
-    "/api/preview/system/audit".into()
+serde_defaults! {
+    fn default_from() -> String = "-24h".into();
+    fn default_path() -> String = "/api/preview/system/audit".into();
 }
 
 /// A backfill range, checked against the API's 90-day limit.

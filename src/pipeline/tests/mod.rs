@@ -107,10 +107,7 @@ async fn a_panicking_sink_gets_the_batch_again_before_the_checkpoint_moves() {
     let (p, store) = pipeline(dir.path(), "panics-twice", sink.clone(), &health);
     let panics = metrics().sink_panics.with_label_values(&["panics-twice"]);
     let before = panics.get();
-    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
-        .await
-        .expect("the pipeline finishes once the sink stops panicking")
-        .expect("the pipeline itself did not die");
+    run_to_end(p, "the pipeline whose sink stops panicking").await;
     assert_eq!(
         *sink.received.lock().expect("not poisoned"),
         vec!["a".to_string(), "b".to_string()],
@@ -235,6 +232,26 @@ fn paged_pipeline(
             max: Duration::from_millis(20),
         },
     }
+}
+
+/// Runs `p` until its source is finished and everything is committed.
+async fn run_to_end(p: SourcePipeline, what: &str) {
+    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 10 s"))
+        .expect("no failure");
+}
+
+/// Waits until `done` holds, looking every 5 ms: the progress log is
+/// written off the delivery path, with no signal a test could await.
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not within 10 s: {what}"));
 }
 
 mod pending;

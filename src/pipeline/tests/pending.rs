@@ -34,23 +34,7 @@ impl AckingSink {
 
 #[async_trait]
 impl Sink for AckingSink {
-    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        self.deliver_tracked(source, events, &|_, _| {}).await
-    }
-
-    async fn deliver_tracked(
-        &self,
-        _source: &str,
-        events: &[Event],
-        pending: PendingReport<'_>,
-    ) -> anyhow::Result<()> {
-        let token = events[0]
-            .id
-            .as_deref()
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec();
-        pending(0..events.len(), token);
+    async fn deliver(&self, _source: &str, events: &[Event]) -> anyhow::Result<()> {
         if self.hang {
             std::future::pending::<()>().await;
         }
@@ -59,6 +43,22 @@ impl Sink for AckingSink {
             .map(|e| e.id.as_deref().unwrap_or_default().to_string());
         self.received.lock().expect("not poisoned").extend(ids);
         Ok(())
+    }
+
+    /// Reports the call pending before delivering it, as HEC does once the
+    /// request is accepted with an ack id.
+    async fn deliver_tracked(
+        &self,
+        source: &str,
+        events: &[Event],
+        pending: PendingReport<'_>,
+    ) -> anyhow::Result<()> {
+        let token = events
+            .first()
+            .and_then(|e| e.id.as_deref())
+            .unwrap_or_default();
+        pending(0..events.len(), token.as_bytes().to_vec());
+        self.deliver(source, events).await
     }
 
     async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {
@@ -94,19 +94,11 @@ async fn a_restart_skips_the_pending_runs_the_sink_confirms_and_sends_the_rest()
     // First run: three requests sent, all awaiting their acks; then a crash.
     let first = AckingSink::new(true, &[]);
     let run = tokio::spawn(pipeline(&store, first).run(CancellationToken::new()));
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store
-            .load_progress_all("src")
-            .expect("readable")
-            .pending
-            .len()
-            < 3
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let pending = || store.load_progress_all("src").expect("readable").pending;
+    super::wait_until("the pending requests reach the progress log", || {
+        pending().len() >= 3
     })
-    .await
-    .expect("the pending requests reach the progress log");
+    .await;
     run.abort();
     let _ = run.await;
     let loaded = store.load_progress_all("src").expect("readable");
@@ -114,13 +106,7 @@ async fn a_restart_skips_the_pending_runs_the_sink_confirms_and_sends_the_rest()
 
     // Second run: the destination acknowledges e0's and e4's requests.
     let second = AckingSink::new(false, &["e0", "e4"]);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        pipeline(&store, second.clone()).run(CancellationToken::new()),
-    )
-    .await
-    .expect("the second run finishes")
-    .expect("no failure");
+    super::run_to_end(pipeline(&store, second.clone()), "the second run").await;
     let mut asked: Vec<Vec<u8>> = second
         .asked
         .lock()
@@ -148,13 +134,7 @@ async fn a_restart_skips_the_pending_runs_the_sink_confirms_and_sends_the_rest()
     // A third start asks nothing (and the page, were it refetched, would
     // go out whole: nothing of the committed one may skip it).
     let third = AckingSink::new(false, &["e2"]);
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        pipeline(&store, third.clone()).run(CancellationToken::new()),
-    )
-    .await
-    .expect("the third run finishes")
-    .expect("no failure");
+    super::run_to_end(pipeline(&store, third.clone()), "the third run").await;
     assert!(third.asked.lock().expect("not poisoned").is_empty());
     assert_eq!(received(&third).len(), 6);
 }

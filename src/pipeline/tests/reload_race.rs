@@ -74,27 +74,21 @@ async fn an_aborted_pipeline_never_writes_the_progress_log_of_its_successor() {
     tokio::time::timeout(Duration::from_secs(10), stuck)
         .await
         .expect("the old pipeline gets stuck in its second run");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while store.load_progress("src").expect("readable").is_empty() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    super::wait_until("the first run's confirmation reaches the log", || {
+        !store.load_progress("src").expect("readable").is_empty()
     })
-    .await
-    .expect("the first run's confirmation reaches the log");
+    .await;
     // The drain timed out: aborted, as `Running::drain` does.
     run.abort();
     let _ = run.await;
 
     // The new pipeline refetches the page, skips e0 e1, commits, stops.
     let new = recording();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        pipeline(&store, vec![super::numbered_page(0, 4, 1)], new.clone())
-            .run(CancellationToken::new()),
+    super::run_to_end(
+        pipeline(&store, vec![super::numbered_page(0, 4, 1)], new.clone()),
+        "the new pipeline",
     )
-    .await
-    .expect("the new pipeline finishes")
-    .expect("no failure");
+    .await;
     assert_eq!(
         *new.received.lock().expect("not poisoned"),
         vec!["e2", "e3"]
@@ -120,13 +114,10 @@ async fn an_aborted_pipeline_never_writes_the_progress_log_of_its_successor() {
 
     // So a later page holding events with the same keys goes out whole.
     let later = recording();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        pipeline(&store, vec![super::numbered_page(0, 4, 2)], later.clone())
-            .run(CancellationToken::new()),
+    super::run_to_end(
+        pipeline(&store, vec![super::numbered_page(0, 4, 2)], later.clone()),
+        "the later pipeline",
     )
-    .await
-    .expect("the later pipeline finishes")
-    .expect("no failure");
+    .await;
     assert_eq!(later.received.lock().expect("not poisoned").len(), 4);
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
 use super::super::*;
-use super::page;
+use super::{page, run_to_end, wait_until};
 use crate::event::{Batch, Event};
 use crate::health::Health;
 use crate::sink::{FilterConfig, Sink};
@@ -196,10 +196,7 @@ async fn fetch_ahead_stops_at_the_byte_budget_and_a_page_larger_than_it_still_go
     )];
     let sink = RecordingSink::new(true, usize::MAX);
     let (p, _) = pipeline(&store, big, vec![route("big", sink.clone(), 7)], 1_000);
-    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
-        .await
-        .expect("a page larger than the budget is delivered")
-        .expect("no failure");
+    run_to_end(p, "a page larger than the budget").await;
     assert_eq!(sink.received().len(), 50);
     assert_eq!(
         sink.calls.load(Ordering::SeqCst),
@@ -232,6 +229,20 @@ fn the_page() -> Batch {
     )
 }
 
+/// [`the_page`] to the sinks `ordered` (in runs of two) and `unordered`
+/// (in runs of three): both runs of the restart test, before and after.
+fn the_page_to(
+    store: &CheckpointStore,
+    ordered: &Arc<RecordingSink>,
+    unordered: &Arc<RecordingSink>,
+) -> SourcePipeline {
+    let routes = vec![
+        route("ordered", ordered.clone(), 2),
+        route("unordered", unordered.clone(), 3),
+    ];
+    pipeline(store, vec![the_page()], routes, 1 << 20).0
+}
+
 fn confirmed_by(store: &CheckpointStore, sink: &str) -> usize {
     store
         .load_progress("src")
@@ -252,25 +263,14 @@ async fn a_restart_sends_each_sink_only_the_runs_it_had_not_confirmed() {
     // is never committed: then the process is killed.
     let ordered = RecordingSink::new(true, 4);
     let unordered = RecordingSink::new(false, usize::MAX);
-    let (p, _) = pipeline(
-        &store,
-        vec![the_page()],
-        vec![
-            route("ordered", ordered.clone(), 2),
-            route("unordered", unordered.clone(), 3),
-        ],
-        1 << 20,
-    );
+    let p = the_page_to(&store, &ordered, &unordered);
     let run = tokio::spawn(p.run(CancellationToken::new()));
     wait_for_calls(&ordered, 3).await;
     // The log is written off the delivery path: wait for it to be durable.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while confirmed_by(&store, "ordered") < 4 || confirmed_by(&store, "unordered") < 10 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    wait_until("the confirmed runs reach the progress log", || {
+        confirmed_by(&store, "ordered") >= 4 && confirmed_by(&store, "unordered") >= 10
     })
-    .await
-    .expect("the confirmed runs reach the progress log");
+    .await;
     run.abort();
     let _ = run.await;
     assert_eq!(
@@ -290,19 +290,7 @@ async fn a_restart_sends_each_sink_only_the_runs_it_had_not_confirmed() {
     let (before_o, before_u) = (skipped("ordered"), skipped("unordered"));
     let ordered = RecordingSink::new(true, usize::MAX);
     let unordered = RecordingSink::new(false, usize::MAX);
-    let (p, _) = pipeline(
-        &store,
-        vec![the_page()],
-        vec![
-            route("ordered", ordered.clone(), 2),
-            route("unordered", unordered.clone(), 3),
-        ],
-        1 << 20,
-    );
-    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
-        .await
-        .expect("the second run finishes")
-        .expect("no failure");
+    run_to_end(the_page_to(&store, &ordered, &unordered), "the second run").await;
     assert_eq!(
         ordered.received(),
         vec!["c", "d", "x", "-", "e", ""],
@@ -457,10 +445,7 @@ async fn an_unconfirmed_event_sharing_its_id_with_a_confirmed_one_is_sent_again(
     });
     let (mut p, _) = pipeline(&store, vec![the_page()], Vec::new(), 1 << 20);
     p.routes = vec![holding_route(sink.clone())];
-    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
-        .await
-        .expect("the second run finishes")
-        .expect("no failure");
+    run_to_end(p, "the second run").await;
     let received = sink.received.lock().expect("not poisoned").clone();
     assert!(
         received
@@ -504,18 +489,15 @@ async fn confirmations_of_a_committed_page_never_skip_a_later_identical_event() 
     p.routes = vec![holding_route(sink.clone())];
     let run = tokio::spawn(p.run(CancellationToken::new()));
     let progress = store.progress_path("src");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        // Committed, and the confirmation appended (a header and a record).
-        let appended = || {
-            std::fs::metadata(&progress).map_or(0, |m| m.len())
-                > crate::checkpoint::record_len("hook", 1)
-        };
-        while store.load("src").expect("readable").is_none() || !appended() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    // Committed, and the confirmation appended (a header and a record).
+    let appended = || {
+        std::fs::metadata(&progress).map_or(0, |m| m.len())
+            > crate::checkpoint::record_len("hook", 1)
+    };
+    wait_until("page 1 is confirmed and committed", || {
+        store.load("src").expect("readable").is_some() && appended()
     })
-    .await
-    .expect("page 1 is confirmed and committed");
+    .await;
     // What a SIGKILL now leaves on disk: page 1 committed, its confirmation
     // still in the log (compaction waits for the log to grow).
     let on_disk = std::fs::read(&progress).expect("the progress log exists");
@@ -534,10 +516,7 @@ async fn confirmations_of_a_committed_page_never_skip_a_later_identical_event() 
         1 << 20,
     );
     p.routes = vec![holding_route(sink.clone())];
-    tokio::time::timeout(Duration::from_secs(10), p.run(CancellationToken::new()))
-        .await
-        .expect("the second run finishes")
-        .expect("no failure");
+    run_to_end(p, "the second run").await;
     assert_eq!(
         sink.received.lock().expect("not poisoned").len(),
         1,

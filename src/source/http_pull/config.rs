@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::body_strings;
+use crate::serde_defaults::serde_defaults;
 use crate::source::pull::{PullConfig, RateLimitConfig, TimeFormat};
 
 pub use crate::source::pull::Stop;
@@ -47,8 +48,8 @@ pub struct PaginationConfig {
     pub limit_path: Option<String>,
 }
 
-fn default_first_page() -> u64 {
-    1
+serde_defaults! {
+    fn default_first_page() -> u64 = 1;
 }
 
 /// The keys of an `http_pull` source besides
@@ -89,17 +90,11 @@ pub struct HttpPull {
     pub rate_limit: RateLimitConfig,
 }
 
-fn default_method() -> String {
-    "GET".into()
-}
-fn default_auth_header() -> String {
-    "Authorization".into()
-}
-fn default_auth_scheme() -> String {
-    "Bearer".into()
-}
-fn default_page_size() -> u32 {
-    100
+serde_defaults! {
+    fn default_method() -> String = "GET".into();
+    fn default_auth_header() -> String = "Authorization".into();
+    fn default_auth_scheme() -> String = "Bearer".into();
+    fn default_page_size() -> u32 = 100;
 }
 
 impl HttpPull {

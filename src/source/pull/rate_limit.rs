@@ -10,6 +10,7 @@ use serde::Deserialize;
 use tracing::warn;
 
 use crate::config::Problems;
+use crate::serde_defaults::serde_defaults;
 
 /// `rate_limit` (http_pull): what an answer says about the API's limit.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -45,14 +46,10 @@ impl Default for RateLimitConfig {
     }
 }
 
-fn default_rl_statuses() -> Vec<u16> {
-    vec![429]
-}
-fn default_reset_header() -> Option<String> {
-    Some("X-RateLimit-Reset".into())
-}
-fn default_remaining_header() -> Option<String> {
-    Some("X-RateLimit-Remaining".into())
+serde_defaults! {
+    fn default_rl_statuses() -> Vec<u16> = vec![429];
+    fn default_reset_header() -> Option<String> = Some("X-RateLimit-Reset".into());
+    fn default_remaining_header() -> Option<String> = Some("X-RateLimit-Remaining".into());
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]

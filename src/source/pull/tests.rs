@@ -141,14 +141,22 @@ fn problems_name_their_key_path_once() {
     assert_eq!(with("sources.s.retry.initial:"), 1, "{problems:?}");
 }
 
-#[test]
-fn a_source_without_a_window_refuses_the_window_keys() {
-    let problems = problems("veza_list", "poll_interval = \"bad\"\noverlap = \"5m\"\n");
-    let with = |key: &str| reported(&problems, key);
+/// The problems of a `veza_list` source (one without a window) given a
+/// bad `poll_interval` and `extra`, having checked that the window key is
+/// refused as unknown.
+fn window_key_refused(extra: &str) -> Vec<String> {
+    let problems = problems("veza_list", &format!("poll_interval = \"bad\"\n{extra}"));
     assert!(
-        with("sources.s.poll_interval: unknown key") > 0,
+        reported(&problems, "sources.s.poll_interval: unknown key") > 0,
         "{problems:?}"
     );
+    problems
+}
+
+#[test]
+fn a_source_without_a_window_refuses_the_window_keys() {
+    let problems = window_key_refused("overlap = \"5m\"\n");
+    let with = |key: &str| reported(&problems, key);
     assert!(with("sources.s.overlap: unknown key") > 0, "{problems:?}");
     assert_eq!(problems.len(), 2, "one problem per key: {problems:?}");
 }
@@ -163,14 +171,9 @@ fn a_missing_url_is_reported_by_path() {
 /// that hides the shared keys read after it (serde stops at the first).
 #[test]
 fn a_refused_window_key_hides_no_bad_shared_value() {
-    let problems = problems("veza_list", "poll_interval = \"bad\"\ntimeout = \"x\"\n");
-    let with = |key: &str| reported(&problems, key);
+    let problems = window_key_refused("timeout = \"x\"\n");
     assert!(
-        with("sources.s.poll_interval: unknown key") > 0,
-        "{problems:?}"
-    );
-    assert!(
-        with("sources.s.timeout:") > 0,
+        reported(&problems, "sources.s.timeout:") > 0,
         "the bad timeout went unreported: {problems:?}"
     );
 }

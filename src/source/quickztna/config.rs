@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use crate::serde_defaults::serde_defaults;
 use crate::source::pull::PullConfig;
 
 /// Most entries `/api/export` returns (the Loki query's hard limit).
@@ -64,22 +65,11 @@ pub struct Quickztna {
 /// Smallest `max_journal_bytes`: room for a few appends of entries.
 pub const MIN_JOURNAL_BYTES: u64 = 64 << 10;
 
-fn default_max_journal_bytes() -> u64 {
-    1 << 30
-}
-
-fn default_limit() -> u32 {
-    AUDIT_MAX_LIMIT
-}
-fn default_export_cap() -> usize {
-    EXPORT_CAP
-}
-fn default_batch_size() -> usize {
-    1000
-}
-fn default_export_path() -> String {
-    "/api/export".into()
-}
-fn default_audit_path() -> String {
-    "/api/audit".into()
+serde_defaults! {
+    fn default_max_journal_bytes() -> u64 = 1 << 30;
+    fn default_limit() -> u32 = AUDIT_MAX_LIMIT;
+    fn default_export_cap() -> usize = EXPORT_CAP;
+    fn default_batch_size() -> usize = 1000;
+    fn default_export_path() -> String = "/api/export".into();
+    fn default_audit_path() -> String = "/api/audit".into();
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -19,11 +19,10 @@ use super::journal::{
 use super::poller::Poller;
 use super::window::Window;
 use crate::checkpoint::CheckpointStore;
-use crate::disk_queue::{Pos, Tail};
 use crate::event::{Batch, FieldExtractor};
 use crate::metrics::metrics;
 use crate::source::pull::WindowState;
-use crate::source::queued::{events_of, QueueRead};
+use crate::source::queued::{events_of, QueueCursor, QueueRead};
 
 /// How often an idle reader looks for commits that free journal segments.
 const GC_RECHECK: Duration = Duration::from_millis(250);
@@ -32,14 +31,10 @@ const GC_RECHECK: Duration = Duration::from_millis(250);
 pub struct Reader {
     name: Arc<str>,
     journal: Arc<Journal>,
-    tail: watch::Receiver<Tail>,
-    pos: Pos,
+    cursor: QueueCursor,
     newest: Option<DateTime<Utc>>,
     extractor: FieldExtractor,
-    read: QueueRead,
     pipeline_store: CheckpointStore,
-    /// Oldest segment possibly still on disk.
-    oldest: u64,
     room: Arc<Notify>,
     poller: JoinHandle<()>,
     stop: CancellationToken,
@@ -152,23 +147,20 @@ pub fn start(parts: Parts) -> anyhow::Result<Reader> {
     let poller = runtime.spawn(poller.run());
     Ok(Reader {
         name: name.clone(),
-        tail: journal.spool.subscribe(),
-        oldest: journal
-            .spool
-            .start()
-            .map(|p| p.segment)
-            .unwrap_or(pos.segment),
+        cursor: QueueCursor::new(
+            QueueRead {
+                source: name.clone(),
+                what: "journal",
+                max_records: batch_size,
+                max_bytes: BATCH_BYTES,
+                damaged: &JOURNAL_DAMAGED,
+            },
+            &journal.spool,
+            pos,
+        ),
         journal,
-        pos,
         newest,
         extractor,
-        read: QueueRead {
-            source: name.clone(),
-            what: "journal",
-            max_records: batch_size,
-            max_bytes: BATCH_BYTES,
-            damaged: &JOURNAL_DAMAGED,
-        },
         pipeline_store,
         room,
         poller,
@@ -181,7 +173,7 @@ impl Reader {
     /// the checkpoint store: the pipeline commits, not the source), and
     /// tells the poller when that made room.
     fn collect_garbage(&mut self) {
-        if self.pos.segment <= self.oldest {
+        if !self.cursor.has_read_past_oldest() {
             return;
         }
         let committed = self
@@ -190,7 +182,7 @@ impl Reader {
         let Some(committed) = committed else { return };
         match self.journal.spool.remove_before(committed.journal.segment) {
             Ok(n) => {
-                self.oldest = committed.journal.segment;
+                self.cursor.oldest = committed.journal.segment;
                 if n > 0 {
                     debug!(source = %self.name, segments = n, "removed delivered journal segments");
                     JOURNAL_BYTES
@@ -208,9 +200,7 @@ impl Reader {
     /// The next batch out of the journal, waiting for the poller.
     pub async fn next_batch(&mut self) -> anyhow::Result<Batch> {
         loop {
-            self.tail.borrow_and_update();
-            let (records, next) = self.read.records(self.journal.clone(), self.pos).await?;
-            self.pos = next;
+            let records = self.cursor.next_records(self.journal.clone()).await?;
             self.collect_garbage();
             if records.is_empty() {
                 if self.poller.is_finished() {
@@ -221,15 +211,16 @@ impl Reader {
                 }
                 // Batches read but not yet committed hold segments the
                 // poller may be waiting for: look at the commits again soon.
-                let recheck = async {
-                    if self.pos.segment > self.oldest {
+                let held = self.cursor.has_read_past_oldest();
+                let recheck = async move {
+                    if held {
                         tokio::time::sleep(GC_RECHECK).await
                     } else {
                         std::future::pending().await
                     }
                 };
                 tokio::select! {
-                    _ = self.tail.changed() => {}
+                    _ = self.cursor.appended() => {}
                     _ = &mut self.poller => {}
                     _ = recheck => {}
                 }
@@ -240,7 +231,7 @@ impl Reader {
                 self.newest = Some(self.newest.map_or(t, |n| n.max(t)));
             }
             let checkpoint = serde_json::to_vec(&JournalCheckpoint {
-                journal: self.pos,
+                journal: self.cursor.pos,
                 newest: self.newest,
             })?;
             return Ok(Batch {

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use crate::config::Problems;
 use crate::event::FieldPath;
+use crate::serde_defaults::serde_defaults;
 use crate::source::pull::PullConfig;
 
 /// `[sources.NAME]` with `type = "veza"`.
@@ -34,20 +35,12 @@ pub const TOKEN_MISSING: &str =
 pub const ID_PATH: &[&str] = &["request_id", "id"];
 pub const TYPE_PATH: &[&str] = &["type", "event_type", "intent", "endpoint", "action"];
 
-pub fn default_page_size() -> u32 {
-    1000
-}
-fn default_path() -> String {
-    "/api/preview/system/audit/export".into()
-}
-pub fn default_token_param() -> String {
-    "page_token".into()
-}
-pub fn default_items_path() -> String {
-    "values".into()
-}
-pub fn default_next_token_path() -> String {
-    "next_page_token".into()
+serde_defaults! {
+    pub fn default_page_size() -> u32 = 1000;
+    fn default_path() -> String = "/api/preview/system/audit/export".into();
+    pub fn default_token_param() -> String = "page_token".into();
+    pub fn default_items_path() -> String = "values".into();
+    pub fn default_next_token_path() -> String = "next_page_token".into();
 }
 
 /// Checks the page keys both Veza endpoints take: `page_size`, `path`,

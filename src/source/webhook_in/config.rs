@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::config::TlsConfig;
 use crate::secret::SecretKeys;
+use crate::serde_defaults::serde_defaults;
 use crate::source::Paths;
 
 /// `[sources.NAME]` with `type = "webhook_in"`.
@@ -53,35 +54,17 @@ pub struct WebhookInConfig {
     pub type_path: Paths,
 }
 
-fn default_path() -> String {
-    "/".into()
-}
-fn default_signature_header() -> String {
-    "X-Auditrelay-Signature".into()
-}
-fn default_signature_prefix() -> String {
-    "sha256=".into()
-}
-fn default_max_body_bytes() -> usize {
-    10 * 1024 * 1024
-}
-fn default_batch_size() -> usize {
-    500
-}
-fn default_segment_bytes() -> u64 {
-    64 * 1024 * 1024
-}
-fn default_max_spool_bytes() -> u64 {
-    1024 * 1024 * 1024
-}
-fn default_id_path() -> Paths {
-    Paths::of(&["id", "event_id", "request_id"])
-}
-fn default_time_path() -> Paths {
-    Paths::of(&["timestamp", "created_at", "time"])
-}
-fn default_type_path() -> Paths {
-    Paths::of(&["event_type", "action", "type"])
+serde_defaults! {
+    fn default_path() -> String = "/".into();
+    fn default_signature_header() -> String = "X-Auditrelay-Signature".into();
+    fn default_signature_prefix() -> String = "sha256=".into();
+    fn default_max_body_bytes() -> usize = 10 * 1024 * 1024;
+    fn default_batch_size() -> usize = 500;
+    fn default_segment_bytes() -> u64 = 64 * 1024 * 1024;
+    fn default_max_spool_bytes() -> u64 = 1024 * 1024 * 1024;
+    fn default_id_path() -> Paths = Paths::of(&["id", "event_id", "request_id"]);
+    fn default_time_path() -> Paths = Paths::of(&["timestamp", "created_at", "time"]);
+    fn default_type_path() -> Paths = Paths::of(&["event_type", "action", "type"]);
 }
 
 impl WebhookInConfig {

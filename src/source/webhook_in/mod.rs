@@ -23,7 +23,6 @@ use std::time::Instant;
 use async_trait::async_trait;
 use axum::http::HeaderName;
 use prometheus::IntCounterVec;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -35,11 +34,11 @@ pub(crate) use self::body::record_event;
 pub use self::config::WebhookInConfig;
 use self::listener::{serve, tls_acceptor};
 use self::receive::{receive, Shared, REQUESTS, SPOOL_BYTES};
-use super::queued::{events_of, QueueRead};
+use super::queued::{events_of, QueueCursor, QueueRead};
 use super::{ManualPosition, Paths, Source, SourceContext};
 use crate::checkpoint::CheckpointStore;
 use crate::config::Problems;
-use crate::disk_queue::{DiskQueue, Pos, Tail};
+use crate::disk_queue::{DiskQueue, Pos};
 use crate::event::{Batch, FieldExtractor};
 use crate::metrics::metrics;
 
@@ -57,13 +56,9 @@ static SPOOL_CORRUPT: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub struct WebhookInSource {
     name: Arc<str>,
     spool: Arc<DiskQueue>,
-    tail: watch::Receiver<Tail>,
-    pos: Pos,
+    cursor: QueueCursor,
     extractor: FieldExtractor,
-    read: QueueRead,
     store: CheckpointStore,
-    /// Oldest segment possibly still on disk.
-    oldest: u64,
     server: JoinHandle<()>,
     pub local_addr: SocketAddr,
 }
@@ -154,18 +149,19 @@ impl WebhookInSource {
         );
         Ok(WebhookInSource {
             name: name.clone(),
-            tail: spool.subscribe(),
-            oldest: spool.start().map(|p| p.segment).unwrap_or(pos.segment),
+            cursor: QueueCursor::new(
+                QueueRead {
+                    source: name.clone(),
+                    what: "spool",
+                    max_records: cfg.batch_size,
+                    max_bytes: BATCH_BYTES,
+                    damaged: &SPOOL_CORRUPT,
+                },
+                &spool,
+                pos,
+            ),
             spool,
-            pos,
             extractor,
-            read: QueueRead {
-                source: name.clone(),
-                what: "spool",
-                max_records: cfg.batch_size,
-                max_bytes: BATCH_BYTES,
-                damaged: &SPOOL_CORRUPT,
-            },
             store,
             server,
             local_addr,
@@ -175,7 +171,7 @@ impl WebhookInSource {
     /// Deletes the segments before the committed position (read back from
     /// the checkpoint store: the pipeline commits, not the source).
     fn collect_garbage(&mut self) {
-        if self.pos.segment <= self.oldest {
+        if !self.cursor.has_read_past_oldest() {
             return;
         }
         let committed = self.store.committed::<Pos>(&self.name, "spool position");
@@ -185,7 +181,7 @@ impl WebhookInSource {
                 if n > 0 {
                     debug!(source = %self.name, segments = n, "removed delivered spool segments");
                 }
-                self.oldest = committed.segment;
+                self.cursor.oldest = committed.segment;
                 SPOOL_BYTES
                     .with_label_values(&[&self.name])
                     .set(self.spool.bytes() as i64);
@@ -208,13 +204,11 @@ impl Source for WebhookInSource {
 
     async fn next_batch(&mut self) -> anyhow::Result<Option<Batch>> {
         loop {
-            self.tail.borrow_and_update();
-            let (records, next) = self.read.records(self.spool.clone(), self.pos).await?;
-            self.pos = next;
+            let records = self.cursor.next_records(self.spool.clone()).await?;
             self.collect_garbage();
             if records.is_empty() {
                 // Woken by the next append (or never, which is fine).
-                let _ = self.tail.changed().await;
+                self.cursor.appended().await;
                 continue;
             }
             metrics()
@@ -223,7 +217,7 @@ impl Source for WebhookInSource {
                 .inc_by(records.len() as u64);
             let events = events_of(&self.extractor, records);
             let newest_time = events.iter().filter_map(|e| e.time).max();
-            let checkpoint = serde_json::to_vec(&self.pos)?;
+            let checkpoint = serde_json::to_vec(&self.cursor.pos)?;
             return Ok(Some(Batch {
                 source: self.name.clone(),
                 events,
