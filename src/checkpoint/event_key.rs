@@ -179,3 +179,76 @@ mod tests {
         assert!(e.to_string().contains(KEY_FILE), "{e}");
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    fn event(raw: &str) -> Event {
+        Event {
+            raw: bytes::Bytes::copy_from_slice(raw.as_bytes()),
+            id: Some("1".into()),
+            time: None,
+            kind: None,
+        }
+    }
+
+    /// Every source pipeline starts its `Progress` at once, in one process
+    /// (one pid, so one temp file name): each must end up with the key the
+    /// file keeps, or its confirmations stop matching after a restart.
+    #[test]
+    fn sources_starting_at_once_in_one_process_all_get_the_kept_key() {
+        let ev = event("{}");
+        for round in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = Arc::new(dir.path().join(KEY_FILE));
+            let temp = Arc::new(dir.path().join(".tmp"));
+            let n = 8;
+            let barrier = Arc::new(Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let (path, temp, barrier) = (path.clone(), temp.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        EventKeyer::load_or_create(&path, &temp)
+                    })
+                })
+                .collect();
+            let kept = |keyer: &EventKeyer| keyer.key(&ev);
+            let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let on_disk = EventKeyer::load_or_create(&path, &temp)
+                .unwrap_or_else(|e| panic!("round {round}: the kept key is unreadable: {e}"));
+            for (i, r) in results.into_iter().enumerate() {
+                let keyer = r.unwrap_or_else(|e| panic!("round {round}, source {i}: {e}"));
+                assert_eq!(
+                    kept(&keyer),
+                    kept(&on_disk),
+                    "round {round}, source {i} keys events by a key the file does not keep"
+                );
+            }
+        }
+    }
+
+    /// The key file cannot be read (here: a directory stands in its place;
+    /// elsewhere, permissions or a full disk): the warning each source logs
+    /// must say which file, or the operator cannot act on it.
+    #[test]
+    fn a_key_file_that_cannot_be_read_or_made_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        fs::create_dir(&path).unwrap();
+        let e = EventKeyer::load_or_create(&path, &dir.path().join(".tmp"))
+            .err()
+            .expect("a directory is no key");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join(".tmp");
+        fs::write(&temp, "a file where the temp directory goes").unwrap();
+        let e = EventKeyer::load_or_create(&dir.path().join(KEY_FILE), &temp)
+            .err()
+            .expect("no temp directory, no key");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+    }
+}
