@@ -55,8 +55,20 @@ impl EventKeyer {
 
     /// The key kept at `path`, created (random, mode 0600, fsynced) when
     /// absent. Two creators racing agree: the file is linked into place
-    /// only if none is there, and the loser reads the winner's.
+    /// only if none is there, and the loser reads the winner's. Each
+    /// creator writes a temp file of its own (several sources start at
+    /// once in one process): one sharing it would truncate the file the
+    /// winner already linked into place. Errors name the key file.
     pub fn load_or_create(path: &Path, temp_dir: &Path) -> io::Result<Self> {
+        Self::load_or_create_inner(path, temp_dir).map_err(|e| {
+            if e.kind() == io::ErrorKind::InvalidData {
+                return e;
+            }
+            io::Error::new(e.kind(), format!("event key {}: {e}", path.display()))
+        })
+    }
+
+    fn load_or_create_inner(path: &Path, temp_dir: &Path) -> io::Result<Self> {
         match fs::read_to_string(path) {
             Ok(text) => return parse(&text, path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -65,7 +77,11 @@ impl EventKeyer {
         fs::create_dir_all(temp_dir)?;
         // Named like the checkpoints' temp files, so a start of this process
         // never takes it for an earlier crash's leftover.
-        let temp = temp_dir.join(format!("{KEY_FILE}.{}.new", std::process::id()));
+        let temp = temp_dir.join(format!(
+            "{KEY_FILE}.{}.{}.new",
+            std::process::id(),
+            super::TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let fresh = Self::random();
         let created = (|| {
             let mut options = OpenOptions::new();
@@ -177,5 +193,140 @@ mod tests {
             .err()
             .expect("a damaged key is refused");
         assert!(e.to_string().contains(KEY_FILE), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod review_tests {
+    use super::*;
+    use std::sync::{Arc, Barrier};
+
+    fn event(raw: &str) -> Event {
+        Event {
+            raw: bytes::Bytes::copy_from_slice(raw.as_bytes()),
+            id: Some("1".into()),
+            time: None,
+            kind: None,
+        }
+    }
+
+    /// Every source pipeline starts its `Progress` at once, in one process
+    /// (one pid, so one temp file name): each must end up with the key the
+    /// file keeps, or its confirmations stop matching after a restart.
+    #[test]
+    fn sources_starting_at_once_in_one_process_all_get_the_kept_key() {
+        let ev = event("{}");
+        for round in 0..200 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = Arc::new(dir.path().join(KEY_FILE));
+            let temp = Arc::new(dir.path().join(".tmp"));
+            let n = 8;
+            let barrier = Arc::new(Barrier::new(n));
+            let threads: Vec<_> = (0..n)
+                .map(|_| {
+                    let (path, temp, barrier) = (path.clone(), temp.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        EventKeyer::load_or_create(&path, &temp)
+                    })
+                })
+                .collect();
+            let kept = |keyer: &EventKeyer| keyer.key(&ev);
+            let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            let on_disk = EventKeyer::load_or_create(&path, &temp)
+                .unwrap_or_else(|e| panic!("round {round}: the kept key is unreadable: {e}"));
+            for (i, r) in results.into_iter().enumerate() {
+                let keyer = r.unwrap_or_else(|e| panic!("round {round}, source {i}: {e}"));
+                assert_eq!(
+                    kept(&keyer),
+                    kept(&on_disk),
+                    "round {round}, source {i} keys events by a key the file does not keep"
+                );
+            }
+        }
+    }
+
+    /// The key file cannot be read (here: a directory stands in its place;
+    /// elsewhere, permissions or a full disk): the warning each source logs
+    /// must say which file, or the operator cannot act on it.
+    #[test]
+    fn a_key_file_that_cannot_be_read_or_made_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEY_FILE);
+        fs::create_dir(&path).unwrap();
+        let e = EventKeyer::load_or_create(&path, &dir.path().join(".tmp"))
+            .err()
+            .expect("a directory is no key");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let temp = dir.path().join(".tmp");
+        fs::write(&temp, "a file where the temp directory goes").unwrap();
+        let e = EventKeyer::load_or_create(&dir.path().join(KEY_FILE), &temp)
+            .err()
+            .expect("no temp directory, no key");
+        assert!(e.to_string().contains(KEY_FILE), "{e}");
+    }
+
+    /// The progress log outlives the CPU it was written on (a restore on
+    /// another host, a VM moved to one without AVX2): the keys must not
+    /// depend on which implementation `HighwayHasher` picks at run time.
+    #[test]
+    fn keys_are_the_same_whatever_implementation_the_cpu_gets() {
+        let keyer = EventKeyer(Key([1, 2, 3, 0xdead_beef_0000_0001]));
+        for id_len in [0usize, 1, 7, 31, 32, 33, 64] {
+            for raw_len in 0..140usize {
+                let id = "i".repeat(id_len);
+                let raw = "r".repeat(raw_len);
+                let ev = Event {
+                    raw: bytes::Bytes::copy_from_slice(raw.as_bytes()),
+                    id: (id_len > 0).then(|| id.clone().into()),
+                    time: None,
+                    kind: None,
+                };
+                let expected = keyer.key(&ev);
+                let run = |h: &mut dyn FnMut(&[u8])| {
+                    if id_len > 0 {
+                        h(b"id\0");
+                        h(&(id.len() as u64).to_le_bytes());
+                        h(id.as_bytes());
+                    }
+                    h(b"raw\0");
+                    h(raw.as_bytes());
+                };
+                let to_key = |[low, high]: [u64; 2]| {
+                    let mut key = [0u8; 16];
+                    key[..8].copy_from_slice(&low.to_le_bytes());
+                    key[8..].copy_from_slice(&high.to_le_bytes());
+                    key
+                };
+                let mut portable = highway::PortableHash::new(keyer.0);
+                run(&mut |b| portable.append(b));
+                assert_eq!(
+                    to_key(portable.finalize128()),
+                    expected,
+                    "{id_len}/{raw_len}"
+                );
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if let Some(mut sse) = highway::SseHash::new(keyer.0) {
+                        run(&mut |b| sse.append(b));
+                        assert_eq!(
+                            to_key(sse.finalize128()),
+                            expected,
+                            "sse {id_len}/{raw_len}"
+                        );
+                    }
+                    if let Some(mut avx) = highway::AvxHash::new(keyer.0) {
+                        run(&mut |b| avx.append(b));
+                        assert_eq!(
+                            to_key(avx.finalize128()),
+                            expected,
+                            "avx {id_len}/{raw_len}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

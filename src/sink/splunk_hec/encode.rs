@@ -420,4 +420,57 @@ mod tests {
         let raw_mode = Envelope::new(&config("")).unwrap();
         assert!(!write(&raw_mode, ocsf).contains("sourcetype"));
     }
+
+    /// The in-place epoch writes what `format!` wrote, and envelopes of
+    /// negative, zero-second and far times measure as they are built.
+    #[test]
+    fn review_epoch_in_place_matches_the_formatted_one_and_measures_exactly() {
+        fn formatted(t: DateTime<Utc>) -> String {
+            let micros = t.timestamp_micros();
+            let sign = if micros < 0 { "-" } else { "" };
+            let abs = micros.unsigned_abs();
+            format!("{sign}{}.{:06}", abs / 1_000_000, abs % 1_000_000)
+        }
+        let mut times = vec![DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC];
+        for secs in [
+            -86_400i64 * 365 * 3000,
+            -2,
+            -1,
+            0,
+            1,
+            9,
+            10,
+            999_999_999,
+            4_102_444_800,
+        ] {
+            for nanos in [
+                0u32,
+                999,
+                1_000,
+                1_001,
+                499_999_999,
+                500_000_000,
+                999_999_999,
+            ] {
+                times.push(Utc.timestamp_opt(secs, nanos).unwrap());
+            }
+        }
+        let env = Envelope::new(&config("fields = { user = \"u\", n = \"n\" }"))
+            .unwrap()
+            .with_ocsf_sourcetype();
+        let source = json_string("s");
+        let events: Vec<Event> = times
+            .iter()
+            .map(|t| event(r#"{"u":"x","n":-1,"class_name":"API Activity"}"#, Some(*t)))
+            .collect();
+        for t in &times {
+            assert_eq!(epoch(*t), formatted(*t), "{t:?}");
+        }
+        let sizes = env.measure(&source, &events);
+        for i in 0..events.len() {
+            let body = env.encode(&source, &events[i..i + 1], 0);
+            assert_eq!(body.len(), sizes.bytes(&(i..i + 1)), "{:?}", times[i]);
+            assert!(serde_json::from_slice::<serde_json::Value>(&body).is_ok());
+        }
+    }
 }
