@@ -310,4 +310,31 @@ mod tests {
         bad.validate("sinks.s", &mut p);
         assert_eq!(p.into_vec()[0].path, "sinks.s.fields.actor[0]");
     }
+
+    #[test]
+    fn an_empty_table_takes_every_default_and_unknown_roles_are_refused() {
+        let m: FieldMap = serde_json::from_str("{}").unwrap();
+        assert_eq!(m, FieldMap::default());
+        let roles: Vec<_> = m.roles().iter().map(|(role, _)| *role).collect();
+        assert_eq!(
+            roles,
+            [
+                "actor",
+                "actor_id",
+                "source_ip",
+                "outcome",
+                "reason",
+                "action",
+                "method",
+                "url",
+                "user_agent"
+            ]
+        );
+        assert_eq!(m.actor[0], "identity.email");
+        assert_eq!(m.user_agent, ["client.user_agent", "user_agent"]);
+        let err = serde_json::from_str::<FieldMap>(r#"{"who":"x"}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `who`"), "{err}");
+        let facts = m.compile().unwrap().facts(&serde_json::json!({"result": "allowed"}));
+        assert_eq!(facts.success, Some(true));
+    }
 }
