@@ -72,7 +72,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     ext.opt("request", f.url.as_deref());
     ext.opt("requestClientApplication", f.user_agent.as_deref());
     ext.opt("reason", f.reason.as_deref());
-    if let Some(status) = f.outcome_raw.as_deref() {
+    if let Some(status) = f.outcome.as_deref() {
         ext.put("cs1Label", "status");
         ext.put("cs1", status);
     }

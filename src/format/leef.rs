@@ -112,7 +112,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     attrs.opt("userId", f.actor_id.as_deref());
     attrs.address("src", "identHostName", f.source_ip.as_deref());
     attrs.outcome("outcome", f.success);
-    attrs.opt("status", f.outcome_raw.as_deref());
+    attrs.opt("status", f.outcome.as_deref());
     attrs.opt("reason", f.reason.as_deref());
     attrs.opt("method", f.method.as_deref());
     attrs.opt("url", f.url.as_deref());
