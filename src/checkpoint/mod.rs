@@ -17,6 +17,8 @@ mod progress;
 mod remote;
 
 pub use lock::StateLock;
+#[cfg(test)]
+pub use progress::samples as progress_samples;
 pub use progress::{
     pending_len, record_len, remove as remove_progress_log, Appends, EventKey, LoadedProgress,
     PendingRecord, ProgressLog, ProgressRecord,

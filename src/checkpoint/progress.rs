@@ -460,6 +460,33 @@ fn decode_record(data: &[u8]) -> Result<(Entry, usize), String> {
     Ok((entry, 8 + len))
 }
 
+/// Records for tests, each event key named by one byte (`[b; 16]`).
+#[cfg(test)]
+pub mod samples {
+    use super::{EventKey, PendingRecord, ProgressRecord};
+
+    pub fn keys(bytes: &[u8]) -> Vec<EventKey> {
+        bytes.iter().map(|b| [*b; 16]).collect()
+    }
+
+    pub fn record(sink: &str, key_bytes: &[u8]) -> ProgressRecord {
+        ProgressRecord {
+            sink: sink.into(),
+            keys: keys(key_bytes),
+        }
+    }
+
+    /// A pending record sent at 2023-11-14T22:13:20Z.
+    pub fn pending(sink: &str, token: &str, key_bytes: &[u8]) -> PendingRecord {
+        PendingRecord {
+            sink: sink.into(),
+            token: token.as_bytes().to_vec(),
+            sent_ms: 1_700_000_000_000,
+            keys: keys(key_bytes),
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "progress_tests.rs"]
 mod tests;
