@@ -19,6 +19,8 @@ mod remote;
 
 pub use event_key::EventKeyer;
 pub use lock::StateLock;
+#[cfg(test)]
+pub use progress::samples as progress_samples;
 pub use progress::{
     pending_len, record_len, remove as remove_progress_log, Appends, EventKey, LoadedProgress,
     PendingRecord, ProgressLog, ProgressRecord,

@@ -203,43 +203,16 @@ impl ProgressLog {
 
     /// Appends `records` durably (one write, one fdatasync).
     pub fn append(&mut self, records: &[ProgressRecord]) -> io::Result<()> {
-        self.append_both(records, &[])
-    }
-
-    /// Appends confirmations and retirements durably (one write, one
-    /// fdatasync). A retirement cancels one earlier confirmation of each of
-    /// its keys by its sink: that of a batch about to be committed, which
-    /// must not skip anything after the checkpoint moved past it.
-    pub fn append_both(
-        &mut self,
-        records: &[ProgressRecord],
-        retired: &[ProgressRecord],
-    ) -> io::Result<()> {
         let mut buf = Vec::new();
-        for r in records {
-            encode_record(r, false, &mut buf);
-        }
-        for r in retired {
-            encode_record(r, true, &mut buf);
-        }
+        encode_records(records, &[], false, &mut buf);
         self.write_durably(buf)
     }
 
     /// Appends every kind of record durably (one write, one fdatasync).
     pub fn append_all(&mut self, a: &Appends) -> io::Result<()> {
         let mut buf = Vec::new();
-        for r in &a.confirmed {
-            encode_record(r, false, &mut buf);
-        }
-        for r in &a.pending {
-            encode_pending(r, false, &mut buf);
-        }
-        for r in &a.retired {
-            encode_record(r, true, &mut buf);
-        }
-        for r in &a.retired_pending {
-            encode_pending(r, true, &mut buf);
-        }
+        encode_records(&a.confirmed, &a.pending, false, &mut buf);
+        encode_records(&a.retired, &a.retired_pending, true, &mut buf);
         self.write_durably(buf)
     }
 
@@ -274,12 +247,7 @@ impl ProgressLog {
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let mut buf = MAGIC.to_vec();
-        for r in records {
-            encode_record(r, false, &mut buf);
-        }
-        for r in pending {
-            encode_pending(r, false, &mut buf);
-        }
+        encode_records(records, pending, false, &mut buf);
         let written = (|| {
             let mut f = File::create(&tmp)?;
             f.write_all(&buf)?;
@@ -332,6 +300,22 @@ const RETIRED: u32 = 1 << 31;
 /// version without pending records stops reading at the first one (its
 /// length does not match): only duplicates.
 const PENDING: u32 = 1 << 30;
+
+/// Confirmations, then pending records (or, with `retired`, the
+/// retirements of such records), in the order they are to be read.
+fn encode_records(
+    confirmed: &[ProgressRecord],
+    pending: &[PendingRecord],
+    retired: bool,
+    out: &mut Vec<u8>,
+) {
+    for r in confirmed {
+        encode_record(r, retired, out);
+    }
+    for r in pending {
+        encode_pending(r, retired, out);
+    }
+}
 
 fn encode_pending(r: &PendingRecord, retired: bool, out: &mut Vec<u8>) {
     let name = &r.sink.as_bytes()[..r.sink.len().min(u16::MAX as usize)];
@@ -474,6 +458,33 @@ fn decode_record(data: &[u8]) -> Result<(Entry, usize), String> {
         }
     };
     Ok((entry, 8 + len))
+}
+
+/// Records for tests, each event key named by one byte (`[b; 16]`).
+#[cfg(test)]
+pub mod samples {
+    use super::{EventKey, PendingRecord, ProgressRecord};
+
+    pub fn keys(bytes: &[u8]) -> Vec<EventKey> {
+        bytes.iter().map(|b| [*b; 16]).collect()
+    }
+
+    pub fn record(sink: &str, key_bytes: &[u8]) -> ProgressRecord {
+        ProgressRecord {
+            sink: sink.into(),
+            keys: keys(key_bytes),
+        }
+    }
+
+    /// A pending record sent at 2023-11-14T22:13:20Z.
+    pub fn pending(sink: &str, token: &str, key_bytes: &[u8]) -> PendingRecord {
+        PendingRecord {
+            sink: sink.into(),
+            token: token.as_bytes().to_vec(),
+            sent_ms: 1_700_000_000_000,
+            keys: keys(key_bytes),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,24 +1,26 @@
 //! Tests of the progress log format (see `progress.rs`).
 
+use super::samples::{pending, record};
 use super::*;
-
-fn record(sink: &str, keys: &[u8]) -> ProgressRecord {
-    ProgressRecord {
-        sink: sink.into(),
-        keys: keys.iter().map(|b| [*b; 16]).collect(),
-    }
-}
 
 fn open(dir: &Path) -> ProgressLog {
     ProgressLog::open(dir, dir.join("s.progress"), dir.join(".tmp")).unwrap()
 }
 
-#[test]
-fn appends_survive_reopen_and_rewrite_replaces() {
+/// A new log `s.progress` in a temp dir (removed when the guard drops).
+fn fresh() -> (tempfile::TempDir, PathBuf, ProgressLog) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.progress");
-    assert!(load(&path, "s").unwrap().is_empty());
-    let mut log = open(dir.path());
+    let log = open(dir.path());
+    (dir, path, log)
+}
+
+#[test]
+fn appends_survive_reopen_and_rewrite_replaces() {
+    let (dir, path, mut log) = fresh();
+    assert!(load(&dir.path().join("absent.progress"), "s")
+        .unwrap()
+        .is_empty());
     assert!(log.is_empty());
     log.append(&[record("hec", &[1, 2])]).unwrap();
     log.append(&[record("hook", &[3]), record("hec", &[4])])
@@ -50,9 +52,7 @@ fn appends_survive_reopen_and_rewrite_replaces() {
 
 #[test]
 fn a_torn_or_damaged_tail_keeps_the_whole_records_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.progress");
-    let mut log = open(dir.path());
+    let (_dir, path, mut log) = fresh();
     log.append(&[record("a", &[1]), record("b", &[2, 3])])
         .unwrap();
     let whole = fs::read(&path).unwrap();
@@ -73,20 +73,9 @@ fn a_torn_or_damaged_tail_keeps_the_whole_records_before_it() {
     assert!(load(&path, "s").unwrap().is_empty());
 }
 
-fn pending(sink: &str, token: &str, keys: &[u8]) -> PendingRecord {
-    PendingRecord {
-        sink: sink.into(),
-        token: token.as_bytes().to_vec(),
-        sent_ms: 1_700_000_000_000,
-        keys: keys.iter().map(|b| [*b; 16]).collect(),
-    }
-}
-
 #[test]
 fn pending_records_load_apart_from_confirmations_and_retire_one_by_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.progress");
-    let mut log = open(dir.path());
+    let (_dir, path, mut log) = fresh();
     log.append(&[record("hec", &[1])]).unwrap();
     log.append_all(&Appends {
         pending: vec![pending("hec", "c/7", &[2, 3]), pending("hec", "c/8", &[4])],
@@ -135,9 +124,7 @@ fn pending_records_load_apart_from_confirmations_and_retire_one_by_one() {
 
 #[test]
 fn a_torn_pending_record_ends_the_read_and_keeps_what_came_before() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.progress");
-    let mut log = open(dir.path());
+    let (_dir, path, mut log) = fresh();
     log.append(&[record("a", &[1])]).unwrap();
     let p = pending("hec", "channel/12", &[2, 3]);
     log.append_all(&Appends {
@@ -147,7 +134,7 @@ fn a_torn_pending_record_ends_the_read_and_keeps_what_came_before() {
     .unwrap();
     let whole = fs::read(&path).unwrap();
     assert_eq!(whole.len() as u64 - pending_len(&p), {
-        let mut without = open(tempfile::tempdir().unwrap().path());
+        let (_dir, _, mut without) = fresh();
         without.append(&[record("a", &[1])]).unwrap();
         without.len()
     });

@@ -72,7 +72,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
     ext.opt("request", f.url.as_deref());
     ext.opt("requestClientApplication", f.user_agent.as_deref());
     ext.opt("reason", f.reason.as_deref());
-    if let Some(status) = f.outcome_raw.as_deref() {
+    if let Some(status) = f.outcome.as_deref() {
         ext.put("cs1Label", "status");
         ext.put("cs1", status);
     }
@@ -84,32 +84,23 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, cap: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::fields::AuditFacts;
+    use crate::format::siem::{encoded, facts_of};
     use crate::format::syslog::Severity;
 
     #[test]
     fn escapes_header_and_extensions() {
-        let facts = AuditFacts {
-            actor: Some("a=b\\c\nd".into()),
-            source_ip: Some("not-an-ip".into()),
-            success: Some(false),
-            ..Default::default()
+        let facts = facts_of("a=b\\c\nd", "not-an-ip", false);
+        let event = SiemEvent {
+            vendor: "Ve|za",
+            product: "Audit",
+            event_type: Some("/svc/Do\\It"),
+            id: Some("r1"),
+            source: "veza",
+            severity: Severity::WARNING,
+            ..SiemEvent::with_facts(&facts)
         };
-        let mut out = Vec::new();
-        write(
-            &mut out,
-            &SiemEvent {
-                vendor: "Ve|za",
-                product: "Audit",
-                event_type: Some("/svc/Do\\It"),
-                id: Some("r1"),
-                source: "veza",
-                severity: Severity::WARNING,
-                ..SiemEvent::with_facts(&facts)
-            },
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(|out| write(out, &event)),
             "CEF:0|Ve\\|za|Audit|1|/svc/Do\\\\It|Do\\\\It|6|externalId=r1 \
              suser=a\\=b\\\\c\\nd shost=not-an-ip outcome=failure cs2Label=source cs2=veza"
         );

@@ -112,7 +112,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
     attrs.opt("userId", f.actor_id.as_deref());
     attrs.address("src", "identHostName", f.source_ip.as_deref());
     attrs.outcome("outcome", f.success);
-    attrs.opt("status", f.outcome_raw.as_deref());
+    attrs.opt("status", f.outcome.as_deref());
     attrs.opt("reason", f.reason.as_deref());
     attrs.opt("method", f.method.as_deref());
     attrs.opt("url", f.url.as_deref());
@@ -126,6 +126,7 @@ pub fn write_capped(out: &mut Vec<u8>, e: &SiemEvent<'_>, delim: char, cap: usiz
 mod tests {
     use super::*;
     use crate::format::fields::AuditFacts;
+    use crate::format::siem::{encoded, facts_of};
 
     #[test]
     fn delimiters() {
@@ -144,16 +145,11 @@ mod tests {
         use chrono::TimeZone;
         let facts = AuditFacts::default();
         let leef = |t| {
-            let mut out = Vec::new();
-            write(
-                &mut out,
-                &SiemEvent {
-                    time: Some(t),
-                    ..SiemEvent::with_facts(&facts)
-                },
-                '^',
-            );
-            String::from_utf8(out).unwrap()
+            let event = SiemEvent {
+                time: Some(t),
+                ..SiemEvent::with_facts(&facts)
+            };
+            encoded(|out| write(out, &event, '^'))
         };
         let year_10000 = chrono::Utc.timestamp_opt(253_402_300_800, 0).unwrap();
         assert_eq!(leef(year_10000), "LEEF:2.0|V|P|1|audit|^|sev=3^source=s");
@@ -163,26 +159,16 @@ mod tests {
 
     #[test]
     fn values_cannot_break_attributes() {
-        let facts = AuditFacts {
-            actor: Some("x^y\\z\nw".into()),
-            source_ip: Some("10.1.2.3".into()),
-            success: Some(true),
-            ..Default::default()
+        let facts = facts_of("x^y\\z\nw", "10.1.2.3", true);
+        let event = SiemEvent {
+            vendor: "Veza",
+            product: "Audit",
+            version: "1|2",
+            extra: &[("cs1".into(), "v".into())],
+            ..SiemEvent::with_facts(&facts)
         };
-        let mut out = Vec::new();
-        write(
-            &mut out,
-            &SiemEvent {
-                vendor: "Veza",
-                product: "Audit",
-                version: "1|2",
-                extra: &[("cs1".into(), "v".into())],
-                ..SiemEvent::with_facts(&facts)
-            },
-            '^',
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(|out| write(out, &event, '^')),
             "LEEF:2.0|Veza|Audit|1\\|2|audit|^|sev=3^usrName=x\\^y\\\\z\\nw^src=10.1.2.3^outcome=success^source=s^cs1=v"
         );
     }

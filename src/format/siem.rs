@@ -42,6 +42,26 @@ impl<'a> SiemEvent<'a> {
     }
 }
 
+/// A record `write` puts in a buffer, as text (the SIEM encoders' tests).
+#[cfg(test)]
+pub fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> String {
+    let mut out = Vec::new();
+    write(&mut out);
+    String::from_utf8(out).expect("the encoders write UTF-8")
+}
+
+/// The facts the SIEM encoders' tests vary: who (with characters to
+/// escape), from where (an IP address or a host) and whether it worked.
+#[cfg(test)]
+pub fn facts_of(actor: &str, source_ip: &str, success: bool) -> AuditFacts {
+    AuditFacts {
+        actor: Some(actor.into()),
+        source_ip: Some(source_ip.into()),
+        success: Some(success),
+        ..Default::default()
+    }
+}
+
 /// Writes a header field: `\` and `|` escaped; a header may hold no line
 /// break, so one becomes a space.
 pub fn header(out: &mut Vec<u8>, value: &str) {

@@ -19,14 +19,15 @@ fn mapped(kind: &str, raw: Value) -> Value {
     map(kind, "src", &raw, &event(&raw, Some("id-1"), Some("k")))
 }
 
-fn veza(endpoint: &str, method: &str, grpc: &str, http: u16) -> Value {
+/// A Veza audit event of the RPC `rpc` (`Service/Method` below `api_protos.v1`).
+fn veza(rpc: &str, method: &str, grpc: &str, http: u16) -> Value {
     mapped(
         "veza",
         json!({
             "identity": {"user_id": "u-1", "session_id": "s-1", "api_key_id": "", "email": "cookie@cookie.ai"},
             "status": {"grpc_code": grpc, "http_status": http, "error_reason": "OK"},
             "client": {"ip": "10.42.1.1", "user_agent": "Mozilla/5.0"},
-            "endpoint": endpoint, "method": method, "url": "/api/preview/keys",
+            "endpoint": format!("/api_protos.v1.{rpc}"), "method": method, "url": "/api/preview/keys",
             "request_id": "1a98", "request": {"name": "KeyName1"},
             "response": {"value": {"id": "fde4", "name": "KeyName1"}},
             "started_at": "2023-07-26T08:23:17.134994459Z",
@@ -43,15 +44,28 @@ fn class_activity(v: &Value) -> (u64, u64, u64) {
     )
 }
 
+const CREATE_API_KEY: &str = "APIKeyService/CreateAPIKey";
+const LOGIN: &str = "AuthService/Login";
+
 #[test]
 fn veza_classes_by_endpoint() {
-    let key = veza(
-        "/api_protos.v1.APIKeyService/CreateAPIKey",
-        "POST",
-        "OK",
-        200,
-    );
-    assert_eq!(class_activity(&key), (3004, 1, 300401));
+    // (RPC, method, gRPC code, HTTP status) → (class, activity, type).
+    for (rpc, method, grpc, http, expected) in [
+        (CREATE_API_KEY, "POST", "OK", 200, (3004, 1, 300401)),
+        ("UserService/ListUsers", "GET", "OK", 200, (6003, 2, 600302)),
+        (LOGIN, "POST", "PermissionDenied", 403, (3002, 1, 300201)),
+        (
+            "UserService/DeleteUser",
+            "DELETE",
+            "OK",
+            200,
+            (3001, 6, 300106),
+        ),
+    ] {
+        let v = veza(rpc, method, grpc, http);
+        assert_eq!(class_activity(&v), expected, "{rpc}");
+    }
+    let key = veza(CREATE_API_KEY, "POST", "OK", 200);
     assert_eq!(
         key["entity"],
         json!({"type": "APIKey", "name": "KeyName1", "uid": "fde4"})
@@ -66,26 +80,16 @@ fn veza_classes_by_endpoint() {
     assert_eq!(key["api"]["request"]["uid"], json!("1a98"));
     assert_eq!(key["status_id"], json!(1));
     assert_eq!(key["start_time"], json!(1_690_359_797_134i64));
-    let list = veza("/api_protos.v1.UserService/ListUsers", "GET", "OK", 200);
-    assert_eq!(class_activity(&list), (6003, 2, 600302));
-    let login = veza(
-        "/api_protos.v1.AuthService/Login",
-        "POST",
-        "PermissionDenied",
-        403,
-    );
-    assert_eq!(class_activity(&login), (3002, 1, 300201));
+    let login = veza(LOGIN, "POST", "PermissionDenied", 403);
     assert_eq!(login["status_id"], json!(2));
     assert_eq!(login["status_code"], json!("PermissionDenied"));
     assert_eq!(login["severity_id"], json!(3));
     assert_eq!(login["user"]["uid"], json!("u-1"));
-    let user = veza("/api_protos.v1.UserService/DeleteUser", "DELETE", "OK", 200);
-    assert_eq!(class_activity(&user), (3001, 6, 300106));
 }
 
 #[test]
 fn common_attributes() {
-    let v = veza("/api_protos.v1.UserService/ListUsers", "GET", "OK", 200);
+    let v = veza("UserService/ListUsers", "GET", "OK", 200);
     assert_eq!(v["time"], json!(1_700_000_000_000i64));
     assert_eq!(v["metadata"]["uid"], json!("id-1"));
     assert_eq!(v["metadata"]["version"], json!(schema::VERSION));
