@@ -217,4 +217,26 @@ mod tests {
         assert!(Target::parse("tcp://u:p@h:1").is_err());
         assert!(Target::parse("tcp://h:1/x").is_err());
     }
+
+    /// The defaults of docs/configuration.md, as an address-only section
+    /// gets them.
+    #[test]
+    fn unset_keys_take_the_documented_defaults() {
+        let cfg: SyslogConfig =
+            serde_json::from_value(serde_json::json!({"address": "tcp://h:514"})).unwrap();
+        assert_eq!(
+            (cfg.facility, cfg.severity, cfg.failure_severity),
+            (Facility::LOCAL0, Severity::INFO, Severity::WARNING)
+        );
+        assert_eq!(
+            [&cfg.app_name, &cfg.sd_id, &cfg.vendor, &cfg.product],
+            ["auditrelay", "auditrelay@32473", "auditrelay", "auditrelay"]
+        );
+        assert_eq!(cfg.product_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(cfg.leef_delimiter, "^");
+        assert_eq!(
+            (cfg.relp_window, cfg.replay_window, cfg.relp_max_refusals),
+            (128, 8 * 1024 * 1024, 3)
+        );
+    }
 }
