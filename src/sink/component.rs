@@ -100,6 +100,20 @@ pub struct SinkContext {
     pub dead_letters: DeadLetters,
 }
 
+#[cfg(test)]
+impl SinkContext {
+    /// The context of sink `name` under test: its state and dead letters in
+    /// `dir`, a health of its own.
+    pub(crate) fn in_dir(dir: &std::path::Path, name: &str) -> SinkContext {
+        SinkContext {
+            name: name.into(),
+            state_dir: dir.to_path_buf(),
+            health: Health::default(),
+            dead_letters: DeadLetters::new(dir, name),
+        }
+    }
+}
+
 /// The keys of one sink type (`[sinks.NAME]` with `type = KIND`, beside the
 /// shared keys of [`SinkCommon`]). Implementing it and adding one line to
 /// `register_sinks!` in `sink/mod.rs` is all a new sink needs outside its

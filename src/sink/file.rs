@@ -31,11 +31,9 @@ pub struct FileConfig {
     pub fsync: bool,
 }
 
-fn default_rotate_bytes() -> u64 {
-    100 * 1024 * 1024
-}
-fn default_rotate_keep() -> usize {
-    5
+super::common::serde_defaults! {
+    default_rotate_bytes: u64 = 100 * 1024 * 1024;
+    default_rotate_keep: usize = 5;
 }
 
 impl super::SinkType for FileConfig {
@@ -236,7 +234,6 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::Health;
     use bytes::Bytes;
 
     #[tokio::test]
@@ -250,12 +247,7 @@ mod tests {
             fsync: true,
         };
         let common: SinkCommon = serde_json::from_str(r#"{"inputs":["x"]}"#).unwrap();
-        let ctx = SinkContext {
-            name: "f".into(),
-            state_dir: dir.path().into(),
-            health: Health::default(),
-            dead_letters: crate::sink::DeadLetters::new(dir.path(), "f"),
-        };
+        let ctx = SinkContext::in_dir(dir.path(), "f");
         let sink = FileSink::new(cfg, &common, ctx).unwrap();
         let ev = |i: u32| Event {
             raw: Bytes::from(format!("{{\"i\":{i:010}}}")),

@@ -299,12 +299,19 @@ mod tests {
         })
     }
 
-    #[test]
-    fn an_ack_is_seen_soon_after_it_is_ready_and_slow_ones_are_asked_less_often() {
+    /// A table watching one request, with ack id `id`, sent at the
+    /// returned instant.
+    fn table_watching(id: u64) -> (AckTable, Instant, RequestAcks) {
         let mut t = table();
         let t0 = Instant::now();
         let mut acks = RequestAcks::default();
-        t.watch(&mut acks, 7, t0);
+        t.watch(&mut acks, id, t0);
+        (t, t0, acks)
+    }
+
+    #[test]
+    fn an_ack_is_seen_soon_after_it_is_ready_and_slow_ones_are_asked_less_often() {
+        let (mut t, t0, _acks) = table_watching(7);
         assert_eq!(t.next_due(), Some(t0 + 100 * MS));
         assert!(
             t.due_for_query(t0 + 10 * MS, 1000).is_empty(),
@@ -335,10 +342,8 @@ mod tests {
 
     #[test]
     fn a_channel_is_asked_at_most_once_per_first_wait() {
-        let mut t = table();
-        let t0 = Instant::now();
-        let (mut a, mut b) = Default::default();
-        t.watch(&mut a, 1, t0);
+        let (mut t, t0, _a) = table_watching(1);
+        let mut b = RequestAcks::default();
         assert_eq!(t.due_for_query(t0 + 100 * MS, 1000), vec![(1, 1)]);
         // A request issued right after the query: its first question waits
         // for the gap, not only its own first wait.
@@ -348,10 +353,8 @@ mod tests {
 
     #[test]
     fn ids_not_yet_due_ride_along_and_keep_their_schedule() {
-        let mut t = table();
-        let t0 = Instant::now();
-        let (mut a, mut b, mut c) = Default::default();
-        t.watch(&mut a, 1, t0);
+        let (mut t, t0, a) = table_watching(1);
+        let (mut b, mut c) = Default::default();
         t.watch(&mut b, 2, t0 + 40 * MS); // due within half the first wait
         t.watch(&mut c, 3, t0 + 90 * MS);
         assert_eq!(
@@ -389,10 +392,7 @@ mod tests {
 
     #[test]
     fn a_confirmed_id_leaves_the_schedule() {
-        let mut t = table();
-        let t0 = Instant::now();
-        let mut a = RequestAcks::default();
-        t.watch(&mut a, 4, t0);
+        let (mut t, t0, a) = table_watching(4);
         let asked = t.due_for_query(t0 + 100 * MS, 1000);
         t.confirm(&asked, &HashMap::from([("4".to_string(), true)]));
         assert!(a.confirmed());

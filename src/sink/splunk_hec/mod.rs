@@ -296,14 +296,11 @@ mod tests {
 
     use super::answer::Answer;
 
-    /// A Retry-After of u64::MAX seconds is a number HEC (or a proxy in
-    /// front of it) can send: the sink-wide pause must neither overflow
-    /// (a panic from network input) nor last for ever.
-    #[tokio::test]
-    async fn a_huge_retry_after_pauses_the_sink_for_a_bounded_time() {
+    /// A sink `name` with defaults, its token in a file in `dir`, sending to
+    /// a closed port (nothing here needs an answer).
+    fn sink_in(dir: &std::path::Path, name: &str) -> super::SplunkHecSink {
         use figment::providers::Format;
-        let dir = tempfile::tempdir().unwrap();
-        let token = dir.path().join("token");
+        let token = dir.join("token");
         std::fs::write(&token, "t0k3n").unwrap();
         let toml = |text: String| figment::Figment::from(figment::providers::Toml::string(&text));
         let cfg: super::SplunkHecConfig = toml(format!(
@@ -313,18 +310,17 @@ mod tests {
         .extract()
         .unwrap();
         let common: crate::sink::SinkCommon = toml("inputs = []".into()).extract().unwrap();
-        let health = crate::health::Health::default();
-        let sink = super::SplunkHecSink::new(
-            cfg,
-            &common,
-            crate::sink::SinkContext {
-                name: "hec_huge_retry_after".into(),
-                state_dir: dir.path().to_path_buf(),
-                health: health.clone(),
-                dead_letters: crate::sink::DeadLetters::new(dir.path(), "hec_huge_retry_after"),
-            },
-        )
-        .unwrap();
+        let ctx = crate::sink::SinkContext::in_dir(dir, name);
+        super::SplunkHecSink::new(cfg, &common, ctx).unwrap()
+    }
+
+    /// A Retry-After of u64::MAX seconds is a number HEC (or a proxy in
+    /// front of it) can send: the sink-wide pause must neither overflow
+    /// (a panic from network input) nor last for ever.
+    #[tokio::test]
+    async fn a_huge_retry_after_pauses_the_sink_for_a_bounded_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let sink = sink_in(dir.path(), "hec_huge_retry_after");
         let inner = &sink.inner;
         inner.pause_for(&Answer::Retry(
             "HTTP 429".into(),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use crate::format::fields::FieldMap;
 use crate::format::syslog::{Facility, Severity};
+use crate::sink::common::serde_defaults;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -107,38 +108,18 @@ pub struct SyslogConfig {
     pub relp_max_refusals: u32,
 }
 
-fn d_facility() -> Facility {
-    Facility::LOCAL0
-}
-fn d_severity() -> Severity {
-    Severity::INFO
-}
-fn d_failure_severity() -> Severity {
-    Severity::WARNING
-}
-fn d_app_name() -> String {
-    "auditrelay".into()
-}
-fn d_sd_id() -> String {
-    "auditrelay@32473".into()
-}
-fn d_vendor() -> String {
-    "auditrelay".into()
-}
-fn d_product_version() -> String {
-    env!("CARGO_PKG_VERSION").into()
-}
-fn d_leef_delimiter() -> String {
-    "^".into()
-}
-fn d_relp_window() -> usize {
-    128
-}
-fn d_replay_window() -> usize {
-    8 * 1024 * 1024
-}
-fn d_relp_max_refusals() -> u32 {
-    3
+serde_defaults! {
+    d_facility: Facility = Facility::LOCAL0;
+    d_severity: Severity = Severity::INFO;
+    d_failure_severity: Severity = Severity::WARNING;
+    d_app_name: String = "auditrelay".into();
+    d_sd_id: String = "auditrelay@32473".into();
+    d_vendor: String = "auditrelay".into();
+    d_product_version: String = env!("CARGO_PKG_VERSION").into();
+    d_leef_delimiter: String = "^".into();
+    d_relp_window: usize = 128;
+    d_replay_window: usize = 8 * 1024 * 1024;
+    d_relp_max_refusals: u32 = 3;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,5 +216,27 @@ mod tests {
         assert!(Target::parse("h:514").unwrap_err().contains("no scheme"));
         assert!(Target::parse("tcp://u:p@h:1").is_err());
         assert!(Target::parse("tcp://h:1/x").is_err());
+    }
+
+    /// The defaults of docs/configuration.md, as an address-only section
+    /// gets them.
+    #[test]
+    fn unset_keys_take_the_documented_defaults() {
+        let cfg: SyslogConfig =
+            serde_json::from_value(serde_json::json!({"address": "tcp://h:514"})).unwrap();
+        assert_eq!(
+            (cfg.facility, cfg.severity, cfg.failure_severity),
+            (Facility::LOCAL0, Severity::INFO, Severity::WARNING)
+        );
+        assert_eq!(
+            [&cfg.app_name, &cfg.sd_id, &cfg.vendor, &cfg.product],
+            ["auditrelay", "auditrelay@32473", "auditrelay", "auditrelay"]
+        );
+        assert_eq!(cfg.product_version, env!("CARGO_PKG_VERSION"));
+        assert_eq!(cfg.leef_delimiter, "^");
+        assert_eq!(
+            (cfg.relp_window, cfg.replay_window, cfg.relp_max_refusals),
+            (128, 8 * 1024 * 1024, 3)
+        );
     }
 }

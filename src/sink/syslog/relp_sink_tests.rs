@@ -2,7 +2,6 @@
 //! `serverclose` and refusals that end in the dead-letter file.
 
 use super::*;
-use crate::sink::DeadLetters;
 use bytes::Bytes;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -75,17 +74,7 @@ fn sink(port: u16, dir: &std::path::Path) -> SyslogSink {
         "inputs": ["s"], "retry": {"initial": "5ms", "max": "20ms"}
     }))
     .unwrap();
-    SyslogSink::new(
-        cfg,
-        &common,
-        SinkContext {
-            name: "relp-test".into(),
-            state_dir: dir.to_path_buf(),
-            health: Health::default(),
-            dead_letters: DeadLetters::new(dir, "relp-test"),
-        },
-    )
-    .unwrap()
+    SyslogSink::new(cfg, &common, SinkContext::in_dir(dir, "relp-test")).unwrap()
 }
 
 fn event(i: usize, poison: bool) -> Event {

@@ -16,27 +16,42 @@ fn one(b: &[u8]) -> Vec<Vec<u8>> {
     vec![b.to_vec()]
 }
 
+/// An instance of sink "sys" (octet counting) with a window of `cap` bytes
+/// in `dir`, and what it adopted.
+fn open(dir: &Path, cap: usize) -> (ReplayLog, Adopted) {
+    ReplayLog::open(dir, "sys", cap, OC).unwrap()
+}
+
+/// A new instance ([`open`]) that appended `appended`, batch by batch.
+fn holding(dir: &Path, cap: usize, appended: &[&[u8]]) -> ReplayLog {
+    let (mut log, _) = open(dir, cap);
+    for batch in appended {
+        log.append(batch).unwrap();
+    }
+    log
+}
+
 #[test]
 fn a_dead_instance_s_window_is_adopted_once_and_a_live_one_s_never() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut first, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+    let (mut first, adopted) = open(dir.path(), 100);
     assert_eq!(adopted.bytes, 0);
     for b in [&b"aaaa"[..], b"bbbb", b"cccc"] {
         first.append(b).unwrap();
     }
     // A reload builds the new instance while the old one still runs.
-    let (second, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+    let (second, adopted) = open(dir.path(), 100);
     assert_eq!(adopted.bytes, 0, "the live instance's file is its own");
     drop(second);
     // The old one goes (or is SIGKILLed: the kernel drops its lock).
     drop(first);
-    let (third, adopted) = ReplayLog::open(dir.path(), "sys", 6, OC).unwrap();
+    let (third, adopted) = open(dir.path(), 6);
     assert_eq!(batches(&third), one(b"cccc"), "bounded by the window");
     assert_eq!(adopted.bytes, 4);
     assert!(adopted.damaged.is_empty());
     drop(third);
     // The third wrote what it adopted into its own file first.
-    let (fourth, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+    let (fourth, adopted) = open(dir.path(), 100);
     assert_eq!(adopted.bytes, 4);
     assert_eq!(batches(&fourth), one(b"cccc"));
     let left: Vec<_> = fs::read_dir(replay_dir(dir.path(), "sys"))
@@ -57,7 +72,7 @@ fn frames_of_another_framing_are_never_adopted() {
     lf.append(b"<134>1 - - - - - - x\n").unwrap();
     let lf_file = lf.path.clone();
     drop(lf);
-    let (oc, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+    let (oc, adopted) = open(dir.path(), 100);
     assert_eq!(adopted.bytes, 0);
     assert!(batches(&oc).is_empty());
     assert_eq!(adopted.discarded, std::slice::from_ref(&lf_file));
@@ -68,10 +83,7 @@ fn frames_of_another_framing_are_never_adopted() {
 fn a_torn_or_corrupt_tail_keeps_the_records_before_it() {
     for damage in ["torn", "corrupt", "huge length"] {
         let dir = tempfile::tempdir().unwrap();
-        let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        for b in [&b"one"[..], b"two"] {
-            log.append(b).unwrap();
-        }
+        let log = holding(dir.path(), 100, &[b"one", b"two"]);
         let path = log.path.clone();
         drop(log);
         let mut bytes = fs::read(&path).unwrap();
@@ -82,7 +94,7 @@ fn a_torn_or_corrupt_tail_keeps_the_records_before_it() {
             _ => bytes[last..last + 4].copy_from_slice(&u32::MAX.to_le_bytes()),
         }
         fs::write(&path, &bytes).unwrap();
-        let (log, adopted) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+        let (log, adopted) = open(dir.path(), 100);
         assert_eq!(batches(&log), one(b"one"), "{damage}");
         assert_eq!(adopted.damaged, [path], "{damage}");
     }
@@ -94,7 +106,7 @@ fn a_torn_or_corrupt_tail_keeps_the_records_before_it() {
 fn the_window_read_back_is_the_last_batches_appended() {
     let dir = tempfile::tempdir().unwrap();
     let cap = 300_000;
-    let (mut log, _) = ReplayLog::open(dir.path(), "sys", cap, OC).unwrap();
+    let (mut log, _) = open(dir.path(), cap);
     let mut model: VecDeque<Vec<u8>> = VecDeque::new();
     let mut rewrites = 0;
     for i in 0..40u8 {
@@ -125,9 +137,7 @@ fn the_window_read_back_is_the_last_batches_appended() {
 #[test]
 fn a_record_damaged_on_disk_is_not_read_back() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-    log.append(b"first").unwrap();
-    log.append(b"second").unwrap();
+    let log = holding(dir.path(), 100, &[b"first", b"second"]);
     let at = log.window.spans[1].at;
     let f = OpenOptions::new().write(true).open(&log.path).unwrap();
     f.write_all_at(b"X", at + RECORD_HEAD as u64).unwrap();
@@ -192,7 +202,7 @@ fn failed_append_child() {
             assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
         }
     };
-    let (mut log, _) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
+    let (mut log, _) = open(dir, 1 << 20);
     let (a, b, c) = (vec![b'a'; 100], vec![b'b'; 8000], vec![b'c'; 100]);
     log.append(&a).unwrap();
     limit(4096);
@@ -203,7 +213,7 @@ fn failed_append_child() {
     log.append(&c).unwrap();
     assert_eq!(batches(&log), [a.clone(), b.clone(), c.clone()]);
     drop(log);
-    let (next, adopted) = ReplayLog::open(dir, "sys", 1 << 20, OC).unwrap();
+    let (next, adopted) = open(dir, 1 << 20);
     assert_eq!(batches(&next), [a, b, c]);
     assert!(adopted.damaged.is_empty(), "{:?}", adopted.damaged);
 }
@@ -211,9 +221,7 @@ fn failed_append_child() {
 #[test]
 fn rewriting_keeps_only_the_window() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut log, _) = ReplayLog::open(dir.path(), "sys", 4, OC).unwrap();
-    log.append(b"one!").unwrap();
-    log.append(b"two!").unwrap();
+    let mut log = holding(dir.path(), 4, &[b"one!", b"two!"]);
     log.rewrite().unwrap();
     assert_eq!(
         fs::metadata(&log.path).unwrap().len() as usize,
@@ -237,14 +245,12 @@ fn the_later_instance_s_frames_are_adopted_last_and_kept_over_the_cap() {
         let gap = replay_dir(dir.path(), "sys").join("g".repeat(200));
         fs::create_dir_all(gap.parent().unwrap()).unwrap();
         fs::write(&gap, b"").unwrap();
-        let (mut older, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        older.append(b"older").unwrap();
+        let older = holding(dir.path(), 100, &[b"older"]);
         fs::remove_file(&gap).unwrap();
-        let (mut newer, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
-        newer.append(b"newer").unwrap();
+        let newer = holding(dir.path(), 100, &[b"newer"]);
         drop(older);
         drop(newer);
-        let (whole, _) = ReplayLog::open(dir.path(), "sys", 100, OC).unwrap();
+        let (whole, _) = open(dir.path(), 100);
         assert_eq!(
             batches(&whole),
             [b"older".to_vec(), b"newer".to_vec()],
@@ -253,7 +259,7 @@ fn the_later_instance_s_frames_are_adopted_last_and_kept_over_the_cap() {
         // Its file holds both now, in that order; a cap of one batch
         // keeps the newest.
         drop(whole);
-        let (capped, _) = ReplayLog::open(dir.path(), "sys", 5, OC).unwrap();
+        let (capped, _) = open(dir.path(), 5);
         assert_eq!(batches(&capped), one(b"newer"), "trial {trial}");
     }
 }
