@@ -12,19 +12,6 @@ use super::dead_letter;
 use crate::config::{Problems, RetryConfig, TlsConfig};
 use crate::event::Event;
 
-/// The functions serde's `#[serde(default = "name")]` calls, one line of a
-/// table each (`name: Type = value;`): serde takes a default only as a
-/// function, and a table keeps the values of a section readable at a glance.
-macro_rules! serde_defaults {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty = $value:expr;)+) => {$(
-        $(#[$doc])*
-        fn $name() -> $ty {
-            $value
-        }
-    )+};
-}
-pub(crate) use serde_defaults;
-
 /// Keys shared by every sink type.
 #[derive(Clone, Debug, Deserialize)]
 pub struct SinkCommon {
@@ -120,9 +107,9 @@ pub enum RedactMode {
     Hmac,
 }
 
-serde_defaults! {
-    default_dead_letter_max_bytes: u64 = dead_letter::DEFAULT_MAX_BYTES;
-    default_spool_max_bytes: u64 = 1 << 30;
+crate::serde_defaults::serde_defaults! {
+    fn default_dead_letter_max_bytes() -> u64 = dead_letter::DEFAULT_MAX_BYTES;
+    fn default_spool_max_bytes() -> u64 = 1 << 30;
 }
 
 /// `sinks.NAME.on_unavailable`.

@@ -31,9 +31,9 @@ pub struct FileConfig {
     pub fsync: bool,
 }
 
-super::common::serde_defaults! {
-    default_rotate_bytes: u64 = 100 * 1024 * 1024;
-    default_rotate_keep: usize = 5;
+crate::serde_defaults::serde_defaults! {
+    fn default_rotate_bytes() -> u64 = 100 * 1024 * 1024;
+    fn default_rotate_keep() -> usize = 5;
 }
 
 impl super::SinkType for FileConfig {

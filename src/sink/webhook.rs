@@ -92,12 +92,12 @@ pub struct WebhookConfig {
     pub concurrency: usize,
 }
 
-super::common::serde_defaults! {
+crate::serde_defaults::serde_defaults! {
     /// As `splunk_hec`: with 500-event requests, enough for 100k events/s on
     /// a LAN, and at most 4 request bodies in memory.
-    default_concurrency: usize = 4;
-    default_method: String = "POST".into();
-    default_hmac_header: String = "X-Auditrelay-Signature".into();
+    fn default_concurrency() -> usize = 4;
+    fn default_method() -> String = "POST".into();
+    fn default_hmac_header() -> String = "X-Auditrelay-Signature".into();
 }
 
 impl WebhookConfig {

@@ -70,9 +70,9 @@ pub struct SplunkHecConfig {
     pub follow_redirects: crate::http::FollowRedirects,
 }
 
-crate::sink::common::serde_defaults! {
-    default_ack_first_poll: Duration = Duration::from_millis(100);
-    default_concurrency: usize = 4;
+crate::serde_defaults::serde_defaults! {
+    fn default_ack_first_poll() -> Duration = Duration::from_millis(100);
+    fn default_concurrency() -> usize = 4;
 }
 
 impl SplunkHecConfig {

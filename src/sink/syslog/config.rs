@@ -8,7 +8,6 @@ use serde::Deserialize;
 
 use crate::format::fields::FieldMap;
 use crate::format::syslog::{Facility, Severity};
-use crate::sink::common::serde_defaults;
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -108,18 +107,18 @@ pub struct SyslogConfig {
     pub relp_max_refusals: u32,
 }
 
-serde_defaults! {
-    d_facility: Facility = Facility::LOCAL0;
-    d_severity: Severity = Severity::INFO;
-    d_failure_severity: Severity = Severity::WARNING;
-    d_app_name: String = "auditrelay".into();
-    d_sd_id: String = "auditrelay@32473".into();
-    d_vendor: String = "auditrelay".into();
-    d_product_version: String = env!("CARGO_PKG_VERSION").into();
-    d_leef_delimiter: String = "^".into();
-    d_relp_window: usize = 128;
-    d_replay_window: usize = 8 * 1024 * 1024;
-    d_relp_max_refusals: u32 = 3;
+crate::serde_defaults::serde_defaults! {
+    fn d_facility() -> Facility = Facility::LOCAL0;
+    fn d_severity() -> Severity = Severity::INFO;
+    fn d_failure_severity() -> Severity = Severity::WARNING;
+    fn d_app_name() -> String = "auditrelay".into();
+    fn d_sd_id() -> String = "auditrelay@32473".into();
+    fn d_vendor() -> String = "auditrelay".into();
+    fn d_product_version() -> String = env!("CARGO_PKG_VERSION").into();
+    fn d_leef_delimiter() -> String = "^".into();
+    fn d_relp_window() -> usize = 128;
+    fn d_replay_window() -> usize = 8 * 1024 * 1024;
+    fn d_relp_max_refusals() -> u32 = 3;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
