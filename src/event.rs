@@ -111,7 +111,14 @@ pub struct FieldExtractor {
     pub time: Vec<FieldPath>,
     pub kind: Vec<FieldPath>,
     wanted: Vec<String>,
+    /// One shared copy of each event type seen: a source has a few dozen
+    /// types over millions of events, and an allocation per event cost
+    /// memory and time.
+    kinds: Arc<std::sync::Mutex<std::collections::HashMap<Box<str>, Arc<str>>>>,
 }
+
+/// Event types kept for sharing; past this many, new ones are not shared.
+const SHARED_KINDS: usize = 1024;
 
 impl FieldExtractor {
     pub fn new(id: Vec<FieldPath>, time: Vec<FieldPath>, kind: Vec<FieldPath>) -> Self {
@@ -128,6 +135,7 @@ impl FieldExtractor {
             time,
             kind,
             wanted,
+            kinds: Arc::default(),
         }
     }
 
@@ -176,8 +184,20 @@ impl FieldExtractor {
         let time = find(&self.time).and_then(parse_time);
         let kind = find(&self.kind)
             .and_then(scalar_text)
-            .map(|t| Arc::from(&*t));
+            .map(|t| self.shared_kind(&t));
         Extracted { id, time, kind }
+    }
+
+    fn shared_kind(&self, text: &str) -> Arc<str> {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kind) = kinds.get(text) {
+            return kind.clone();
+        }
+        let kind: Arc<str> = Arc::from(text);
+        if kinds.len() < SHARED_KINDS {
+            kinds.insert(text.into(), kind.clone());
+        }
+        kind
     }
 }
 
@@ -409,6 +429,20 @@ mod tests {
         assert_eq!(b.id.as_deref(), Some("42"));
         assert_eq!(b.kind.as_deref(), Some("login"));
         assert_eq!(b.time.unwrap().timestamp_millis(), 1_690_359_797_500);
+    }
+
+    #[test]
+    fn events_of_one_type_share_its_text_and_others_keep_theirs() {
+        let page = Bytes::from_static(
+            br#"[{"endpoint":"/x","request_id":"1"},{"endpoint":"/x","request_id":"2"},{"endpoint":"/y"}]"#,
+        );
+        let items: Vec<&RawValue> = serde_json::from_slice(&page).unwrap();
+        let ex = FieldExtractor::veza_defaults();
+        let events: Vec<Event> = items.iter().map(|i| ex.event(&page, i)).collect();
+        let kinds: Vec<&Arc<str>> = events.iter().map(|e| e.kind.as_ref().unwrap()).collect();
+        assert!(Arc::ptr_eq(kinds[0], kinds[1]));
+        assert_eq!(&**kinds[2], "/y");
+        assert_eq!(events[1].id.as_deref(), Some("2"));
     }
 
     #[test]
