@@ -20,6 +20,7 @@ pub mod format;
 pub mod fuzzing;
 pub mod health;
 pub mod http;
+pub mod huge_pages;
 pub mod logging;
 pub mod metrics;
 pub mod oauth2;

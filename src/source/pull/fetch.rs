@@ -395,6 +395,7 @@ const MAX_PRESIZED_BODY: u64 = 64 << 20;
 async fn read_body(mut resp: reqwest::Response) -> reqwest::Result<Bytes> {
     let hint = resp.content_length().unwrap_or(0).min(MAX_PRESIZED_BODY);
     let mut body = Vec::with_capacity(hint as usize);
+    crate::huge_pages::advise(&body);
     while let Some(chunk) = resp.chunk().await? {
         body.extend_from_slice(&chunk);
     }
