@@ -18,7 +18,7 @@ use crate::config::RetryConfig;
 use crate::event::{Batch, Event};
 use crate::metrics::metrics;
 use crate::retry::Backoff;
-use crate::sink::PendingReport;
+use crate::sink::{PendingReport, Tracked};
 
 /// Runs of one batch an unordered sink is handed at once.
 const RUNS_AT_ONCE: usize = 16;
@@ -137,7 +137,12 @@ async fn deliver_run(
     let component = || format!("sink.{}.delivery", route.sink_name);
     let mut panicked = false;
     loop {
-        let attempt = AssertUnwindSafe(route.sink.deliver_tracked(&batch.source, events, pending))
+        let call = Tracked {
+            source: &batch.source,
+            events,
+            pending,
+        };
+        let attempt = AssertUnwindSafe(route.sink.deliver_tracked(call))
             .catch_unwind()
             .await;
         match attempt {

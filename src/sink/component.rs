@@ -28,21 +28,14 @@ pub trait Sink: Send + Sync {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()>;
 
     /// [`Self::deliver`], also reporting each request the destination
-    /// accepted but has not confirmed yet: `pending(range, token)` says
-    /// `events[range]` went out in a request the destination knows by
-    /// `token`, which [`Self::resolve_pending`] understands after a restart.
+    /// accepted but has not confirmed yet ([`Tracked::pending`]), which
+    /// [`Self::resolve_pending`] understands after a restart.
     /// Only a sink whose destination can be asked later reports anything
     /// (HEC with indexer acknowledgment); the report is a claim of sending,
     /// never of confirmation. A sink that confirms before the destination
     /// has the events (a spool) reports nothing.
-    async fn deliver_tracked(
-        &self,
-        source: &str,
-        events: &[Event],
-        pending: PendingReport<'_>,
-    ) -> anyhow::Result<()> {
-        let _ = pending;
-        self.deliver(source, events).await
+    async fn deliver_tracked(&self, call: Tracked<'_>) -> anyhow::Result<()> {
+        self.deliver(call.source, call.events).await
     }
 
     /// Which of `requests` (reported pending by an earlier run's
@@ -83,6 +76,31 @@ pub trait Sink: Send + Sync {
 /// Where [`Sink::deliver_tracked`] reports a request awaiting confirmation:
 /// the events of the call it carried, and the destination's name for it.
 pub type PendingReport<'a> = &'a (dyn Fn(Range<usize>, Vec<u8>) + Send + Sync);
+
+/// One [`Sink::deliver_tracked`] call, bundled so that every sink and
+/// wrapper passing it on names it once.
+#[derive(Clone, Copy)]
+pub struct Tracked<'a> {
+    pub source: &'a str,
+    /// All from `source`.
+    pub events: &'a [Event],
+    /// `pending(range, token)` says `events[range]` went out in a request
+    /// the destination knows by `token`.
+    pub pending: PendingReport<'a>,
+}
+
+impl<'a> Tracked<'a> {
+    /// A call whose pending requests nobody keeps: what a plain
+    /// [`Sink::deliver`] of a tracking sink amounts to.
+    pub fn untracked(source: &'a str, events: &'a [Event]) -> Self {
+        fn ignore(_: Range<usize>, _: Vec<u8>) {}
+        Tracked {
+            source,
+            events,
+            pending: &ignore,
+        }
+    }
+}
 
 /// A request an earlier run reported pending ([`Sink::deliver_tracked`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

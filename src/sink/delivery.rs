@@ -93,10 +93,10 @@ pub trait RetryLogic: Send + Sync {
     /// earlier sends, any of which may still confirm it).
     type Memory: Default + Send;
 
-    /// Sends `events[run]` once and classifies the answer.
+    /// Sends `events[run]` once and classifies the answer. A sink that
+    /// sends the source name keeps it itself (HEC's `EventRequests`).
     async fn attempt(
         &self,
-        source: &str,
         events: &[Event],
         run: Run,
         memory: &mut Self::Memory,
@@ -219,10 +219,7 @@ impl<T: Copy + Ord + Debug + Send + Sync + 'static> Delivery<T> {
                 None => L::Memory::default(),
             };
             let started = Instant::now();
-            match logic
-                .attempt(source, events, run.clone(), &mut memory)
-                .await
-            {
+            match logic.attempt(events, run.clone(), &mut memory).await {
                 Verdict::Confirmed { fixed } => {
                     logic.forget(memory);
                     backoff.reset();

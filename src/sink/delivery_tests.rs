@@ -56,13 +56,7 @@ impl RetryLogic for Scripted {
     /// How often this run was tried before.
     type Memory = usize;
 
-    async fn attempt(
-        &self,
-        _source: &str,
-        _events: &[Event],
-        run: Run,
-        tries: &mut usize,
-    ) -> Verdict<Trouble> {
+    async fn attempt(&self, _events: &[Event], run: Run, tries: &mut usize) -> Verdict<Trouble> {
         self.log.lock().unwrap().push((run.clone(), *tries));
         let (_, states) = self.health.snapshot();
         let sink = states

@@ -25,7 +25,7 @@ use figment::Figment;
 pub use common::{
     BatchConfig, FilterConfig, OcsfRaw, OnUnavailable, RedactMode, Schema, SinkCommon,
 };
-pub use component::{AnySink, PendingReport, PendingRequest, Sink, SinkContext, SinkType};
+pub use component::{AnySink, PendingReport, PendingRequest, Sink, SinkContext, SinkType, Tracked};
 pub use dead_letter::DeadLetters;
 
 use crate::config::{figment_problems, read_both, read_type, type_problem, Problem, Problems};

@@ -441,13 +441,7 @@ impl RetryLogic for WebhookSink {
     /// with it: bodies in memory are those of the requests on the wire,
     /// not of every run waiting (or backing off) for its turn. A retry
     /// encodes the same bytes again.
-    async fn attempt(
-        &self,
-        _source: &str,
-        events: &[Event],
-        run: Run,
-        _: &mut (),
-    ) -> Verdict<Trouble> {
+    async fn attempt(&self, events: &[Event], run: Run, _: &mut ()) -> Verdict<Trouble> {
         let Ok(_slot) = self.slots.acquire().await else {
             return Verdict::Retry {
                 why: "sink is shutting down".into(),

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use auditrelay::checkpoint::CheckpointStore;
+use auditrelay::sink::Tracked;
 use support::daemon::{free_port, Daemon};
 use support::hec_fake::{HecFake, HecFakeConfig, HecFaults};
 use support::veza_fake::{VezaFake, VezaFakeConfig};
@@ -231,8 +232,13 @@ async fn a_restart_hears_true_once_per_ack_and_nothing_from_unknown_channels() {
         }
     };
     let sent = events(60);
+    let call = Tracked {
+        source: "veza",
+        events: &sent,
+        pending: &report,
+    };
     tokio::select! {
-        r = old.sink.deliver_tracked("veza", &sent, &report) => {
+        r = old.sink.deliver_tracked(call) => {
             panic!("confirmed while indexing is stalled: {r:?}")
         }
         r = tokio::time::timeout(LONG, all_reported) => r.expect("six requests reported pending"),
@@ -298,7 +304,12 @@ fn send_tracked(
             tokens.lock().unwrap().push(token);
             reported.notify_waiters();
         };
-        let r = sink.deliver_tracked(source, &events, &report).await;
+        let call = Tracked {
+            source,
+            events: &events,
+            pending: &report,
+        };
+        let r = sink.deliver_tracked(call).await;
         panic!("confirmed while indexing is stalled: {r:?}");
     })
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::super::*;
 use crate::event::Event;
-use crate::sink::{PendingReport, PendingRequest, Sink};
+use crate::sink::{PendingRequest, Sink, Tracked};
 
 /// Reports each call pending (token: the id of its first event); hangs
 /// (never confirms) when `hang`, else confirms. Confirms on restart the
@@ -47,18 +47,14 @@ impl Sink for AckingSink {
 
     /// Reports the call pending before delivering it, as HEC does once the
     /// request is accepted with an ack id.
-    async fn deliver_tracked(
-        &self,
-        source: &str,
-        events: &[Event],
-        pending: PendingReport<'_>,
-    ) -> anyhow::Result<()> {
-        let token = events
+    async fn deliver_tracked(&self, call: Tracked<'_>) -> anyhow::Result<()> {
+        let token = call
+            .events
             .first()
             .and_then(|e| e.id.as_deref())
             .unwrap_or_default();
-        pending(0..events.len(), token.as_bytes().to_vec());
-        self.deliver(source, events).await
+        (call.pending)(0..call.events.len(), token.as_bytes().to_vec());
+        self.deliver(call.source, call.events).await
     }
 
     async fn resolve_pending(&self, requests: &[PendingRequest]) -> Vec<bool> {

@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use super::{OcsfRaw, RedactMode, Schema, Sink, SinkCommon};
+use super::{OcsfRaw, RedactMode, Schema, Sink, SinkCommon, Tracked};
 use crate::config::Problems;
 use crate::event::{Event, FieldPath};
 use crate::format::ocsf;
@@ -302,23 +302,13 @@ impl ShapingSink {
             shaper,
         }
     }
-}
 
-#[async_trait]
-impl Sink for ShapingSink {
-    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        self.deliver_tracked(source, events, &|_, _| {}).await
-    }
-
-    /// Shaping maps event for event, so the inner sink's ranges are ours.
-    async fn deliver_tracked(
-        &self,
-        source: &str,
-        events: &[Event],
-        pending: crate::sink::PendingReport<'_>,
-    ) -> anyhow::Result<()> {
+    /// `events` shaped, counted by OCSF class when handed to the sink (a
+    /// batch the pipeline retries is counted again, like the sink's own
+    /// request metrics).
+    fn shape(&self, source: &str, events: &[Event]) -> Vec<Event> {
         let mut classes: BTreeMap<String, u64> = BTreeMap::new();
-        let shaped: Vec<Event> = events
+        let shaped = events
             .iter()
             .map(|e| {
                 let (shaped, class) = self.shaper.shape_classed(source, e);
@@ -328,15 +318,27 @@ impl Sink for ShapingSink {
                 shaped
             })
             .collect();
-        // Counted when handed to the sink (a batch the pipeline retries is
-        // counted again, like the sink's own request metrics).
         for (class, n) in classes {
             metrics::SHAPING_METRICS
                 .ocsf_events
                 .with_label_values(&[&self.name, source, &class])
                 .inc_by(n);
         }
-        self.inner.deliver_tracked(source, &shaped, pending).await
+        shaped
+    }
+}
+
+#[async_trait]
+impl Sink for ShapingSink {
+    async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
+        let shaped = self.shape(source, events);
+        self.inner.deliver(source, &shaped).await
+    }
+
+    /// Shaping maps event for event, so the inner sink's ranges are ours.
+    async fn deliver_tracked(&self, call: Tracked<'_>) -> anyhow::Result<()> {
+        let events = &self.shape(call.source, call.events);
+        self.inner.deliver_tracked(Tracked { events, ..call }).await
     }
 
     async fn resolve_pending(&self, requests: &[crate::sink::PendingRequest]) -> Vec<bool> {

@@ -162,7 +162,6 @@ impl RetryLogic for EventRequests<'_> {
 
     async fn attempt(
         &self,
-        _source: &str,
         events: &[Event],
         run: Run,
         acks: &mut RequestAcks,

@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::delivery::{Delivery, Readiness};
-use super::{PendingReport, PendingRequest, Sink, SinkCommon, SinkContext};
+use super::{PendingRequest, Sink, SinkCommon, SinkContext, Tracked};
 use crate::config::{parse_url, require_positive, Problems};
 use crate::event::{Event, FieldPath};
 use ack_table::{AckTable, PostsInFlight};
@@ -168,17 +168,18 @@ impl SplunkHecSink {
 #[async_trait]
 impl Sink for SplunkHecSink {
     async fn deliver(&self, source: &str, events: &[Event]) -> anyhow::Result<()> {
-        self.deliver_tracked(source, events, &|_, _| {}).await
+        self.deliver_tracked(Tracked::untracked(source, events))
+            .await
     }
 
     /// Each request accepted with an ack id is reported pending (its
     /// channel and ack id) until its ack reads true.
-    async fn deliver_tracked(
-        &self,
-        source: &str,
-        events: &[Event],
-        pending: PendingReport<'_>,
-    ) -> anyhow::Result<()> {
+    async fn deliver_tracked(&self, call: Tracked<'_>) -> anyhow::Result<()> {
+        let Tracked {
+            source,
+            events,
+            pending,
+        } = call;
         if events.is_empty() {
             return Ok(());
         }
