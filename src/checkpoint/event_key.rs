@@ -38,19 +38,7 @@ impl EventKeyer {
     /// field that is not unique, or a changed `id_path`) would let one's
     /// confirmation skip the other, which was never sent.
     pub fn key(&self, ev: &Event) -> EventKey {
-        let mut h = HighwayHasher::new(self.0);
-        if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
-            h.append(b"id\0");
-            h.append(&(id.len() as u64).to_le_bytes());
-            h.append(id.as_bytes());
-        }
-        h.append(b"raw\0");
-        h.append(&ev.raw);
-        let [low, high] = h.finalize128();
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&low.to_le_bytes());
-        key[8..].copy_from_slice(&high.to_le_bytes());
-        key
+        key_by(HighwayHasher::new(self.0), ev)
     }
 
     /// The key kept at `path`, created (random, mode 0600, fsynced) when
@@ -134,6 +122,23 @@ fn parse(text: &str, path: &Path) -> io::Result<EventKeyer> {
         *w = u64::from_str_radix(&text[i * 16..(i + 1) * 16], 16).map_err(|_| bad())?;
     }
     Ok(EventKeyer(Key(words)))
+}
+
+/// The key `hasher` (seeded with the keyer's key) gives `ev`: the same
+/// whichever HighwayHash implementation it is, so a key outlives the CPU.
+fn key_by(mut hasher: impl HighwayHash, ev: &Event) -> EventKey {
+    if let Some(id) = ev.id.as_deref().filter(|id| !id.trim().is_empty()) {
+        hasher.append(b"id\0");
+        hasher.append(&(id.len() as u64).to_le_bytes());
+        hasher.append(id.as_bytes());
+    }
+    hasher.append(b"raw\0");
+    hasher.append(&ev.raw);
+    let [low, high] = hasher.finalize128();
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&low.to_le_bytes());
+    key[8..].copy_from_slice(&high.to_le_bytes());
+    key
 }
 
 #[cfg(test)]
@@ -285,46 +290,14 @@ mod review_tests {
                     kind: None,
                 };
                 let expected = keyer.key(&ev);
-                let run = |h: &mut dyn FnMut(&[u8])| {
-                    if id_len > 0 {
-                        h(b"id\0");
-                        h(&(id.len() as u64).to_le_bytes());
-                        h(id.as_bytes());
-                    }
-                    h(b"raw\0");
-                    h(raw.as_bytes());
-                };
-                let to_key = |[low, high]: [u64; 2]| {
-                    let mut key = [0u8; 16];
-                    key[..8].copy_from_slice(&low.to_le_bytes());
-                    key[8..].copy_from_slice(&high.to_le_bytes());
-                    key
-                };
-                let mut portable = highway::PortableHash::new(keyer.0);
-                run(&mut |b| portable.append(b));
-                assert_eq!(
-                    to_key(portable.finalize128()),
-                    expected,
-                    "{id_len}/{raw_len}"
-                );
+                let mut keys = vec![("portable", key_by(highway::PortableHash::new(keyer.0), &ev))];
                 #[cfg(target_arch = "x86_64")]
                 {
-                    if let Some(mut sse) = highway::SseHash::new(keyer.0) {
-                        run(&mut |b| sse.append(b));
-                        assert_eq!(
-                            to_key(sse.finalize128()),
-                            expected,
-                            "sse {id_len}/{raw_len}"
-                        );
-                    }
-                    if let Some(mut avx) = highway::AvxHash::new(keyer.0) {
-                        run(&mut |b| avx.append(b));
-                        assert_eq!(
-                            to_key(avx.finalize128()),
-                            expected,
-                            "avx {id_len}/{raw_len}"
-                        );
-                    }
+                    keys.extend(highway::SseHash::new(keyer.0).map(|h| ("sse", key_by(h, &ev))));
+                    keys.extend(highway::AvxHash::new(keyer.0).map(|h| ("avx", key_by(h, &ev))));
+                }
+                for (implementation, key) in keys {
+                    assert_eq!(key, expected, "{implementation} {id_len}/{raw_len}");
                 }
             }
         }

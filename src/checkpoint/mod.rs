@@ -307,10 +307,16 @@ fn decode(data: &[u8]) -> Result<Vec<u8>, String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn round_trip_and_missing() {
+    /// A store in a fresh directory, removed when the guard drops.
+    fn new_store() -> (tempfile::TempDir, CheckpointStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn round_trip_and_missing() {
+        let (_dir, store) = new_store();
         assert!(store.load("veza").unwrap().is_none());
         store.save("veza", br#"{"token":"a"}"#).unwrap();
         store.save("veza", br#"{"token":"b"}"#).unwrap();
@@ -334,8 +340,7 @@ mod tests {
     fn concurrent_writers_never_share_a_temp_file() {
         // An aborted committer still finishing its write next to the new
         // one: every write succeeds and the file always reads back whole.
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
+        let (dir, store) = new_store();
         let writers: Vec<_> = [&b"{\"a\":1}"[..], &[b'x'; 3000][..]]
             .into_iter()
             .map(|state| {
@@ -365,8 +370,7 @@ mod tests {
 
     #[test]
     fn corruption_is_an_error_naming_file_and_fix() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = CheckpointStore::open(dir.path()).unwrap();
+        let (_dir, store) = new_store();
         store.save("veza", br#"{"token":"abc"}"#).unwrap();
         let path = store.path("veza");
         let mut data = fs::read(&path).unwrap();

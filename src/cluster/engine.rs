@@ -3,6 +3,9 @@
 
 use async_trait::async_trait;
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::config::{request_timeout, ClusterConfig};
 
 /// Proof of owning a source, checked by the engine at every checkpoint
 /// write (etcd: the owner key's create revision; Kubernetes: the Lease's
@@ -23,6 +26,34 @@ pub enum EngineError {
     /// The write was refused because this instance no longer owns the source.
     #[error("refused: this instance no longer owns the source (fenced)")]
     Fenced,
+}
+
+/// This instance as an engine presents it: its name among the members and
+/// how long its leases last unrenewed.
+#[derive(Clone, Debug)]
+pub struct Instance {
+    pub id: String,
+    pub ttl: Duration,
+}
+
+impl Instance {
+    pub fn of(cfg: &ClusterConfig) -> Self {
+        Instance {
+            id: cfg.instance_id(),
+            ttl: cfg.lease_ttl,
+        }
+    }
+
+    /// The lease duration as etcd and Lease objects take it: whole
+    /// seconds, at least one.
+    pub fn lease_secs(&self) -> i64 {
+        self.ttl.as_secs().max(1) as i64
+    }
+
+    /// See [`request_timeout`].
+    pub fn request_timeout(&self) -> Duration {
+        request_timeout(self.ttl)
+    }
 }
 
 /// The engine's state of a cluster at one moment.

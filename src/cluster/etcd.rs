@@ -1,8 +1,6 @@
 //! The etcd backend: one lease per instance, member and owner keys on it,
 //! checkpoints written in a transaction fenced by the owner key.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, PutOptions,
@@ -10,13 +8,12 @@ use etcd_client::{
 };
 use tokio::sync::Mutex;
 
-use super::config::{request_timeout, ClusterConfig, EtcdConfig};
-use super::engine::{Engine, EngineError, Fence, View};
+use super::config::{ClusterConfig, EtcdConfig};
+use super::engine::{Engine, EngineError, Fence, Instance, View};
 
 pub struct EtcdEngine {
     cfg: EtcdConfig,
-    id: String,
-    ttl: Duration,
+    instance: Instance,
     /// `<prefix>/<cluster name>/`
     base: String,
     client: Mutex<Option<Client>>,
@@ -32,8 +29,7 @@ impl EtcdEngine {
         let base = format!("{}/{}/", etcd.prefix.trim_end_matches('/'), cfg.name);
         Ok(EtcdEngine {
             cfg: etcd,
-            id: cfg.instance_id(),
-            ttl: cfg.lease_ttl,
+            instance: Instance::of(cfg),
             base,
             client: Mutex::new(None),
             lease: Mutex::new(None),
@@ -41,7 +37,7 @@ impl EtcdEngine {
     }
 
     fn member_key(&self) -> String {
-        format!("{}members/{}", self.base, self.id)
+        format!("{}members/{}", self.base, self.instance.id)
     }
     fn owner_key(&self, source: &str) -> String {
         format!("{}owners/{source}", self.base)
@@ -51,7 +47,7 @@ impl EtcdEngine {
     }
 
     fn options(&self) -> Result<ConnectOptions, EngineError> {
-        let timeout = request_timeout(self.ttl);
+        let timeout = self.instance.request_timeout();
         let mut o = ConnectOptions::new()
             .with_timeout(timeout)
             .with_connect_timeout(timeout)
@@ -91,7 +87,7 @@ impl EtcdEngine {
             return Ok(c.clone());
         }
         let connecting = Client::connect(&self.cfg.endpoints, Some(self.options()?));
-        let client = tokio::time::timeout(request_timeout(self.ttl), connecting)
+        let client = tokio::time::timeout(self.instance.request_timeout(), connecting)
             .await
             .map_err(|_| EngineError::Unreachable("connect timed out".into()))?
             .map_err(|e| EngineError::Unreachable(e.to_string()))?;
@@ -104,7 +100,7 @@ impl EtcdEngine {
     where
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(request_timeout(self.ttl), f).await {
+        match tokio::time::timeout(self.instance.request_timeout(), f).await {
             Err(_) => Err(EngineError::Unreachable("request timed out".into())),
             Ok(Err(e)) => Err(classify(e)),
             Ok(Ok(v)) => Ok(v),
@@ -118,7 +114,7 @@ impl EtcdEngine {
     fn owner_is(&self, source: &str, fence: &Fence) -> [Compare; 2] {
         let key = self.owner_key(source);
         [
-            Compare::value(key.clone(), CompareOp::Equal, self.id.clone()),
+            Compare::value(key.clone(), CompareOp::Equal, self.instance.id.clone()),
             Compare::create_revision(key, CompareOp::Equal, fence.token),
         ]
     }
@@ -142,12 +138,12 @@ impl Engine for EtcdEngine {
         if let Some(old) = self.lease.lock().await.take() {
             let _ = self.call(client.lease_revoke(old)).await;
         }
-        let ttl = self.ttl.as_secs().max(1) as i64;
+        let ttl = self.instance.lease_secs();
         let granted = self.call(client.lease_grant(ttl, None)).await?;
         let id = granted.id();
         *self.lease.lock().await = Some(id);
         let put = PutOptions::new().with_lease(id);
-        self.call(client.put(self.member_key(), self.id.clone(), Some(put)))
+        self.call(client.put(self.member_key(), self.instance.id.clone(), Some(put)))
             .await?;
         Ok(())
     }
@@ -196,7 +192,7 @@ impl Engine for EtcdEngine {
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
                 key.clone(),
-                self.id.clone(),
+                self.instance.id.clone(),
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
@@ -208,8 +204,10 @@ impl Engine for EtcdEngine {
             // the fence) rather than an orphan until the lease ends.
             let adopted = resp.op_responses().into_iter().find_map(|op| match op {
                 TxnOpResponse::Get(get) => get.kvs().first().and_then(|kv| {
-                    (kv.value() == self.id.as_bytes() && kv.lease() == lease).then(|| Fence {
-                        token: kv.create_revision(),
+                    (kv.value() == self.instance.id.as_bytes() && kv.lease() == lease).then(|| {
+                        Fence {
+                            token: kv.create_revision(),
+                        }
                     })
                 }),
                 _ => None,

@@ -22,8 +22,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use super::config::{request_timeout, ClusterConfig};
-use super::engine::{Engine, EngineError, Fence, View};
+use super::config::ClusterConfig;
+use super::engine::{Engine, EngineError, Fence, Instance, View};
 use super::lease_api::{ApiError, LeaseApi};
 
 pub const LABEL_CLUSTER: &str = "auditrelay.io/cluster";
@@ -41,8 +41,7 @@ pub struct KubernetesEngine {
     api: LeaseApi,
     namespace: String,
     cluster: String,
-    id: String,
-    ttl: Duration,
+    instance: Instance,
     /// This instance's member Lease; `None` = not a member.
     member: Mutex<Option<Held>>,
     /// When the member Lease was last written: past `lease_ttl`, the others
@@ -147,12 +146,12 @@ impl KubernetesEngine {
             .kubernetes
             .clone()
             .ok_or_else(|| anyhow::anyhow!("cluster.kubernetes: missing"))?;
+        let instance = Instance::of(cfg);
         Ok(KubernetesEngine {
-            api: LeaseApi::new(&k, request_timeout(cfg.lease_ttl))?,
+            api: LeaseApi::new(&k, instance.request_timeout())?,
             namespace: k.namespace,
             cluster: cfg.name.clone(),
-            id: cfg.instance_id(),
-            ttl: cfg.lease_ttl,
+            instance,
             member: Mutex::new(None),
             renewed_at: SyncMutex::new(None),
             slots: SyncMutex::default(),
@@ -171,15 +170,11 @@ impl KubernetesEngine {
     }
 
     fn member_name(&self) -> String {
-        self.lease_name("member", &self.id)
+        self.lease_name("member", &self.instance.id)
     }
 
     fn source_name(&self, source: &str) -> String {
         self.lease_name("source", source)
-    }
-
-    fn duration_secs(&self) -> i64 {
-        self.ttl.as_secs().max(1) as i64
     }
 
     /// A new Lease held by this instance.
@@ -203,8 +198,8 @@ impl KubernetesEngine {
                 "annotations": annotations,
             },
             "spec": {
-                "holderIdentity": self.id,
-                "leaseDurationSeconds": self.duration_secs(),
+                "holderIdentity": self.instance.id,
+                "leaseDurationSeconds": self.instance.lease_secs(),
                 "acquireTime": now,
                 "renewTime": now,
                 "leaseTransitions": 0,
@@ -215,8 +210,8 @@ impl KubernetesEngine {
     /// Makes `lease` held by this instance from now on.
     fn take(&self, lease: &mut Value, transitions: i64) {
         let now = now_micro();
-        lease["spec"]["holderIdentity"] = json!(self.id);
-        lease["spec"]["leaseDurationSeconds"] = json!(self.duration_secs());
+        lease["spec"]["holderIdentity"] = json!(self.instance.id);
+        lease["spec"]["leaseDurationSeconds"] = json!(self.instance.lease_secs());
         lease["spec"]["acquireTime"] = json!(now);
         lease["spec"]["renewTime"] = json!(now);
         lease["spec"]["leaseTransitions"] = json!(transitions);
@@ -245,7 +240,7 @@ impl KubernetesEngine {
         let secs = lease
             .pointer("/spec/leaseDurationSeconds")
             .and_then(Value::as_u64)
-            .unwrap_or(self.ttl.as_secs());
+            .unwrap_or(self.instance.ttl.as_secs());
         let age = self.unchanged_for(lease);
         !holder(lease).is_empty() && age < Duration::from_secs(secs)
     }
@@ -278,7 +273,7 @@ impl KubernetesEngine {
             .to_string();
         if held.uncertain {
             match self.api.get(&name).await {
-                Ok(cur) if holder(&cur) == self.id && transitions(&cur) == held.token => {
+                Ok(cur) if holder(&cur) == self.instance.id && transitions(&cur) == held.token => {
                     held.lease = cur;
                     held.uncertain = false;
                 }
@@ -324,9 +319,9 @@ impl KubernetesEngine {
 
     /// Deletes member Leases of instances long gone (best effort).
     async fn forget_members(&self, leases: &[Value]) {
-        let after = self.ttl * FORGET_MEMBERS_AFTER;
+        let after = self.instance.ttl * FORGET_MEMBERS_AFTER;
         for lease in leases {
-            let gone = holder(lease) != self.id && self.unchanged_for(lease) > after;
+            let gone = holder(lease) != self.instance.id && self.unchanged_for(lease) > after;
             let name = lease.pointer("/metadata/name").and_then(Value::as_str);
             if let (true, Some(name), Some(rv)) = (gone, name, resource_version(lease)) {
                 let _ = self.api.delete(name, rv).await;
@@ -366,7 +361,9 @@ impl Engine for KubernetesEngine {
     async fn renew(&self) -> Result<(), EngineError> {
         {
             let mut member = self.member.lock().await;
-            let expired = self.renewed_at().is_none_or(|at| at.elapsed() >= self.ttl);
+            let expired = self
+                .renewed_at()
+                .is_none_or(|at| at.elapsed() >= self.instance.ttl);
             if member.is_none() || expired {
                 *member = None;
                 drop(member);
@@ -439,7 +436,9 @@ impl Engine for KubernetesEngine {
     }
 
     async fn acquire(&self, source: &str) -> Result<Option<Fence>, EngineError> {
-        let expired = self.renewed_at().is_none_or(|at| at.elapsed() >= self.ttl);
+        let expired = self
+            .renewed_at()
+            .is_none_or(|at| at.elapsed() >= self.instance.ttl);
         if self.member.lock().await.is_none() || expired {
             return Err(EngineError::Expired);
         }
@@ -461,7 +460,7 @@ impl Engine for KubernetesEngine {
             Err(e) => return Err(api_error(e)),
             Ok(mut cur) => {
                 // Held by an earlier run of this instance: ours to take.
-                if self.live(&cur) && holder(&cur) != self.id {
+                if self.live(&cur) && holder(&cur) != self.instance.id {
                     return Ok(None);
                 }
                 let n = transitions(&cur) + 1;
@@ -537,7 +536,9 @@ impl Engine for KubernetesEngine {
             match self.api.replace(&name, &lease).await {
                 Ok(written) => {
                     if let Some(held) = slot.as_mut() {
-                        if holder(&written) == self.id && transitions(&written) == held.token {
+                        if holder(&written) == self.instance.id
+                            && transitions(&written) == held.token
+                        {
                             held.lease = written;
                         }
                     }
