@@ -22,6 +22,10 @@ use crate::event::Event;
 /// (`<source>.checkpoint`, `<source>.progress`) can take it.
 pub(super) const KEY_FILE: &str = "event-key.secret";
 
+/// Numbers this process's key temp files: sources starting at once each
+/// write their own.
+static KEY_TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Computes [`EventKey`]s under one secret key.
 #[derive(Clone)]
 pub struct EventKeyer(Key);
@@ -68,7 +72,7 @@ impl EventKeyer {
         let temp = temp_dir.join(format!(
             "{KEY_FILE}.{}.{}.new",
             std::process::id(),
-            super::TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            KEY_TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let fresh = Self::random();
         let created = (|| {
