@@ -929,16 +929,9 @@ async fn frames_a_receiver_lost_around_a_reload_of_the_sink_arrive_after_it() {
     receiver.reset_connections();
     receiver.set_losing(false);
     let before_reload = committed(&state).unwrap();
-    daemon.signal(libc::SIGHUP);
     // The old instance may bring the frames back before it is replaced:
     // what is asserted below is the state after the reload.
-    assert!(
-        daemon
-            .wait_for_log("config reloaded", Duration::from_secs(30))
-            .await,
-        "{}",
-        daemon.log_text()
-    );
+    reload(&daemon).await;
     assert_all_back(&receiver, before_reload, &log).await;
     daemon.kill().await;
     let files: Vec<String> = std::fs::read_dir(state.join("syslog_replay/sys"))
@@ -979,6 +972,18 @@ fn stop_config(dir: &Path, rs: &Rsyslog, port: u16, timeout: &str) -> std::path:
     );
     std::fs::write(&config, text).unwrap();
     config
+}
+
+/// Sends SIGHUP and waits (bounded) until the daemon says the reload happened.
+async fn reload(daemon: &support::daemon::Daemon) {
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        daemon
+            .wait_for_log("config reloaded", Duration::from_secs(30))
+            .await,
+        "{}",
+        daemon.log_text()
+    );
 }
 
 /// Waits (bounded) until the demo checkpoint reaches `next`.
@@ -1027,14 +1032,7 @@ async fn a_clean_stop_or_reload_resends_nothing_while_a_kill_resends_the_window(
     // A reload that replaces both sinks.
     stop_config(dir.path(), &rs, port, "6s");
     let before_reload = committed(&state).unwrap();
-    daemon.signal(libc::SIGHUP);
-    assert!(
-        daemon
-            .wait_for_log("config reloaded", Duration::from_secs(30))
-            .await,
-        "{}",
-        daemon.log_text()
-    );
+    reload(&daemon).await;
     wait_committed(&state, before_reload + 100, &daemon).await;
     let status = daemon.terminate(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", daemon.log_text());
