@@ -353,6 +353,10 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
         "hec3" => vec!["hecraw", "webhook", "syslog"],
         other => vec![other],
     };
+    // `BENCH_CONCURRENCY=N`: the HTTP sinks' `concurrency` (else their default).
+    let concurrency = std::env::var("BENCH_CONCURRENCY")
+        .map(|n| format!("concurrency = {n}\n"))
+        .unwrap_or_default();
     for s in &want {
         match *s {
             "file" => sinks += &format!(
@@ -361,19 +365,19 @@ async fn run_scenario(name: &str, dir: &Path, pages: usize) -> Sample {
             ),
             "webhook" => {
                 let url = discard_http("{}", wire.clone()).await;
-                sinks += &format!("[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"veza\"]\nurl = \"{url}/hook\"\n");
+                sinks += &format!("[sinks.webhook]\ntype = \"webhook\"\ninputs = [\"veza\"]\nurl = \"{url}/hook\"\n{concurrency}");
             }
             "hec" => {
                 let url = discard_http(r#"{"text":"Success","code":0}"#, wire.clone()).await;
                 sinks += &format!(
-                    "[sinks.hec]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\n",
+                    "[sinks.hec]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\n{concurrency}",
                     token.display()
                 );
             }
             "hecraw" => {
                 let url = discard_http(r#"{"text":"Success","code":0}"#, wire.clone()).await;
                 sinks += &format!(
-                    "[sinks.hecraw]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\ncompression = \"none\"\n",
+                    "[sinks.hecraw]\ntype = \"splunk_hec\"\ninputs = [\"veza\"]\nendpoint = \"{url}\"\ntoken_file = \"{}\"\nindexer_ack = false\ncompression = \"none\"\n{concurrency}",
                     token.display()
                 );
             }

@@ -93,9 +93,10 @@ pub struct WebhookConfig {
 }
 
 crate::serde_defaults::serde_defaults! {
-    /// As `splunk_hec`: with 500-event requests, enough for 100k events/s on
-    /// a LAN, and at most 4 request bodies in memory.
-    fn default_concurrency() -> usize = 4;
+    /// One request at the receiver at a time: a kill re-sends what the
+    /// receiver holds unanswered, so at most one request (see
+    /// docs/sinks.md, "Requests at once"); raise it for a far receiver.
+    fn default_concurrency() -> usize = 1;
     fn default_method() -> String = "POST".into();
     fn default_hmac_header() -> String = "X-Auditrelay-Signature".into();
 }

@@ -67,11 +67,14 @@ inputs = ["veza"]
 endpoint = "{hec}"
 token_file = "{d}/hec_token"
 indexer_ack = true
-"#,
+{concurrency}"#,
             d = dir.path().display(),
             port = free_port(),
             veza = veza.url(),
             hec = hec.url(),
+            concurrency = std::env::var("HEC_ACK_BENCH_CONCURRENCY")
+                .map(|n| format!("concurrency = {n}\n"))
+                .unwrap_or_default(),
         ),
     )
     .unwrap();
@@ -116,9 +119,16 @@ async fn hec_ack_throughput() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    for latency_ms in [100, 1000, 3000] {
+    // `HEC_ACK_BENCH_LATENCIES=1000`: only these latencies (ms), default
+    // pipeline only.
+    let only: Option<Vec<u64>> = std::env::var("HEC_ACK_BENCH_LATENCIES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
+    for latency_ms in only.clone().unwrap_or_else(|| vec![100, 1000, 3000]) {
         let latency = Duration::from_millis(latency_ms);
-        run(latency, events / 5, 4).await;
+        if only.is_none() {
+            run(latency, events / 5, 4).await;
+        }
         run(latency, events, 64).await;
     }
 }

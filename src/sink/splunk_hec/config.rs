@@ -72,7 +72,9 @@ pub struct SplunkHecConfig {
 
 crate::serde_defaults::serde_defaults! {
     fn default_ack_first_poll() -> Duration = Duration::from_millis(100);
-    fn default_concurrency() -> usize = 4;
+    /// As `webhook`: a kill re-sends at most the one request HEC may hold
+    /// unanswered (with acks, those awaiting theirs are asked about).
+    fn default_concurrency() -> usize = 1;
 }
 
 impl SplunkHecConfig {

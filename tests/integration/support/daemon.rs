@@ -26,7 +26,10 @@ impl Daemon {
             .append(true)
             .open(log)
             .expect("open daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_auditrelay"))
+        // `BENCH_DAEMON`: another build (a release one for measurements).
+        let bin = std::env::var_os("BENCH_DAEMON")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_auditrelay").into());
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(config)
