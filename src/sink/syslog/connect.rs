@@ -84,14 +84,17 @@ impl Connector {
             Transport::Tcp => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
+                let addrs = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
                 Conn::Stream(StreamConn {
                     io: Box::new(tcp),
                     fd,
+                    addrs,
                 })
             }
             Transport::Tls => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
+                let addrs = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
                 let Some((connector, name)) = &self.tls else {
                     return Err("TLS is not configured".into());
                 };
@@ -124,6 +127,7 @@ impl Connector {
                 Conn::Stream(StreamConn {
                     io: Box::new(stream),
                     fd,
+                    addrs,
                 })
             }
             Transport::Relp => {

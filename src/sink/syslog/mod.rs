@@ -18,8 +18,10 @@
 //!   confirmed frames are written again on the next connection (duplicates,
 //!   never loss). The window is on disk before a batch is confirmed
 //!   ([`replay`]), so a SIGKILL, restart or reload of auditrelay resends it
-//!   too — unless at a stop or reload the receiver answered our FIN with a
-//!   clean close of its own, proof it read everything ([`Sink::close`]).
+//!   too — unless the receiver answered our FIN with a clean close of its
+//!   own, proof it read everything: seen at a stop or reload
+//!   ([`Sink::close`]), and after a SIGKILL in the kernel's table, where the
+//!   dead connection waits in TIME_WAIT ([`closed`]).
 //!   Left uncovered: a receiver that read frames and lost them itself,
 //!   frames older than the window, or a host that vanished without a
 //!   reset. RELP has no such gap.
@@ -30,6 +32,7 @@
 //! connection and retry with backoff, forever, resending the unconfirmed
 //! messages: delivery is at least once, a message may arrive twice.
 
+mod closed;
 mod config;
 mod connect;
 mod encode;
@@ -221,6 +224,8 @@ impl SyslogSink {
                 continue;
             };
             state.sending = true;
+            // TCP/TLS: the connection that now carried the whole window.
+            let mut carried_by = None;
             let result = match conn {
                 Conn::Udp(sock) => send_udp(sock, &frames).await,
                 Conn::Stream(s) => {
@@ -231,6 +236,7 @@ impl SyslogSink {
                     };
                     match send_stream(s, resend.as_mut(), &frames.buf, self.cfg.timeout).await {
                         Ok(()) => {
+                            carried_by = s.addrs;
                             if state.replay {
                                 info!(sink = %self.name, bytes = state.window_bytes(), "resent the frames written before the receiver reset the connection (or before a restart)");
                                 state.replay = false;
@@ -295,7 +301,10 @@ impl SyslogSink {
                         // The pipeline retries the run (sending it again):
                         // unready until a batch is confirmed, so a full or
                         // read-only state_dir is seen, not only logged.
-                        if let Err(e) = self.persist(&state.log, Some(frames.buf)).await {
+                        if let Err(e) = self
+                            .persist(&state.log, Some((frames.buf, carried_by)))
+                            .await
+                        {
                             self.health.set_unready(&self.health_key(), e.clone());
                             return Err(anyhow::anyhow!("sinks.{}: {e}", self.name));
                         }
@@ -334,9 +343,10 @@ impl SyslogSink {
             Framing::OctetCounting => "octet_counting",
             Framing::Lf => "lf",
         };
-        let opened =
-            tokio::task::spawn_blocking(move || replay::ReplayLog::open(&dir, &name, cap, framing))
-                .await;
+        let opened = tokio::task::spawn_blocking(move || {
+            replay::ReplayLog::open(&dir, &name, cap, framing, CLOSE_WAIT)
+        })
+        .await;
         let path = replay::replay_dir(&self.state_dir, &self.name);
         let (log, adopted) = opened
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -354,6 +364,9 @@ impl SyslogSink {
         for damaged in &adopted.damaged {
             warn!(sink = %self.name, file = %damaged.display(), "replay file ends in a torn or corrupt record (a crash mid-write): the records before it are resent");
         }
+        if adopted.read > 0 {
+            info!(sink = %self.name, bytes = adopted.read, "not resending the replay window of a previous run: its connection closed cleanly after the run ended, so the receiver read every frame");
+        }
         if adopted.bytes > 0 {
             info!(sink = %self.name, bytes = adopted.bytes, "resending the replay window of a previous run before the first batch");
             state.replay = true;
@@ -367,7 +380,7 @@ impl SyslogSink {
     async fn persist(
         &self,
         log: &Option<Arc<std::sync::Mutex<replay::ReplayLog>>>,
-        sent: Option<Vec<u8>>,
+        sent: Option<(Vec<u8>, Option<replay::Connection>)>,
     ) -> Result<(), String> {
         let Some(log) = log.clone() else {
             return Ok(());
@@ -375,7 +388,7 @@ impl SyslogSink {
         let done = tokio::task::spawn_blocking(move || {
             let mut log = replay::lock(&log);
             match sent {
-                Some(sent) => log.append(&sent),
+                Some((sent, carried_by)) => log.append(&sent, carried_by),
                 None => log.clear(),
             }
         })

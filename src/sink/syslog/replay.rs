@@ -22,17 +22,28 @@
 //! records into its own file first, then deletes them, and resends them
 //! before its first batch. Two live instances never share a file, and a
 //! crash at any point costs duplicates, never frames.
+//!
+//! Beside its file an instance names, in `INSTANCE.conn`, the connection
+//! that carried every frame of its window (written before the first batch
+//! confirmed on a new connection is appended, so after the window was
+//! resent on it). A new instance skips a dead instance's window when that
+//! connection closed cleanly after the kill ([`super::closed`]): the
+//! receiver read all of it. Only then: a missing, unreadable or stale name
+//! finds no such proof, and the window is resent.
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 
+use super::closed::closed_cleanly;
 use crate::disk_queue::record_head;
 
 /// The first line of a file: `auditrelay-syslog-replay v1 framing=…`. Frames
@@ -101,12 +112,19 @@ pub struct ReplayLog {
     /// instance (reading stops at the first torn record). The next append
     /// rewrites the file first.
     torn: bool,
+    /// The connection `INSTANCE.conn` names (`None`: not written yet).
+    named: Option<Option<Connection>>,
 }
+
+/// A TCP connection: our address, the receiver's.
+pub type Connection = (SocketAddr, SocketAddr);
 
 /// What was found in the files of earlier instances.
 pub struct Adopted {
     /// Bytes of frames adopted into the window (to resend first).
     pub bytes: usize,
+    /// Bytes of frames not adopted: their connection closed cleanly.
+    pub read: u64,
     /// Files whose last record was torn or failed its checksum.
     pub damaged: Vec<PathBuf>,
     /// Files of another framing (or unreadable), removed unsent.
@@ -122,11 +140,14 @@ pub fn replay_dir(state_dir: &Path, sink: &str) -> PathBuf {
 impl ReplayLog {
     /// Creates this instance's file and adopts what earlier instances of
     /// sink `sink` left behind (copied into the new file, record by record).
+    /// A dead instance's last connection is given `close_wait` to show it
+    /// closed cleanly (its receiver may still be reading up to our FIN).
     pub fn open(
         state_dir: &Path,
         sink: &str,
         cap: usize,
         framing: &str,
+        close_wait: Duration,
     ) -> io::Result<(ReplayLog, Adopted)> {
         let header = format!("{MAGIC}{framing}\n").into_bytes();
         let dir = replay_dir(state_dir, sink);
@@ -155,6 +176,7 @@ impl ReplayLog {
         fs::rename(&fresh, dir.join(format!("{id}.lock")))?;
         let mut adopted = Adopted {
             bytes: 0,
+            read: 0,
             damaged: Vec::new(),
             discarded: Vec::new(),
         };
@@ -169,6 +191,8 @@ impl ReplayLog {
         );
         out.write_all(&header)?;
         let mut copied = Copied {
+            skip: false,
+            read: 0,
             out,
             at: header.len() as u64,
             window: Window::default(),
@@ -193,6 +217,9 @@ impl ReplayLog {
                 continue; // a live instance (the one a reload replaces, still draining)
             }
             let data = lock_path.with_extension("replay");
+            // Read by the receiver: counted, not copied.
+            copied.skip = read_connection(&lock_path.with_extension("conn"))
+                .is_some_and(|(ours, theirs)| closed_cleanly(ours, theirs, close_wait));
             match File::open(&data) {
                 Ok(f) => match copied.records_of(f, &header)? {
                     Some(true) => {}
@@ -205,8 +232,13 @@ impl ReplayLog {
             orphans.push((lock_path, data, other));
         }
         let Copied {
-            out, at, window, ..
+            out,
+            at,
+            window,
+            read,
+            ..
         } = copied;
+        adopted.read = read;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         fs::rename(&tmp, &path)?;
         // The new name on disk before theirs are removed below: a power
@@ -223,6 +255,7 @@ impl ReplayLog {
             cap,
             window,
             torn: false,
+            named: None,
         };
         // What the cap left out of the window goes before theirs do: a
         // later instance adopts just this window.
@@ -238,6 +271,7 @@ impl ReplayLog {
             }
             // A temp file of a rewrite the owner did not finish.
             let _ = fs::remove_file(data.with_extension("tmp"));
+            let _ = fs::remove_file(lock_path.with_extension("conn"));
             let _ = fs::remove_file(&lock_path);
         }
         File::open(&log.dir)?.sync_all()?;
@@ -246,7 +280,22 @@ impl ReplayLog {
 
     /// Appends a confirmed batch durably and adds it to the window; first
     /// rewrites the file with just the window once it is twice its size.
-    pub fn append(&mut self, frames: &[u8]) -> io::Result<()> {
+    /// `carried_by`: the connection the batch went out on, after the window
+    /// (`None`: not known, which proves nothing later).
+    pub fn append(&mut self, frames: &[u8], carried_by: Option<Connection>) -> io::Result<()> {
+        if self.named != Some(carried_by) {
+            // Before the record: a name written after it could leave a
+            // batch of this connection under an older connection's name.
+            let name = self.path.with_extension("conn");
+            match carried_by {
+                Some((ours, theirs)) => fs::write(&name, format!("{ours} {theirs}\n"))?,
+                None => match fs::remove_file(&name) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                },
+            }
+            self.named = Some(carried_by);
+        }
         if self.torn || self.file_bytes > (2 * self.cap as u64).max(1 << 20) {
             self.rewrite()?;
         }
@@ -354,12 +403,22 @@ impl ReplayLog {
     }
 }
 
+/// The connection an instance's `.conn` file names, if it can be read.
+fn read_connection(path: &Path) -> Option<Connection> {
+    let text = fs::read_to_string(path).ok()?;
+    let (ours, theirs) = text.strip_suffix('\n')?.split_once(' ')?;
+    Some((ours.parse().ok()?, theirs.parse().ok()?))
+}
+
 fn open_for_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).append(true).open(path)
 }
 
 /// The adopted records being copied into a new instance's file.
 struct Copied {
+    /// The records being read are only counted, into `read`.
+    skip: bool,
+    read: u64,
     out: io::BufWriter<File>,
     /// Where the next record goes in the new file.
     at: u64,
@@ -404,6 +463,10 @@ impl Copied {
             left -= len;
             if record_head(&frames)? != head {
                 return Ok(Some(false));
+            }
+            if self.skip {
+                self.read += frames.len() as u64;
+                continue;
             }
             self.out.write_all(&head)?;
             self.out.write_all(&frames)?;

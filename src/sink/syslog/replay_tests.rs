@@ -19,14 +19,14 @@ fn one(b: &[u8]) -> Vec<Vec<u8>> {
 /// An instance of sink "sys" (octet counting) with a window of `cap` bytes
 /// in `dir`, and what it adopted.
 fn open(dir: &Path, cap: usize) -> (ReplayLog, Adopted) {
-    ReplayLog::open(dir, "sys", cap, OC).unwrap()
+    ReplayLog::open(dir, "sys", cap, OC, Duration::ZERO).unwrap()
 }
 
 /// A new instance ([`open`]) that appended `appended`, batch by batch.
 fn holding(dir: &Path, cap: usize, appended: &[&[u8]]) -> ReplayLog {
     let (mut log, _) = open(dir, cap);
     for batch in appended {
-        log.append(batch).unwrap();
+        log.append(batch, None).unwrap();
     }
     log
 }
@@ -37,7 +37,7 @@ fn a_dead_instance_s_window_is_adopted_once_and_a_live_one_s_never() {
     let (mut first, adopted) = open(dir.path(), 100);
     assert_eq!(adopted.bytes, 0);
     for b in [&b"aaaa"[..], b"bbbb", b"cccc"] {
-        first.append(b).unwrap();
+        first.append(b, None).unwrap();
     }
     // A reload builds the new instance while the old one still runs.
     let (second, adopted) = open(dir.path(), 100);
@@ -68,8 +68,8 @@ fn a_dead_instance_s_window_is_adopted_once_and_a_live_one_s_never() {
 #[test]
 fn frames_of_another_framing_are_never_adopted() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut lf, _) = ReplayLog::open(dir.path(), "sys", 100, "lf").unwrap();
-    lf.append(b"<134>1 - - - - - - x\n").unwrap();
+    let (mut lf, _) = ReplayLog::open(dir.path(), "sys", 100, "lf", Duration::ZERO).unwrap();
+    lf.append(b"<134>1 - - - - - - x\n", None).unwrap();
     let lf_file = lf.path.clone();
     drop(lf);
     let (oc, adopted) = open(dir.path(), 100);
@@ -112,7 +112,7 @@ fn the_window_read_back_is_the_last_batches_appended() {
     for i in 0..40u8 {
         let batch = vec![b'a' + i % 26; 50_000 + usize::from(i) * 1000];
         let size = log.file_bytes;
-        log.append(&batch).unwrap();
+        log.append(&batch, None).unwrap();
         if log.file_bytes < size {
             rewrites += 1;
         }
@@ -204,13 +204,13 @@ fn failed_append_child() {
     };
     let (mut log, _) = open(dir, 1 << 20);
     let (a, b, c) = (vec![b'a'; 100], vec![b'b'; 8000], vec![b'c'; 100]);
-    log.append(&a).unwrap();
+    log.append(&a, None).unwrap();
     limit(4096);
-    assert!(log.append(&b).is_err(), "over the size limit");
+    assert!(log.append(&b, None).is_err(), "over the size limit");
     limit(libc::RLIM_INFINITY);
     // Sent again and confirmed this time, then the next batch.
-    log.append(&b).unwrap();
-    log.append(&c).unwrap();
+    log.append(&b, None).unwrap();
+    log.append(&c, None).unwrap();
     assert_eq!(batches(&log), [a.clone(), b.clone(), c.clone()]);
     drop(log);
     let (next, adopted) = open(dir, 1 << 20);
@@ -228,7 +228,7 @@ fn rewriting_keeps_only_the_window() {
         MAGIC.len() + OC.len() + 1 + RECORD_HEAD + 4
     );
     assert_eq!(batches(&log), one(b"two!"));
-    log.append(b"six!").unwrap();
+    log.append(b"six!", None).unwrap();
     assert_eq!(batches(&log), one(b"six!"));
 }
 
@@ -262,4 +262,77 @@ fn the_later_instance_s_frames_are_adopted_last_and_kept_over_the_cap() {
         let (capped, _) = open(dir.path(), 5);
         assert_eq!(batches(&capped), one(b"newer"), "trial {trial}");
     }
+}
+
+/// A dead instance's window is skipped only when the connection that
+/// carried it closed cleanly (the receiver read everything); a reset one,
+/// or no name at all, gets it resent.
+#[test]
+fn a_window_whose_connection_closed_cleanly_is_not_resent() {
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    for (case, reads_everything) in [("clean close", true), ("reset", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        let carried_by = Some((ours.local_addr().unwrap(), ours.peer_addr().unwrap()));
+        ours.write_all(b"aaaabbbb").unwrap();
+        let (mut log, _) = open(dir.path(), 100);
+        log.append(b"aaaa", carried_by).unwrap();
+        log.append(b"bbbb", carried_by).unwrap();
+        // Killed: the kernel closes our socket and drops the lock.
+        drop(ours);
+        drop(log);
+        if reads_everything {
+            let mut all = Vec::new();
+            theirs.read_to_end(&mut all).unwrap();
+        }
+        drop(theirs);
+        let (next, adopted) =
+            ReplayLog::open(dir.path(), "sys", 100, OC, Duration::from_secs(5)).unwrap();
+        if reads_everything {
+            assert!(batches(&next).is_empty(), "{case}");
+            assert_eq!((adopted.bytes, adopted.read), (0, 8), "{case}");
+        } else {
+            assert_eq!(
+                batches(&next),
+                [b"aaaa".to_vec(), b"bbbb".to_vec()],
+                "{case}"
+            );
+            assert_eq!((adopted.bytes, adopted.read), (8, 0), "{case}");
+        }
+        let left: Vec<_> = fs::read_dir(replay_dir(dir.path(), "sys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "{case}: only the new lock and file: {left:?}"
+        );
+    }
+}
+
+/// The name is written before the first record of a new connection, and a
+/// batch whose connection is not known takes the name away.
+#[test]
+fn the_connection_is_named_before_its_first_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(dir.path(), 100);
+    let name = log.path.with_extension("conn");
+    let a = (
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:514".parse().unwrap(),
+    );
+    let b = (
+        "127.0.0.1:40001".parse().unwrap(),
+        "127.0.0.1:514".parse().unwrap(),
+    );
+    log.append(b"one", Some(a)).unwrap();
+    assert_eq!(read_connection(&name), Some(a));
+    log.append(b"two", Some(b)).unwrap();
+    assert_eq!(read_connection(&name), Some(b));
+    log.append(b"three", None).unwrap();
+    assert!(!name.exists(), "an unknown connection proves nothing");
 }
