@@ -1,10 +1,11 @@
-//! Duplicates per SIGKILL: the real binary tails a 20,000-event Veza
-//! backlog in 1,000-event pages to three sinks with small requests (100
-//! events): HEC with indexer acks, a webhook, syslog over RELP (ordered).
-//! It is killed 10 times while delivering. Nothing may be lost, and thanks
-//! to the progress log a kill re-sends about the requests that were in
-//! flight, not the pages that were (before: ~2,500 events per kill per sink):
-//! about one request for the ordered sink.
+//! Duplicates per SIGKILL (issue 19): the real binary tails a 60,000-event
+//! Veza backlog in 1,000-event pages to three sinks with every batching
+//! and concurrency key at its default: HEC with indexer acks, a webhook,
+//! syslog over TCP to rsyslog. It is killed 20 times while delivering.
+//! Nothing may be lost, and a kill re-sends about the one request each
+//! sink had at its receiver unanswered, not the pages in flight (before:
+//! ~2,500 events per kill per sink), nor syslog's replay window (before:
+//! ~5,500).
 
 use crate::support;
 
@@ -18,17 +19,18 @@ use support::rsyslog::Rsyslog;
 use support::veza_fake::{VezaFake, VezaFakeConfig};
 use support::webhook_receiver::{WebhookConfig, WebhookFaults, WebhookReceiver};
 
-const KILLS: u64 = 10;
-const TOTAL: usize = 20_000;
+const KILLS: u64 = 20;
+const TOTAL: usize = 60_000;
 const PAGE: usize = 1000;
-const REQUEST: u64 = 100;
+/// The issue's target: at most one request of the default batching.
+const TARGET: f64 = 1000.0;
 
 fn duplicates(counts: &HashMap<String, u64>) -> u64 {
     counts.values().map(|c| c.saturating_sub(1)).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sigkill_resends_about_the_requests_in_flight_not_whole_pages() {
+async fn a_sigkill_resends_about_one_request_per_sink() {
     let fake = VezaFake::start(VezaFakeConfig {
         initial_events: TOTAL,
         total_events: TOTAL,
@@ -91,19 +93,16 @@ endpoint = "{hec}"
 token_file = "{d}/hec_token"
 indexer_ack = true
 ack_poll_interval = "50ms"
-batch = {{ max_events = {REQUEST} }}
 retry = {{ initial = "20ms", max = "200ms" }}
 [sinks.hook]
 type = "webhook"
 inputs = ["veza"]
 url = "{hook}"
-batch = {{ max_events = {REQUEST} }}
 retry = {{ initial = "20ms", max = "200ms" }}
 [sinks.siem]
 type = "syslog"
 inputs = ["veza"]
-address = "relp://127.0.0.1:{relp}"
-batch = {{ max_events = {REQUEST} }}
+address = "tcp://127.0.0.1:{tcp}"
 retry = {{ initial = "50ms", max = "300ms" }}
 "#,
             d = dir.path().display(),
@@ -111,7 +110,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
             veza = fake.url(),
             hec = hec.url(),
             hook = hook.url_for("/audit"),
-            relp = rsyslog.relp_port,
+            tcp = rsyslog.tcp_port,
         ),
     )
     .unwrap();
@@ -123,7 +122,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
         // requests, at a random instant after.
         let before = hook.requests();
         assert!(
-            hook.wait_for_requests(before + 3, Duration::from_secs(30))
+            hook.wait_for_requests(before + 2, Duration::from_secs(30))
                 .await,
             "daemon delivered nothing after {kill} kills"
         );
@@ -144,7 +143,7 @@ retry = {{ initial = "50ms", max = "300ms" }}
         hec.counts().len()
     );
     let syslog = rsyslog
-        .wait_for_ids("relp", &all, Duration::from_secs(120))
+        .wait_for_ids("tcp", &all, Duration::from_secs(120))
         .await;
     let status = daemon
         .terminate(Duration::from_secs(30))
@@ -177,34 +176,31 @@ retry = {{ initial = "50ms", max = "300ms" }}
         }
     }
     let mut per_kill = Vec::new();
-    for (sink, counts, ordered) in [
-        ("splunk_hec (ack, unordered)", hec.counts(), false),
-        ("webhook (unordered)", hook.counts(), false),
-        ("syslog RELP (ordered)", syslog_counts, true),
+    // Default requests: HEC 1000 events, webhook 500, syslog 1000.
+    for (sink, counts, request) in [
+        ("splunk_hec (ack)", hec.counts(), 1000.0),
+        ("webhook", hook.counts(), 500.0),
+        ("syslog TCP", syslog_counts, 1000.0),
     ] {
         let missing = all.iter().filter(|id| !counts.contains_key(*id)).count();
         assert_eq!(missing, 0, "{sink}: {missing} ids missing");
         let dups = duplicates(&counts) as f64 / KILLS as f64;
         eprintln!(
             "kill_duplicates: {sink}: 0 of {TOTAL} lost, {dups:.0} duplicates per SIGKILL \
-             ({:.1} requests of {REQUEST}; a page is {PAGE}) over {KILLS} kills",
-            dups / REQUEST as f64,
+             ({:.2} default requests; a page is {PAGE}) over {KILLS} kills",
+            dups / request,
         );
-        per_kill.push((sink, dups, ordered));
+        per_kill.push((sink, dups));
     }
-    // Measured (debug build, 2 shared cores): syslog 80, webhook 560, HEC
-    // 850 per kill; with the progress log disabled 510, 1,200 and 890. An
-    // ordered sink has one run in flight, so a kill re-sends about one
-    // request. An unordered one re-sends the runs it had in flight (for
-    // HEC, those awaiting their ack), which no restart can know reached
-    // the destination: bounded by what is in flight, far below the
-    // uncommitted pages a kill re-sent before.
-    for (sink, dups, ordered) in per_kill {
-        let bound = if ordered {
-            2.5 * REQUEST as f64
-        } else {
-            2.0 * PAGE as f64
-        };
+    // Measured (debug build, 2 shared cores, 10 kills): HEC 594-694,
+    // webhook 500-550, syslog TCP 200-453 per kill. Before: HEC 2,887 and
+    // webhook 1,350 (4 requests at once), syslog TCP 5,465 (the whole
+    // replay window resent). What is left is the request the receiver
+    // held unanswered at the kill, which no restart can know it kept. The
+    // bound leaves room for a loaded machine, where a confirmation more is
+    // not yet synced at the kill.
+    for (sink, dups) in per_kill {
+        let bound = 1.5 * TARGET;
         assert!(
             dups <= bound,
             "{sink}: {dups:.0} duplicates per kill, more than {bound:.0}"
