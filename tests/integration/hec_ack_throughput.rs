@@ -6,7 +6,8 @@
 //!
 //! Every acknowledgment reads true exactly `latency` after its request.
 //! The sink keeps every key at its default (`ack_first_poll` 100 ms,
-//! `ack_poll_interval` 10 s, `concurrency` 4, 1000-event requests); Veza
+//! `ack_poll_interval` 10 s, `concurrency` 1, 1000-event requests; set
+//! `HEC_ACK_BENCH_CONCURRENCY` to compare another); Veza
 //! pages are its default 1000 events. What limits throughput is how many
 //! pages the pipeline keeps in flight (`max_in_flight`) while their acks
 //! are pending: runs with the default and with a budget's worth of pages.
