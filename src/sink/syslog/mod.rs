@@ -446,6 +446,10 @@ impl Sink for SyslogSink {
                 }
             }
             Err(why) => {
+                // A send after this (the spool drainer runs until the sink
+                // is dropped) goes on a new connection, window first: else
+                // that connection would be named for frames it never carried.
+                state.replay = true;
                 info!(sink = %self.name, receiver = %self.target, bytes = state.window_bytes(), reason = %why, "replay window kept: no proof the receiver read every frame; it is resent at the next start");
             }
         }
@@ -578,3 +582,6 @@ impl super::SinkType for SyslogConfig {
 
 #[cfg(test)]
 mod relp_sink_tests;
+
+#[cfg(test)]
+mod kill_proof_tests;
