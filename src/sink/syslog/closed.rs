@@ -1,33 +1,76 @@
-//! How a killed instance's last TCP connection ended, read from the
-//! kernel's socket table (`/proc/net/tcp`, `/proc/net/tcp6`) by the next
-//! instance.
+//! How a killed instance's last TCP connection ended, asked of the kernel
+//! (sock_diag netlink) by the next instance.
 //!
 //! When auditrelay dies, its kernel sends what was still queued and then a
 //! FIN. A receiver that reads up to that FIN and closes answers with its own
-//! FIN, and the dead connection waits out TIME_WAIT (60 s on Linux) in our
-//! table: proof the receiver read every frame, the same proof a clean stop
-//! takes from the receiver's close. A receiver that closes with our bytes
-//! unread resets the connection instead, and a reset connection leaves no
-//! TIME_WAIT. So a restart resends the replay window only when it cannot
-//! find that proof.
+//! FIN, and the dead connection waits out TIME_WAIT (60 s on Linux): proof
+//! the receiver read every frame, the same proof a clean stop takes from
+//! the receiver's close. A receiver that closes with our bytes unread
+//! resets the connection instead, and a reset connection is gone at once.
+//! So a restart resends the replay window only when it cannot find that
+//! proof.
+//!
+//! A connection is known by its addresses *and* its socket cookie (a
+//! number the kernel gives each socket once, kept by its TIME_WAIT): a
+//! later connection that happens to reuse the same port pair is another
+//! socket, and proves nothing about ours.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-/// TCP states as the kernel numbers them in `/proc/net/tcp`.
-const FIN_WAIT1: u8 = 0x04;
-const FIN_WAIT2: u8 = 0x05;
-const TIME_WAIT: u8 = 0x06;
-const CLOSING: u8 = 0x0B;
+/// A connection as the kernel knows it: our address, the receiver's, and
+/// the socket's cookie.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub ours: SocketAddr,
+    pub theirs: SocketAddr,
+    pub cookie: u64,
+}
 
-/// Waits (at most `within`) until the connection `local` → `peer` is in
-/// TIME_WAIT: true then. False as soon as it is in no state that can still
-/// lead there (reset, gone, or another state), or when `within` passed.
-pub fn closed_cleanly(local: SocketAddr, peer: SocketAddr, within: Duration) -> bool {
+impl Connection {
+    /// The connection of the TCP socket `fd`; `None` where the kernel does
+    /// not tell (then nothing can be proven about it later).
+    pub fn of(fd: RawFd, ours: SocketAddr, theirs: SocketAddr) -> Option<Connection> {
+        let cookie = socket_cookie(fd)?;
+        Some(Connection {
+            ours,
+            theirs,
+            cookie,
+        })
+    }
+
+    /// `ours theirs cookie`, one line (the `.conn` file).
+    pub fn to_line(self) -> String {
+        format!("{} {} {}\n", self.ours, self.theirs, self.cookie)
+    }
+
+    pub fn from_line(line: &str) -> Option<Connection> {
+        let mut fields = line.strip_suffix('\n')?.split(' ');
+        let connection = Connection {
+            ours: fields.next()?.parse().ok()?,
+            theirs: fields.next()?.parse().ok()?,
+            cookie: fields.next()?.parse().ok()?,
+        };
+        fields.next().is_none().then_some(connection)
+    }
+}
+
+/// TCP states as the kernel numbers them.
+const FIN_WAIT1: u8 = 4;
+const FIN_WAIT2: u8 = 5;
+const TIME_WAIT: u8 = 6;
+const CLOSING: u8 = 11;
+
+/// Waits (at most `within`) until `conn` is in TIME_WAIT: true then. False
+/// as soon as it is in no state that can still lead there (reset, gone,
+/// another socket on the same ports, another state), or when `within`
+/// passed.
+pub fn closed_cleanly(conn: Connection, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     let mut delay = Duration::from_millis(5);
     loop {
-        match state_of(local, peer) {
+        match state_of(conn) {
             Some(TIME_WAIT) => return true,
             // Our FIN is out; the receiver may still be reading up to it.
             Some(FIN_WAIT1 | FIN_WAIT2 | CLOSING) if Instant::now() < deadline => {}
@@ -38,58 +81,136 @@ pub fn closed_cleanly(local: SocketAddr, peer: SocketAddr, within: Duration) -> 
     }
 }
 
-/// The state of the connection `local` → `peer` in this network namespace.
-fn state_of(local: SocketAddr, peer: SocketAddr) -> Option<u8> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .find_map(|table| {
-            let text = std::fs::read_to_string(table).ok()?;
-            text.lines()
-                .skip(1)
-                .filter_map(parse_line)
-                .find(|(l, p, _)| same(*l, local) && same(*p, peer))
-                .map(|(_, _, state)| state)
-        })
-}
-
-/// Equal addresses, an IPv4 one also as its IPv4-mapped IPv6 form.
-fn same(a: SocketAddr, b: SocketAddr) -> bool {
-    let canonical = |ip: IpAddr| match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+#[cfg(target_os = "linux")]
+fn socket_cookie(fd: RawFd) -> Option<u64> {
+    /// `SO_COOKIE` (Linux 4.6; asm-generic/socket.h, x86 and arm alike).
+    const SO_COOKIE: libc::c_int = 57;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     };
-    a.port() == b.port() && canonical(a.ip()) == canonical(b.ip())
+    (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
 }
 
-/// `sl local rem st …`: addresses as the kernel prints them (each 32-bit
-/// word in host byte order, hex), the port in hex.
-fn parse_line(line: &str) -> Option<(SocketAddr, SocketAddr, u8)> {
-    let mut fields = line.split_whitespace().skip(1);
-    let local = parse_addr(fields.next()?)?;
-    let peer = parse_addr(fields.next()?)?;
-    let state = u8::from_str_radix(fields.next()?, 16).ok()?;
-    Some((local, peer, state))
+#[cfg(not(target_os = "linux"))]
+fn socket_cookie(_fd: RawFd) -> Option<u64> {
+    None
 }
 
-fn parse_addr(field: &str) -> Option<SocketAddr> {
-    let (ip, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| {
-        let hex = ip.get(8 * i..8 * i + 8)?;
-        u32::from_str_radix(hex, 16).ok().map(u32::to_ne_bytes)
+/// The TCP state of `conn`, if the kernel has a socket with its addresses
+/// and cookie (`inet_diag` exact lookup, which finds TIME_WAIT too).
+#[cfg(target_os = "linux")]
+fn state_of(conn: Connection) -> Option<u8> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const NETLINK_SOCK_DIAG: libc::c_int = 4;
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const HEADER: usize = 16;
+    let family = match conn.ours.ip() {
+        IpAddr::V4(_) => libc::AF_INET,
+        IpAddr::V6(_) => libc::AF_INET6,
     };
-    let ip = match ip.len() {
-        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
-        32 => {
-            let mut bytes = [0u8; 16];
-            for i in 0..4 {
-                bytes[4 * i..4 * i + 4].copy_from_slice(&word(i)?);
-            }
-            IpAddr::V6(Ipv6Addr::from(bytes))
+    // nlmsghdr, then inet_diag_req_v2 { family, protocol, ext, pad,
+    // states, inet_diag_sockid { sport, dport (big-endian), src[16],
+    // dst[16], if, cookie[2] } }.
+    let mut request = Vec::with_capacity(HEADER + 56);
+    request.extend_from_slice(&((HEADER + 56) as u32).to_ne_bytes());
+    request.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    request.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes()); // sequence
+    request.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    request.extend_from_slice(&[family as u8, libc::IPPROTO_TCP as u8, 0, 0]);
+    request.extend_from_slice(&u32::MAX.to_ne_bytes()); // every state
+    request.extend_from_slice(&conn.ours.port().to_be_bytes());
+    request.extend_from_slice(&conn.theirs.port().to_be_bytes());
+    for addr in [conn.ours.ip(), conn.theirs.ip()] {
+        let mut bytes = [0u8; 16];
+        match addr {
+            IpAddr::V4(v4) => bytes[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => bytes.copy_from_slice(&v6.octets()),
         }
-        _ => return None,
+        request.extend_from_slice(&bytes);
+    }
+    request.extend_from_slice(&0u32.to_ne_bytes()); // any interface
+                                                    // The kernel compares the two 32-bit halves as it stores them.
+    request.extend_from_slice(&(conn.cookie as u32).to_ne_bytes());
+    request.extend_from_slice(&((conn.cookie >> 32) as u32).to_ne_bytes());
+
+    // SAFETY: plain syscalls on a socket we own (closed by OwnedFd).
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            NETLINK_SOCK_DIAG,
+        )
     };
-    Some(SocketAddr::new(ip, port))
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt reads a timeval; send/recv use valid buffers.
+    let answer = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0)
+            != request.len() as isize
+        {
+            return None;
+        }
+        let mut buf = [0u8; 8192];
+        let n = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            return None;
+        }
+        buf[..n as usize].to_vec()
+    };
+    parse_answer(&answer, conn.cookie, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY)
+}
+
+/// The state in a sock_diag answer (`inet_diag_msg` after the header),
+/// when it is about the socket with `cookie`; `None` for an error (no such
+/// socket) or anything else.
+#[cfg(target_os = "linux")]
+fn parse_answer(answer: &[u8], cookie: u64, error: u16, diag: u16) -> Option<u8> {
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_ne_bytes(answer.get(at..at + 4)?.try_into().ok()?))
+    };
+    let len = u32_at(0)? as usize;
+    let kind = u16::from_ne_bytes(answer.get(4..6)?.try_into().ok()?);
+    if kind == error || kind != diag || len > answer.len() {
+        return None;
+    }
+    // inet_diag_msg: family, state, timer, retrans, then the sockid whose
+    // cookie halves end it (offset 4 + 40).
+    let msg = 16;
+    let state = *answer.get(msg + 1)?;
+    let low = u32_at(msg + 4 + 40)?;
+    let high = u32_at(msg + 4 + 44)?;
+    (u64::from(high) << 32 | u64::from(low) == cookie).then_some(state)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn state_of(_conn: Connection) -> Option<u8> {
+    None
 }
 
 #[cfg(test)]
@@ -97,20 +218,30 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    fn connection(stream: &TcpStream) -> Connection {
+        Connection::of(
+            stream.as_raw_fd(),
+            stream.local_addr().unwrap(),
+            stream.peer_addr().unwrap(),
+        )
+        .expect("the kernel gives a socket cookie")
+    }
 
     #[test]
-    fn lines_of_the_kernel_table_parse() {
-        let v4 = "   0: 0100007F:1F90 0100007F:C350 06 00000000:00000000 03:00001770 00000000     0        0 0 3 0000000000000000";
-        let (l, p, st) = parse_line(v4).unwrap();
-        assert_eq!(l, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(p, "127.0.0.1:50000".parse().unwrap());
-        assert_eq!(st, TIME_WAIT);
-        let v6 = "   0: 00000000000000000000000001000000:1F90 0000000000000000FFFF00000100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 1 1 0";
-        let (l, p, st) = parse_line(v6).unwrap();
-        assert_eq!(l, "[::1]:8080".parse().unwrap());
-        assert!(same(p, "127.0.0.1:50000".parse().unwrap()));
-        assert_eq!(st, 0x01);
-        assert!(parse_line("  sl  local_address rem_address   st").is_none());
+    fn a_connection_is_written_and_read_back_as_one_line() {
+        let conn = Connection {
+            ours: "[::1]:40000".parse().unwrap(),
+            theirs: "127.0.0.1:514".parse().unwrap(),
+            cookie: u64::MAX - 7,
+        };
+        assert_eq!(Connection::from_line(&conn.to_line()), Some(conn));
+        let line = conn.to_line();
+        for cut in 0..line.len() {
+            assert_eq!(Connection::from_line(&line[..cut]), None, "torn at {cut}");
+        }
+        assert_eq!(Connection::from_line("127.0.0.1:1 127.0.0.1:2\n"), None);
     }
 
     /// A receiver that reads to our FIN and closes leaves TIME_WAIT; one
@@ -118,11 +249,18 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_clean_close_is_told_from_a_reset() {
-        for reads_everything in [true, false] {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        for (ip, reads_everything) in [
+            ("127.0.0.1:0", true),
+            ("127.0.0.1:0", false),
+            ("[::1]:0", true),
+        ] {
+            let Ok(listener) = TcpListener::bind(ip) else {
+                continue; // no IPv6 here
+            };
             let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (mut theirs, _) = listener.accept().unwrap();
-            let (local, peer) = (ours.local_addr().unwrap(), ours.peer_addr().unwrap());
+            let conn = connection(&ours);
+            assert_eq!(state_of(conn), Some(1), "{ip}: established");
             ours.write_all(&[b'x'; 10_000]).unwrap();
             drop(ours); // what the kernel does for a killed process
             if reads_everything {
@@ -132,11 +270,72 @@ mod tests {
             }
             drop(theirs); // unread bytes: a reset
             assert_eq!(
-                closed_cleanly(local, peer, Duration::from_secs(5)),
+                closed_cleanly(conn, Duration::from_secs(5)),
                 reads_everything,
-                "receiver read everything: {reads_everything}"
+                "{ip}: receiver read everything: {reads_everything}"
             );
         }
+    }
+
+    /// Another socket on the same ports (a reused source port) is not ours:
+    /// its TIME_WAIT proves nothing about the connection that was reset.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn another_socket_on_the_same_ports_proves_nothing() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        let dead = connection(&ours);
+        drop(ours);
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt reads one `linger` on a socket we own.
+        let rc = unsafe {
+            libc::setsockopt(
+                theirs.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0);
+        drop(theirs); // reset: nothing left of `dead`
+                      // The same source port again, to the same receiver.
+        let later = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_reuseaddr(true).unwrap();
+                socket.bind(dead.ours).unwrap();
+                socket
+                    .connect(dead.theirs)
+                    .await
+                    .unwrap()
+                    .into_std()
+                    .unwrap()
+            });
+        later.set_nonblocking(false).unwrap();
+        let (mut theirs, _) = listener.accept().unwrap();
+        let again = connection(&later);
+        assert_eq!((again.ours, again.theirs), (dead.ours, dead.theirs));
+        assert_ne!(again.cookie, dead.cookie);
+        drop(later);
+        let mut rest = Vec::new();
+        theirs.read_to_end(&mut rest).unwrap();
+        drop(theirs);
+        assert!(
+            closed_cleanly(again, Duration::from_secs(5)),
+            "the later one closed cleanly"
+        );
+        assert!(
+            !closed_cleanly(dead, Duration::from_secs(1)),
+            "ours was reset"
+        );
     }
 
     /// A receiver that keeps its side open proves nothing; the wait ends.
@@ -146,8 +345,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_theirs, _) = listener.accept().unwrap();
-        let (local, peer) = (ours.local_addr().unwrap(), ours.peer_addr().unwrap());
+        let conn = connection(&ours);
         drop(ours);
-        assert!(!closed_cleanly(local, peer, Duration::from_millis(200)));
+        assert!(!closed_cleanly(conn, Duration::from_millis(200)));
     }
 }

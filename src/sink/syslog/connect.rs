@@ -84,7 +84,7 @@ impl Connector {
             Transport::Tcp => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
-                let addrs = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
+                let addrs = connection(&tcp);
                 Conn::Stream(StreamConn {
                     io: Box::new(tcp),
                     fd,
@@ -94,7 +94,7 @@ impl Connector {
             Transport::Tls => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
-                let addrs = tcp.local_addr().ok().zip(tcp.peer_addr().ok());
+                let addrs = connection(&tcp);
                 let Some((connector, name)) = &self.tls else {
                     return Err("TLS is not configured".into());
                 };
@@ -184,4 +184,10 @@ pub(super) async fn send_udp(sock: &UdpSocket, frames: &Frames) -> Result<(), St
             .map_err(|e| format!("UDP send failed: {e}"))?;
     }
     Ok(())
+}
+
+/// How the kernel knows `tcp`, to find out after a kill how it ended.
+fn connection(tcp: &tokio::net::TcpStream) -> Option<super::closed::Connection> {
+    let (ours, theirs) = tcp.local_addr().ok().zip(tcp.peer_addr().ok())?;
+    super::closed::Connection::of(tcp.as_raw_fd(), ours, theirs)
 }

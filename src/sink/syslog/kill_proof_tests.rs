@@ -113,3 +113,58 @@ async fn a_delivery_after_a_close_without_proof_vouches_for_a_window_it_never_ca
         "confirmed, never read, never resent: {missing:?}"
     );
 }
+
+/// A connection is its socket, not its addresses: another one that later
+/// gets the same ports to the same receiver and closes cleanly proves
+/// nothing about a dead instance's connection that was reset.
+#[tokio::test]
+async fn a_later_socket_on_the_same_ports_does_not_vouch_for_the_dead_one() {
+    use std::os::fd::AsRawFd;
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let peer = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut ours = TcpStream::connect(peer).await.unwrap();
+    let (theirs, _) = listener.accept().await.unwrap();
+    let local = ours.local_addr().unwrap();
+    let carried_by = replay::Connection::of(ours.as_raw_fd(), local, peer);
+    assert!(carried_by.is_some());
+    ours.write_all(b"aaaa").await.unwrap();
+    let (mut log, _) =
+        replay::ReplayLog::open(dir.path(), "sys", 100, "octet_counting", Duration::ZERO).unwrap();
+    log.append(b"aaaa", carried_by).unwrap();
+    drop(ours); // killed
+    drop(log);
+    // The receiver dies with our bytes unread: a reset, no TIME_WAIT.
+    theirs.set_zero_linger().unwrap();
+    drop(theirs);
+    // Someone else gets the same source port to the same receiver (bound
+    // once the reset freed it), and closes cleanly.
+    let mut other = None;
+    for _ in 0..1000 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        if socket.bind(local).is_ok() {
+            other = Some(socket.connect(peer).await.unwrap());
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let other = other.expect("the source port comes free after the reset");
+    let (mut theirs, _) = listener.accept().await.unwrap();
+    drop(other);
+    let mut all = Vec::new();
+    theirs.read_to_end(&mut all).await.unwrap();
+    drop(theirs);
+    let d = dir.path().to_path_buf();
+    let (next, adopted) = tokio::task::spawn_blocking(move || {
+        replay::ReplayLog::open(&d, "sys", 100, "octet_counting", Duration::from_secs(5)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (adopted.bytes, adopted.read, next.window_bytes()),
+        (4, 0, 4),
+        "the reset connection's window must be resent"
+    );
+}

@@ -23,6 +23,11 @@ crate::metrics::component_metrics! {
             "Syslog messages whose body was cut to max_message_size.",
             &["sink"],
         ),
+        restart_window: counter(
+            "auditrelay_syslog_restart_window_bytes_total",
+            "Bytes of frames in the replay windows of earlier runs found at start: resent, or skipped because their connection closed cleanly (the receiver read them).",
+            &["sink", "outcome"],
+        ),
         refused: counter(
             "auditrelay_syslog_relp_refused_total",
             "RELP messages the receiver answered with a non-200 rsp.",

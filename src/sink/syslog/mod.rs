@@ -364,6 +364,14 @@ impl SyslogSink {
         for damaged in &adopted.damaged {
             warn!(sink = %self.name, file = %damaged.display(), "replay file ends in a torn or corrupt record (a crash mid-write): the records before it are resent");
         }
+        let counted = |outcome: &str, bytes: u64| {
+            SYSLOG_METRICS
+                .restart_window
+                .with_label_values(&[&self.name, outcome])
+                .inc_by(bytes)
+        };
+        counted("resent", adopted.bytes as u64);
+        counted("skipped", adopted.read);
         if adopted.read > 0 {
             info!(sink = %self.name, bytes = adopted.read, "not resending the replay window of a previous run: its connection closed cleanly after the run ended, so the receiver read every frame");
         }

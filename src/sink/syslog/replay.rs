@@ -34,7 +34,6 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, BufReader, Read, Write};
-use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,8 +115,7 @@ pub struct ReplayLog {
     named: Option<Option<Connection>>,
 }
 
-/// A TCP connection: our address, the receiver's.
-pub type Connection = (SocketAddr, SocketAddr);
+pub use super::closed::Connection;
 
 /// What was found in the files of earlier instances.
 pub struct Adopted {
@@ -220,7 +218,7 @@ impl ReplayLog {
             // Read by the receiver: counted, not copied.
             copied.skip = died_lately(&data)
                 && read_connection(&lock_path.with_extension("conn"))
-                    .is_some_and(|(ours, theirs)| closed_cleanly(ours, theirs, close_wait));
+                    .is_some_and(|conn| closed_cleanly(conn, close_wait));
             match File::open(&data) {
                 Ok(f) => match copied.records_of(f, &header)? {
                     Some(true) => {}
@@ -289,7 +287,7 @@ impl ReplayLog {
             // batch of this connection under an older connection's name.
             let name = self.path.with_extension("conn");
             match carried_by {
-                Some((ours, theirs)) => fs::write(&name, format!("{ours} {theirs}\n"))?,
+                Some(conn) => fs::write(&name, conn.to_line())?,
                 None => match fs::remove_file(&name) {
                     Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
                     _ => {}
@@ -418,9 +416,7 @@ fn died_lately(data: &Path) -> bool {
 
 /// The connection an instance's `.conn` file names, if it can be read.
 fn read_connection(path: &Path) -> Option<Connection> {
-    let text = fs::read_to_string(path).ok()?;
-    let (ours, theirs) = text.strip_suffix('\n')?.split_once(' ')?;
-    Some((ours.parse().ok()?, theirs.parse().ok()?))
+    Connection::from_line(&fs::read_to_string(path).ok()?)
 }
 
 fn open_for_append(path: &Path) -> io::Result<File> {

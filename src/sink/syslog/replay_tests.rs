@@ -276,7 +276,12 @@ fn a_window_whose_connection_closed_cleanly_is_not_resent() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut theirs, _) = listener.accept().unwrap();
-        let carried_by = Some((ours.local_addr().unwrap(), ours.peer_addr().unwrap()));
+        let carried_by = Connection::of(
+            std::os::fd::AsRawFd::as_raw_fd(&ours),
+            ours.local_addr().unwrap(),
+            ours.peer_addr().unwrap(),
+        );
+        assert!(carried_by.is_some());
         ours.write_all(b"aaaabbbb").unwrap();
         let (mut log, _) = open(dir.path(), 100);
         log.append(b"aaaa", carried_by).unwrap();
@@ -321,14 +326,12 @@ fn the_connection_is_named_before_its_first_record() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _) = open(dir.path(), 100);
     let name = log.path.with_extension("conn");
-    let a = (
-        "127.0.0.1:40000".parse().unwrap(),
-        "127.0.0.1:514".parse().unwrap(),
-    );
-    let b = (
-        "127.0.0.1:40001".parse().unwrap(),
-        "127.0.0.1:514".parse().unwrap(),
-    );
+    let conn = |port: u16, cookie: u64| Connection {
+        ours: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        theirs: "127.0.0.1:514".parse().unwrap(),
+        cookie,
+    };
+    let (a, b) = (conn(40000, 7), conn(40001, 8));
     log.append(b"one", Some(a)).unwrap();
     assert_eq!(read_connection(&name), Some(a));
     log.append(b"two", Some(b)).unwrap();
