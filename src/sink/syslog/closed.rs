@@ -303,21 +303,23 @@ mod tests {
         };
         assert_eq!(rc, 0);
         drop(theirs); // reset: nothing left of `dead`
-                      // The same source port again, to the same receiver.
+
+        // The same source port again, to the same receiver.
         let later = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap()
             .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.set_reuseaddr(true).unwrap();
-                socket.bind(dead.ours).unwrap();
-                socket
-                    .connect(dead.theirs)
-                    .await
-                    .unwrap()
-                    .into_std()
-                    .unwrap()
+                for _ in 0..1000 {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.set_reuseaddr(true).unwrap();
+                    if socket.bind(dead.ours).is_ok() {
+                        let stream = socket.connect(dead.theirs).await.unwrap();
+                        return stream.into_std().unwrap();
+                    }
+                    tokio::task::yield_now().await;
+                }
+                panic!("the source port did not come free after the reset")
             });
         later.set_nonblocking(false).unwrap();
         let (mut theirs, _) = listener.accept().unwrap();
