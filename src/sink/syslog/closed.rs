@@ -57,6 +57,7 @@ impl Connection {
 }
 
 /// TCP states as the kernel numbers them.
+const ESTABLISHED: u8 = 1;
 const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
 const TIME_WAIT: u8 = 6;
@@ -72,8 +73,10 @@ pub fn closed_cleanly(conn: Connection, within: Duration) -> bool {
     loop {
         match state_of(conn) {
             Some(TIME_WAIT) => return true,
-            // Our FIN is out; the receiver may still be reading up to it.
-            Some(FIN_WAIT1 | FIN_WAIT2 | CLOSING) if Instant::now() < deadline => {}
+            // Our FIN is out (or about to be: the dead process's socket
+            // may close a moment after its lock); the receiver may still be
+            // reading up to it.
+            Some(ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSING) if Instant::now() < deadline => {}
             _ => return false,
         }
         std::thread::sleep(delay.min(deadline.saturating_duration_since(Instant::now())));
@@ -83,8 +86,6 @@ pub fn closed_cleanly(conn: Connection, within: Duration) -> bool {
 
 #[cfg(target_os = "linux")]
 fn socket_cookie(fd: RawFd) -> Option<u64> {
-    /// `SO_COOKIE` (Linux 4.6; asm-generic/socket.h, x86 and arm alike).
-    const SO_COOKIE: libc::c_int = 57;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
@@ -92,7 +93,7 @@ fn socket_cookie(fd: RawFd) -> Option<u64> {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            SO_COOKIE,
+            libc::SO_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
         )
@@ -140,8 +141,13 @@ fn state_of(conn: Connection) -> Option<u8> {
         }
         request.extend_from_slice(&bytes);
     }
-    request.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-                                                    // The kernel compares the two 32-bit halves as it stores them.
+    // The interface a link-local IPv6 socket is bound to (else none).
+    let interface = match conn.ours {
+        SocketAddr::V6(v6) => v6.scope_id(),
+        SocketAddr::V4(_) => 0,
+    };
+    request.extend_from_slice(&interface.to_ne_bytes());
+    // The kernel compares the two 32-bit halves as it stores them.
     request.extend_from_slice(&(conn.cookie as u32).to_ne_bytes());
     request.extend_from_slice(&((conn.cookie >> 32) as u32).to_ne_bytes());
 
@@ -260,7 +266,7 @@ mod tests {
             let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (mut theirs, _) = listener.accept().unwrap();
             let conn = connection(&ours);
-            assert_eq!(state_of(conn), Some(1), "{ip}: established");
+            assert_eq!(state_of(conn), Some(ESTABLISHED), "{ip}: established");
             ours.write_all(&[b'x'; 10_000]).unwrap();
             drop(ours); // what the kernel does for a killed process
             if reads_everything {
