@@ -289,26 +289,17 @@ mod tests {
     #[test]
     fn another_socket_on_the_same_ports_proves_nothing() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let mut ours = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (theirs, _) = listener.accept().unwrap();
         let dead = connection(&ours);
+        ours.write_all(b"x").unwrap();
         drop(ours);
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt reads one `linger` on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                theirs.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                std::mem::size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(rc, 0);
-        drop(theirs); // reset: nothing left of `dead`
+        // Closed with the byte unread: a reset, nothing left of `dead`.
+        theirs
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(theirs.peek(&mut [0u8]).unwrap(), 1, "the byte arrived");
+        drop(theirs);
 
         // The same source port again, to the same receiver.
         let later = tokio::runtime::Builder::new_current_thread()
