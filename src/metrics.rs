@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Events a sink reported pending at a crash (HEC: awaiting their ack)
     /// whose confirmation the restart obtained (not sent again).
     pub events_confirmed_after_restart: IntCounterVec,
+    /// Events a sink had sent but not had confirmed at a crash that go to
+    /// it again: possible duplicates, counted where the sink told.
+    pub events_resent_after_restart: IntCounterVec,
     committed_times: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
@@ -193,6 +196,7 @@ impl Metrics {
             config_last_reload_success_time: reload_time,
             events_skipped_confirmed: counter(&r, "events_skipped_confirmed_total", "Events of batches refetched after a restart that were not sent to a sink again because it had confirmed them before (duplicates avoided).", &["sink", "source"]),
             events_confirmed_after_restart: counter(&r, "events_confirmed_after_restart_total", "Events a sink had sent but not yet confirmed at a crash (HEC: awaiting their indexer ack) that the destination confirmed when asked after the restart (counted also in events_skipped_confirmed_total once skipped).", &["sink", "source"]),
+            events_resent_after_restart: counter(&r, "events_resent_after_restart_total", "Events a sink had sent but not had confirmed at a crash (HEC: awaiting their indexer ack) that the destination did not confirm when asked after the restart, so they are sent again: possible duplicates, counted where the sink recorded them as sent.", &["sink", "source"]),
             registry: r,
             committed_times: Mutex::new(HashMap::new()),
         };
@@ -288,6 +292,8 @@ impl Metrics {
             &self.events_failed,
             &self.events_dead_lettered,
             &self.events_skipped_confirmed,
+            &self.events_confirmed_after_restart,
+            &self.events_resent_after_restart,
         ] {
             c.with_label_values(&[sink, source]);
         }

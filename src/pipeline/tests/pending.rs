@@ -101,8 +101,22 @@ async fn a_restart_skips_the_pending_runs_the_sink_confirms_and_sends_the_rest()
     assert!(loaded.confirmed.is_empty(), "pending is not confirmed");
 
     // Second run: the destination acknowledges e0's and e4's requests.
+    let counted = |c: &prometheus::IntCounterVec| c.with_label_values(&["hec", "src"]).get();
+    let m = crate::metrics::metrics();
+    let before = (
+        counted(&m.events_confirmed_after_restart),
+        counted(&m.events_resent_after_restart),
+    );
     let second = AckingSink::new(false, &["e0", "e4"]);
     super::run_to_end(pipeline(&store, second.clone()), "the second run").await;
+    assert_eq!(
+        (
+            counted(&m.events_confirmed_after_restart) - before.0,
+            counted(&m.events_resent_after_restart) - before.1
+        ),
+        (4, 2),
+        "e0, e1, e4, e5 found acknowledged; e2, e3 sent again"
+    );
     let mut asked: Vec<Vec<u8>> = second
         .asked
         .lock()
