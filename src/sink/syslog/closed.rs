@@ -11,38 +11,52 @@
 //! proof.
 //!
 //! A connection is known by its addresses *and* its socket cookie (a
-//! number the kernel gives each socket once, kept by its TIME_WAIT): a
-//! later connection that happens to reuse the same port pair is another
-//! socket, and proves nothing about ours.
+//! number the kernel gives each socket once per boot, kept by its
+//! TIME_WAIT) *and* the boot it was made in: a later connection that
+//! happens to reuse the same port pair is another socket, and proves
+//! nothing about ours.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-/// A connection as the kernel knows it: our address, the receiver's, and
-/// the socket's cookie.
+/// A connection as the kernel knows it: our address, the receiver's, the
+/// socket's cookie, and the boot (`/proc/sys/kernel/random/boot_id`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
     pub ours: SocketAddr,
     pub theirs: SocketAddr,
     pub cookie: u64,
+    pub boot: u128,
+}
+
+/// This boot's id; `None` where the kernel does not tell.
+fn boot_id() -> Option<u128> {
+    static BOOT: std::sync::LazyLock<Option<u128>> = std::sync::LazyLock::new(|| {
+        let text = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        u128::from_str_radix(&text.trim().replace('-', ""), 16).ok()
+    });
+    *BOOT
 }
 
 impl Connection {
     /// The connection of the TCP socket `fd`; `None` where the kernel does
     /// not tell (then nothing can be proven about it later).
     pub fn of(fd: RawFd, ours: SocketAddr, theirs: SocketAddr) -> Option<Connection> {
-        let cookie = socket_cookie(fd)?;
         Some(Connection {
             ours,
             theirs,
-            cookie,
+            cookie: socket_cookie(fd)?,
+            boot: boot_id()?,
         })
     }
 
-    /// `ours theirs cookie`, one line (the `.conn` file).
+    /// `ours theirs cookie boot`, one line (the `.conn` file).
     pub fn to_line(self) -> String {
-        format!("{} {} {}\n", self.ours, self.theirs, self.cookie)
+        format!(
+            "{} {} {} {:032x}\n",
+            self.ours, self.theirs, self.cookie, self.boot
+        )
     }
 
     pub fn from_line(line: &str) -> Option<Connection> {
@@ -51,6 +65,7 @@ impl Connection {
             ours: fields.next()?.parse().ok()?,
             theirs: fields.next()?.parse().ok()?,
             cookie: fields.next()?.parse().ok()?,
+            boot: u128::from_str_radix(fields.next()?, 16).ok()?,
         };
         fields.next().is_none().then_some(connection)
     }
@@ -68,6 +83,9 @@ const CLOSING: u8 = 11;
 /// another socket on the same ports, another state), or when `within`
 /// passed.
 pub fn closed_cleanly(conn: Connection, within: Duration) -> bool {
+    if boot_id() != Some(conn.boot) {
+        return false; // made before a reboot: long gone, whatever shares its cookie
+    }
     let deadline = Instant::now() + within;
     let mut delay = Duration::from_millis(5);
     loop {
@@ -241,13 +259,14 @@ mod tests {
             ours: "[::1]:40000".parse().unwrap(),
             theirs: "127.0.0.1:514".parse().unwrap(),
             cookie: u64::MAX - 7,
+            boot: u128::MAX - 3,
         };
         assert_eq!(Connection::from_line(&conn.to_line()), Some(conn));
         let line = conn.to_line();
         for cut in 0..line.len() {
             assert_eq!(Connection::from_line(&line[..cut]), None, "torn at {cut}");
         }
-        assert_eq!(Connection::from_line("127.0.0.1:1 127.0.0.1:2\n"), None);
+        assert_eq!(Connection::from_line("127.0.0.1:1 127.0.0.1:2 3\n"), None);
     }
 
     /// A receiver that reads to our FIN and closes leaves TIME_WAIT; one
@@ -279,6 +298,14 @@ mod tests {
                 closed_cleanly(conn, Duration::from_secs(5)),
                 reads_everything,
                 "{ip}: receiver read everything: {reads_everything}"
+            );
+            let other_boot = Connection {
+                boot: conn.boot ^ 1,
+                ..conn
+            };
+            assert!(
+                !closed_cleanly(other_boot, Duration::ZERO),
+                "{ip}: a connection of another boot proves nothing"
             );
         }
     }

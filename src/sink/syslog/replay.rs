@@ -216,9 +216,8 @@ impl ReplayLog {
             }
             let data = lock_path.with_extension("replay");
             // Read by the receiver: counted, not copied.
-            copied.skip = died_lately(&data)
-                && read_connection(&lock_path.with_extension("conn"))
-                    .is_some_and(|conn| closed_cleanly(conn, close_wait));
+            copied.skip = read_connection(&lock_path.with_extension("conn"))
+                .is_some_and(|conn| closed_cleanly(conn, close_wait));
             match File::open(&data) {
                 Ok(f) => match copied.records_of(f, &header)? {
                     Some(true) => {}
@@ -400,18 +399,6 @@ impl ReplayLog {
         self.torn = false;
         Ok(())
     }
-}
-
-/// Whether the instance that wrote `data` last did so within TIME_WAIT's
-/// 60 s: later, its connection's TIME_WAIT is over, and one found for the
-/// same addresses belongs to another connection (a reused port), which
-/// proves nothing about ours.
-fn died_lately(data: &Path) -> bool {
-    fs::metadata(data)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age < Duration::from_secs(55))
 }
 
 /// The connection an instance's `.conn` file names, if it can be read.

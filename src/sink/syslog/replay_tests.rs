@@ -330,6 +330,7 @@ fn the_connection_is_named_before_its_first_record() {
         ours: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         theirs: "127.0.0.1:514".parse().unwrap(),
         cookie,
+        boot: 1,
     };
     let (a, b) = (conn(40000, 7), conn(40001, 8));
     log.append(b"one", Some(a)).unwrap();
