@@ -246,28 +246,20 @@ impl Progress {
             return;
         }
         let questions = pending::questions(records, &self.inherited);
-        let mut asked: HashMap<&str, u64> = HashMap::new();
+        // Per sink: events asked about, less those found confirmed below.
+        let mut resent: HashMap<String, u64> = HashMap::new();
         for q in &questions {
-            *asked.entry(q.sink.as_str()).or_default() += q.keys.len() as u64;
+            *resent.entry(q.sink.clone()).or_default() += q.keys.len() as u64;
         }
-        let asked: Vec<(String, u64)> = asked.into_iter().map(|(s, n)| (s.to_owned(), n)).collect();
         let sinks = routes
             .iter()
             .map(|r| (r.sink_name.clone(), r.sink.clone()))
             .collect();
         let confirmed = pending::ask(questions, &sinks).await;
-        for (sink, asked) in asked {
-            let read_true: u64 = confirmed
-                .iter()
-                .filter(|r| r.sink == sink)
-                .map(|r| r.keys.len() as u64)
-                .sum();
-            metrics()
-                .events_resent_after_restart
-                .with_label_values(&[sink.as_str(), &self.source])
-                .inc_by(asked.saturating_sub(read_true));
-        }
         for r in &confirmed {
+            if let Some(n) = resent.get_mut(&r.sink) {
+                *n = n.saturating_sub(r.keys.len() as u64);
+            }
             let counts = self.inherited.entry(r.sink.as_str().into()).or_default();
             for k in &r.keys {
                 *counts.entry(*k).or_default() += 1;
@@ -277,6 +269,12 @@ impl Progress {
                 .events_confirmed_after_restart
                 .with_label_values(&[r.sink.as_str(), &self.source])
                 .inc_by(r.keys.len() as u64);
+        }
+        for (sink, n) in resent {
+            metrics()
+                .events_resent_after_restart
+                .with_label_values(&[sink.as_str(), &self.source])
+                .inc_by(n);
         }
         let _ = self.notes.0.send(Note::Resolved(confirmed));
     }

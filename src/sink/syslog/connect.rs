@@ -84,17 +84,17 @@ impl Connector {
             Transport::Tcp => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
-                let addrs = connection(&tcp);
+                let connection = connection(&tcp);
                 Conn::Stream(StreamConn {
                     io: Box::new(tcp),
                     fd,
-                    addrs,
+                    connection,
                 })
             }
             Transport::Tls => {
                 let tcp = self.connect_tcp().await?;
                 let fd = tcp.as_raw_fd();
-                let addrs = connection(&tcp);
+                let connection = connection(&tcp);
                 let Some((connector, name)) = &self.tls else {
                     return Err("TLS is not configured".into());
                 };
@@ -127,7 +127,7 @@ impl Connector {
                 Conn::Stream(StreamConn {
                     io: Box::new(stream),
                     fd,
-                    addrs,
+                    connection,
                 })
             }
             Transport::Relp => {

@@ -68,12 +68,12 @@ async fn receiver() -> Receiver {
     }
 }
 
-/// close() that finds no proof keeps the window but does not mark it for
-/// resending; a later delivery on the same instance (a spool drainer or a
-/// late attempt still running after close_sinks) goes out on a new
-/// connection without the window, and names that connection in .conn.
-/// After the process ends, that connection's TIME_WAIT "proves" a window
-/// it never carried.
+/// A close() that finds no proof keeps the window; a later delivery on the
+/// same instance (a spool drainer or a late attempt still running after
+/// the sinks were closed) goes out on a new connection and names it in
+/// `.conn`, so it must carry the window first: else, after the process
+/// ends, that connection's TIME_WAIT would vouch for frames it never
+/// carried (the first connection's receiver died with them unread).
 #[tokio::test]
 async fn a_delivery_after_a_close_without_proof_vouches_for_a_window_it_never_carried() {
     let rx = receiver().await;

@@ -236,7 +236,7 @@ impl SyslogSink {
                     };
                     match send_stream(s, resend.as_mut(), &frames.buf, self.cfg.timeout).await {
                         Ok(()) => {
-                            carried_by = s.addrs;
+                            carried_by = s.connection;
                             if state.replay {
                                 info!(sink = %self.name, bytes = state.window_bytes(), "resent the frames written before the receiver reset the connection (or before a restart)");
                                 state.replay = false;

@@ -17,9 +17,9 @@ pub(super) struct StreamConn {
     pub(super) io: Box<dyn Io>,
     /// The TCP socket under `io`, for liveness and send-queue checks.
     pub(super) fd: RawFd,
-    /// Our address and the receiver's, to find how the connection ended
-    /// after a kill (see `closed.rs`).
-    pub(super) addrs: Option<super::replay::Connection>,
+    /// How the kernel knows this connection, to find out after a kill how
+    /// it ended (see `closed.rs`); `None` where it does not tell.
+    pub(super) connection: Option<super::replay::Connection>,
 }
 
 /// Why a write to a stream failed; `clean` when the receiver had closed
